@@ -1,0 +1,110 @@
+"""Helpers shared by the ``wm`` commands: input files, keys, schemes and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import InputError, WmkitError
+from ..keys import load_key
+from ..watermark.text import SCHEMES, GreenListScheme, make_scheme
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+EXIT_ERROR = 2
+
+KeyFileOpt = typer.Option(None, "--key-file", "-k", help="Key file (wm keygen); else $WMKIT_KEY.", show_default=False)
+SchemeOpt = typer.Option("kgw", "--scheme", "-s", help=f"Watermark scheme: {', '.join(SCHEMES)}.")
+GammaOpt = typer.Option(None, help="Green fraction (default: the scheme's: kgw 0.25, unigram 0.5).", show_default=False)
+DeltaOpt = typer.Option(None, help="Logit bias for green tokens (default 2.0).", show_default=False)
+WidthOpt = typer.Option(None, "--context-width", help="KGW context width h, 1..8 (default 1).", show_default=False)
+SeedingOpt = typer.Option(None, help="KGW seeding: lefthash (default) or selfhash.", show_default=False)
+ModelOpt = typer.Option(None, "--model", "-m", help="Model folder or .gguf file (default: SmolLM2-135M-Instruct).", show_default=False)
+
+
+def error(message: str) -> None:
+    """Print ``wm: error: message`` on stderr (one line)."""
+    stderr.print(f"wm: error: {message}", markup=False)
+
+
+def die(message: str) -> None:
+    """Print a one-line error and exit with status 2."""
+    error(message)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def build_scheme(
+    name: str,
+    key_file: Optional[Path],
+    gamma: Optional[float],
+    delta: Optional[float],
+    context_width: Optional[int],
+    seeding: Optional[str],
+) -> GreenListScheme:
+    """The scheme ``name`` with the user's key and the parameters given (defaults otherwise)."""
+    if name not in SCHEMES:
+        raise InputError(f"unknown scheme {name!r}; expected one of: {', '.join(SCHEMES)}")
+    params: dict[str, Any] = {"gamma": gamma, "delta": delta}
+    if name == "kgw":
+        params.update(context_width=context_width, seeding=seeding)
+    elif context_width is not None or seeding is not None:
+        raise InputError(f"--context-width and --seeding apply to kgw, not {name}")
+    return make_scheme(name, load_key(key_file=key_file), **params)
+
+
+def read_text(path: str) -> str:
+    """Read a UTF-8 text file (``-`` is stdin); a clear :class:`InputError` for anything else."""
+    if path == "-":
+        data = sys.stdin.buffer.read()
+        name = "<stdin>"
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"{path}: no such file")
+        if p.is_dir():
+            raise InputError(f"{path}: is a directory, expected a text file")
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise InputError(f"{path}: cannot be read ({e.strerror})") from None
+        name = path
+    if b"\x00" in data:
+        raise InputError(f"{name}: binary file (NUL bytes), expected UTF-8 text")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{name}: not UTF-8 text (invalid byte at offset {e.start})") from None
+    if not text.strip():
+        raise InputError(f"{name}: empty file")
+    return text
+
+
+def refuse_overwrite(path: Path) -> None:
+    """Raise if ``path`` exists: wm never overwrites a user's file."""
+    if path.exists():
+        raise InputError(f"{path} already exists; refusing to overwrite it (choose another -o)")
+
+
+def write_new_file(path: Path, text: str) -> None:
+    """Write ``text`` to a new file atomically (temporary file, then a no-clobber link)."""
+    refuse_overwrite(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        os.link(tmp, path)  # fails if path appeared meanwhile: never clobbers
+    except FileExistsError:
+        raise InputError(f"{path} already exists; refusing to overwrite it") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; a :class:`WmkitError` becomes a one-line error and exit status 2."""
+    try:
+        return fn(*args, **kwargs)
+    except WmkitError as e:
+        die(str(e))

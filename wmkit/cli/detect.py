@@ -1,0 +1,93 @@
+"""``wm detect``: check text files for a watermark with only the key and the tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..errors import WmkitError
+from ..models import load_tokenizer
+from ..stats import Detection
+from ..watermark.text.base import DEFAULT_FPR, DEFAULT_MIN_TOKENS
+from .common import (
+    EXIT_ERROR, DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, SchemeOpt, SeedingOpt, WidthOpt,
+    build_scheme, error, read_text, run_guarded,
+)
+
+
+def _row(path: str, det: Detection) -> dict[str, Any]:
+    return {
+        "file": path,
+        "scheme": det.method,
+        "tokens_scored": det.n_scored,
+        "green_fraction": det.details["green_fraction"],
+        "z": det.statistic,
+        "p_value": det.p_value,
+        "fpr": det.fpr,
+        "watermarked": det.decision,
+    }
+
+
+def _highlight(console: Console, tokenizer: Any, path: str, det: Detection) -> None:
+    ev = det.evidence or {}
+    text = Text(f"── {path} ──\n", style="bold")
+    for tid, scored, green in zip(ev["token_ids"], ev["scored"], ev["green"]):
+        piece = tokenizer.decode([tid])
+        text.append(piece, style="bold green" if green else "red" if scored else "dim")
+    console.print(text)
+
+
+def detect(
+    files: list[str] = typer.Argument(..., help="Text files to check ('-' reads stdin)."),
+    scheme_name: str = SchemeOpt,
+    key_file: Optional[Path] = KeyFileOpt,
+    gamma: Optional[float] = GammaOpt,
+    delta: Optional[float] = DeltaOpt,
+    context_width: Optional[int] = WidthOpt,
+    seeding: Optional[str] = SeedingOpt,
+    model: Optional[Path] = ModelOpt,
+    fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the verdict (p <= fpr)."),
+    min_tokens: int = typer.Option(DEFAULT_MIN_TOKENS, help="Fewest scorable tokens to give a verdict."),
+    ignore_repeated: bool = typer.Option(True, "--ignore-repeated/--count-repeated", help="Score each (context, token) n-gram once."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per file on stdout."),
+    highlight: bool = typer.Option(False, "--highlight", help="Show green/red tokens in colour."),
+) -> None:
+    """Report tokens scored, green fraction, z, p-value and verdict for each FILE.
+
+    Exit 0 whether or not a mark is found; 2 if any file could not be checked.
+    """
+    scheme = run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding)
+    tokenizer = run_guarded(load_tokenizer, model)
+    detector = run_guarded(scheme.detector, tokenizer, fpr=fpr, ignore_repeated_ngrams=ignore_repeated, min_tokens=min_tokens)
+    console = Console(highlight=False)
+    table = Table("file", "tokens", "green", "z", "p-value", "verdict")
+    failed = False
+    for path in files:
+        try:
+            det = detector.detect(read_text(path))
+        except WmkitError as e:
+            failed = True
+            msg = str(e) if str(e).startswith(path) or path == "-" else f"{path}: {e}"
+            error(msg)
+            if as_json:
+                typer.echo(json.dumps({"file": path, "error": msg}))
+            continue
+        row = _row(path, det)
+        if as_json:
+            typer.echo(json.dumps(row))
+        else:
+            verdict = f"[bold green]watermarked[/]" if det.decision else "not watermarked"
+            table.add_row(path, str(det.n_scored), f"{row['green_fraction']:.3f}", f"{det.statistic:.2f}", f"{det.p_value:.3g}", verdict)
+        if highlight:
+            _highlight(console, tokenizer, path, det)
+    if not as_json and table.row_count:
+        console.print(table)
+        console.print(f"verdict at FPR {fpr:g} (scheme {scheme.name}, {json.dumps(scheme.config())})", style="dim", markup=False)
+    if failed:
+        raise typer.Exit(EXIT_ERROR)

@@ -1,0 +1,74 @@
+"""``wm generate``: complete prompts with a watermarked (or plain) model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import Progress
+
+from ..errors import InputError
+from ..models import load_lm, resolve_lm_path
+from ..watermark.text.generate import generate_completions
+from .common import (
+    DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, SeedingOpt, WidthOpt,
+    build_scheme, read_text, refuse_overwrite, run_guarded, stderr, write_new_file,
+)
+
+
+def _prompts(prompt: Optional[str], prompts_file: Optional[Path]) -> list[str]:
+    if (prompt is None) == (prompts_file is None):
+        raise InputError("give exactly one of --prompt TEXT or --prompts FILE")
+    if prompt is not None:
+        if not prompt.strip():
+            raise InputError("--prompt is empty")
+        return [prompt]
+    return [ln for ln in read_text(str(prompts_file)).splitlines() if ln.strip()]
+
+
+def generate(
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="One prompt.", show_default=False),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="A file with one prompt per line.", show_default=False),
+    scheme_name: str = typer.Option("kgw", "--scheme", "-s", help="kgw, unigram or none."),
+    key_file: Optional[Path] = KeyFileOpt,
+    gamma: Optional[float] = GammaOpt,
+    delta: Optional[float] = DeltaOpt,
+    context_width: Optional[int] = WidthOpt,
+    seeding: Optional[str] = SeedingOpt,
+    model: Optional[Path] = ModelOpt,
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate per prompt."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed for reproducible sampling.", show_default=False),
+    batch_size: int = typer.Option(8, help="Prompts per generation batch."),
+    chat: bool = typer.Option(False, "--chat/--no-chat", help="Wrap each prompt in the model's chat template."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write JSON lines here (must not exist).", show_default=False),
+) -> None:
+    """Generate completions; with -o write one JSON object per prompt, else print the completions."""
+    prompts = run_guarded(_prompts, prompt, prompts_file)
+    scheme = None if scheme_name == "none" else run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding)
+    if output is not None:
+        run_guarded(refuse_overwrite, output)  # fail before minutes of generation, not after
+    model_path = run_guarded(resolve_lm_path, model)
+    lm, tok = run_guarded(load_lm, model)
+    with Progress(console=stderr, transient=True, disable=len(prompts) < 2) as bar:
+        task = bar.add_task("generating", total=len(prompts))
+        results = run_guarded(
+            generate_completions, lm, tok, prompts, scheme, max_new_tokens=max_new_tokens, temperature=temperature,
+            seed=seed, batch_size=batch_size, chat=chat, on_batch=lambda n: bar.advance(task, n),
+        )
+    config = scheme.config() if scheme is not None else {"scheme": "none"}
+    if output is None:
+        for r in results:
+            typer.echo(r["completion"])
+        return
+    lines = [
+        json.dumps({
+            "prompt": r["prompt"], "completion": r["completion"], "scheme": config["scheme"], "config": config,
+            "model": str(model_path), "new_tokens": len(r["completion_ids"]), "seed": seed, "chat": chat,
+        }, ensure_ascii=False)
+        for r in results
+    ]
+    run_guarded(write_new_file, output, "\n".join(lines) + "\n")
+    stderr.print(f"wrote {len(lines)} completion(s) to {output}", markup=False)

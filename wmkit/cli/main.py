@@ -1,0 +1,39 @@
+"""The ``wm`` application: ``keygen``, ``generate``, ``detect``, ``demo``.
+
+Exit codes: 0 success (a negative detection is a success), 2 usage or input errors.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by construction
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import typer  # noqa: E402
+
+from .demo import demo  # noqa: E402
+from .detect import detect  # noqa: E402
+from .generate import generate  # noqa: E402
+from .keygen import keygen  # noqa: E402
+
+app = typer.Typer(
+    name="wm",
+    help="wmkit: watermark text and detect it with only the key and the tokenizer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(keygen)
+app.command()(generate)
+app.command()(detect)
+app.command()(demo)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

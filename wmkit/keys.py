@@ -1,0 +1,141 @@
+"""Secret keys: loading, generation, and derivation of per-scheme subkeys.
+
+A key is at least 128 random bits, written as hexadecimal text (a key file holds one line; blank
+lines and lines starting with ``#`` are ignored). It comes from an explicit argument, a key file
+(``--key-file``) or the ``WMKIT_KEY`` environment variable -- never from a default in the code.
+Every use derives its own subkey with HMAC-SHA256(secret, ``"wmkit/v1/" + label``), so one
+secret serves every scheme without two schemes sharing a green list.
+
+>>> key = SecretKey.from_hex("00112233445566778899aabbccddeeff")
+>>> key.prf_key("kgw") != key.prf_key("unigram")
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InvalidKeyError
+
+ENV_VAR = "WMKIT_KEY"
+MIN_BITS = 128
+DEFAULT_BITS = 256
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    """A watermark secret. Its repr never shows the key material.
+
+    Args:
+        secret: the raw key bytes (at least 16).
+    """
+
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.secret, bytes):
+            raise InvalidKeyError("a secret key must be bytes")
+        if len(self.secret) * 8 < MIN_BITS:
+            raise InvalidKeyError(
+                f"key has {len(self.secret) * 8} bits; at least {MIN_BITS} are required"
+            )
+
+    def __repr__(self) -> str:
+        return f"SecretKey(<{len(self.secret) * 8} bits, id {self.fingerprint()}>)"
+
+    @classmethod
+    def from_hex(cls, text: str, source: str = "key") -> "SecretKey":
+        """Parse a hexadecimal key (whitespace, ``#`` comment lines and a ``0x`` prefix allowed)."""
+        lines = [ln.strip() for ln in text.splitlines()]
+        body = "".join(ln for ln in lines if ln and not ln.startswith("#")).replace(" ", "")
+        if body.lower().startswith("0x"):
+            body = body[2:]
+        if not body:
+            raise InvalidKeyError(f"{source} is empty; expected a hexadecimal key (wm keygen -o FILE)")
+        try:
+            raw = bytes.fromhex(body)
+        except ValueError:
+            raise InvalidKeyError(f"{source} is not a hexadecimal key (wm keygen -o FILE makes one)") from None
+        if len(raw) * 8 < MIN_BITS:
+            raise InvalidKeyError(
+                f"{source} has {len(raw) * 8} bits; at least {MIN_BITS} are required"
+            )
+        return cls(raw)
+
+    @classmethod
+    def generate(cls, bits: int = DEFAULT_BITS) -> "SecretKey":
+        """A new random key from the operating system's CSPRNG."""
+        if bits < MIN_BITS or bits % 8:
+            raise InvalidKeyError(f"key size must be a multiple of 8 and at least {MIN_BITS} bits")
+        return cls(secrets.token_bytes(bits // 8))
+
+    def to_hex(self) -> str:
+        """The key as lowercase hexadecimal text."""
+        return self.secret.hex()
+
+    def fingerprint(self) -> str:
+        """A short public identifier of the key (first 8 hex digits of SHA-256 of a subkey)."""
+        return hashlib.sha256(self.subkey("fingerprint")).hexdigest()[:8]
+
+    def subkey(self, label: str) -> bytes:
+        """HMAC-SHA256(secret, ``"wmkit/v1/" + label``): 32 bytes for one use of the key."""
+        return hmac.new(self.secret, f"wmkit/v1/{label}".encode(), hashlib.sha256).digest()
+
+    def prf_key(self, label: str) -> tuple[int, int]:
+        """The 64-bit Philox key ``(k0, k1)`` for ``label``: the subkey's first 8 bytes, little-endian."""
+        sub = self.subkey(label)
+        return int.from_bytes(sub[0:4], "little"), int.from_bytes(sub[4:8], "little")
+
+
+def read_key_file(path: str | os.PathLike[str]) -> SecretKey:
+    """Load a key from a text file, with a clear error if it is missing or malformed."""
+    p = Path(path)
+    if not p.exists():
+        raise InvalidKeyError(f"key file {p} does not exist (create one with: wm keygen -o {p})")
+    if p.is_dir():
+        raise InvalidKeyError(f"key file {p} is a directory")
+    try:
+        text = p.read_text(encoding="ascii")
+    except (UnicodeDecodeError, OSError) as e:
+        raise InvalidKeyError(f"key file {p} is not readable hexadecimal text ({type(e).__name__})") from None
+    return SecretKey.from_hex(text, source=f"key file {p}")
+
+
+def load_key(
+    key: SecretKey | str | bytes | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+    env: str = ENV_VAR,
+) -> SecretKey:
+    """Resolve the key: explicit ``key``, else ``key_file``, else ``$WMKIT_KEY``; else an error."""
+    if isinstance(key, SecretKey):
+        return key
+    if isinstance(key, bytes):
+        return SecretKey(key)
+    if isinstance(key, str):
+        return SecretKey.from_hex(key)
+    if key_file is not None:
+        return read_key_file(key_file)
+    if os.environ.get(env):
+        return SecretKey.from_hex(os.environ[env], source=f"${env}")
+    raise InvalidKeyError(f"no key given: pass --key-file FILE or set {env} (wm keygen -o FILE makes one)")
+
+
+def write_key_file(path: str | os.PathLike[str], key: SecretKey) -> Path:
+    """Write ``key`` to a new file with mode 0600; never overwrites an existing file."""
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        raise InvalidKeyError(f"directory {p.parent} does not exist")
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise InvalidKeyError(f"{p} already exists; refusing to overwrite a key") from None
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(f"# wmkit secret key ({len(key.secret) * 8} bits). Keep it private.\n")
+        f.write(key.to_hex() + "\n")
+    os.chmod(p, 0o600)
+    return p

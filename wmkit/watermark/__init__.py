@@ -1,0 +1,1 @@
+"""Watermarks: ``text`` (logits processors and detectors) and, later, ``embedding``."""

@@ -1,0 +1,199 @@
+"""The green-list base shared by every text scheme: config, logits processor and detector.
+
+A scheme is a frozen dataclass: its parameters are validated on construction and round-trip
+through JSON (:meth:`GreenListScheme.config` never contains key material). A subclass only says
+how the green list is seeded (:meth:`GreenListScheme.seeding_params`): KGW hashes the ``h``
+previous tokens, Unigram uses one fixed list (``h = 0``). Everything else -- biasing logits,
+scoring tokens, repeated n-grams, statistics -- lives here once.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Sequence
+
+import torch
+from transformers import LogitsProcessor
+
+from ... import prf
+from ...errors import InputError
+from ...kernels import green_bias
+from ...keys import SecretKey
+from ...stats import Detection, binomial_detection, check_fpr
+
+ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+DEFAULT_FPR = 1e-4
+DEFAULT_MIN_TOKENS = 16
+
+
+def normalize_text(text: str) -> str:
+    """Unicode NFC with zero-width characters and soft hyphens removed (detection-side cleanup)."""
+    return unicodedata.normalize("NFC", text).translate(ZERO_WIDTH)
+
+
+@dataclass(frozen=True)
+class GreenListScheme(ABC):
+    """Base of the green-list text watermarks (do not instantiate; use a scheme).
+
+    Args:
+        key: the secret (never serialized).
+        gamma: fraction of the vocabulary that is green, in (0, 1).
+        delta: logit bias added to green tokens, >= 0.
+    """
+
+    key: SecretKey = field(repr=False, compare=False)
+    gamma: float = 0.25
+    delta: float = 2.0
+    name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, SecretKey):
+            raise InputError(f"{self.name}: key must be a wmkit.keys.SecretKey, got {type(self.key).__name__}")
+        if not (isinstance(self.gamma, (int, float)) and 0.0 < self.gamma < 1.0):
+            raise InputError(f"{self.name}: gamma must be in (0, 1), got {self.gamma!r}")
+        if not (isinstance(self.delta, (int, float)) and 0.0 <= self.delta < 1e4):
+            raise InputError(f"{self.name}: delta must be a number >= 0, got {self.delta!r}")
+        h, seeding = self.seeding_params()
+        if seeding not in prf.SEEDING_SCHEMES:
+            raise InputError(f"{self.name}: seeding must be one of {prf.SEEDING_SCHEMES}, got {seeding!r}")
+        if seeding == "selfhash" and h < 1:
+            raise InputError(f"{self.name}: selfhash needs a context width >= 1")
+
+    @abstractmethod
+    def seeding_params(self) -> tuple[int, str]:
+        """``(h, seeding)``: context width and seeding scheme of the PRF (see :mod:`wmkit.prf`)."""
+
+    def prf_key(self) -> tuple[int, int]:
+        """This scheme's 64-bit PRF key, derived from the secret with the scheme's name as label."""
+        return self.key.prf_key(f"text/{self.name}")
+
+    def config(self) -> dict[str, Any]:
+        """The parameters as a JSON-ready dict, with ``scheme`` and without the key."""
+        params = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "key"}
+        return {"scheme": self.name, **params}
+
+    def to_json(self) -> str:
+        """:meth:`config` as JSON text."""
+        return json.dumps(self.config(), sort_keys=True)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], key: SecretKey) -> "GreenListScheme":
+        """Rebuild a scheme from :meth:`config` output and a key; unknown fields are an error."""
+        config = dict(config)
+        if config.pop("scheme", cls.name) != cls.name:
+            raise InputError(f"config is for scheme {config.get('scheme')!r}, not {cls.name!r}")
+        allowed = {f.name for f in fields(cls)} - {"key"}
+        unknown = set(config) - allowed
+        if unknown:
+            raise InputError(f"{cls.name}: unknown parameter(s) {sorted(unknown)}")
+        return cls(key=key, **config)
+
+    def processor(self, tokenizer: Any = None) -> "GreenListProcessor":
+        """A batched ``transformers.LogitsProcessor`` that adds ``delta`` to green logits."""
+        h, seeding = self.seeding_params()
+        vocab = len(tokenizer) if tokenizer is not None else None
+        return GreenListProcessor(self.prf_key(), h, seeding, self.gamma, self.delta, vocab)
+
+    def detector(
+        self,
+        tokenizer: Any,
+        fpr: float = DEFAULT_FPR,
+        ignore_repeated_ngrams: bool = True,
+        min_tokens: int = DEFAULT_MIN_TOKENS,
+    ) -> "GreenListDetector":
+        """A detector that needs only this scheme's key and the tokenizer (never the model)."""
+        return GreenListDetector(self, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
+
+
+class GreenListProcessor(LogitsProcessor):
+    """Adds ``delta`` to the logits of the green tokens of every row, batched (no per-row loop).
+
+    Rows whose context is shorter than the context width are returned unchanged.
+    """
+
+    def __init__(self, prf_key: tuple[int, int], h: int, seeding: str, gamma: float, delta: float, vocab_size: int | None = None):
+        self.prf_key, self.h, self.seeding = prf_key, h, seeding
+        self.gamma, self.delta, self.vocab_size = gamma, delta, vocab_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.dim() != 2 or input_ids.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
+            raise InputError(
+                f"expected input_ids [batch, len] and scores [batch, vocab], got {tuple(input_ids.shape)} and {tuple(scores.shape)}"
+            )
+        if self.vocab_size is not None and scores.shape[1] < self.vocab_size:
+            raise InputError(f"scores have {scores.shape[1]} columns but the tokenizer has {self.vocab_size} tokens (mismatched tokenizer?)")
+        if input_ids.shape[1] < self.h:
+            return scores
+        return green_bias(scores, input_ids, self.prf_key, self.h, self.seeding, self.gamma, self.delta)
+
+
+def _first_occurrence(rows: torch.Tensor) -> torch.Tensor:
+    """Boolean mask over ``rows[N, k]``: True where a row appears for the first time."""
+    if rows.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    pos = torch.arange(rows.shape[0])
+    first = torch.full((int(inverse.max()) + 1,), rows.shape[0], dtype=torch.long).scatter_reduce(0, inverse, pos, "amin")
+    return first[inverse] == pos
+
+
+class GreenListDetector:
+    """Scores a text's tokens against a scheme's green lists: z and exact binomial p-value.
+
+    Only tokens with a full context are scored (the first ``h`` are not). With
+    ``ignore_repeated_ngrams`` each distinct (context, token) n-gram counts once, as in
+    Kirchenbauer et al.'s detector: repeated phrases would otherwise inflate z.
+    """
+
+    def __init__(self, scheme: GreenListScheme, tokenizer: Any, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True, min_tokens: int = DEFAULT_MIN_TOKENS):
+        self.scheme, self.tokenizer = scheme, tokenizer
+        try:
+            self.fpr = check_fpr(fpr)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        if min_tokens < 1:
+            raise InputError(f"min_tokens must be >= 1, got {min_tokens}")
+        self.ignore_repeated_ngrams, self.min_tokens = ignore_repeated_ngrams, min_tokens
+        self.h, self.seeding = scheme.seeding_params()
+        self._key, self._thr = scheme.prf_key(), prf.threshold(scheme.gamma)
+
+    def token_ids(self, text: str, prompt: str | None = None) -> torch.Tensor:
+        """Normalize ``text``, strip ``prompt`` if the text starts with it, and tokenize."""
+        text = normalize_text(text)
+        if prompt:
+            p = normalize_text(prompt)
+            if text.startswith(p):
+                text = text[len(p):]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def detect(self, text: str | Sequence[int] | torch.Tensor, prompt: str | None = None) -> Detection:
+        """Detect the mark in a text (or in token ids of the scheme's tokenizer)."""
+        if isinstance(text, str):
+            ids = self.token_ids(text, prompt)
+        else:
+            ids = torch.as_tensor(text, dtype=torch.long).flatten()
+            vocab = len(self.tokenizer) if self.tokenizer is not None else None
+            if ids.numel() and (int(ids.min()) < 0 or (vocab is not None and int(ids.max()) >= vocab)):
+                raise InputError(f"token ids out of range for a {vocab}-token tokenizer (mismatched tokenizer?)")
+        green = prf.position_u32(ids, self._key, self.h, self.seeding) < self._thr
+        if self.ignore_repeated_ngrams and green.numel():
+            scored = _first_occurrence(ids.unfold(0, self.h + 1, 1))
+        else:
+            scored = torch.ones_like(green)
+        n = int(scored.sum())
+        if n < self.min_tokens:
+            raise InputError(f"only {n} token(s) can be scored; at least {self.min_tokens} are needed")
+        pad = [False] * min(self.h, ids.numel())
+        evidence = {
+            "token_ids": ids.tolist(),
+            "scored": pad + scored.tolist(),
+            "green": pad + (green & scored).tolist(),
+        }
+        return binomial_detection(
+            self.scheme.name, int((green & scored).sum()), n, self.scheme.gamma, self.fpr, evidence=evidence,
+            tokens_total=int(ids.numel()),
+        )
