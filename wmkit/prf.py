@@ -25,6 +25,13 @@ as in Kirchenbauer et al.'s Algorithm 3, but evaluated for every candidate at on
 
 Token ``t`` is green after that context iff ``u(t) < floor(gamma * 2**32)``.
 
+Test vectors, key ``(k0, k1) = (0x01234567, 0x89ABCDEF)`` (``tests/test_prf.py`` checks them)::
+
+    lefthash, context ()           token 0      -> u = 0x105F9DA2
+    lefthash, context (42,)        token 7      -> u = 0xA1EC1720
+    lefthash, context (1, 2, 3, 4) token 49151  -> u = 0x793BB3BA
+    selfhash, context (1, 2, 3, 4) token 49151  -> u = 0xDCC068F9
+
 The per-row work (one Philox call per row, or ``h`` for selfhash) is small; the per-token work is
 one or two ``mix32`` calls, which ``torch.compile`` fuses into a single loop (see
 :mod:`wmkit.kernels`). Everything here is eager torch on ``int64`` tensors holding 32-bit

@@ -1,0 +1,33 @@
+"""Test helpers: perfectly marked token sequences and texts, built with the pure-Python PRF."""
+
+import numpy as np
+
+import prf_reference as ref
+
+V = 49152
+
+
+def green_ref(scheme, context, token):
+    """Is ``token`` green after ``context`` under ``scheme``, by the independent reference?"""
+    h, seeding = scheme.seeding_params()
+    return ref.is_green(list(context[len(context) - h :]) if h else [], token, scheme.prf_key(), scheme.gamma, seeding)
+
+
+def marked_ids(scheme, n, rng, pool=None):
+    """``n`` token ids whose every token after the first ``h`` is green (from ``pool`` if given)."""
+    h = scheme.seeding_params()[0]
+    ids = list(pool[:h]) if pool is not None else list(range(1, h + 1))
+    while len(ids) < n:
+        t = int(pool[int(rng.integers(len(pool)))]) if pool is not None else int(rng.integers(V))
+        if green_ref(scheme, ids, t):
+            ids.append(t)
+    return ids
+
+
+def marked_text(scheme, tokenizer, n=120, seed=0):
+    """A text of ``n`` green whole-word tokens; it re-tokenizes to the same ids."""
+    words = sorted(
+        i for t, i in tokenizer.get_vocab().items()
+        if t.startswith("Ġ") and t[1:].isalpha() and t[1:].islower() and 3 <= len(t) <= 9
+    )
+    return tokenizer.decode(marked_ids(scheme, n, np.random.default_rng(seed), pool=words))

@@ -1,0 +1,141 @@
+"""The wm CLI: keygen, detect on good and bad input, exit codes, JSON output."""
+
+import json
+import os
+import stat
+
+import pytest
+from typer.testing import CliRunner
+
+from helpers import marked_text
+from wmkit.cli.main import app
+from wmkit.keys import SecretKey, read_key_file
+from wmkit.watermark.text import KGW
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def keyfile(tmp_path):
+    path = tmp_path / "wm.key"
+    assert runner.invoke(app, ["keygen", "-o", str(path)]).exit_code == 0
+    return path
+
+
+@pytest.fixture
+def texts(tmp_path, keyfile, tokenizer):
+    key = read_key_file(keyfile)
+    marked = tmp_path / "marked.txt"
+    marked.write_text(marked_text(KGW(key), tokenizer, 120, seed=1), encoding="utf-8")
+    plain = tmp_path / "plain.txt"
+    plain.write_text(marked_text(KGW(SecretKey.generate()), tokenizer, 120, seed=2), encoding="utf-8")
+    return marked, plain
+
+
+def test_keygen_writes_private_key_and_refuses_overwrite(tmp_path):
+    path = tmp_path / "k"
+    r = runner.invoke(app, ["keygen", "-o", str(path)])
+    assert r.exit_code == 0 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert len(read_key_file(path).secret) == 32
+    before = path.read_bytes()
+    r = runner.invoke(app, ["keygen", "-o", str(path)])
+    assert r.exit_code == 2 and "refusing to overwrite" in r.stderr and path.read_bytes() == before
+    r = runner.invoke(app, ["keygen", "-o", str(tmp_path / "k2"), "--bits", "64"])
+    assert r.exit_code == 2 and "128" in r.stderr
+
+
+def test_detect_table_and_json(keyfile, texts):
+    marked, plain = texts
+    r = runner.invoke(app, ["detect", str(marked), str(plain), "-k", str(keyfile), "--json"])
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["file"] for row in rows] == [str(marked), str(plain)]
+    for row in rows:
+        assert {"file", "scheme", "tokens_scored", "green_fraction", "z", "p_value", "watermarked"} <= set(row)
+    assert rows[0]["watermarked"] and rows[0]["z"] > 10
+    assert not rows[1]["watermarked"] and abs(rows[1]["z"]) < 4
+    r = runner.invoke(app, ["detect", str(marked), str(plain), "-k", str(keyfile)])
+    assert r.exit_code == 0 and "watermarked" in r.stdout and "not watermarked" in r.stdout
+
+
+def test_detect_from_stdin_env_key_and_highlight(keyfile, texts, monkeypatch):
+    marked, _ = texts
+    monkeypatch.setenv("WMKIT_KEY", read_key_file(keyfile).to_hex())
+    r = runner.invoke(app, ["detect", "-", "--json", "--highlight"], input=marked.read_text())
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[0])["watermarked"]
+
+
+def test_detect_scheme_parameters_must_match(keyfile, texts):
+    marked, _ = texts
+    r = runner.invoke(app, ["detect", str(marked), "-k", str(keyfile), "--json", "--context-width", "2"])
+    assert r.exit_code == 0 and not json.loads(r.stdout)["watermarked"]
+    r = runner.invoke(app, ["detect", str(marked), "-k", str(keyfile), "--scheme", "unigram", "--json"])
+    assert r.exit_code == 0 and not json.loads(r.stdout)["watermarked"]
+
+
+def test_bad_inputs_are_one_line_errors_and_others_still_processed(tmp_path, keyfile, texts):
+    marked, _ = texts
+    (tmp_path / "empty.txt").write_text("   \n")
+    (tmp_path / "bin.dat").write_bytes(b"\x7fELF\x00\x01\x02")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e".encode("latin-1"))
+    (tmp_path / "short.txt").write_text("Too short to score.")
+    bad = {
+        str(tmp_path / "missing.txt"): "no such file",
+        str(tmp_path): "is a directory",
+        str(tmp_path / "empty.txt"): "empty file",
+        str(tmp_path / "bin.dat"): "binary file",
+        str(tmp_path / "latin1.txt"): "not UTF-8",
+        str(tmp_path / "short.txt"): "can be scored",
+    }
+    r = runner.invoke(app, ["detect", *bad, str(marked), "-k", str(keyfile), "--json"])
+    assert r.exit_code == 2
+    rows = {row["file"]: row for row in map(json.loads, r.stdout.splitlines())}
+    assert rows[str(marked)]["watermarked"]
+    err_lines = r.stderr.strip().splitlines()
+    assert len(err_lines) == len(bad)
+    for path, msg in bad.items():
+        assert msg in rows[path]["error"]
+        assert any(line.startswith("wm: error: ") and path in line and msg in line for line in err_lines)
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--scheme", "nope"], "unknown scheme"),
+        (["--gamma", "1.5"], "gamma"),
+        (["--fpr", "0"], "fpr"),
+        (["--scheme", "unigram", "--context-width", "3"], "apply to kgw"),
+    ],
+)
+def test_usage_errors_exit_2(keyfile, texts, args, msg):
+    r = runner.invoke(app, ["detect", str(texts[0]), "-k", str(keyfile), *args])
+    assert r.exit_code == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_missing_key_is_an_error(texts, monkeypatch, tmp_path):
+    monkeypatch.delenv("WMKIT_KEY", raising=False)
+    r = runner.invoke(app, ["detect", str(texts[0])])
+    assert r.exit_code == 2 and "no key given" in r.stderr
+    r = runner.invoke(app, ["detect", str(texts[0]), "-k", str(tmp_path / "nokey")])
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+    (tmp_path / "short.key").write_text("abcd")
+    r = runner.invoke(app, ["detect", str(texts[0]), "-k", str(tmp_path / "short.key")])
+    assert r.exit_code == 2 and "at least 128" in r.stderr
+
+
+def test_generate_refuses_existing_output_before_loading_model(tmp_path, keyfile):
+    out = tmp_path / "out.jsonl"
+    out.write_text("precious\n")
+    r = runner.invoke(app, ["generate", "--prompt", "Hi", "-k", str(keyfile), "-o", str(out)])
+    assert r.exit_code == 2 and "refusing to overwrite" in r.stderr and out.read_text() == "precious\n"
+    r = runner.invoke(app, ["generate", "-k", str(keyfile)])
+    assert r.exit_code == 2 and "exactly one of" in r.stderr
+    r = runner.invoke(app, ["generate", "--prompt", "Hi", "--model", str(tmp_path / "nomodel")])
+    assert r.exit_code == 2
+
+
+def test_help_on_every_command():
+    for cmd in ([], ["keygen"], ["generate"], ["detect"], ["demo"]):
+        r = runner.invoke(app, [*cmd, "--help"])
+        assert r.exit_code == 0 and "Usage" in r.stdout

@@ -1,0 +1,74 @@
+"""Keys: parsing, sources, generation, file safety, subkey derivation."""
+
+import hashlib
+import hmac
+import os
+import stat
+
+import pytest
+
+from wmkit.errors import InvalidKeyError
+from wmkit.keys import SecretKey, load_key, read_key_file, write_key_file
+
+HEX = "000102030405060708090a0b0c0d0e0f"
+
+
+def test_parse_and_minimum_size():
+    assert SecretKey.from_hex(HEX).secret == bytes(range(16))
+    assert SecretKey.from_hex("# comment\n0x" + HEX + "\n").secret == bytes(range(16))
+    with pytest.raises(InvalidKeyError, match="120 bits"):
+        SecretKey.from_hex(HEX[:-2])
+    with pytest.raises(InvalidKeyError, match="not a hexadecimal"):
+        SecretKey.from_hex("correct horse battery staple!!!!")
+    with pytest.raises(InvalidKeyError, match="empty"):
+        SecretKey.from_hex("  \n")
+
+
+def test_repr_hides_secret():
+    k = SecretKey.from_hex(HEX)
+    assert HEX not in repr(k) and "0102" not in str(k)
+
+
+def test_sources_and_missing_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("WMKIT_KEY", raising=False)
+    with pytest.raises(InvalidKeyError, match="no key given"):
+        load_key()
+    monkeypatch.setenv("WMKIT_KEY", HEX)
+    assert load_key().secret == bytes(range(16))
+    f = tmp_path / "k"
+    f.write_text("ff" * 16)
+    assert load_key(key_file=f).secret == b"\xff" * 16  # a file beats the environment
+    assert load_key(key="ee" * 16, key_file=f).secret == b"\xee" * 16  # an argument beats both
+    with pytest.raises(InvalidKeyError, match="does not exist"):
+        load_key(key_file=tmp_path / "missing")
+    with pytest.raises(InvalidKeyError, match="directory"):
+        read_key_file(tmp_path)
+    (tmp_path / "bin").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(InvalidKeyError, match="not readable"):
+        read_key_file(tmp_path / "bin")
+
+
+def test_write_key_file_mode_and_no_overwrite(tmp_path):
+    k = SecretKey.generate()
+    p = write_key_file(tmp_path / "key", k)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    assert read_key_file(p) == k
+    before = p.read_bytes()
+    with pytest.raises(InvalidKeyError, match="refusing to overwrite"):
+        write_key_file(p, SecretKey.generate())
+    assert p.read_bytes() == before
+
+
+def test_generate_is_random_and_sized():
+    a, b = SecretKey.generate(), SecretKey.generate(128)
+    assert len(a.secret) == 32 and len(b.secret) == 16 and a != SecretKey.generate()
+    with pytest.raises(InvalidKeyError):
+        SecretKey.generate(64)
+
+
+def test_subkeys_are_hmac_sha256_and_separate():
+    k = SecretKey.from_hex(HEX)
+    assert k.subkey("text/kgw") == hmac.new(bytes(range(16)), b"wmkit/v1/text/kgw", hashlib.sha256).digest()
+    sub = k.subkey("text/kgw")
+    assert k.prf_key("text/kgw") == (int.from_bytes(sub[:4], "little"), int.from_bytes(sub[4:8], "little"))
+    assert k.prf_key("text/kgw") != k.prf_key("text/unigram")

@@ -1,0 +1,97 @@
+"""The mark on the real default model (SmolLM2-135M-Instruct): marked text is found, plain is not."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from wmkit.errors import InputError
+from wmkit.keys import SecretKey
+from wmkit.watermark.text import KGW, Unigram
+from wmkit.watermark.text.generate import generate_completions
+
+pytestmark = pytest.mark.slow
+PROMPTS = [ln for ln in (Path(__file__).parent / "data" / "prompts.txt").read_text().splitlines() if ln.strip()]
+KEY = SecretKey.from_hex("5eed" * 16)
+N_NEW = 200
+
+
+def _gen(default_lm, scheme, seed):
+    lm, tok = default_lm
+    return generate_completions(lm, tok, PROMPTS, scheme, max_new_tokens=N_NEW, min_new_tokens=N_NEW,
+                                temperature=1.0, seed=seed, batch_size=len(PROMPTS))
+
+
+def _z(detector, ids):
+    try:
+        return detector.detect(ids).statistic
+    except InputError:  # too few distinct n-grams to score: no evidence
+        return 0.0
+
+
+@pytest.fixture(scope="module")
+def unmarked(default_lm):
+    return _gen(default_lm, None, seed=100)
+
+
+@pytest.mark.parametrize("scheme", [KGW(KEY, gamma=0.25, delta=2.0), Unigram(KEY, gamma=0.25, delta=2.0)], ids=["kgw", "unigram"])
+def test_tpr_and_no_false_positive(default_lm, unmarked, scheme):
+    _, tok = default_lm
+    marked = _gen(default_lm, scheme, seed=1)
+    assert len(marked) == 30 and all(len(r["completion_ids"]) == N_NEW for r in marked)
+    det = scheme.detector(tok)
+    z_marked = [_z(det, r["completion"]) for r in marked]
+    z_plain = [_z(det, r["completion"]) for r in unmarked]
+    tpr = sum(z > 4 for z in z_marked) / len(z_marked)
+    print(f"{scheme.name}: TPR@z>4 {tpr:.3f}, marked z median {sorted(z_marked)[15]:.2f}, "
+          f"plain z max {max(z_plain):.2f}")
+    assert tpr >= 0.95
+    assert max(z_plain) <= 4
+    # the same verdict from the generated token ids, without re-tokenizing
+    assert sum(_z(det, r["completion_ids"]) > 4 for r in marked) >= 0.95 * len(marked)
+
+
+def test_zero_delta_greedy_equals_unwatermarked(default_lm):
+    lm, tok = default_lm
+    prompts = PROMPTS[:4]
+    plain = generate_completions(lm, tok, prompts, None, max_new_tokens=40, temperature=0.0)
+    zero = generate_completions(lm, tok, prompts, KGW(KEY, delta=0.0, context_width=2, seeding="selfhash"),
+                                max_new_tokens=40, temperature=0.0)
+    assert [r["completion_ids"] for r in zero] == [r["completion_ids"] for r in plain]
+    marked = generate_completions(lm, tok, prompts, KGW(KEY, delta=4.0), max_new_tokens=40, temperature=0.0)
+    assert [r["completion_ids"] for r in marked] != [r["completion_ids"] for r in plain]
+
+
+def test_processor_zero_delta_changes_no_logit(default_lm):
+    lm, tok = default_lm
+    enc = tok(PROMPTS[:3], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        scores = lm(**enc).logits[:, -1, :]
+    for s in (KGW(KEY, delta=0.0), Unigram(KEY, delta=0.0), KGW(KEY, delta=0.0, context_width=4, seeding="selfhash")):
+        assert torch.equal(s.processor(tok)(enc["input_ids"], scores.clone()), scores)
+
+
+def test_cli_generate_then_detect(tmp_path):
+    from wmkit.cli.main import app
+
+    runner = CliRunner()
+    key = tmp_path / "k"
+    assert runner.invoke(app, ["keygen", "-o", str(key)]).exit_code == 0
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROMPTS[:2]) + "\n")
+    out = tmp_path / "out.jsonl"
+    r = runner.invoke(app, ["generate", "--prompts", str(prompts), "-k", str(key), "-n", "120", "--seed", "3",
+                            "--context-width", "4", "--seeding", "selfhash", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["prompt"] for row in rows] == PROMPTS[:2]
+    assert rows[0]["config"] == {"scheme": "kgw", "gamma": 0.25, "delta": 2.0, "context_width": 4, "seeding": "selfhash"}
+    files = []
+    for i, row in enumerate(rows):
+        files.append(tmp_path / f"c{i}.txt")
+        files[-1].write_text(row["completion"])
+    r = runner.invoke(app, ["detect", *map(str, files), "-k", str(key), "--context-width", "4", "--seeding", "selfhash", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert all(json.loads(line)["watermarked"] for line in r.stdout.splitlines())

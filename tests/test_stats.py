@@ -1,0 +1,86 @@
+"""Detection statistics against closed forms, scipy and scikit-learn."""
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from wmkit import stats
+
+
+def exact_upper_tail(k, n, p):
+    p = Fraction(p)
+    return float(sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+
+
+def test_binomial_pvalue_closed_form():
+    # 200 tokens, 100 green, gamma 0.25
+    assert stats.binomial_pvalue(100, 200, 0.25) == pytest.approx(exact_upper_tail(100, 200, 0.25), rel=1e-9)
+    assert stats.binomial_pvalue(0, 50, 0.25) == 1.0
+    assert stats.binomial_pvalue(50, 50, 0.25) == pytest.approx(0.25**50, rel=1e-9)
+    for k in (10, 13, 20):
+        assert stats.binomial_pvalue(k, 40, 0.25) == pytest.approx(exact_upper_tail(k, 40, 0.25), rel=1e-9)
+
+
+def test_z_score_closed_form():
+    assert stats.z_score(100, 200, 0.25) == pytest.approx(50 / math.sqrt(37.5))
+    assert stats.z_score(50, 200, 0.25) == 0.0
+    assert stats.z_score(0, 0, 0.25) == 0.0
+
+
+def test_binomial_detection_fields_and_decision():
+    d = stats.binomial_detection("kgw", green=100, n=200, gamma=0.25, fpr=1e-4)
+    assert d.decision and d.n_scored == 200 and d.details["green_fraction"] == 0.5
+    assert d.p_value == pytest.approx(exact_upper_tail(100, 200, 0.25), rel=1e-9)
+    weak = stats.binomial_detection("kgw", green=55, n=200, gamma=0.25, fpr=1e-4)
+    assert not weak.decision and weak.statistic > 0
+    assert set(d.to_dict()) == {"method", "n_scored", "statistic", "p_value", "fpr", "decision", "details"}
+    with pytest.raises(ValueError):
+        stats.binomial_detection("kgw", green=1, n=2, gamma=0.25, fpr=0.0)
+
+
+def test_pvalue_is_calibrated_under_null():
+    rng = np.random.default_rng(0)
+    n, gamma, fpr = 200, 0.25, 0.05
+    greens = rng.binomial(n, gamma, size=20000)
+    rate = np.mean([stats.binomial_pvalue(int(g), n, gamma) <= fpr for g in greens])
+    assert rate <= fpr + 3 * math.sqrt(fpr * (1 - fpr) / greens.size)  # exact test is conservative
+    assert rate > 0.02
+
+
+def test_ks_2samp_exact_small_case():
+    d, p = stats.ks_2samp([1, 2, 3], [4, 5, 6])
+    assert d == 1.0 and p == pytest.approx(2 / math.comb(6, 3))  # exact permutation p-value
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=300), rng.normal(0.3, size=400)
+    ref = sps.ks_2samp(a, b)
+    assert stats.ks_2samp(a, b) == pytest.approx((ref.statistic, ref.pvalue))
+    with pytest.raises(ValueError):
+        stats.ks_2samp([], [1.0])
+
+
+def test_roc_auc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(2)
+    pos, neg = rng.integers(0, 10, 300).astype(float) + 1, rng.integers(0, 10, 200).astype(float)
+    y = np.r_[np.ones(pos.size), np.zeros(neg.size)]
+    assert stats.roc_auc(pos, neg) == pytest.approx(roc_auc_score(y, np.r_[pos, neg]))
+    assert stats.roc_auc([2, 3], [0, 1]) == 1.0 and stats.roc_auc([1], [1]) == 0.5
+
+
+def test_threshold_and_tpr_at_fpr_brute_force():
+    rng = np.random.default_rng(3)
+    neg, pos = rng.normal(size=1000), rng.normal(2.0, size=500)
+    for fpr in (0.0, 0.01, 0.05, 0.1):
+        t = stats.threshold_at_fpr(neg, fpr)
+        assert np.mean(neg > t) <= fpr
+        # smallest such threshold: any lower observed negative lets more through
+        lower = neg[neg < t]
+        if lower.size:
+            assert np.mean(neg > lower.max()) > fpr
+        assert stats.tpr_at_fpr(pos, neg, fpr) == np.mean(pos > t)
+    # sklearn's ROC: the best TPR with FPR <= 0.05 (strict '>' makes ours the same on continuous data)
+    fp, tp, _ = roc_curve(np.r_[np.ones(500), np.zeros(1000)], np.r_[pos, neg])
+    assert stats.tpr_at_fpr(pos, neg, 0.05) == pytest.approx(tp[fp <= 0.05].max(), abs=1 / 500)
