@@ -162,19 +162,19 @@ def selfhash_u32(anchors: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 def position_u32(
     token_ids: torch.Tensor, key: tuple[int, int], h: int, seeding: str
 ) -> torch.Tensor:
-    """PRF word of every token of a sequence given its ``h`` predecessors: ``[N] -> [N - h]``.
+    """PRF word of every token given its ``h`` predecessors: ``[..., N] -> [..., N - h]``.
 
-    Entry ``i`` belongs to token ``token_ids[h + i]``; this is what detection scores.
+    Entry ``i`` belongs to token ``token_ids[..., h + i]``; this is what detection scores.
     """
     ids = token_ids.to(torch.int64)
-    n = ids.shape[0] - h
+    n = ids.shape[-1] - h
     if n <= 0:
-        return torch.empty(0, dtype=torch.int64, device=ids.device)
-    targets = ids[h:]
+        return ids.new_empty((*ids.shape[:-1], 0))
+    targets = ids[..., h:]
     if seeding == "lefthash":
-        windows = ids.unfold(0, h, 1)[:n] if h else ids.new_empty((n, 0))
+        windows = ids.unfold(-1, h, 1)[..., :n, :] if h else ids.new_empty((*ids.shape[:-1], n, 0))
         return lefthash_u32(lefthash_seeds(windows, key), targets)
     if seeding == "selfhash":
         r = selfhash_anchors(ids, key, h)
-        return selfhash_u32(r.unfold(0, h, 1)[:n], targets)
+        return selfhash_u32(r.unfold(-1, h, 1)[..., :n, :], targets)
     raise ValueError(f"unknown seeding scheme {seeding!r}; expected one of {SEEDING_SCHEMES}")

@@ -82,7 +82,7 @@ def detect(
         if as_json:
             typer.echo(json.dumps(row))
         else:
-            verdict = f"[bold green]watermarked[/]" if det.decision else "not watermarked"
+            verdict = "[bold green]watermarked[/]" if det.decision else "not watermarked"
             table.add_row(path, str(det.n_scored), f"{row['green_fraction']:.3f}", f"{det.statistic:.2f}", f"{det.p_value:.3g}", verdict)
         if highlight:
             _highlight(console, tokenizer, path, det)

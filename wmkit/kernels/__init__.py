@@ -1,12 +1,14 @@
-"""Green-list bias kernels and their dispatch.
+"""Green-list kernels and their dispatch: Triton on CUDA tensors, torch elsewhere.
 
-``green_bias(scores, input_ids, key, h, seeding, gamma, delta)`` adds ``delta`` to the logits of
-the green tokens of every row, one call for the whole batch. It knows no scheme: it takes tensors,
-a PRF key and the PRF's parameters (:mod:`wmkit.prf` is the specification).
+Generation: :func:`green_bias` adds ``delta`` to the green logits of every row, one call for the
+whole batch. Detection: :func:`green_positions` flags the green tokens of a padded batch of
+sequences and :func:`first_ngram_occurrence` masks repeated (context, token) n-grams. They know
+no scheme: they take tensors, a PRF key and the PRF's parameters (:mod:`wmkit.prf` is the spec).
 
-On the CPU the per-token work runs through ``torch.compile`` (inductor fuses the PRF, the
-comparison and the add into one loop; about 20x faster than eager torch); where compilation is
-unavailable, or ``WMKIT_COMPILE=0``, the eager reference runs instead. Both give the same bits.
+On CUDA the fused Triton kernels of :mod:`wmkit.kernels.triton_green` run. On the CPU the
+generation path goes through ``torch.compile`` (inductor fuses PRF, comparison and add into one
+loop); where compilation is unavailable, or ``WMKIT_COMPILE=0``, the eager reference runs. All
+paths give the same bits; ``tests/test_kernels.py`` checks it (Triton under ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
@@ -19,24 +21,31 @@ import torch
 
 from .. import prf
 
-__all__ = ["green_bias", "green_bias_reference", "compile_enabled"]
+__all__ = [
+    "green_bias",
+    "green_bias_reference",
+    "green_positions",
+    "green_positions_reference",
+    "first_ngram_occurrence",
+    "compile_enabled",
+    "triton_available",
+]
 
 
-def _bias_lefthash(scores: torch.Tensor, window: torch.Tensor, key: torch.Tensor, thr: int, delta: float) -> torch.Tensor:
-    seeds = prf.lefthash_seeds(window, (key[0], key[1]))
+def _bias(scores: torch.Tensor, window: torch.Tensor, key: torch.Tensor, active: torch.Tensor | None,
+          thr: int, delta: float, selfhash: bool) -> torch.Tensor:
     vocab = torch.arange(scores.shape[-1], device=scores.device)
-    green = prf.lefthash_u32(seeds.unsqueeze(-1), vocab) < thr
+    k = (key[0], key[1])
+    if selfhash:
+        anchors = prf.selfhash_anchors(window, k, window.shape[-1])
+        green = prf.selfhash_u32(anchors.unsqueeze(-2), vocab) < thr
+    else:
+        green = prf.lefthash_u32(prf.lefthash_seeds(window, k).unsqueeze(-1), vocab) < thr
+    if active is not None:
+        green = green & active.unsqueeze(-1)
     return torch.where(green, scores + delta, scores)
 
 
-def _bias_selfhash(scores: torch.Tensor, window: torch.Tensor, key: torch.Tensor, thr: int, delta: float) -> torch.Tensor:
-    anchors = prf.selfhash_anchors(window, (key[0], key[1]), window.shape[-1])
-    vocab = torch.arange(scores.shape[-1], device=scores.device)
-    green = prf.selfhash_u32(anchors.unsqueeze(-2), vocab) < thr
-    return torch.where(green, scores + delta, scores)
-
-
-_EAGER: dict[str, Callable[..., torch.Tensor]] = {"lefthash": _bias_lefthash, "selfhash": _bias_selfhash}
 _COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
 _COMPILE_FAILED = False
 
@@ -46,37 +55,133 @@ def compile_enabled() -> bool:
     return os.environ.get("WMKIT_COMPILE", "1") != "0" and not _COMPILE_FAILED
 
 
+def triton_available() -> bool:
+    """Whether the Triton kernels can be imported (they run on CUDA, or anywhere when interpreted)."""
+    try:
+        from . import triton_green  # noqa: F401
+    except Exception:  # no triton, or a triton that cannot load here
+        return False
+    return True
+
+
+def _checked(scores: torch.Tensor, input_ids: torch.Tensor, h: int, seeding: str,
+             row_mask: torch.Tensor | None) -> None:
+    if seeding not in prf.SEEDING_SCHEMES:
+        raise ValueError(f"unknown seeding scheme {seeding!r}; expected one of {prf.SEEDING_SCHEMES}")
+    if scores.dim() != 2 or input_ids.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"expected scores [B, V] and input_ids [B, L], got {tuple(scores.shape)} and {tuple(input_ids.shape)}")
+    if input_ids.shape[1] < h:
+        raise ValueError(f"input_ids has {input_ids.shape[1]} columns; the context width is {h}")
+    if row_mask is not None and row_mask.shape != (scores.shape[0],):
+        raise ValueError(f"row_mask must have shape [{scores.shape[0]}], got {tuple(row_mask.shape)}")
+
+
 def _inputs(input_ids: torch.Tensor, key: tuple[int, int], h: int) -> tuple[torch.Tensor, torch.Tensor]:
     window = input_ids[:, input_ids.shape[1] - h :] if h else input_ids[:, :0]
     return window.to(torch.int64), torch.tensor(key, dtype=torch.int64, device=input_ids.device)
 
 
 def green_bias_reference(
-    scores: torch.Tensor, input_ids: torch.Tensor, key: tuple[int, int], h: int, seeding: str, gamma: float, delta: float
+    scores: torch.Tensor, input_ids: torch.Tensor, key: tuple[int, int], h: int, seeding: str, gamma: float,
+    delta: float, row_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The eager torch reference of :func:`green_bias` (returns a new tensor)."""
-    return _EAGER[seeding](scores, *_inputs(input_ids, key, h), prf.threshold(gamma), float(delta))
+    _checked(scores, input_ids, h, seeding, row_mask)
+    active = row_mask.bool() if row_mask is not None else None
+    return _bias(scores, *_inputs(input_ids, key, h), active, prf.threshold(gamma), float(delta), seeding == "selfhash")
 
 
 def green_bias(
-    scores: torch.Tensor, input_ids: torch.Tensor, key: tuple[int, int], h: int, seeding: str, gamma: float, delta: float
+    scores: torch.Tensor, input_ids: torch.Tensor, key: tuple[int, int], h: int, seeding: str, gamma: float,
+    delta: float, row_mask: torch.Tensor | None = None, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Add ``delta`` to the green logits of each row of ``scores[B, V]`` given ``input_ids[B, L]``.
 
-    Rows need ``L >= h``; the caller leaves shorter contexts alone. Returns a new tensor.
+    Args:
+        scores: logits, float32/16 or bfloat16, contiguous along the vocabulary.
+        input_ids: the tokens so far; the last ``h`` of each row are its context (``L >= h``).
+        key: the 64-bit PRF key ``(k0, k1)``.
+        h, seeding, gamma: the PRF's context width, seeding scheme and green fraction.
+        delta: the bias.
+        row_mask: optional ``[B]`` bool; rows where it is False are left unchanged.
+        out: where to write; ``out=scores`` works in place. Default: a new tensor.
     """
     global _COMPILE_FAILED
-    if seeding not in _EAGER:
-        raise ValueError(f"unknown seeding scheme {seeding!r}; expected one of {prf.SEEDING_SCHEMES}")
+    _checked(scores, input_ids, h, seeding, row_mask)
+    if scores.is_cuda and scores.dtype == torch.float32 and triton_available():
+        from .triton_green import green_bias_triton
+
+        return green_bias_triton(scores, input_ids, key, h, seeding, gamma, delta, row_mask, out)
     window, k = _inputs(input_ids, key, h)
-    thr, d = prf.threshold(gamma), float(delta)
+    active = row_mask.bool() if row_mask is not None else None
+    args = (scores, window, k, active, prf.threshold(gamma), float(delta), seeding == "selfhash")
+    result = None
     if compile_enabled() and scores.device.type == "cpu":
-        fn = _COMPILED.get(seeding)
+        fn = _COMPILED.get("bias")
         if fn is None:
-            fn = _COMPILED[seeding] = torch.compile(_EAGER[seeding], dynamic=True)
+            fn = _COMPILED["bias"] = torch.compile(_bias, dynamic=True)
         try:
-            return fn(scores, window, k, thr, d)
+            result = fn(*args)
         except Exception as e:  # no compiler, unsupported platform: the eager path is exact too
             _COMPILE_FAILED = True
             warnings.warn(f"torch.compile unavailable ({type(e).__name__}); using eager torch", stacklevel=2)
-    return _EAGER[seeding](scores, window, k, thr, d)
+    if result is None:
+        result = _bias(*args)
+    if out is not None:
+        return out.copy_(result)
+    return result
+
+
+def green_positions_reference(
+    ids: torch.Tensor, lengths: torch.Tensor, key: tuple[int, int], h: int, seeding: str, gamma: float
+) -> torch.Tensor:
+    """Torch reference of :func:`green_positions`."""
+    s, n = ids.shape
+    green = torch.zeros((s, n), dtype=torch.bool, device=ids.device)
+    if n > h:
+        green[:, h:] = prf.position_u32(ids, key, h, seeding) < prf.threshold(gamma)
+    return green & (torch.arange(n, device=ids.device) < lengths.unsqueeze(1))
+
+
+def green_positions(
+    ids: torch.Tensor, lengths: torch.Tensor, key: tuple[int, int], h: int, seeding: str, gamma: float
+) -> torch.Tensor:
+    """``[S, N]`` bool: is token ``ids[s, i]`` green after its ``h`` predecessors?
+
+    ``ids`` is a right-padded batch of sequences with ``lengths[s]`` real tokens each; positions
+    ``i < h`` and padding are False.
+    """
+    if seeding not in prf.SEEDING_SCHEMES:
+        raise ValueError(f"unknown seeding scheme {seeding!r}; expected one of {prf.SEEDING_SCHEMES}")
+    if ids.is_cuda and triton_available():
+        from .triton_green import green_positions_triton
+
+        return green_positions_triton(ids, lengths.to(torch.int64), key, h, seeding, gamma)
+    return green_positions_reference(ids, lengths, key, h, seeding, gamma)
+
+
+def first_ngram_occurrence(ids: torch.Tensor, lengths: torch.Tensor, h: int) -> torch.Tensor:
+    """``[S, N]`` bool: position ``i >= h`` holds the first occurrence in its row of the n-gram
+    ``ids[s, i-h : i+1]`` (context and token). Exact (no hashing), batched, any device.
+
+    Rows are sorted lexicographically by their n-grams with ``h + 2`` stable sorts (validity
+    first, then columns most significant first, applied least significant first), so equal
+    n-grams end up adjacent with the earliest position first.
+    """
+    s, n = ids.shape
+    pos = torch.arange(n, device=ids.device)
+    valid = (pos >= h) & (pos < lengths.unsqueeze(1))
+    if n <= h:
+        return valid
+    grams = torch.zeros((s, n, h + 1), dtype=torch.int64, device=ids.device)
+    grams[:, h:, :] = ids.to(torch.int64).unfold(1, h + 1, 1)
+    keys = [(~valid).to(torch.int64)] + [grams[..., j] for j in range(h + 1)]
+    order = pos.expand(s, n).contiguous()
+    for k in reversed(keys):
+        idx = torch.argsort(torch.gather(k, 1, order), dim=1, stable=True)
+        order = torch.gather(order, 1, idx)
+    sorted_keys = torch.stack([torch.gather(k, 1, order) for k in keys], dim=-1)
+    new = torch.ones((s, n), dtype=torch.bool, device=ids.device)
+    new[:, 1:] = (sorted_keys[:, 1:] != sorted_keys[:, :-1]).any(-1)
+    first = torch.empty_like(new).scatter_(1, order, new)
+    return first & valid

@@ -20,7 +20,7 @@ from transformers import LogitsProcessor
 
 from ... import prf
 from ...errors import InputError
-from ...kernels import green_bias
+from ... import kernels
 from ...keys import SecretKey
 from ...stats import Detection, binomial_detection, check_fpr
 
@@ -127,17 +127,7 @@ class GreenListProcessor(LogitsProcessor):
             raise InputError(f"scores have {scores.shape[1]} columns but the tokenizer has {self.vocab_size} tokens (mismatched tokenizer?)")
         if input_ids.shape[1] < self.h:
             return scores
-        return green_bias(scores, input_ids, self.prf_key, self.h, self.seeding, self.gamma, self.delta)
-
-
-def _first_occurrence(rows: torch.Tensor) -> torch.Tensor:
-    """Boolean mask over ``rows[N, k]``: True where a row appears for the first time."""
-    if rows.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
-    pos = torch.arange(rows.shape[0])
-    first = torch.full((int(inverse.max()) + 1,), rows.shape[0], dtype=torch.long).scatter_reduce(0, inverse, pos, "amin")
-    return first[inverse] == pos
+        return kernels.green_bias(scores, input_ids, self.prf_key, self.h, self.seeding, self.gamma, self.delta)
 
 
 class GreenListDetector:
@@ -170,30 +160,56 @@ class GreenListDetector:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return torch.tensor(ids, dtype=torch.long)
 
+    def _ids(self, item: str | Sequence[int] | torch.Tensor, prompt: str | None) -> torch.Tensor:
+        if isinstance(item, str):
+            return self.token_ids(item, prompt)
+        ids = torch.as_tensor(item, dtype=torch.long).flatten()
+        vocab = len(self.tokenizer) if self.tokenizer is not None else None
+        if ids.numel() and (int(ids.min()) < 0 or (vocab is not None and int(ids.max()) >= vocab)):
+            raise InputError(f"token ids out of range for a {vocab}-token tokenizer (mismatched tokenizer?)")
+        return ids
+
     def detect(self, text: str | Sequence[int] | torch.Tensor, prompt: str | None = None) -> Detection:
-        """Detect the mark in a text (or in token ids of the scheme's tokenizer)."""
-        if isinstance(text, str):
-            ids = self.token_ids(text, prompt)
+        """Detect the mark in a text (or in token ids of the scheme's tokenizer).
+
+        Raises :class:`~wmkit.errors.InputError` if fewer than ``min_tokens`` tokens can be scored.
+        """
+        (result,) = self.detect_many([text], prompts=[prompt])
+        if isinstance(result, InputError):
+            raise result
+        return result
+
+    def detect_many(
+        self, texts: Sequence[str | Sequence[int] | torch.Tensor], prompts: Sequence[str | None] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> list[Detection | InputError]:
+        """Score many texts in one batch (one kernel launch on CUDA); an item that cannot be
+        scored yields its :class:`~wmkit.errors.InputError` in place of a :class:`Detection`."""
+        prompts = list(prompts) if prompts is not None else [None] * len(texts)
+        seqs = [self._ids(t, p) for t, p in zip(texts, prompts, strict=True)]
+        if not seqs:
+            return []
+        lengths = torch.tensor([len(x) for x in seqs], dtype=torch.long)
+        ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(device)
+        lengths = lengths.to(device)
+        green = kernels.green_positions(ids, lengths, self._key, self.h, self.seeding, self.scheme.gamma)
+        if self.ignore_repeated_ngrams:
+            scored = kernels.first_ngram_occurrence(ids, lengths, self.h)
         else:
-            ids = torch.as_tensor(text, dtype=torch.long).flatten()
-            vocab = len(self.tokenizer) if self.tokenizer is not None else None
-            if ids.numel() and (int(ids.min()) < 0 or (vocab is not None and int(ids.max()) >= vocab)):
-                raise InputError(f"token ids out of range for a {vocab}-token tokenizer (mismatched tokenizer?)")
-        green = prf.position_u32(ids, self._key, self.h, self.seeding) < self._thr
-        if self.ignore_repeated_ngrams and green.numel():
-            scored = _first_occurrence(ids.unfold(0, self.h + 1, 1))
-        else:
-            scored = torch.ones_like(green)
-        n = int(scored.sum())
-        if n < self.min_tokens:
-            raise InputError(f"only {n} token(s) can be scored; at least {self.min_tokens} are needed")
-        pad = [False] * min(self.h, ids.numel())
-        evidence = {
-            "token_ids": ids.tolist(),
-            "scored": pad + scored.tolist(),
-            "green": pad + (green & scored).tolist(),
-        }
-        return binomial_detection(
-            self.scheme.name, int((green & scored).sum()), n, self.scheme.gamma, self.fpr, evidence=evidence,
-            tokens_total=int(ids.numel()),
-        )
+            pos = torch.arange(ids.shape[1], device=ids.device)
+            scored = (pos >= self.h) & (pos < lengths.unsqueeze(1))
+        green = green & scored
+        n_scored, n_green = scored.sum(1).tolist(), green.sum(1).tolist()
+        scored, green = scored.cpu(), green.cpu()
+        results: list[Detection | InputError] = []
+        for i, x in enumerate(seqs):
+            if n_scored[i] < self.min_tokens:
+                results.append(InputError(f"only {n_scored[i]} token(s) can be scored; at least {self.min_tokens} are needed"))
+                continue
+            m = len(x)
+            evidence = {"token_ids": x.tolist(), "scored": scored[i, :m].tolist(), "green": green[i, :m].tolist()}
+            results.append(binomial_detection(
+                self.scheme.name, n_green[i], n_scored[i], self.scheme.gamma, self.fpr, evidence=evidence,
+                tokens_total=m,
+            ))
+        return results

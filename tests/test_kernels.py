@@ -1,0 +1,110 @@
+"""Triton kernels vs the torch reference, bit for bit (interpreted on the CPU, compiled on a GPU)."""
+
+import random
+
+import pytest
+import torch
+
+from wmkit import kernels
+from wmkit.kernels import triton_green
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CASES = [("lefthash", 0), ("lefthash", 1), ("lefthash", 3), ("lefthash", 8), ("selfhash", 1), ("selfhash", 4)]
+
+
+def _inputs(seed, b=4, v=3000, length=12, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    scores = (torch.randn(b, v, generator=g) * 5).to(dtype)
+    scores[0, :7] = float("-inf")
+    ids = torch.randint(0, 262144, (b, length), generator=g)
+    key = (random.Random(seed).getrandbits(32), random.Random(seed + 1).getrandbits(32))
+    return scores.to(DEVICE), ids.to(DEVICE), key
+
+
+@pytest.mark.parametrize("seeding,h", CASES)
+def test_green_bias_kernel_equals_reference(seeding, h):
+    scores, ids, key = _inputs(h)
+    gamma = random.Random(h).choice([0.1, 0.25, 0.5])
+    want = kernels.green_bias_reference(scores, ids, key, h, seeding, gamma, 2.0)
+    got = triton_green.green_bias_triton(scores, ids, key, h, seeding, gamma, 2.0)
+    assert torch.equal(got, want)
+    green_frac = (got != scores).float().mean().item()
+    assert abs(green_frac - gamma) < 0.03
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_logits_take_the_torch_path(dtype):
+    scores, ids, key = _inputs(7, dtype=dtype)
+    with pytest.raises(ValueError, match="float32"):
+        triton_green.green_bias_triton(scores, ids, key, 2, "lefthash", 0.25, 1.5)
+    got = kernels.green_bias(scores, ids, key, 2, "lefthash", 0.25, 1.5)
+    want = torch.where(kernels.green_bias_reference(scores.float(), ids, key, 2, "lefthash", 0.25, 1.5) != scores.float(),
+                       scores + 1.5, scores)
+    assert got.dtype == dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("seeding,h", [("lefthash", 1), ("selfhash", 4)])
+def test_green_bias_kernel_in_place_with_row_mask(seeding, h):
+    scores, ids, key = _inputs(11, b=5, v=2500)
+    mask = torch.tensor([True, False, True, False, True], device=DEVICE)
+    want = kernels.green_bias_reference(scores, ids, key, h, seeding, 0.25, 3.0, row_mask=mask)
+    buf = scores.clone()
+    out = triton_green.green_bias_triton(buf, ids, key, h, seeding, 0.25, 3.0, row_mask=mask, out=buf)
+    assert out.data_ptr() == buf.data_ptr() and torch.equal(buf, want)
+    assert torch.equal(buf[~mask], scores[~mask])  # skipped rows untouched
+
+
+def test_green_bias_kernel_non_contiguous_rows_and_odd_vocab():
+    big, ids, key = _inputs(3, b=3, v=4099)
+    scores = big[:, :4097]  # row stride 4099, vocab 4097: not a multiple of the block
+    want = kernels.green_bias_reference(scores, ids, key, 1, "lefthash", 0.25, 2.0)
+    assert torch.equal(triton_green.green_bias_triton(scores, ids, key, 1, "lefthash", 0.25, 2.0), want)
+
+
+def _batch(seed, s=5, n=300, vocab=49152):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, n + 1, (s,), generator=g)
+    lengths[0] = n
+    ids = torch.randint(0, vocab, (s, n), generator=g) * (torch.arange(n) < lengths.unsqueeze(1))
+    ids[1, 40:80] = ids[1, 0:40]  # a repeated passage
+    return ids.to(DEVICE), lengths.to(DEVICE)
+
+
+@pytest.mark.parametrize("seeding,h", CASES)
+def test_green_positions_kernel_equals_reference(seeding, h):
+    ids, lengths = _batch(h)
+    key = (0x9E3779B9, 0x7F4A7C15)
+    want = kernels.green_positions_reference(ids, lengths, key, h, seeding, 0.25)
+    got = triton_green.green_positions_triton(ids, lengths, key, h, seeding, 0.25)
+    assert torch.equal(got, want)
+    assert want[0, h:].float().mean().item() == pytest.approx(0.25, abs=0.08)
+
+
+@pytest.mark.parametrize("h", [0, 1, 4])
+def test_first_ngram_occurrence_brute_force(h):
+    ids, lengths = _batch(100 + h, vocab=7)  # a tiny vocabulary: many repeats
+    got = kernels.first_ngram_occurrence(ids, lengths, h).cpu()
+    for s in range(ids.shape[0]):
+        row, seen = ids[s].tolist(), set()
+        for i in range(ids.shape[1]):
+            expect = False
+            if h <= i < int(lengths[s]):
+                gram = tuple(row[i - h : i + 1])
+                expect = gram not in seen
+                seen.add(gram)
+            assert bool(got[s, i]) == expect, (s, i)
+
+
+def test_dispatch_uses_torch_on_cpu_and_validates():
+    scores, ids, key = (t.cpu() if isinstance(t, torch.Tensor) else t for t in _inputs(5))
+    assert torch.equal(kernels.green_bias(scores, ids, key, 2, "selfhash", 0.25, 2.0),
+                       kernels.green_bias_reference(scores, ids, key, 2, "selfhash", 0.25, 2.0))
+    out = scores.clone()
+    kernels.green_bias(out, ids, key, 2, "lefthash", 0.25, 2.0, out=out)
+    assert torch.equal(out, kernels.green_bias_reference(scores, ids, key, 2, "lefthash", 0.25, 2.0))
+    with pytest.raises(ValueError, match="seeding"):
+        kernels.green_bias(scores, ids, key, 2, "minhash", 0.25, 2.0)
+    with pytest.raises(ValueError, match="row_mask"):
+        kernels.green_bias(scores, ids, key, 2, "lefthash", 0.25, 2.0, row_mask=torch.ones(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="context width"):
+        kernels.green_bias(scores, ids[:, :1], key, 2, "lefthash", 0.25, 2.0)
