@@ -108,3 +108,21 @@ def test_dispatch_uses_torch_on_cpu_and_validates():
         kernels.green_bias(scores, ids, key, 2, "lefthash", 0.25, 2.0, row_mask=torch.ones(2, dtype=torch.bool))
     with pytest.raises(ValueError, match="context width"):
         kernels.green_bias(scores, ids[:, :1], key, 2, "lefthash", 0.25, 2.0)
+
+
+@pytest.mark.parametrize("seeding,h", [("lefthash", 1), ("selfhash", 4)])
+def test_batched_detection_on_device_equals_one_by_one_on_cpu(key, seeding, h):
+    from wmkit.watermark.text import KGW
+
+    class VocabOnly:
+        def __len__(self):
+            return 49152
+
+    det = KGW(key, context_width=h, seeding=seeding).detector(VocabOnly(), min_tokens=1)
+    g = torch.Generator().manual_seed(h)
+    seqs = [torch.randint(0, 49152, (n,), generator=g) for n in (300, 17, 120, 64)]
+    seqs[2][60:] = seqs[2][:60]  # repeated n-grams
+    batched = det.detect_many(seqs, device=DEVICE)
+    for seq, got in zip(seqs, batched, strict=True):
+        one = det.detect(seq)
+        assert (got.n_scored, got.details["green"], got.evidence) == (one.n_scored, one.details["green"], one.evidence)

@@ -17,7 +17,7 @@ from ..stats import Detection
 from ..watermark.text.base import DEFAULT_FPR, DEFAULT_MIN_TOKENS
 from .common import (
     EXIT_ERROR, DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, SchemeOpt, SeedingOpt, WidthOpt,
-    build_scheme, error, read_text, run_guarded,
+    build_scheme, die, error, read_text, run_guarded,
 )
 
 
@@ -32,6 +32,13 @@ def _row(path: str, det: Detection) -> dict[str, Any]:
         "fpr": det.fpr,
         "watermarked": det.decision,
     }
+
+
+def _report_error(path: str, e: Exception, as_json: bool) -> None:
+    msg = str(e) if str(e).startswith(path) or path == "-" else f"{path}: {e}"
+    error(msg)
+    if as_json:
+        typer.echo(json.dumps({"file": path, "error": msg}))
 
 
 def _highlight(console: Console, tokenizer: Any, path: str, det: Detection) -> None:
@@ -57,6 +64,7 @@ def detect(
     ignore_repeated: bool = typer.Option(True, "--ignore-repeated/--count-repeated", help="Score each (context, token) n-gram once."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file on stdout."),
     highlight: bool = typer.Option(False, "--highlight", help="Show green/red tokens in colour."),
+    device: str = typer.Option("cpu", help="Where to score: cpu, or cuda (all files in one Triton launch)."),
 ) -> None:
     """Report tokens scored, green fraction, z, p-value and verdict for each FILE.
 
@@ -68,15 +76,21 @@ def detect(
     console = Console(highlight=False)
     table = Table("file", "tokens", "green", "z", "p-value", "verdict")
     failed = False
-    for path in files:
+    readable: dict[str, str] = {}
+    for path in files:  # read every file first; one that cannot be read is reported, not fatal
         try:
-            det = detector.detect(read_text(path))
+            readable[path] = read_text(path)
         except WmkitError as e:
             failed = True
-            msg = str(e) if str(e).startswith(path) or path == "-" else f"{path}: {e}"
-            error(msg)
-            if as_json:
-                typer.echo(json.dumps({"file": path, "error": msg}))
+            _report_error(path, e, as_json)
+    try:
+        results = detector.detect_many(list(readable.values()), device=device) if readable else []
+    except (RuntimeError, ValueError) as e:
+        die(f"cannot score on device {device!r}: {str(e).splitlines()[0]}")
+    for path, det in zip(readable, results, strict=True):
+        if isinstance(det, WmkitError):
+            failed = True
+            _report_error(path, det, as_json)
             continue
         row = _row(path, det)
         if as_json:

@@ -119,6 +119,8 @@ def green_bias(
     if compile_enabled() and scores.device.type == "cpu":
         fn = _COMPILED.get("bias")
         if fn is None:
+            # one graph per (h, seeding, mask or not): allow more than dynamo's default 8
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             fn = _COMPILED["bias"] = torch.compile(_bias, dynamic=True)
         try:
             result = fn(*args)

@@ -124,9 +124,17 @@ def _green_positions_kernel(
     tl.store(out_ptr + seq * stride_o + pos, green.to(tl.int8), mask=pos < n)
 
 
+_KEYS: dict[tuple[tuple[int, int], str], torch.Tensor] = {}
+
+
 def _key_tensor(key: tuple[int, int], device: torch.device) -> torch.Tensor:
-    # a tensor, not two int arguments: Triton would specialize (and recompile) on key values
-    return torch.tensor(key, dtype=torch.int64, device=device)
+    """The key as a device tensor, made once per (key, device): no host-to-device copy per step.
+
+    A tensor rather than two int arguments, which Triton would specialize on (``== 1``)."""
+    k = (tuple(key), str(device))
+    if k not in _KEYS:
+        _KEYS[k] = torch.tensor(key, dtype=torch.int64, device=device)
+    return _KEYS[k]
 
 
 def green_bias_triton(
