@@ -7,6 +7,13 @@ import prf_reference as ref
 V = 49152
 
 
+class VocabOnly:
+    """A tokenizer stand-in for token-id detection: only its size is used."""
+
+    def __len__(self):
+        return V
+
+
 def green_ref(scheme, context, token):
     """Is ``token`` green after ``context`` under ``scheme``, by the independent reference?"""
     h, seeding = scheme.seeding_params()

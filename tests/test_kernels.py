@@ -112,11 +112,8 @@ def test_dispatch_uses_torch_on_cpu_and_validates():
 
 @pytest.mark.parametrize("seeding,h", [("lefthash", 1), ("selfhash", 4)])
 def test_batched_detection_on_device_equals_one_by_one_on_cpu(key, seeding, h):
+    from helpers import VocabOnly
     from wmkit.watermark.text import KGW
-
-    class VocabOnly:
-        def __len__(self):
-            return 49152
 
     det = KGW(key, context_width=h, seeding=seeding).detector(VocabOnly(), min_tokens=1)
     g = torch.Generator().manual_seed(h)

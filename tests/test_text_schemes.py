@@ -11,7 +11,7 @@ from wmkit.errors import InputError
 from wmkit.keys import SecretKey
 from wmkit.watermark.text import KGW, SCHEMES, Unigram, make_scheme, normalize_text
 
-from helpers import V, green_ref, marked_ids, marked_text
+from helpers import V, VocabOnly, green_ref, marked_ids, marked_text
 
 
 SCHEME_CASES = [
@@ -90,13 +90,6 @@ def test_processor_rejects_mismatched_shapes(key, tokenizer):
         p(torch.tensor([[1, 2]]), torch.zeros(1, 1000))
     with pytest.raises(InputError, match="expected input_ids"):
         p(torch.tensor([1, 2]), torch.zeros(1, V))
-
-
-class VocabOnly:
-    """A tokenizer stand-in for token-id detection: only its size is used."""
-
-    def __len__(self):
-        return V
 
 
 @pytest.mark.parametrize("name,params", SCHEME_CASES)
