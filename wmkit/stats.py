@@ -29,6 +29,7 @@ __all__ = [
     "threshold_at_fpr",
     "tpr_at_fpr",
     "check_fpr",
+    "windowed_binomial_detection",
 ]
 
 
@@ -156,3 +157,55 @@ def tpr_at_fpr(pos: Sequence[float], neg: Sequence[float], fpr: float) -> float:
     p, n = _scores(pos, neg)
     t = threshold_at_fpr(n, fpr)
     return float(np.mean(p > t))
+
+
+def windowed_binomial_detection(
+    method: str,
+    flags: Sequence[bool] | np.ndarray,
+    gamma: float,
+    fpr: float,
+    windows: Sequence[int] = (50, 100, 200, 400),
+    min_window: int = 16,
+) -> Detection:
+    """Scan every window of every size in ``windows`` (plus the whole sequence) over per-unit
+    hit flags; report the most significant one with a Bonferroni-corrected p-value.
+
+    The statistic is the largest window z-score; ``p_value = min(1, m * p_min)`` where ``p_min``
+    is that window's exact binomial tail and ``m`` the number of windows scanned. Bonferroni is
+    valid whatever the dependence between overlapping windows (it is conservative), so the
+    decision ``p_value <= fpr`` keeps its false-positive rate. ``details`` gives the window
+    (``start``, ``end`` in units), its hit count and raw p-value, and ``n_tests``.
+
+    >>> d = windowed_binomial_detection("kgw", [0] * 300 + [1] * 100 + [0] * 300, 0.25, 0.01, windows=(100,))
+    >>> d.decision, d.details["start"], d.details["end"]
+    (True, 300, 400)
+    """
+    check_fpr(fpr)
+    x = np.asarray(flags, dtype=np.int64).ravel()
+    n = x.size
+    sizes = sorted({w for w in windows if min_window <= w < n} | {n})
+    if n < 1:
+        raise ValueError("windowed detection needs at least one scored unit")
+    csum = np.concatenate([[0], np.cumsum(x)])
+    best = None
+    n_tests = 0
+    for w in sizes:
+        counts = csum[w:] - csum[:-w]  # hits in windows [i, i + w)
+        n_tests += counts.size
+        z = (counts - gamma * w) / math.sqrt(w * gamma * (1 - gamma))
+        i = int(np.argmax(z))
+        p = binomial_pvalue(int(counts[i]), w, gamma)
+        if best is None or p < best[0] or (p == best[0] and z[i] > best[1]):
+            best = (p, float(z[i]), w, i, int(counts[i]))
+    p_min, z_max, w, start, hits = best
+    p_adj = min(1.0, n_tests * p_min)
+    return Detection(
+        method=f"{method}-window",
+        n_scored=int(n),
+        statistic=z_max,
+        p_value=p_adj,
+        fpr=fpr,
+        decision=bool(p_adj <= fpr),
+        details={"start": start, "end": start + w, "window": w, "green": hits, "gamma": gamma,
+                 "p_window": p_min, "n_tests": n_tests},
+    )

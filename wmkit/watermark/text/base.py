@@ -22,7 +22,7 @@ from ... import prf
 from ...errors import InputError
 from ... import kernels
 from ...keys import SecretKey
-from ...stats import Detection, binomial_detection, check_fpr
+from ...stats import Detection, binomial_detection, check_fpr, windowed_binomial_detection
 
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 DEFAULT_FPR = 1e-4
@@ -179,6 +179,40 @@ class GreenListDetector:
             raise result
         return result
 
+    def _score(self, seqs: list[torch.Tensor], device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(green & scored, scored)`` as ``[S, N]`` bool CPU tensors for right-padded ``seqs``."""
+        lengths = torch.tensor([len(x) for x in seqs], dtype=torch.long, device=device)
+        ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(device)
+        green = kernels.green_positions(ids, lengths, self._key, self.h, self.seeding, self.scheme.gamma)
+        if self.ignore_repeated_ngrams:
+            scored = kernels.first_ngram_occurrence(ids, lengths, self.h)
+        else:
+            pos = torch.arange(ids.shape[1], device=ids.device)
+            scored = (pos >= self.h) & (pos < lengths.unsqueeze(1))
+        return (green & scored).cpu(), scored.cpu()
+
+    def detect_windowed(
+        self, text: str | Sequence[int] | torch.Tensor, windows: Sequence[int] = (50, 100, 200, 400),
+        prompt: str | None = None,
+    ) -> Detection:
+        """Find a marked passage inside a longer text: the most significant window of scored
+        tokens, with a Bonferroni-corrected p-value (:func:`wmkit.stats.windowed_binomial_detection`).
+
+        ``details["token_start"]``/``["token_end"]`` locate the window in the text's tokens.
+        """
+        ids = self._ids(text, prompt)
+        green, scored = self._score([ids], "cpu")
+        positions = torch.nonzero(scored[0]).flatten()
+        if positions.numel() < self.min_tokens:
+            raise InputError(f"only {positions.numel()} token(s) can be scored; at least {self.min_tokens} are needed")
+        flags = green[0, positions].numpy()
+        det = windowed_binomial_detection(self.scheme.name, flags, self.scheme.gamma, self.fpr, windows,
+                                          min_window=self.min_tokens)
+        d = det.details
+        d["token_start"] = int(positions[d["start"]])
+        d["token_end"] = int(positions[d["end"] - 1]) + 1
+        return det
+
     def detect_many(
         self, texts: Sequence[str | Sequence[int] | torch.Tensor], prompts: Sequence[str | None] | None = None,
         device: str | torch.device = "cpu",
@@ -189,18 +223,8 @@ class GreenListDetector:
         seqs = [self._ids(t, p) for t, p in zip(texts, prompts, strict=True)]
         if not seqs:
             return []
-        lengths = torch.tensor([len(x) for x in seqs], dtype=torch.long)
-        ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(device)
-        lengths = lengths.to(device)
-        green = kernels.green_positions(ids, lengths, self._key, self.h, self.seeding, self.scheme.gamma)
-        if self.ignore_repeated_ngrams:
-            scored = kernels.first_ngram_occurrence(ids, lengths, self.h)
-        else:
-            pos = torch.arange(ids.shape[1], device=ids.device)
-            scored = (pos >= self.h) & (pos < lengths.unsqueeze(1))
-        green = green & scored
+        green, scored = self._score(seqs, device)
         n_scored, n_green = scored.sum(1).tolist(), green.sum(1).tolist()
-        scored, green = scored.cpu(), green.cpu()
         results: list[Detection | InputError] = []
         for i, x in enumerate(seqs):
             if n_scored[i] < self.min_tokens:
