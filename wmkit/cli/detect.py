@@ -21,17 +21,33 @@ from .common import (
 )
 
 
-def _row(path: str, det: Detection) -> dict[str, Any]:
-    return {
+def _row(path: str, det: Detection, tokenizer: Any) -> dict[str, Any]:
+    d = det.details
+    row = {
         "file": path,
         "scheme": det.method,
         "tokens_scored": det.n_scored,
-        "green_fraction": det.details["green_fraction"],
+        "green_fraction": d["green_fraction"] if "green_fraction" in d else d["green"] / d["window"],
         "z": det.statistic,
         "p_value": det.p_value,
         "fpr": det.fpr,
         "watermarked": det.decision,
     }
+    if "window" in d:  # windowed: where the most significant passage is
+        row.update(window_tokens=[d["token_start"], d["token_end"]], window_scored=d["window"],
+                   window_tests=d["n_tests"],
+                   passage=tokenizer.decode(det.evidence["token_ids"][d["token_start"] : d["token_end"]]))
+    return row
+
+
+def _detect_windowed(detector: Any, texts: list[str]) -> list[Detection | WmkitError]:
+    out: list[Detection | WmkitError] = []
+    for text in texts:
+        try:
+            out.append(detector.detect_windowed(text))
+        except WmkitError as e:
+            out.append(e)
+    return out
 
 
 def _report_error(path: str, e: Exception, as_json: bool) -> None:
@@ -65,6 +81,7 @@ def detect(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file on stdout."),
     highlight: bool = typer.Option(False, "--highlight", help="Show green/red tokens in colour."),
     device: str = typer.Option("cpu", help="Where to score: cpu, or cuda (all files in one Triton launch)."),
+    windowed: bool = typer.Option(False, "--windowed", help="Find a marked passage inside a longer text (max z over windows, Bonferroni-corrected p)."),
 ) -> None:
     """Report tokens scored, green fraction, z, p-value and verdict for each FILE.
 
@@ -84,7 +101,8 @@ def detect(
             failed = True
             _report_error(path, e, as_json)
     try:
-        results = detector.detect_many(list(readable.values()), device=device) if readable else []
+        texts = list(readable.values())
+        results = _detect_windowed(detector, texts) if windowed else detector.detect_many(texts, device=device)
     except (RuntimeError, ValueError) as e:
         die(f"cannot score on device {device!r}: {str(e).splitlines()[0]}")
     for path, det in zip(readable, results, strict=True):
@@ -92,13 +110,14 @@ def detect(
             failed = True
             _report_error(path, det, as_json)
             continue
-        row = _row(path, det)
+        row = _row(path, det, tokenizer)
         if as_json:
             typer.echo(json.dumps(row))
         else:
             verdict = "[bold green]watermarked[/]" if det.decision else "not watermarked"
-            table.add_row(path, str(det.n_scored), f"{row['green_fraction']:.3f}", f"{det.statistic:.2f}", f"{det.p_value:.3g}", verdict)
-        if highlight:
+            where = f" (tokens {row['window_tokens'][0]}-{row['window_tokens'][1]})" if windowed else ""
+            table.add_row(path, str(det.n_scored), f"{row['green_fraction']:.3f}", f"{det.statistic:.2f}", f"{det.p_value:.3g}", verdict + where)
+        if highlight and det.evidence:
             _highlight(console, tokenizer, path, det)
     if not as_json and table.row_count:
         console.print(table)

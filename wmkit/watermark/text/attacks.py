@@ -178,6 +178,11 @@ class CopyPaste(Attack):
         if not self._pool:
             raise InputError("copy_paste: needs human text to splice into")
 
+    @property
+    def strength(self) -> float:
+        """The share of human text, ``1 - fraction``."""
+        return 1.0 - self.fraction
+
     def one(self, text: str, rng: random.Random) -> str:
         words = _WORD.findall(text)
         keep = round(self.fraction * len(words))

@@ -9,6 +9,7 @@ scoring tokens, repeated n-grams, statistics -- lives here once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import unicodedata
 from abc import ABC, abstractmethod
@@ -211,7 +212,8 @@ class GreenListDetector:
         d = det.details
         d["token_start"] = int(positions[d["start"]])
         d["token_end"] = int(positions[d["end"] - 1]) + 1
-        return det
+        evidence = {"token_ids": ids.tolist(), "scored": scored[0].tolist(), "green": green[0].tolist()}
+        return dataclasses.replace(det, evidence=evidence)
 
     def detect_many(
         self, texts: Sequence[str | Sequence[int] | torch.Tensor], prompts: Sequence[str | None] | None = None,

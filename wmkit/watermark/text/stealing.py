@@ -10,9 +10,10 @@ The language model is a simulation with a stated distribution, so that ``N`` can
 of tokens on a CPU: tokens are drawn from a fixed natural distribution ``p`` (by default the
 unigram frequencies of real English tokenized with the default tokenizer), and the watermark is
 applied to it exactly as :class:`~wmkit.watermark.text.base.GreenListProcessor` does
-(``p(t) e^{delta [t green]}`` normalised). A real LM's next-token distributions are far more
-peaked, which makes contexts repeat more and stealing easier: the figures are a lower bound on
-what an attacker with a real model's marked output needs to observe.
+(``p(t) e^{delta [t green]}`` normalised). A real LM's next-token distributions are
+context-dependent and more peaked: contexts repeat more (easier to count) but the bias moves
+less probability where the model is sure (less signal per token). Read the figures as orders
+of magnitude, and compare schemes with them rather than quote them as absolute budgets.
 """
 
 from __future__ import annotations

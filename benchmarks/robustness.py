@@ -1,0 +1,213 @@
+"""Robustness of the text watermarks: every scheme against the same attacks, on the default LM.
+
+Protocol. Prompts are AG News article openings (benchmarks/data); each scheme (KGW lefthash h=1,
+KGW selfhash h=4, Unigram; all gamma 0.25, delta 2) generates one 250-token completion per
+prompt with multinomial sampling, and so does the unmarked model (the negatives). The table
+uses the first T = 200 tokens of each completion. Each attack is applied to the marked texts and
+to the unmarked ones; a text is "detected" when its exact binomial p-value is <= 1% (so the
+nominal FPR is 1%; the observed FPR on the attacked unmarked texts is reported beside it).
+
+Also measured:
+* splice: 250 marked tokens inside 750 tokens of human text (25%), whole-text vs windowed
+  detection (windows 50/100/200/400, Bonferroni-corrected), and the windowed FPR on human text;
+* stealing: how many marked tokens a frequency-counting attacker must observe before its own
+  text passes the detector (simulation, see wmkit.watermark.text.stealing).
+
+    python benchmarks/robustness.py --quick                # minutes: 20 prompts, one strength per attack
+    python benchmarks/robustness.py --n 100 --plot tpr.png  # the full table and a plot
+    python benchmarks/robustness.py --quick --json         # {"rows": [...], "splice": [...], "stealing": [...]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from wmkit.errors import InputError  # noqa: E402
+from wmkit.keys import SecretKey  # noqa: E402
+from wmkit.models import load_default_lm  # noqa: E402
+from wmkit.watermark.text import KGW, Unigram  # noqa: E402
+from wmkit.watermark.text import attacks as A  # noqa: E402
+from wmkit.watermark.text.generate import generate_completions  # noqa: E402
+from wmkit.watermark.text.stealing import spoof_scores  # noqa: E402
+
+DATA = Path(__file__).parent / "data" / "agnews_3000.tsv.gz"
+T, GEN = 200, 250
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def agnews() -> list[str]:
+    with gzip.open(DATA, "rt", encoding="utf-8") as f:
+        return [" ".join(line.split("\t")[0].split()) for line in f if line.strip()]
+
+
+def schemes(key: SecretKey) -> dict[str, object]:
+    return {
+        "kgw-lefthash-h1": KGW(key, gamma=0.25, delta=2.0, context_width=1, seeding="lefthash"),
+        "kgw-selfhash-h4": KGW(key, gamma=0.25, delta=2.0, context_width=4, seeding="selfhash"),
+        "unigram": Unigram(key, gamma=0.25, delta=2.0),
+    }
+
+
+def attack_grid(quick: bool, lm, tok, human: list[str]) -> list[A.Attack]:
+    rates = {"del": [0.3] if quick else [0.1, 0.3, 0.5], "syn": [0.3] if quick else [0.1, 0.3, 0.5],
+             "typo": [0.1] if quick else [0.05, 0.1, 0.2], "cp": [0.25] if quick else [0.1, 0.25, 0.5]}
+    grid: list[A.Attack] = [A.Lowercase()]
+    grid += [A.WordDeletion(r) for r in rates["del"]]
+    grid += [A.SynonymSubstitution(lm, tok, r) for r in rates["syn"]]
+    grid += [A.Typos(r) for r in rates["typo"]]
+    grid += [A.CopyPaste(human, r) for r in rates["cp"]]
+    grid.append(A.Paraphrase(lm, tok, max_new_tokens=260))
+    return grid
+
+
+def z_and_hit(det, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    zs, hits = [], []
+    for r in det.detect_many(texts):
+        if isinstance(r, InputError):  # nothing left to score: no evidence
+            zs.append(0.0)
+            hits.append(False)
+        else:
+            zs.append(r.statistic)
+            hits.append(r.decision)
+    return np.array(zs), np.array(hits)
+
+
+def natural_logp(tok, texts: list[str]) -> torch.Tensor:
+    counts = torch.zeros(len(tok), dtype=torch.float64)
+    for ids in tok(texts, add_special_tokens=False)["input_ids"]:
+        counts += torch.bincount(torch.tensor(ids), minlength=len(tok)).double()
+    p = (counts + 0.01) / (counts + 0.01).sum()
+    return p.log().float()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="20 prompts, one strength per attack, smaller stealing budgets")
+    ap.add_argument("--n", type=int, default=None, help="number of prompts (default 20 quick, 100 full)")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ap.add_argument("--plot", type=Path, default=None, help="write a PNG of TPR against attack strength")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    n = args.n or (20 if args.quick else 100)
+    if args.plot is not None and args.plot.exists():
+        sys.exit(f"robustness: {args.plot} exists; refusing to overwrite it")
+    rng = random.Random(args.seed)
+    texts = agnews()
+    prompts = [" ".join(t.split()[:20]) for t in texts[:n]]
+    human = texts[1000:1400]
+    key = SecretKey.generate()
+    lm, tok = load_default_lm()
+
+    def gen(scheme, seed):
+        out = generate_completions(lm, tok, prompts, scheme, max_new_tokens=GEN, min_new_tokens=GEN,
+                                   temperature=1.0, seed=seed, batch_size=25)
+        return [r["completion_ids"] for r in out]
+
+    def first_t(ids_list):
+        return [tok.decode(ids[:T], skip_special_tokens=True) for ids in ids_list]
+
+    log(f"generating {n} unmarked completions")
+    neg_ids = gen(None, args.seed + 1)
+    negatives = first_t(neg_ids)
+    grid = attack_grid(args.quick, lm, tok, human)
+    attacked_neg = {id(a): a(negatives, rng) for a in grid}
+    rows, splice = [], []
+    human_ids = tok(" ".join(human), add_special_tokens=False)["input_ids"]
+    for name, scheme in schemes(key).items():
+        log(f"generating {n} completions with {name}")
+        ids = gen(scheme, args.seed + 2)
+        marked = first_t(ids)
+        det = scheme.detector(tok, fpr=0.01, min_tokens=1)
+        for attack in [None, *grid]:
+            t0 = time.perf_counter()
+            pos = marked if attack is None else attack(marked, rng)
+            neg = negatives if attack is None else attacked_neg[id(attack)]
+            z, hit = z_and_hit(det, pos)
+            _, fp = z_and_hit(det, neg)
+            rows.append({"scheme": name, "attack": "none" if attack is None else attack.name,
+                         "strength": 0.0 if attack is None else attack.strength,
+                         "tpr_at_fpr_1": float(hit.mean()), "median_z": float(np.median(z)),
+                         "fpr_observed": float(fp.mean()), "seconds": round(time.perf_counter() - t0, 1)})
+            log(f"  {rows[-1]}")
+        # a 25% marked splice inside 1,000 tokens of human text
+        found_whole = found_win = fp_win = 0
+        for i, m in enumerate(ids):
+            start = (i * 997) % (len(human_ids) - 1000)
+            doc_h = human_ids[start : start + 750]
+            cut = rng.randrange(751)
+            doc = doc_h[:cut] + list(m[:GEN]) + doc_h[cut:]
+            found_whole += det.detect(doc).decision
+            found_win += det.detect_windowed(doc).decision
+            fp_win += det.detect_windowed(human_ids[start : start + 1000]).decision
+        splice.append({"scheme": name, "marked_fraction": GEN / (GEN + 750), "doc_tokens": GEN + 750,
+                       "tpr_whole_text": found_whole / n, "tpr_windowed": found_win / n, "fpr_windowed_human": fp_win / n})
+        log(f"  splice {splice[-1]}")
+
+    log("stealing simulation")
+    logp = natural_logp(tok, texts[:3000])
+    budgets = [1_000, 10_000, 100_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
+    stealing = []
+    for name, scheme in schemes(key).items():
+        for r in spoof_scores(scheme, logp, budgets, n_spoof=16 if args.quick else 32, seed=args.seed):
+            stealing.append({"scheme": name, **r})
+            log(f"  stealing {stealing[-1]}")
+
+    if args.plot is not None:
+        plot(rows, args.plot)
+    if args.json:
+        print(json.dumps({"rows": rows, "splice": splice, "stealing": stealing}))
+        return
+    print(f"T = {T} tokens, {n} texts per cell; detected = exact p <= 0.01")
+    print(f"{'scheme':<17} {'attack':<20} {'strength':>8} {'TPR@1%':>7} {'median z':>9} {'FPR obs':>8}")
+    for r in rows:
+        print(f"{r['scheme']:<17} {r['attack']:<20} {r['strength']:>8.2f} {r['tpr_at_fpr_1']:>7.2f} {r['median_z']:>9.2f} {r['fpr_observed']:>8.2f}")
+    print("\nsplice: 250 marked tokens in 1,000 (25%), FPR 1%")
+    for s in splice:
+        print(f"{s['scheme']:<17} whole-text TPR {s['tpr_whole_text']:.2f}  windowed TPR {s['tpr_windowed']:.2f}  windowed FPR on human {s['fpr_windowed_human']:.2f}")
+    print("\nstealing (frequency counting; spoofed 200-token texts)")
+    for s in stealing:
+        print(f"{s['scheme']:<17} observed {s['observed']:>9,d}  median spoof z {s['median_z']:>6.2f}  spoof rate {s['spoof_rate']:.2f}")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks = sorted({r["attack"] for r in rows if r["attack"] != "none"})
+    fig, axes = plt.subplots(1, len(attacks), figsize=(3.2 * len(attacks), 3.2), sharey=True)
+    for ax, attack in zip(np.atleast_1d(axes), attacks, strict=True):
+        for scheme in sorted({r["scheme"] for r in rows}):
+            pts = sorted((r["strength"], r["tpr_at_fpr_1"]) for r in rows
+                         if r["scheme"] == scheme and r["attack"] in (attack, "none"))
+            if attack in ("lowercase", "paraphrase"):
+                pts = [p for p in pts if p[0] in (0.0, 1.0)]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=scheme)
+        ax.set_title(attack)
+        ax.set_xlabel("strength")
+        ax.set_ylim(-0.02, 1.02)
+    np.atleast_1d(axes)[0].set_ylabel("TPR at FPR 1%")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
