@@ -9,7 +9,7 @@ nominal FPR is 1%; the observed FPR on the attacked unmarked texts is reported b
 
 Also measured:
 * splice: 250 marked tokens inside 750 tokens of human text (25%), whole-text vs windowed
-  detection (windows 50/100/200/400, Bonferroni-corrected), and the windowed FPR on human text;
+  detection (windows of 50-400 scored tokens, Bonferroni-corrected), and the windowed FPR on human text;
 * stealing: how many marked tokens a frequency-counting attacker must observe before its own
   text passes the detector (simulation, see wmkit.watermark.text.stealing).
 

@@ -23,7 +23,7 @@ from ... import prf
 from ...errors import InputError
 from ... import kernels
 from ...keys import SecretKey
-from ...stats import Detection, binomial_detection, check_fpr, windowed_binomial_detection
+from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, check_fpr, windowed_binomial_detection
 
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 DEFAULT_FPR = 1e-4
@@ -193,7 +193,7 @@ class GreenListDetector:
         return (green & scored).cpu(), scored.cpu()
 
     def detect_windowed(
-        self, text: str | Sequence[int] | torch.Tensor, windows: Sequence[int] = (50, 100, 200, 400),
+        self, text: str | Sequence[int] | torch.Tensor, windows: Sequence[int] = DEFAULT_WINDOWS,
         prompt: str | None = None,
     ) -> Detection:
         """Find a marked passage inside a longer text: the most significant window of scored
