@@ -176,7 +176,8 @@ def main() -> None:
     if "stealing" in sections:
         log("stealing simulation")
         logp = natural_logp(tok, texts[:3000])
-    for name, scheme in (schemes(key).items() if "stealing" in sections else []):
+    stealing_schemes = {**schemes(key), "kgw-lefthash-h4": KGW(key, gamma=0.25, delta=2.0, context_width=4)}
+    for name, scheme in (stealing_schemes.items() if "stealing" in sections else []):
         for r in spoof_scores(scheme, logp, budgets, n_spoof=16 if args.quick else 32, seed=args.seed):
             stealing.append({"scheme": name, **r})
             log(f"  stealing {stealing[-1]}")

@@ -106,6 +106,7 @@ def test_bad_inputs_are_one_line_errors_and_others_still_processed(tmp_path, key
         (["--gamma", "1.5"], "gamma"),
         (["--fpr", "0"], "fpr"),
         (["--scheme", "unigram", "--context-width", "3"], "apply to kgw"),
+        (["--device", "tpu"], "not available"),
     ],
 )
 def test_usage_errors_exit_2(keyfile, texts, args, msg):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -87,6 +88,8 @@ def detect(
 
     Exit 0 whether or not a mark is found; 2 if any file could not be checked.
     """
+    if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
+        die(f"--device {device!r} is not available here (use cpu{', cuda' if torch.cuda.is_available() else ''})")
     scheme = run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding)
     tokenizer = run_guarded(load_tokenizer, model)
     detector = run_guarded(scheme.detector, tokenizer, fpr=fpr, ignore_repeated_ngrams=ignore_repeated, min_tokens=min_tokens)
