@@ -134,9 +134,10 @@ def load_lm(
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` offline, in eval mode; a GGUF file is converted and cached once.
 
-    Example:
-        >>> model, tok = load_lm()                        # doctest: +SKIP
-        >>> model, tok = load_lm("path/to/model-folder")  # doctest: +SKIP
+    Example::
+
+        model, tok = load_lm()                        # the default model
+        model, tok = load_lm("path/to/model-folder")  # or a folder / .gguf file
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

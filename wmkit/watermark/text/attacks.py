@@ -14,7 +14,7 @@ run the language model do one pass per batch) with a ``name`` and a ``strength``
   :class:`ReorderImports` (the code keeps its meaning).
 
 >>> import random
->>> WordDeletion(0.5)(["one two three four"], random.Random(0))[0].count(" ") + 1
+>>> len(WordDeletion(0.5)(["one two three four"], random.Random(0))[0].split())
 2
 """
 
