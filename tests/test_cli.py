@@ -160,3 +160,17 @@ def test_detect_windowed_locates_a_marked_passage(tmp_path, keyfile, tokenizer):
     assert len(words) >= 90 and sum(w in passage.split() for w in words) >= 0.9 * len(words)
     r = runner.invoke(app, ["detect", str(doc), "-k", str(keyfile), "--windowed", "--highlight"])
     assert r.exit_code == 0 and "tokens" in r.stdout
+
+
+def test_generate_jsonl_survives_unicode_line_separators(tmp_path, keyfile, monkeypatch):
+    import wmkit.cli.generate as gen
+
+    weird = "line\u2028sep\x85next\u2029para é"
+    monkeypatch.setattr(gen, "load_lm", lambda model: (None, None))
+    monkeypatch.setattr(gen, "generate_completions", lambda *a, **k: [
+        {"prompt": "p", "completion": weird, "completion_ids": [1, 2]}])
+    out = tmp_path / "o.jsonl"
+    r = runner.invoke(app, ["generate", "--prompt", "p", "-k", str(keyfile), "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 1 and rows[0]["completion"] == weird

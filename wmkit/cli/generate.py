@@ -67,7 +67,7 @@ def generate(
         json.dumps({
             "prompt": r["prompt"], "completion": r["completion"], "scheme": config["scheme"], "config": config,
             "model": str(model_path), "new_tokens": len(r["completion_ids"]), "seed": seed, "chat": chat,
-        }, ensure_ascii=False)
+        })  # ASCII-escaped: no raw U+2028 or U+0085 to split a line
         for r in results
     ]
     run_guarded(write_new_file, output, "\n".join(lines) + "\n")
