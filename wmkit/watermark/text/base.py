@@ -10,10 +10,9 @@ scoring tokens, repeated n-grams, statistics -- lives here once.
 from __future__ import annotations
 
 import dataclasses
-import json
 import unicodedata
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -22,7 +21,7 @@ from transformers import LogitsProcessor
 from ... import prf
 from ...errors import InputError
 from ... import kernels
-from ...keys import SecretKey
+from ...keys import KeyedConfig, SecretKey
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, check_fpr, windowed_binomial_detection
 
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
@@ -36,7 +35,7 @@ def normalize_text(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class GreenListScheme(ABC):
+class GreenListScheme(KeyedConfig, ABC):
     """Base of the green-list text watermarks (do not instantiate; use a scheme).
 
     Args:
@@ -70,27 +69,6 @@ class GreenListScheme(ABC):
     def prf_key(self) -> tuple[int, int]:
         """This scheme's 64-bit PRF key, derived from the secret with the scheme's name as label."""
         return self.key.prf_key(f"text/{self.name}")
-
-    def config(self) -> dict[str, Any]:
-        """The parameters as a JSON-ready dict, with ``scheme`` and without the key."""
-        params = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "key"}
-        return {"scheme": self.name, **params}
-
-    def to_json(self) -> str:
-        """:meth:`config` as JSON text."""
-        return json.dumps(self.config(), sort_keys=True)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], key: SecretKey) -> "GreenListScheme":
-        """Rebuild a scheme from :meth:`config` output and a key; unknown fields are an error."""
-        config = dict(config)
-        if config.pop("scheme", cls.name) != cls.name:
-            raise InputError(f"config is for scheme {config.get('scheme')!r}, not {cls.name!r}")
-        allowed = {f.name for f in fields(cls)} - {"key"}
-        unknown = set(config) - allowed
-        if unknown:
-            raise InputError(f"{cls.name}: unknown parameter(s) {sorted(unknown)}")
-        return cls(key=key, **config)
 
     def processor(self, tokenizer: Any = None) -> "GreenListProcessor":
         """A batched ``transformers.LogitsProcessor`` that adds ``delta`` to green logits."""
@@ -180,6 +158,9 @@ class GreenListDetector:
             raise result
         return result
 
+    def _too_short(self, n: int) -> InputError:
+        return InputError(f"only {n} token(s) can be scored; at least {self.min_tokens} are needed")
+
     def _score(self, seqs: list[torch.Tensor], device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(green & scored, scored)`` as ``[S, N]`` bool CPU tensors for right-padded ``seqs``."""
         lengths = torch.tensor([len(x) for x in seqs], dtype=torch.long, device=device)
@@ -205,7 +186,7 @@ class GreenListDetector:
         green, scored = self._score([ids], "cpu")
         positions = torch.nonzero(scored[0]).flatten()
         if positions.numel() < self.min_tokens:
-            raise InputError(f"only {positions.numel()} token(s) can be scored; at least {self.min_tokens} are needed")
+            raise self._too_short(positions.numel())
         flags = green[0, positions].numpy()
         det = windowed_binomial_detection(self.scheme.name, flags, self.scheme.gamma, self.fpr, windows,
                                           min_window=self.min_tokens)
@@ -230,7 +211,7 @@ class GreenListDetector:
         results: list[Detection | InputError] = []
         for i, x in enumerate(seqs):
             if n_scored[i] < self.min_tokens:
-                results.append(InputError(f"only {n_scored[i]} token(s) can be scored; at least {self.min_tokens} are needed"))
+                results.append(self._too_short(n_scored[i]))
                 continue
             m = len(x)
             evidence = {"token_ids": x.tolist(), "scored": scored[i, :m].tolist(), "green": green[i, :m].tolist()}
