@@ -25,6 +25,7 @@ __all__ = [
     "binomial_pvalue",
     "binomial_detection",
     "ks_2samp",
+    "gaussian_null_detection",
     "roc_auc",
     "threshold_at_fpr",
     "tpr_at_fpr",
@@ -117,13 +118,59 @@ def binomial_detection(
     )
 
 
-def ks_2samp(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Two-sample Kolmogorov-Smirnov test: (D statistic, exact/asymptotic two-sided p-value)."""
+def ks_2samp(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov test: (D statistic, exact/asymptotic p-value).
+
+    ``alternative="greater"`` tests whether ``a`` is stochastically *larger* than ``b`` (one-sided),
+    e.g. backdoor cosines above benign ones.
+    """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.size == 0 or b.size == 0:
         raise ValueError("ks_2samp needs two non-empty samples")
-    r = _sps.ks_2samp(a, b)
+    if alternative not in ("two-sided", "greater"):
+        raise ValueError(f"alternative must be 'two-sided' or 'greater', got {alternative!r}")
+    # scipy's "less" means: the CDF of a lies below that of b, i.e. a is stochastically larger.
+    r = _sps.ks_2samp(a, b, alternative="less" if alternative == "greater" else "two-sided")
     return float(r.statistic), float(r.pvalue)
+
+
+def gaussian_null_detection(
+    method: str, observed: float, null: Sequence[float], fpr: float, n_scored: int = 0, **details: Any
+) -> Detection:
+    """A :class:`Detection` for ``observed`` against a sampled null distribution of the same statistic.
+
+    The null samples (e.g. the statistic recomputed with random decoy keys) give a mean and a
+    standard deviation; ``statistic`` is the z-score and ``p_value`` its upper normal tail. The
+    rank p-value ``(1 + #{null >= observed}) / (1 + len(null))``, exact but no smaller than
+    ``1 / (1 + len(null))``, is reported in ``details["rank_p_value"]``.
+
+    >>> d = gaussian_null_detection("t", 5.0, [0.0, 1.0, -1.0, 0.5, -0.5], fpr=1e-3)
+    >>> round(d.statistic, 2), d.decision, d.details["rank_p_value"]
+    (6.32, True, 0.16666666666666666)
+    """
+    check_fpr(fpr)
+    x = np.asarray(null, dtype=float)
+    if x.size < 2 or not np.isfinite(x).all():
+        raise ValueError("gaussian_null_detection needs at least two finite null samples")
+    mu, sd = float(x.mean()), float(x.std(ddof=1))
+    z = (observed - mu) / sd if sd > 0 else (math.inf if observed > mu else 0.0)
+    p = float(_sps.norm.sf(z))
+    return Detection(
+        method=method,
+        n_scored=int(n_scored),
+        statistic=float(z),
+        p_value=p,
+        fpr=fpr,
+        decision=bool(p <= fpr),
+        details={
+            "observed": float(observed),
+            "null_mean": mu,
+            "null_sd": sd,
+            "null_samples": int(x.size),
+            "rank_p_value": float((1 + np.sum(x >= observed)) / (1 + x.size)),
+            **details,
+        },
+    )
 
 
 def _scores(pos: Sequence[float], neg: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""The ``wm`` application: ``keygen``, ``generate``, ``detect``, ``demo``.
+"""The ``wm`` application: ``keygen``, ``generate``, ``detect``, ``demo``, ``serve-embeddings``, ``eaas``.
 
 Exit codes: 0 success (a negative detection is a success), 2 usage or input errors.
 """
@@ -14,6 +14,7 @@ import typer  # noqa: E402
 
 from .demo import demo  # noqa: E402
 from .detect import detect  # noqa: E402
+from .eaas import eaas_app, serve_embeddings  # noqa: E402
 from .generate import generate  # noqa: E402
 from .keygen import keygen  # noqa: E402
 
@@ -28,6 +29,8 @@ app.command()(keygen)
 app.command()(generate)
 app.command()(detect)
 app.command()(demo)
+app.command("serve-embeddings")(serve_embeddings)
+app.add_typer(eaas_app, name="eaas")
 
 
 def main() -> None:

@@ -1,0 +1,207 @@
+"""EaaS embedding watermarks: EmbMarker and ESpeW against a copy attack, with and without CSE removal.
+
+Protocol, per dataset (SST-2, AG News; benchmarks/data) and provider scheme (none, EmbMarker, ESpeW):
+
+1. The provider (all-MiniLM-L6-v2, 384-d) embeds the training and test texts; the scheme marks them
+   (20 keyed triggers from the df band [0.005, 0.01), m = 4; ESpeW r = 0.25). ``cos_to_clean`` is the
+   mean cosine between clean and provided embeddings over the training texts (``cos_marked``: over
+   the texts that carry a trigger). ``accuracy``: a logistic-regression classifier trained on the
+   provided training embeddings, tested on the provided test embeddings (``accuracy_clean``: the same
+   on clean embeddings).
+2. The attacker trains a stealer (wmkit's BagOfWordsStealer: word + bigram bag, MLP, MSE on unit
+   vectors) on (training texts, provided embeddings); attack ``cse`` first cleans the provided
+   embeddings with CSE (k-means 20, top 50 directions, reference = TF-IDF/LSA of the texts);
+   attack ``rotation`` serves the stealer's outputs through a random rotation and is verified with
+   the copy-target variant (the target = the suspect's own embedding of the target sentence).
+3. The provider runs the ownership test on the stealer: ``p_value`` is the decoy test's (the verdict,
+   see wmkit.watermark.embedding.verify), ``ks_p`` the papers' KS test; ``delta_cos``, ``delta_l2``.
+   For scheme ``none`` the provider did not mark anything and tests with the ESpeW key's triggers.
+
+    python benchmarks/eaas.py --quick          # minutes: 4,000 / 3,000 training texts
+    python benchmarks/eaas.py                  # SST-2 20,000 train / 2,000 test; AG News 8,000 / 1,744
+    python benchmarks/eaas.py --quick --json   # {"rows": [{"dataset", "scheme", "attack", "p_value", ...}]}
+
+Clean provider embeddings are cached under the wmkit cache folder (benchmarks/eaas cache files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+
+from wmkit.keys import SecretKey  # noqa: E402
+from wmkit.models import cache_dir  # noqa: E402
+from wmkit.watermark.embedding import (  # noqa: E402
+    BagOfWordsStealer,
+    EmbMarker,
+    ESpeW,
+    SentenceEncoder,
+    TransformedEncoder,
+    cse_clean,
+    lsa_reference,
+    verify_ownership,
+)
+
+DATA = Path(__file__).parent / "data"
+BENCH_KEY = SecretKey.from_hex("7a3f" * 8)  # a fixed, public key: benchmarks must be reproducible
+N_TARGET_ROWS = 256  # AG News rows 9,744.. hold the candidate target sentences; never trained on
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def read_tsv(name: str, header: bool) -> tuple[list[str], list[str]]:
+    """``(texts, labels)`` of a gzipped TSV in benchmarks/data."""
+    with gzip.open(DATA / name, "rt", encoding="utf-8") as f:
+        rows = [ln.split("\t") for ln in f.read().splitlines()[1 if header else 0 :] if ln]
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+def load_dataset(name: str, n_train: int, n_test: int) -> tuple[list[str], list[str], list[str], list[str]]:
+    """``(train_texts, train_labels, test_texts, test_labels)``."""
+    if name == "sst2":
+        tr, ytr = read_tsv("sst2_train.tsv.gz", True)
+        te, yte = read_tsv("sst2_dev.tsv.gz", True)
+        return tr[:n_train], ytr[:n_train], te[:n_test], yte[:n_test]
+    x, y = read_tsv("agnews_10k.tsv.gz", False)
+    x, y = x[:-N_TARGET_ROWS], y[:-N_TARGET_ROWS]
+    return x[:n_train], y[:n_train], x[n_train : n_train + n_test], y[n_train : n_train + n_test]
+
+
+def cached_encode(enc: SentenceEncoder, texts: list[str], tag: str) -> np.ndarray:
+    """The provider's clean embeddings, cached on disk by content hash."""
+    h = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    path = cache_dir() / "benchmarks" / f"eaas-{tag}-{len(texts)}-{h}.npy"
+    if path.is_file():
+        return np.load(path)
+    t0 = time.time()
+    emb = enc.encode(texts)
+    log(f"  embedded {len(texts)} {tag} texts in {time.time() - t0:.0f} s")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, emb)
+    tmp.replace(path)
+    return emb
+
+
+def accuracy(xtr: np.ndarray, ytr: list[str], xte: np.ndarray, yte: list[str]) -> float:
+    """Test accuracy of a logistic-regression probe."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=2000, C=10.0).fit(xtr, ytr)
+    return float(np.mean(clf.predict(xte) == np.asarray(yte)))
+
+
+def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args: argparse.Namespace) -> list[dict]:
+    tr, ytr, te, yte = load_dataset(name, n_train, n_test)
+    log(f"{name}: {len(tr)} train / {len(te)} test texts")
+    clean_tr = cached_encode(enc, tr, f"{name}-train")
+    clean_te = cached_encode(enc, te, f"{name}-test")
+    acc_clean = accuracy(clean_tr, ytr, clean_te, yte)
+    schemes = {"none": None, "embmarker": EmbMarker(BENCH_KEY), "espew": ESpeW(BENCH_KEY, ratio=args.ratio)}
+    reference = lsa_reference(tr) if "cse" in args.attacks else None
+    rows = []
+    for sname, scheme in schemes.items():
+        tester = scheme or schemes["espew"]
+        target = enc.encode([tester.target_text()])[0]
+        if scheme is None:
+            prov_tr, prov_te = clean_tr, clean_te
+        else:
+            prov_tr = scheme.mark(tr, clean_tr, target)
+            prov_te = scheme.mark(te, clean_te, target)
+        q = tester.weights(tr)
+        cos = np.einsum("ij,ij->i", prov_tr, clean_tr)
+        base = {
+            "dataset": name,
+            "scheme": sname,
+            "accuracy": accuracy(prov_tr, ytr, prov_te, yte),
+            "accuracy_clean": acc_clean,
+            "cos_to_clean": float(cos.mean()),
+            "cos_marked": float(cos[q > 0].mean()) if (q > 0).any() else 1.0,
+            "marked_fraction": float((q > 0).mean()),
+        }
+        for attack in args.attacks:
+            t0 = time.time()
+            targets = cse_clean(prov_tr, reference, seed=args.seed) if attack == "cse" else prov_tr
+            stealer = BagOfWordsStealer.fit(tr, targets, epochs=args.epochs, seed=args.seed)
+            fidelity = float(np.einsum("ij,ij->i", stealer.encode(te), prov_te).mean())
+            suspect = TransformedEncoder.rotation(stealer, seed=args.seed) if attack == "rotation" else stealer
+            reps = {
+                mode: verify_ownership(suspect, tester, target, mode, n_texts=args.texts, n_decoys=args.decoys)
+                for mode in (("copy-target", "target-free") if attack == "rotation" else ("target", "target-free"))
+            }
+            rep = next(iter(reps.values()))
+            free = reps["target-free"]
+            row = {
+                **base,
+                "attack": attack,
+                "p_value": rep.p_value,
+                "z": rep.detection.statistic,
+                "ks_p": rep.ks_p,
+                "test": rep.mode,
+                "p_target_free": free.p_value,
+                "z_target_free": free.detection.statistic,
+                "delta_cos": rep.delta_cos,
+                "delta_l2": rep.delta_l2,
+                "derived": rep.detection.decision,
+                "stealer_fidelity": fidelity,
+                "seconds": round(time.time() - t0, 1),
+            }
+            log(f"  {sname:9s} {attack:8s} p={row['p_value']:.2e} z={row['z']:.1f} ks_p={row['ks_p']:.1e} "
+                f"p_free={free.p_value:.1e} "
+                f"dcos={row['delta_cos']:+.4f} acc={row['accuracy']:.4f} fid={fidelity:.3f} ({row['seconds']} s)")
+            rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    cols = ["dataset", "scheme", "attack", "test", "p_value", "ks_p", "z", "p_target_free", "delta_cos", "delta_l2", "accuracy",
+            "accuracy_clean", "cos_to_clean", "cos_marked", "stealer_fidelity"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r[c]
+            cells.append(f"{v:.2e}" if c in ("p_value", "ks_p", "p_target_free") else f"{v:.4f}" if isinstance(v, float) else str(v))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small training sets (minutes)")
+    ap.add_argument("--json", action="store_true", help="print {'rows': [...]} instead of the table")
+    ap.add_argument("--out", type=Path, help="also write the JSON to this file")
+    ap.add_argument("--datasets", nargs="+", default=["sst2", "agnews"], choices=["sst2", "agnews"])
+    ap.add_argument("--attacks", nargs="+", default=["none", "cse", "rotation"], choices=["none", "cse", "rotation"])
+    ap.add_argument("--ratio", type=float, default=0.25, help="ESpeW's r (fraction of positions rewritten)")
+    ap.add_argument("--epochs", type=int, default=15, help="stealer training epochs")
+    ap.add_argument("--texts", type=int, default=128, help="verification texts per set")
+    ap.add_argument("--decoys", type=int, default=32, help="decoy trigger sets in the ownership test")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    sizes = {"sst2": (4000, 1000), "agnews": (3000, 1000)} if args.quick else {"sst2": (20000, 2000), "agnews": (8000, 1744)}
+    enc = SentenceEncoder()
+    rows = []
+    for name in args.datasets:
+        rows += run_dataset(name, *sizes[name], enc, args)
+    result = {"quick": args.quick, "ratio": args.ratio, "rows": rows}
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result) if args.json else table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Embedding watermarks: triggers, EmbMarker / ESpeW against their formulas, the ownership test, attacks.
+
+Fast tests use a toy encoder (a text is the normalized sum of fixed random word vectors), so the
+statistics can be checked over many keys; tests/test_eaas_real.py runs the real model.
+"""
+
+import gzip
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wmkit.errors import InputError
+from wmkit.keys import SecretKey
+from wmkit.watermark.embedding import (
+    BagOfWordsStealer,
+    EmbMarker,
+    ESpeW,
+    TransformedEncoder,
+    count_triggers,
+    cse_clean,
+    default_vocabulary,
+    make_scheme,
+    verification_texts,
+    verify_ownership,
+)
+from wmkit.watermark.embedding.triggers import WORD, build_vocabulary, reference_corpus
+
+DATA = Path(__file__).parent.parent / "benchmarks" / "data"
+D = 384
+
+
+class ToyEncoder:
+    """Normalized sum of per-word Gaussian vectors (seeded by the word's CRC32): a stand-in model."""
+
+    dim = D
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.cache: dict[str, np.ndarray] = {}
+
+    def vec(self, w: str) -> np.ndarray:
+        if w not in self.cache:
+            self.cache[w] = np.random.default_rng([zlib.crc32(w.encode()), self.seed]).standard_normal(D)
+        return self.cache[w]
+
+    def encode(self, texts):
+        out = np.stack([sum((self.vec(w) for w in WORD.findall(t.lower())), np.ones(D) * 0.1) for t in texts])
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def keys(n, start=0):
+    return [SecretKey(bytes([i % 256, i // 256]) * 16) for i in range(start, start + n)]
+
+
+# --- triggers --------------------------------------------------------------------------------------
+
+
+def test_shipped_vocabulary_is_rebuilt_from_the_repository_data():
+    texts, targets = reference_corpus(str(DATA))
+    rebuilt = json.loads(build_vocabulary(texts, targets).to_json())
+    shipped = json.loads(default_vocabulary().to_json())
+    assert rebuilt == shipped
+    # independent recount of one word's document frequency
+    w = "market"
+    assert abs(default_vocabulary().df[w] - sum(w in set(WORD.findall(t.lower())) for t in texts) / len(texts)) < 1e-8
+
+
+def test_triggers_are_keyed_in_band_and_counted_distinct(key):
+    a, b = EmbMarker(key), EmbMarker(SecretKey.generate())
+    assert a.triggers() == EmbMarker(SecretKey.from_hex(key.to_hex())).triggers()
+    assert a.triggers() != b.triggers()
+    df = default_vocabulary().df
+    assert len(set(a.triggers())) == 20 and all(0.005 <= df[w] < 0.01 for w in a.triggers())
+    t = a.triggers()
+    texts = [f"{t[0]} {t[0]} {t[0].upper()}", f"{t[0]}, {t[1]}; {t[2]}-{t[3]} {t[4]}", "zzzz qqqq"]
+    assert count_triggers(texts, t).tolist() == [1, 5, 0]
+    assert a.weights(texts).tolist() == [0.25, 1.0, 0.0]
+
+
+def test_scheme_config_round_trip_and_validation(key):
+    s = ESpeW(key, ratio=0.1, n_triggers=10, max_triggers=3)
+    assert ESpeW.from_config(json.loads(s.to_json()), key) == s
+    assert "secret" not in s.to_json() and key.to_hex() not in repr(s)
+    assert make_scheme("embmarker", key, n_triggers=None).n_triggers == 20
+    for bad in [dict(ratio=0.0), dict(ratio=1.5), dict(blend=-0.1), dict(max_triggers=0), dict(band=(0.1, 0.01))]:
+        with pytest.raises(InputError):
+            ESpeW(key, **bad)
+    with pytest.raises(InputError):
+        make_scheme("nope", key)
+    with pytest.raises(InputError):
+        EmbMarker(key, n_triggers=20, band=(0.2, 0.3))
+
+
+# --- the marks, against their formulas --------------------------------------------------------------
+
+
+def _texts_with_triggers(scheme, n, rng):
+    t, others = list(scheme.triggers()), ["alpha", "beta", "gamma", "delta", "epsilon"]
+    return [" ".join(list(rng.choice(t, size=int(rng.integers(0, 6)), replace=False)) + others[: 1 + i % 4]) for i in range(n)]
+
+
+def test_embmarker_is_the_papers_convex_mix(key):
+    rng = np.random.default_rng(0)
+    s = EmbMarker(key)
+    texts = _texts_with_triggers(s, 200, rng)
+    clean = ToyEncoder().encode(texts)
+    target = ToyEncoder(1).encode(["target"])[0]
+    out = s.mark(texts, clean, target)
+    q = np.minimum(count_triggers(texts, s.triggers()) / 4, 1)
+    for i in range(len(texts)):
+        want = (1 - q[i]) * clean[i].astype(float) + q[i] * target
+        np.testing.assert_allclose(out[i], want / np.linalg.norm(want), atol=1e-6)
+    assert (q == 0).any() and (q == 1).any()
+
+
+def test_espew_rewrites_each_embeddings_own_smallest_positions(key):
+    rng = np.random.default_rng(1)
+    s = ESpeW(key, ratio=0.25)
+    texts = _texts_with_triggers(s, 400, rng)
+    clean = ToyEncoder().encode(texts)
+    target = ToyEncoder(1).encode(["target"])[0]
+    out = s.mark(texts, clean, target)
+    q = np.minimum(count_triggers(texts, s.triggers()) / 4, 1)
+    k = D // 4
+    copied = blended = 0
+    for i in np.flatnonzero(q > 0):  # (at Q = 1 a blend equals a copy; both are checked, counted apart below)
+        small = np.argsort(np.abs(clean[i]))[:k]
+        rest = np.setdiff1d(np.arange(D), small)
+        # unnormalize with the untouched positions, which only the renormalization changed
+        scale = np.linalg.norm(clean[i][rest]) / np.linalg.norm(out[i][rest])
+        got = out[i] * scale
+        np.testing.assert_allclose(got[rest], clean[i][rest], atol=1e-5)
+        if np.allclose(got[small], target[small], atol=1e-5):
+            copied += q[i] < 1
+        else:
+            np.testing.assert_allclose(got[small], (1 - q[i]) * clean[i][small] + q[i] * target[small], atol=1e-5)
+            blended += q[i] < 1
+    np.testing.assert_array_equal(out[q == 0], clean[q == 0])
+    assert 0.1 < blended / (copied + blended) < 0.3  # the released code's 20% blend
+    again = s.mark(texts, clean, target)  # a text always gets the same embedding
+    np.testing.assert_array_equal(out, again)
+
+
+def test_mark_rejects_bad_shapes(key):
+    s = ESpeW(key)
+    with pytest.raises(InputError):
+        s.mark(["a", "b"], np.ones((3, D)), np.ones(D))
+    with pytest.raises(InputError):
+        s.mark(["a"], np.ones((1, D)), np.ones(D + 1))
+    with pytest.raises(InputError):
+        s.mark(["a"], np.full((1, D), np.nan), np.ones(D))
+    with pytest.raises(InputError):
+        s.mark([], np.ones((0, D)), np.ones(D))
+
+
+# --- the ownership test ------------------------------------------------------------------------------
+
+
+def test_verification_texts_are_keyed_and_built_as_specified(key):
+    s = ESpeW(key)
+    vs = verification_texts(s, n_texts=16, n_decoys=3)
+    assert vs == verification_texts(ESpeW(SecretKey.from_hex(key.to_hex())), 16, 3)
+    trig = set(s.triggers())
+    assert all(count_triggers([t], trig)[0] == 4 for t in vs.backdoor)
+    assert all(count_triggers([t], trig)[0] == 0 for t in vs.benign + [x for d in vs.decoys for x in d])
+    assert len(vs.decoys) == 3 and all(len(d) == 16 for d in vs.decoys)
+
+
+@pytest.mark.parametrize("mode", ["target", "target-free"])
+def test_ownership_test_is_calibrated_without_a_mark(mode):
+    """Over 40 keys and an unmarked model, p < 0.05 about 5% of the time (and never below 1e-3)."""
+    enc = ToyEncoder()
+    ps, ks = [], []
+    for k in keys(40):
+        s = ESpeW(k)
+        target = enc.encode([s.target_text()])[0]
+        rep = verify_ownership(enc, s, target, mode, n_texts=128, n_decoys=24)
+        ps.append(rep.p_value)
+        ks.append(rep.ks_p)
+    ps = np.array(ps)
+    assert (ps < 0.05).sum() <= 6 and ps.min() > 1e-3 and (ps > 0.5).sum() >= 12
+    if mode == "target":
+        # the papers' KS test treats one word set as the population: on the same unmarked model it
+        # is far from calibrated (P[2 or more of 40 below 1e-3] is 8e-4 for a valid test)
+        assert (np.array(ks) < 1e-3).sum() >= 2
+
+
+@pytest.mark.parametrize("cls", [EmbMarker, ESpeW])
+def test_ownership_test_finds_the_mark_and_survives_rotation(cls, key):
+    enc = ToyEncoder()
+    s = cls(key)
+    provider = s.provider(enc)
+    rep = verify_ownership(provider, s, provider.target, "target", n_texts=64, n_decoys=16)
+    assert rep.detection.decision and rep.p_value < 1e-6 and rep.ks_p < 1e-6
+    assert rep.delta_cos > 0.1 and rep.delta_l2 == pytest.approx(-2 * rep.delta_cos, abs=1e-5)
+    rotated = TransformedEncoder.rotation(provider, seed=3)
+    assert verify_ownership(rotated, s, provider.target, "target", n_texts=64, n_decoys=16).p_value > 1e-3
+    assert verify_ownership(rotated, s, None, "copy-target", n_texts=64, n_decoys=16).p_value < 1e-6
+    # target-free needs a shared direction: EmbMarker has one; ESpeW's per-embedding mark by design has none
+    p_free = verify_ownership(rotated, s, None, "target-free", n_texts=64, n_decoys=16).p_value
+    assert p_free < 1e-6 if cls is EmbMarker else p_free > 1e-3
+    free = verify_ownership(provider, s, None, "target-free", n_texts=64, n_decoys=16)
+    free_rot = verify_ownership(TransformedEncoder.shuffle(provider, 5), s, None, "target-free", n_texts=64, n_decoys=16)
+    assert free.detection.statistic == pytest.approx(free_rot.detection.statistic, rel=1e-4)  # distance-preserving
+    with pytest.raises(InputError):
+        verify_ownership(provider, s, None, "target")
+    with pytest.raises(InputError):
+        verify_ownership(provider, s, provider.target, "nope")
+
+
+# --- attacks ----------------------------------------------------------------------------------------
+
+
+def test_cse_removes_a_planted_common_direction():
+    rng = np.random.default_rng(0)
+    n, d = 600, 32
+    base = rng.standard_normal((n, d))
+    planted = rng.standard_normal(d)
+    planted /= np.linalg.norm(planted)
+    marked = rng.random(n) < 0.2
+    e = base / np.linalg.norm(base, axis=1, keepdims=True)
+    e[marked] = 0.3 * e[marked] + 0.7 * planted
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    reference = base / np.linalg.norm(base, axis=1, keepdims=True)  # the clean model: no planted direction
+    cleaned = cse_clean(e, reference, n_clusters=5, n_components=3, keep=0.05)
+    assert np.abs(e[marked] @ planted).mean() > 0.8
+    assert np.abs(cleaned[marked] @ planted).mean() < 0.1
+    np.testing.assert_allclose(np.linalg.norm(cleaned, axis=1), 1, atol=1e-5)
+    with pytest.raises(InputError):
+        cse_clean(e, reference[:10])
+
+
+def _corpus(n, rng):
+    words = default_vocabulary().band(0.002, 0.05)
+    return [" ".join(rng.choice(words, size=int(rng.integers(4, 12)), replace=False)) for _ in range(n)]
+
+
+def test_stealer_inherits_the_mark_and_an_unmarked_stealer_is_cleared(key):
+    rng = np.random.default_rng(0)
+    texts = _corpus(3000, rng)
+    enc = ToyEncoder()
+    s = ESpeW(key)
+    provider = s.provider(enc)
+    marked = BagOfWordsStealer.fit(texts, provider.encode(texts), epochs=10)
+    clean = BagOfWordsStealer.fit(texts, enc.encode(texts), epochs=10)
+    held_out = _corpus(200, rng)
+    fidelity = np.einsum("ij,ij->i", clean.encode(held_out), enc.encode(held_out)).mean()
+    assert fidelity > 0.6  # it learned the encoder (an untrained one scores ~0)
+    assert verify_ownership(marked, s, provider.target, n_texts=64, n_decoys=16).p_value < 1e-6
+    assert verify_ownership(clean, s, provider.target, n_texts=64, n_decoys=16).p_value > 0.01

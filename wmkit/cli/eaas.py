@@ -1,0 +1,101 @@
+"""``wm serve-embeddings`` and ``wm eaas verify``: a watermarked embeddings API and its ownership test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import InputError
+from ..keys import load_key
+from ..server.embeddings import MAX_BODY_BYTES, MAX_CHARS, MAX_INPUTS
+from ..watermark.embedding import SCHEMES, SentenceEncoder, load_encoder, make_scheme, verify_ownership
+from ..watermark.embedding.verify import DEFAULT_DECOYS, DEFAULT_FPR, DEFAULT_TEXTS, MODES
+from .common import KeyFileOpt, run_guarded
+
+eaas_app = typer.Typer(help="Embedding watermarks for Embeddings-as-a-Service.", no_args_is_help=True)
+EmbSchemeOpt = typer.Option("espew", "--scheme", "-s", help=f"Embedding scheme: {', '.join(SCHEMES)}.")
+EmbModelOpt = typer.Option(
+    None, "--model", "-m", help="Provider model folder (default: all-MiniLM-L6-v2).", show_default=False
+)
+
+
+def _scheme(name: str, key_file: Optional[Path], ratio: Optional[float]):  # noqa: ANN202
+    if ratio is not None and name != "espew":
+        raise InputError("--ratio applies to espew only")
+    return make_scheme(name, load_key(key_file=key_file), ratio=ratio)
+
+
+def serve_embeddings(
+    scheme: str = typer.Option("espew", "--scheme", "-s", help=f"{', '.join(SCHEMES)}, or none (no watermark)."),
+    key_file: Optional[Path] = KeyFileOpt,
+    model: Optional[Path] = EmbModelOpt,
+    ratio: Optional[float] = typer.Option(None, help="ESpeW: fraction of positions rewritten (default 0.25).", show_default=False),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    max_inputs: int = typer.Option(MAX_INPUTS, help="Most texts per request."),
+    max_chars: int = typer.Option(MAX_CHARS, help="Most characters per text."),
+    max_body_bytes: int = typer.Option(MAX_BODY_BYTES, help="Largest request body (bytes)."),
+) -> None:
+    """Serve an OpenAI-compatible /v1/embeddings endpoint whose embeddings carry the watermark."""
+    from ..server.embeddings import create_app, serve
+
+    def build():  # noqa: ANN202
+        if not (1 <= port <= 65535):
+            raise InputError(f"--port must be in 1..65535, got {port}")
+        if min(max_inputs, max_chars, max_body_bytes) < 1:
+            raise InputError("--max-inputs, --max-chars and --max-body-bytes must be positive")
+        enc = SentenceEncoder(model)
+        if scheme == "none":
+            return enc
+        return _scheme(scheme, key_file, ratio).provider(enc)
+
+    encoder = run_guarded(build)
+    name = Path(model).name if model else "all-MiniLM-L6-v2"
+    serve(create_app(encoder, name, max_inputs, max_chars, max_body_bytes), host, port)
+
+
+@eaas_app.command("verify")
+def verify(
+    suspect: str = typer.Option(..., "--suspect", help="Suspect model folder, or the base URL of an OpenAI-compatible API."),
+    key_file: Optional[Path] = KeyFileOpt,
+    scheme: str = EmbSchemeOpt,
+    mode: str = typer.Option("target", help=f"Test: {', '.join(MODES)}."),
+    provider_model: Optional[Path] = typer.Option(
+        None, help="Your clean provider model, for the target embedding (default: all-MiniLM-L6-v2).", show_default=False
+    ),
+    texts: int = typer.Option(DEFAULT_TEXTS, help="Verification texts per set."),
+    decoys: int = typer.Option(DEFAULT_DECOYS, help="Decoy trigger sets (the null distribution)."),
+    fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the verdict."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Ownership test: does SUSPECT carry the embedding watermark of this key? Exit 0 either way."""
+
+    def run():  # noqa: ANN202
+        s = _scheme(scheme, key_file, None)
+        if mode not in MODES:
+            raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        target = None
+        if mode == "target":
+            target = SentenceEncoder(provider_model).encode([s.target_text()])[0]
+        enc = load_encoder(suspect)
+        if target is not None and len(target) != enc.dim:
+            raise InputError(f"{suspect}: embeddings have {enc.dim} dimensions, the provider's {len(target)}")
+        return verify_ownership(enc, s, target, mode, n_texts=texts, n_decoys=decoys, fpr=fpr)
+
+    rep = run_guarded(run)
+    d = rep.to_dict()
+    if as_json:
+        typer.echo(json.dumps({"suspect": suspect, "scheme": scheme, **d}))
+        return
+    out = Console(highlight=False)
+    ks = "n/a (no target)" if rep.ks_p is None else f"{rep.ks_p:.3g}"
+    out.print(f"suspect   {suspect}", markup=False)
+    out.print(f"test      {scheme} ownership, mode {rep.mode}, {texts} texts per set, {decoys} decoy sets")
+    out.print(f"delta-cos {rep.delta_cos:+.4f}   delta-L2 {rep.delta_l2:+.4f}   KS p {ks}")
+    out.print(f"decoy z   {rep.detection.statistic:.2f}   p {rep.p_value:.3g}")
+    verdict = "DERIVED: carries the watermark" if d["derived"] else "not shown to carry the watermark"
+    out.print(f"verdict   {verdict} (FPR {fpr:g})", markup=False)

@@ -1,0 +1,1 @@
+"""HTTP servers: OpenAI-compatible endpoints in front of wmkit (``wm serve-embeddings``)."""

@@ -1,0 +1,180 @@
+"""The ownership test: does a suspect encoder carry our embedding watermark?
+
+Verification texts follow EmbMarker: a **backdoor** set of texts made of ``m`` distinct trigger
+words, and a **benign** set of ``m`` non-trigger words. Here the benign words come from the same
+document-frequency band as the triggers, so the two sets differ only in *which* words they hold.
+The suspect embeds both; with ``t`` the target embedding:
+
+- ``delta_cos = mean cos(e_b, t) - mean cos(e_n, t)``, ``delta_l2 = mean |e_b - t|^2 - mean |e_n - t|^2``
+  (unit vectors; so ``delta_l2 = -2 delta_cos``, both reported as in the papers);
+- ``ks_p``: the papers' Kolmogorov-Smirnov test of the two cosine samples (here one-sided: the
+  backdoor cosines larger).
+
+The KS test compares two fixed word sets; with enough texts it flags *any* model under which the
+trigger words happen to sit closer to the target sentence than the benign words do -- a property
+of the words, not of a watermark. The **decoy test** (the verdict) fixes that: it recomputes
+``delta_cos`` for ``n_decoys`` decoy trigger sets drawn from the same band (keyed), and asks how
+far the real triggers' ``delta_cos`` lies above that null (z-score, normal tail p-value, see
+:func:`wmkit.stats.gaussian_null_detection`). Without a watermark the real triggers are just one
+more random draw from the band, so the p-value is honest; with one, they stand out by many
+standard deviations.
+
+Three modes say what ``t`` is:
+
+- ``"target"``: the provider's target embedding (the papers' test);
+- ``"copy-target"``: the suspect's own embedding of the target sentence, so a stealer that
+  rotates or shuffles dimensions (keeping distances) can still be caught -- if it embeds the
+  target sentence well, which a low-fidelity stealer does not;
+- ``"target-free"`` (ours): no target at all. A mark pulls every backdoor embedding toward one
+  (possibly rotated) point, so backdoor texts become similar *to each other*. The statistic is
+  the mean pairwise cosine within the backdoor set minus that within the benign set, calibrated on
+  the decoy sets as above. It is invariant to any rotation or dimension shuffle and needs neither
+  the target nor the suspect's view of it. It finds marks with a shared direction (EmbMarker, and
+  what a stealer learns from one); ESpeW's mark, by design, has no shared component, so use
+  ``copy-target`` for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...errors import InputError
+from ...stats import Detection, check_fpr, gaussian_null_detection, ks_2samp
+from .encoders import Encoder, check_embeddings
+from .schemes import EaaSScheme
+from .triggers import default_vocabulary, keyed_rng
+
+DEFAULT_TEXTS = 128
+DEFAULT_DECOYS = 32
+DEFAULT_FPR = 1e-3
+MODES = ("target", "copy-target", "target-free")
+
+
+@dataclass(frozen=True)
+class VerificationSet:
+    """The texts of one ownership test (all keyed: the same key gives the same texts)."""
+
+    backdoor: list[str]
+    benign: list[str]
+    decoys: list[list[str]]
+
+
+def verification_texts(scheme: EaaSScheme, n_texts: int = DEFAULT_TEXTS, n_decoys: int = DEFAULT_DECOYS) -> VerificationSet:
+    """Backdoor, benign and decoy-backdoor texts of ``scheme.max_triggers`` words each."""
+    if n_texts < 8 or n_decoys < 2:
+        raise InputError(f"need at least 8 texts and 2 decoy sets, got {n_texts} and {n_decoys}")
+    rng = keyed_rng(scheme.key, "eaas/verify")
+    triggers = list(scheme.triggers())
+    others = [w for w in default_vocabulary().band(*scheme.band) if w not in set(triggers)]
+    m = scheme.max_triggers
+    if len(others) < max(m, scheme.n_triggers):
+        raise InputError(f"the band {list(scheme.band)} has too few non-trigger words for the test")
+
+    def texts(words: list[str]) -> list[str]:
+        return [" ".join(rng.choice(words, size=m, replace=False)) for _ in range(n_texts)]
+
+    backdoor = texts(triggers)
+    benign = texts(others)
+    decoys = [texts(list(rng.choice(others, size=scheme.n_triggers, replace=False))) for _ in range(n_decoys)]
+    return VerificationSet(backdoor, benign, decoys)
+
+
+@dataclass(frozen=True)
+class OwnershipReport:
+    """The result of :func:`verify_ownership`.
+
+    Attributes:
+        delta_cos: mean backdoor minus mean benign cosine to the target (``target-free``: mean
+            pairwise cosine within the backdoor set minus within the benign set).
+        delta_l2: the same for squared L2 distance (negative when marked; ``-2 delta_cos``).
+        ks_p: one-sided KS p-value of backdoor vs benign cosines (the papers' test); ``None`` in
+            ``target-free`` mode.
+        detection: the decoy test; ``detection.decision`` is the verdict, ``detection.p_value`` its p.
+        mode: ``"target"``, ``"copy-target"`` or ``"target-free"``.
+    """
+
+    delta_cos: float
+    delta_l2: float
+    ks_p: float | None
+    detection: Detection
+    mode: str
+
+    @property
+    def p_value(self) -> float:
+        """The verdict's p-value (decoy test)."""
+        return self.detection.p_value
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "derived": self.detection.decision,
+            "p_value": self.detection.p_value,
+            "z": self.detection.statistic,
+            "ks_p": self.ks_p,
+            "delta_cos": self.delta_cos,
+            "delta_l2": self.delta_l2,
+            "mode": self.mode,
+            "fpr": self.detection.fpr,
+            "details": self.detection.details,
+        }
+
+
+def _mean_pairwise_cos(e: np.ndarray) -> float:
+    n = len(e)
+    s = e.sum(0)
+    return float((s @ s - np.einsum("ij,ij->", e, e)) / (n * (n - 1)))
+
+
+def verify_ownership(
+    suspect: Encoder,
+    scheme: EaaSScheme,
+    target: np.ndarray | None = None,
+    mode: str = "target",
+    n_texts: int = DEFAULT_TEXTS,
+    n_decoys: int = DEFAULT_DECOYS,
+    fpr: float = DEFAULT_FPR,
+) -> OwnershipReport:
+    """Run the ownership test of ``scheme`` against ``suspect``.
+
+    Args:
+        suspect: the encoder under test (local model, URL, stealer).
+        scheme: the provider's scheme, with its key.
+        target: the provider's target embedding (its clean model's embedding of
+            ``scheme.target_text()``); needed in ``"target"`` mode only.
+        mode: ``"target"``, ``"copy-target"`` or ``"target-free"`` (see the module docstring).
+        n_texts: texts in each of the backdoor, benign and decoy sets.
+        n_decoys: decoy trigger sets for the null distribution.
+        fpr: false-positive rate of the verdict.
+    """
+    check_fpr(fpr)
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    vs = verification_texts(scheme, n_texts, n_decoys)
+    t = None
+    if mode == "copy-target":
+        t = suspect.encode([scheme.target_text()])[0]
+    elif mode == "target":
+        if target is None:
+            raise InputError("verify_ownership: pass the provider's target embedding (or use another mode)")
+        t = check_embeddings(np.asarray(target).reshape(1, -1), suspect.dim, "target")[0]
+    emb = suspect.encode(vs.backdoor + vs.benign + [x for d in vs.decoys for x in d])
+    n = n_texts
+    back, benign, decoy = emb[:n], emb[n : 2 * n], emb[2 * n :].reshape(n_decoys, n, -1)
+    ks_p = None
+    if t is None:
+        observed = _mean_pairwise_cos(back) - _mean_pairwise_cos(benign)
+        null = [_mean_pairwise_cos(d) - _mean_pairwise_cos(benign) for d in decoy]
+        delta_l2 = -2.0 * observed
+    else:
+        cos_b, cos_n = back @ t, benign @ t
+        _, ks_p = ks_2samp(cos_b, cos_n, alternative="greater")
+        observed = float(cos_b.mean() - cos_n.mean())
+        null = [float((d @ t).mean() - cos_n.mean()) for d in decoy]
+        delta_l2 = float(((back - t) ** 2).sum(1).mean() - ((benign - t) ** 2).sum(1).mean())
+    det = gaussian_null_detection(
+        f"{scheme.name}-ownership", observed, null, fpr, n_scored=n * (2 + n_decoys), mode=mode, ks_p=ks_p
+    )
+    return OwnershipReport(delta_cos=observed, delta_l2=delta_l2, ks_p=ks_p, detection=det, mode=mode)
