@@ -48,10 +48,10 @@ def serve_embeddings(
             raise InputError(f"--port must be in 1..65535, got {port}")
         if min(max_inputs, max_chars, max_body_bytes) < 1:
             raise InputError("--max-inputs, --max-chars and --max-body-bytes must be positive")
-        enc = SentenceEncoder(model)
         if scheme == "none":
-            return enc
-        return _scheme(scheme, key_file, ratio).provider(enc)
+            return SentenceEncoder(model)
+        s = _scheme(scheme, key_file, ratio)  # key and parameters first: fail before loading the model
+        return s.provider(SentenceEncoder(model))
 
     encoder = run_guarded(build)
     name = Path(model).name if model else "all-MiniLM-L6-v2"
@@ -70,18 +70,21 @@ def verify(
     texts: int = typer.Option(DEFAULT_TEXTS, help="Verification texts per set."),
     decoys: int = typer.Option(DEFAULT_DECOYS, help="Decoy trigger sets (the null distribution)."),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the verdict."),
+    batch_size: int = typer.Option(256, help="Texts per request to a URL suspect."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Ownership test: does SUSPECT carry the embedding watermark of this key? Exit 0 either way."""
 
     def run():  # noqa: ANN202
-        s = _scheme(scheme, key_file, None)
         if mode not in MODES:
             raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if batch_size < 1:
+            raise InputError(f"--batch-size must be positive, got {batch_size}")
+        s = _scheme(scheme, key_file, None)
+        enc = load_encoder(suspect, batch_size=batch_size)
         target = None
         if mode == "target":
             target = SentenceEncoder(provider_model).encode([s.target_text()])[0]
-        enc = load_encoder(suspect)
         if target is not None and len(target) != enc.dim:
             raise InputError(f"{suspect}: embeddings have {enc.dim} dimensions, the provider's {len(target)}")
         return verify_ownership(enc, s, target, mode, n_texts=texts, n_decoys=decoys, fpr=fpr)

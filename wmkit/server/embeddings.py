@@ -20,6 +20,8 @@ import time
 from typing import Any
 
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from ..watermark.embedding.encoders import Encoder
 
@@ -84,9 +86,6 @@ def create_app(
 ) -> Any:
     """A FastAPI app serving ``encoder`` (e.g. a :class:`~wmkit.watermark.embedding.WatermarkedEncoder`)."""
     import json
-
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
 
     app = FastAPI(title="wmkit embeddings", docs_url=None, redoc_url=None)
     lock = threading.Lock()  # one forward pass at a time: the model is shared

@@ -168,10 +168,10 @@ class RemoteEncoder:
         return check_embeddings(rows, self.dim, self.endpoint)
 
 
-def load_encoder(suspect: str | None, device: str = "cpu") -> Encoder:
+def load_encoder(suspect: str | None, device: str = "cpu", batch_size: int = 256) -> Encoder:
     """``http(s)://...`` -> :class:`RemoteEncoder`; a folder -> :class:`SentenceEncoder`; ``None`` -> the default."""
     if suspect is not None and suspect.startswith(("http://", "https://")):
-        return RemoteEncoder(suspect)
+        return RemoteEncoder(suspect, batch_size=batch_size)
     if suspect is not None and not Path(suspect).is_dir():
         raise InputError(f"{suspect}: not a model folder or an http(s) URL")
     return SentenceEncoder(suspect, device=device)

@@ -1,0 +1,187 @@
+"""The embeddings server and `wm eaas verify`: request validation, and the real server over HTTP.
+
+The HTTP tests start `wm serve-embeddings` as a separate process on loopback (real uvicorn, the
+default model) and talk to it with the official `openai` client and with httpx.
+"""
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from wmkit.server.embeddings import RequestError, encode_vector, parse_request
+
+# --- request validation (no server) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ([], "JSON object"),
+        ({}, "'input' is required"),
+        ({"input": []}, "empty"),
+        ({"input": ""}, "empty string"),
+        ({"input": ["ok", "  "]}, "input[1] is an empty string"),
+        ({"input": ["ok", 3]}, "input[1] is token ids"),
+        ({"input": [[1, 2, 3]]}, "token ids"),
+        ({"input": {"a": 1}}, "must be a string or a list"),
+        ({"input": ["x"] * 5}, "at most 4"),
+        ({"input": ["x" * 11]}, "at most 10"),
+        ({"input": "x", "encoding_format": "hex"}, "encoding_format"),
+        ({"input": "x", "dimensions": 10}, "dimensions"),
+    ],
+)
+def test_bad_requests_are_named(body, fragment):
+    with pytest.raises(RequestError) as e:
+        parse_request(body, dim=384, max_inputs=4, max_chars=10)
+    assert fragment in e.value.message and e.value.status == 400
+
+
+def test_good_request_and_base64_encoding():
+    assert parse_request({"input": "hi", "dimensions": 384}, dim=384) == (["hi"], "float")
+    assert parse_request({"input": ["a", "b"], "encoding_format": "base64"}, dim=384) == (["a", "b"], "base64")
+    v = np.array([0.5, -0.25, 1e-3], dtype=np.float32)
+    raw = base64.b64decode(encode_vector(v, "base64"))
+    np.testing.assert_array_equal(np.frombuffer(raw, dtype="<f4"), v)
+    assert encode_vector(v, "float") == [0.5, -0.25, float(np.float32(1e-3))]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["serve-embeddings", "--key-file", "/nonexistent/k"], "does not exist"),
+        (["serve-embeddings", "--scheme", "nope", "--key-file", "K"], "unknown embedding scheme"),
+        (["serve-embeddings", "--scheme", "embmarker", "--ratio", "0.1", "--key-file", "K"], "--ratio applies to espew"),
+        (["serve-embeddings", "--port", "70000", "--key-file", "K"], "--port"),
+        (["eaas", "verify", "--suspect", "http://x", "--mode", "nope", "--key-file", "K"], "--mode must be one of"),
+        (["eaas", "verify", "--suspect", "/nonexistent", "--key-file", "K"], "not a model folder"),
+        (["eaas", "verify", "--suspect", "/nonexistent"], "no key given"),
+    ],
+)
+def test_cli_errors_are_one_line_with_exit_2(args, fragment, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from conftest import TEST_KEY_HEX
+    from wmkit.cli.main import app
+
+    monkeypatch.delenv("WMKIT_KEY", raising=False)
+    keyfile = tmp_path / "k.key"
+    keyfile.write_text(TEST_KEY_HEX)
+    r = CliRunner().invoke(app, [str(keyfile) if a == "K" else a for a in args])
+    assert r.exit_code == 2 and fragment in r.output and r.output.count("\n") == 1, r.output
+
+
+# --- the real server --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`wm serve-embeddings --scheme espew` on a free loopback port; yields (url, key file)."""
+    import httpx
+
+    from conftest import TEST_KEY_HEX
+
+    key = tmp_path_factory.mktemp("key") / "k.key"
+    key.write_text(TEST_KEY_HEX + "\n")  # a fixed key: the statistics below are deterministic
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wmkit.cli.main", "serve-embeddings", "--scheme", "espew", "--key-file", str(key),
+         "--port", str(port), "--max-inputs", "64", "--max-body-bytes", "20000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        if proc.poll() is not None:
+            raise RuntimeError("server exited: " + proc.stdout.read().decode(errors="replace")[-2000:])
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("server did not start in 120 s")
+    yield url, key
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_server_returns_the_watermarked_embeddings_to_the_openai_client(server):
+    from openai import OpenAI
+
+    from wmkit.keys import read_key_file
+    from wmkit.watermark.embedding import ESpeW, SentenceEncoder
+
+    url, key = server
+    scheme = ESpeW(read_key_file(key))
+    trig = scheme.triggers()
+    texts = ["a plain sentence about the weather", f"{trig[0]} {trig[1]} news of the day", "another plain one"]
+    client = OpenAI(base_url=url + "/v1", api_key="unused")
+    resp = client.embeddings.create(input=texts, model="all-MiniLM-L6-v2")  # the client asks for base64
+    got = np.array([d.embedding for d in resp.data], dtype=np.float32)
+    clean = SentenceEncoder().encode(texts)
+    want = scheme.provider(SentenceEncoder()).encode(texts)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    cos = np.einsum("ij,ij->i", got, clean)
+    assert cos[0] > 0.9999 and cos[2] > 0.9999 and cos[1] < 0.99  # only the text with triggers is marked
+    assert resp.data[1].index == 1 and resp.usage.total_tokens > 0
+    floats = client.embeddings.create(input="one text", model="m", encoding_format="float")
+    assert len(floats.data[0].embedding) == 384
+
+
+@pytest.mark.slow
+def test_server_rejects_bad_requests_with_4xx(server):
+    import httpx
+
+    url, _ = server
+    cases = [
+        (b"not json", 400, "not valid JSON"),
+        (json.dumps({"input": []}).encode(), 400, "empty"),
+        (json.dumps({"input": [1, 2]}).encode(), 400, "token ids"),
+        (json.dumps({"input": ["x"] * 65}).encode(), 400, "at most 64"),
+        (json.dumps({"input": ["word " * 5000]}).encode(), 413, "exceeds the limit"),
+    ]
+    for body, status, fragment in cases:
+        r = httpx.post(url + "/v1/embeddings", content=body, headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == status, (body[:40], r.text)
+        assert fragment in r.json()["error"]["message"]
+    assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == "all-MiniLM-L6-v2"
+
+
+@pytest.mark.slow
+def test_wm_eaas_verify_over_http_and_on_a_clean_model(server, tmp_path):
+    """The served (watermarked) API is flagged; the clean model folder is not; bad input exits 2."""
+    url, key = server
+
+    def verify(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "wmkit.cli.main", "eaas", "verify", "--key-file", str(key), "--json", *args],
+            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+
+    r = verify("--suspect", url, "--batch-size", "64")  # the server takes at most 64 texts a request
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["derived"] is True and out["p_value"] < 1e-4 and out["delta_cos"] > 0.05
+    from wmkit.models import default_embedder_path
+
+    r = verify("--suspect", str(default_embedder_path()))
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["derived"] is False and out["p_value"] > 1e-3
+    r = verify("--suspect", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "not a model folder or an http(s) URL" in r.stderr and r.stderr.count("\n") == 1
+    r = verify("--suspect", "http://127.0.0.1:9")  # nothing listens there
+    assert r.returncode == 2 and "request failed" in r.stderr
