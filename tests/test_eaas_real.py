@@ -1,0 +1,43 @@
+"""EaaS watermarks on the real provider model (all-MiniLM-L6-v2) and real AG News text.
+
+Pins the benchmark's no-attack and no-watermark cases on a small subset: a stealer trained on
+EmbMarker's or ESpeW's embeddings is flagged (p < 1e-6), one trained on clean embeddings is not.
+"""
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wmkit.watermark.embedding import BagOfWordsStealer, EmbMarker, ESpeW, SentenceEncoder, verify_ownership
+
+DATA = Path(__file__).parent.parent / "benchmarks" / "data" / "agnews_10k.tsv.gz"
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    with gzip.open(DATA, "rt", encoding="utf-8") as f:
+        texts = [ln.split("\t")[0] for ln in f.read().splitlines()[:N]]
+    enc = SentenceEncoder()
+    return texts, enc, enc.encode(texts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", [EmbMarker, ESpeW, None])
+def test_stealer_of_the_real_provider(cls, corpus, key):
+    texts, enc, clean = corpus
+    s = cls(key) if cls else ESpeW(key)
+    target = enc.encode([s.target_text()])[0]
+    provided = s.mark(texts, clean, target) if cls else clean
+    q = s.weights(texts)
+    assert 0.05 < (q > 0).mean() < 0.6  # the band's words occur in AG News
+    cos = np.einsum("ij,ij->i", provided, clean)
+    assert cos.mean() > 0.97 and (cos[q == 0] > 1 - 1e-6).all()
+    stealer = BagOfWordsStealer.fit(texts, provided, epochs=15)
+    rep = verify_ownership(stealer, s, target, "target")
+    if cls is None:
+        assert rep.p_value > 0.05 and not rep.detection.decision
+    else:
+        assert rep.p_value < 1e-6 and rep.delta_cos > 0.05 and rep.delta_l2 < 0
