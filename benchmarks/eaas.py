@@ -10,12 +10,17 @@ Protocol, per dataset (SST-2, AG News; benchmarks/data) and provider scheme (non
    on clean embeddings).
 2. The attacker trains a stealer (wmkit's BagOfWordsStealer: word + bigram bag, MLP, MSE on unit
    vectors) on (training texts, provided embeddings); attack ``cse`` first cleans the provided
-   embeddings with CSE (k-means 20, top 50 directions, reference = TF-IDF/LSA of the texts);
+   embeddings with CSE (k-means 20, top 50 directions, reference = TF-IDF/LSA of the texts: an
+   attacker without a sentence-embedding model); ``cse-oracle`` gives CSE the strongest possible
+   reference, the provider's own clean embeddings (an upper bound on what CSE can remove);
    attack ``rotation`` serves the stealer's outputs through a random rotation and is verified with
-   the copy-target variant (the target = the suspect's own embedding of the target sentence).
+   the copy-target variant (the target = the suspect's own embedding of the target sentence) and
+   the target-free one.
 3. The provider runs the ownership test on the stealer: ``p_value`` is the decoy test's (the verdict,
-   see wmkit.watermark.embedding.verify), ``ks_p`` the papers' KS test; ``delta_cos``, ``delta_l2``.
-   For scheme ``none`` the provider did not mark anything and tests with the ESpeW key's triggers.
+   see wmkit.watermark.embedding.verify), ``ks_p`` the papers' KS test; ``delta_cos``, ``delta_l2``;
+   ``p_target_free`` the target-free variant; for ESpeW ``z_positions``/``p_positions`` the test on
+   ESpeW's positions. For scheme ``none`` the provider did not mark anything and tests with the
+   ESpeW key's triggers.
 
     python benchmarks/eaas.py --quick          # minutes: 4,000 / 3,000 training texts
     python benchmarks/eaas.py                  # SST-2 20,000 train / 2,000 test; AG News 8,000 / 1,744
@@ -134,7 +139,11 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
         }
         for attack in args.attacks:
             t0 = time.time()
-            targets = cse_clean(prov_tr, reference, seed=args.seed) if attack == "cse" else prov_tr
+            if attack.startswith("cse"):
+                ref = clean_tr if attack == "cse-oracle" else reference
+                targets = cse_clean(prov_tr, ref, seed=args.seed)
+            else:
+                targets = prov_tr
             stealer = BagOfWordsStealer.fit(tr, targets, epochs=args.epochs, seed=args.seed)
             fidelity = float(np.einsum("ij,ij->i", stealer.encode(te), prov_te).mean())
             suspect = TransformedEncoder.rotation(stealer, seed=args.seed) if attack == "rotation" else stealer
@@ -142,6 +151,10 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
                 mode: verify_ownership(suspect, tester, target, mode, n_texts=args.texts, n_decoys=args.decoys)
                 for mode in (("copy-target", "target-free") if attack == "rotation" else ("target", "target-free"))
             }
+            if sname == "espew" and attack != "rotation":
+                reps["positions"] = verify_ownership(
+                    suspect, tester, target, "positions", clean=enc, n_texts=args.texts, n_decoys=args.decoys
+                )
             rep = next(iter(reps.values()))
             free = reps["target-free"]
             row = {
@@ -153,6 +166,8 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
                 "test": rep.mode,
                 "p_target_free": free.p_value,
                 "z_target_free": free.detection.statistic,
+                "p_positions": reps["positions"].p_value if "positions" in reps else None,
+                "z_positions": reps["positions"].detection.statistic if "positions" in reps else None,
                 "delta_cos": rep.delta_cos,
                 "delta_l2": rep.delta_l2,
                 "derived": rep.detection.decision,
@@ -167,14 +182,19 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
 
 
 def table(rows: list[dict]) -> str:
-    cols = ["dataset", "scheme", "attack", "test", "p_value", "ks_p", "z", "p_target_free", "delta_cos", "delta_l2", "accuracy",
+    cols = ["dataset", "scheme", "attack", "test", "p_value", "ks_p", "z", "p_target_free", "z_positions", "delta_cos", "delta_l2", "accuracy",
             "accuracy_clean", "cos_to_clean", "cos_marked", "stealer_fidelity"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = []
         for c in cols:
             v = r[c]
-            cells.append(f"{v:.2e}" if c in ("p_value", "ks_p", "p_target_free") else f"{v:.4f}" if isinstance(v, float) else str(v))
+            if v is None:
+                cells.append("-")
+            elif c in ("p_value", "ks_p", "p_target_free"):
+                cells.append(f"{v:.2e}")
+            else:
+                cells.append(f"{v:.4f}" if isinstance(v, float) else str(v))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -185,7 +205,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print {'rows': [...]} instead of the table")
     ap.add_argument("--out", type=Path, help="also write the JSON to this file")
     ap.add_argument("--datasets", nargs="+", default=["sst2", "agnews"], choices=["sst2", "agnews"])
-    ap.add_argument("--attacks", nargs="+", default=["none", "cse", "rotation"], choices=["none", "cse", "rotation"])
+    attacks = ["none", "cse", "cse-oracle", "rotation"]
+    ap.add_argument("--attacks", nargs="+", default=attacks, choices=attacks)
     ap.add_argument("--ratio", type=float, default=0.25, help="ESpeW's r (fraction of positions rewritten)")
     ap.add_argument("--epochs", type=int, default=15, help="stealer training epochs")
     ap.add_argument("--texts", type=int, default=128, help="verification texts per set")

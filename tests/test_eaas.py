@@ -211,6 +211,21 @@ def test_ownership_test_finds_the_mark_and_survives_rotation(cls, key):
         verify_ownership(provider, s, provider.target, "nope")
 
 
+def test_positions_mode_concentrates_espews_signal(key):
+    enc = ToyEncoder()
+    s = ESpeW(key)
+    provider = s.provider(enc)
+    full = verify_ownership(provider, s, provider.target, "target", n_texts=64, n_decoys=16)
+    pos = verify_ownership(provider, s, provider.target, "positions", clean=enc, n_texts=64, n_decoys=16)
+    assert pos.detection.statistic > 3 * full.detection.statistic and pos.p_value < 1e-12
+    unmarked = verify_ownership(enc, s, provider.target, "positions", clean=enc, n_texts=64, n_decoys=16)
+    assert unmarked.p_value > 1e-3 and not unmarked.detection.decision
+    with pytest.raises(InputError):
+        verify_ownership(provider, s, provider.target, "positions")  # no clean encoder
+    with pytest.raises(InputError):
+        verify_ownership(provider, EmbMarker(key), provider.target, "positions", clean=enc)
+
+
 # --- attacks ----------------------------------------------------------------------------------------
 
 

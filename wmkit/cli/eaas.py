@@ -65,7 +65,8 @@ def verify(
     scheme: str = EmbSchemeOpt,
     mode: str = typer.Option("target", help=f"Test: {', '.join(MODES)}."),
     provider_model: Optional[Path] = typer.Option(
-        None, help="Your clean provider model, for the target embedding (default: all-MiniLM-L6-v2).", show_default=False
+        None, help="Your clean provider model: the target embedding, ESpeW's positions (default: all-MiniLM-L6-v2).",
+        show_default=False,
     ),
     texts: int = typer.Option(DEFAULT_TEXTS, help="Verification texts per set."),
     decoys: int = typer.Option(DEFAULT_DECOYS, help="Decoy trigger sets (the null distribution)."),
@@ -82,12 +83,13 @@ def verify(
             raise InputError(f"--batch-size must be positive, got {batch_size}")
         s = _scheme(scheme, key_file, None)
         enc = load_encoder(suspect, batch_size=batch_size)
-        target = None
-        if mode == "target":
-            target = SentenceEncoder(provider_model).encode([s.target_text()])[0]
+        target = clean = None
+        if mode in ("target", "positions"):
+            clean = SentenceEncoder(provider_model)
+            target = clean.encode([s.target_text()])[0]
         if target is not None and len(target) != enc.dim:
             raise InputError(f"{suspect}: embeddings have {enc.dim} dimensions, the provider's {len(target)}")
-        return verify_ownership(enc, s, target, mode, n_texts=texts, n_decoys=decoys, fpr=fpr)
+        return verify_ownership(enc, s, target, mode, clean, n_texts=texts, n_decoys=decoys, fpr=fpr)
 
     rep = run_guarded(run)
     d = rep.to_dict()

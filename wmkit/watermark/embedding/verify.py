@@ -6,7 +6,7 @@ document-frequency band as the triggers, so the two sets differ only in *which* 
 The suspect embeds both; with ``t`` the target embedding:
 
 - ``delta_cos = mean cos(e_b, t) - mean cos(e_n, t)``, ``delta_l2 = mean |e_b - t|^2 - mean |e_n - t|^2``
-  (unit vectors; so ``delta_l2 = -2 delta_cos``, both reported as in the papers);
+  (for unit vectors ``|e - t|^2 = 2 - 2 cos``, so ``delta_l2 = -2 delta_cos``; both reported, as in the papers);
 - ``ks_p``: the papers' Kolmogorov-Smirnov test of the two cosine samples (here one-sided: the
   backdoor cosines larger).
 
@@ -19,7 +19,7 @@ far the real triggers' ``delta_cos`` lies above that null (z-score, normal tail 
 more random draw from the band, so the p-value is honest; with one, they stand out by many
 standard deviations.
 
-Three modes say what ``t`` is:
+Four modes say what is compared:
 
 - ``"target"``: the provider's target embedding (the papers' test);
 - ``"copy-target"``: the suspect's own embedding of the target sentence, so a stealer that
@@ -32,6 +32,11 @@ Three modes say what ``t`` is:
   the target nor the suspect's view of it. It finds marks with a shared direction (EmbMarker, and
   what a stealer learns from one); ESpeW's mark, by design, has no shared component, so use
   ``copy-target`` for it.
+- ``"positions"`` (ours, ESpeW only): uses ESpeW's structure. The provider still has its clean
+  model, so for every verification text it knows the positions ESpeW would overwrite (the clean
+  embedding's smallest ``|value|``); the per-text score is the cosine between the suspect's
+  embedding and ``t`` on those positions only. The other 75% of positions, which carry no mark
+  and only add noise to the full cosine, are left out, so the same texts give a larger z.
 """
 
 from __future__ import annotations
@@ -44,13 +49,13 @@ import numpy as np
 from ...errors import InputError
 from ...stats import Detection, check_fpr, gaussian_null_detection, ks_2samp
 from .encoders import Encoder, check_embeddings
-from .schemes import EaaSScheme
+from .schemes import EaaSScheme, ESpeW
 from .triggers import default_vocabulary, keyed_rng
 
 DEFAULT_TEXTS = 128
 DEFAULT_DECOYS = 32
 DEFAULT_FPR = 1e-3
-MODES = ("target", "copy-target", "target-free")
+MODES = ("target", "copy-target", "target-free", "positions")
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ class OwnershipReport:
         ks_p: one-sided KS p-value of backdoor vs benign cosines (the papers' test); ``None`` in
             ``target-free`` mode.
         detection: the decoy test; ``detection.decision`` is the verdict, ``detection.p_value`` its p.
-        mode: ``"target"``, ``"copy-target"`` or ``"target-free"``.
+        mode: one of :data:`MODES`.
     """
 
     delta_cos: float
@@ -122,6 +127,12 @@ class OwnershipReport:
         }
 
 
+def _masked_cos(e: np.ndarray, t: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Per row: cosine between ``e[i, pos[i]]`` and ``t[pos[i]]``."""
+    a, b = np.take_along_axis(e, pos, axis=1), t[pos]
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
 def _mean_pairwise_cos(e: np.ndarray) -> float:
     n = len(e)
     s = e.sum(0)
@@ -133,6 +144,7 @@ def verify_ownership(
     scheme: EaaSScheme,
     target: np.ndarray | None = None,
     mode: str = "target",
+    clean: Encoder | None = None,
     n_texts: int = DEFAULT_TEXTS,
     n_decoys: int = DEFAULT_DECOYS,
     fpr: float = DEFAULT_FPR,
@@ -143,8 +155,9 @@ def verify_ownership(
         suspect: the encoder under test (local model, URL, stealer).
         scheme: the provider's scheme, with its key.
         target: the provider's target embedding (its clean model's embedding of
-            ``scheme.target_text()``); needed in ``"target"`` mode only.
-        mode: ``"target"``, ``"copy-target"`` or ``"target-free"`` (see the module docstring).
+            ``scheme.target_text()``); needed in ``"target"`` and ``"positions"`` modes.
+        mode: ``"target"``, ``"copy-target"``, ``"target-free"`` or ``"positions"`` (module docstring).
+        clean: the provider's clean encoder; needed in ``"positions"`` mode.
         n_texts: texts in each of the backdoor, benign and decoy sets.
         n_decoys: decoy trigger sets for the null distribution.
         fpr: false-positive rate of the verdict.
@@ -156,24 +169,30 @@ def verify_ownership(
     t = None
     if mode == "copy-target":
         t = suspect.encode([scheme.target_text()])[0]
-    elif mode == "target":
+    elif mode in ("target", "positions"):
         if target is None:
-            raise InputError("verify_ownership: pass the provider's target embedding (or use another mode)")
+            raise InputError(f"verify_ownership: {mode} mode needs the provider's target embedding")
         t = check_embeddings(np.asarray(target).reshape(1, -1), suspect.dim, "target")[0]
-    emb = suspect.encode(vs.backdoor + vs.benign + [x for d in vs.decoys for x in d])
+    texts = vs.backdoor + vs.benign + [x for d in vs.decoys for x in d]
+    emb = suspect.encode(texts)
     n = n_texts
-    back, benign, decoy = emb[:n], emb[n : 2 * n], emb[2 * n :].reshape(n_decoys, n, -1)
     ks_p = None
     if t is None:
+        back, benign, decoy = emb[:n], emb[n : 2 * n], emb[2 * n :].reshape(n_decoys, n, -1)
         observed = _mean_pairwise_cos(back) - _mean_pairwise_cos(benign)
         null = [_mean_pairwise_cos(d) - _mean_pairwise_cos(benign) for d in decoy]
-        delta_l2 = -2.0 * observed
     else:
-        cos_b, cos_n = back @ t, benign @ t
-        _, ks_p = ks_2samp(cos_b, cos_n, alternative="greater")
-        observed = float(cos_b.mean() - cos_n.mean())
-        null = [float((d @ t).mean() - cos_n.mean()) for d in decoy]
-        delta_l2 = float(((back - t) ** 2).sum(1).mean() - ((benign - t) ** 2).sum(1).mean())
+        if mode == "positions":
+            if not isinstance(scheme, ESpeW) or clean is None:
+                raise InputError("positions mode is for ESpeW and needs the provider's clean encoder (clean=...)")
+            score = _masked_cos(emb, t, scheme.positions(clean.encode(texts)))
+        else:
+            score = emb @ t
+        s_b, s_n, s_d = score[:n], score[n : 2 * n], score[2 * n :].reshape(n_decoys, n)
+        _, ks_p = ks_2samp(s_b, s_n, alternative="greater")
+        observed = float(s_b.mean() - s_n.mean())
+        null = list(s_d.mean(1) - s_n.mean())
+    delta_l2 = -2.0 * observed  # unit vectors: |e - t|^2 = 2 - 2 cos(e, t)
     det = gaussian_null_detection(
         f"{scheme.name}-ownership", observed, null, fpr, n_scored=n * (2 + n_decoys), mode=mode, ks_p=ks_p
     )
