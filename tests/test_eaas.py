@@ -200,8 +200,11 @@ def test_ownership_test_finds_the_mark_and_survives_rotation(cls, key):
     assert verify_ownership(rotated, s, provider.target, "target", n_texts=64, n_decoys=16).p_value > 1e-3
     assert verify_ownership(rotated, s, None, "copy-target", n_texts=64, n_decoys=16).p_value < 1e-6
     # target-free needs a shared direction: EmbMarker has one; ESpeW's per-embedding mark by design has none
-    p_free = verify_ownership(rotated, s, None, "target-free", n_texts=64, n_decoys=16).p_value
-    assert p_free < 1e-6 if cls is EmbMarker else p_free > 1e-3
+    free = verify_ownership(rotated, s, None, "target-free", n_texts=64, n_decoys=16)
+    if cls is EmbMarker:  # above all 16 decoys: the exact rank p-value's minimum, 1/17
+        assert free.p_value == pytest.approx(1 / 17) and free.detection.statistic > 10
+    else:
+        assert free.p_value > 0.1
     free = verify_ownership(provider, s, None, "target-free", n_texts=64, n_decoys=16)
     free_rot = verify_ownership(TransformedEncoder.shuffle(provider, 5), s, None, "target-free", n_texts=64, n_decoys=16)
     assert free.detection.statistic == pytest.approx(free_rot.detection.statistic, rel=1e-4)  # distance-preserving

@@ -29,7 +29,10 @@ Four modes say what is compared:
   (possibly rotated) point, so backdoor texts become similar *to each other*. The statistic is
   the mean pairwise cosine within the backdoor set minus that within the benign set, calibrated on
   the decoy sets as above. It is invariant to any rotation or dimension shuffle and needs neither
-  the target nor the suspect's view of it. It finds marks with a shared direction (EmbMarker, and
+  the target nor the suspect's view of it. Its null is heavy-tailed (coherent word sets make
+  similar texts: an unmarked stealer reached a normal-tail p of 6e-4 on SST-2), so its p-value is
+  the exact rank p-value ``(1 + #{decoys >= observed}) / (1 + n_decoys)``: to reach a small FPR it
+  needs many decoys (999 for 1e-3; cheap for a local suspect). It finds marks with a shared direction (EmbMarker, and
   what a stealer learns from one); ESpeW's mark, by design, has no shared component, so use
   ``copy-target`` for it.
 - ``"positions"`` (ours, ESpeW only): uses ESpeW's structure. The provider still has its clean
@@ -41,6 +44,7 @@ Four modes say what is compared:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,4 +200,7 @@ def verify_ownership(
     det = gaussian_null_detection(
         f"{scheme.name}-ownership", observed, null, fpr, n_scored=n * (2 + n_decoys), mode=mode, ks_p=ks_p
     )
+    if mode == "target-free":  # heavy-tailed null: only the exact rank p-value is honest (>= 1/(n_decoys+1))
+        rank_p = det.details["rank_p_value"]
+        det = dataclasses.replace(det, p_value=rank_p, decision=bool(rank_p <= fpr))
     return OwnershipReport(delta_cos=observed, delta_l2=delta_l2, ks_p=ks_p, detection=det, mode=mode)
