@@ -1,0 +1,205 @@
+"""A suspect's output vectors at four API access levels, behind one interface.
+
+Every access level has ``vocab_size``, a call counter ``calls`` and ``vectors(prompts, rows)``:
+``[len(prompts), len(rows)]`` float64 output vectors on the vocabulary entries ``rows`` (all of
+them when ``rows`` is None), each known up to an additive constant (which the containment test
+ignores: the all-ones direction is part of the signature).
+
+- ``logits`` / ``logprobs``: :class:`ModelAccess` over a local transformers model; one call per prompt.
+- ``topk``: :class:`TopKRecovery` over an API that returns the top-``k`` log-probs under a logit
+  bias (OpenAI's ``logprobs`` + ``logit_bias``). Finlayson et al.'s formula: bias a reference token
+  ``r`` and ``k - 1`` others by the same ``B``; then for each of them
+  ``logit(t) - logit(r) = logprob'(t) - logprob'(r)`` exactly (the shared bias and the normalizer
+  cancel). One call recovers ``k - 1`` entries, so ``ceil((m - 1)/(k - 1))`` calls give ``m``
+  entries. With the signature known, ``m`` need only exceed its dimension (``h + 1``) by a margin,
+  not ``|V|``: O(h/k) calls per vector instead of O(|V|/k).
+- ``top1``: :class:`Top1Recovery` over an API that returns only the argmax under a logit bias:
+  per entry, a bisection on the bias that just makes ``t`` the argmax gives
+  ``logit(t) - logit(argmax)`` to ``tol``; about ``log2(bias_max / tol)`` calls per entry.
+
+:class:`LocalAPI` is such an API over a local model (what ``wm serve`` exposes over HTTP), with
+each prompt's logits computed once and every biased call answered from them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+MAX_BIAS = 100.0  # OpenAI's logit_bias range is [-100, 100]
+
+
+class BiasedAPI(Protocol):
+    """An API that answers one prompt under a logit bias (``{token id: bias}``)."""
+
+    vocab_size: int
+    calls: int
+
+    def top_logprobs(self, prompt: Sequence[int], logit_bias: dict[int, float], k: int) -> dict[int, float]:
+        """The ``k`` most likely next tokens and their log-probs under the bias (one call)."""
+        ...
+
+    def argmax(self, prompt: Sequence[int], logit_bias: dict[int, float]) -> int:
+        """The most likely next token under the bias (one call)."""
+        ...
+
+
+def _last_logits(model: Any, prompts: Sequence[Sequence[int]]) -> np.ndarray:
+    """Next-token logits after each prompt, float64 ``[m, V]`` (one forward pass per prompt)."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for p in prompts:
+            ids = torch.as_tensor([list(p)], dtype=torch.long, device=model.device)
+            out.append(model(input_ids=ids).logits[0, -1].double().cpu().numpy())
+    return np.stack(out)
+
+
+def _rows(rows: Sequence[int] | None, vocab: int) -> np.ndarray:
+    r = np.arange(vocab) if rows is None else np.asarray(rows, dtype=np.int64)
+    if r.ndim != 1 or len(r) < 2 or r.min() < 0 or r.max() >= vocab or len(np.unique(r)) != len(r):
+        raise InputError(f"rows must be distinct token ids in 0..{vocab - 1}")
+    return r
+
+
+class ModelAccess:
+    """Full logits or full log-probs of a local model.
+
+    Args:
+        model: a transformers causal LM (any dtype; outputs are read in float64).
+        level: ``"logits"`` or ``"logprobs"``.
+    """
+
+    def __init__(self, model: Any, level: str = "logits") -> None:
+        if level not in ("logits", "logprobs"):
+            raise InputError(f"level must be 'logits' or 'logprobs', got {level!r}")
+        self.model, self.level, self.calls = model, level, 0
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+
+    def vectors(self, prompts: Sequence[Sequence[int]], rows: Sequence[int] | None = None) -> np.ndarray:
+        """One vector per prompt (one call each)."""
+        r = _rows(rows, self.vocab_size)
+        s = _last_logits(self.model, prompts)
+        self.calls += len(prompts)
+        if self.level == "logprobs":
+            s = s - np.logaddexp.reduce(s, axis=1, keepdims=True)
+        return s[:, r]
+
+
+class LocalAPI:
+    """A :class:`BiasedAPI` over a local model; counts calls, computes each prompt's logits once."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.calls = model, 0
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self._cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    def _biased(self, prompt: Sequence[int], logit_bias: dict[int, float]) -> np.ndarray:
+        key = tuple(int(t) for t in prompt)
+        if key not in self._cache:
+            self._cache[key] = _last_logits(self.model, [key])[0]
+        s = self._cache[key].copy()
+        for t, b in logit_bias.items():
+            if not -MAX_BIAS <= b <= MAX_BIAS:
+                raise InputError(f"logit_bias values must be in [-{MAX_BIAS:g}, {MAX_BIAS:g}]")
+            s[int(t)] += b
+        self.calls += 1
+        return s
+
+    def top_logprobs(self, prompt: Sequence[int], logit_bias: dict[int, float], k: int) -> dict[int, float]:
+        """Top-``k`` log-probs under the bias."""
+        s = self._biased(prompt, logit_bias)
+        lp = s - np.logaddexp.reduce(s)
+        top = np.argsort(-lp, kind="stable")[:k]
+        return {int(t): float(lp[t]) for t in top}
+
+    def argmax(self, prompt: Sequence[int], logit_bias: dict[int, float]) -> int:
+        """The argmax under the bias."""
+        return int(np.argmax(self._biased(prompt, logit_bias)))
+
+
+class TopKRecovery:
+    """Output vectors from top-``k`` log-probs + logit bias (Finlayson et al. 2024); see the module docstring.
+
+    Args:
+        api: a :class:`BiasedAPI`.
+        k: how many log-probs one call returns (OpenAI: at most 20).
+    """
+
+    def __init__(self, api: BiasedAPI, k: int = 20) -> None:
+        if not 2 <= k <= 1000:
+            raise InputError(f"k must be in 2..1000, got {k}")
+        self.api, self.k = api, k
+        self.vocab_size = api.vocab_size
+
+    @property
+    def calls(self) -> int:
+        """API calls made so far."""
+        return self.api.calls
+
+    def calls_per_vector(self, m: int) -> int:
+        """Calls to recover ``m`` entries of one vector."""
+        return math.ceil((m - 1) / (self.k - 1))
+
+    def vectors(self, prompts: Sequence[Sequence[int]], rows: Sequence[int] | None = None) -> np.ndarray:
+        """Entries ``rows`` of each prompt's logit vector, relative to ``rows[0]``."""
+        r = _rows(rows, self.vocab_size)
+        out = np.zeros((len(prompts), len(r)))
+        ref = int(r[0])
+        for i, p in enumerate(prompts):
+            for start in range(1, len(r), self.k - 1):
+                chunk = [int(t) for t in r[start : start + self.k - 1]]
+                got = self.api.top_logprobs(p, {ref: MAX_BIAS, **{t: MAX_BIAS for t in chunk}}, self.k)
+                if ref not in got or any(t not in got for t in chunk):
+                    raise InputError("a biased token is missing from the top-k answer: the API ignores logit_bias")
+                out[i, start : start + len(chunk)] = [got[t] - got[ref] for t in chunk]
+        return out
+
+
+class Top1Recovery:
+    """Output vectors from the argmax alone + logit bias, by bisection (see the module docstring).
+
+    Args:
+        api: a :class:`BiasedAPI`.
+        tol: precision of each recovered logit difference.
+    """
+
+    def __init__(self, api: BiasedAPI, tol: float = 1e-6) -> None:
+        self.api, self.tol = api, tol
+        self.vocab_size = api.vocab_size
+
+    @property
+    def calls(self) -> int:
+        """API calls made so far."""
+        return self.api.calls
+
+    def calls_per_vector(self, m: int) -> int:
+        """Calls to recover ``m`` entries of one vector (upper bound)."""
+        return 1 + m * (1 + math.ceil(math.log2(MAX_BIAS / self.tol)))
+
+    def vectors(self, prompts: Sequence[Sequence[int]], rows: Sequence[int] | None = None) -> np.ndarray:
+        """Entries ``rows`` of each prompt's logit vector, relative to the unbiased argmax."""
+        r = _rows(rows, self.vocab_size)
+        out = np.zeros((len(prompts), len(r)))
+        for i, p in enumerate(prompts):
+            top = self.api.argmax(p, {})
+            for j, t in enumerate(int(x) for x in r):
+                if t == top:
+                    continue
+                # t becomes the argmax iff b > logit(top) - logit(t): bisect that threshold in [0, MAX_BIAS]
+                lo, hi = 0.0, MAX_BIAS
+                if self.api.argmax(p, {t: hi}) != t:
+                    raise InputError(f"token {t}'s logit is more than {MAX_BIAS:g} below the top: not recoverable")
+                while hi - lo > self.tol:
+                    mid = (lo + hi) / 2
+                    if self.api.argmax(p, {t: mid}) == t:
+                        hi = mid
+                    else:
+                        lo = mid
+                out[i, j] = -(lo + hi) / 2
+        return out
