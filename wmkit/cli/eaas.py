@@ -41,7 +41,8 @@ def serve_embeddings(
     max_body_bytes: int = typer.Option(MAX_BODY_BYTES, help="Largest request body (bytes)."),
 ) -> None:
     """Serve an OpenAI-compatible /v1/embeddings endpoint whose embeddings carry the watermark."""
-    from ..server.embeddings import create_app, serve
+    from ..server.embeddings import create_app
+    from ..server.http import serve
 
     def build():  # noqa: ANN202
         if not (1 <= port <= 65535):

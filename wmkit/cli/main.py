@@ -1,4 +1,5 @@
-"""The ``wm`` application: ``keygen``, ``generate``, ``detect``, ``demo``, ``serve-embeddings``, ``eaas``.
+"""The ``wm`` application: ``keygen``, ``generate``, ``detect``, ``demo``, ``serve``, ``serve-embeddings``,
+``eaas``, ``fingerprint``.
 
 Exit codes: 0 success (a negative detection is a success), 2 usage or input errors.
 """
@@ -16,8 +17,10 @@ import typer  # noqa: E402
 from .demo import demo  # noqa: E402
 from .detect import detect  # noqa: E402
 from .eaas import eaas_app, serve_embeddings  # noqa: E402
+from .fingerprint import fingerprint_app  # noqa: E402
 from .generate import generate  # noqa: E402
 from .keygen import keygen  # noqa: E402
+from .serve import serve  # noqa: E402
 
 app = typer.Typer(
     name="wm",
@@ -30,8 +33,10 @@ app.command()(keygen)
 app.command()(generate)
 app.command()(detect)
 app.command()(demo)
+app.command()(serve)
 app.command("serve-embeddings")(serve_embeddings)
 app.add_typer(eaas_app, name="eaas")
+app.add_typer(fingerprint_app, name="fingerprint")
 
 
 def main() -> None:

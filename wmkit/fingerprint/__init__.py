@@ -6,7 +6,7 @@ top-1 API access) and :mod:`.verify` (the containment and joint-space tests, cal
 
 from .access import LocalAPI, ModelAccess, Top1Recovery, TopKRecovery
 from .signature import Signature, signature_from_matrix, signature_from_outputs, signature_from_weights
-from .verify import FingerprintReport, calibrate, enroll, query_prompts, query_rows, verify_fingerprint
+from .verify import FingerprintReport, calibrate, enroll, query_prompts, query_rows, random_init_like, verify_fingerprint
 
 __all__ = [
     "LocalAPI",
@@ -22,5 +22,6 @@ __all__ = [
     "enroll",
     "query_prompts",
     "query_rows",
+    "random_init_like",
     "verify_fingerprint",
 ]

@@ -24,18 +24,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ..watermark.embedding.encoders import Encoder
+from .http import RequestError, error_response, read_json
 
 MAX_INPUTS = 2048
 MAX_CHARS = 20_000
 MAX_BODY_BYTES = 8 * 1024 * 1024
-
-
-class RequestError(Exception):
-    """A bad request: HTTP ``status`` and a one-line message naming the offending field."""
-
-    def __init__(self, message: str, param: str | None = "input", status: int = 400) -> None:
-        super().__init__(message)
-        self.message, self.param, self.status = message, param, status
 
 
 def parse_request(
@@ -85,28 +78,8 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Any:
     """A FastAPI app serving ``encoder`` (e.g. a :class:`~wmkit.watermark.embedding.WatermarkedEncoder`)."""
-    import json
-
     app = FastAPI(title="wmkit embeddings", docs_url=None, redoc_url=None)
     lock = threading.Lock()  # one forward pass at a time: the model is shared
-
-    def error(e: RequestError) -> JSONResponse:
-        kind = "invalid_request_error" if e.status < 500 else "server_error"
-        return JSONResponse(
-            {"error": {"message": e.message, "type": kind, "param": e.param, "code": None}}, status_code=e.status
-        )
-
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-            raise RequestError(f"request body of {declared} bytes exceeds the limit of {max_body_bytes}", None, 413)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                raise RequestError(f"request body exceeds the limit of {max_body_bytes} bytes", None, 413)
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -119,14 +92,10 @@ def create_app(
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> JSONResponse:
         try:
-            raw = await read_body(request)
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                raise RequestError("the request body is not valid JSON", None) from None
+            body = await read_json(request, max_body_bytes)
             texts, fmt = parse_request(body, encoder.dim, max_inputs, max_chars)
         except RequestError as e:
-            return error(e)
+            return error_response(e)
         from starlette.concurrency import run_in_threadpool
 
         def work() -> np.ndarray:
@@ -146,10 +115,3 @@ def create_app(
         )
 
     return app
-
-
-def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Run ``app`` with uvicorn until interrupted."""
-    import uvicorn
-
-    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,93 @@
+"""Fingerprints of the real default model, through the CLI and over HTTP against `wm serve`.
+
+The victim is SmolLM2-135M-Instruct; derived: itself in bfloat16 (and served over HTTP); unrelated:
+the same architecture with fresh random weights; incompatible: a tiny model with another vocabulary.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from wmkit.fingerprint import ModelAccess, Signature, random_init_like, verify_fingerprint
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def wm(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "wmkit.cli.main", *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def signature(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sig") / "smollm2.safetensors"
+    r = wm("fingerprint", "enroll", "-o", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "hidden size 576" in r.stdout
+    r = wm("fingerprint", "enroll", "-o", str(path))
+    assert r.returncode == 2 and "refusing to overwrite" in r.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def server():
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "wmkit.cli.main", "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stdout.read().decode(errors="replace")[-2000:])
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_local_levels_flag_the_victim_and_its_bf16_copy_and_clear_an_unrelated_model(signature):
+    from wmkit.models import load_lm
+
+    sig = Signature.load(signature)
+    lm, _ = load_lm()
+    for level in ("logits", "logprobs"):
+        assert verify_fingerprint(sig, ModelAccess(lm, level), queries=16).p_value < 1e-6
+    assert verify_fingerprint(sig, ModelAccess(lm.to(torch.bfloat16), "logits"), queries=16).derived
+    rep = verify_fingerprint(sig, ModelAccess(random_init_like(lm, 7), "logits"), queries=16)
+    assert not rep.derived and min(rep.residuals) > 0.5
+
+
+@pytest.mark.slow
+def test_cli_verify_json(signature):
+    r = wm("fingerprint", "verify", "--signature", str(signature), "--suspect", "/nonexistent", "--json")
+    assert r.returncode == 2 and "no such model" in r.stderr
+    from wmkit.models import default_lm_path
+
+    r = wm("fingerprint", "verify", "--signature", str(signature), "--suspect", str(default_lm_path()), "--json",
+           "--queries", "16")
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["derived"] and out["p_value"] < 1e-6 and out["api_calls"] == 16
+
+
+@pytest.mark.slow
+def test_topk_and_top1_over_http_against_wm_serve(signature, server):
+    r = wm("fingerprint", "verify", "--signature", str(signature), "--suspect", server, "--access", "topk",
+           "--queries", "8", "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["derived"], r.stderr
+    assert out["api_calls"] == 8 * 34  # (577 + 64 - 1) / 19 per vector
+    r = wm("fingerprint", "verify", "--signature", str(signature), "--suspect", server, "--access", "logits")
+    assert r.returncode == 2 and "use --access topk or top1" in r.stderr

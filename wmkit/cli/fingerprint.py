@@ -1,0 +1,112 @@
+"""``wm fingerprint enroll`` and ``wm fingerprint verify``: output-space fingerprints of a model."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import InputError
+from ..fingerprint import (
+    LocalAPI,
+    ModelAccess,
+    Signature,
+    Top1Recovery,
+    TopKRecovery,
+    enroll,
+    query_rows,
+    verify_fingerprint,
+)
+from ..fingerprint.verify import DEFAULT_FPR, DEFAULT_QUERIES
+from ..models import load_lm
+from .common import refuse_overwrite, run_guarded
+
+fingerprint_app = typer.Typer(help="Output-space fingerprints: is a suspect model derived from yours?", no_args_is_help=True)
+ACCESS = ("logits", "logprobs", "topk", "top1")
+
+
+@fingerprint_app.command("enroll")
+def enroll_cmd(
+    model: Optional[str] = typer.Argument(None, help="Model folder or .gguf file (default: SmolLM2-135M-Instruct)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Signature file to write (.safetensors; never overwritten)."),
+    queries: int = typer.Option(16, help="Queries per calibration model."),
+) -> None:
+    """Write the calibrated signature of MODEL (its output layer's column space)."""
+
+    def run() -> Signature:
+        refuse_overwrite(output)
+        if queries < 4:
+            raise InputError(f"--queries must be at least 4, got {queries}")
+        lm, _ = load_lm(model)
+        sig = enroll(lm, queries=queries, victim=str(model or "SmolLM2-135M-Instruct"))
+        sig.save(output)
+        return sig
+
+    sig = run_guarded(run)
+    cal = sig.meta["calibration"]
+    typer.echo(
+        f"wrote {output}: vocabulary {sig.vocab_size}, hidden size {sig.hidden_size}, "
+        f"noise floor {cal['noise_floor']:.2e}, unrelated min {cal['unrelated_min']:.3f}, tau {cal['tau']:.2e}, pi0 {cal['pi0']:.3f}"
+    )
+
+
+def open_suspect(suspect: str, access: str, top_k: int) -> Any:
+    """The access level ``access`` to ``suspect`` (a model folder, a .gguf file, or an http(s) URL)."""
+    if access not in ACCESS:
+        raise InputError(f"--access must be one of {', '.join(ACCESS)}, got {access!r}")
+    if suspect.startswith(("http://", "https://")):
+        from ..fingerprint.remote import RemoteAPI
+
+        if access in ("logits", "logprobs"):
+            raise InputError("an OpenAI-style URL returns at most the top-20 log-probs: use --access topk or top1")
+        api: Any = RemoteAPI(suspect)
+    else:
+        if not Path(suspect).exists():
+            raise InputError(f"{suspect}: no such model folder or .gguf file")
+        lm, _ = load_lm(suspect)
+        if access in ("logits", "logprobs"):
+            return ModelAccess(lm, access)
+        api = LocalAPI(lm)
+    return TopKRecovery(api, top_k) if access == "topk" else Top1Recovery(api)
+
+
+@fingerprint_app.command("verify")
+def verify_cmd(
+    signature: Path = typer.Option(..., "--signature", help="Signature file (wm fingerprint enroll)."),
+    suspect: str = typer.Option(..., "--suspect", help="Suspect model folder, .gguf file, or base URL of `wm serve`."),
+    access: str = typer.Option("logits", help=f"Access level: {', '.join(ACCESS)}."),
+    queries: Optional[int] = typer.Option(None, help=f"Queries (default {DEFAULT_QUERIES}; top1: 10).", show_default=False),
+    top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
+    fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the containment test."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Is SUSPECT derived from the signature's model? Exit 0 either way."""
+
+    def run():  # noqa: ANN202
+        sig = Signature.load(signature)
+        acc = open_suspect(suspect, access, top_k)
+        rows = None if access in ("logits", "logprobs") else query_rows(sig)
+        q = queries if queries is not None else (10 if access == "top1" else DEFAULT_QUERIES)
+        t0 = time.perf_counter()
+        rep = verify_fingerprint(sig, acc, queries=q, rows=rows, fpr=fpr)
+        return rep, time.perf_counter() - t0
+
+    rep, seconds = run_guarded(run)
+    d = {"suspect": suspect, "access": access, **rep.to_dict(), "seconds": round(seconds, 2)}
+    if as_json:
+        typer.echo(json.dumps(d))
+        return
+    out = Console(highlight=False)
+    out.print(f"suspect   {suspect} ({access})", markup=False)
+    if not rep.compatible:
+        out.print(f"verdict   not derived: {rep.reason}", markup=False)
+        return
+    out.print(f"test 1    {d['contained']}/{d['queries']} outputs inside the signature's space; "
+              f"residual median {d['residual_median']:.2e}, max {d['residual_max']:.2e}; p {rep.p_value:.3g}")
+    out.print(f"test 2    L_sum - h = {rep.added} of {rep.queries} queries ({'derived' if rep.joint_derived else 'not derived'})")
+    out.print(f"cost      {rep.queries} queries, {rep.api_calls} API calls, {seconds:.1f} s")
+    out.print(f"verdict   {'DERIVED from the signed model' if rep.derived else 'not derived'} (FPR {fpr:g})", markup=False)

@@ -1,0 +1,43 @@
+"""``wm serve``: an OpenAI-compatible /v1/completions server, optionally watermarking what it generates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import InputError
+from ..models import load_lm
+from .common import DeltaOpt, GammaOpt, KeyFileOpt, SeedingOpt, WidthOpt, build_scheme, run_guarded
+
+
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or .gguf file (default: SmolLM2-135M-Instruct).", show_default=False),
+    scheme_name: str = typer.Option("none", "--scheme", "-s", help="Watermark: kgw, unigram, or none."),
+    key_file: Optional[Path] = KeyFileOpt,
+    gamma: Optional[float] = GammaOpt,
+    delta: Optional[float] = DeltaOpt,
+    context_width: Optional[int] = WidthOpt,
+    seeding: Optional[str] = SeedingOpt,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    max_new_tokens: int = typer.Option(512, help="Largest max_tokens a request may ask for."),
+) -> None:
+    """Serve MODEL at /v1/completions (logprobs up to 20, logit_bias); --scheme marks the generated text."""
+    from ..server.completions import Generator, create_app
+    from ..server.http import serve as run_server
+
+    def build() -> Generator:
+        if not (1 <= port <= 65535):
+            raise InputError(f"--port must be in 1..65535, got {port}")
+        if max_new_tokens < 1:
+            raise InputError("--max-new-tokens must be positive")
+        scheme = None
+        if scheme_name != "none":
+            scheme = build_scheme(scheme_name, key_file, gamma, delta, context_width, seeding)
+        lm, tok = load_lm(model)
+        return Generator(lm, tok, scheme.processor(tok) if scheme else None)
+
+    gen = run_guarded(build)
+    run_server(create_app(gen, Path(model).name if model else "SmolLM2-135M-Instruct", max_new_tokens), host, port)

@@ -1,0 +1,47 @@
+"""What every wmkit HTTP endpoint shares: OpenAI-style errors, a bounded JSON body reader, uvicorn."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+
+class RequestError(Exception):
+    """A bad request: HTTP ``status`` and a one-line message naming the offending field."""
+
+    def __init__(self, message: str, param: str | None = "input", status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.param, self.status = message, param, status
+
+
+def error_response(e: RequestError) -> JSONResponse:
+    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = "invalid_request_error" if e.status < 500 else "server_error"
+    return JSONResponse({"error": {"message": e.message, "type": kind, "param": e.param, "code": None}}, status_code=e.status)
+
+
+async def read_json(request: Request, max_body_bytes: int) -> Any:
+    """The decoded JSON body; 413 past ``max_body_bytes`` (declared or streamed), 400 if not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        raise RequestError(f"request body of {declared} bytes exceeds the limit of {max_body_bytes}", None, 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body_bytes:
+            raise RequestError(f"request body exceeds the limit of {max_body_bytes} bytes", None, 413)
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError("the request body is not valid JSON", None) from None
+
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Run ``app`` with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
