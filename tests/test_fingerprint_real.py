@@ -88,6 +88,6 @@ def test_topk_and_top1_over_http_against_wm_serve(signature, server):
            "--queries", "8", "--json")
     out = json.loads(r.stdout)
     assert r.returncode == 0 and out["derived"], r.stderr
-    assert out["api_calls"] == 8 * 34  # (577 + 64 - 1) / 19 per vector
+    assert out["api_calls"] == 8 * 38  # ceil((577 + 128 - 1) / 19) per vector
     r = wm("fingerprint", "verify", "--signature", str(signature), "--suspect", server, "--access", "logits")
     assert r.returncode == 2 and "use --access topk or top1" in r.stderr

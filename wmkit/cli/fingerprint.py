@@ -18,7 +18,6 @@ from ..fingerprint import (
     Top1Recovery,
     TopKRecovery,
     enroll,
-    query_rows,
     verify_fingerprint,
 )
 from ..fingerprint.verify import DEFAULT_FPR, DEFAULT_QUERIES
@@ -89,10 +88,9 @@ def verify_cmd(
     def run():  # noqa: ANN202
         sig = Signature.load(signature)
         acc = open_suspect(suspect, access, top_k)
-        rows = None if access in ("logits", "logprobs") else query_rows(sig)
         q = queries if queries is not None else (10 if access == "top1" else DEFAULT_QUERIES)
         t0 = time.perf_counter()
-        rep = verify_fingerprint(sig, acc, queries=q, rows=rows, fpr=fpr)
+        rep = verify_fingerprint(sig, acc, queries=q, restricted=access in ("topk", "top1"), fpr=fpr)
         return rep, time.perf_counter() - t0
 
     rep, seconds = run_guarded(run)
@@ -107,6 +105,7 @@ def verify_cmd(
         return
     out.print(f"test 1    {d['contained']}/{d['queries']} outputs inside the signature's space; "
               f"residual median {d['residual_median']:.2e}, max {d['residual_max']:.2e}; p {rep.p_value:.3g}")
-    out.print(f"test 2    L_sum - h = {rep.added} of {rep.queries} queries ({'derived' if rep.joint_derived else 'not derived'})")
+    out.print(f"test 2    L_sum - h = {rep.added}, the suspect's own rank {rep.own_rank} "
+              f"({'derived' if rep.joint_derived else 'not derived'})")
     out.print(f"cost      {rep.queries} queries, {rep.api_calls} API calls, {seconds:.1f} s")
     out.print(f"verdict   {'DERIVED from the signed model' if rep.derived else 'not derived'} (FPR {fpr:g})", markup=False)

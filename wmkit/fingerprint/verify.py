@@ -12,11 +12,20 @@ a 95% Clopper-Pearson upper bound on the chance that an unrelated model's vector
 
 **Test 2 (joint space, for PEFT that changes the output layer).** Queries are taken one by one;
 a vector whose residual against the growing basis exceeds ``tau`` adds its residual direction.
-``L_sum - h`` = directions added. A LoRA of rank ``r`` on the output layer adds at most ``r``
-(its outputs lie in ``span(W) + span(B)``); an unrelated model adds one per query until ``q``
-exceeds its own rank. Rule: derived iff ``added <= q / 2``; with ``q`` queries this makes no
-error for LoRA ranks up to ``q / 2`` and unrelated models of hidden size at least ``q / 2``
-(every model in our zoo has 576 or more). Report both; the verdict is derived if either says so.
+``L_sum - h`` = directions added. The same greedy count from the all-ones direction alone gives
+the suspect's own output rank ``r_s`` at that tolerance. A LoRA of rank ``r`` on the output layer
+adds at most ``r`` (its outputs lie in ``span(W) + span(B)``) while its own rank grows with the
+queries; an unrelated model adds every direction it has (``added = r_s``), whether its outputs
+are diverse (a trained model: ``r_s = q``) or not (a barely trained one whose outputs are all
+near its unigram distribution: ``r_s = 1``). Rule: derived iff ``added <= r_s / 2`` and
+``r_s >= 4`` -- at least half of the suspect's own output space is ours. With ``q`` queries this
+catches output-layer LoRA of rank up to ``q / 2`` and cannot be fooled by low-rank outputs.
+
+Restricted access (top-k, top-1) recovers only some vocabulary entries (the signature's
+dimension plus a margin of 128, :func:`query_rows`). Residuals on those rows are smaller for
+unrelated models (about ``sqrt(margin / rows)``), so the signature holds a second calibration
+for them (``meta["calibration_rows"]``) and the rows themselves. Report both tests; the verdict
+is derived if either says so.
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ from .signature import Signature
 
 DEFAULT_FPR = 1e-6
 DEFAULT_QUERIES = 64
-ROW_MARGIN = 64
+ROW_MARGIN = 128
+MIN_OWN_RANK = 4
 
 
 def query_prompts(vocab_size: int, n: int, length: int = 12, seed: int = 0) -> list[list[int]]:
@@ -50,9 +60,14 @@ def query_rows(sig: Signature, margin: int = ROW_MARGIN, seed: int = 0) -> np.nd
 
 
 def calibrate(
-    sig: Signature, victim_noise: Sequence[float], unrelated: Sequence[float], confidence: float = 0.95
+    sig: Signature,
+    victim_noise: Sequence[float],
+    unrelated: Sequence[float],
+    confidence: float = 0.95,
+    rows: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Store ``tau`` and ``pi0`` in ``sig.meta["calibration"]`` from measured residuals; returns it."""
+    """Store ``tau`` and ``pi0`` from measured residuals in ``sig.meta["calibration"]`` (full vectors)
+    or, with ``rows``, in ``sig.meta["calibration_rows"]`` together with the rows; returns it."""
     noise, unrel = np.asarray(victim_noise, float), np.asarray(unrelated, float)
     if noise.size == 0 or unrel.size == 0:
         raise InputError("calibration needs residuals of the victim's own variants and of unrelated models")
@@ -64,7 +79,10 @@ def calibrate(
     pi0 = float(_sps.beta.ppf(confidence, k + 1, unrel.size - k))
     cal = {"tau": tau, "pi0": pi0, "noise_floor": floor, "unrelated_min": umin, "n_unrelated": int(unrel.size),
            "confidence": confidence}
-    sig.meta["calibration"] = cal
+    if rows is None:
+        sig.meta["calibration"] = cal
+    else:
+        sig.meta["calibration_rows"] = {**cal, "rows": [int(r) for r in rows]}
     return cal
 
 
@@ -77,7 +95,8 @@ class FingerprintReport:
         compatible: False if the suspect's vocabulary differs (then nothing else is meaningful).
         containment: test 1 as a :class:`~wmkit.stats.Detection` (``None`` if incompatible).
         residuals: per-query relative residuals.
-        added: test 2's directions added (``L_sum - h``); ``joint_derived`` its decision.
+        added: test 2's directions added (``L_sum - h``); ``own_rank`` the suspect's own output
+            rank at the same tolerance; ``joint_derived`` test 2's decision.
         queries, api_calls: what the test cost.
     """
 
@@ -86,6 +105,7 @@ class FingerprintReport:
     containment: Detection | None = None
     residuals: list[float] = field(default_factory=list)
     added: int = 0
+    own_rank: int = 0
     joint_derived: bool = False
     queries: int = 0
     api_calls: int = 0
@@ -109,16 +129,16 @@ class FingerprintReport:
             "residual_median": float(np.median(r)),
             "residual_max": float(r.max()),
             "l_sum_minus_h": self.added,
+            "own_rank": self.own_rank,
             "joint_derived": self.joint_derived,
             "reason": self.reason,
         }
 
 
-def joint_space_added(sig: Signature, vectors: np.ndarray, tau: float, rows: np.ndarray | None = None) -> int:
-    """Test 2: how many directions the suspect's vectors add to the signature's space (see module doc)."""
-    q = sig.basis.astype(np.float64) if rows is None else sig.basis[rows].astype(np.float64)
-    if rows is not None:
-        q, _ = np.linalg.qr(q)
+def greedy_added(start: np.ndarray, vectors: np.ndarray, tau: float) -> int:
+    """How many directions ``vectors`` add to the orthonormal ``start``: one per vector whose residual
+    against the growing basis exceeds ``tau`` times its (centered) norm."""
+    q = start
     added = 0
     for v in np.atleast_2d(vectors).astype(np.float64):
         v = v - v.mean()
@@ -130,19 +150,30 @@ def joint_space_added(sig: Signature, vectors: np.ndarray, tau: float, rows: np.
     return added
 
 
+def joint_space(sig: Signature, vectors: np.ndarray, tau: float, rows: np.ndarray | None = None) -> tuple[int, int]:
+    """Test 2: ``(added, own_rank)``: directions the suspect adds to the signature, and its own rank."""
+    q = sig.basis.astype(np.float64) if rows is None else np.linalg.qr(sig.basis[rows].astype(np.float64))[0]
+    ones = np.ones((q.shape[0], 1)) / np.sqrt(q.shape[0])
+    return greedy_added(q, vectors, tau), greedy_added(ones, vectors, tau)
+
+
 def verify_fingerprint(
     sig: Signature,
     access: Any,
     queries: int = DEFAULT_QUERIES,
-    rows: np.ndarray | None = None,
+    restricted: bool = False,
     fpr: float = DEFAULT_FPR,
     seed: int = 0,
 ) -> FingerprintReport:
-    """Run both tests on ``access`` (a :mod:`.access` level) with ``queries`` random prompts."""
+    """Run both tests on ``access`` (a :mod:`.access` level) with ``queries`` random prompts.
+
+    ``restricted``: recover only the signature's calibrated rows (for top-k / top-1 access).
+    """
     check_fpr(fpr)
-    cal = sig.meta.get("calibration")
+    cal = sig.meta.get("calibration_rows" if restricted else "calibration")
     if not cal:
         raise InputError("the signature is not calibrated (wm fingerprint enroll calibrates it)")
+    rows = np.asarray(cal["rows"]) if restricted else None
     if access.vocab_size != sig.vocab_size:
         return FingerprintReport(
             derived=False, compatible=False,
@@ -155,14 +186,15 @@ def verify_fingerprint(
     rho = sig.residuals(vecs, rows)
     contained = int((rho <= cal["tau"]).sum())
     det = binomial_detection("fingerprint-containment", contained, queries, cal["pi0"], fpr, tau=cal["tau"])
-    added = joint_space_added(sig, vecs, cal["tau"], rows)
-    joint = added <= queries // 2
+    added, own = joint_space(sig, vecs, cal["tau"], rows)
+    joint = own >= MIN_OWN_RANK and added <= own / 2
     return FingerprintReport(
         derived=bool(det.decision or joint),
         compatible=True,
         containment=det,
         residuals=[float(x) for x in rho],
         added=added,
+        own_rank=own,
         joint_derived=bool(joint),
         queries=queries,
         api_calls=access.calls - before,
@@ -194,14 +226,17 @@ def enroll(model: Any, unrelated: Sequence[Any] | None = None, queries: int = 16
 
     sig = signature_from_weights(model, **meta)
     prompts = query_prompts(sig.vocab_size, queries, seed=seed + 1)
-    noise = []
-    for dtype in (torch.bfloat16, torch.float16):
-        variant = copy.deepcopy(model).to(dtype)
-        noise += list(sig.residuals(ModelAccess(variant, "logits").vectors(prompts)))
-        del variant
+    rows = query_rows(sig)
+    variants = [copy.deepcopy(model).to(dtype) for dtype in (torch.bfloat16, torch.float16)]
     others = list(unrelated) if unrelated is not None else [random_init_like(model, 1000 + i) for i in range(2)]
-    unrel = []
-    for m in others:
-        unrel += list(sig.residuals(ModelAccess(m, "logits").vectors(prompts)))
-    calibrate(sig, noise, unrel)
+    noise = [ModelAccess(m, "logits").vectors(prompts) for m in variants]
+    unrel = [ModelAccess(m, "logits").vectors(prompts) for m in others]
+    del variants
+    for r in (None, rows):
+        calibrate(
+            sig,
+            np.concatenate([sig.residuals(v if r is None else v[:, r], r) for v in noise]),
+            np.concatenate([sig.residuals(v if r is None else v[:, r], r) for v in unrel]),
+            rows=r,
+        )
     return sig
