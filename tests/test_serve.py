@@ -1,0 +1,99 @@
+"""`wm serve`'s completions endpoint: request validation, log-probs and logit bias against the model,
+watermarked generation that the detector finds. In process, over ASGI, with a tiny random model."""
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import VocabOnly
+from wmkit.server.completions import Generator, create_app, parse_completion
+from wmkit.server.http import RequestError
+from wmkit.watermark.text import KGW
+
+V = 49152  # the default tokenizer's size, so the detector's helpers apply
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, eos_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+class IdTokenizer:
+    """Token ids in, "<id>" strings out: enough for token-id prompts."""
+
+    eos_token_id = 0
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(f"<{i}>" for i in ids)
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({}, "'prompt' is required"),
+        ({"prompt": ""}, "empty string"),
+        ({"prompt": [1, V]}, "outside"),
+        ({"prompt": [[1], "x", 3]}, "'prompt' must be"),
+        ({"prompt": ["x"] * 17}, "at most 16"),
+        ({"prompt": "x", "max_tokens": 0}, "'max_tokens'"),
+        ({"prompt": "x", "max_tokens": 10_000}, "'max_tokens'"),
+        ({"prompt": "x", "logprobs": 21}, "'logprobs'"),
+        ({"prompt": "x", "temperature": -1}, "'temperature'"),
+        ({"prompt": "x", "logit_bias": {"abc": 1}}, "not a token id"),
+        ({"prompt": "x", "logit_bias": {"5": 101}}, "[-100, 100]"),
+        ({"prompt": "x", "logit_bias": {str(V): 1}}, "outside"),
+        ({"prompt": "x", "n": 2}, "not supported"),
+        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "'stop'"),
+    ],
+)
+def test_bad_completion_requests(body, fragment):
+    with pytest.raises(RequestError) as e:
+        parse_completion(body, V, 512)
+    assert fragment in e.value.message and e.value.status == 400
+
+
+def test_logprobs_and_logit_bias_match_the_model(model):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(Generator(model, IdTokenizer())))
+    prompt = [11, 22, 33, 44]
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1].double()
+    bias = {7: 100.0, 9: -50.0}
+    r = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 20,
+                                             "logit_bias": {str(k): v for k, v in bias.items()},
+                                             "return_tokens_as_token_ids": True})
+    assert r.status_code == 200, r.text
+    top = r.json()["choices"][0]["logprobs"]["top_logprobs"][0]
+    biased = logits.clone()
+    for t, b in bias.items():
+        biased[t] += b
+    lp = torch.log_softmax(biased, -1)
+    want = {f"token_id:{int(i)}": float(lp[i]) for i in torch.topk(lp, 20).indices}
+    assert top.keys() == want.keys() and max(abs(top[k] - want[k]) for k in top) < 1e-5
+    assert r.json()["choices"][0]["logprobs"]["tokens"] == ["token_id:7"]  # the +100 token wins greedy decoding
+    bad = client.post("/v1/completions", content=b"{", headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+
+
+def test_served_text_carries_the_watermark(model, key):
+    from fastapi.testclient import TestClient
+
+    scheme = KGW(key, gamma=0.25, delta=8.0)
+    client = TestClient(create_app(Generator(model, IdTokenizer(), scheme.processor(VocabOnly()))))
+    r = client.post("/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 80, "temperature": 1.0, "seed": 1,
+                                             "logprobs": 0, "return_tokens_as_token_ids": True})
+    ids = [int(t.split(":")[1]) for t in r.json()["choices"][0]["logprobs"]["tokens"]]
+    det = scheme.detector(VocabOnly()).detect([7] + ids)
+    assert len(ids) >= 40 and det.decision and det.p_value < 1e-10
+    plain = TestClient(create_app(Generator(model, IdTokenizer())))
+    r = plain.post("/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 80, "temperature": 1.0, "seed": 1,
+                                            "logprobs": 0, "return_tokens_as_token_ids": True})
+    ids = [int(t.split(":")[1]) for t in r.json()["choices"][0]["logprobs"]["tokens"]]
+    assert scheme.detector(VocabOnly()).detect([7] + ids).p_value > 1e-4
+    assert np.isfinite(r.json()["choices"][0]["logprobs"]["token_logprobs"]).all()
