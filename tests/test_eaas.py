@@ -4,7 +4,6 @@ Fast tests use a toy encoder (a text is the normalized sum of fixed random word 
 statistics can be checked over many keys; tests/test_eaas_real.py runs the real model.
 """
 
-import gzip
 import json
 import zlib
 from pathlib import Path

@@ -24,7 +24,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .http import RequestError, error_response, read_json
+from .http import RequestError, base_app, error_response, read_json
 
 MAX_PROMPTS = 16
 MAX_LOGPROBS = 20
@@ -194,15 +194,7 @@ def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: 
     """A FastAPI app serving ``generator`` at ``/v1/completions`` (+ ``/v1/models``, ``/health``)."""
     from starlette.concurrency import run_in_threadpool
 
-    app = FastAPI(title="wmkit completions", docs_url=None, redoc_url=None)
-
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/v1/models")
-    def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "wmkit"}]}
+    app = base_app("wmkit completions", model_name)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> JSONResponse:

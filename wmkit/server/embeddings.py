@@ -20,11 +20,11 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ..watermark.embedding.encoders import Encoder
-from .http import RequestError, error_response, read_json
+from .http import RequestError, base_app, error_response, read_json
 
 MAX_INPUTS = 2048
 MAX_CHARS = 20_000
@@ -78,16 +78,8 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Any:
     """A FastAPI app serving ``encoder`` (e.g. a :class:`~wmkit.watermark.embedding.WatermarkedEncoder`)."""
-    app = FastAPI(title="wmkit embeddings", docs_url=None, redoc_url=None)
+    app = base_app("wmkit embeddings", model_name)
     lock = threading.Lock()  # one forward pass at a time: the model is shared
-
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/v1/models")
-    def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "wmkit"}]}
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 
@@ -38,6 +38,21 @@ async def read_json(request: Request, max_body_bytes: int) -> Any:
         return json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError):
         raise RequestError("the request body is not valid JSON", None) from None
+
+
+def base_app(title: str, model_name: str) -> FastAPI:
+    """A FastAPI app with ``GET /health`` and an OpenAI-style ``GET /v1/models`` listing ``model_name``."""
+    app = FastAPI(title=title, docs_url=None, redoc_url=None)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "wmkit"}]}
+
+    return app
 
 
 def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
