@@ -48,16 +48,22 @@ class BiasedAPI(Protocol):
         ...
 
 
-def _last_logits(model: Any, prompts: Sequence[Sequence[int]]) -> np.ndarray:
-    """Next-token logits after each prompt, float64 ``[m, V]`` (one forward pass per prompt)."""
+def _last_logits(model: Any, prompts: Sequence[Sequence[int]], batch: int = 16) -> np.ndarray:
+    """Next-token logits after each prompt, float64 ``[m, V]`` (prompts of one length run as a batch)."""
     import torch
 
-    out = []
+    out: dict[int, np.ndarray] = {}
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
     with torch.inference_mode():
-        for p in prompts:
-            ids = torch.as_tensor([list(p)], dtype=torch.long, device=model.device)
-            out.append(model(input_ids=ids).logits[0, -1].double().cpu().numpy())
-    return np.stack(out)
+        for idx in by_len.values():
+            for j in range(0, len(idx), batch):
+                part = idx[j : j + batch]
+                ids = torch.as_tensor([list(prompts[i]) for i in part], dtype=torch.long, device=model.device)
+                logits = model(input_ids=ids).logits[:, -1].double().cpu().numpy()
+                out.update(zip(part, logits))
+    return np.stack([out[i] for i in range(len(prompts))])
 
 
 def _rows(rows: Sequence[int] | None, vocab: int) -> np.ndarray:
