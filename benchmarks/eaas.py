@@ -119,6 +119,8 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
     reference = lsa_reference(tr) if "cse" in args.attacks else None
     rows = []
     for sname, scheme in schemes.items():
+        if sname not in args.schemes:
+            continue
         tester = scheme or schemes["espew"]
         target = enc.encode([tester.target_text()])[0]
         if scheme is None:
@@ -208,6 +210,7 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["sst2", "agnews"], choices=["sst2", "agnews"])
     attacks = ["none", "cse", "cse-oracle", "rotation"]
     ap.add_argument("--attacks", nargs="+", default=attacks, choices=attacks)
+    ap.add_argument("--schemes", nargs="+", default=["none", "embmarker", "espew"], choices=["none", "embmarker", "espew"])
     ap.add_argument("--ratio", type=float, default=0.25, help="ESpeW's r (fraction of positions rewritten)")
     ap.add_argument("--epochs", type=int, default=15, help="stealer training epochs")
     ap.add_argument("--texts", type=int, default=128, help="verification texts per set")
