@@ -146,6 +146,23 @@ ZOO = [
 LEVELS = {"logits": 64, "logprobs": 64, "topk": 16, "top1": 4}
 
 
+def estimate_h(n: int) -> None:
+    """Recover the victim's hidden size and output space from ``n`` output vectors (no weights)."""
+    import numpy as np
+
+    from wmkit.fingerprint import query_prompts, signature_from_outputs, signature_from_weights
+
+    victim, _ = load_lm()
+    t = time.time()
+    vecs = ModelAccess(victim, "logprobs").vectors(query_prompts(victim.config.vocab_size, n, seed=5))
+    est = signature_from_outputs(vecs)
+    ref = signature_from_weights(victim)
+    k = min(est.basis.shape[1], ref.basis.shape[1])
+    cosines = np.linalg.svd(est.basis.T.astype(np.float64) @ ref.basis.astype(np.float64), compute_uv=False)[:k]
+    print(json.dumps({"vectors": n, "recovered_hidden_size": est.hidden_size, "true_hidden_size": ref.hidden_size,
+                      "min_principal_cosine": float(cosines.min()), "seconds": round(time.time() - t, 1)}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="50 training steps (default 200)")
@@ -153,7 +170,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--models", nargs="+", default=[n for n, _ in ZOO], choices=[n for n, _ in ZOO])
     ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    ap.add_argument("--estimate-h", type=int, metavar="N",
+                    help="only estimate the signature from N output vectors (no weights) and compare with the weights'")
     args = ap.parse_args()
+    if args.estimate_h:
+        estimate_h(args.estimate_h)
+        return
     steps = 50 if args.quick else 200
     zoo = cache_dir() / "benchmarks" / "fpzoo"
     zoo.mkdir(parents=True, exist_ok=True)
