@@ -5,7 +5,7 @@ signature (:meth:`Signature.residuals`). The victim and models that keep its out
 dtypes, re-quantization, LoRA on attention/MLP, short fine-tunes) stay near the numeric noise
 floor; unrelated models sit near ``sqrt(1 - h/|V|)``. The calibration stored in the signature
 (:func:`calibrate`) fixes the threshold ``tau`` as the geometric mean of the victim's own noise
-floor (its outputs in bfloat16) and the smallest residual seen on unrelated models, and ``pi0``,
+floor (its outputs in bfloat16 and float16) and the smallest residual seen on unrelated models, and ``pi0``,
 a 95% Clopper-Pearson upper bound on the chance that an unrelated model's vector falls below
 ``tau``. With ``c`` of ``q`` queries contained, the p-value is the exact binomial tail
 ``P[Binomial(q, pi0) >= c]`` (:func:`wmkit.stats.binomial_detection`).
