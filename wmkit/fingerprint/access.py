@@ -129,7 +129,20 @@ class LocalAPI:
         return int(np.argmax(self._biased(prompt, logit_bias)))
 
 
-class TopKRecovery:
+class _Recovery:
+    """What both restricted levels share: the API, its vocabulary size and its call counter."""
+
+    def __init__(self, api: BiasedAPI) -> None:
+        self.api = api
+        self.vocab_size = api.vocab_size
+
+    @property
+    def calls(self) -> int:
+        """API calls made so far."""
+        return self.api.calls
+
+
+class TopKRecovery(_Recovery):
     """Output vectors from top-``k`` log-probs + logit bias (Finlayson et al. 2024); see the module docstring.
 
     Args:
@@ -140,13 +153,8 @@ class TopKRecovery:
     def __init__(self, api: BiasedAPI, k: int = 20) -> None:
         if not 2 <= k <= 1000:
             raise InputError(f"k must be in 2..1000, got {k}")
-        self.api, self.k = api, k
-        self.vocab_size = api.vocab_size
-
-    @property
-    def calls(self) -> int:
-        """API calls made so far."""
-        return self.api.calls
+        super().__init__(api)
+        self.k = k
 
     def calls_per_vector(self, m: int) -> int:
         """Calls to recover ``m`` entries of one vector."""
@@ -167,7 +175,7 @@ class TopKRecovery:
         return out
 
 
-class Top1Recovery:
+class Top1Recovery(_Recovery):
     """Output vectors from the argmax alone + logit bias, by bisection (see the module docstring).
 
     Args:
@@ -176,13 +184,8 @@ class Top1Recovery:
     """
 
     def __init__(self, api: BiasedAPI, tol: float = 1e-6) -> None:
-        self.api, self.tol = api, tol
-        self.vocab_size = api.vocab_size
-
-    @property
-    def calls(self) -> int:
-        """API calls made so far."""
-        return self.api.calls
+        super().__init__(api)
+        self.tol = tol
 
     def calls_per_vector(self, m: int) -> int:
         """Calls to recover ``m`` entries of one vector (upper bound)."""

@@ -172,8 +172,7 @@ class Generator:
                     tops.append({self.token_str(int(i), req["ids"]): float(lp[i]) for i in top})
                 if t == self.tok.eos_token_id:
                     break
-                text = self.tok.decode(out_ids, skip_special_tokens=True)
-                if any(s in text for s in req["stop"]):
+                if req["stop"] and any(s in self.tok.decode(out_ids, skip_special_tokens=True) for s in req["stop"]):
                     break
                 inp = torch.tensor([[t]])
         text = self.tok.decode(out_ids, skip_special_tokens=True)
