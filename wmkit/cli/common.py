@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from rich.console import Console
 
 from ..errors import InputError, WmkitError
 from ..keys import load_key
-from ..watermark.text import SCHEMES, GreenListScheme, make_scheme
+from ..watermark.text import KGW, SCHEMES, GreenListScheme, make_scheme
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 EXIT_ERROR = 2
@@ -23,6 +24,11 @@ GammaOpt = typer.Option(None, help="Green fraction (default: the scheme's: kgw 0
 DeltaOpt = typer.Option(None, help="Logit bias for green tokens (default 2.0).", show_default=False)
 WidthOpt = typer.Option(None, "--context-width", help="KGW context width h, 1..8 (default 1).", show_default=False)
 SeedingOpt = typer.Option(None, help="KGW seeding: lefthash (default) or selfhash.", show_default=False)
+ParamOpt = typer.Option(
+    [], "--param", "-P", show_default=False,
+    help="A scheme parameter NAME=VALUE, repeatable: ie: tau, tagger (causal, paper or a file), navigate; "
+         "sweet: entropy_threshold.",
+)
 ModelOpt = typer.Option(None, "--model", "-m", help="Model folder or .gguf file (default: SmolLM2-135M-Instruct).", show_default=False)
 
 
@@ -44,15 +50,30 @@ def build_scheme(
     delta: Optional[float],
     context_width: Optional[int],
     seeding: Optional[str],
+    extra: Optional[list[str]] = None,
 ) -> GreenListScheme:
-    """The scheme ``name`` with the user's key and the parameters given (defaults otherwise)."""
+    """The scheme ``name`` with the user's key and the parameters given (defaults otherwise).
+
+    ``extra`` holds ``NAME=VALUE`` strings (``--param``); a value that reads as JSON (a number,
+    ``true``/``false``) is taken as such, anything else as a string.
+    """
     if name not in SCHEMES:
         raise InputError(f"unknown scheme {name!r}; expected one of: {', '.join(SCHEMES)}")
     params: dict[str, Any] = {"gamma": gamma, "delta": delta}
-    if name == "kgw":
+    if issubclass(SCHEMES[name], KGW):
         params.update(context_width=context_width, seeding=seeding)
     elif context_width is not None or seeding is not None:
-        raise InputError(f"--context-width and --seeding apply to kgw, not {name}")
+        raise InputError(f"--context-width and --seeding apply to context-hashing schemes, not {name}")
+    for item in extra or []:
+        pname, sep, value = item.partition("=")
+        if not sep or not pname.strip():
+            raise InputError(f"--param expects NAME=VALUE, got {item!r}")
+        if pname in params:
+            raise InputError(f"--param {pname}: use the --{pname.replace('_', '-')} option")
+        try:
+            params[pname.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[pname.strip()] = value
     return make_scheme(name, load_key(key_file=key_file), **params)
 
 

@@ -13,17 +13,22 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import WmkitError
-from ..models import load_tokenizer
+from ..models import load_lm, load_tokenizer
 from ..stats import Detection
-from ..watermark.text.base import DEFAULT_FPR, DEFAULT_MIN_TOKENS
+from ..watermark.text import NEEDS_MODEL
+from ..watermark.text.base import DEFAULT_FPR, DEFAULT_MIN_TOKENS, GreenListDetector
 from .common import (
-    EXIT_ERROR, DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, SchemeOpt, SeedingOpt, WidthOpt,
-    build_scheme, die, error, read_text, run_guarded,
+    EXIT_ERROR, DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, ParamOpt, SchemeOpt, SeedingOpt, WidthOpt,
+    build_scheme, die, error, read_text, run_guarded, stderr,
 )
 
 
 def _row(path: str, det: Detection, tokenizer: Any) -> dict[str, Any]:
     d = det.details
+    if "tau" in d:  # ie: the threshold the navigator chose
+        extra = {"tau": d["tau"], "p_uncorrected": d["p_uncorrected"]}
+    else:
+        extra = {}
     row = {
         "file": path,
         "scheme": det.method,
@@ -33,6 +38,7 @@ def _row(path: str, det: Detection, tokenizer: Any) -> dict[str, Any]:
         "p_value": det.p_value,
         "fpr": det.fpr,
         "watermarked": det.decision,
+        **extra,
     }
     if "window" in d:  # windowed: where the most significant passage is
         row.update(window_tokens=[d["token_start"], d["token_end"]], window_scored=d["window"],
@@ -75,7 +81,9 @@ def detect(
     delta: Optional[float] = DeltaOpt,
     context_width: Optional[int] = WidthOpt,
     seeding: Optional[str] = SeedingOpt,
+    params: list[str] = ParamOpt,
     model: Optional[Path] = ModelOpt,
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="The prompt the texts continue (scored in its context; ie, sweet, ewd).", show_default=False),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the verdict (p <= fpr)."),
     min_tokens: int = typer.Option(DEFAULT_MIN_TOKENS, help="Fewest scorable tokens to give a verdict."),
     ignore_repeated: bool = typer.Option(True, "--ignore-repeated/--count-repeated", help="Score each (context, token) n-gram once."),
@@ -86,13 +94,26 @@ def detect(
 ) -> None:
     """Report tokens scored, green fraction, z, p-value and verdict for each FILE.
 
+    kgw, unigram and ie need only the key and the tokenizer (ie also its shipped entropy tagger);
+    the sweet and ewd baselines load the generating model (--model) to find high-entropy tokens.
     Exit 0 whether or not a mark is found; 2 if any file could not be checked.
     """
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         die(f"--device {device!r} is not available here (use cpu{', cuda' if torch.cuda.is_available() else ''})")
-    scheme = run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding)
-    tokenizer = run_guarded(load_tokenizer, model)
-    detector = run_guarded(scheme.detector, tokenizer, fpr=fpr, ignore_repeated_ngrams=ignore_repeated, min_tokens=min_tokens)
+    scheme = run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding, params)
+    plain = scheme_name not in NEEDS_MODEL and scheme_name != "ie"
+    if not plain and (windowed or device != "cpu"):
+        die(f"--windowed and --device apply to kgw and unigram, not {scheme_name}")
+    if plain and prompt is not None:
+        die(f"--prompt applies to ie, sweet and ewd, not {scheme_name}")
+    opts: dict[str, Any] = {"fpr": fpr, "ignore_repeated_ngrams": ignore_repeated, "min_tokens": min_tokens}
+    if scheme_name in NEEDS_MODEL:
+        stderr.print(f"{scheme_name} is a baseline whose detector runs the generating model; loading it", markup=False)
+        lm, tokenizer = run_guarded(load_lm, model)
+        opts["model"] = lm
+    else:
+        tokenizer = run_guarded(load_tokenizer, model)
+    detector = run_guarded(scheme.detector, tokenizer, **opts)
     console = Console(highlight=False)
     table = Table("file", "tokens", "green", "z", "p-value", "verdict")
     failed = False
@@ -105,7 +126,12 @@ def detect(
             _report_error(path, e, as_json)
     try:
         texts = list(readable.values())
-        results = _detect_windowed(detector, texts) if windowed else detector.detect_many(texts, device=device)
+        if windowed:
+            results = _detect_windowed(detector, texts)
+        elif isinstance(detector, GreenListDetector):
+            results = detector.detect_many(texts, device=device)
+        else:
+            results = run_guarded(detector.detect_many, texts, [prompt] * len(texts))
     except (RuntimeError, ValueError) as e:
         die(f"cannot score on device {device!r}: {str(e).splitlines()[0]}")
     for path, det in zip(readable, results, strict=True):

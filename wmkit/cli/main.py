@@ -1,5 +1,5 @@
 """The ``wm`` application: ``keygen``, ``generate``, ``detect``, ``demo``, ``serve``, ``serve-embeddings``,
-``eaas``, ``fingerprint``.
+``eaas``, ``fingerprint``, ``tagger``.
 
 Exit codes: 0 success (a negative detection is a success), 2 usage or input errors.
 """
@@ -21,6 +21,7 @@ from .fingerprint import fingerprint_app  # noqa: E402
 from .generate import generate  # noqa: E402
 from .keygen import keygen  # noqa: E402
 from .serve import serve  # noqa: E402
+from .tagger import tagger_app  # noqa: E402
 
 app = typer.Typer(
     name="wm",
@@ -37,6 +38,7 @@ app.command()(serve)
 app.command("serve-embeddings")(serve_embeddings)
 app.add_typer(eaas_app, name="eaas")
 app.add_typer(fingerprint_app, name="fingerprint")
+app.add_typer(tagger_app, name="tagger")
 
 
 def main() -> None:

@@ -9,10 +9,14 @@ from ...keys import SecretKey
 from .base import GreenListDetector, GreenListProcessor, GreenListScheme, normalize_text
 from .kgw import KGW
 from .unigram import Unigram
+from .sweet import SWEET
+from .ewd import EWD
+from .ie import IE
 
-SCHEMES: dict[str, type[GreenListScheme]] = {"kgw": KGW, "unigram": Unigram}
+SCHEMES: dict[str, type[GreenListScheme]] = {"kgw": KGW, "unigram": Unigram, "sweet": SWEET, "ewd": EWD, "ie": IE}
+NEEDS_MODEL = ("sweet", "ewd")  # baselines whose detector needs the generating model
 
-__all__ = ["SCHEMES", "KGW", "Unigram", "GreenListScheme", "GreenListProcessor", "GreenListDetector", "make_scheme", "normalize_text"]
+__all__ = ["SCHEMES", "NEEDS_MODEL", "KGW", "Unigram", "SWEET", "EWD", "IE", "GreenListScheme", "GreenListProcessor", "GreenListDetector", "make_scheme", "normalize_text"]
 
 
 def make_scheme(name: str, key: SecretKey, **params: Any) -> GreenListScheme:

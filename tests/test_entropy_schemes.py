@@ -1,0 +1,263 @@
+"""SWEET, EWD and Invisible Entropy on tiny models: closed-form entropies, a second (per-prefix)
+implementation of the gates, null calibration, the navigator and the tagger's training."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import V, green_ref
+from wmkit.errors import InputError
+from wmkit.keys import SecretKey
+from wmkit.stats import binomial_pvalue
+from wmkit.watermark.text import EWD, IE, KGW, SWEET
+from wmkit.watermark.text.entropy import GatedProcessor, shannon_entropy, spike_entropy, weighted_detection
+from wmkit.watermark.text.ie import CausalTagger, navigate, train_tagger
+from wmkit.watermark.text.ie.corpus import EntropyCorpus, split_files, stdlib_files
+from wmkit.watermark.text.ie.tagger import TAUS, evaluate_tagger, load_tagger, tokenizer_fingerprint
+
+
+def tiny_lm(seed=0, vocab=V):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    return LlamaForCausalLM(cfg).eval()
+
+
+# --- entropies: closed forms ---------------------------------------------------------------
+
+def test_shannon_and_spike_entropy_closed_forms():
+    v, g, d = 1000, 0.25, 2.0
+    z = (1 - g) * (math.exp(d) - 1) / (1 - g + math.exp(d) * g)
+    uniform, onehot = torch.zeros(v), torch.full((v,), -1e9)
+    onehot[3] = 0.0
+    assert shannon_entropy(uniform).item() == pytest.approx(math.log(v), rel=1e-5)
+    assert shannon_entropy(onehot).item() == pytest.approx(0.0, abs=1e-5)
+    assert spike_entropy(uniform, g, d).item() == pytest.approx(1 / (1 + z / v), rel=1e-5)
+    assert spike_entropy(onehot, g, d).item() == pytest.approx(1 / (1 + z), rel=1e-5)
+    two = torch.full((v,), -1e9)
+    two[:2] = 0.0  # a fair coin: ln 2 nats
+    assert shannon_entropy(two).item() == pytest.approx(math.log(2), rel=1e-5)
+
+
+def test_weighted_z_matches_formula_and_reduces_to_binomial_z():
+    g = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0], dtype=torch.bool)
+    w = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.4, 0.6])
+    det = weighted_detection("ewd", g, w, 0.25, 1e-3)
+    num = float((w * g).sum() - 0.25 * w.sum())
+    assert det.statistic == pytest.approx(num / math.sqrt(0.25 * 0.75 * float((w * w).sum())))
+    ones = weighted_detection("ewd", g, torch.ones(8), 0.25, 1e-3)
+    assert ones.statistic == pytest.approx((4 - 2) / math.sqrt(8 * 0.25 * 0.75))
+
+
+# --- processors: gated rows only -----------------------------------------------------------
+
+def test_gated_processor_biases_exactly_the_gated_rows(key):
+    kgw = KGW(key, gamma=0.25, delta=2.0)
+    ids = torch.randint(0, V, (4, 6))
+    scores = torch.randn(4, V)
+    gate = torch.tensor([True, False, True, False])
+    out = GatedProcessor(kgw.processor(), lambda i, s: gate)(ids, scores.clone())
+    full = kgw.processor()(ids, scores.clone())
+    assert torch.equal(out[gate], full[gate]) and torch.equal(out[~gate], scores[~gate])
+
+
+def test_sweet_processor_gates_on_the_entropy_of_the_logits(key):
+    scheme = SWEET(key, entropy_threshold=0.9)
+    ids = torch.randint(0, V, (2, 5))
+    scores = torch.zeros(2, V)
+    scores[0, 7] = 50.0  # row 0: one-hot (entropy ~0): left alone; row 1: uniform: biased
+    out = scheme.processor()(ids, scores.clone())
+    assert torch.equal(out[0], scores[0])
+    plain = super(SWEET, scheme).processor()  # KGW's processor under SWEET's subkey
+    assert torch.equal(out[1], plain(ids[1:], scores[1:].clone())[0]) and not torch.equal(out[1], scores[1])
+
+
+# --- SWEET / EWD detection against a per-prefix second implementation ----------------------
+
+@pytest.fixture(scope="module")
+def lm_and_text(tokenizer):
+    lm = tiny_lm(0)
+    key = SecretKey.from_hex("11" * 32)
+    scheme = SWEET(key, delta=4.0, entropy_threshold=2.0)
+    prompt = torch.tensor(tokenizer("def add(a, b):\n    ", add_special_tokens=False)["input_ids"])
+    torch.manual_seed(1)
+    out = lm.generate(prompt.unsqueeze(0), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                      logits_processor=[scheme.processor(tokenizer)], do_sample=True, top_k=0, max_new_tokens=60,
+                      min_new_tokens=60, pad_token_id=0)
+    return lm, scheme, prompt, out[0, len(prompt):]
+
+
+def _per_prefix_entropy(lm, ids):
+    with torch.no_grad():
+        return [float(shannon_entropy(lm(ids[:t].unsqueeze(0)).logits[0, -1])) for t in range(1, len(ids) + 1)]
+
+
+def test_sweet_detector_matches_a_per_prefix_reimplementation(lm_and_text, tokenizer):
+    lm, scheme, prompt, text = lm_and_text
+    det = scheme.detector(tokenizer, model=lm, ignore_repeated_ngrams=False, min_tokens=1).detect(text, prompt=prompt)
+    ids = torch.cat([prompt, text])
+    ent = _per_prefix_entropy(lm, ids)  # ent[t - 1]: entropy of token t's step
+    n = green = 0
+    for t in range(len(prompt), len(ids)):
+        if ent[t - 1] > scheme.entropy_threshold:
+            n += 1
+            green += green_ref(scheme, ids[:t].tolist(), int(ids[t]))
+    assert (det.n_scored, det.details["green"]) == (n, green)
+    assert det.p_value == pytest.approx(binomial_pvalue(green, n, scheme.gamma))
+    assert n > 10 and det.decision  # every high-entropy step was biased by delta 4
+
+
+def test_sweet_and_ewd_refuse_to_detect_without_the_model(key, tokenizer):
+    for scheme in (SWEET(key), EWD(key)):
+        with pytest.raises(InputError, match="needs the generating model"):
+            scheme.detector(tokenizer)
+
+
+def test_ewd_weights_are_spike_entropies_above_the_floor(lm_and_text, tokenizer):
+    lm, sweet, prompt, text = lm_and_text
+    scheme = EWD(sweet.key, gamma=0.25, delta=2.0)
+    det = scheme.detector(tokenizer, model=lm, ignore_repeated_ngrams=False, min_tokens=1).detect(text, prompt=prompt)
+    ids = torch.cat([prompt, text])
+    z = 0.75 * (math.exp(2) - 1) / (0.75 + math.exp(2) * 0.25)
+    with torch.no_grad():
+        logits = lm(ids.unsqueeze(0)).logits[0]
+    w, g = [], []
+    for t in range(len(prompt), len(ids)):
+        p = torch.softmax(logits[t - 1].double(), -1)
+        w.append(float((p / (1 + z * p)).sum()) - 1 / (1 + z))
+        g.append(green_ref(scheme, ids[:t].tolist(), int(ids[t])))
+    w, g = np.array(w), np.array(g, dtype=float)
+    want = (w @ g - 0.25 * w.sum()) / math.sqrt(0.25 * 0.75 * (w @ w))
+    assert det.statistic == pytest.approx(want, rel=1e-4)
+
+
+def test_ewd_null_z_is_standard_normal(tokenizer):
+    lm = tiny_lm(3)
+    scheme = EWD(SecretKey.from_hex("22" * 32))
+    rng = np.random.default_rng(0)
+    texts = [torch.tensor(rng.integers(0, V, 80)) for _ in range(200)]
+    dets = scheme.detector(tokenizer, model=lm, min_tokens=1).detect_many(texts)
+    z = np.array([d.statistic for d in dets])
+    assert abs(z.mean()) < 0.25 and 0.75 < z.std() < 1.25
+
+
+# --- navigator -----------------------------------------------------------------------------
+
+def test_navigator_rule():
+    taus = [0.3, 0.6, 0.9, 1.2, 1.5]
+    # green fraction rises at every step up: the first step from the top (1.2 -> 1.5) qualifies
+    assert navigate(taus, [50, 40, 30, 20, 12], [100, 70, 45, 25, 14]) == (4, taus[1:])
+    # fractions fall as tau rises except between 0.6 and 0.9: select 0.9
+    assert navigate(taus, [40, 30, 25, 10, 5], [100, 80, 50, 30, 20])[0] == 2
+    # no qualifying step: keep the second-highest tau (the paper's default)
+    assert navigate(taus, [50, 40, 25, 12, 5], [100, 85, 60, 32, 16])[0] == 3
+
+
+def test_ie_p_value_is_bonferroni_corrected_and_calibrated(key, tokenizer, tmp_path):
+    tagger = CausalTagger({"vocab_size": len(tokenizer), "tokenizer": tokenizer_fingerprint(tokenizer)})
+    torch.nn.init.normal_(tagger.head[-1].bias, std=0.5)
+    path = tagger.save(tmp_path / "t.safetensors")
+    scheme = IE(key, tagger=str(path))
+    rng = np.random.default_rng(0)
+    dets = scheme.detector(tokenizer, min_tokens=1).detect_many([torch.tensor(rng.integers(0, V, 120)) for _ in range(300)])
+    p = np.array([d.p_value for d in dets])
+    for d in dets:
+        assert d.p_value == pytest.approx(min(1.0, d.details["p_uncorrected"] * len(d.details["candidates"])))
+    assert (p <= 0.05).mean() <= 0.05 + 0.03  # valid (conservative) under the null
+
+
+# --- the causal tagger ---------------------------------------------------------------------
+
+def test_causal_tagger_is_causal_with_a_bounded_receptive_field():
+    t = CausalTagger({"vocab_size": 500}).eval()
+    ids = torch.randint(0, 500, (3, 80))
+    full = t.predict(ids)
+    assert torch.allclose(t.predict_last(ids), full[:, -1], atol=1e-5)
+    changed = ids.clone()
+    changed[:, : 80 - t.receptive_field] = 7  # outside the window of the last position
+    changed[:, -1] = ids[:, -1]
+    assert torch.allclose(t.predict(changed)[:, -1], full[:, -1], atol=1e-5)
+    changed[:, 50] = (ids[:, 50] + 1) % 500  # a future token never changes an earlier prediction
+    assert torch.allclose(t.predict(changed)[:, :50], t.predict(torch.cat([changed[:, :50]], 1))[:, :50], atol=1e-5)
+
+
+class _Tok:
+    """A tokenizer stand-in with a vocabulary (the tagger fingerprints it)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def get_vocab(self):
+        return {f"t{i}": i for i in range(self.n)}
+
+
+def test_tagger_training_learns_a_context_rule_and_beats_the_constant_predictor():
+    # the entropy after a token depends on the token two back: a rule only a causal context model can learn
+    rng = np.random.default_rng(0)
+    vocab = 200
+
+    def corpus(n):
+        ids = [torch.tensor(rng.integers(0, vocab, 96)) for _ in range(n)]
+        ent = [torch.tensor(np.where(np.roll(x.numpy(), 1) % 3 == 0, 2.0, 0.1), dtype=torch.float32) for x in ids]
+        for e in ent:
+            e[0] = 0.1
+        return EntropyCorpus(ids, ent, ["f"] * n)
+
+    train, held = corpus(200), corpus(40)
+    tagger = train_tagger("causal", train, _Tok(vocab), epochs=15)
+    m = evaluate_tagger(tagger, held.ids, held.entropy)["taus"]["0.9"]
+    assert m["accuracy"] > m["constant_accuracy"] + 0.2 and m["auroc"] > 0.95
+
+
+def test_tagger_file_errors(tmp_path, tokenizer, key):
+    with pytest.raises(InputError, match="does not exist"):
+        load_tagger(tmp_path / "none.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a tagger")
+    with pytest.raises(InputError, match="not a wmkit entropy tagger"):
+        load_tagger(bad)
+    other = CausalTagger({"vocab_size": len(tokenizer), "tokenizer": "0" * 16, "tokenizer_name": "other"})
+    p = other.save(tmp_path / "other.safetensors")
+    with pytest.raises(InputError, match="another tokenizer"):
+        IE(key, tagger=str(p)).detector(tokenizer)
+    with pytest.raises(InputError, match="tau must be one of"):
+        IE(key, tau=0.5)
+
+
+def test_stdlib_split_is_disjoint_and_stable():
+    files = stdlib_files()
+    train, held = split_files(files)
+    assert not set(train) & set(held) and len(held) == len(files) // 5
+    assert all(f.suffix == ".py" for f in files) and "this.py" not in {f.name for f in files}
+    assert TAUS == (0.3, 0.6, 0.9, 1.2, 1.5)
+
+
+def test_ie_generation_is_detected_and_gates_match_per_prefix_tagger_calls(lm_and_text, tokenizer, tmp_path):
+    lm, sweet, prompt, _ = lm_and_text
+    tagger = CausalTagger({"vocab_size": len(tokenizer), "tokenizer": tokenizer_fingerprint(tokenizer)}).eval()
+    path = tagger.save(tmp_path / "t.safetensors")
+    tagger = load_tagger(path)  # the float16 round trip the scheme sees
+    scheme = IE(sweet.key, delta=4.0, tau=0.9, navigate=False, tagger=str(path))
+    torch.manual_seed(2)
+    out = lm.generate(prompt.unsqueeze(0), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                      logits_processor=[scheme.processor(tokenizer)], do_sample=True, top_k=0, max_new_tokens=80,
+                      min_new_tokens=80, pad_token_id=0)
+    text = out[0, len(prompt):]
+    det = scheme.detector(tokenizer, ignore_repeated_ngrams=False, min_tokens=1).detect(text, prompt=prompt)
+    ids = torch.cat([prompt, text])
+    k = TAUS.index(0.9)
+    n = green = 0
+    with torch.no_grad():
+        for t in range(len(prompt), len(ids)):
+            if tagger.predict_last(ids[:t].unsqueeze(0))[0, k] > 0:
+                n += 1
+                green += green_ref(scheme, ids[:t].tolist(), int(ids[t]))
+    assert (det.n_scored, det.details["green"]) == (n, green)
+    assert 5 < n < len(text) and det.decision and det.details["candidates"] == [0.9]

@@ -1,0 +1,258 @@
+"""What the entropy-aware schemes (SWEET, EWD, Invisible Entropy) share: entropies, the gated
+logits processor, and one detector core that scores a completion in the context of its prompt.
+
+The entropy of step ``t`` is the Shannon entropy, in nats, of the model's next-token
+distribution ``p(. | x_<t)``: the distribution the token ``x_t`` was drawn from. A scheme says,
+per step, whether the step carries the mark (a *gate*) or how much it counts (a *weight*):
+
+- SWEET gates on the true entropy (the generating model is needed to detect);
+- EWD weights every step by its spike entropy (model needed to detect);
+- IE gates on a small tagger's prediction of the entropy (no model at detection).
+
+>>> import torch
+>>> round(float(shannon_entropy(torch.zeros(4))), 4)  # uniform over 4 tokens: ln 4
+1.3863
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import LogitsProcessor
+
+from ... import kernels
+from ...errors import InputError
+from ...stats import Detection, binomial_detection, check_fpr
+from .base import GreenListProcessor, GreenListScheme, normalize_text
+
+__all__ = [
+    "shannon_entropy",
+    "spike_entropy",
+    "lm_step_map",
+    "by_token",
+    "check_model",
+    "ModelDetector",
+    "GatedProcessor",
+    "ScoredText",
+    "EntropyAwareDetector",
+    "weighted_detection",
+]
+
+
+def shannon_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of ``softmax(logits)`` over the last dimension (``-inf`` logits allowed)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * torch.nan_to_num(logp, neginf=0.0)).sum(-1)
+
+
+def spike_entropy(logits: torch.Tensor, gamma: float, delta: float) -> torch.Tensor:
+    """Spike entropy ``sum_k p_k / (1 + z p_k)`` with modulus ``z = (1-g)(e^d - 1) / (1 - g + e^d g)``.
+
+    Kirchenbauer et al.'s measure of how much a green-list bias can move a distribution; EWD
+    weighs tokens by it. It lies in ``[1 / (1 + z), 1)``: one-hot at the bottom, uniform near 1.
+    """
+    alpha = math.exp(delta)
+    z = (1 - gamma) * (alpha - 1) / (1 - gamma + alpha * gamma)
+    p = torch.softmax(logits.float(), dim=-1)
+    return (p / (1 + z * p)).sum(-1)
+
+
+@torch.no_grad()
+def lm_step_map(model: Any, ids: Sequence[torch.Tensor], fn: Callable[[torch.Tensor], torch.Tensor] = shannon_entropy,
+                batch_size: int = 8, with_ids: bool = False) -> list[torch.Tensor]:
+    """Run ``model`` over each id sequence and reduce its ``[len(x), V]`` logits with ``fn`` (default:
+    the Shannon entropy of every step), batch by batch so full logits are never all in memory.
+    With ``with_ids`` the call is ``fn(logits, ids)`` (e.g. to gather the log-probability of each next token).
+
+    Row ``j`` of the logits is the distribution of token ``j + 1`` given ``x_<=j``. Sequences are
+    right-padded in batches of similar length (a causal model's real positions never see padding).
+    """
+    device = next(model.parameters()).device
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    done: dict[int, torch.Tensor] = {}
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        seqs = [ids[i] for i in idx]
+        lengths = [len(x) for x in seqs]
+        batch = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(device)
+        mask = (torch.arange(batch.shape[1]) < torch.tensor(lengths).unsqueeze(1)).long().to(device)
+        logits = model(input_ids=batch, attention_mask=mask).logits
+        for i, n, row in zip(idx, lengths, logits):
+            done[i] = (fn(row[:n].float(), ids[i].to(device)) if with_ids else fn(row[:n].float())).cpu()
+    return [done[i] for i in range(len(ids))]
+
+
+def by_token(step: torch.Tensor) -> torch.Tensor:
+    """Re-index per-step values (row ``j`` is about token ``j + 1``) by token: ``out[t] = step[t - 1]``;
+    ``out[0]`` (no context) is NaN for floats."""
+    out = torch.full_like(step, float("nan")) if step.is_floating_point() else torch.zeros_like(step)
+    out[1:] = step[:-1]
+    return out
+
+
+class ModelDetector:
+    """Mixin of the detectors that need the generating model (SWEET, EWD): per-token values from it."""
+
+    model: Any
+    batch_size: int = 8
+
+    def token_values(self, items: list[ScoredText], fn: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """``fn`` of the model's distribution of each token of each item (NaN for the first token)."""
+        return [by_token(v) for v in lm_step_map(self.model, [it.ids for it in items], fn, self.batch_size)]
+
+
+def check_model(name: str, model: Any, tokenizer: Any) -> Any:
+    """The generating model a baseline detector needs, checked against the tokenizer."""
+    if model is None:
+        raise InputError(f"{name} needs the generating model at detection (pass model=...; wm detect --scheme {name} loads it)")
+    n = model.get_output_embeddings().weight.shape[0]
+    if n < len(tokenizer):
+        raise InputError(f"the model has {n} output tokens but the tokenizer has {len(tokenizer)} (mismatched tokenizer?)")
+    return model
+
+
+class GatedProcessor(LogitsProcessor):
+    """A green-list processor that biases only the rows a gate lets through.
+
+    ``gate(input_ids, scores) -> [B] bool``: whether this step of each row carries the mark. The
+    bias itself is the shared green-list kernel (:func:`wmkit.kernels.green_bias` with a row mask).
+    """
+
+    def __init__(self, base: GreenListProcessor, gate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        self.base, self.gate = base, gate
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        b = self.base
+        if scores.dim() != 2 or input_ids.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
+            raise InputError(
+                f"expected input_ids [batch, len] and scores [batch, vocab], got {tuple(input_ids.shape)} and {tuple(scores.shape)}"
+            )
+        if b.vocab_size is not None and scores.shape[1] < b.vocab_size:
+            raise InputError(f"scores have {scores.shape[1]} columns but the tokenizer has {b.vocab_size} tokens (mismatched tokenizer?)")
+        if input_ids.shape[1] < b.h:
+            return scores
+        rows = self.gate(input_ids, scores).to(scores.device)
+        return kernels.green_bias(scores, input_ids, b.prf_key, b.h, b.seeding, b.gamma, b.delta, row_mask=rows)
+
+
+@dataclass
+class ScoredText:
+    """One text prepared for an entropy-aware detector.
+
+    ``ids`` = prompt tokens + text tokens; ``start`` = index of the first text token; ``green[t]``
+    and ``candidate[t]`` (whether token ``t`` may be scored: in the text, with a full context,
+    first occurrence of its n-gram) cover every position of ``ids``.
+    """
+
+    ids: torch.Tensor
+    start: int
+    green: torch.Tensor
+    candidate: torch.Tensor
+
+
+def weighted_detection(method: str, green: torch.Tensor, weights: torch.Tensor, gamma: float, fpr: float,
+                       **details: Any) -> Detection:
+    """Entropy-weighted z (EWD): ``(sum w g - gamma sum w) / sqrt(gamma (1 - gamma) sum w^2)``.
+
+    The null distribution of a weighted sum of Bernoulli(gamma) has no closed form; ``p_value``
+    is the normal upper tail of z (``details["p_value_method"] = "normal"``), accurate once the
+    weights are spread over a few dozen tokens.
+    """
+    check_fpr(fpr)
+    w = weights.double()
+    g = green.double()
+    sw, sw2 = float(w.sum()), float((w * w).sum())
+    z = (float((w * g).sum()) - gamma * sw) / math.sqrt(gamma * (1 - gamma) * sw2) if sw2 > 0 else 0.0
+    p = 0.5 * math.erfc(z / math.sqrt(2))
+    n = int((w > 0).sum())
+    return Detection(method=method, n_scored=n, statistic=z, p_value=p, fpr=fpr, decision=bool(n > 0 and p <= fpr),
+                     details={"gamma": gamma, "weight_sum": sw, "green_weight": float((w * g).sum()),
+                              "green_fraction": float((w * g).sum()) / sw if sw > 0 else 0.0,
+                              "p_value_method": "normal", **details})
+
+
+class EntropyAwareDetector:
+    """The detector core of SWEET, EWD and IE: tokenizes a text (after its prompt, if given),
+    finds its green tokens with the shared kernel, and leaves the choice of which tokens count
+    (and how much) to the scheme's :meth:`decide`.
+
+    With a prompt the text's first token is scored in the prompt's context, as it was generated;
+    without one, the first ``h`` tokens have no context and are not scored.
+    """
+
+    def __init__(self, scheme: GreenListScheme, tokenizer: Any, fpr: float, ignore_repeated_ngrams: bool, min_tokens: int):
+        self.scheme, self.tokenizer = scheme, tokenizer
+        try:
+            self.fpr = check_fpr(fpr)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        if min_tokens < 1:
+            raise InputError(f"min_tokens must be >= 1, got {min_tokens}")
+        self.ignore_repeated_ngrams, self.min_tokens = ignore_repeated_ngrams, min_tokens
+        self.h, self.seeding = scheme.seeding_params()
+
+    def _tokens(self, item: str | Sequence[int] | torch.Tensor | None) -> torch.Tensor:
+        if item is None:
+            return torch.zeros(0, dtype=torch.long)
+        if isinstance(item, str):
+            ids = self.tokenizer(normalize_text(item), add_special_tokens=False)["input_ids"]
+            return torch.tensor(ids, dtype=torch.long)
+        ids = torch.as_tensor(item, dtype=torch.long).flatten()
+        vocab = len(self.tokenizer)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise InputError(f"token ids out of range for a {vocab}-token tokenizer (mismatched tokenizer?)")
+        return ids
+
+    def prepare(self, text: str | Sequence[int] | torch.Tensor, prompt: str | Sequence[int] | torch.Tensor | None = None) -> ScoredText:
+        """Tokenize ``prompt`` and ``text`` separately (as generation saw them) and mark green tokens."""
+        p, t = self._tokens(prompt), self._tokens(text)
+        ids = torch.cat([p, t])
+        n, start = len(ids), len(p)
+        lengths = torch.tensor([n])
+        green = kernels.green_positions(ids.unsqueeze(0), lengths, self.scheme.prf_key(), self.h, self.seeding,
+                                        self.scheme.gamma)[0]
+        cand = torch.zeros(n, dtype=torch.bool)
+        if self.ignore_repeated_ngrams:  # repeats within the text (an n-gram of the prompt may recur once)
+            lo = max(0, start - self.h)
+            sub = ids[lo:].unsqueeze(0)
+            cand[lo:] = kernels.first_ngram_occurrence(sub, torch.tensor([sub.shape[1]]), self.h)[0]
+        else:
+            cand[self.h:] = True
+        cand &= torch.arange(n) >= start
+        return ScoredText(ids, start, green & cand, cand)
+
+    def too_short(self, n: int) -> InputError:
+        """The error for a text with fewer than ``min_tokens`` scorable tokens."""
+        return InputError(f"only {n} token(s) can be scored; at least {self.min_tokens} are needed")
+
+    def binomial(self, item: ScoredText, scored: torch.Tensor, **details: Any) -> Detection:
+        """Exact binomial test over the ``scored`` positions of ``item`` (a subset of its candidates)."""
+        scored = scored & item.candidate
+        n = int(scored.sum())
+        if n < self.min_tokens:
+            raise self.too_short(n)
+        evidence = {"token_ids": item.ids[item.start:].tolist(), "scored": scored[item.start:].tolist(),
+                    "green": (item.green & scored)[item.start:].tolist()}
+        return binomial_detection(self.scheme.name, int((item.green & scored).sum()), n, self.scheme.gamma, self.fpr,
+                                  evidence=evidence, tokens_total=len(item.ids) - item.start, **details)
+
+    def decide(self, items: list[ScoredText]) -> list[Detection | InputError]:
+        """The scheme's statistic for each prepared text (implemented by the scheme's detector)."""
+        raise NotImplementedError
+
+    def detect_many(self, texts: Sequence[str | Sequence[int] | torch.Tensor],
+                    prompts: Sequence[str | Sequence[int] | torch.Tensor | None] | None = None) -> list[Detection | InputError]:
+        """Detect each text (with its prompt, if any); an item that cannot be scored yields its error."""
+        prompts = list(prompts) if prompts is not None else [None] * len(texts)
+        items = [self.prepare(t, p) for t, p in zip(texts, prompts, strict=True)]
+        return self.decide(items)
+
+    def detect(self, text: str | Sequence[int] | torch.Tensor, prompt: str | Sequence[int] | torch.Tensor | None = None) -> Detection:
+        """Detect the mark in one text; raises :class:`InputError` if too few tokens can be scored."""
+        (result,) = self.detect_many([text], [prompt])
+        if isinstance(result, InputError):
+            raise result
+        return result

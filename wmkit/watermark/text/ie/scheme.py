@@ -1,0 +1,134 @@
+"""Invisible Entropy (Gu et al. 2025, arXiv 2505.14112): a low-entropy watermark whose detector
+needs no copy of the generating model.
+
+Generation adds the green bias only at steps the entropy tagger calls high-entropy (predicted
+``H > tau``); detection scores only the text's tokens the tagger calls high-entropy, from the
+token ids alone, and by default lets the threshold navigator (:mod:`.navigator`) pick ``tau`` per
+text (with a Bonferroni-corrected p-value). The tagger is the package's shipped one unless
+``tagger`` names a file written by ``wm tagger train``.
+
+>>> from wmkit.keys import SecretKey
+>>> IE(SecretKey.generate()).config()["tagger"]
+'causal'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import torch
+
+from ....errors import InputError
+from ....stats import Detection
+from ..base import DEFAULT_FPR, DEFAULT_MIN_TOKENS
+from ..entropy import EntropyAwareDetector, GatedProcessor, ScoredText, by_token
+from ..kgw import KGW
+from .navigator import navigate
+from .tagger import SHIPPED, TAUS, EntropyTagger, load_tagger
+
+__all__ = ["IE", "IEDetector"]
+
+
+@lru_cache(maxsize=4)
+def _tagger(spec: str, tokenizer: Any) -> EntropyTagger:
+    if spec in SHIPPED:
+        return load_tagger(kind=spec, tokenizer=tokenizer)
+    return load_tagger(spec, tokenizer=tokenizer)
+
+
+@dataclass(frozen=True)
+class IE(KGW):
+    """Invisible Entropy: KGW on the steps a small tagger predicts to be high-entropy.
+
+    Args:
+        key, gamma, delta, context_width, seeding: as :class:`~wmkit.watermark.text.KGW`.
+        tau: generation threshold in nats, on the tagger's grid (0.3, 0.6, 0.9, 1.2, 1.5; default 0.9).
+        navigate: detection picks tau per text with the threshold navigator (default) or uses ``tau``.
+        tagger: ``"causal"`` (the shipped default), ``"paper"`` (the shipped MiniLM tagger), or the
+            path of a tagger file.
+    """
+
+    gamma: float = 0.25
+    tau: float = 0.9
+    navigate: bool = True
+    tagger: str = "causal"
+    name: ClassVar[str] = "ie"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.tau, (int, float)) and not isinstance(self.tau, bool) and any(abs(self.tau - t) < 1e-9 for t in TAUS)):
+            raise InputError(f"ie: tau must be one of {list(TAUS)}, got {self.tau!r}")
+        if not isinstance(self.navigate, bool):
+            raise InputError(f"ie: navigate must be true or false, got {self.navigate!r}")
+        if not (isinstance(self.tagger, str) and self.tagger):
+            raise InputError("ie: tagger must be 'causal', 'paper' or a tagger file path")
+        super().__post_init__()
+
+    def load_tagger(self, tokenizer: Any) -> EntropyTagger:
+        """The entropy tagger (cached), checked against ``tokenizer``."""
+        tagger = _tagger(self.tagger, tokenizer)
+        tagger.check_tokenizer(tokenizer)
+        return tagger
+
+    def processor(self, tokenizer: Any = None) -> GatedProcessor:
+        """Adds ``delta`` to green logits of the rows whose next step the tagger calls high-entropy."""
+        if tokenizer is None:
+            raise InputError("ie: the processor needs the tokenizer (the tagger reads its token ids)")
+        tagger = self.load_tagger(tokenizer)
+        k = tagger.tau_index(self.tau)
+
+        @torch.no_grad()
+        def gate(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            return tagger.predict_last(input_ids.cpu())[:, k] > 0
+
+        return GatedProcessor(super().processor(tokenizer), gate)
+
+    def detector(self, tokenizer: Any, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True,
+                 min_tokens: int = DEFAULT_MIN_TOKENS) -> "IEDetector":
+        """A detector that needs only the key, the tokenizer and the tagger (never the model)."""
+        return IEDetector(self, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
+
+
+class IEDetector(EntropyAwareDetector):
+    """Scores the tokens the tagger calls high-entropy; the navigator (or the scheme's ``tau``)
+    picks the threshold. ``details`` has ``tau``, ``p_uncorrected``, ``candidates`` and, per
+    threshold, the green and scored counts."""
+
+    def __init__(self, scheme: IE, tokenizer: Any, fpr: float, ignore_repeated_ngrams: bool, min_tokens: int):
+        super().__init__(scheme, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
+        self.tagger = scheme.load_tagger(tokenizer)
+
+    @torch.no_grad()
+    def high_entropy(self, items: list[ScoredText]) -> list[torch.Tensor]:
+        """``[n, K]`` bool per item: the tagger calls token ``t`` high-entropy at each threshold."""
+        out = []
+        for it in items:
+            logits = self.tagger.predict(it.ids.unsqueeze(0))[0]
+            out.append(by_token(logits > 0))
+        return out
+
+    def decide(self, items: list[ScoredText]) -> list[Detection | InputError]:
+        """Navigate (or fix) the threshold, then the exact binomial test at it."""
+        scheme: IE = self.scheme  # type: ignore[assignment]
+        taus = list(self.tagger.taus)
+        out: list[Detection | InputError] = []
+        for it, high in zip(items, self.high_entropy(items)):
+            scored = high & it.candidate.unsqueeze(1)
+            n_k = scored.sum(0).tolist()
+            g_k = (scored & it.green.unsqueeze(1)).sum(0).tolist()
+            if scheme.navigate:
+                k, candidates = navigate(taus, g_k, n_k)
+            else:
+                k, candidates = self.tagger.tau_index(scheme.tau), [scheme.tau]
+            per_tau = {str(t): {"green": g, "scored": n} for t, g, n in zip(taus, g_k, n_k)}
+            try:
+                det = self.binomial(it, scored[:, k], tau=taus[k], candidates=candidates, per_tau=per_tau)
+            except InputError as e:
+                out.append(e)
+                continue
+            p = min(1.0, det.p_value * len(candidates))
+            det.details["p_uncorrected"] = det.p_value
+            out.append(Detection(det.method, det.n_scored, det.statistic, p, det.fpr, bool(p <= det.fpr),
+                                 det.details, det.evidence))
+        return out
