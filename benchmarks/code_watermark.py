@@ -91,14 +91,19 @@ def pass_at_1(problems: list[dict], completions: list[str]) -> float:
     return float(np.mean(ok))
 
 
+def joined(tok: Any, ctx: list[str], texts: list[str]) -> tuple[list[torch.Tensor], list[int]]:
+    """Token ids of each context + text (tokenized apart, as generated) and where each text starts."""
+    seqs, starts = [], []
+    for c, x in zip(ctx, texts):
+        a = tok(c, add_special_tokens=False)["input_ids"]
+        seqs.append(torch.tensor(a + tok(x, add_special_tokens=False)["input_ids"]))
+        starts.append(len(a))
+    return seqs, starts
+
+
 def median_ppl(lm: Any, tok: Any, ctx: list[str], completions: list[str]) -> float:
     """Median over completions of exp(mean NLL of the completion's tokens given its context)."""
-    seqs, starts = [], []
-    for c, x in zip(ctx, completions):
-        a = tok(c, add_special_tokens=False)["input_ids"]
-        b = tok(x, add_special_tokens=False)["input_ids"]
-        seqs.append(torch.tensor(a + b))
-        starts.append(len(a))
+    seqs, starts = joined(tok, ctx, completions)
 
     def nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         lp = torch.log_softmax(logits[:-1], -1).gather(1, ids[1:].unsqueeze(1)).squeeze(1)
@@ -119,18 +124,13 @@ def detect(det: Any, texts: list[str], ctx: list[str]) -> tuple[list[float], lis
     return z, results, elapsed
 
 
-def tagger_on_humaneval(lm: Any, tok: Any, tagger: Any, ctx: list[str], solutions: list[str]) -> dict[str, Any]:
-    """The tagger against the LM's true entropies on the canonical solutions' tokens."""
-    ids, ents = [], []
-    for c, x in zip(ctx, solutions):
-        a = tok(c, add_special_tokens=False)["input_ids"]
-        b = tok(x, add_special_tokens=False)["input_ids"]
-        ids.append(torch.tensor(a + b))
-        ents.append(len(a))
+def true_entropies(lm: Any, tok: Any, ctx: list[str], solutions: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Token ids of context + solution and the LM's entropy of every step that produces a solution token."""
+    ids, starts = joined(tok, ctx, solutions)
     true = lm_step_map(lm, ids)
-    for i, s in enumerate(ents):
+    for i, s in enumerate(starts):
         true[i][: s - 1] = float("nan")  # score only the steps that produce solution tokens
-    return evaluate_tagger(tagger, ids, true, max_positions=2000 if tagger.kind == "paper" else None)
+    return ids, true
 
 
 def main() -> None:
@@ -159,6 +159,7 @@ def main() -> None:
     human = [p["canonical_solution"] for p in problems]
     log = (lambda m: print(m, file=sys.stderr, flush=True))
     rows, extra = [], {}
+    truth = None
     for name in args.schemes:
         scheme = make_scheme(name, args.gamma, args.delta, args.tau)
         t = time.perf_counter()
@@ -188,7 +189,10 @@ def main() -> None:
                 row["auroc_fixed_tau"] = roc_auc(fp_, fn_)
                 row["navigator_taus_pos"] = dict(Counter(str(d.details["tau"]) for d in dp if not isinstance(d, InputError)))
                 row["navigator_taus_neg"] = dict(Counter(str(d.details["tau"]) for d in dn if not isinstance(d, InputError)))
-                extra[f"tagger_{name}_humaneval"] = tagger_on_humaneval(lm, tok, det.tagger, ctx, human)
+                if truth is None:
+                    truth = true_entropies(lm, tok, ctx, human)
+                extra[f"tagger_{name}_humaneval"] = evaluate_tagger(det.tagger, *truth,
+                                                                   max_positions=2000 if det.tagger.kind == "paper" else None)
         rows.append(row)
         log(f"{name}: " + json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}))
     result = {"rows": rows, "problems": n, "prompt_style": args.prompt_style, "gamma": args.gamma, "delta": args.delta,

@@ -105,7 +105,12 @@ def test_bad_inputs_are_one_line_errors_and_others_still_processed(tmp_path, key
         (["--scheme", "nope"], "unknown scheme"),
         (["--gamma", "1.5"], "gamma"),
         (["--fpr", "0"], "fpr"),
-        (["--scheme", "unigram", "--context-width", "3"], "apply to kgw"),
+        (["--scheme", "unigram", "--context-width", "3"], "apply to context-hashing"),
+        (["--scheme", "ie", "-P", "tau=0.5"], "tau must be one of"),
+        (["--scheme", "ie", "-P", "navigate"], "NAME=VALUE"),
+        (["--scheme", "ie", "-P", "colour=1"], "unknown parameter"),
+        (["--scheme", "ie", "--windowed"], "apply to kgw and unigram"),
+        (["--scheme", "kgw", "--prompt", "x"], "applies to ie"),
         (["--device", "tpu"], "not available"),
     ],
 )
@@ -174,3 +179,59 @@ def test_generate_jsonl_survives_unicode_line_separators(tmp_path, keyfile, monk
     assert r.exit_code == 0, r.stderr
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 1 and rows[0]["completion"] == weird
+
+
+def _ie_marked_text(scheme, tokenizer, n, seed):
+    """A text of whole-word tokens in which every token the shipped tagger calls high-entropy
+    (at the scheme's tau) is green: what IE generation with an infinite delta would write."""
+    import numpy as np
+    import torch
+
+    from helpers import green_ref
+    from wmkit.watermark.text.ie.tagger import TAUS
+
+    tagger = scheme.load_tagger(tokenizer)
+    k = TAUS.index(scheme.tau)
+    words = sorted(i for t, i in tokenizer.get_vocab().items()
+                   if t.startswith("Ġ") and t[1:].isalpha() and t[1:].islower() and 3 <= len(t) <= 9)
+    rng = np.random.default_rng(seed)
+    ids = [words[0]]
+    while len(ids) < n:
+        t = words[int(rng.integers(len(words)))]
+        with torch.no_grad():
+            high = bool(tagger.predict_last(torch.tensor([ids]))[0, k] > 0)
+        if not high or green_ref(scheme, ids, t):
+            ids.append(t)
+    return tokenizer.decode(ids)
+
+
+def test_detect_ie_needs_only_key_tokenizer_and_shipped_tagger(tmp_path, keyfile, tokenizer):
+    from wmkit.watermark.text import IE
+
+    scheme = IE(read_key_file(keyfile), navigate=False)
+    marked = tmp_path / "ie.txt"
+    marked.write_text(_ie_marked_text(scheme, tokenizer, 150, seed=3), encoding="utf-8")
+    plain = tmp_path / "plain.txt"
+    plain.write_text(_ie_marked_text(IE(SecretKey.generate(), navigate=False), tokenizer, 150, seed=4), encoding="utf-8")
+    r = runner.invoke(app, ["detect", str(marked), str(plain), "-k", str(keyfile), "-s", "ie", "-P", "navigate=false", "--json"])
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert rows[0]["watermarked"] and rows[0]["green_fraction"] == 1.0 and rows[0]["tau"] == 0.9
+    assert not rows[1]["watermarked"] and abs(rows[1]["z"]) < 4
+    r = runner.invoke(app, ["detect", str(marked), "-k", str(keyfile), "-s", "ie", "--json"])  # navigator on
+    row = json.loads(r.stdout)
+    assert r.exit_code == 0 and row["watermarked"] and row["p_value"] >= row["p_uncorrected"]
+
+
+def test_tagger_train_refuses_before_work_and_show_prints_metrics(tmp_path):
+    out = tmp_path / "t.safetensors"
+    out.write_bytes(b"precious")
+    r = runner.invoke(app, ["tagger", "train", "-o", str(out)])
+    assert r.exit_code == 2 and "refusing to overwrite" in r.stderr and out.read_bytes() == b"precious"
+    r = runner.invoke(app, ["tagger", "train", "-o", str(tmp_path / "new"), "--kind", "big"])
+    assert r.exit_code == 2 and "--kind" in r.stderr
+    r = runner.invoke(app, ["tagger", "show"])
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(r.stdout)
+    held = info["metrics"]["held_out"]["taus"]["0.9"]
+    assert held["accuracy"] > held["constant_accuracy"] and info["config"]["kind"] == "causal"

@@ -12,7 +12,7 @@ from wmkit.errors import InputError
 from wmkit.keys import SecretKey
 from wmkit.stats import binomial_pvalue
 from wmkit.watermark.text import EWD, IE, KGW, SWEET
-from wmkit.watermark.text.entropy import GatedProcessor, shannon_entropy, spike_entropy, weighted_detection
+from wmkit.watermark.text.entropy import shannon_entropy, spike_entropy, weighted_detection
 from wmkit.watermark.text.ie import CausalTagger, navigate, train_tagger
 from wmkit.watermark.text.ie.corpus import EntropyCorpus, split_files, stdlib_files
 from wmkit.watermark.text.ie.tagger import TAUS, evaluate_tagger, load_tagger, tokenizer_fingerprint
@@ -60,7 +60,7 @@ def test_gated_processor_biases_exactly_the_gated_rows(key):
     ids = torch.randint(0, V, (4, 6))
     scores = torch.randn(4, V)
     gate = torch.tensor([True, False, True, False])
-    out = GatedProcessor(kgw.processor(), lambda i, s: gate)(ids, scores.clone())
+    out = kgw.gated_processor(None, lambda i, s: gate)(ids, scores.clone())
     full = kgw.processor()(ids, scores.clone())
     assert torch.equal(out[gate], full[gate]) and torch.equal(out[~gate], scores[~gate])
 

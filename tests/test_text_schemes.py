@@ -45,7 +45,7 @@ def test_invalid_parameters(key, params, match):
 
 def test_unknown_scheme_and_missing_key(key):
     with pytest.raises(InputError, match="unknown scheme"):
-        make_scheme("sweet", key)
+        make_scheme("aaronson", key)
     with pytest.raises(InputError, match="SecretKey"):
         KGW(key="not a key")
 

@@ -72,8 +72,7 @@ def train(
 
 @tagger_app.command("show")
 def show(path: Optional[Path] = typer.Argument(None, help="Tagger file (default: the shipped causal tagger).")) -> None:
-    """Print a tagger's config and metrics as JSON."""
-    from ..watermark.text.ie.tagger import load_tagger
+    """Print a tagger's config and metrics (held-out accuracy, training files) as JSON."""
+    from ..watermark.text.ie.tagger import tagger_info
 
-    tagger = run_guarded(load_tagger, path) if path is not None else run_guarded(load_tagger)
-    typer.echo(json.dumps({"config": tagger.config, "metrics": getattr(tagger, "metrics", {})}, indent=1))
+    typer.echo(json.dumps(run_guarded(tagger_info, path), indent=1))

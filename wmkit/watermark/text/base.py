@@ -13,7 +13,7 @@ import dataclasses
 import unicodedata
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from transformers import LogitsProcessor
@@ -25,6 +25,7 @@ from ...keys import KeyedConfig, SecretKey
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, check_fpr, windowed_binomial_detection
 
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+Gate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids [B, L], scores [B, V]) -> [B] bool
 DEFAULT_FPR = 1e-4
 DEFAULT_MIN_TOKENS = 16
 
@@ -72,9 +73,14 @@ class GreenListScheme(KeyedConfig, ABC):
 
     def processor(self, tokenizer: Any = None) -> "GreenListProcessor":
         """A batched ``transformers.LogitsProcessor`` that adds ``delta`` to green logits."""
+        return self.gated_processor(tokenizer, None)
+
+    def gated_processor(self, tokenizer: Any, gate: "Gate | None") -> "GreenListProcessor":
+        """The processor, biasing only the rows ``gate(input_ids, scores) -> [B] bool`` lets through
+        (the entropy-aware schemes' generation; ``None``: every row)."""
         h, seeding = self.seeding_params()
         vocab = len(tokenizer) if tokenizer is not None else None
-        return GreenListProcessor(self.prf_key(), h, seeding, self.gamma, self.delta, vocab)
+        return GreenListProcessor(self.prf_key(), h, seeding, self.gamma, self.delta, vocab, gate)
 
     def detector(
         self,
@@ -90,12 +96,14 @@ class GreenListScheme(KeyedConfig, ABC):
 class GreenListProcessor(LogitsProcessor):
     """Adds ``delta`` to the logits of the green tokens of every row, batched (no per-row loop).
 
-    Rows whose context is shorter than the context width are returned unchanged.
+    Rows whose context is shorter than the context width are returned unchanged; with a ``gate``,
+    so are the rows it returns False for (one row mask into the same kernel).
     """
 
-    def __init__(self, prf_key: tuple[int, int], h: int, seeding: str, gamma: float, delta: float, vocab_size: int | None = None):
+    def __init__(self, prf_key: tuple[int, int], h: int, seeding: str, gamma: float, delta: float, vocab_size: int | None = None,
+                 gate: "Gate | None" = None):
         self.prf_key, self.h, self.seeding = prf_key, h, seeding
-        self.gamma, self.delta, self.vocab_size = gamma, delta, vocab_size
+        self.gamma, self.delta, self.vocab_size, self.gate = gamma, delta, vocab_size, gate
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.dim() != 2 or input_ids.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
@@ -106,18 +114,16 @@ class GreenListProcessor(LogitsProcessor):
             raise InputError(f"scores have {scores.shape[1]} columns but the tokenizer has {self.vocab_size} tokens (mismatched tokenizer?)")
         if input_ids.shape[1] < self.h:
             return scores
-        return kernels.green_bias(scores, input_ids, self.prf_key, self.h, self.seeding, self.gamma, self.delta)
+        rows = self.gate(input_ids, scores).to(scores.device) if self.gate is not None else None
+        return kernels.green_bias(scores, input_ids, self.prf_key, self.h, self.seeding, self.gamma, self.delta, row_mask=rows)
 
 
-class GreenListDetector:
-    """Scores a text's tokens against a scheme's green lists: z and exact binomial p-value.
+class DetectorBase:
+    """What every text detector validates and shares: the FPR, the fewest scorable tokens, and
+    token ids checked against the tokenizer."""
 
-    Only tokens with a full context are scored (the first ``h`` are not). With
-    ``ignore_repeated_ngrams`` each distinct (context, token) n-gram counts once, as in
-    Kirchenbauer et al.'s detector: repeated phrases would otherwise inflate z.
-    """
-
-    def __init__(self, scheme: GreenListScheme, tokenizer: Any, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True, min_tokens: int = DEFAULT_MIN_TOKENS):
+    def __init__(self, scheme: GreenListScheme, tokenizer: Any, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True,
+                 min_tokens: int = DEFAULT_MIN_TOKENS):
         self.scheme, self.tokenizer = scheme, tokenizer
         try:
             self.fpr = check_fpr(fpr)
@@ -127,6 +133,30 @@ class GreenListDetector:
             raise InputError(f"min_tokens must be >= 1, got {min_tokens}")
         self.ignore_repeated_ngrams, self.min_tokens = ignore_repeated_ngrams, min_tokens
         self.h, self.seeding = scheme.seeding_params()
+
+    def checked_ids(self, item: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """``item`` as a 1-D id tensor; an :class:`InputError` if an id is outside the tokenizer."""
+        ids = torch.as_tensor(item, dtype=torch.long).flatten()
+        vocab = len(self.tokenizer) if self.tokenizer is not None else None
+        if ids.numel() and (int(ids.min()) < 0 or (vocab is not None and int(ids.max()) >= vocab)):
+            raise InputError(f"token ids out of range for a {vocab}-token tokenizer (mismatched tokenizer?)")
+        return ids
+
+    def too_short(self, n: int) -> InputError:
+        """The error for a text with fewer than ``min_tokens`` scorable tokens."""
+        return InputError(f"only {n} token(s) can be scored; at least {self.min_tokens} are needed")
+
+
+class GreenListDetector(DetectorBase):
+    """Scores a text's tokens against a scheme's green lists: z and exact binomial p-value.
+
+    Only tokens with a full context are scored (the first ``h`` are not). With
+    ``ignore_repeated_ngrams`` each distinct (context, token) n-gram counts once, as in
+    Kirchenbauer et al.'s detector: repeated phrases would otherwise inflate z.
+    """
+
+    def __init__(self, scheme: GreenListScheme, tokenizer: Any, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True, min_tokens: int = DEFAULT_MIN_TOKENS):
+        super().__init__(scheme, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
         self._key, self._thr = scheme.prf_key(), prf.threshold(scheme.gamma)
 
     def token_ids(self, text: str, prompt: str | None = None) -> torch.Tensor:
@@ -140,13 +170,7 @@ class GreenListDetector:
         return torch.tensor(ids, dtype=torch.long)
 
     def _ids(self, item: str | Sequence[int] | torch.Tensor, prompt: str | None) -> torch.Tensor:
-        if isinstance(item, str):
-            return self.token_ids(item, prompt)
-        ids = torch.as_tensor(item, dtype=torch.long).flatten()
-        vocab = len(self.tokenizer) if self.tokenizer is not None else None
-        if ids.numel() and (int(ids.min()) < 0 or (vocab is not None and int(ids.max()) >= vocab)):
-            raise InputError(f"token ids out of range for a {vocab}-token tokenizer (mismatched tokenizer?)")
-        return ids
+        return self.token_ids(item, prompt) if isinstance(item, str) else self.checked_ids(item)
 
     def detect(self, text: str | Sequence[int] | torch.Tensor, prompt: str | None = None) -> Detection:
         """Detect the mark in a text (or in token ids of the scheme's tokenizer).
@@ -157,9 +181,6 @@ class GreenListDetector:
         if isinstance(result, InputError):
             raise result
         return result
-
-    def _too_short(self, n: int) -> InputError:
-        return InputError(f"only {n} token(s) can be scored; at least {self.min_tokens} are needed")
 
     def _score(self, seqs: list[torch.Tensor], device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(green & scored, scored)`` as ``[S, N]`` bool CPU tensors for right-padded ``seqs``."""
@@ -186,7 +207,7 @@ class GreenListDetector:
         green, scored = self._score([ids], "cpu")
         positions = torch.nonzero(scored[0]).flatten()
         if positions.numel() < self.min_tokens:
-            raise self._too_short(positions.numel())
+            raise self.too_short(positions.numel())
         flags = green[0, positions].numpy()
         det = windowed_binomial_detection(self.scheme.name, flags, self.scheme.gamma, self.fpr, windows,
                                           min_window=self.min_tokens)
@@ -211,7 +232,7 @@ class GreenListDetector:
         results: list[Detection | InputError] = []
         for i, x in enumerate(seqs):
             if n_scored[i] < self.min_tokens:
-                results.append(self._too_short(n_scored[i]))
+                results.append(self.too_short(n_scored[i]))
                 continue
             m = len(x)
             evidence = {"token_ids": x.tolist(), "scored": scored[i, :m].tolist(), "green": green[i, :m].tolist()}

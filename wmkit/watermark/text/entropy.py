@@ -9,6 +9,9 @@ per step, whether the step carries the mark (a *gate*) or how much it counts (a 
 - EWD weights every step by its spike entropy (model needed to detect);
 - IE gates on a small tagger's prediction of the entropy (no model at detection).
 
+Generation gates go through :meth:`GreenListScheme.gated_processor` (one row mask into the shared
+green-list kernel).
+
 >>> import torch
 >>> round(float(shannon_entropy(torch.zeros(4))), 4)  # uniform over 4 tokens: ln 4
 1.3863
@@ -18,15 +21,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
-from transformers import LogitsProcessor
 
 from ... import kernels
 from ...errors import InputError
 from ...stats import Detection, binomial_detection, check_fpr
-from .base import GreenListProcessor, GreenListScheme, normalize_text
+from .base import DEFAULT_FPR, DEFAULT_MIN_TOKENS, DetectorBase, GreenListProcessor, GreenListScheme, normalize_text
 
 __all__ = [
     "shannon_entropy",
@@ -35,7 +37,7 @@ __all__ = [
     "by_token",
     "check_model",
     "ModelDetector",
-    "GatedProcessor",
+    "NeedsModel",
     "ScoredText",
     "EntropyAwareDetector",
     "weighted_detection",
@@ -93,17 +95,6 @@ def by_token(step: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class ModelDetector:
-    """Mixin of the detectors that need the generating model (SWEET, EWD): per-token values from it."""
-
-    model: Any
-    batch_size: int = 8
-
-    def token_values(self, items: list[ScoredText], fn: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
-        """``fn`` of the model's distribution of each token of each item (NaN for the first token)."""
-        return [by_token(v) for v in lm_step_map(self.model, [it.ids for it in items], fn, self.batch_size)]
-
-
 def check_model(name: str, model: Any, tokenizer: Any) -> Any:
     """The generating model a baseline detector needs, checked against the tokenizer."""
     if model is None:
@@ -112,30 +103,6 @@ def check_model(name: str, model: Any, tokenizer: Any) -> Any:
     if n < len(tokenizer):
         raise InputError(f"the model has {n} output tokens but the tokenizer has {len(tokenizer)} (mismatched tokenizer?)")
     return model
-
-
-class GatedProcessor(LogitsProcessor):
-    """A green-list processor that biases only the rows a gate lets through.
-
-    ``gate(input_ids, scores) -> [B] bool``: whether this step of each row carries the mark. The
-    bias itself is the shared green-list kernel (:func:`wmkit.kernels.green_bias` with a row mask).
-    """
-
-    def __init__(self, base: GreenListProcessor, gate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
-        self.base, self.gate = base, gate
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        b = self.base
-        if scores.dim() != 2 or input_ids.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
-            raise InputError(
-                f"expected input_ids [batch, len] and scores [batch, vocab], got {tuple(input_ids.shape)} and {tuple(scores.shape)}"
-            )
-        if b.vocab_size is not None and scores.shape[1] < b.vocab_size:
-            raise InputError(f"scores have {scores.shape[1]} columns but the tokenizer has {b.vocab_size} tokens (mismatched tokenizer?)")
-        if input_ids.shape[1] < b.h:
-            return scores
-        rows = self.gate(input_ids, scores).to(scores.device)
-        return kernels.green_bias(scores, input_ids, b.prf_key, b.h, b.seeding, b.gamma, b.delta, row_mask=rows)
 
 
 @dataclass
@@ -174,25 +141,15 @@ def weighted_detection(method: str, green: torch.Tensor, weights: torch.Tensor, 
                               "p_value_method": "normal", **details})
 
 
-class EntropyAwareDetector:
+class EntropyAwareDetector(DetectorBase):
     """The detector core of SWEET, EWD and IE: tokenizes a text (after its prompt, if given),
     finds its green tokens with the shared kernel, and leaves the choice of which tokens count
     (and how much) to the scheme's :meth:`decide`.
 
     With a prompt the text's first token is scored in the prompt's context, as it was generated;
-    without one, the first ``h`` tokens have no context and are not scored.
+    without one, the first ``h`` tokens have no context and are not scored. (Unlike the plain
+    green-list detector, ``prompt`` is context given separately, not a prefix to strip.)
     """
-
-    def __init__(self, scheme: GreenListScheme, tokenizer: Any, fpr: float, ignore_repeated_ngrams: bool, min_tokens: int):
-        self.scheme, self.tokenizer = scheme, tokenizer
-        try:
-            self.fpr = check_fpr(fpr)
-        except ValueError as e:
-            raise InputError(str(e)) from None
-        if min_tokens < 1:
-            raise InputError(f"min_tokens must be >= 1, got {min_tokens}")
-        self.ignore_repeated_ngrams, self.min_tokens = ignore_repeated_ngrams, min_tokens
-        self.h, self.seeding = scheme.seeding_params()
 
     def _tokens(self, item: str | Sequence[int] | torch.Tensor | None) -> torch.Tensor:
         if item is None:
@@ -200,11 +157,7 @@ class EntropyAwareDetector:
         if isinstance(item, str):
             ids = self.tokenizer(normalize_text(item), add_special_tokens=False)["input_ids"]
             return torch.tensor(ids, dtype=torch.long)
-        ids = torch.as_tensor(item, dtype=torch.long).flatten()
-        vocab = len(self.tokenizer)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-            raise InputError(f"token ids out of range for a {vocab}-token tokenizer (mismatched tokenizer?)")
-        return ids
+        return self.checked_ids(item)
 
     def prepare(self, text: str | Sequence[int] | torch.Tensor, prompt: str | Sequence[int] | torch.Tensor | None = None) -> ScoredText:
         """Tokenize ``prompt`` and ``text`` separately (as generation saw them) and mark green tokens."""
@@ -223,10 +176,6 @@ class EntropyAwareDetector:
             cand[self.h:] = True
         cand &= torch.arange(n) >= start
         return ScoredText(ids, start, green & cand, cand)
-
-    def too_short(self, n: int) -> InputError:
-        """The error for a text with fewer than ``min_tokens`` scorable tokens."""
-        return InputError(f"only {n} token(s) can be scored; at least {self.min_tokens} are needed")
 
     def binomial(self, item: ScoredText, scored: torch.Tensor, **details: Any) -> Detection:
         """Exact binomial test over the ``scored`` positions of ``item`` (a subset of its candidates)."""
@@ -256,3 +205,28 @@ class EntropyAwareDetector:
         if isinstance(result, InputError):
             raise result
         return result
+
+
+class ModelDetector(EntropyAwareDetector):
+    """The detector of a baseline that runs the generating model (SWEET, EWD) over each text."""
+
+    def __init__(self, scheme: GreenListScheme, tokenizer: Any, model: Any, fpr: float = DEFAULT_FPR,
+                 ignore_repeated_ngrams: bool = True, min_tokens: int = DEFAULT_MIN_TOKENS, batch_size: int = 8):
+        super().__init__(scheme, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
+        self.model, self.batch_size = check_model(scheme.name, model, tokenizer), batch_size
+
+    def token_values(self, items: list[ScoredText], fn: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """``fn`` of the model's distribution of each token of each item (NaN for the first token)."""
+        return [by_token(v) for v in lm_step_map(self.model, [it.ids for it in items], fn, self.batch_size)]
+
+
+class NeedsModel:
+    """Mixin of the baseline schemes whose detector runs the generating model (``detector_class``)."""
+
+    name: ClassVar[str]
+    detector_class: ClassVar[type[ModelDetector]]
+
+    def detector(self, tokenizer: Any, model: Any = None, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True,
+                 min_tokens: int = DEFAULT_MIN_TOKENS) -> ModelDetector:
+        """A detector that runs ``model`` (the generating LM, required) over each text."""
+        return self.detector_class(self, tokenizer, model, fpr, ignore_repeated_ngrams, min_tokens)  # type: ignore[arg-type]

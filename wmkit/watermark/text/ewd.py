@@ -25,31 +25,14 @@ import torch
 
 from ...errors import InputError
 from ...stats import Detection
-from .base import DEFAULT_FPR, DEFAULT_MIN_TOKENS
-from .entropy import EntropyAwareDetector, ModelDetector, ScoredText, check_model, spike_entropy, weighted_detection
+from .entropy import ModelDetector, NeedsModel, ScoredText, spike_entropy, weighted_detection
 from .kgw import KGW
 
 __all__ = ["EWD", "EwdDetector"]
 
 
-@dataclass(frozen=True)
-class EWD(KGW):
-    """EWD: KGW generation, entropy-weighted detection (parameters as :class:`~wmkit.watermark.text.KGW`)."""
-
-    name: ClassVar[str] = "ewd"
-
-    def detector(self, tokenizer: Any, model: Any = None, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True,
-                 min_tokens: int = DEFAULT_MIN_TOKENS) -> "EwdDetector":
-        """A detector that runs ``model`` (the generating LM) over each text for the weights."""
-        return EwdDetector(self, tokenizer, check_model(self.name, model, tokenizer), fpr, ignore_repeated_ngrams, min_tokens)
-
-
-class EwdDetector(ModelDetector, EntropyAwareDetector):
+class EwdDetector(ModelDetector):
     """Weighted z over the text's tokens; normal-tail p-value (see :func:`~wmkit.watermark.text.entropy.weighted_detection`)."""
-
-    def __init__(self, scheme: EWD, tokenizer: Any, model: Any, fpr: float, ignore_repeated_ngrams: bool, min_tokens: int):
-        super().__init__(scheme, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
-        self.model = model
 
     def decide(self, items: list[ScoredText]) -> list[Detection | InputError]:
         """Weight each candidate token by its step's spike entropy above the floor."""
@@ -69,3 +52,11 @@ class EwdDetector(ModelDetector, EntropyAwareDetector):
                                      tokens_total=len(it.ids) - it.start)
             out.append(dataclasses.replace(det, evidence=evidence))
         return out
+
+
+@dataclass(frozen=True)
+class EWD(NeedsModel, KGW):
+    """EWD: KGW generation, entropy-weighted detection (parameters as :class:`~wmkit.watermark.text.KGW`)."""
+
+    name: ClassVar[str] = "ewd"
+    detector_class: ClassVar[type[ModelDetector]] = EwdDetector

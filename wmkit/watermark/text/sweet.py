@@ -20,47 +20,15 @@ import torch
 
 from ...errors import InputError
 from ...stats import Detection
-from .base import DEFAULT_FPR, DEFAULT_MIN_TOKENS
-from .entropy import EntropyAwareDetector, GatedProcessor, ModelDetector, ScoredText, check_model, shannon_entropy
+from .base import GreenListProcessor
+from .entropy import ModelDetector, NeedsModel, ScoredText, shannon_entropy
 from .kgw import KGW
 
 __all__ = ["SWEET", "SweetDetector"]
 
 
-@dataclass(frozen=True)
-class SWEET(KGW):
-    """SWEET: KGW on the steps whose true entropy is above a threshold.
-
-    Args:
-        key, gamma, delta, context_width, seeding: as :class:`~wmkit.watermark.text.KGW`.
-        entropy_threshold: steps with entropy (nats) above it carry the mark (default 0.9).
-    """
-
-    entropy_threshold: float = 0.9
-    name: ClassVar[str] = "sweet"
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.entropy_threshold, (int, float)) and 0.0 <= self.entropy_threshold < 20.0):
-            raise InputError(f"sweet: entropy_threshold must be a number of nats in [0, 20), got {self.entropy_threshold!r}")
-        super().__post_init__()
-
-    def processor(self, tokenizer: Any = None) -> GatedProcessor:
-        """Adds ``delta`` to green logits of the rows whose entropy (from these logits) is above the threshold."""
-        tau = self.entropy_threshold
-        return GatedProcessor(super().processor(tokenizer), lambda ids, scores: shannon_entropy(scores) > tau)
-
-    def detector(self, tokenizer: Any, model: Any = None, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True,
-                 min_tokens: int = DEFAULT_MIN_TOKENS) -> "SweetDetector":
-        """A detector that runs ``model`` (the generating LM) over each text to find its high-entropy tokens."""
-        return SweetDetector(self, tokenizer, check_model(self.name, model, tokenizer), fpr, ignore_repeated_ngrams, min_tokens)
-
-
-class SweetDetector(ModelDetector, EntropyAwareDetector):
+class SweetDetector(ModelDetector):
     """Scores the tokens whose true entropy is above the threshold: exact binomial test."""
-
-    def __init__(self, scheme: SWEET, tokenizer: Any, model: Any, fpr: float, ignore_repeated_ngrams: bool, min_tokens: int):
-        super().__init__(scheme, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
-        self.model = model
 
     def decide(self, items: list[ScoredText]) -> list[Detection | InputError]:
         """Gate each token on the model's entropy of its step."""
@@ -72,3 +40,27 @@ class SweetDetector(ModelDetector, EntropyAwareDetector):
             except InputError as e:
                 out.append(e)
         return out
+
+
+@dataclass(frozen=True)
+class SWEET(NeedsModel, KGW):
+    """SWEET: KGW on the steps whose true entropy is above a threshold.
+
+    Args:
+        key, gamma, delta, context_width, seeding: as :class:`~wmkit.watermark.text.KGW`.
+        entropy_threshold: steps with entropy (nats) above it carry the mark (default 0.9).
+    """
+
+    entropy_threshold: float = 0.9
+    name: ClassVar[str] = "sweet"
+    detector_class: ClassVar[type[ModelDetector]] = SweetDetector
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.entropy_threshold, (int, float)) and 0.0 <= self.entropy_threshold < 20.0):
+            raise InputError(f"sweet: entropy_threshold must be a number of nats in [0, 20), got {self.entropy_threshold!r}")
+        super().__post_init__()
+
+    def processor(self, tokenizer: Any = None) -> GreenListProcessor:
+        """Adds ``delta`` to green logits of the rows whose entropy (from these logits) is above the threshold."""
+        tau = self.entropy_threshold
+        return self.gated_processor(tokenizer, lambda ids, scores: shannon_entropy(scores) > tau)

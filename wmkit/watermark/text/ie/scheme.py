@@ -22,8 +22,8 @@ import torch
 
 from ....errors import InputError
 from ....stats import Detection
-from ..base import DEFAULT_FPR, DEFAULT_MIN_TOKENS
-from ..entropy import EntropyAwareDetector, GatedProcessor, ScoredText, by_token
+from ..base import DEFAULT_FPR, DEFAULT_MIN_TOKENS, GreenListProcessor
+from ..entropy import EntropyAwareDetector, ScoredText, by_token
 from ..kgw import KGW
 from .navigator import navigate
 from .tagger import SHIPPED, TAUS, EntropyTagger, load_tagger
@@ -71,7 +71,7 @@ class IE(KGW):
         tagger.check_tokenizer(tokenizer)
         return tagger
 
-    def processor(self, tokenizer: Any = None) -> GatedProcessor:
+    def processor(self, tokenizer: Any = None) -> GreenListProcessor:
         """Adds ``delta`` to green logits of the rows whose next step the tagger calls high-entropy."""
         if tokenizer is None:
             raise InputError("ie: the processor needs the tokenizer (the tagger reads its token ids)")
@@ -82,7 +82,7 @@ class IE(KGW):
         def gate(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             return tagger.predict_last(input_ids.cpu())[:, k] > 0
 
-        return GatedProcessor(super().processor(tokenizer), gate)
+        return self.gated_processor(tokenizer, gate)
 
     def detector(self, tokenizer: Any, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True,
                  min_tokens: int = DEFAULT_MIN_TOKENS) -> "IEDetector":

@@ -40,6 +40,7 @@ __all__ = [
     "tokenizer_fingerprint",
     "shipped_tagger_path",
     "load_tagger",
+    "tagger_info",
     "train_tagger",
     "evaluate_tagger",
 ]
@@ -231,11 +232,7 @@ def shipped_tagger_path(kind: str = "causal") -> Path:
     return DATA / SHIPPED[kind]
 
 
-def load_tagger(path: str | Path | None = None, kind: str = "causal", tokenizer: Any = None) -> EntropyTagger:
-    """Load a tagger written by :meth:`EntropyTagger.save` (default: the shipped one of ``kind``).
-
-    The ``paper`` kind needs the LM ``tokenizer`` (to decode prefixes).
-    """
+def _read(path: str | Path | None, kind: str, tensors: bool) -> tuple[Path, dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
     from safetensors import safe_open
 
     p = Path(path) if path is not None else shipped_tagger_path(kind)
@@ -244,10 +241,25 @@ def load_tagger(path: str | Path | None = None, kind: str = "causal", tokenizer:
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k).float() for k in f.keys()}
+            state = {k: f.get_tensor(k).float() for k in f.keys()} if tensors else {}
         config = json.loads(meta["config"])
     except Exception as e:  # not a safetensors file, or no config in it
         raise InputError(f"{p} is not a wmkit entropy tagger ({type(e).__name__})") from None
+    return p, config, json.loads(meta.get("metrics", "{}")), state
+
+
+def tagger_info(path: str | Path | None = None, kind: str = "causal") -> dict[str, Any]:
+    """``{"config", "metrics"}`` of a tagger file (default: the shipped one of ``kind``), without loading it."""
+    _, config, metrics, _ = _read(path, kind, tensors=False)
+    return {"config": config, "metrics": metrics}
+
+
+def load_tagger(path: str | Path | None = None, kind: str = "causal", tokenizer: Any = None) -> EntropyTagger:
+    """Load a tagger written by :meth:`EntropyTagger.save` (default: the shipped one of ``kind``).
+
+    The ``paper`` kind needs the LM ``tokenizer`` (to decode prefixes).
+    """
+    p, config, metrics, state = _read(path, kind, tensors=True)
     kind = config.pop("kind", "causal")
     if kind == "paper":
         if tokenizer is None:
@@ -258,7 +270,7 @@ def load_tagger(path: str | Path | None = None, kind: str = "causal", tokenizer:
     missing = tagger.load_state_dict(state, strict=False)
     if missing.unexpected_keys or (kind == "causal" and missing.missing_keys):
         raise InputError(f"{p}: weights do not match a {kind} tagger")
-    tagger.metrics = json.loads(meta.get("metrics", "{}"))  # type: ignore[attr-defined]
+    tagger.metrics = metrics  # type: ignore[attr-defined]
     return tagger.eval()
 
 
