@@ -195,11 +195,11 @@ def main() -> None:
                                                                    max_positions=2000 if det.tagger.kind == "paper" else None)
         rows.append(row)
         log(f"{name}: " + json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}))
-    result = {"rows": rows, "problems": n, "prompt_style": args.prompt_style, "gamma": args.gamma, "delta": args.delta,
-              "tau": args.tau, "max_new_tokens": args.max_new_tokens, **extra}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        result = {"rows": rows, "problems": n, "prompt_style": args.prompt_style, "gamma": args.gamma, "delta": args.delta,
+                  "tau": args.tau, "max_new_tokens": args.max_new_tokens, **extra}
+        if args.out:  # after every scheme: a long run that is cut short keeps what it measured
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
     if args.json:
         print(json.dumps(result))
         return

@@ -14,6 +14,7 @@ text (with a Bonferroni-corrected p-value). The tagger is the package's shipped 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -128,7 +129,6 @@ class IEDetector(EntropyAwareDetector):
                 out.append(e)
                 continue
             p = min(1.0, det.p_value * len(candidates))
-            det.details["p_uncorrected"] = det.p_value
-            out.append(Detection(det.method, det.n_scored, det.statistic, p, det.fpr, bool(p <= det.fpr),
-                                 det.details, det.evidence))
+            out.append(dataclasses.replace(det, p_value=p, decision=bool(p <= det.fpr),
+                                           details={**det.details, "p_uncorrected": det.p_value}))
         return out
