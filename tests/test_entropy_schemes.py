@@ -264,3 +264,19 @@ def test_ie_generation_is_detected_and_gates_match_per_prefix_tagger_calls(lm_an
                 green += green_ref(scheme, ids[:t].tolist(), int(ids[t]))
     assert (det.n_scored, det.details["green"]) == (n, green)
     assert 5 < n < len(text) and det.decision and det.details["candidates"] == [0.9]
+
+
+def test_paper_tagger_reencodes_decoded_windows_with_minilm(tokenizer):
+    from wmkit.watermark.text.ie import PaperTagger
+
+    torch.manual_seed(0)
+    t = PaperTagger({"window": 8}, tokenizer).eval()
+    ids = torch.tensor([tokenizer("def add(a, b):\n    return a + b\n", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        full = t.predict(ids)
+        assert full.shape == (1, ids.shape[1], len(TAUS))
+        assert torch.allclose(t.predict_last(ids), full[:, -1], atol=1e-4)  # the same window, encoded alone
+        assert t.windows(ids)[-1] == ids[0, -8:].tolist()
+        m = evaluate_tagger(t, [ids[0]], [torch.rand(ids.shape[1]) * 3], max_positions=10)
+    assert m["positions"] == 10 and set(m["taus"]) == {str(x) for x in TAUS}
+    assert t.n_parameters() > 22_000_000  # MiniLM counts: it runs at detection

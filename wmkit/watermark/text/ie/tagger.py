@@ -288,17 +288,18 @@ def _targets(entropy: torch.Tensor, taus: Sequence[float]) -> torch.Tensor:
     return (entropy.unsqueeze(-1) > torch.tensor(taus)).float()
 
 
-def _paper_samples(tagger: PaperTagger, corpus: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and entropies of ``n`` positions drawn from ``corpus`` (MiniLM is the cost)."""
+def _paper_samples(tagger: PaperTagger, ids: Sequence[torch.Tensor], entropy: Sequence[torch.Tensor], n: int,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and entropies of ``n`` positions drawn from the chunks (MiniLM re-encoding is the cost)."""
     rng = np.random.default_rng(seed)
-    pos = [(i, j) for i, x in enumerate(corpus.ids) for j in range(len(x) - 1)]
+    pos = [(i, j) for i, x in enumerate(ids) for j in range(len(x) - 1)]
     pick = rng.choice(len(pos), size=min(n, len(pos)), replace=False)
     w = tagger.config["window"]
     wins, ent = [], []
     for k in pick:
         i, j = pos[k]
-        wins.append(corpus.ids[i][max(0, j + 1 - w) : j + 1].tolist())
-        ent.append(float(corpus.entropy[i][j]))
+        wins.append(ids[i][max(0, j + 1 - w) : j + 1].tolist())
+        ent.append(float(entropy[i][j]))
     return tagger.encode_windows(wins), torch.tensor(ent)
 
 
@@ -354,7 +355,7 @@ def train_tagger(
                 log(f"epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f}")
     elif kind == "paper":
         tagger = PaperTagger(base, tokenizer)
-        feats, ent = _paper_samples(tagger, train, paper_positions, seed)
+        feats, ent = _paper_samples(tagger, train.ids, train.entropy, paper_positions, seed)
         if log:
             log(f"encoded {len(feats)} positions with MiniLM")
         opt = torch.optim.AdamW(tagger.head.parameters(), lr=lr or 1e-3)
@@ -369,7 +370,6 @@ def train_tagger(
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        tagger.held_features = None  # type: ignore[attr-defined]
     else:
         raise InputError(f"unknown tagger kind {kind!r}; expected causal or paper")
     return tagger.eval()
@@ -386,8 +386,7 @@ def evaluate_tagger(tagger: EntropyTagger, ids: Sequence[torch.Tensor], entropy:
     """
     preds, ents = [], []
     if isinstance(tagger, PaperTagger) and max_positions is not None:
-        corpus = type("C", (), {"ids": list(ids), "entropy": list(entropy)})
-        feats, ent = _paper_samples(tagger, corpus, max_positions, seed)
+        feats, ent = _paper_samples(tagger, ids, entropy, max_positions, seed)
         preds, ents = [tagger.head(feats)], [ent]
     else:
         for x, e in zip(ids, entropy):
