@@ -20,6 +20,7 @@ green-list kernel).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -28,7 +29,7 @@ import torch
 from ... import kernels
 from ...errors import InputError
 from ...stats import Detection, binomial_detection, check_fpr
-from .base import DEFAULT_FPR, DEFAULT_MIN_TOKENS, DetectorBase, GreenListProcessor, GreenListScheme, normalize_text
+from .base import DEFAULT_FPR, DEFAULT_MIN_TOKENS, DetectorBase, GreenListScheme, normalize_text
 
 __all__ = [
     "shannon_entropy",
@@ -141,7 +142,7 @@ def weighted_detection(method: str, green: torch.Tensor, weights: torch.Tensor, 
                               "p_value_method": "normal", **details})
 
 
-class EntropyAwareDetector(DetectorBase):
+class EntropyAwareDetector(DetectorBase, ABC):
     """The detector core of SWEET, EWD and IE: tokenizes a text (after its prompt, if given),
     finds its green tokens with the shared kernel, and leaves the choice of which tokens count
     (and how much) to the scheme's :meth:`decide`.
@@ -188,9 +189,9 @@ class EntropyAwareDetector(DetectorBase):
         return binomial_detection(self.scheme.name, int((item.green & scored).sum()), n, self.scheme.gamma, self.fpr,
                                   evidence=evidence, tokens_total=len(item.ids) - item.start, **details)
 
+    @abstractmethod
     def decide(self, items: list[ScoredText]) -> list[Detection | InputError]:
         """The scheme's statistic for each prepared text (implemented by the scheme's detector)."""
-        raise NotImplementedError
 
     def detect_many(self, texts: Sequence[str | Sequence[int] | torch.Tensor],
                     prompts: Sequence[str | Sequence[int] | torch.Tensor | None] | None = None) -> list[Detection | InputError]:

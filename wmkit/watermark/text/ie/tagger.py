@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -64,7 +65,7 @@ def _mlp(dims: Sequence[int], dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class EntropyTagger(nn.Module):
+class EntropyTagger(nn.Module, ABC):
     """Interface of the taggers: ``predict(ids[B, L]) -> logits[B, L, K]`` (position ``j`` is about
     the token after ``j``) and ``predict_last(ids[B, L]) -> logits[B, K]`` for generation."""
 
@@ -89,13 +90,13 @@ class EntropyTagger(nn.Module):
             raise InputError(f"the entropy tagger was trained for another tokenizer ({self.config.get('tokenizer_name', want)}); "
                              "train one for this tokenizer with: wm tagger train --model ...")
 
-    def predict(self, ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+    @abstractmethod
+    def predict(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, L, K]`` of ``H > tau_k`` for the token after each position."""
-        raise NotImplementedError
 
-    def predict_last(self, ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+    @abstractmethod
+    def predict_last(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, K]`` for the token after the last position of each row."""
-        raise NotImplementedError
 
     def n_parameters(self) -> int:
         """Parameters used at detection (the paper tagger counts its MiniLM encoder)."""
