@@ -69,6 +69,6 @@ def test_generate_is_random_and_sized():
 def test_subkeys_are_hmac_sha256_and_separate():
     k = SecretKey.from_hex(HEX)
     assert k.subkey("text/kgw") == hmac.new(bytes(range(16)), b"wmkit/v1/text/kgw", hashlib.sha256).digest()
-    sub = k.subkey("text/kgw")
-    assert k.prf_key("text/kgw") == (int.from_bytes(sub[:4], "little"), int.from_bytes(sub[4:8], "little"))
+    v2 = hmac.new(bytes(range(16)), b"wmkit/v2/text/kgw", hashlib.sha256).digest()  # PRF spec v2: 4 words, 128 bits
+    assert k.prf_key("text/kgw") == tuple(int.from_bytes(v2[i : i + 4], "little") for i in (0, 4, 8, 12))
     assert k.prf_key("text/kgw") != k.prf_key("text/unigram")

@@ -88,10 +88,11 @@ class SecretKey:
         """HMAC-SHA256(secret, ``"wmkit/v1/" + label``): 32 bytes for one use of the key."""
         return hmac.new(self.secret, f"wmkit/v1/{label}".encode(), hashlib.sha256).digest()
 
-    def prf_key(self, label: str) -> tuple[int, int]:
-        """The 64-bit Philox key ``(k0, k1)`` for ``label``: the subkey's first 8 bytes, little-endian."""
-        sub = self.subkey(label)
-        return int.from_bytes(sub[0:4], "little"), int.from_bytes(sub[4:8], "little")
+    def prf_key(self, label: str) -> tuple[int, int, int, int]:
+        """The PRF v2 key ``(k0, k1, d0, d1)`` for ``label`` (:mod:`wmkit.prf`): the first 16 bytes,
+        little-endian words, of HMAC-SHA256(secret, ``"wmkit/v2/" + label``); 128 secret bits."""
+        sub = hmac.new(self.secret, f"wmkit/v2/{label}".encode(), hashlib.sha256).digest()
+        return tuple(int.from_bytes(sub[i : i + 4], "little") for i in range(0, 16, 4))  # type: ignore[return-value]
 
 
 def read_key_file(path: str | os.PathLike[str]) -> SecretKey:

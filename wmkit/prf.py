@@ -1,86 +1,120 @@
-"""The keyed pseudo-random function: the one definition of "green" in wmkit.
+"""The keyed pseudo-random function: the one definition of "green" (and of every keyed uniform) in wmkit.
 
-Specification (version 1). All arithmetic is on unsigned 32-bit words; ``M = 2**32``.
+Specification, version 2 (``PRF_VERSION``). All words are unsigned 32-bit; ``M = 2**32``.
 
-* ``philox(c0, c1, c2, c3; k0, k1)`` is Philox4x32-10 (Salmon et al. 2011, Random123), the
-  counter-based generator that Triton, JAX and vLLM ship. Only its first output word is used.
-* ``mix32(x)`` is murmur3's finaliser ``fmix32``: ``x ^= x >> 16; x *= 0x85EBCA6B;
-  x ^= x >> 13; x *= 0xC2B2AE35; x ^= x >> 16``.
-* ``anchor(t) = t * 0x9E3779B9 mod M`` spreads a token id over the word.
-* The 64-bit PRF key ``(k0, k1)`` comes from the secret with HMAC-SHA256
-  (:meth:`wmkit.keys.SecretKey.prf_key`), one per scheme label.
+* ``philox(c0, c1, c2, c3; k0, k1)`` is Philox4x32-10 (Salmon et al. 2011, Random123): all four
+  output words are used.
+* The PRF key is four words ``K = (k0, k1, d0, d1)``: the first 16 bytes, little-endian, of
+  HMAC-SHA256(secret, ``"wmkit/v2/" + label``) (:meth:`wmkit.keys.SecretKey.prf_key`). ``(k0, k1)``
+  is the Philox key, ``(d0, d1)`` are secret domain words: the effective secret is 128 bits.
 
-Lefthash (context width ``h >= 0``; ``h = 0`` is Unigram's one fixed list)::
+**Context state** (a context is ``h`` token ids, oldest first; ``mode`` names its use)::
 
-    c = 0x811C9DC5;  for x in (x[i-h], ..., x[i-1]):  c = mix32(c ^ x)
-    seed = philox(c, h, 0, 0; k0, k1)[0]
-    u(t) = mix32(seed ^ anchor(t))
+    S = (d0, d1, CTX_DOMAIN ^ mode, h)
+    for b in 0 .. max(1, ceil(h / 4)) - 1:              # at least one call, also for h = 0
+        w_i = x[4b + i]  if 4b + i < h  else  M - 1 - i   (i = 0..3)
+        S = philox(S ^ w; k0 ^ b, k1)
 
-Selfhash (the candidate token takes part in its own seed; anchored min-hash over the context,
-as in Kirchenbauer et al.'s Algorithm 3, but evaluated for every candidate at once)::
+**Token words**: a state ``S`` and a domain ``D`` give every token ``t`` one word, one Philox
+call per block of 4 candidate tokens (vLLM's ``philox4x32-10-v1`` layout)::
 
-    r_j  = philox(x[i-j], h, 0, 1; k0, k1)[0]           for j = 1..h
-    s(t) = min_j mix32(r_j ^ anchor(t))
-    u(t) = mix32(s(t) ^ anchor(t))
+    W = philox(t >> 2, S0, S1, S2; k0 ^ S3, k1 ^ D);   word(S, D, t) = W[t & 3]
 
-Token ``t`` is green after that context iff ``u(t) < floor(gamma * 2**32)``.
+**Lefthash** (context width ``h >= 0``; ``h = 0`` is Unigram's one fixed list):
+``u(t) = word(state(x[i-h..i-1], LEFTHASH), TOKEN_DOMAIN, t)``.
 
-Test vectors, key ``(k0, k1) = (0x01234567, 0x89ABCDEF)`` (``tests/test_prf.py`` checks them)::
+**Selfhash** (the candidate takes part in its own list: an anchored min-hash over the context,
+after Kirchenbauer et al., "On the Reliability of Watermarks", Algorithm 3)::
 
-    lefthash, context ()           token 0      -> u = 0x105F9DA2
-    lefthash, context (42,)        token 7      -> u = 0xA1EC1720
-    lefthash, context (1, 2, 3, 4) token 49151  -> u = 0x793BB3BA
-    selfhash, context (1, 2, 3, 4) token 49151  -> u = 0xDCC068F9
+    S_j  = state((x[i-j],), SELFHASH) with the h word set to the scheme's h,  j = 1..h
+    j*   = argmin_j word(S_j, SELECT_DOMAIN, t)          (the smallest j on ties)
+    u(t) = word(S_j*, TOKEN_DOMAIN, t)
 
-The per-row work (one Philox call per row, or ``h`` for selfhash) is small; the per-token work is
-one or two ``mix32`` calls, which ``torch.compile`` fuses into a single loop (see
-:mod:`wmkit.kernels`). Everything here is eager torch on ``int64`` tensors holding 32-bit
-values, so it runs on any device and is the reference the kernels must match bit for bit.
+Token ``t`` is green after a context iff ``u(t) < floor(gamma * 2**32)``. Keyed uniforms in (0, 1)
+(Gumbel-max, EXP-edit) are ``(u + 1/2) / 2**32`` in float64.
+
+**Why v2.** Spec v1 reduced each context to one public-map 32-bit seed: from a few hundred marked
+tokens an attacker recovered a context's whole list by trying all 2^32 seeds (``tests/test_prf.py``
+shows it at 20 bits). In v2 nothing narrower than the 128-bit state lies between the secret and
+a colour: predicting one unseen token's colour needs the state's 96 counter bits plus the 64-bit
+token-call key, and recovering the key needs 2^128 trials (the work factor of the 128-bit
+``(k0, k1, d0, d1)``); Philox4x32-10 has no known distinguisher. The selector word in selfhash is a
+32-bit value, but it only picks which keyed state colours ``t``; it is never a seed.
+
+Known-answer vectors, key ``K = (0x01234567, 0x89ABCDEF, 0x0BADF00D, 0xFEEDFACE)``
+(``tests/test_prf.py`` checks them against this code and a pure-Python second implementation)::
+
+    lefthash, context ()           token 0      -> u = 0x63E96A48
+    lefthash, context (42,)        token 7      -> u = 0x50241DC7
+    lefthash, context (1, 2, 3, 4) token 49151  -> u = 0xC2BECBB7
+    lefthash, context (1, .., 5)   token 262143 -> u = 0xBDC8EE65
+    selfhash, context (1, 2, 3, 4) token 49151  -> u = 0xE71C7401
+
+Everything here is eager torch on ``int64`` tensors holding 32-bit words, so it runs on any device
+and is the reference the kernels (:mod:`wmkit.kernels`) must match bit for bit.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
+PRF_VERSION = 2
 MASK32 = 0xFFFFFFFF
 PHILOX_M0 = 0xD2511F53
 PHILOX_M1 = 0xCD9E8D57
 PHILOX_W0 = 0x9E3779B9
 PHILOX_W1 = 0xBB67AE85
-GOLDEN = 0x9E3779B9
-FNV_OFFSET = 0x811C9DC5
+CTX_DOMAIN = 0x574B4358  # "WKCX"
+TOKEN_DOMAIN = 0x574B544B  # "WKTK"
+SELECT_DOMAIN = 0x574B534C  # "WKSL"
 MODE_LEFTHASH = 0
 MODE_SELFHASH = 1
+MODE_POSITION = 2  # EXP-edit's keyed sequence: the "context" is a position in the key sequence
 SEEDING_SCHEMES = ("lefthash", "selfhash")
 
+Key = Sequence  # (k0, k1, d0, d1): ints, or 0-d int64 tensors
+
 __all__ = [
+    "PRF_VERSION",
     "philox4x32_10",
-    "mix32",
-    "anchor",
     "threshold",
-    "lefthash_seeds",
-    "selfhash_anchors",
-    "lefthash_u32",
-    "selfhash_u32",
+    "context_state",
+    "token_words",
+    "vocab_words",
+    "vocab_groups",
+    "lefthash_vocab_words",
+    "selfhash_vocab_words",
     "position_u32",
+    "uniform",
+    "check_key",
 ]
 
 
-def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (hi, lo) words of ``a * m`` for 32-bit ``a`` and an odd 32-bit constant ``m``.
+def check_key(key: Key) -> tuple[int, int, int, int]:
+    """``key`` as four 32-bit ints; a :class:`ValueError` for anything else (a v1 two-word key too)."""
+    k = tuple(int(w) for w in key)
+    if len(k) != 4 or any(not 0 <= w <= MASK32 for w in k):
+        raise ValueError("a PRF v2 key is four 32-bit words (k0, k1, d0, d1); see SecretKey.prf_key")
+    return k  # type: ignore[return-value]
 
-    ``a * m`` can reach 2**64 and overflow int64, so the high word is taken from
-    ``a * (m >> 1) + (a >> 1)`` (< 2**63), using ``m`` odd: ``a*m = 2*(a*(m>>1) + (a>>1)) + (a&1)``.
+
+def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) words of ``a * m`` for a 32-bit word ``a`` and an odd 32-bit constant ``m``.
+
+    No intermediate reaches 2**63: a 64-bit product would overflow int64, and signed overflow is
+    undefined in the C++ that ``torch.compile`` emits. ``hi`` uses ``a*m = 2*(a*(m>>1) + (a>>1)) + (a&1)``
+    (``m`` odd); ``lo`` adds the two 16-bit halves of ``m``.
     """
-    lo = (a * m) & MASK32  # wraps in two's complement; the low word is exact
     hi = ((a * (m >> 1) + (a >> 1)) >> 31) & MASK32
+    lo = (a * (m & 0xFFFF) + (((a * (m >> 16)) & 0xFFFF) << 16)) & MASK32
     return hi, lo
 
 
-def philox4x32_10(
-    c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, k0: int, k1: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Philox4x32 with 10 rounds on int64 tensors holding 32-bit words (broadcasting).
+def philox4x32_10(c0, c1, c2, c3, k0, k1):  # type: ignore[no-untyped-def]
+    """Philox4x32 with 10 rounds on int64 tensors holding 32-bit words (broadcasting); the key
+    words may be ints or tensors.
 
     >>> z = torch.zeros(1, dtype=torch.int64)
     >>> [hex(int(w)) for w in philox4x32_10(z, z, z, z, 0, 0)]
@@ -95,20 +129,6 @@ def philox4x32_10(
     return c0, c1, c2, c3
 
 
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """murmur3 ``fmix32`` on int64 tensors holding 32-bit words (a bijection of the word)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x85EBCA6B) & MASK32
-    x = x ^ (x >> 13)
-    x = (x * 0xC2B2AE35) & MASK32
-    return x ^ (x >> 16)
-
-
-def anchor(tokens: torch.Tensor) -> torch.Tensor:
-    """``t * 0x9E3779B9 mod 2**32`` for token ids ``t``."""
-    return (tokens.to(torch.int64) * GOLDEN) & MASK32
-
-
 def threshold(gamma: float) -> int:
     """The 32-bit cut: a token is green iff its PRF word is below ``floor(gamma * 2**32)``."""
     if not 0.0 < gamma < 1.0:
@@ -116,65 +136,102 @@ def threshold(gamma: float) -> int:
     return int(gamma * 2**32)
 
 
-def _const(like: torch.Tensor, value: int) -> torch.Tensor:
-    return torch.full_like(like, value, dtype=torch.int64)
+def context_state(windows: torch.Tensor, key: Key, mode: int, h_word: int | None = None) -> tuple[torch.Tensor, ...]:
+    """The 128-bit state (four ``[...]`` word tensors) of each context ``windows[..., h]`` (oldest first).
 
-
-def lefthash_seeds(windows: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
-    """Per-context seeds for lefthash: ``windows[..., h]`` (oldest token first) -> ``[...]``.
-
-    ``h = windows.shape[-1]`` may be 0 (Unigram: one seed for every position).
+    ``h_word`` is the state's length word (default ``h``; selfhash sets the scheme's width).
     """
+    k0, k1, d0, d1 = key  # ints, or 0-d int64 tensors (a compiled graph then serves every key)
     h = windows.shape[-1]
-    c = torch.full(windows.shape[:-1], FNV_OFFSET, dtype=torch.int64, device=windows.device)
-    for j in range(h):
-        c = mix32(c ^ windows[..., j].to(torch.int64))
-    return philox4x32_10(c, _const(c, h), _const(c, 0), _const(c, MODE_LEFTHASH), *key)[0]
+    w = windows.to(torch.int64) & MASK32
+    zero = torch.zeros(w.shape[:-1], dtype=torch.int64, device=w.device)
+    full = lambda v: zero + v  # noqa: E731
+    s = (full(d0), full(d1), full(CTX_DOMAIN ^ mode), full(h if h_word is None else h_word))
+    for b in range(max(1, -(-h // 4))):
+        block = [w[..., 4 * b + i] if 4 * b + i < h else full(MASK32 - i) for i in range(4)]
+        s = philox4x32_10(*(s[i] ^ block[i] for i in range(4)), k0 ^ b, k1)
+    return s
 
 
-def selfhash_anchors(tokens: torch.Tensor, key: tuple[int, int], h: int) -> torch.Tensor:
-    """Per-token words ``r = philox(x, h, 0, 1)[0]`` that selfhash takes the min-hash over."""
-    x = tokens.to(torch.int64)
-    return philox4x32_10(x, _const(x, h), _const(x, 0), _const(x, MODE_SELFHASH), *key)[0]
+def _token_call(state: Sequence[torch.Tensor], groups: torch.Tensor, key: Key, domain: int) -> tuple[torch.Tensor, ...]:
+    k0, k1 = key[0], key[1]
+    s0, s1, s2, s3 = state
+    return philox4x32_10(groups, s0, s1, s2, k0 ^ s3, k1 ^ domain)
 
 
-def lefthash_u32(seeds: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """PRF words ``mix32(seed ^ anchor(t))``; ``seeds`` and ``tokens`` broadcast."""
-    return mix32(seeds ^ anchor(tokens))
+def token_words(state: Sequence[torch.Tensor], tokens: torch.Tensor, key: Key, domain: int = TOKEN_DOMAIN) -> torch.Tensor:
+    """``word(S, D, t)`` for tokens ``t``; ``state`` words broadcast with ``tokens``."""
+    t = tokens.to(torch.int64)
+    w = _token_call(state, t >> 2, key, domain)
+    j = t & 3
+    return torch.where(j == 0, w[0], torch.where(j == 1, w[1], torch.where(j == 2, w[2], w[3])))
 
 
-def selfhash_u32(anchors: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """PRF words for selfhash: ``anchors[..., h]`` (the context's r_j), ``tokens[...]``.
+def vocab_groups(vocab: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The block numbers ``0 .. ceil(vocab / 4) - 1`` of the token calls that cover a vocabulary.
 
-    ``anchors[..., j]`` broadcasts with ``tokens``: ``[B, 1, h]`` with ``[V]`` gives ``[B, V]``
-    (generation); ``[N, h]`` with ``[N]`` gives ``[N]`` (detection).
+    Compiled callers make it outside the graph: inductor narrows an in-graph ``arange`` to 32-bit
+    indices, and the Philox products then overflow (seen with torch 2.13).
     """
-    a = anchor(tokens)
-    s = None
-    for j in range(anchors.shape[-1]):
-        v = mix32(anchors[..., j] ^ a)
-        s = v if s is None else torch.minimum(s, v)
-    if s is None:
+    return torch.arange(-(-vocab // 4), device=device, dtype=torch.int64)
+
+
+def vocab_words(state: Sequence[torch.Tensor], vocab: int, key: Key, domain: int = TOKEN_DOMAIN,
+                groups: torch.Tensor | None = None) -> torch.Tensor:
+    """``[..., vocab]`` words of every token id for states ``[...]``: one Philox call per 4 tokens."""
+    groups = vocab_groups(vocab, state[0].device) if groups is None else groups
+    w = _token_call([s.unsqueeze(-1) for s in state], groups, key, domain)
+    return torch.stack(w, dim=-1).flatten(-2)[..., :vocab]
+
+
+def _selfhash_states(windows: torch.Tensor, key: Key) -> list[tuple[torch.Tensor, ...]]:
+    h = windows.shape[-1]
+    if h < 1:
         raise ValueError("selfhash needs a context width h >= 1")
-    return mix32(s ^ a)
+    return [context_state(windows[..., j : j + 1], key, MODE_SELFHASH, h) for j in range(h)]
 
 
-def position_u32(
-    token_ids: torch.Tensor, key: tuple[int, int], h: int, seeding: str
-) -> torch.Tensor:
+def _min_select(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The colour word of the pair whose selector is smallest (the first on ties)."""
+    best_sel, best_u = pairs[0]
+    for sel, u in pairs[1:]:
+        take = sel < best_sel
+        best_sel, best_u = torch.where(take, sel, best_sel), torch.where(take, u, best_u)
+    return best_u
+
+
+def selfhash_vocab_words(windows: torch.Tensor, vocab: int, key: Key, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """``[..., vocab]`` selfhash words of every token after each context ``windows[..., h]``."""
+    states = _selfhash_states(windows, key)
+    return _min_select([(vocab_words(s, vocab, key, SELECT_DOMAIN, groups), vocab_words(s, vocab, key, TOKEN_DOMAIN, groups))
+                        for s in states])
+
+
+def lefthash_vocab_words(windows: torch.Tensor, vocab: int, key: Key, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """``[..., vocab]`` lefthash words of every token after each context ``windows[..., h]``."""
+    return vocab_words(context_state(windows, key, MODE_LEFTHASH), vocab, key, TOKEN_DOMAIN, groups)
+
+
+def position_u32(token_ids: torch.Tensor, key: Key, h: int, seeding: str) -> torch.Tensor:
     """PRF word of every token given its ``h`` predecessors: ``[..., N] -> [..., N - h]``.
 
     Entry ``i`` belongs to token ``token_ids[..., h + i]``; this is what detection scores.
     """
+    if seeding not in SEEDING_SCHEMES:
+        raise ValueError(f"unknown seeding scheme {seeding!r}; expected one of {SEEDING_SCHEMES}")
     ids = token_ids.to(torch.int64)
     n = ids.shape[-1] - h
     if n <= 0:
         return ids.new_empty((*ids.shape[:-1], 0))
     targets = ids[..., h:]
+    windows = ids.unfold(-1, h, 1)[..., :n, :] if h else ids.new_empty((*ids.shape[:-1], n, 0))
     if seeding == "lefthash":
-        windows = ids.unfold(-1, h, 1)[..., :n, :] if h else ids.new_empty((*ids.shape[:-1], n, 0))
-        return lefthash_u32(lefthash_seeds(windows, key), targets)
-    if seeding == "selfhash":
-        r = selfhash_anchors(ids, key, h)
-        return selfhash_u32(r.unfold(-1, h, 1)[..., :n, :], targets)
-    raise ValueError(f"unknown seeding scheme {seeding!r}; expected one of {SEEDING_SCHEMES}")
+        return token_words(context_state(windows, key, MODE_LEFTHASH), targets, key, TOKEN_DOMAIN)
+    states = _selfhash_states(windows, key)
+    return _min_select([(token_words(s, targets, key, SELECT_DOMAIN), token_words(s, targets, key, TOKEN_DOMAIN))
+                        for s in states])
+
+
+def uniform(words: torch.Tensor) -> torch.Tensor:
+    """Keyed uniforms in (0, 1) from PRF words: ``(u + 1/2) / 2**32`` in float64 (never 0 or 1)."""
+    return (words.to(torch.float64) + 0.5) * 2.0**-32

@@ -32,27 +32,26 @@ __all__ = [
 ]
 
 
-def _bias(scores: torch.Tensor, window: torch.Tensor, key: torch.Tensor, active: torch.Tensor | None,
+def _bias(scores: torch.Tensor, window: torch.Tensor, key: torch.Tensor, groups: torch.Tensor, active: torch.Tensor | None,
           thr: int, delta: float, selfhash: bool) -> torch.Tensor:
-    vocab = torch.arange(scores.shape[-1], device=scores.device)
-    k = (key[0], key[1])
-    if selfhash:
-        anchors = prf.selfhash_anchors(window, k, window.shape[-1])
-        green = prf.selfhash_u32(anchors.unsqueeze(-2), vocab) < thr
-    else:
-        green = prf.lefthash_u32(prf.lefthash_seeds(window, k).unsqueeze(-1), vocab) < thr
+    k = (key[0], key[1], key[2], key[3])
+    v = scores.shape[-1]
+    vocab_words = prf.selfhash_vocab_words if selfhash else prf.lefthash_vocab_words
+    words = vocab_words(window, v, k, groups)
+    green = words < thr
     if active is not None:
         green = green & active.unsqueeze(-1)
     return torch.where(green, scores + delta, scores)
 
 
 _COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
-_COMPILE_FAILED = False
+_COMPILE_FAILED: set[tuple[int, bool, bool]] = set()  # graph variants (h, selfhash, masked) that failed to compile
+RECOMPILE_LIMIT = 64  # one graph per (h, seeding, mask or not); set only around our own calls
 
 
 def compile_enabled() -> bool:
     """Whether the CPU path may use ``torch.compile`` (``WMKIT_COMPILE=0`` turns it off)."""
-    return os.environ.get("WMKIT_COMPILE", "1") != "0" and not _COMPILE_FAILED
+    return os.environ.get("WMKIT_COMPILE", "1") != "0"
 
 
 def triton_available() -> bool:
@@ -64,8 +63,9 @@ def triton_available() -> bool:
     return True
 
 
-def _checked(scores: torch.Tensor, input_ids: torch.Tensor, h: int, seeding: str,
+def _checked(scores: torch.Tensor, input_ids: torch.Tensor, key: prf.Key, h: int, seeding: str,
              row_mask: torch.Tensor | None) -> None:
+    prf.check_key(key)
     if seeding not in prf.SEEDING_SCHEMES:
         raise ValueError(f"unknown seeding scheme {seeding!r}; expected one of {prf.SEEDING_SCHEMES}")
     if scores.dim() != 2 or input_ids.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
@@ -76,23 +76,25 @@ def _checked(scores: torch.Tensor, input_ids: torch.Tensor, h: int, seeding: str
         raise ValueError(f"row_mask must have shape [{scores.shape[0]}], got {tuple(row_mask.shape)}")
 
 
-def _inputs(input_ids: torch.Tensor, key: tuple[int, int], h: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(input_ids: torch.Tensor, key: prf.Key, h: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     window = input_ids[:, input_ids.shape[1] - h :] if h else input_ids[:, :0]
-    return window.to(torch.int64), torch.tensor(key, dtype=torch.int64, device=input_ids.device)
+    dev = input_ids.device
+    return window.to(torch.int64), torch.tensor(key, dtype=torch.int64, device=dev), prf.vocab_groups(vocab, dev)
 
 
 def green_bias_reference(
-    scores: torch.Tensor, input_ids: torch.Tensor, key: tuple[int, int], h: int, seeding: str, gamma: float,
+    scores: torch.Tensor, input_ids: torch.Tensor, key: prf.Key, h: int, seeding: str, gamma: float,
     delta: float, row_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The eager torch reference of :func:`green_bias` (returns a new tensor)."""
-    _checked(scores, input_ids, h, seeding, row_mask)
+    _checked(scores, input_ids, key, h, seeding, row_mask)
     active = row_mask.bool() if row_mask is not None else None
-    return _bias(scores, *_inputs(input_ids, key, h), active, prf.threshold(gamma), float(delta), seeding == "selfhash")
+    return _bias(scores, *_inputs(input_ids, key, h, scores.shape[-1]), active, prf.threshold(gamma), float(delta),
+                 seeding == "selfhash")
 
 
 def green_bias(
-    scores: torch.Tensor, input_ids: torch.Tensor, key: tuple[int, int], h: int, seeding: str, gamma: float,
+    scores: torch.Tensor, input_ids: torch.Tensor, key: prf.Key, h: int, seeding: str, gamma: float,
     delta: float, row_mask: torch.Tensor | None = None, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Add ``delta`` to the green logits of each row of ``scores[B, V]`` given ``input_ids[B, L]``.
@@ -100,33 +102,32 @@ def green_bias(
     Args:
         scores: logits, float32/16 or bfloat16, contiguous along the vocabulary.
         input_ids: the tokens so far; the last ``h`` of each row are its context (``L >= h``).
-        key: the 64-bit PRF key ``(k0, k1)``.
+        key: the PRF v2 key ``(k0, k1, d0, d1)``.
         h, seeding, gamma: the PRF's context width, seeding scheme and green fraction.
         delta: the bias.
         row_mask: optional ``[B]`` bool; rows where it is False are left unchanged.
         out: where to write; ``out=scores`` works in place. Default: a new tensor.
     """
-    global _COMPILE_FAILED
-    _checked(scores, input_ids, h, seeding, row_mask)
+    _checked(scores, input_ids, key, h, seeding, row_mask)
     if scores.is_cuda and scores.dtype == torch.float32 and triton_available():
         from .triton_green import green_bias_triton
 
         return green_bias_triton(scores, input_ids, key, h, seeding, gamma, delta, row_mask, out)
-    window, k = _inputs(input_ids, key, h)
+    window, k, groups = _inputs(input_ids, key, h, scores.shape[-1])
     active = row_mask.bool() if row_mask is not None else None
-    args = (scores, window, k, active, prf.threshold(gamma), float(delta), seeding == "selfhash")
+    args = (scores, window, k, groups, active, prf.threshold(gamma), float(delta), seeding == "selfhash")
+    variant = (h, seeding == "selfhash", active is not None)
     result = None
-    if compile_enabled() and scores.device.type == "cpu":
+    if compile_enabled() and scores.device.type == "cpu" and variant not in _COMPILE_FAILED:
         fn = _COMPILED.get("bias")
         if fn is None:
-            # one graph per (h, seeding, mask or not): allow more than dynamo's default 8
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             fn = _COMPILED["bias"] = torch.compile(_bias, dynamic=True)
         try:
-            result = fn(*args)
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                result = fn(*args)
         except Exception as e:  # no compiler, unsupported platform: the eager path is exact too
-            _COMPILE_FAILED = True
-            warnings.warn(f"torch.compile unavailable ({type(e).__name__}); using eager torch", stacklevel=2)
+            _COMPILE_FAILED.add(variant)
+            warnings.warn(f"torch.compile unavailable for {variant} ({type(e).__name__}); using eager torch", stacklevel=2)
     if result is None:
         result = _bias(*args)
     if out is not None:
@@ -135,7 +136,7 @@ def green_bias(
 
 
 def green_positions_reference(
-    ids: torch.Tensor, lengths: torch.Tensor, key: tuple[int, int], h: int, seeding: str, gamma: float
+    ids: torch.Tensor, lengths: torch.Tensor, key: prf.Key, h: int, seeding: str, gamma: float
 ) -> torch.Tensor:
     """Torch reference of :func:`green_positions`."""
     s, n = ids.shape
@@ -146,7 +147,7 @@ def green_positions_reference(
 
 
 def green_positions(
-    ids: torch.Tensor, lengths: torch.Tensor, key: tuple[int, int], h: int, seeding: str, gamma: float
+    ids: torch.Tensor, lengths: torch.Tensor, key: prf.Key, h: int, seeding: str, gamma: float
 ) -> torch.Tensor:
     """``[S, N]`` bool: is token ``ids[s, i]`` green after its ``h`` predecessors?
 
