@@ -17,7 +17,7 @@ def _inputs(seed, b=4, v=3000, length=12, dtype=torch.float32):
     scores = (torch.randn(b, v, generator=g) * 5).to(dtype)
     scores[0, :7] = float("-inf")
     ids = torch.randint(0, 262144, (b, length), generator=g)
-    key = (random.Random(seed).getrandbits(32), random.Random(seed + 1).getrandbits(32))
+    key = tuple(random.Random(seed + i).getrandbits(32) for i in range(4))
     return scores.to(DEVICE), ids.to(DEVICE), key
 
 
@@ -73,7 +73,7 @@ def _batch(seed, s=5, n=300, vocab=49152):
 @pytest.mark.parametrize("seeding,h", CASES)
 def test_green_positions_kernel_equals_reference(seeding, h):
     ids, lengths = _batch(h)
-    key = (0x9E3779B9, 0x7F4A7C15)
+    key = (0x9E3779B9, 0x7F4A7C15, 0xF39CC060, 0x5CEDC834)
     want = kernels.green_positions_reference(ids, lengths, key, h, seeding, 0.25)
     got = triton_green.green_positions_triton(ids, lengths, key, h, seeding, 0.25)
     assert torch.equal(got, want)

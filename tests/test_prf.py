@@ -18,14 +18,15 @@ KAT = [  # Random123 kat_vectors, philox4x32_10: counter words, key words -> out
     ),
 ]
 
-# Spec vectors (key (0x01234567, 0x89ABCDEF)); computed by the pure-Python reference and frozen
-# so that any change to the definition of "green" is caught. See wmkit/prf.py for the spec.
-SPEC_KEY = (0x01234567, 0x89ABCDEF)
+# Spec v2 vectors, key (k0, k1, d0, d1) below: computed by the pure-Python reference and frozen so
+# that any change to the definition of "green" is caught (wmkit/prf.py's docstring lists them).
+SPEC_KEY = (0x01234567, 0x89ABCDEF, 0x0BADF00D, 0xFEEDFACE)
 SPEC_VECTORS = {
-    ("lefthash", (), 0): 0x105F9DA2,
-    ("lefthash", (42,), 7): 0xA1EC1720,
-    ("lefthash", (1, 2, 3, 4), 49151): 0x793BB3BA,
-    ("selfhash", (1, 2, 3, 4), 49151): 0xDCC068F9,
+    ("lefthash", (), 0): 0x63E96A48,
+    ("lefthash", (42,), 7): 0x50241DC7,
+    ("lefthash", (1, 2, 3, 4), 49151): 0xC2BECBB7,
+    ("lefthash", (1, 2, 3, 4, 5), 262143): 0xBDC8EE65,
+    ("selfhash", (1, 2, 3, 4), 49151): 0xE71C7401,
 }
 
 
@@ -46,11 +47,9 @@ def test_philox_matches_reference_on_random_words():
     assert got == [list(ref.philox4x32_10(c, key)) for c in ctrs]
 
 
-def test_mix32_matches_reference():
-    xs = [0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF] + [random.Random(2).getrandbits(32) for _ in range(100)]
-    got = prf.mix32(torch.tensor(xs, dtype=torch.int64)).tolist()
-    assert got == [ref.fmix32(x) for x in xs]
-    assert ref.fmix32(0) == 0 and ref.fmix32(1) == 0x514E28B7  # murmur3 fmix32 published values
+def test_spec_text_names_the_vectors():
+    for (seeding, ctx, tok), expected in SPEC_VECTORS.items():
+        assert f"0x{expected:08X}" in prf.__doc__
 
 
 @pytest.mark.parametrize("spec,expected", list(SPEC_VECTORS.items()))
@@ -62,40 +61,97 @@ def test_spec_vectors(spec, expected):
     assert int(prf.position_u32(ids, SPEC_KEY, len(ctx), seeding)[-1]) == expected
 
 
-@pytest.mark.parametrize("seeding,h", [("lefthash", 0), ("lefthash", 1), ("lefthash", 3), ("selfhash", 1), ("selfhash", 4)])
+@pytest.mark.parametrize("seeding,h", [("lefthash", 0), ("lefthash", 1), ("lefthash", 3), ("lefthash", 6), ("selfhash", 1),
+                                       ("selfhash", 4)])
 def test_position_u32_matches_reference(seeding, h):
     rng = random.Random(h)
-    key = (rng.getrandbits(32), rng.getrandbits(32))
-    ids = [rng.randrange(49152) for _ in range(60)]
+    key = tuple(rng.getrandbits(32) for _ in range(4))
+    ids = [rng.randrange(262144) for _ in range(60)]
     got = prf.position_u32(torch.tensor(ids), key, h, seeding).tolist()
     f = ref.lefthash_u32 if seeding == "lefthash" else ref.selfhash_u32
     assert got == [f(ids[i - h : i], ids[i], key) for i in range(h, len(ids))]
 
 
+def test_vocab_words_equal_per_token_words():
+    key = (5, 6, 7, 8)
+    win = torch.tensor([[3, 1, 4], [1, 5, 9]])
+    for fn, seeding in ((prf.lefthash_vocab_words, "lefthash"), (prf.selfhash_vocab_words, "selfhash")):
+        full = fn(win, 1001, key)  # 1001: the last block of 4 is partial
+        for r in range(2):
+            ids = torch.cat([win[r].expand(1001, 3), torch.arange(1001).unsqueeze(1)], 1)
+            assert torch.equal(full[r], prf.position_u32(ids, key, 3, seeding)[:, 0])
+
+
+def test_v1_two_word_key_is_refused():
+    with pytest.raises(ValueError, match="four 32-bit words"):
+        prf.check_key((1, 2))
+    with pytest.raises(ValueError, match="four 32-bit words"):
+        kernels.green_bias(torch.zeros(1, 8), torch.zeros(1, 1, dtype=torch.long), (1, 2), 1, "lefthash", 0.25, 2.0)
+
+
 @pytest.mark.parametrize("seeding,h", [("lefthash", 1), ("lefthash", 4), ("selfhash", 4), ("lefthash", 0)])
 @pytest.mark.parametrize("compiled", [True, False])
 def test_green_bias_matches_reference_bit_for_bit(seeding, h, compiled, monkeypatch):
+    """Eager and torch.compile paths against the pure-Python spec (WMKIT_COMPILE picks the path)."""
     monkeypatch.setenv("WMKIT_COMPILE", "1" if compiled else "0")
+    calls = []
+    compiled_fn = kernels._COMPILED.get("bias") or torch.compile(kernels._bias, dynamic=True)
+    monkeypatch.setitem(kernels._COMPILED, "bias", lambda *a: calls.append(1) or compiled_fn(*a))  # counts compiled calls
     g = torch.Generator().manual_seed(h)
-    b, v = 5, 3000
+    b, v = 5, 3001
     scores = torch.randn(b, v, generator=g)
     scores[0, :10] = float("-inf")
-    ids = torch.randint(0, v, (b, 9), generator=g)
-    key = (0xDEADBEEF, 0x12345678)
+    ids = torch.randint(0, 262144, (b, 9), generator=g)
+    key = (0xDEADBEEF, 0x12345678, 0xCAFEF00D, 0x0BADBEEF)
     out = kernels.green_bias(scores, ids, key, h, seeding, 0.25, 2.0)
+    assert len(calls) == int(compiled)  # the compiled graph ran (or, with WMKIT_COMPILE=0, did not)
+    assert (h, seeding == "selfhash", False) not in kernels._COMPILE_FAILED
     f = ref.lefthash_u32 if seeding == "lefthash" else ref.selfhash_u32
     for r in (0, 3):  # two rows, every token, against the pure-Python spec
         ctx = ids[r, ids.shape[1] - h :].tolist() if h else []
         green = torch.tensor([f(ctx, t, key) < int(0.25 * 2**32) for t in range(v)])
         assert torch.equal(out[r], torch.where(green, scores[r] + 2.0, scores[r]))
-    assert torch.equal(out, kernels.green_bias_reference(scores, ids, key, h, seeding, 0.25, 2.0))
+
+
+def test_v1_list_is_recovered_from_marked_tokens_at_20_bits():
+    """The attack that withdrew spec v1: its per-context seed was one 32-bit word and the per-token
+    map public, so a few marked tokens pin the whole list. At 20 bits the exhaustive search takes
+    seconds here; at 32 bits it is 4096x that (minutes on a GPU). Spec v2 has no such seed: the
+    list after a context depends on a 128-bit keyed state (work factor 2^128)."""
+    bits, gamma, v = 20, 0.5, 49152
+    thr = int(gamma * 2**32)
+    true_seed = ref.v1_seed([], (0x1234, 0x5678)) & ((1 << bits) - 1)  # the Unigram list's seed, truncated
+    green = [t for t in range(v) if ref.v1_u32(true_seed, t) < thr]
+    observed = torch.tensor(random.Random(3).sample(green, 64))  # 64 distinct tokens of marked text: all green
+    anchors = prf_v1_anchor(observed)
+    best = None
+    for lo in range(0, 1 << bits, 1 << 16):  # exhaustive search, 65,536 seeds at a time
+        seeds = torch.arange(lo, lo + (1 << 16), dtype=torch.int64).unsqueeze(1)
+        hits = (v1_mix32(seeds ^ anchors) < thr).sum(1)
+        i = int(hits.argmax())
+        if best is None or int(hits[i]) > best[1]:
+            best = (lo + i, int(hits[i]))
+    assert best == (true_seed, 64)
+    recovered = [t for t in range(v) if ref.v1_u32(best[0], t) < thr]
+    assert recovered == green  # the attacker now holds the whole list
+
+
+def prf_v1_anchor(t: torch.Tensor) -> torch.Tensor:
+    return (t.to(torch.int64) * 0x9E3779B9) & 0xFFFFFFFF
+
+
+def v1_mix32(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+    return x ^ (x >> 16)
 
 
 @pytest.mark.parametrize("gamma", [0.1, 0.25, 0.5, 0.9])
 def test_green_fraction_is_gamma(gamma):
     n_ctx, v = 64, 49152
-    seeds = prf.lefthash_seeds(torch.arange(n_ctx).unsqueeze(1), (7, 9))
-    green = prf.lefthash_u32(seeds.unsqueeze(1), torch.arange(v)) < prf.threshold(gamma)
+    green = prf.lefthash_vocab_words(torch.arange(n_ctx).unsqueeze(1), v, (7, 9, 1, 2)) < prf.threshold(gamma)
     n = green.numel()
     sd = (n * gamma * (1 - gamma)) ** 0.5
     assert abs(green.sum().item() - gamma * n) < 5 * sd
@@ -105,8 +161,7 @@ def test_green_fraction_is_gamma(gamma):
 
 def test_green_lists_independent_across_contexts():
     gamma, v = 0.25, 49152
-    seeds = prf.lefthash_seeds(torch.arange(200).unsqueeze(1), (11, 13))
-    green = (prf.lefthash_u32(seeds.unsqueeze(1), torch.arange(v)) < prf.threshold(gamma)).float()
+    green = (prf.lefthash_vocab_words(torch.arange(200).unsqueeze(1), v, (11, 13, 1, 2)) < prf.threshold(gamma)).float()
     overlap = (green[:-1] * green[1:]).mean(1)  # adjacent contexts: P[green in both] = gamma^2
     sd = (gamma**2 * (1 - gamma**2) / v) ** 0.5
     assert (overlap - gamma**2).abs().max() < 5 * sd
@@ -116,8 +171,8 @@ def test_green_lists_independent_across_contexts():
 def test_keys_give_independent_lists():
     v = 49152
     ctx = torch.tensor([[5]])
-    a = prf.lefthash_u32(prf.lefthash_seeds(ctx, (1, 2)).unsqueeze(1), torch.arange(v)) < prf.threshold(0.5)
-    b = prf.lefthash_u32(prf.lefthash_seeds(ctx, (1, 3)).unsqueeze(1), torch.arange(v)) < prf.threshold(0.5)
+    a = prf.lefthash_vocab_words(ctx, v, (1, 2, 3, 4)) < prf.threshold(0.5)
+    b = prf.lefthash_vocab_words(ctx, v, (1, 2, 3, 5)) < prf.threshold(0.5)  # only a domain word differs
     agree = (a == b).float().mean().item()
     assert abs(agree - 0.5) < 5 * (0.25 / v) ** 0.5
 

@@ -153,3 +153,13 @@ def test_text_detection_with_real_tokenizer_and_normalisation(key, tokenizer):
     assert det.detect(noisy).statistic == clean.statistic
     prompt = "Write something. "
     assert det.detect(prompt + text, prompt=prompt).statistic == clean.statistic
+
+
+@pytest.mark.parametrize("name", ["kgw", "unigram", "ie"])
+def test_config_records_prf_v2_and_refuses_v1(key, name):
+    config = make_scheme(name, key).config()
+    assert config["prf_version"] == 2
+    with pytest.raises(InputError, match="PRF spec v1, which wmkit withdrew"):
+        SCHEMES[name].from_config({**config, "prf_version": 1}, key)
+    with pytest.raises(InputError, match="unknown prf_version 3"):
+        SCHEMES[name].from_config({**config, "prf_version": 3}, key)

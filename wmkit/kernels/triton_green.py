@@ -1,9 +1,9 @@
 """Triton kernels for the wmkit PRF (spec: :mod:`wmkit.prf`), bit-identical to the torch reference.
 
 * :func:`green_bias_triton` -- one launch for a whole batch: hash each row's context, evaluate
-  the PRF for every vocabulary id, add ``delta`` to the green logits. Grid ``(rows, V / BLOCK)``;
-  the per-row Philox is recomputed by each block (a few dozen integer ops), so nothing is
-  written between launches and no ``[batch, vocab]`` temporary exists. In place, only green
+  the PRF for every vocabulary id, add ``delta`` to the green logits. Grid ``(rows, V / 1024)``;
+  each program recomputes the row's context state (``ceil(h / 4)`` Philox calls) and makes one
+  Philox call per 4 vocabulary entries (a ``[256, 4]`` tile), so nothing is written between launches and no ``[batch, vocab]`` temporary exists. In place, only green
   logits are written (``gamma`` of the row). Logits are float32, as samplers (transformers,
   vLLM) hand them to logits processors; other dtypes take the torch path. An optional per-row mask skips rows (IE's
   low-entropy steps, or requests that opted out).
@@ -15,64 +15,84 @@ Everything runs under ``TRITON_INTERPRET=1`` on the CPU too, which is how CI che
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import triton
 import triton.language as tl
 
 from .. import prf
 
-GEN_BLOCK = 1024
+GEN_GROUPS = 256  # token calls per program: 1,024 vocabulary entries
 DET_BLOCK = 256
+PHILOX_M0: tl.constexpr = tl.constexpr(prf.PHILOX_M0)
+PHILOX_M1: tl.constexpr = tl.constexpr(prf.PHILOX_M1)
+PHILOX_W0: tl.constexpr = tl.constexpr(prf.PHILOX_W0)
+PHILOX_W1: tl.constexpr = tl.constexpr(prf.PHILOX_W1)
+CTX_DOMAIN: tl.constexpr = tl.constexpr(prf.CTX_DOMAIN)
+TOKEN_DOMAIN: tl.constexpr = tl.constexpr(prf.TOKEN_DOMAIN)
+SELECT_DOMAIN: tl.constexpr = tl.constexpr(prf.SELECT_DOMAIN)
 
 
 @triton.jit
-def _mix32(x):
-    x = x ^ (x >> 16)
-    x = (x * 0x85EBCA6B).to(tl.uint32)
-    x = x ^ (x >> 13)
-    x = (x * 0xC2B2AE35).to(tl.uint32)
-    return x ^ (x >> 16)
-
-
-@triton.jit
-def _philox_w0(c0, c1, c2, c3, k0, k1):
-    """First output word of Philox4x32-10 (all arguments uint32, any matching shapes)."""
+def _philox(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10, all four output words (uint32 arguments of matching or broadcastable shapes)."""
     for _ in tl.static_range(10):
-        m0 = (c0 * 0 + 0xD2511F53).to(tl.uint32)
-        m1 = (c2 * 0 + 0xCD9E8D57).to(tl.uint32)
+        m0 = (c0 * 0 + PHILOX_M0).to(tl.uint32)
+        m1 = (c2 * 0 + PHILOX_M1).to(tl.uint32)
         hi0 = tl.umulhi(c0, m0)
         lo0 = (c0 * m0).to(tl.uint32)
         hi1 = tl.umulhi(c2, m1)
         lo1 = (c2 * m1).to(tl.uint32)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-        k0 = (k0 + 0x9E3779B9).to(tl.uint32)
-        k1 = (k1 + 0xBB67AE85).to(tl.uint32)
-    return c0
+        k0 = (k0 + PHILOX_W0).to(tl.uint32)
+        k1 = (k1 + PHILOX_W1).to(tl.uint32)
+    return c0, c1, c2, c3
 
 
 @triton.jit
-def _prf_words(ctx_ptr, tok, zero, k0, k1, H: tl.constexpr, SELFHASH: tl.constexpr):
-    """PRF words of tokens ``tok`` after the ``H`` tokens at ``ctx_ptr`` (scalar or per-lane pointers).
+def _state(ctx_ptr, zero, k0, k1, d0, d1, H: tl.constexpr, HEND: tl.constexpr, MODE: tl.constexpr, HWORD: tl.constexpr):
+    """The 128-bit context state of the ``H`` tokens at ``ctx_ptr`` (spec: :func:`wmkit.prf.context_state`);
+    ``HEND = max(H, 1)`` (an empty context still takes one call).
 
-    ``zero`` is a uint32 zero shaped like the context words (a scalar for one row's context in
-    generation, a vector of positions in detection).
-    """
-    a = (tok * 0x9E3779B9).to(tl.uint32)
-    if SELFHASH:
-        s = a * 0 + 0xFFFFFFFF
-        s = s.to(tl.uint32)
-        for j in tl.static_range(H):
-            x = tl.load(ctx_ptr + j).to(tl.uint32)
-            r = _philox_w0(x, zero + H, zero, zero + 1, zero + k0, zero + k1)
-            s = tl.minimum(s, _mix32(r ^ a))
-        return _mix32(s ^ a)
-    else:
-        c = (zero + 0x811C9DC5).to(tl.uint32)
-        for j in tl.static_range(H):
-            x = tl.load(ctx_ptr + j).to(tl.uint32)
-            c = _mix32(c ^ x)
-        seed = _philox_w0(c, zero + H, zero, zero, zero + k0, zero + k1)
-        return _mix32(seed ^ a)
+    ``zero`` is a uint32 zero shaped like one context word (a scalar in generation, a vector of
+    positions in detection)."""
+    s0 = zero + d0
+    s1 = zero + d1
+    s2 = zero + (CTX_DOMAIN ^ MODE)
+    s3 = zero + HWORD
+    for off in tl.static_range(0, HEND, 4):
+        w0 = zero + 0xFFFFFFFF
+        w1 = zero + 0xFFFFFFFE
+        w2 = zero + 0xFFFFFFFD
+        w3 = zero + 0xFFFFFFFC
+        if off < H:
+            w0 = tl.load(ctx_ptr + off).to(tl.uint32)
+        if off + 1 < H:
+            w1 = tl.load(ctx_ptr + off + 1).to(tl.uint32)
+        if off + 2 < H:
+            w2 = tl.load(ctx_ptr + off + 2).to(tl.uint32)
+        if off + 3 < H:
+            w3 = tl.load(ctx_ptr + off + 3).to(tl.uint32)
+        s0, s1, s2, s3 = _philox(s0 ^ w0, s1 ^ w1, s2 ^ w2, s3 ^ w3, zero + (k0 ^ (off // 4)), zero + k1)
+    return s0, s1, s2, s3
+
+
+@triton.jit
+def _tile_words(groups, col, s0, s1, s2, s3, k0, k1, DOMAIN: tl.constexpr):
+    """Words of the tokens ``4 * groups[:, None] + col[None, :]``: one Philox call per group."""
+    w0, w1, w2, w3 = _philox(groups, groups * 0 + s0, groups * 0 + s1, groups * 0 + s2,
+                             groups * 0 + (k0 ^ s3), groups * 0 + (k1 ^ DOMAIN))
+    c = col[None, :]
+    return tl.where(c == 0, w0[:, None], tl.where(c == 1, w1[:, None], tl.where(c == 2, w2[:, None], w3[:, None])))
+
+
+@triton.jit
+def _token_word(tok, s0, s1, s2, s3, k0, k1, DOMAIN: tl.constexpr):
+    """Word of each token ``tok`` (a vector) under per-lane states."""
+    w0, w1, w2, w3 = _philox(tok >> 2, s0, s1, s2, k0 ^ s3, (tok * 0 + k1) ^ DOMAIN)
+    j = tok & 3
+    return tl.where(j == 0, w0, tl.where(j == 1, w1, tl.where(j == 2, w2, w3)))
 
 
 @triton.jit
@@ -80,19 +100,37 @@ def _green_bias_kernel(
     scores_ptr, out_ptr, ids_ptr, mask_ptr,
     stride_s, stride_o, stride_i, ctx_start, V,
     key_ptr, thr, delta,
-    H: tl.constexpr, SELFHASH: tl.constexpr, HAS_MASK: tl.constexpr, INPLACE: tl.constexpr, BLOCK: tl.constexpr,
+    H: tl.constexpr, HEND: tl.constexpr, SELFHASH: tl.constexpr, HAS_MASK: tl.constexpr, INPLACE: tl.constexpr,
+    GROUPS: tl.constexpr,
 ):
     row = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    groups = (tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)).to(tl.uint32)
+    col = tl.arange(0, 4).to(tl.uint32)
+    offs = (groups[:, None] * 4 + col[None, :]).to(tl.int64)
     inb = offs < V
     zero = tl.program_id(0).to(tl.uint32) * 0
     k0 = tl.load(key_ptr).to(tl.uint32)
     k1 = tl.load(key_ptr + 1).to(tl.uint32)
-    u = _prf_words(ids_ptr + row * stride_i + ctx_start, offs.to(tl.uint32), zero, k0, k1, H, SELFHASH)
+    d0 = tl.load(key_ptr + 2).to(tl.uint32)
+    d1 = tl.load(key_ptr + 3).to(tl.uint32)
+    ctx = ids_ptr + row * stride_i + ctx_start
+    if SELFHASH:
+        best_sel = tl.full([GROUPS, 4], 0xFFFFFFFF, tl.uint32)
+        u = best_sel
+        for j in tl.static_range(H):
+            s0, s1, s2, s3 = _state(ctx + j, zero, k0, k1, d0, d1, 1, 1, 1, H)
+            sel = _tile_words(groups, col, s0, s1, s2, s3, k0, k1, SELECT_DOMAIN)
+            colour = _tile_words(groups, col, s0, s1, s2, s3, k0, k1, TOKEN_DOMAIN)
+            take = (sel < best_sel) | (j == 0)
+            best_sel = tl.where(take, sel, best_sel)
+            u = tl.where(take, colour, u)
+    else:
+        s0, s1, s2, s3 = _state(ctx, zero, k0, k1, d0, d1, H, HEND, 0, H)
+        u = _tile_words(groups, col, s0, s1, s2, s3, k0, k1, TOKEN_DOMAIN)
     green = u.to(tl.int64) < thr
     live = inb
     if HAS_MASK:
-        active = (tl.zeros([BLOCK], dtype=tl.int32) + tl.load(mask_ptr + row).to(tl.int32)) != 0
+        active = (tl.zeros([GROUPS, 4], dtype=tl.int32) + tl.load(mask_ptr + row).to(tl.int32)) != 0
         green = green & active
         if INPLACE:
             live = inb & active
@@ -107,7 +145,7 @@ def _green_bias_kernel(
 @triton.jit
 def _green_positions_kernel(
     ids_ptr, len_ptr, out_ptr, stride_i, stride_o, key_ptr, thr,
-    H: tl.constexpr, SELFHASH: tl.constexpr, BLOCK: tl.constexpr,
+    H: tl.constexpr, HEND: tl.constexpr, SELFHASH: tl.constexpr, BLOCK: tl.constexpr,
 ):
     seq = tl.program_id(0)
     pos = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -119,26 +157,46 @@ def _green_positions_kernel(
     zero = pos.to(tl.uint32) * 0
     k0 = tl.load(key_ptr).to(tl.uint32)
     k1 = tl.load(key_ptr + 1).to(tl.uint32)
-    u = _prf_words(row + safe - H, tok, zero, k0, k1, H, SELFHASH)
+    d0 = tl.load(key_ptr + 2).to(tl.uint32)
+    d1 = tl.load(key_ptr + 3).to(tl.uint32)
+    ctx = row + safe - H
+    if SELFHASH:
+        best_sel = zero + 0xFFFFFFFF
+        u = best_sel
+        for j in tl.static_range(H):
+            s0, s1, s2, s3 = _state(ctx + j, zero, k0, k1, d0, d1, 1, 1, 1, H)
+            sel = _token_word(tok, s0, s1, s2, s3, zero + k0, k1, SELECT_DOMAIN)
+            colour = _token_word(tok, s0, s1, s2, s3, zero + k0, k1, TOKEN_DOMAIN)
+            take = (sel < best_sel) | (j == 0)
+            best_sel = tl.where(take, sel, best_sel)
+            u = tl.where(take, colour, u)
+    else:
+        s0, s1, s2, s3 = _state(ctx, zero, k0, k1, d0, d1, H, HEND, 0, H)
+        u = _token_word(tok, s0, s1, s2, s3, zero + k0, k1, TOKEN_DOMAIN)
     green = (u.to(tl.int64) < thr) & valid
     tl.store(out_ptr + seq * stride_o + pos, green.to(tl.int8), mask=pos < n)
 
 
-_KEYS: dict[tuple[tuple[int, int], str], torch.Tensor] = {}
+_KEYS: "OrderedDict[tuple[tuple[int, ...], str], torch.Tensor]" = OrderedDict()
+_KEY_CACHE_SIZE = 16  # bounded: a server rotating keys keeps neither unbounded memory nor stale key material
 
 
-def _key_tensor(key: tuple[int, int], device: torch.device) -> torch.Tensor:
+def _key_tensor(key: prf.Key, device: torch.device) -> torch.Tensor:
     """The key as a device tensor, made once per (key, device): no host-to-device copy per step.
 
     A tensor rather than two int arguments, which Triton would specialize on (``== 1``)."""
-    k = (tuple(key), str(device))
-    if k not in _KEYS:
-        _KEYS[k] = torch.tensor(key, dtype=torch.int64, device=device)
+    k = (tuple(int(w) for w in prf.check_key(key)), str(device))
+    if k in _KEYS:
+        _KEYS.move_to_end(k)
+    else:
+        _KEYS[k] = torch.tensor(k[0], dtype=torch.int64, device=device)
+        while len(_KEYS) > _KEY_CACHE_SIZE:
+            _KEYS.popitem(last=False)
     return _KEYS[k]
 
 
 def green_bias_triton(
-    scores: torch.Tensor, input_ids: torch.Tensor, key: tuple[int, int], h: int, seeding: str, gamma: float,
+    scores: torch.Tensor, input_ids: torch.Tensor, key: prf.Key, h: int, seeding: str, gamma: float,
     delta: float, row_mask: torch.Tensor | None = None, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton version of :func:`wmkit.kernels.green_bias_reference`; ``out=scores`` works in place."""
@@ -152,17 +210,17 @@ def green_bias_triton(
         raise ValueError("scores and out must be contiguous along the vocabulary")
     ids = input_ids if input_ids.stride(-1) == 1 else input_ids.contiguous()
     mask = row_mask.to(torch.int8) if row_mask is not None else ids  # dummy pointer when unused
-    grid = (b, triton.cdiv(v, GEN_BLOCK))
+    grid = (b, triton.cdiv(v, 4 * GEN_GROUPS))
     _green_bias_kernel[grid](
         scores, out, ids, mask, scores.stride(0), out.stride(0), ids.stride(0), ids.shape[1] - h, v,
         _key_tensor(key, scores.device), prf.threshold(gamma), float(delta),
-        H=h, SELFHASH=seeding == "selfhash", HAS_MASK=row_mask is not None, INPLACE=inplace, BLOCK=GEN_BLOCK,
+        H=h, HEND=max(h, 1), SELFHASH=seeding == "selfhash", HAS_MASK=row_mask is not None, INPLACE=inplace, GROUPS=GEN_GROUPS,
     )
     return out
 
 
 def green_positions_triton(
-    ids: torch.Tensor, lengths: torch.Tensor, key: tuple[int, int], h: int, seeding: str, gamma: float
+    ids: torch.Tensor, lengths: torch.Tensor, key: prf.Key, h: int, seeding: str, gamma: float
 ) -> torch.Tensor:
     """``[S, N]`` bool: token ``ids[s, i]`` is green after its ``h`` predecessors (False if ``i < h``
     or ``i >= lengths[s]``)."""
@@ -173,6 +231,6 @@ def green_positions_triton(
         grid = (s, triton.cdiv(n, DET_BLOCK))
         _green_positions_kernel[grid](
             ids, lengths.contiguous(), out, ids.stride(0), out.stride(0), _key_tensor(key, ids.device), prf.threshold(gamma),
-            H=h, SELFHASH=seeding == "selfhash", BLOCK=DET_BLOCK,
+            H=h, HEND=max(h, 1), SELFHASH=seeding == "selfhash", BLOCK=DET_BLOCK,
         )
     return out.bool()

@@ -30,6 +30,15 @@ DEFAULT_FPR = 1e-4
 DEFAULT_MIN_TOKENS = 16
 
 
+def check_prf_version(name: str, version: Any) -> None:
+    """Refuse a config made under another PRF spec: text marked under v1 cannot be checked by v2."""
+    if version == 1:
+        raise InputError(f"{name}: this config uses PRF spec v1, which wmkit withdrew (its 32-bit per-context seed "
+                         f"let an attacker recover green lists); text marked under v1 cannot be checked by this version")
+    if version != prf.PRF_VERSION:
+        raise InputError(f"{name}: unknown prf_version {version!r}; this wmkit implements PRF spec v{prf.PRF_VERSION}")
+
+
 def normalize_text(text: str) -> str:
     """Unicode NFC with zero-width characters and soft hyphens removed (detection-side cleanup)."""
     return unicodedata.normalize("NFC", text).translate(ZERO_WIDTH)
@@ -48,11 +57,13 @@ class GreenListScheme(KeyedConfig, ABC):
     key: SecretKey = field(repr=False, compare=False)
     gamma: float = 0.25
     delta: float = 2.0
+    prf_version: int = prf.PRF_VERSION
     name: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, SecretKey):
             raise InputError(f"{self.name}: key must be a wmkit.keys.SecretKey, got {type(self.key).__name__}")
+        check_prf_version(self.name, self.prf_version)
         if not (isinstance(self.gamma, (int, float)) and 0.0 < self.gamma < 1.0):
             raise InputError(f"{self.name}: gamma must be in (0, 1), got {self.gamma!r}")
         if not (isinstance(self.delta, (int, float)) and 0.0 <= self.delta < 1e4):
@@ -67,8 +78,8 @@ class GreenListScheme(KeyedConfig, ABC):
     def seeding_params(self) -> tuple[int, str]:
         """``(h, seeding)``: context width and seeding scheme of the PRF (see :mod:`wmkit.prf`)."""
 
-    def prf_key(self) -> tuple[int, int]:
-        """This scheme's 64-bit PRF key, derived from the secret with the scheme's name as label."""
+    def prf_key(self) -> tuple[int, int, int, int]:
+        """This scheme's PRF v2 key ``(k0, k1, d0, d1)``, derived from the secret with the scheme's name as label."""
         return self.key.prf_key(f"text/{self.name}")
 
     def processor(self, tokenizer: Any = None) -> "GreenListProcessor":
@@ -100,7 +111,7 @@ class GreenListProcessor(LogitsProcessor):
     so are the rows it returns False for (one row mask into the same kernel).
     """
 
-    def __init__(self, prf_key: tuple[int, int], h: int, seeding: str, gamma: float, delta: float, vocab_size: int | None = None,
+    def __init__(self, prf_key: tuple[int, ...], h: int, seeding: str, gamma: float, delta: float, vocab_size: int | None = None,
                  gate: "Gate | None" = None):
         self.prf_key, self.h, self.seeding = prf_key, h, seeding
         self.gamma, self.delta, self.vocab_size, self.gate = gamma, delta, vocab_size, gate
