@@ -80,6 +80,7 @@ __all__ = [
     "PRF_VERSION",
     "philox4x32_10",
     "threshold",
+    "absorb",
     "context_state",
     "token_words",
     "vocab_words",
@@ -136,6 +137,25 @@ def threshold(gamma: float) -> int:
     return int(gamma * 2**32)
 
 
+def absorb(windows: torch.Tensor, state: Sequence, k0, k1, key_step: int, min_blocks: int) -> tuple[torch.Tensor, ...]:  # type: ignore[no-untyped-def]
+    """Absorb contexts ``windows[..., h]`` into 128-bit states, 4 words per Philox call.
+
+    ``state`` is the initial four words (ints or tensors broadcasting to ``windows.shape[:-1]``);
+    block ``b`` is padded with ``M - 1 - i`` past the context and keyed ``(k0 ^ key_step * b, k1)``;
+    at least ``min_blocks`` calls are made. wmkit's spec uses ``key_step = 1, min_blocks = 1``;
+    vLLM's ``philox4x32-10-v1`` uses ``key_step = 4, min_blocks = 0``.
+    """
+    h = windows.shape[-1]
+    w = windows.to(torch.int64) & MASK32
+    zero = torch.zeros(w.shape[:-1], dtype=torch.int64, device=w.device)
+    full = lambda v: zero + v  # noqa: E731
+    s = tuple(full(x) for x in state)
+    for b in range(max(min_blocks, -(-h // 4))):
+        block = [w[..., 4 * b + i] if 4 * b + i < h else full(MASK32 - i) for i in range(4)]
+        s = philox4x32_10(*(s[i] ^ block[i] for i in range(4)), k0 ^ (key_step * b), k1)
+    return s
+
+
 def context_state(windows: torch.Tensor, key: Key, mode: int, h_word: int | None = None) -> tuple[torch.Tensor, ...]:
     """The 128-bit state (four ``[...]`` word tensors) of each context ``windows[..., h]`` (oldest first).
 
@@ -143,14 +163,7 @@ def context_state(windows: torch.Tensor, key: Key, mode: int, h_word: int | None
     """
     k0, k1, d0, d1 = key  # ints, or 0-d int64 tensors (a compiled graph then serves every key)
     h = windows.shape[-1]
-    w = windows.to(torch.int64) & MASK32
-    zero = torch.zeros(w.shape[:-1], dtype=torch.int64, device=w.device)
-    full = lambda v: zero + v  # noqa: E731
-    s = (full(d0), full(d1), full(CTX_DOMAIN ^ mode), full(h if h_word is None else h_word))
-    for b in range(max(1, -(-h // 4))):
-        block = [w[..., 4 * b + i] if 4 * b + i < h else full(MASK32 - i) for i in range(4)]
-        s = philox4x32_10(*(s[i] ^ block[i] for i in range(4)), k0 ^ b, k1)
-    return s
+    return absorb(windows, (d0, d1, CTX_DOMAIN ^ mode, h if h_word is None else h_word), k0, k1, 1, 1)
 
 
 def _token_call(state: Sequence[torch.Tensor], groups: torch.Tensor, key: Key, domain: int) -> tuple[torch.Tensor, ...]:

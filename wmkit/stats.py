@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+from scipy import special as _special
 from scipy import stats as _sps
 
 __all__ = [
@@ -31,6 +32,9 @@ __all__ = [
     "tpr_at_fpr",
     "check_fpr",
     "windowed_binomial_detection",
+    "normal_pvalue",
+    "gamma_pvalue",
+    "gamma_detection",
 ]
 
 
@@ -87,6 +91,39 @@ def binomial_pvalue(k: int, n: int, p0: float) -> float:
     if n <= 0:
         return 1.0
     return float(_sps.binom.sf(k - 1, n, p0))
+
+
+def normal_pvalue(z: float) -> float:
+    """Upper normal tail ``P[N(0, 1) >= z]``."""
+    return float(_sps.norm.sf(z))
+
+
+def gamma_pvalue(score: float, shape: float, scale: float = 1.0) -> float:
+    """Upper tail ``P[Gamma(shape, scale) >= score]`` (regularized upper incomplete gamma; 1 if ``score <= 0``).
+
+    The null of the Gumbel-max detectors: a sum of ``n`` independent Exp(1) scores is Gamma(n, 1).
+
+    >>> round(gamma_pvalue(1.0, 1), 6) == round(math.exp(-1.0), 6)
+    True
+    """
+    if shape <= 0 or score <= 0:
+        return 1.0
+    return float(_special.gammaincc(shape, score / scale))
+
+
+def gamma_detection(method: str, score: float, n: int, fpr: float, shape: float | None = None, scale: float = 1.0,
+                    evidence: dict[str, list] | None = None, **details: Any) -> Detection:
+    """A :class:`Detection` for a score whose null is ``Gamma(shape, scale)`` (default ``Gamma(n, 1)``).
+
+    ``statistic`` is the score itself (larger = more evidence); ``details["z"]`` its standardised value.
+    """
+    check_fpr(fpr)
+    k = float(n if shape is None else shape)
+    p = gamma_pvalue(score, k, scale) if n > 0 else 1.0
+    z = (score - k * scale) / (math.sqrt(k) * scale) if k > 0 else 0.0
+    return Detection(method=method, n_scored=int(n), statistic=float(score), p_value=p, fpr=fpr,
+                     decision=bool(n > 0 and p <= fpr), details={"z": z, "null_shape": k, "null_scale": scale, **details},
+                     evidence=evidence)
 
 
 def binomial_detection(

@@ -10,7 +10,6 @@ scoring tokens, repeated n-grams, statistics -- lives here once.
 from __future__ import annotations
 
 import dataclasses
-import unicodedata
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
@@ -22,12 +21,10 @@ from ... import prf
 from ...errors import InputError
 from ... import kernels
 from ...keys import KeyedConfig, SecretKey
-from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, check_fpr, windowed_binomial_detection
+from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, windowed_binomial_detection
+from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, DetectorCore, normalize_text
 
-ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 Gate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids [B, L], scores [B, V]) -> [B] bool
-DEFAULT_FPR = 1e-4
-DEFAULT_MIN_TOKENS = 16
 
 
 def check_prf_version(name: str, version: Any) -> None:
@@ -37,11 +34,6 @@ def check_prf_version(name: str, version: Any) -> None:
                          f"let an attacker recover green lists); text marked under v1 cannot be checked by this version")
     if version != prf.PRF_VERSION:
         raise InputError(f"{name}: unknown prf_version {version!r}; this wmkit implements PRF spec v{prf.PRF_VERSION}")
-
-
-def normalize_text(text: str) -> str:
-    """Unicode NFC with zero-width characters and soft hyphens removed (detection-side cleanup)."""
-    return unicodedata.normalize("NFC", text).translate(ZERO_WIDTH)
 
 
 @dataclass(frozen=True)
@@ -82,8 +74,12 @@ class GreenListScheme(KeyedConfig, ABC):
         """This scheme's PRF v2 key ``(k0, k1, d0, d1)``, derived from the secret with the scheme's name as label."""
         return self.key.prf_key(f"text/{self.name}")
 
-    def processor(self, tokenizer: Any = None) -> "GreenListProcessor":
-        """A batched ``transformers.LogitsProcessor`` that adds ``delta`` to green logits."""
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> "GreenListProcessor":
+        """A batched ``transformers.LogitsProcessor`` that adds ``delta`` to green logits.
+
+        Every text scheme's processor takes the sampler's ``temperature`` and ``top_p``: a bias is
+        applied before them (it ignores them); a scheme that picks the token itself (Gumbel-max) needs them.
+        """
         return self.gated_processor(tokenizer, None)
 
     def gated_processor(self, tokenizer: Any, gate: "Gate | None") -> "GreenListProcessor":
@@ -129,33 +125,15 @@ class GreenListProcessor(LogitsProcessor):
         return kernels.green_bias(scores, input_ids, self.prf_key, self.h, self.seeding, self.gamma, self.delta, row_mask=rows)
 
 
-class DetectorBase:
-    """What every text detector validates and shares: the FPR, the fewest scorable tokens, and
-    token ids checked against the tokenizer."""
+class DetectorBase(DetectorCore):
+    """What the green-list detectors add to :class:`DetectorCore`: the PRF's context width and
+    seeding, and whether repeated (context, token) n-grams count once."""
 
     def __init__(self, scheme: GreenListScheme, tokenizer: Any, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True,
                  min_tokens: int = DEFAULT_MIN_TOKENS):
-        self.scheme, self.tokenizer = scheme, tokenizer
-        try:
-            self.fpr = check_fpr(fpr)
-        except ValueError as e:
-            raise InputError(str(e)) from None
-        if min_tokens < 1:
-            raise InputError(f"min_tokens must be >= 1, got {min_tokens}")
-        self.ignore_repeated_ngrams, self.min_tokens = ignore_repeated_ngrams, min_tokens
+        super().__init__(scheme, tokenizer, fpr, min_tokens)
+        self.ignore_repeated_ngrams = ignore_repeated_ngrams
         self.h, self.seeding = scheme.seeding_params()
-
-    def checked_ids(self, item: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """``item`` as a 1-D id tensor; an :class:`InputError` if an id is outside the tokenizer."""
-        ids = torch.as_tensor(item, dtype=torch.long).flatten()
-        vocab = len(self.tokenizer) if self.tokenizer is not None else None
-        if ids.numel() and (int(ids.min()) < 0 or (vocab is not None and int(ids.max()) >= vocab)):
-            raise InputError(f"token ids out of range for a {vocab}-token tokenizer (mismatched tokenizer?)")
-        return ids
-
-    def too_short(self, n: int) -> InputError:
-        """The error for a text with fewer than ``min_tokens`` scorable tokens."""
-        return InputError(f"only {n} token(s) can be scored; at least {self.min_tokens} are needed")
 
 
 class GreenListDetector(DetectorBase):
@@ -166,22 +144,14 @@ class GreenListDetector(DetectorBase):
     Kirchenbauer et al.'s detector: repeated phrases would otherwise inflate z.
     """
 
+    capabilities: ClassVar[Capabilities] = Capabilities(windowed=True, device=True)
+
     def __init__(self, scheme: GreenListScheme, tokenizer: Any, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True, min_tokens: int = DEFAULT_MIN_TOKENS):
         super().__init__(scheme, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
         self._key, self._thr = scheme.prf_key(), prf.threshold(scheme.gamma)
 
-    def token_ids(self, text: str, prompt: str | None = None) -> torch.Tensor:
-        """Normalize ``text``, strip ``prompt`` if the text starts with it, and tokenize."""
-        text = normalize_text(text)
-        if prompt:
-            p = normalize_text(prompt)
-            if text.startswith(p):
-                text = text[len(p):]
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return torch.tensor(ids, dtype=torch.long)
-
     def _ids(self, item: str | Sequence[int] | torch.Tensor, prompt: str | None) -> torch.Tensor:
-        return self.token_ids(item, prompt) if isinstance(item, str) else self.checked_ids(item)
+        return self.ids_of(item, prompt)
 
     def detect(self, text: str | Sequence[int] | torch.Tensor, prompt: str | None = None) -> Detection:
         """Detect the mark in a text (or in token ids of the scheme's tokenizer).

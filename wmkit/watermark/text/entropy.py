@@ -30,6 +30,7 @@ from ... import kernels
 from ...errors import InputError
 from ...stats import Detection, binomial_detection, check_fpr
 from .base import DEFAULT_FPR, DEFAULT_MIN_TOKENS, DetectorBase, GreenListScheme, normalize_text
+from .detector import Capabilities
 
 __all__ = [
     "shannon_entropy",
@@ -210,6 +211,8 @@ class EntropyAwareDetector(DetectorBase, ABC):
 
 class ModelDetector(EntropyAwareDetector):
     """The detector of a baseline that runs the generating model (SWEET, EWD) over each text."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(needs_model=True)
 
     def __init__(self, scheme: GreenListScheme, tokenizer: Any, model: Any, fpr: float = DEFAULT_FPR,
                  ignore_repeated_ngrams: bool = True, min_tokens: int = DEFAULT_MIN_TOKENS, batch_size: int = 8):

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from transformers import LogitsProcessorList
 
 from ...errors import InputError
-from .base import GreenListScheme
 
-__all__ = ["generate_completions"]
+__all__ = ["generate_completions", "TextScheme"]
+
+
+class TextScheme(Protocol):
+    """What generation needs of a text scheme: a processor for the sampler's settings."""
+
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> Any: ...
 
 
 def _encode(tokenizer: Any, prompts: Sequence[str], chat: bool, prefills: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -40,7 +45,7 @@ def generate_completions(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
-    scheme: GreenListScheme | None = None,
+    scheme: TextScheme | None = None,
     max_new_tokens: int = 200,
     temperature: float = 1.0,
     seed: int | None = None,
@@ -71,7 +76,8 @@ def generate_completions(
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if not 0.0 < top_p <= 1.0:
         raise InputError(f"top_p must be in (0, 1], got {top_p}")
-    processors = LogitsProcessorList([scheme.processor(tokenizer)] if scheme is not None else [])
+    processors = LogitsProcessorList(
+        [scheme.processor(tokenizer, temperature=temperature, top_p=top_p)] if scheme is not None else [])
     sampling: dict[str, Any] = (
         {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p}
         if temperature > 0

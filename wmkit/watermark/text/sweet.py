@@ -60,7 +60,7 @@ class SWEET(NeedsModel, KGW):
             raise InputError(f"sweet: entropy_threshold must be a number of nats in [0, 20), got {self.entropy_threshold!r}")
         super().__post_init__()
 
-    def processor(self, tokenizer: Any = None) -> GreenListProcessor:
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> GreenListProcessor:
         """Adds ``delta`` to green logits of the rows whose entropy (from these logits) is above the threshold."""
         tau = self.entropy_threshold
         return self.gated_processor(tokenizer, lambda ids, scores: shannon_entropy(scores) > tau)

@@ -1,0 +1,138 @@
+"""The one detector contract of every text scheme, and the core every text detector builds on.
+
+A detector (``scheme.detector(tokenizer, fpr=..., ...)``) has
+
+- ``detect(text_or_ids, prompt=None) -> Detection`` (an :class:`~wmkit.errors.InputError` if the
+  item cannot be scored), ``detect_many(items, prompts=None) -> list[Detection | InputError]``
+  (one item's failure never costs another's result) and ``detect_windowed(item, prompt=None)``;
+- ``capabilities``: what it can do and needs, which callers (``wm detect``) ask instead of
+  matching scheme names.
+
+``prompt`` is the prompt the text continues. Schemes whose context includes the prompt (the
+entropy-aware ones) score the text's first tokens in its context; the others strip it if the text
+starts with it, so a text given with or without its prompt scores the same.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from ...errors import InputError
+from ...stats import Detection, check_fpr
+
+__all__ = ["Capabilities", "TextDetector", "DetectorCore", "TokenDetector", "normalize_text", "DEFAULT_FPR",
+           "DEFAULT_MIN_TOKENS"]
+
+ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+DEFAULT_FPR = 1e-4  # every text detector and `wm detect` decide at p <= 1e-4 unless told otherwise
+DEFAULT_MIN_TOKENS = 16
+
+Item = str | Sequence[int] | torch.Tensor
+
+
+def normalize_text(text: str) -> str:
+    """Unicode NFC with zero-width characters and soft hyphens removed (detection-side cleanup)."""
+    return unicodedata.normalize("NFC", text).translate(ZERO_WIDTH)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a detector needs and supports.
+
+    Attributes:
+        needs_model: detection runs the generating model (``detector(..., model=lm)``).
+        windowed: ``detect_windowed`` finds and locates a marked passage in a longer text.
+        device: ``detect_many(..., device="cuda")`` scores a batch on a GPU.
+    """
+
+    needs_model: bool = False
+    windowed: bool = False
+    device: bool = False
+
+
+@runtime_checkable
+class TextDetector(Protocol):
+    """The protocol every text scheme's detector satisfies."""
+
+    capabilities: ClassVar[Capabilities]
+
+    def detect(self, text: Item, prompt: str | None = None) -> Detection: ...
+
+    def detect_many(self, texts: Sequence[Item], prompts: Sequence[str | None] | None = None) -> list[Detection | InputError]: ...
+
+    def detect_windowed(self, text: Item, prompt: str | None = None) -> Detection: ...
+
+
+class DetectorCore:
+    """What every text detector validates and shares: the FPR, the fewest scorable tokens, token
+    ids checked against the tokenizer, and text normalised and tokenized one way."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, scheme: Any, tokenizer: Any, fpr: float = DEFAULT_FPR, min_tokens: int = DEFAULT_MIN_TOKENS):
+        self.scheme, self.tokenizer = scheme, tokenizer
+        try:
+            self.fpr = check_fpr(fpr)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        if not isinstance(min_tokens, int) or min_tokens < 1:
+            raise InputError(f"min_tokens must be an integer >= 1, got {min_tokens!r}")
+        self.min_tokens = min_tokens
+
+    def checked_ids(self, item: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """``item`` as a 1-D id tensor; an :class:`InputError` if an id is outside the tokenizer."""
+        ids = torch.as_tensor(item, dtype=torch.long).flatten()
+        vocab = len(self.tokenizer) if self.tokenizer is not None else None
+        if ids.numel() and (int(ids.min()) < 0 or (vocab is not None and int(ids.max()) >= vocab)):
+            raise InputError(f"token ids out of range for a {vocab}-token tokenizer (mismatched tokenizer?)")
+        return ids
+
+    def token_ids(self, text: str, prompt: str | None = None) -> torch.Tensor:
+        """Normalize ``text``, strip ``prompt`` if the text starts with it, and tokenize."""
+        text = normalize_text(text)
+        if prompt:
+            p = normalize_text(prompt)
+            if text.startswith(p):
+                text = text[len(p):]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def ids_of(self, item: Item, prompt: str | None = None) -> torch.Tensor:
+        """Token ids of a text (see :meth:`token_ids`) or checked ids."""
+        return self.token_ids(item, prompt) if isinstance(item, str) else self.checked_ids(item)
+
+    def too_short(self, n: int) -> InputError:
+        """The error for a text with fewer than ``min_tokens`` scorable tokens."""
+        return InputError(f"only {n} token(s) can be scored; at least {self.min_tokens} are needed")
+
+    def detect_windowed(self, text: Item, prompt: str | None = None) -> Detection:
+        """Locate a marked passage; only detectors whose ``capabilities.windowed`` is set implement it."""
+        raise InputError(f"windowed detection is not available for {getattr(self.scheme, 'name', 'this scheme')}")
+
+
+class TokenDetector(DetectorCore, ABC):
+    """Template detector (after vLLM's): tokenize -> score the ids -> :class:`Detection`."""
+
+    @abstractmethod
+    def score_ids(self, ids: torch.Tensor) -> Detection:
+        """The scheme's statistic over one item's token ids (raises :meth:`too_short` errors)."""
+
+    def detect(self, text: Item, prompt: str | None = None) -> Detection:
+        """Detect the mark in one text (or token ids); an :class:`InputError` if it cannot be scored."""
+        return self.score_ids(self.ids_of(text, prompt))
+
+    def detect_many(self, texts: Sequence[Item], prompts: Sequence[str | None] | None = None) -> list[Detection | InputError]:
+        """Detect each item; an item that cannot be scored yields its :class:`InputError`."""
+        prompts = list(prompts) if prompts is not None else [None] * len(texts)
+        out: list[Detection | InputError] = []
+        for t, p in zip(texts, prompts, strict=True):
+            try:
+                out.append(self.detect(t, p))
+            except InputError as e:
+                out.append(e)
+        return out

@@ -1,0 +1,462 @@
+"""vLLM's native text watermarks, bit-exact: ``vllm-gumbel``, ``vllm-dual-key-gumbel`` and ``vllm-sbw``.
+
+vLLM (0.30 and later, Model Runner V2) marks text in its sampler when started with
+``vllm serve MODEL --watermark-config '{"algorithm": "gumbel", "key": 42}'``. These schemes
+implement that specification (``vllm/v1/watermarking/`` of the released wheel; SBW from vLLM's
+main branch), so that a vLLM deployment's output is detected by ``wm detect -s vllm-gumbel
+--vllm-key 42``, and a transformers model can emit the same marks:
+
+* **PRF** ``philox4x32-10-v1``: a context of ``w`` *generated* tokens (``-1`` before the first
+  one; the prompt never enters) is absorbed into a 128-bit Philox state; candidate ``t`` gets word
+  ``t & 3`` of one Philox call per 4 tokens (the layout wmkit's own PRF v2 follows, so both use
+  :func:`wmkit.prf.absorb` and :func:`wmkit.prf.token_words`). Uniform: ``((w >> 8) + 1) / (2^24 + 1)``
+  as float32.
+* **gumbel**: token = ``argmax(logits / T - log(-log u))``; detection sums ``-log(1 - u_t)`` over
+  tokens with a first-seen context: Gamma(n, 1) under no mark. With ``deduplicate_contexts =
+  "single_turn"`` (vLLM's default) a step whose context already occurred in the completion is
+  sampled normally.
+* **dual_key_gumbel**: two keys ``sha256(b"key_a" | key)``, ``sha256(b"key_b" | key)``; each step uses
+  key B with probability ``alpha``; detection fuses the two scores with weights ``1 - alpha, alpha``
+  (vLLM's moment-matched Gamma p-value).
+* **sbw** (Stateless Bernoulli Watermarking, vLLM main): a per-token Philox Bernoulli trial keyed
+  by a 64-bit seed (lefthash: ``key * sum(context)``; selfhash: an anchored min-hash of Jenkins
+  hashes), ``+delta`` on green logits before temperature. vLLM main's SBW *detector* hashes the
+  lefthash context (``key * sum(h(context))``) while its sampler does not; wmkit follows the sampler,
+  so text vLLM emits is what it detects (``tests/test_vllm_native.py`` records both).
+
+vLLM keys are integers in ``[0, 2^64)``, kept apart from wmkit's hex key files:
+``--vllm-key`` or ``$WMKIT_VLLM_KEY``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from transformers import LogitsProcessor
+
+from ... import prf
+from ...errors import InputError, InvalidKeyError
+from ...keys import KeyedConfig
+from ...stats import Detection, binomial_detection, gamma_detection, normal_pvalue
+from .detector import Capabilities, TokenDetector
+
+__all__ = [
+    "VLLM_KEY_ENV", "parse_vllm_key", "load_vllm_key", "derive_watermark_key", "vllm_philox_words", "vllm_uniform",
+    "sbw_green", "VllmGumbel", "VllmDualKeyGumbel", "VllmSBW",
+]
+
+VLLM_KEY_ENV = "WMKIT_VLLM_KEY"
+MAX_KEY = 2**64 - 1
+CONTEXT_DOMAIN = 0x574D4358
+TOKEN_DOMAIN = 0x574D544B
+INT31_MAX = 0x7FFFFFFF
+DEDUP_SCOPES = ("none", "single_turn")
+
+
+def parse_vllm_key(value: Any, source: str = "--vllm-key") -> int:
+    """A vLLM watermark key: an integer in ``[0, 2^64)`` (decimal, or ``0x`` hex), as vLLM takes it."""
+    if isinstance(value, bool):
+        raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64), got {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) >= 32 and all(c in "0123456789abcdefABCDEF" for c in text):
+            raise InvalidKeyError(f"{source} looks like a wmkit hex key; vLLM keys are integers (the 'key' of --watermark-config)")
+        try:
+            value = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
+        except ValueError:
+            raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64), got {text!r}") from None
+    if not isinstance(value, int) or not 0 <= value <= MAX_KEY:
+        raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64) (vLLM's Philox keys are 64-bit), got {value!r}")
+    return value
+
+
+def load_vllm_key(value: Any = None, env: str = VLLM_KEY_ENV) -> int:
+    """The vLLM key from ``value``, else ``$WMKIT_VLLM_KEY``; else a clear error."""
+    if value is not None:
+        return parse_vllm_key(value)
+    if os.environ.get(env):
+        return parse_vllm_key(os.environ[env], f"${env}")
+    raise InvalidKeyError(f"no vLLM key given: pass --vllm-key N or set {env} (the 'key' of vLLM's --watermark-config)")
+
+
+def derive_watermark_key(key: int, domain: bytes) -> int:
+    """vLLM's subkey derivation: the first 8 bytes, big-endian, of SHA-256(``domain`` + key as 8 big-endian bytes)."""
+    return int.from_bytes(hashlib.sha256(domain + key.to_bytes(8, "big")).digest()[:8], "big")
+
+
+def vllm_philox_words(key: int, contexts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Words of vLLM's ``philox4x32-10-v1`` PRF: ``contexts[..., w]`` (``-1`` = before the completion),
+    ``tokens`` broadcasting against ``contexts.shape[:-1] + (1,)`` (e.g. ``[V]`` or ``[..., 1]``)."""
+    k0, k1 = key & prf.MASK32, key >> 32
+    state = prf.absorb(contexts, (CONTEXT_DOMAIN, contexts.shape[-1], 0, 0), k0, k1, key_step=4, min_blocks=0)
+    return prf.token_words([s.unsqueeze(-1) for s in state], tokens.to(contexts.device), (k0, k1), TOKEN_DOMAIN)
+
+
+def vllm_uniform(words: torch.Tensor) -> torch.Tensor:
+    """vLLM's word-to-uniform map: ``((w >> 8) + 1) / (2^24 + 1)`` in float64, then float32."""
+    return (((words & prf.MASK32) >> 8).to(torch.float64) + 1.0).div(2**24 + 1).to(torch.float32)
+
+
+def _hashint(x: torch.Tensor) -> torch.Tensor:
+    """SBW's Bob Jenkins integer hash on int32 (``x + 1`` so that ``-1`` padding hashes to 0), widened to int64."""
+    i = (x + 1).to(torch.int32)
+    i = i - (i << 6)
+    i = i ^ (i >> 17)
+    i = i - (i << 9)
+    i = i ^ (i << 4)
+    i = i - (i << 3)
+    i = i ^ (i << 10)
+    i = i ^ (i >> 15)
+    return i.to(torch.int64)
+
+
+def sbw_green(key: int, contexts: torch.Tensor, tokens: torch.Tensor, seeding: str, gamma: float) -> torch.Tensor:
+    """SBW green flags of ``tokens`` (broadcasting like :func:`vllm_philox_words`) after ``contexts[..., w]``.
+
+    Seeds wrap in int64 as vLLM's do; each token is a Philox Bernoulli trial at counter ``t >> 2``
+    under the seed's two words, green iff ``(word & 0x7FFFFFFF) < int(gamma * 0x7FFFFFFF)``.
+    """
+    hk = torch.tensor(key, dtype=torch.int64) if key < 2**63 else torch.tensor(key - 2**64, dtype=torch.int64)
+    t = tokens.to(torch.int64).to(contexts.device)
+    ctx = contexts.to(torch.int64)
+    if seeding == "lefthash":  # the sampler's rule (vLLM main's detector hashes the context first)
+        seeds = (hk * ctx.sum(-1)).unsqueeze(-1) + t * 0
+    else:
+        h_t = _hashint(t)
+        seeds = hk * h_t * h_t
+        prefix = ctx[..., 1:]
+        if prefix.shape[-1]:
+            terms = hk * _hashint(prefix).unsqueeze(-2) * h_t.unsqueeze(-1)  # [..., T, w - 1]
+            seeds = torch.minimum(terms.min(-1).values, seeds)
+    k0, k1 = seeds & prf.MASK32, (seeds >> 32) & prf.MASK32
+    z = torch.zeros_like(k0)
+    w = prf.philox4x32_10(z + (t >> 2), z, z, z, k0, k1)
+    j = t & 3
+    word = torch.where(j == 0, w[0], torch.where(j == 1, w[1], torch.where(j == 2, w[2], w[3])))
+    return (word & INT31_MAX) < int(gamma * INT31_MAX)
+
+
+# ---------------------------------------------------------------------------------------------
+# contexts of a completion, as vLLM's sampler and detector build them
+# ---------------------------------------------------------------------------------------------
+
+def completion_contexts(ids: torch.Tensor, width: int) -> torch.Tensor:
+    """``[..., n, width]``: the context of each of the ``n`` completion tokens (``-1`` before the first)."""
+    pad = torch.full((*ids.shape[:-1], width), -1, dtype=torch.int64, device=ids.device)
+    return torch.cat([pad, ids.to(torch.int64)], -1).unfold(-1, width, 1)[..., : ids.shape[-1], :]
+
+
+def first_context_mask(contexts: torch.Tensor) -> torch.Tensor:
+    """``[n]`` bool: context ``i`` has not occurred before position ``i`` (vLLM's detector deduplication)."""
+    n = contexts.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    _, inverse = torch.unique(contexts, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), n, dtype=torch.int64).scatter_reduce(
+        0, inverse, torch.arange(n), reduce="amin")
+    return first[inverse] == torch.arange(n)
+
+
+class CompletionProcessor(LogitsProcessor):
+    """Base of the vLLM-native processors: finds the completion inside transformers' ``input_ids``
+    (the columns after the first call of a ``generate()`` run) and builds vLLM's contexts.
+
+    A call continues the run iff its ``input_ids`` are the previous ones plus one column; any other
+    call starts a new run (the processor can be reused across ``generate()`` calls).
+    """
+
+    def __init__(self, width: int, vocab_size: int | None):
+        self.width, self.vocab_size = width, vocab_size
+        self._prev: torch.Tensor | None = None
+        self._start = 0
+
+    def completion(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The completion's token ids ``[B, n]`` so far (validates shapes)."""
+        if scores.dim() != 2 or input_ids.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
+            raise InputError(f"expected input_ids [batch, len] and scores [batch, vocab], got {tuple(input_ids.shape)} and {tuple(scores.shape)}")
+        if self.vocab_size is not None and scores.shape[1] < self.vocab_size:
+            raise InputError(f"scores have {scores.shape[1]} columns but the tokenizer has {self.vocab_size} tokens (mismatched tokenizer?)")
+        p = self._prev
+        if not (p is not None and p.shape[0] == input_ids.shape[0] and p.shape[1] + 1 == input_ids.shape[1]
+                and torch.equal(p, input_ids[:, :-1])):
+            self._start = input_ids.shape[1]
+        self._prev = input_ids
+        return input_ids[:, self._start:]
+
+    def contexts(self, completion: torch.Tensor) -> torch.Tensor:
+        """``[B, width]``: the context of the token about to be sampled."""
+        return completion_contexts(torch.cat([completion, completion.new_zeros(completion.shape[0], 1)], 1),
+                                   self.width)[:, -1, :]
+
+
+def repeated_context(completion: torch.Tensor, contexts: torch.Tensor, max_history: int | None) -> torch.Tensor:
+    """``[B]`` bool: the current context already occurred at one of the last ``max_history`` positions
+    of the completion (vLLM's ``single_turn`` deduplication)."""
+    n = completion.shape[1]
+    if n == 0:
+        return torch.zeros(completion.shape[0], dtype=torch.bool, device=completion.device)
+    past = completion_contexts(completion, contexts.shape[-1])  # [B, n, w]: contexts of positions 0..n-1
+    lo = 0 if max_history is None else max(0, n - max_history)
+    return (past[:, lo:, :] == contexts.unsqueeze(1)).all(-1).any(-1)
+
+
+def _top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, idx = torch.sort(logits, dim=-1, descending=False)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    remove = cum <= 1 - top_p
+    remove[..., -1] = False
+    return logits.masked_fill(remove.scatter(-1, idx, remove), float("-inf"))
+
+
+def gumbel_choice(key: int, logits: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+    """vLLM's Gumbel-max choice on processed logits ``[B, V]``: ``argmax(logits - log(-log u))`` (float32)."""
+    vocab = torch.arange(logits.shape[-1], device=logits.device)
+    u = vllm_uniform(vllm_philox_words(key, contexts, vocab)).clamp_min(torch.finfo(torch.float32).tiny)
+    return torch.argmax(logits + -torch.log(-torch.log(u)), dim=-1)
+
+
+class GumbelProcessor(CompletionProcessor):
+    """Leaves only vLLM's Gumbel-max choice finite on each marked row (the sampler then takes it).
+
+    Rows are left unchanged (ordinary sampling) at temperature 0 and, with ``single_turn``
+    deduplication, when the context already occurred in the completion, as vLLM's sampler does.
+    """
+
+    def __init__(self, scheme: "VllmGumbel", vocab_size: int | None, temperature: float, top_p: float):
+        super().__init__(scheme.context_width, vocab_size)
+        self.scheme, self.temperature, self.top_p = scheme, temperature, top_p
+
+    def choose(self, logits: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+        """The token each row's Gumbel-max sampler picks."""
+        return gumbel_choice(self.scheme.key, logits, contexts)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        completion = self.completion(input_ids, scores)
+        if self.temperature <= 0:
+            return scores
+        contexts = self.contexts(completion)
+        processed = _top_p_mask(scores.float() / self.temperature, self.top_p)
+        chosen = self.choose(processed, contexts)
+        marked = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
+        if self.scheme.deduplicate_contexts == "single_turn":
+            marked &= ~repeated_context(completion, contexts, self.scheme.deduplicate_contexts_max_history)
+        one_hot = torch.full_like(scores, float("-inf")).scatter(1, chosen.unsqueeze(1), 0.0)
+        return torch.where(marked.unsqueeze(1), one_hot, scores)
+
+
+class DualKeyProcessor(GumbelProcessor):
+    """Dual-key Gumbel: each step uses key B with probability ``alpha`` (torch's RNG), else key A."""
+
+    def choose(self, logits: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+        """Key A's or key B's Gumbel-max choice per row."""
+        a, b = self.scheme.subkeys()  # type: ignore[attr-defined]
+        use_b = torch.rand(logits.shape[0], device=logits.device) < self.scheme.alpha  # type: ignore[attr-defined]
+        return torch.where(use_b, gumbel_choice(b, logits, contexts), gumbel_choice(a, logits, contexts))
+
+
+class SBWProcessor(CompletionProcessor):
+    """Adds SBW's ``+delta`` to the green logits of every row (before temperature, as vLLM's sampler)."""
+
+    def __init__(self, scheme: "VllmSBW", vocab_size: int | None):
+        super().__init__(scheme.context_width, vocab_size)
+        self.scheme = scheme
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        contexts = self.contexts(self.completion(input_ids, scores))
+        s = self.scheme
+        vocab = torch.arange(scores.shape[1], device=scores.device)
+        green = sbw_green(s.key, contexts, vocab, s.seeding, s.gamma)
+        return scores + green.to(scores.dtype) * s.delta
+
+
+# ---------------------------------------------------------------------------------------------
+# schemes
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VllmScheme(KeyedConfig):
+    """Base of vLLM's native schemes: an integer key and vLLM's context width (do not instantiate)."""
+
+    key: int = field(repr=False, compare=False)
+    context_width: int = 4
+    name: ClassVar[str] = ""
+    key_kind: ClassVar[str] = "vllm"  # the CLI asks for --vllm-key, not a wmkit key file
+
+    def __post_init__(self) -> None:
+        parse_vllm_key(self.key, f"{self.name} key")
+        if not (isinstance(self.context_width, int) and not isinstance(self.context_width, bool) and 1 <= self.context_width <= 64):
+            raise InputError(f"{self.name}: context_width must be an integer in 1..64, got {self.context_width!r}")
+
+    def detector(self, tokenizer: Any, fpr: float = 1e-4, min_tokens: int = 16, **options: Any) -> "VllmDetector":
+        """A detector on completion text or token ids (vLLM's statistic and context deduplication)."""
+        return VllmDetector(self, tokenizer, fpr=fpr, min_tokens=min_tokens, **options)
+
+    def score(self, contexts: torch.Tensor, targets: torch.Tensor, fpr: float) -> Detection:
+        """The statistic over deduplicated ``(context, target)`` pairs (implemented by each scheme)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class VllmGumbel(VllmScheme):
+    """vLLM's ``gumbel`` watermark (Aaronson's Gumbel-max on vLLM's Philox PRF).
+
+    Args:
+        key: vLLM's integer key (``--watermark-config '{"key": N}'``).
+        context_width: generated tokens in the PRF context (vLLM's default 4).
+        deduplicate_contexts: ``"single_turn"`` (vLLM's default: a repeated context is sampled
+            normally) or ``"none"``. (``"all"`` also searches the prompt; wmkit's processor does not
+            implement it, detection is the same.)
+        deduplicate_contexts_max_history: positions searched (vLLM's default 8192; ``None``: all).
+    """
+
+    deduplicate_contexts: str = "single_turn"
+    deduplicate_contexts_max_history: int | None = 8192
+    name: ClassVar[str] = "vllm-gumbel"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.deduplicate_contexts not in DEDUP_SCOPES:
+            raise InputError(f"{self.name}: deduplicate_contexts must be one of {DEDUP_SCOPES}, got {self.deduplicate_contexts!r}")
+        m = self.deduplicate_contexts_max_history
+        if m is not None and not (isinstance(m, int) and m >= 1):
+            raise InputError(f"{self.name}: deduplicate_contexts_max_history must be an integer >= 1 or null, got {m!r}")
+
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> GumbelProcessor:
+        """A processor that makes vLLM's sampler's choice at ``temperature`` (and nucleus ``top_p``)."""
+        return GumbelProcessor(self, len(tokenizer) if tokenizer is not None else None, temperature, top_p)
+
+    def token_scores(self, key: int, contexts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``-log(1 - u)`` of each target under ``key`` (float64 of vLLM's float32 uniform)."""
+        u = vllm_uniform(vllm_philox_words(key, contexts, targets.unsqueeze(-1)).squeeze(-1))
+        return -torch.log1p(-u.to(torch.float64))
+
+    def score(self, contexts: torch.Tensor, targets: torch.Tensor, fpr: float) -> Detection:
+        """Sum of ``-log(1 - u_t)``: Gamma(n, 1) under no mark (exact)."""
+        s = self.token_scores(self.key, contexts, targets)
+        return gamma_detection(self.name, float(s.sum()), len(targets), fpr)
+
+
+@dataclass(frozen=True)
+class VllmDualKeyGumbel(VllmGumbel):
+    """vLLM's ``dual_key_gumbel``: Gumbel-max under key A or, with probability ``alpha``, key B.
+
+    Args:
+        key, context_width, deduplicate_contexts, deduplicate_contexts_max_history: as :class:`VllmGumbel`.
+        alpha: probability of key B in generation and its weight in detection (vLLM's config default 0.1).
+    """
+
+    alpha: float = 0.1
+    name: ClassVar[str] = "vllm-dual-key-gumbel"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
+            raise InputError(f"{self.name}: alpha must be in [0, 1], got {self.alpha!r}")
+
+    def subkeys(self) -> tuple[int, int]:
+        """vLLM's key A and key B."""
+        return derive_watermark_key(self.key, b"key_a"), derive_watermark_key(self.key, b"key_b")
+
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> DualKeyProcessor:
+        """A processor that routes each step to key A or B and makes that key's Gumbel-max choice."""
+        return DualKeyProcessor(self, len(tokenizer) if tokenizer is not None else None, temperature, top_p)
+
+    def score(self, contexts: torch.Tensor, targets: torch.Tensor, fpr: float) -> Detection:
+        """Weighted early fusion ``(1 - alpha) s_A + alpha s_B`` with vLLM's Gamma(n / v, v) null,
+        ``v = (1 - alpha)^2 + alpha^2`` (integer shape for alpha in {0, 1/2, 1}, as vLLM)."""
+        a, b = self.subkeys()
+        s = (1 - self.alpha) * self.token_scores(a, contexts, targets) + self.alpha * self.token_scores(b, contexts, targets)
+        n = len(targets)
+        var = (1 - self.alpha) ** 2 + self.alpha**2
+        shape = round(n / var) if self.alpha in (0, 0.5, 1) else n / var
+        return gamma_detection(self.name, float(s.sum()), n, fpr, shape=shape, scale=var, alpha=self.alpha)
+
+
+@dataclass(frozen=True)
+class VllmSBW(VllmScheme):
+    """vLLM's ``sbw`` (Stateless Bernoulli Watermarking, vLLM main branch).
+
+    Args:
+        key: vLLM's integer key.
+        seeding: ``"selfhash"`` (vLLM's default) or ``"lefthash"`` (vLLM's ``sbw_scheme``).
+        context_width: default 4 for selfhash, 1 for lefthash (vLLM's defaults; ``None`` picks it).
+        gamma, delta: green fraction (``sbw_gamma``, 0.5) and bias (``sbw_delta``, 2.0).
+    """
+
+    context_width: int | None = None  # type: ignore[assignment]
+    seeding: str = "selfhash"
+    gamma: float = 0.5
+    delta: float = 2.0
+    name: ClassVar[str] = "vllm-sbw"
+
+    def __post_init__(self) -> None:
+        if self.seeding not in prf.SEEDING_SCHEMES:
+            raise InputError(f"{self.name}: seeding must be one of {prf.SEEDING_SCHEMES}, got {self.seeding!r}")
+        if self.context_width is None:
+            object.__setattr__(self, "context_width", 4 if self.seeding == "selfhash" else 1)
+        super().__post_init__()
+        if not (isinstance(self.gamma, (int, float)) and 0.0 < self.gamma < 1.0):
+            raise InputError(f"{self.name}: gamma must be in (0, 1), got {self.gamma!r}")
+        if not (isinstance(self.delta, (int, float)) and 0.0 <= self.delta < 1e4):
+            raise InputError(f"{self.name}: delta must be a number >= 0, got {self.delta!r}")
+
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> SBWProcessor:
+        """A processor that adds ``delta`` to SBW's green logits (sampling then proceeds as usual)."""
+        return SBWProcessor(self, len(tokenizer) if tokenizer is not None else None)
+
+    def score(self, contexts: torch.Tensor, targets: torch.Tensor, fpr: float) -> Detection:
+        """Green count: z as vLLM's detector, exact binomial p-value (vLLM's normal tail in details)."""
+        green = sbw_green(self.key, contexts, targets.unsqueeze(-1), self.seeding, self.gamma).squeeze(-1)
+        n, g = len(targets), int(green.sum())
+        det = binomial_detection(self.name, g, n, self.gamma, fpr)
+        det.details["p_value_vllm"] = normal_pvalue(det.statistic)
+        return det
+
+
+class VllmDetector(TokenDetector):
+    """Detects a vLLM-native mark in a completion (text, or token ids of the tokenizer).
+
+    Contexts are the completion's own tokens (``-1`` before its first): pass the completion, not
+    the prompt (``prompt=`` strips it if the text starts with it). Each context is scored once
+    (vLLM's ``deduplicate_contexts=True``).
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, scheme: VllmScheme, tokenizer: Any, fpr: float = 1e-4, min_tokens: int = 16,
+                 deduplicate: bool = True):
+        super().__init__(scheme, tokenizer, fpr, min_tokens)
+        self.deduplicate = deduplicate
+
+    def score_ids(self, ids: torch.Tensor) -> Detection:
+        """The scheme's statistic over the completion ``ids``."""
+        ctx = completion_contexts(ids, self.scheme.context_width)
+        keep = first_context_mask(ctx) if self.deduplicate else torch.ones(len(ids), dtype=torch.bool)
+        if int(keep.sum()) < self.min_tokens:
+            raise self.too_short(int(keep.sum()))
+        det = self.scheme.score(ctx[keep], ids[keep], self.fpr)
+        det.details["tokens_total"] = len(ids)
+        return det
+
+
+def vllm_config_to_scheme(config: dict[str, Any]) -> VllmScheme:
+    """Build the scheme from vLLM's ``--watermark-config`` JSON object (its ``key`` included)."""
+    cfg = dict(config)
+    algo = cfg.pop("algorithm", "gumbel")
+    key = parse_vllm_key(cfg.pop("key", None), "watermark-config key")
+    cls = {"gumbel": VllmGumbel, "dual_key_gumbel": VllmDualKeyGumbel, "sbw": VllmSBW}.get(algo)
+    if cls is None:
+        raise InputError(f"unknown vLLM watermark algorithm {algo!r}; expected gumbel, dual_key_gumbel or sbw")
+    rename = {"sbw_scheme": "seeding", "sbw_gamma": "gamma", "sbw_delta": "delta"}
+    params = {rename.get(k, k): v for k, v in cfg.items() if k not in ("prf", "allow_target_only_watermarking")}
+    allowed = {f.name for f in fields(cls)} - {"key"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise InputError(f"{cls.name}: unknown watermark-config field(s) {sorted(unknown)}")
+    return cls(key=key, **params)
