@@ -105,12 +105,14 @@ def test_bad_inputs_are_one_line_errors_and_others_still_processed(tmp_path, key
         (["--scheme", "nope"], "unknown scheme"),
         (["--gamma", "1.5"], "gamma"),
         (["--fpr", "0"], "fpr"),
-        (["--scheme", "unigram", "--context-width", "3"], "apply to context-hashing"),
+        (["--scheme", "unigram", "--context-width", "3"], "--context-width does not apply to unigram"),
         (["--scheme", "ie", "-P", "tau=0.5"], "tau must be one of"),
         (["--scheme", "ie", "-P", "navigate"], "NAME=VALUE"),
         (["--scheme", "ie", "-P", "colour=1"], "unknown parameter"),
-        (["--scheme", "ie", "--windowed"], "apply to kgw and unigram"),
-        (["--scheme", "kgw", "--prompt", "x"], "applies to ie"),
+        (["--scheme", "ie", "--windowed"], "--windowed is not available for ie"),
+        (["--scheme", "vllm-gumbel"], "takes vLLM's integer key (--vllm-key N"),
+        (["--scheme", "kgw", "--vllm-key", "42"], "--vllm-key applies to the vllm-* schemes"),
+        (["--scheme", "kgw", "-P", "prf_version=1"], "PRF spec v1, which wmkit withdrew"),
         (["--device", "tpu"], "not available"),
     ],
 )
@@ -235,3 +237,38 @@ def test_tagger_train_refuses_before_work_and_show_prints_metrics(tmp_path):
     info = json.loads(r.stdout)
     held = info["metrics"]["held_out"]["taus"]["0.9"]
     assert held["accuracy"] > held["constant_accuracy"] and info["config"]["kind"] == "causal"
+
+
+def _gumbel_text(scheme, tokenizer, n=80, seed=0):
+    """A completion chosen by the scheme's processor over uniform logits on whole-word tokens."""
+    import torch
+
+    words = sorted(i for t, i in tokenizer.get_vocab().items()
+                   if t.startswith("Ġ") and t[1:].isalpha() and t[1:].islower() and 3 <= len(t) <= 9)
+    base = torch.full((1, len(tokenizer)), float("-inf"))
+    base[0, words] = 0.0
+    proc, ids = scheme.processor(tokenizer), torch.tensor([[words[seed]]])
+    torch.manual_seed(seed)
+    for _ in range(n):
+        out = proc(ids, base.clone())
+        ids = torch.cat([ids, torch.multinomial(out.softmax(-1), 1)], 1)
+    return tokenizer.decode(ids[0, 1:].tolist())
+
+
+@pytest.mark.parametrize("name", ["vllm-gumbel", "vllm-sbw"])
+def test_detect_vllm_native_with_vllm_key(tmp_path, tokenizer, monkeypatch, name):
+    from wmkit.watermark.text import make_scheme
+
+    path = tmp_path / "vllm.txt"
+    path.write_text(_gumbel_text(make_scheme(name, 42), tokenizer), encoding="utf-8")
+    r = runner.invoke(app, ["detect", str(path), "-s", name, "--vllm-key", "42", "--json"])
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["scheme"] == name and row["watermarked"] and row["p_value"] < 1e-6
+    monkeypatch.setenv("WMKIT_VLLM_KEY", "43")  # the wrong key: no mark
+    row = json.loads(runner.invoke(app, ["detect", str(path), "-s", name, "--json"]).stdout)
+    assert not row["watermarked"] and row["p_value"] > 1e-3
+    for bad, msg in ((["--vllm-key", str(2**64)], "integer in [0, 2**64)"), (["--vllm-key", "ab" * 16], "wmkit hex key"),
+                     (["--windowed"], "not available")):
+        r = runner.invoke(app, ["detect", str(path), "-s", name, *bad])
+        assert r.exit_code == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1

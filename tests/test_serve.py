@@ -85,7 +85,7 @@ def test_served_text_carries_the_watermark(model, key):
     from fastapi.testclient import TestClient
 
     scheme = KGW(key, gamma=0.25, delta=8.0)
-    client = TestClient(create_app(Generator(model, IdTokenizer(), scheme.processor(VocabOnly()))))
+    client = TestClient(create_app(Generator(model, IdTokenizer(), scheme, VocabOnly())))
     r = client.post("/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 80, "temperature": 1.0, "seed": 1,
                                              "logprobs": 0, "return_tokens_as_token_ids": True})
     ids = [int(t.split(":")[1]) for t in r.json()["choices"][0]["logprobs"]["tokens"]]

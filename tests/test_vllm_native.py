@@ -60,7 +60,7 @@ def test_subkeys_equal_vllm():
 @pytest.mark.parametrize("name,dedup", list(DETECTIONS))
 def test_detectors_equal_vllm_vectors(name, dedup):
     scheme = VllmGumbel(key=42) if name == "gumbel" else VllmDualKeyGumbel(key=42, alpha=float(name[4:]))
-    det = scheme.detector(VocabOnly(), fpr=0.01, deduplicate=dedup).detect(IDS)
+    det = scheme.detector(VocabOnly(), fpr=0.01, ignore_repeated_ngrams=dedup).detect(IDS)
     score, p, n = DETECTIONS[(name, dedup)]
     assert det.n_scored == n
     assert det.statistic == pytest.approx(score, rel=1e-12)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -13,13 +14,16 @@ from rich.console import Console
 
 from ..errors import InputError, WmkitError
 from ..keys import load_key
-from ..watermark.text import KGW, SCHEMES, GreenListScheme, make_scheme
+from ..watermark.text import SCHEMES, key_kind, make_scheme
+from ..watermark.text.vllm_native import VLLM_KEY_ENV, load_vllm_key
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 EXIT_ERROR = 2
 
 KeyFileOpt = typer.Option(None, "--key-file", "-k", help="Key file (wm keygen); else $WMKIT_KEY.", show_default=False)
 SchemeOpt = typer.Option("kgw", "--scheme", "-s", help=f"Watermark scheme: {', '.join(SCHEMES)}.")
+VllmKeyOpt = typer.Option(None, "--vllm-key", help="vLLM's integer watermark key (vllm-* schemes); else $WMKIT_VLLM_KEY.",
+                          show_default=False)
 GammaOpt = typer.Option(None, help="Green fraction (default: the scheme's: kgw 0.25, unigram 0.5).", show_default=False)
 DeltaOpt = typer.Option(None, help="Logit bias for green tokens (default 2.0).", show_default=False)
 WidthOpt = typer.Option(None, "--context-width", help="KGW context width h, 1..8 (default 1).", show_default=False)
@@ -27,7 +31,7 @@ SeedingOpt = typer.Option(None, help="KGW seeding: lefthash (default) or selfhas
 ParamOpt = typer.Option(
     [], "--param", "-P", show_default=False,
     help="A scheme parameter NAME=VALUE, repeatable: ie: tau, tagger (causal, paper or a file), navigate; "
-         "sweet: entropy_threshold.",
+         "sweet: entropy_threshold; vllm-*: deduplicate_contexts, alpha (dual-key).",
 )
 ModelOpt = typer.Option(None, "--model", "-m", help="Model folder or .gguf file (default: SmolLM2-135M-Instruct).", show_default=False)
 
@@ -51,30 +55,43 @@ def build_scheme(
     context_width: Optional[int],
     seeding: Optional[str],
     extra: Optional[list[str]] = None,
-) -> GreenListScheme:
+    vllm_key: Optional[str] = None,
+) -> Any:
     """The scheme ``name`` with the user's key and the parameters given (defaults otherwise).
 
-    ``extra`` holds ``NAME=VALUE`` strings (``--param``); a value that reads as JSON (a number,
-    ``true``/``false``) is taken as such, anything else as a string.
+    A named option (``--gamma`` ...) must be a parameter of the scheme's dataclass. ``extra`` holds
+    ``NAME=VALUE`` strings (``--param``); a value that reads as JSON (a number, ``true``/``false``,
+    ``null``) is taken as such, anything else as a string. vLLM-native schemes take ``--vllm-key``
+    (or ``$WMKIT_VLLM_KEY``), the others a wmkit key file (or ``$WMKIT_KEY``); the wrong one is an error.
     """
-    if name not in SCHEMES:
-        raise InputError(f"unknown scheme {name!r}; expected one of: {', '.join(SCHEMES)}")
-    params: dict[str, Any] = {"gamma": gamma, "delta": delta}
-    if issubclass(SCHEMES[name], KGW):
-        params.update(context_width=context_width, seeding=seeding)
-    elif context_width is not None or seeding is not None:
-        raise InputError(f"--context-width and --seeding apply to context-hashing schemes, not {name}")
+    kind = key_kind(name)
+    allowed = {f.name for f in dataclasses.fields(SCHEMES[name])} - {"key"}
+    params: dict[str, Any] = {}
+    for pname, value in (("gamma", gamma), ("delta", delta), ("context_width", context_width), ("seeding", seeding)):
+        if value is not None:
+            if pname not in allowed:
+                raise InputError(f"--{pname.replace('_', '-')} does not apply to {name}")
+            params[pname] = value
     for item in extra or []:
         pname, sep, value = item.partition("=")
-        if not sep or not pname.strip():
+        pname = pname.strip()
+        if not sep or not pname:
             raise InputError(f"--param expects NAME=VALUE, got {item!r}")
-        if pname in params:
+        if pname in ("gamma", "delta", "context_width", "seeding") and pname in allowed:
             raise InputError(f"--param {pname}: use the --{pname.replace('_', '-')} option")
         try:
-            params[pname.strip()] = json.loads(value)
+            params[pname] = json.loads(value)
         except json.JSONDecodeError:
-            params[pname.strip()] = value
-    return make_scheme(name, load_key(key_file=key_file), **params)
+            params[pname] = value
+    if kind == "vllm":
+        if key_file is not None:
+            raise InputError(f"{name} takes vLLM's integer key (--vllm-key N or ${VLLM_KEY_ENV}), not a wmkit key file")
+        key: Any = load_vllm_key(vllm_key)
+    else:
+        if vllm_key is not None:
+            raise InputError(f"--vllm-key applies to the vllm-* schemes; {name} takes a wmkit key file (-k FILE)")
+        key = load_key(key_file=key_file)
+    return make_scheme(name, key, **params)
 
 
 def read_text(path: str) -> str:

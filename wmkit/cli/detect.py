@@ -15,26 +15,29 @@ from rich.text import Text
 from ..errors import WmkitError
 from ..models import load_lm, load_tokenizer
 from ..stats import Detection
-from ..watermark.text import NEEDS_MODEL
-from ..watermark.text.base import DEFAULT_FPR, DEFAULT_MIN_TOKENS, GreenListDetector
+from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
 from .common import (
-    EXIT_ERROR, DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, ParamOpt, SchemeOpt, SeedingOpt, WidthOpt,
+    EXIT_ERROR, DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, ParamOpt, SchemeOpt, SeedingOpt, VllmKeyOpt, WidthOpt,
     build_scheme, die, error, read_text, run_guarded, stderr,
 )
 
 
 def _row(path: str, det: Detection, tokenizer: Any) -> dict[str, Any]:
     d = det.details
-    if "tau" in d:  # ie: the threshold the navigator chose
-        extra = {"tau": d["tau"], "p_uncorrected": d["p_uncorrected"]}
+    extra = {"tau": d["tau"], "p_uncorrected": d["p_uncorrected"]} if "tau" in d else {}  # ie: the navigator's choice
+    if "green_fraction" in d:
+        green: float | None = d["green_fraction"]
+    elif "window" in d:
+        green = d["green"] / d["window"]
     else:
-        extra = {}
+        green = None  # Gumbel-max schemes score -log(1 - u), not green tokens
     row = {
         "file": path,
         "scheme": det.method,
         "tokens_scored": det.n_scored,
-        "green_fraction": d["green_fraction"] if "green_fraction" in d else d["green"] / d["window"],
-        "z": det.statistic,
+        "green_fraction": green,
+        "statistic": det.statistic,
+        "z": d.get("z", det.statistic),
         "p_value": det.p_value,
         "fpr": det.fpr,
         "watermarked": det.decision,
@@ -47,11 +50,11 @@ def _row(path: str, det: Detection, tokenizer: Any) -> dict[str, Any]:
     return row
 
 
-def _detect_windowed(detector: Any, texts: list[str]) -> list[Detection | WmkitError]:
+def _detect_windowed(detector: Any, texts: list[str], prompt: str | None) -> list[Detection | WmkitError]:
     out: list[Detection | WmkitError] = []
     for text in texts:
         try:
-            out.append(detector.detect_windowed(text))
+            out.append(detector.detect_windowed(text, prompt=prompt))
         except WmkitError as e:
             out.append(e)
     return out
@@ -77,13 +80,14 @@ def detect(
     files: list[str] = typer.Argument(..., help="Text files to check ('-' reads stdin)."),
     scheme_name: str = SchemeOpt,
     key_file: Optional[Path] = KeyFileOpt,
+    vllm_key: Optional[str] = VllmKeyOpt,
     gamma: Optional[float] = GammaOpt,
     delta: Optional[float] = DeltaOpt,
     context_width: Optional[int] = WidthOpt,
     seeding: Optional[str] = SeedingOpt,
     params: list[str] = ParamOpt,
     model: Optional[Path] = ModelOpt,
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="The prompt the texts continue (scored in its context; ie, sweet, ewd).", show_default=False),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="The prompt the texts continue (ie, sweet, ewd score the text in its context; the others strip it if the text starts with it).", show_default=False),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the verdict (p <= fpr)."),
     min_tokens: int = typer.Option(DEFAULT_MIN_TOKENS, help="Fewest scorable tokens to give a verdict."),
     ignore_repeated: bool = typer.Option(True, "--ignore-repeated/--count-repeated", help="Score each (context, token) n-gram once."),
@@ -100,14 +104,14 @@ def detect(
     """
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         die(f"--device {device!r} is not available here (use cpu{', cuda' if torch.cuda.is_available() else ''})")
-    scheme = run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding, params)
-    plain = scheme_name not in NEEDS_MODEL and scheme_name != "ie"
-    if not plain and (windowed or device != "cpu"):
-        die(f"--windowed and --device apply to kgw and unigram, not {scheme_name}")
-    if plain and prompt is not None:
-        die(f"--prompt applies to ie, sweet and ewd, not {scheme_name}")
+    scheme = run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding, params, vllm_key)
+    caps = scheme.capabilities
+    if windowed and not caps.windowed:
+        die(f"--windowed is not available for {scheme_name}")
+    if device != "cpu" and not caps.device:
+        die(f"--device applies to schemes with a batched kernel, not {scheme_name}")
     opts: dict[str, Any] = {"fpr": fpr, "ignore_repeated_ngrams": ignore_repeated, "min_tokens": min_tokens}
-    if scheme_name in NEEDS_MODEL:
+    if caps.needs_model:
         stderr.print(f"{scheme_name} is a baseline whose detector runs the generating model; loading it", markup=False)
         lm, tokenizer = run_guarded(load_lm, model)
         opts["model"] = lm
@@ -127,9 +131,9 @@ def detect(
     try:
         texts = list(readable.values())
         if windowed:
-            results = _detect_windowed(detector, texts)
-        elif isinstance(detector, GreenListDetector):
-            results = detector.detect_many(texts, device=device)
+            results = _detect_windowed(detector, texts, prompt)
+        elif device != "cpu":
+            results = detector.detect_many(texts, [prompt] * len(texts), device=device)
         else:
             results = run_guarded(detector.detect_many, texts, [prompt] * len(texts))
     except (RuntimeError, ValueError) as e:
@@ -145,7 +149,8 @@ def detect(
         else:
             verdict = "[bold green]watermarked[/]" if det.decision else "not watermarked"
             where = f" (tokens {row['window_tokens'][0]}-{row['window_tokens'][1]})" if windowed else ""
-            table.add_row(path, str(det.n_scored), f"{row['green_fraction']:.3f}", f"{det.statistic:.2f}", f"{det.p_value:.3g}", verdict + where)
+            green = "-" if row["green_fraction"] is None else f"{row['green_fraction']:.3f}"
+            table.add_row(path, str(det.n_scored), green, f"{row['z']:.2f}", f"{det.p_value:.3g}", verdict + where)
         if highlight and det.evidence:
             _highlight(console, tokenizer, path, det)
     if not as_json and table.row_count:

@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..models import load_lm, resolve_lm_path
 from ..watermark.text.generate import generate_completions
 from .common import (
-    DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, ParamOpt, SeedingOpt, WidthOpt,
+    DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, VllmKeyOpt, ParamOpt, SeedingOpt, WidthOpt,
     build_scheme, read_text, refuse_overwrite, run_guarded, stderr, write_new_file,
 )
 
@@ -31,8 +31,9 @@ def _prompts(prompt: Optional[str], prompts_file: Optional[Path]) -> list[str]:
 def generate(
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="One prompt.", show_default=False),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="A file with one prompt per line.", show_default=False),
-    scheme_name: str = typer.Option("kgw", "--scheme", "-s", help="kgw, unigram, sweet, ewd, ie or none."),
+    scheme_name: str = typer.Option("kgw", "--scheme", "-s", help="A scheme (see wm detect --help) or none."),
     key_file: Optional[Path] = KeyFileOpt,
+    vllm_key: Optional[str] = VllmKeyOpt,
     gamma: Optional[float] = GammaOpt,
     delta: Optional[float] = DeltaOpt,
     context_width: Optional[int] = WidthOpt,
@@ -48,7 +49,7 @@ def generate(
 ) -> None:
     """Generate completions; with -o write one JSON object per prompt, else print the completions."""
     prompts = run_guarded(_prompts, prompt, prompts_file)
-    scheme = None if scheme_name == "none" else run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding, params)
+    scheme = None if scheme_name == "none" else run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding, params, vllm_key)
     if output is not None:
         run_guarded(refuse_overwrite, output)  # fail before minutes of generation, not after
     model_path = run_guarded(resolve_lm_path, model)

@@ -9,13 +9,16 @@ import typer
 
 from ..errors import InputError
 from ..models import load_lm
-from .common import DeltaOpt, GammaOpt, KeyFileOpt, ParamOpt, SeedingOpt, WidthOpt, build_scheme, run_guarded
+from .common import (
+    DeltaOpt, GammaOpt, KeyFileOpt, ParamOpt, SeedingOpt, VllmKeyOpt, WidthOpt, build_scheme, run_guarded,
+)
 
 
 def serve(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or .gguf file (default: SmolLM2-135M-Instruct).", show_default=False),
-    scheme_name: str = typer.Option("none", "--scheme", "-s", help="Watermark: kgw, unigram, sweet, ewd, ie, or none."),
+    scheme_name: str = typer.Option("none", "--scheme", "-s", help="Watermark scheme (see wm detect --help), or none."),
     key_file: Optional[Path] = KeyFileOpt,
+    vllm_key: Optional[str] = VllmKeyOpt,
     gamma: Optional[float] = GammaOpt,
     delta: Optional[float] = DeltaOpt,
     context_width: Optional[int] = WidthOpt,
@@ -36,9 +39,9 @@ def serve(
             raise InputError("--max-new-tokens must be positive")
         scheme = None
         if scheme_name != "none":
-            scheme = build_scheme(scheme_name, key_file, gamma, delta, context_width, seeding, params)
+            scheme = build_scheme(scheme_name, key_file, gamma, delta, context_width, seeding, params, vllm_key)
         lm, tok = load_lm(model)
-        return Generator(lm, tok, scheme.processor(tok) if scheme else None)
+        return Generator(lm, tok, scheme)
 
     gen = run_guarded(build)
     run_server(create_app(gen, Path(model).name if model else "SmolLM2-135M-Instruct", max_new_tokens), host, port)

@@ -108,10 +108,15 @@ def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars:
 
 
 class Generator:
-    """Greedy or sampled generation with logit bias, an optional watermark processor, and top-k log-probs."""
+    """Greedy or sampled generation with logit bias, an optional watermark scheme, and top-k log-probs.
 
-    def __init__(self, model: Any, tokenizer: Any, processor: Any = None) -> None:
-        self.model, self.tok, self.processor = model, tokenizer, processor
+    ``scheme`` is any text scheme (its processor is built per completion, for the request's sampling
+    settings); ``scheme_tokenizer`` is the tokenizer it is given (default ``tokenizer``).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, scheme: Any = None, scheme_tokenizer: Any = None) -> None:
+        self.model, self.tok, self.scheme = model, tokenizer, scheme
+        self.scheme_tok = scheme_tokenizer if scheme_tokenizer is not None else tokenizer
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.lock = threading.Lock()
         self._first: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # prompt -> next-token logits
@@ -141,6 +146,9 @@ class Generator:
         out_ids: list[int] = []
         tokens, token_lps, tops = [], [], []
         past, inp = None, torch.tensor([ids])
+        # one processor per completion: a Gumbel-max scheme samples at this request's temperature and top_p
+        processor = (self.scheme.processor(self.scheme_tok, temperature=req["temperature"], top_p=req["top_p"])
+                     if self.scheme is not None else None)
         with torch.inference_mode():
             for step in range(req["max_tokens"]):
                 if step == 0 and req["max_tokens"] == 1:
@@ -151,9 +159,9 @@ class Generator:
                     raw = o.logits[0, -1].float() + bias
                 lp = torch.log_softmax(raw.double(), -1)
                 scores = raw.clone()
-                if self.processor is not None:
+                if processor is not None:
                     ctx = torch.tensor([ids + out_ids])
-                    scores = self.processor(ctx, scores[None])[0]
+                    scores = processor(ctx, scores[None])[0]
                 if req["temperature"] == 0:
                     t = int(torch.argmax(scores))
                 else:

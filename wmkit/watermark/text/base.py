@@ -51,6 +51,7 @@ class GreenListScheme(KeyedConfig, ABC):
     delta: float = 2.0
     prf_version: int = prf.PRF_VERSION
     name: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities] = Capabilities(windowed=True, device=True)  # of its detector
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, SecretKey):

@@ -229,6 +229,7 @@ class NeedsModel:
 
     name: ClassVar[str]
     detector_class: ClassVar[type[ModelDetector]]
+    capabilities: ClassVar[Capabilities] = ModelDetector.capabilities
 
     def detector(self, tokenizer: Any, model: Any = None, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True,
                  min_tokens: int = DEFAULT_MIN_TOKENS) -> ModelDetector:

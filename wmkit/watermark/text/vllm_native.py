@@ -42,7 +42,7 @@ from ... import prf
 from ...errors import InputError, InvalidKeyError
 from ...keys import KeyedConfig
 from ...stats import Detection, binomial_detection, gamma_detection, normal_pvalue
-from .detector import Capabilities, TokenDetector
+from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
 
 __all__ = [
     "VLLM_KEY_ENV", "parse_vllm_key", "load_vllm_key", "derive_watermark_key", "vllm_philox_words", "vllm_uniform",
@@ -287,13 +287,14 @@ class VllmScheme(KeyedConfig):
     context_width: int = 4
     name: ClassVar[str] = ""
     key_kind: ClassVar[str] = "vllm"  # the CLI asks for --vllm-key, not a wmkit key file
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __post_init__(self) -> None:
         parse_vllm_key(self.key, f"{self.name} key")
         if not (isinstance(self.context_width, int) and not isinstance(self.context_width, bool) and 1 <= self.context_width <= 64):
             raise InputError(f"{self.name}: context_width must be an integer in 1..64, got {self.context_width!r}")
 
-    def detector(self, tokenizer: Any, fpr: float = 1e-4, min_tokens: int = 16, **options: Any) -> "VllmDetector":
+    def detector(self, tokenizer: Any, fpr: float = DEFAULT_FPR, min_tokens: int = DEFAULT_MIN_TOKENS, **options: Any) -> "VllmDetector":
         """A detector on completion text or token ids (vLLM's statistic and context deduplication)."""
         return VllmDetector(self, tokenizer, fpr=fpr, min_tokens=min_tokens, **options)
 
@@ -429,10 +430,10 @@ class VllmDetector(TokenDetector):
 
     capabilities: ClassVar[Capabilities] = Capabilities()
 
-    def __init__(self, scheme: VllmScheme, tokenizer: Any, fpr: float = 1e-4, min_tokens: int = 16,
-                 deduplicate: bool = True):
+    def __init__(self, scheme: VllmScheme, tokenizer: Any, fpr: float = DEFAULT_FPR, min_tokens: int = DEFAULT_MIN_TOKENS,
+                 ignore_repeated_ngrams: bool = True):
         super().__init__(scheme, tokenizer, fpr, min_tokens)
-        self.deduplicate = deduplicate
+        self.deduplicate = ignore_repeated_ngrams  # vLLM's deduplicate_contexts: a repeated context is scored once
 
     def score_ids(self, ids: torch.Tensor) -> Detection:
         """The scheme's statistic over the completion ``ids``."""

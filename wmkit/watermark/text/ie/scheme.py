@@ -24,6 +24,7 @@ import torch
 from ....errors import InputError
 from ....stats import Detection
 from ..base import DEFAULT_FPR, DEFAULT_MIN_TOKENS, GreenListProcessor
+from ..detector import Capabilities
 from ..entropy import EntropyAwareDetector, ScoredText, by_token
 from ..kgw import KGW
 from .navigator import navigate
@@ -56,6 +57,7 @@ class IE(KGW):
     navigate: bool = True
     tagger: str = "causal"
     name: ClassVar[str] = "ie"
+    capabilities: ClassVar[Capabilities] = Capabilities()  # no model, no windowed scan, CPU
 
     def __post_init__(self) -> None:
         if not (isinstance(self.tau, (int, float)) and not isinstance(self.tau, bool) and any(abs(self.tau - t) < 1e-9 for t in TAUS)):
