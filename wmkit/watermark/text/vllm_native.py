@@ -42,7 +42,11 @@ from ... import prf
 from ...errors import InputError, InvalidKeyError
 from ...keys import KeyedConfig
 from ...stats import Detection, binomial_detection, gamma_detection, normal_pvalue
-from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
+from .completion import (
+    DEDUP_SCOPES, CompletionDetector, CompletionProcessor, GumbelProcessor, completion_contexts, first_context_mask,
+    gumbel_max, repeated_context,
+)
+from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities
 
 __all__ = [
     "VLLM_KEY_ENV", "parse_vllm_key", "load_vllm_key", "derive_watermark_key", "vllm_philox_words", "vllm_uniform",
@@ -54,7 +58,6 @@ MAX_KEY = 2**64 - 1
 CONTEXT_DOMAIN = 0x574D4358
 TOKEN_DOMAIN = 0x574D544B
 INT31_MAX = 0x7FFFFFFF
-DEDUP_SCOPES = ("none", "single_turn")
 
 
 def parse_vllm_key(value: Any, source: str = "--vllm-key") -> int:
@@ -140,124 +143,11 @@ def sbw_green(key: int, contexts: torch.Tensor, tokens: torch.Tensor, seeding: s
     return (word & INT31_MAX) < int(gamma * INT31_MAX)
 
 
-# ---------------------------------------------------------------------------------------------
-# contexts of a completion, as vLLM's sampler and detector build them
-# ---------------------------------------------------------------------------------------------
-
-def completion_contexts(ids: torch.Tensor, width: int) -> torch.Tensor:
-    """``[..., n, width]``: the context of each of the ``n`` completion tokens (``-1`` before the first)."""
-    pad = torch.full((*ids.shape[:-1], width), -1, dtype=torch.int64, device=ids.device)
-    return torch.cat([pad, ids.to(torch.int64)], -1).unfold(-1, width, 1)[..., : ids.shape[-1], :]
-
-
-def first_context_mask(contexts: torch.Tensor) -> torch.Tensor:
-    """``[n]`` bool: context ``i`` has not occurred before position ``i`` (vLLM's detector deduplication)."""
-    n = contexts.shape[0]
-    if n == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    _, inverse = torch.unique(contexts, dim=0, return_inverse=True)
-    first = torch.full((int(inverse.max()) + 1,), n, dtype=torch.int64).scatter_reduce(
-        0, inverse, torch.arange(n), reduce="amin")
-    return first[inverse] == torch.arange(n)
-
-
-class CompletionProcessor(LogitsProcessor):
-    """Base of the vLLM-native processors: finds the completion inside transformers' ``input_ids``
-    (the columns after the first call of a ``generate()`` run) and builds vLLM's contexts.
-
-    A call continues the run iff its ``input_ids`` are the previous ones plus one column; any other
-    call starts a new run (the processor can be reused across ``generate()`` calls).
-    """
-
-    def __init__(self, width: int, vocab_size: int | None):
-        self.width, self.vocab_size = width, vocab_size
-        self._prev: torch.Tensor | None = None
-        self._start = 0
-
-    def completion(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """The completion's token ids ``[B, n]`` so far (validates shapes)."""
-        if scores.dim() != 2 or input_ids.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
-            raise InputError(f"expected input_ids [batch, len] and scores [batch, vocab], got {tuple(input_ids.shape)} and {tuple(scores.shape)}")
-        if self.vocab_size is not None and scores.shape[1] < self.vocab_size:
-            raise InputError(f"scores have {scores.shape[1]} columns but the tokenizer has {self.vocab_size} tokens (mismatched tokenizer?)")
-        p = self._prev
-        if not (p is not None and p.shape[0] == input_ids.shape[0] and p.shape[1] + 1 == input_ids.shape[1]
-                and torch.equal(p, input_ids[:, :-1])):
-            self._start = input_ids.shape[1]
-        self._prev = input_ids
-        return input_ids[:, self._start:]
-
-    def contexts(self, completion: torch.Tensor) -> torch.Tensor:
-        """``[B, width]``: the context of the token about to be sampled."""
-        return completion_contexts(torch.cat([completion, completion.new_zeros(completion.shape[0], 1)], 1),
-                                   self.width)[:, -1, :]
-
-
-def repeated_context(completion: torch.Tensor, contexts: torch.Tensor, max_history: int | None) -> torch.Tensor:
-    """``[B]`` bool: the current context already occurred at one of the last ``max_history`` positions
-    of the completion (vLLM's ``single_turn`` deduplication)."""
-    n = completion.shape[1]
-    if n == 0:
-        return torch.zeros(completion.shape[0], dtype=torch.bool, device=completion.device)
-    past = completion_contexts(completion, contexts.shape[-1])  # [B, n, w]: contexts of positions 0..n-1
-    lo = 0 if max_history is None else max(0, n - max_history)
-    return (past[:, lo:, :] == contexts.unsqueeze(1)).all(-1).any(-1)
-
-
-def _top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, idx = torch.sort(logits, dim=-1, descending=False)
-    cum = sorted_logits.softmax(-1).cumsum(-1)
-    remove = cum <= 1 - top_p
-    remove[..., -1] = False
-    return logits.masked_fill(remove.scatter(-1, idx, remove), float("-inf"))
-
-
 def gumbel_choice(key: int, logits: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
     """vLLM's Gumbel-max choice on processed logits ``[B, V]``: ``argmax(logits - log(-log u))`` (float32)."""
     vocab = torch.arange(logits.shape[-1], device=logits.device)
     u = vllm_uniform(vllm_philox_words(key, contexts, vocab)).clamp_min(torch.finfo(torch.float32).tiny)
-    return torch.argmax(logits + -torch.log(-torch.log(u)), dim=-1)
-
-
-class GumbelProcessor(CompletionProcessor):
-    """Leaves only vLLM's Gumbel-max choice finite on each marked row (the sampler then takes it).
-
-    Rows are left unchanged (ordinary sampling) at temperature 0 and, with ``single_turn``
-    deduplication, when the context already occurred in the completion, as vLLM's sampler does.
-    """
-
-    def __init__(self, scheme: "VllmGumbel", vocab_size: int | None, temperature: float, top_p: float):
-        super().__init__(scheme.context_width, vocab_size)
-        self.scheme, self.temperature, self.top_p = scheme, temperature, top_p
-
-    def choose(self, logits: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
-        """The token each row's Gumbel-max sampler picks."""
-        return gumbel_choice(self.scheme.key, logits, contexts)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        completion = self.completion(input_ids, scores)
-        if self.temperature <= 0:
-            return scores
-        contexts = self.contexts(completion)
-        processed = _top_p_mask(scores.float() / self.temperature, self.top_p)
-        chosen = self.choose(processed, contexts)
-        marked = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
-        if self.scheme.deduplicate_contexts == "single_turn":
-            marked &= ~repeated_context(completion, contexts, self.scheme.deduplicate_contexts_max_history)
-        one_hot = torch.full_like(scores, float("-inf")).scatter(1, chosen.unsqueeze(1), 0.0)
-        return torch.where(marked.unsqueeze(1), one_hot, scores)
-
-
-class DualKeyProcessor(GumbelProcessor):
-    """Dual-key Gumbel: each step uses key B with probability ``alpha`` (torch's RNG), else key A."""
-
-    def choose(self, logits: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
-        """Key A's or key B's Gumbel-max choice per row."""
-        a, b = self.scheme.subkeys()  # type: ignore[attr-defined]
-        use_b = torch.rand(logits.shape[0], device=logits.device) < self.scheme.alpha  # type: ignore[attr-defined]
-        return torch.where(use_b, gumbel_choice(b, logits, contexts), gumbel_choice(a, logits, contexts))
+    return gumbel_max(logits, u)
 
 
 class SBWProcessor(CompletionProcessor):
@@ -294,9 +184,9 @@ class VllmScheme(KeyedConfig):
         if not (isinstance(self.context_width, int) and not isinstance(self.context_width, bool) and 1 <= self.context_width <= 64):
             raise InputError(f"{self.name}: context_width must be an integer in 1..64, got {self.context_width!r}")
 
-    def detector(self, tokenizer: Any, fpr: float = DEFAULT_FPR, min_tokens: int = DEFAULT_MIN_TOKENS, **options: Any) -> "VllmDetector":
+    def detector(self, tokenizer: Any, fpr: float = DEFAULT_FPR, min_tokens: int = DEFAULT_MIN_TOKENS, **options: Any) -> CompletionDetector:
         """A detector on completion text or token ids (vLLM's statistic and context deduplication)."""
-        return VllmDetector(self, tokenizer, fpr=fpr, min_tokens=min_tokens, **options)
+        return CompletionDetector(self, tokenizer, fpr=fpr, min_tokens=min_tokens, **options)
 
     def score(self, contexts: torch.Tensor, targets: torch.Tensor, fpr: float) -> Detection:
         """The statistic over deduplicated ``(context, target)`` pairs (implemented by each scheme)."""
@@ -332,6 +222,10 @@ class VllmGumbel(VllmScheme):
         """A processor that makes vLLM's sampler's choice at ``temperature`` (and nucleus ``top_p``)."""
         return GumbelProcessor(self, len(tokenizer) if tokenizer is not None else None, temperature, top_p)
 
+    def choose(self, logits: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+        """vLLM's Gumbel-max choice on the processed logits."""
+        return gumbel_choice(self.key, logits, contexts)
+
     def token_scores(self, key: int, contexts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``-log(1 - u)`` of each target under ``key`` (float64 of vLLM's float32 uniform)."""
         u = vllm_uniform(vllm_philox_words(key, contexts, targets.unsqueeze(-1)).squeeze(-1))
@@ -364,9 +258,11 @@ class VllmDualKeyGumbel(VllmGumbel):
         """vLLM's key A and key B."""
         return derive_watermark_key(self.key, b"key_a"), derive_watermark_key(self.key, b"key_b")
 
-    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> DualKeyProcessor:
-        """A processor that routes each step to key A or B and makes that key's Gumbel-max choice."""
-        return DualKeyProcessor(self, len(tokenizer) if tokenizer is not None else None, temperature, top_p)
+    def choose(self, logits: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+        """Each row uses key B with probability ``alpha`` (torch's RNG), else key A, and takes that key's choice."""
+        a, b = self.subkeys()
+        use_b = torch.rand(logits.shape[0], device=logits.device) < self.alpha
+        return torch.where(use_b, gumbel_choice(b, logits, contexts), gumbel_choice(a, logits, contexts))
 
     def score(self, contexts: torch.Tensor, targets: torch.Tensor, fpr: float) -> Detection:
         """Weighted early fusion ``(1 - alpha) s_A + alpha s_B`` with vLLM's Gamma(n / v, v) null,
@@ -417,32 +313,6 @@ class VllmSBW(VllmScheme):
         n, g = len(targets), int(green.sum())
         det = binomial_detection(self.name, g, n, self.gamma, fpr)
         det.details["p_value_vllm"] = normal_pvalue(det.statistic)
-        return det
-
-
-class VllmDetector(TokenDetector):
-    """Detects a vLLM-native mark in a completion (text, or token ids of the tokenizer).
-
-    Contexts are the completion's own tokens (``-1`` before its first): pass the completion, not
-    the prompt (``prompt=`` strips it if the text starts with it). Each context is scored once
-    (vLLM's ``deduplicate_contexts=True``).
-    """
-
-    capabilities: ClassVar[Capabilities] = Capabilities()
-
-    def __init__(self, scheme: VllmScheme, tokenizer: Any, fpr: float = DEFAULT_FPR, min_tokens: int = DEFAULT_MIN_TOKENS,
-                 ignore_repeated_ngrams: bool = True):
-        super().__init__(scheme, tokenizer, fpr, min_tokens)
-        self.deduplicate = ignore_repeated_ngrams  # vLLM's deduplicate_contexts: a repeated context is scored once
-
-    def score_ids(self, ids: torch.Tensor) -> Detection:
-        """The scheme's statistic over the completion ``ids``."""
-        ctx = completion_contexts(ids, self.scheme.context_width)
-        keep = first_context_mask(ctx) if self.deduplicate else torch.ones(len(ids), dtype=torch.bool)
-        if int(keep.sum()) < self.min_tokens:
-            raise self.too_short(int(keep.sum()))
-        det = self.scheme.score(ctx[keep], ids[keep], self.fpr)
-        det.details["tokens_total"] = len(ids)
         return det
 
 

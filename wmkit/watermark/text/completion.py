@@ -1,0 +1,153 @@
+"""What the schemes whose context is the completion's own tokens share (vLLM-native schemes, wmkit's
+Gumbel-max): contexts as vLLM builds them, the completion found inside transformers' ``input_ids``,
+context deduplication, the Gumbel-max processor and the template detector.
+
+A scheme plugs in with ``context_width``, ``deduplicate_contexts`` (``"none"`` | ``"single_turn"``),
+``deduplicate_contexts_max_history``, ``choose(logits, contexts) -> [B]`` (Gumbel-max schemes) and
+``score(contexts, targets, fpr) -> Detection``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from transformers import LogitsProcessor
+
+from ...errors import InputError
+from ...stats import Detection
+from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
+
+__all__ = ["completion_contexts", "first_context_mask", "CompletionProcessor", "repeated_context", "top_p_mask",
+           "gumbel_max", "GumbelProcessor", "CompletionDetector", "DEDUP_SCOPES"]
+
+DEDUP_SCOPES = ("none", "single_turn")
+
+
+def gumbel_max(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``argmax(logits - log(-log u))`` per row (the first index on ties): exact sampling from
+    ``softmax(logits)`` when ``u`` is uniform, and a keyed choice when ``u`` comes from a PRF."""
+    return torch.argmax(logits + -torch.log(-torch.log(u)), dim=-1)
+
+
+def completion_contexts(ids: torch.Tensor, width: int) -> torch.Tensor:
+    """``[..., n, width]``: the context of each of the ``n`` completion tokens (``-1`` before the first)."""
+    pad = torch.full((*ids.shape[:-1], width), -1, dtype=torch.int64, device=ids.device)
+    return torch.cat([pad, ids.to(torch.int64)], -1).unfold(-1, width, 1)[..., : ids.shape[-1], :]
+
+
+def first_context_mask(contexts: torch.Tensor) -> torch.Tensor:
+    """``[n]`` bool: context ``i`` has not occurred before position ``i`` (vLLM's detector deduplication)."""
+    n = contexts.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    _, inverse = torch.unique(contexts, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), n, dtype=torch.int64).scatter_reduce(
+        0, inverse, torch.arange(n), reduce="amin")
+    return first[inverse] == torch.arange(n)
+
+
+class CompletionProcessor(LogitsProcessor):
+    """Base of the vLLM-native processors: finds the completion inside transformers' ``input_ids``
+    (the columns after the first call of a ``generate()`` run) and builds vLLM's contexts.
+
+    A call continues the run iff its ``input_ids`` are the previous ones plus one column; any other
+    call starts a new run (the processor can be reused across ``generate()`` calls).
+    """
+
+    def __init__(self, width: int, vocab_size: int | None):
+        self.width, self.vocab_size = width, vocab_size
+        self._prev: torch.Tensor | None = None
+        self._start = 0
+
+    def completion(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The completion's token ids ``[B, n]`` so far (validates shapes)."""
+        if scores.dim() != 2 or input_ids.dim() != 2 or scores.shape[0] != input_ids.shape[0]:
+            raise InputError(f"expected input_ids [batch, len] and scores [batch, vocab], got {tuple(input_ids.shape)} and {tuple(scores.shape)}")
+        if self.vocab_size is not None and scores.shape[1] < self.vocab_size:
+            raise InputError(f"scores have {scores.shape[1]} columns but the tokenizer has {self.vocab_size} tokens (mismatched tokenizer?)")
+        p = self._prev
+        if not (p is not None and p.shape[0] == input_ids.shape[0] and p.shape[1] + 1 == input_ids.shape[1]
+                and torch.equal(p, input_ids[:, :-1])):
+            self._start = input_ids.shape[1]
+        self._prev = input_ids
+        return input_ids[:, self._start:]
+
+    def contexts(self, completion: torch.Tensor) -> torch.Tensor:
+        """``[B, width]``: the context of the token about to be sampled."""
+        return completion_contexts(torch.cat([completion, completion.new_zeros(completion.shape[0], 1)], 1),
+                                   self.width)[:, -1, :]
+
+
+def repeated_context(completion: torch.Tensor, contexts: torch.Tensor, max_history: int | None) -> torch.Tensor:
+    """``[B]`` bool: the current context already occurred at one of the last ``max_history`` positions
+    of the completion (vLLM's ``single_turn`` deduplication)."""
+    n = completion.shape[1]
+    if n == 0:
+        return torch.zeros(completion.shape[0], dtype=torch.bool, device=completion.device)
+    past = completion_contexts(completion, contexts.shape[-1])  # [B, n, w]: contexts of positions 0..n-1
+    lo = 0 if max_history is None else max(0, n - max_history)
+    return (past[:, lo:, :] == contexts.unsqueeze(1)).all(-1).any(-1)
+
+
+def top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, idx = torch.sort(logits, dim=-1, descending=False)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    remove = cum <= 1 - top_p
+    remove[..., -1] = False
+    return logits.masked_fill(remove.scatter(-1, idx, remove), float("-inf"))
+
+
+class GumbelProcessor(CompletionProcessor):
+    """Leaves only the scheme's Gumbel-max choice (``scheme.choose(logits / T, contexts)``) finite on
+    each marked row; the sampler then takes it.
+
+    Rows are left unchanged (ordinary sampling) at temperature 0 and, with ``single_turn``
+    deduplication, when the context already occurred in the completion, as vLLM's sampler does.
+    """
+
+    def __init__(self, scheme: Any, vocab_size: int | None, temperature: float, top_p: float):
+        super().__init__(scheme.context_width, vocab_size)
+        self.scheme, self.temperature, self.top_p = scheme, temperature, top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        completion = self.completion(input_ids, scores)
+        if self.temperature <= 0:
+            return scores
+        contexts = self.contexts(completion)
+        processed = top_p_mask(scores.float() / self.temperature, self.top_p)
+        chosen = self.scheme.choose(processed, contexts)
+        marked = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
+        if self.scheme.deduplicate_contexts == "single_turn":
+            marked &= ~repeated_context(completion, contexts, self.scheme.deduplicate_contexts_max_history)
+        one_hot = torch.full_like(scores, float("-inf")).scatter(1, chosen.unsqueeze(1), 0.0)
+        return torch.where(marked.unsqueeze(1), one_hot, scores)
+
+
+class CompletionDetector(TokenDetector):
+    """Detects a completion-context mark (vLLM-native schemes, Gumbel-max) in a completion (text, or
+    token ids of the tokenizer): ``scheme.score(contexts, targets, fpr)`` over its tokens.
+
+    Contexts are the completion's own tokens (``-1`` before its first): pass the completion, not
+    the prompt (``prompt=`` strips it if the text starts with it). Each context is scored once
+    (vLLM's ``deduplicate_contexts=True``).
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, scheme: Any, tokenizer: Any, fpr: float = DEFAULT_FPR, min_tokens: int = DEFAULT_MIN_TOKENS,
+                 ignore_repeated_ngrams: bool = True):
+        super().__init__(scheme, tokenizer, fpr, min_tokens)
+        self.deduplicate = ignore_repeated_ngrams  # vLLM's deduplicate_contexts: a repeated context is scored once
+
+    def score_ids(self, ids: torch.Tensor) -> Detection:
+        """The scheme's statistic over the completion ``ids``."""
+        ctx = completion_contexts(ids, self.scheme.context_width)
+        keep = first_context_mask(ctx) if self.deduplicate else torch.ones(len(ids), dtype=torch.bool)
+        if int(keep.sum()) < self.min_tokens:
+            raise self.too_short(int(keep.sum()))
+        det = self.scheme.score(ctx[keep], ids[keep], self.fpr)
+        det.details["tokens_total"] = len(ids)
+        return det
