@@ -59,12 +59,13 @@ def test_marked_detected_and_null_exact(key):
 def test_repeated_context_sampled_normally_and_scored_once(key):
     s = Gumbel(key, context_width=1)
     proc = s.processor(VocabOnly())
-    proc(torch.tensor([[1, 2]]), torch.randn(1, 49152))  # start: completion ()
-    proc(torch.tensor([[1, 2, 9]]), torch.randn(1, 49152))  # completion (9,)
     scores = torch.randn(1, 49152)
-    assert torch.equal(proc(torch.tensor([[1, 2, 9, 9]]), scores), scores)  # context (9,) seen before
+    assert torch.equal(proc(torch.tensor([[1, 2]]), scores), scores)  # completion (): padding context, not marked
+    assert torch.isfinite(proc(torch.tensor([[1, 2, 9]]), torch.randn(1, 49152))).sum() == 1  # context (9,): marked
+    assert torch.isfinite(proc(torch.tensor([[1, 2, 9, 5]]), torch.randn(1, 49152))).sum() == 1  # context (5,)
+    assert torch.equal(proc(torch.tensor([[1, 2, 9, 5, 9]]), scores), scores)  # context (9,) seen before
     det = s.detector(VocabOnly(), min_tokens=1)
-    assert det.detect([9, 9, 9, 9, 5]).n_scored == 2  # contexts (-1,) (9,) (9,) (9,) (9,): two distinct
+    assert det.detect([9, 9, 9, 9, 5]).n_scored == 1  # contexts (-1,) skipped; (9,) four times: scored once
 
 
 def test_parameters_validated(key):
@@ -74,4 +75,4 @@ def test_parameters_validated(key):
             Gumbel(key, **params)
     with pytest.raises(InputError, match="key file"):
         Gumbel(42)
-    assert math.isclose(Gumbel(key).detector(VocabOnly(), min_tokens=1).detect(list(range(20))).details["null_shape"], 20)
+    assert math.isclose(Gumbel(key).detector(VocabOnly(), min_tokens=1).detect(list(range(20))).details["null_shape"], 16)  # first 4 not scored

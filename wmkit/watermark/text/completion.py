@@ -3,8 +3,9 @@ Gumbel-max): contexts as vLLM builds them, the completion found inside transform
 context deduplication, the Gumbel-max processor and the template detector.
 
 A scheme plugs in with ``context_width``, ``deduplicate_contexts`` (``"none"`` | ``"single_turn"``),
-``deduplicate_contexts_max_history``, ``choose(logits, contexts) -> [B]`` (Gumbel-max schemes) and
-``score(contexts, targets, fpr) -> Detection``.
+``deduplicate_contexts_max_history``, ``choose(logits, contexts) -> [B]`` (Gumbel-max schemes),
+``score(contexts, targets, fpr) -> Detection`` and optionally ``skip_partial_context`` (the first
+``context_width`` completion tokens are sampled normally and not scored).
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class GumbelProcessor(CompletionProcessor):
         processed = top_p_mask(scores.float() / self.temperature, self.top_p)
         chosen = self.scheme.choose(processed, contexts)
         marked = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
+        if getattr(self.scheme, "skip_partial_context", False) and completion.shape[1] < self.width:
+            return scores  # the first tokens: a context of padding alone would fix them for every completion
         if self.scheme.deduplicate_contexts == "single_turn":
             marked &= ~repeated_context(completion, contexts, self.scheme.deduplicate_contexts_max_history)
         one_hot = torch.full_like(scores, float("-inf")).scatter(1, chosen.unsqueeze(1), 0.0)
@@ -146,6 +149,8 @@ class CompletionDetector(TokenDetector):
         """The scheme's statistic over the completion ``ids``."""
         ctx = completion_contexts(ids, self.scheme.context_width)
         keep = first_context_mask(ctx) if self.deduplicate else torch.ones(len(ids), dtype=torch.bool)
+        if getattr(self.scheme, "skip_partial_context", False):
+            keep &= torch.arange(len(ids)) >= self.scheme.context_width
         if int(keep.sum()) < self.min_tokens:
             raise self.too_short(int(keep.sum()))
         det = self.scheme.score(ctx[keep], ids[keep], self.fpr)

@@ -9,8 +9,10 @@ under no mark, so the sum is exactly Gamma(n, 1) and the p-value is exact. A con
 occurred in the completion is sampled normally (``deduplicate_contexts="single_turn"``), which
 stops the keyed choice from looping; it is scored once.
 
-The context is the completion's own tokens (``-1`` before its first), as in vLLM's native Gumbel
-watermark, so detection needs only the completion, never the prompt.
+The context is the completion's own tokens, as in vLLM's native Gumbel watermark, so detection
+needs only the completion, never the prompt. The first ``context_width`` tokens are sampled normally
+and not scored (vLLM's ``skip_partial_context``): a context of padding alone would fix the first
+tokens of every completion of a prompt.
 
 >>> from wmkit.keys import SecretKey
 >>> Gumbel(SecretKey.generate()).config()["context_width"]
@@ -53,6 +55,7 @@ class Gumbel(KeyedConfig):
     prf_version: int = prf.PRF_VERSION
     name: ClassVar[str] = "gumbel"
     capabilities: ClassVar[Capabilities] = Capabilities()
+    skip_partial_context: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, SecretKey):
