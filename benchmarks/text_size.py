@@ -1,0 +1,196 @@
+"""Watermark size, quality and robustness of the text schemes on the default LM (MarkMyWords-style).
+
+Protocol. Prompts are the first 20 words of AG News articles (benchmarks/data); every scheme and
+the unmarked model complete each prompt with 200 new tokens (``min_new_tokens`` = 200) by
+multinomial sampling at temperature 1.0. Per scheme:
+
+* ``median_tokens_to_detect``: MarkMyWords' "size": for each completion, the fewest leading tokens
+  (checked every 4 tokens) at which the detector's p-value is <= 0.02; the median over completions
+  (``null`` if more than half are never detected within 200 tokens);
+* ``tpr_at_fpr_1_200``: the share of marked completions with p <= 1/200 (the nominal FPR), beside
+  ``fpr_observed``: the share of unmarked completions with p <= 1/200 under the same detector;
+* ``ppl``: median perplexity of the completion given its prompt, by the default model;
+  ``ppl_increase_pct`` against the unmarked completions of the same prompts;
+* ``tpr_deletion_30``, ``tpr_synonym_30``, ``tpr_copy_paste_25``, ``tpr_paraphrase``: the share of
+  attacked marked completions (30% of words deleted; 30% of words replaced by the default LM's
+  top choice; 25% of the text kept inside human AG News text; a paraphrase by the default LM)
+  with p <= 1/200.
+
+Schemes: kgw lefthash h=1 and selfhash h=4 (gamma 0.25, delta 2), unigram (gamma 0.25, delta 2),
+vllm-sbw (vLLM's defaults: selfhash h=4, gamma 0.5, delta 2), vllm-gumbel and gumbel (h=4).
+
+    python benchmarks/text_size.py --quick --json --out results.json   # 20 prompts
+    python benchmarks/text_size.py --plot size.png                      # 100 prompts
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from wmkit.errors import InputError  # noqa: E402
+from wmkit.keys import SecretKey  # noqa: E402
+from wmkit.models import load_default_lm  # noqa: E402
+from wmkit.watermark.text import make_scheme  # noqa: E402
+from wmkit.watermark.text import attacks as A  # noqa: E402
+from wmkit.watermark.text.entropy import lm_step_map  # noqa: E402
+from wmkit.watermark.text.generate import generate_completions  # noqa: E402
+
+DATA = Path(__file__).parent / "data" / "agnews_3000.tsv.gz"
+NEW, STEP, SIZE_P, FPR = 200, 4, 0.02, 1 / 200
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def schemes(key: SecretKey, vllm_key: int) -> dict[str, Any]:
+    return {
+        "kgw-lefthash-h1": make_scheme("kgw", key, gamma=0.25, delta=2.0, context_width=1, seeding="lefthash"),
+        "kgw-selfhash-h4": make_scheme("kgw", key, gamma=0.25, delta=2.0, context_width=4, seeding="selfhash"),
+        "unigram": make_scheme("unigram", key, gamma=0.25, delta=2.0),
+        "vllm-sbw": make_scheme("vllm-sbw", vllm_key),
+        "vllm-gumbel": make_scheme("vllm-gumbel", vllm_key),
+        "gumbel": make_scheme("gumbel", key),
+    }
+
+
+def p_values(det: Any, items: list[Any]) -> np.ndarray:
+    """p-value of each item (1 where nothing can be scored)."""
+    return np.array([1.0 if isinstance(r, InputError) else r.p_value for r in det.detect_many(items)])
+
+
+def size(det: Any, ids: list[list[int]]) -> tuple[float | None, list[float]]:
+    """Fewest leading tokens with p <= SIZE_P per completion (inf if never), and their median."""
+    per = []
+    for x in ids:
+        n = math.inf
+        for k in range(STEP, len(x) + 1, STEP):
+            try:
+                if det.detect(x[:k]).p_value <= SIZE_P:
+                    n = k
+                    break
+            except InputError:
+                continue
+        per.append(n)
+    med = float(np.median(per))
+    return (None if math.isinf(med) else med), per
+
+
+def median_ppl(lm: Any, tok: Any, prompts: list[str], ids: list[list[int]]) -> float:
+    seqs, starts = [], []
+    for p, x in zip(prompts, ids):
+        a = tok(p, add_special_tokens=True)["input_ids"]
+        seqs.append(torch.tensor(a + list(x)))
+        starts.append(len(a))
+
+    def nll(logits: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        return -torch.log_softmax(logits[:-1], -1).gather(1, seq[1:].unsqueeze(1)).squeeze(1)
+
+    per = lm_step_map(lm, seqs, nll, with_ids=True)
+    return float(np.median([math.exp(float(v[s - 1:].mean())) for v, s in zip(per, starts)]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="20 prompts instead of 100")
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--json", action="store_true", help="print JSON rows instead of the table")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON rows here (never overwritten)")
+    ap.add_argument("--plot", type=Path, default=None, help="write a PNG of size vs perplexity increase (never overwritten)")
+    ap.add_argument("--schemes", default=None, help="comma-separated subset of the scheme names")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    for path in (args.out, args.plot):
+        if path is not None and (path.exists() or not path.parent.is_dir()):
+            sys.exit(f"text_size: {path} exists or its folder does not; refusing to write it")
+    n = args.n or (20 if args.quick else 100)
+    with gzip.open(DATA, "rt", encoding="utf-8") as f:
+        texts = [" ".join(line.split("\t")[0].split()) for line in f if line.strip()]
+    prompts = [" ".join(t.split()[:20]) for t in texts[:n]]
+    human = texts[1000:1400]
+    lm, tok = load_default_lm()
+    table = schemes(SecretKey.generate(), random.Random(args.seed).getrandbits(64))
+    if args.schemes:
+        table = {k: table[k] for k in args.schemes.split(",")}
+    rng = random.Random(args.seed)
+    attacks = {"tpr_deletion_30": A.WordDeletion(0.3), "tpr_synonym_30": A.SynonymSubstitution(lm, tok, 0.3),
+               "tpr_copy_paste_25": A.CopyPaste(human, 0.25), "tpr_paraphrase": A.Paraphrase(lm, tok, max_new_tokens=260)}
+
+    def gen(scheme: Any, seed: int) -> list[list[int]]:
+        out = generate_completions(lm, tok, prompts, scheme, max_new_tokens=NEW, min_new_tokens=NEW, temperature=1.0,
+                                   seed=seed, batch_size=20)
+        return [r["completion_ids"] for r in out]
+
+    log(f"{n} unmarked completions")
+    t0 = time.perf_counter()
+    plain = gen(None, args.seed + 1)
+    log(f"  {time.perf_counter() - t0:.0f} s")
+    plain_ppl = median_ppl(lm, tok, prompts, plain)
+    rows = []
+    for name, scheme in table.items():
+        log(f"{name}: generating")
+        t0 = time.perf_counter()
+        ids = gen(scheme, args.seed + 2)
+        gen_s = time.perf_counter() - t0
+        det = scheme.detector(tok, fpr=FPR, min_tokens=1)
+        marked_text = [tok.decode(x, skip_special_tokens=True) for x in ids]
+        med, per = size(det, ids)
+        ppl = median_ppl(lm, tok, prompts, ids)
+        row = {"scheme": name, "median_tokens_to_detect": med,
+               "tpr_at_fpr_1_200": float(np.mean(p_values(det, ids) <= FPR)),
+               "fpr_observed": float(np.mean(p_values(det, plain) <= FPR)),
+               "ppl": round(ppl, 3), "ppl_unmarked": round(plain_ppl, 3),
+               "ppl_increase_pct": round(100 * (ppl / plain_ppl - 1), 2)}
+        for col, attack in attacks.items():
+            log(f"{name}: {col}")
+            row[col] = float(np.mean(p_values(det, attack(marked_text, rng)) <= FPR))
+        row["generation_s"] = round(gen_s, 1)
+        row["config"] = scheme.config()
+        rows.append(row)
+        log(json.dumps({k: v for k, v in row.items() if k != "config"}))
+    if args.out is not None:
+        with open(args.out, "x", encoding="utf-8") as f:  # "x": never overwrite an earlier result
+            json.dump({"n_prompts": n, "new_tokens": NEW, "rows": rows}, f, indent=1)
+    if args.plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in rows:
+            y = r["median_tokens_to_detect"] if r["median_tokens_to_detect"] is not None else NEW + 20
+            ax.scatter(r["ppl_increase_pct"], y)
+            ax.annotate(r["scheme"], (r["ppl_increase_pct"], y), fontsize=8)
+        ax.set_xlabel("perplexity increase vs unmarked (%)")
+        ax.set_ylabel(f"median tokens to p <= {SIZE_P}")
+        ax.set_title(f"{n} AG News prompts, {NEW} tokens, T = 1.0")
+        fig.tight_layout()
+        with open(args.plot, "xb") as f:
+            fig.savefig(f, format="png", dpi=120)
+    if args.json:
+        print(json.dumps(rows))
+        return
+    cols = ["median_tokens_to_detect", "tpr_at_fpr_1_200", "fpr_observed", "ppl", "ppl_increase_pct", *attacks]
+    print(f"{'scheme':<18}" + "".join(f"{c[:16]:>17}" for c in cols))
+    for r in rows:
+        print(f"{r['scheme']:<18}" + "".join(f"{str(r[c]):>17}" for c in cols))
+
+
+if __name__ == "__main__":
+    main()
