@@ -199,3 +199,41 @@ def test_vllm_detects_our_output_and_we_detect_vllms(vllm, dual):
         out.append(int(wm._sample_watermarked(torch.randn(1, 49152, generator=g) * 3, ctx).token_ids[0]))
     d, r = ours.detect(out), theirs.detect(out)
     assert d.decision and r.is_watermarked and d.statistic == pytest.approx(r.score, rel=1e-12)
+
+
+# --- SBW, vLLM main (vllm/v1/watermarking/sbw.py at d6d2f2c2): green flags of tokens 0..63 as bit masks
+# (bit t = token t), recorded by running that file's sampler kernels and detector on the CPU.
+SBW_KEY = 12345678901234567
+SBW_CTX = {"selfhash": torch.tensor([[-1, -1, -1, -1], [1, 2, 3, 4], [49151, 0, 7, 262143]]),
+           "lefthash": torch.tensor([[-1], [5], [49151]])}
+SBW_SAMPLER = {"selfhash": [13812940422083988868, 17440973528933974549, 11428940827212227463],
+               "lefthash": [9855500128304675277, 10274131198469577757, 6557241317039235013]}
+SBW_MAIN_DETECTOR_LEFTHASH = [16115344787055461836, 18061244396811426280, 7409859756606523589]  # hashes the context
+SBW_BIGKEY = [3602882485305762617, 6919939449204704258, 651652230163735296]  # key 2**64 - 5 (as int64), gamma 0.25
+
+
+def _mask(flags):
+    return sum(1 << t for t, g in enumerate(flags) if g)
+
+
+@pytest.mark.parametrize("seeding", ["selfhash", "lefthash"])
+def test_sbw_green_lists_equal_vllm_main_sampler(seeding):
+    from wmkit.watermark.text.vllm_native import sbw_green
+
+    got = sbw_green(SBW_KEY, SBW_CTX[seeding], torch.arange(64), seeding, 0.5)
+    assert [_mask(row) for row in got.tolist()] == SBW_SAMPLER[seeding]
+    # the processor adds delta exactly there; the detector scores the same flags
+    scheme = VllmSBW(key=SBW_KEY, seeding=seeding)
+    for r, ctx in enumerate(SBW_CTX[seeding]):
+        flags = sbw_green(SBW_KEY, ctx.expand(64, -1), torch.arange(64).unsqueeze(-1), seeding, 0.5).squeeze(-1)
+        assert _mask(flags.tolist()) == SBW_SAMPLER[seeding][r]
+    assert scheme.context_width == SBW_CTX[seeding].shape[1]
+    if seeding == "lefthash":  # vLLM main's detector disagrees with its own sampler here; wmkit follows the sampler
+        assert SBW_MAIN_DETECTOR_LEFTHASH != SBW_SAMPLER["lefthash"]
+
+
+def test_sbw_key_above_2_63_wraps_like_int64():
+    from wmkit.watermark.text.vllm_native import sbw_green
+
+    got = sbw_green(2**64 - 5, SBW_CTX["selfhash"], torch.arange(64), "selfhash", 0.25)
+    assert [_mask(row) for row in got.tolist()] == SBW_BIGKEY
