@@ -35,6 +35,7 @@ __all__ = [
     "normal_pvalue",
     "gamma_pvalue",
     "gamma_detection",
+    "permutation_detection",
 ]
 
 
@@ -124,6 +125,30 @@ def gamma_detection(method: str, score: float, n: int, fpr: float, shape: float 
     return Detection(method=method, n_scored=int(n), statistic=float(score), p_value=p, fpr=fpr,
                      decision=bool(n > 0 and p <= fpr), details={"z": z, "null_shape": k, "null_scale": scale, **details},
                      evidence=evidence)
+
+
+def permutation_detection(method: str, observed: float, null: Sequence[float], fpr: float, n_scored: int = 0,
+                          **details: Any) -> Detection:
+    """A :class:`Detection` for ``observed`` against the same statistic under ``len(null)`` exchangeable
+    null draws (a permutation / resampling test): ``p = (1 + #{null >= observed}) / (1 + len(null))``.
+
+    Exact (valid at every FPR), but never below ``1 / (1 + len(null))``; ``details["p_value_normal"]``
+    is the normal tail of ``observed`` against the null's mean and spread (approximate, finer).
+
+    >>> d = permutation_detection("t", 3.0, [0.0, 1.0, 2.0, 3.0], fpr=0.5)
+    >>> d.p_value, d.decision
+    (0.4, True)
+    """
+    check_fpr(fpr)
+    x = np.asarray(null, dtype=float)
+    if x.size < 1 or not np.isfinite(x).all() or not math.isfinite(observed):
+        raise ValueError("permutation_detection needs a finite statistic and at least one finite null draw")
+    p = float((1 + np.sum(x >= observed)) / (1 + x.size))
+    sd = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    z = (observed - float(x.mean())) / sd if sd > 0 else 0.0
+    return Detection(method=method, n_scored=int(n_scored), statistic=float(observed), p_value=p, fpr=fpr,
+                     decision=bool(p <= fpr), details={"z": z, "p_value_normal": normal_pvalue(z), "null_samples": int(x.size),
+                                                      "p_min": 1 / (1 + x.size), **details})
 
 
 def binomial_detection(
