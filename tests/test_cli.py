@@ -272,3 +272,32 @@ def test_detect_vllm_native_with_vllm_key(tmp_path, tokenizer, monkeypatch, name
                      (["--windowed"], "not available")):
         r = runner.invoke(app, ["detect", str(path), "-s", name, *bad])
         assert r.exit_code == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_detect_config_from_a_generation_record(tmp_path, keyfile, texts, monkeypatch):
+    marked, _ = texts
+    key = read_key_file(keyfile)
+    record = tmp_path / "rec.jsonl"
+    cfg = KGW(key).config()
+    record.write_text(json.dumps({"completion": "x", "config": cfg, "key_id": key.fingerprint()}) + "\n"
+                      + json.dumps({"completion": "y", "config": cfg}) + "\n", encoding="utf-8")
+    r = runner.invoke(app, ["detect", str(marked), "-k", str(keyfile), "--config", str(record), "--json"])
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["watermarked"] and row["key_id"] == key.fingerprint() and "warning" not in r.stderr
+    other = tmp_path / "other.key"
+    assert runner.invoke(app, ["keygen", "-o", str(other)]).exit_code == 0
+    r = runner.invoke(app, ["detect", str(marked), "-k", str(other), "--config", str(record), "--json"])
+    assert r.exit_code == 0 and "generated with key id" in r.stderr and not json.loads(r.stdout)["watermarked"]
+    plain_cfg = tmp_path / "cfg.json"  # a bare config, with another width: the config wins, not the defaults
+    plain_cfg.write_text(json.dumps({**cfg, "context_width": 3}), encoding="utf-8")
+    r = runner.invoke(app, ["detect", str(marked), "-k", str(keyfile), "--config", str(plain_cfg), "--json"])
+    assert r.exit_code == 0 and not json.loads(r.stdout)["watermarked"]
+    for args, msg in ((["--config", str(record), "--gamma", "0.5"], "drop --scheme"),
+                      (["--config", str(tmp_path / "missing.json")], "no such file")):
+        r = runner.invoke(app, ["detect", str(marked), "-k", str(keyfile), *args])
+        assert r.exit_code == 2 and msg in r.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**cfg, "prf_version": 1}), encoding="utf-8")
+    r = runner.invoke(app, ["detect", str(marked), "-k", str(keyfile), "--config", str(bad)])
+    assert r.exit_code == 2 and "PRF spec v1" in r.stderr

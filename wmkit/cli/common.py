@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from rich.console import Console
 
 from ..errors import InputError, WmkitError
 from ..keys import load_key
-from ..watermark.text import SCHEMES, key_kind, make_scheme
+from ..watermark.text import SCHEMES, key_kind
 from ..watermark.text.vllm_native import VLLM_KEY_ENV, load_vllm_key
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -64,7 +65,7 @@ def build_scheme(
     ``null``) is taken as such, anything else as a string. vLLM-native schemes take ``--vllm-key``
     (or ``$WMKIT_VLLM_KEY``), the others a wmkit key file (or ``$WMKIT_KEY``); the wrong one is an error.
     """
-    kind = key_kind(name)
+    key_kind(name)  # an unknown scheme is an error before anything else
     allowed = {f.name for f in dataclasses.fields(SCHEMES[name])} - {"key"}
     params: dict[str, Any] = {}
     for pname, value in (("gamma", gamma), ("delta", delta), ("context_width", context_width), ("seeding", seeding)):
@@ -83,7 +84,44 @@ def build_scheme(
             params[pname] = json.loads(value)
         except json.JSONDecodeError:
             params[pname] = value
-    if kind == "vllm":
+    return scheme_from_config({"scheme": name, **params}, key_file, vllm_key)
+
+
+def key_id(scheme: Any) -> str:
+    """The public id of the scheme's key (never the key): a wmkit key's fingerprint, or ``vllm:`` and
+    8 hex digits of SHA-256 of a vLLM key."""
+    key = scheme.key
+    if isinstance(key, int):
+        return "vllm:" + hashlib.sha256(b"wmkit/vllm-key-id/" + key.to_bytes(8, "big")).hexdigest()[:8]
+    return key.fingerprint()
+
+
+def read_record(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The scheme config in ``path``: a JSON config, or a generation record (a line of ``wm generate -o``;
+    the first line is used). Returns the config and the record's key id, if any."""
+    text = read_text(str(path))
+    try:
+        obj = json.loads(text)  # a JSON config (or a one-line record)
+    except json.JSONDecodeError:
+        first = next(ln for ln in text.splitlines() if ln.strip())
+        try:
+            obj = json.loads(first)  # the first record of a JSON-lines file
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: not a JSON config or generation record ({e.msg})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+        return dict(obj["config"]), obj.get("key_id")
+    if isinstance(obj, dict) and "scheme" in obj:
+        return dict(obj), obj.pop("key_id", None)
+    raise InputError(f"{path}: expected a scheme config (with 'scheme') or a wm generate record (with 'config')")
+
+
+def scheme_from_config(config: dict[str, Any], key_file: Optional[Path], vllm_key: Optional[str]) -> Any:
+    """The scheme a config names, with the user's key (the config's parameters exactly)."""
+    config = dict(config)
+    name = config.pop("scheme", None)
+    if not isinstance(name, str):
+        raise InputError("the config names no scheme")
+    if key_kind(name) == "vllm":
         if key_file is not None:
             raise InputError(f"{name} takes vLLM's integer key (--vllm-key N or ${VLLM_KEY_ENV}), not a wmkit key file")
         key: Any = load_vllm_key(vllm_key)
@@ -91,7 +129,7 @@ def build_scheme(
         if vllm_key is not None:
             raise InputError(f"--vllm-key applies to the vllm-* schemes; {name} takes a wmkit key file (-k FILE)")
         key = load_key(key_file=key_file)
-    return make_scheme(name, key, **params)
+    return SCHEMES[name].from_config(config, key)
 
 
 def read_text(path: str) -> str:

@@ -15,10 +15,11 @@ from rich.text import Text
 from ..errors import WmkitError
 from ..models import load_lm, load_tokenizer
 from ..stats import Detection
+from ..watermark.text import SCHEMES
 from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
 from .common import (
-    EXIT_ERROR, DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, ParamOpt, SchemeOpt, SeedingOpt, VllmKeyOpt, WidthOpt,
-    build_scheme, die, error, read_text, run_guarded, stderr,
+    EXIT_ERROR, DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, ParamOpt, SeedingOpt, VllmKeyOpt, WidthOpt,
+    build_scheme, die, error, key_id, read_record, read_text, run_guarded, scheme_from_config, stderr,
 )
 
 
@@ -78,7 +79,8 @@ def _highlight(console: Console, tokenizer: Any, path: str, det: Detection) -> N
 
 def detect(
     files: list[str] = typer.Argument(..., help="Text files to check ('-' reads stdin)."),
-    scheme_name: str = SchemeOpt,
+    scheme_name: Optional[str] = typer.Option(None, "--scheme", "-s", help="Watermark scheme (default kgw): " + ", ".join(SCHEMES) + ".", show_default=False),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="A generation record (a line of wm generate -o) or a JSON scheme config: detect with exactly its parameters.", show_default=False),
     key_file: Optional[Path] = KeyFileOpt,
     vllm_key: Optional[str] = VllmKeyOpt,
     gamma: Optional[float] = GammaOpt,
@@ -104,7 +106,18 @@ def detect(
     """
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         die(f"--device {device!r} is not available here (use cpu{', cuda' if torch.cuda.is_available() else ''})")
-    scheme = run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding, params, vllm_key)
+    if config_file is not None:
+        if scheme_name is not None or any(x is not None for x in (gamma, delta, context_width, seeding)) or params:
+            die("--config gives the scheme and its parameters; drop --scheme, --gamma, --delta, --context-width, --seeding, -P")
+        config, recorded_id = run_guarded(read_record, config_file)
+        scheme = run_guarded(scheme_from_config, config, key_file, vllm_key)
+        if recorded_id is not None and recorded_id != key_id(scheme):
+            stderr.print(f"wm: warning: {config_file} was generated with key id {recorded_id}, but this key's id is "
+                         f"{key_id(scheme)}: a wrong key finds no mark", markup=False)
+    else:
+        scheme = run_guarded(build_scheme, scheme_name or "kgw", key_file, gamma, delta, context_width, seeding, params,
+                             vllm_key)
+    scheme_name = scheme.name
     caps = scheme.capabilities
     if windowed and not caps.windowed:
         die(f"--windowed is not available for {scheme_name}")
@@ -143,7 +156,7 @@ def detect(
             failed = True
             _report_error(path, det, as_json)
             continue
-        row = _row(path, det, tokenizer)
+        row = {**_row(path, det, tokenizer), "key_id": key_id(scheme)}
         if as_json:
             typer.echo(json.dumps(row))
         else:

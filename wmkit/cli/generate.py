@@ -14,7 +14,7 @@ from ..models import load_lm, resolve_lm_path
 from ..watermark.text.generate import generate_completions
 from .common import (
     DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, VllmKeyOpt, ParamOpt, SeedingOpt, WidthOpt,
-    build_scheme, read_text, refuse_overwrite, run_guarded, stderr, write_new_file,
+    build_scheme, key_id, read_text, refuse_overwrite, run_guarded, stderr, write_new_file,
 )
 
 
@@ -68,6 +68,7 @@ def generate(
     lines = [
         json.dumps({
             "prompt": r["prompt"], "completion": r["completion"], "scheme": config["scheme"], "config": config,
+            "key_id": key_id(scheme) if scheme is not None else None,
             "model": str(model_path), "new_tokens": len(r["completion_ids"]), "seed": seed, "chat": chat,
         })  # ASCII-escaped: no raw U+2028 or U+0085 to split a line
         for r in results

@@ -1,0 +1,45 @@
+"""Gumbel-max, EXP-edit and the vLLM-native schemes end to end on the real default model, through the CLI:
+`wm generate -o` then `wm detect` finds the mark with the right key and not with another."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from wmkit.cli.main import app
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+PROMPTS = [ln for ln in (Path(__file__).parent / "data" / "prompts.txt").read_text().splitlines() if ln.strip()][:4]
+
+CASES = {  # scheme -> (key options, wrong-key options, extra parameters)
+    "gumbel": (["-k", "{key}"], ["-k", "{other}"], []),
+    "exp-edit": (["-k", "{key}"], ["-k", "{other}"], ["-P", "key_length=64", "-P", "n_resamples=19"]),
+    "vllm-gumbel": (["--vllm-key", "42"], ["--vllm-key", "41"], []),
+    "vllm-sbw": (["--vllm-key", "42"], ["--vllm-key", "41"], []),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_generate_then_detect(tmp_path, name):
+    for k in ("key", "other"):
+        assert runner.invoke(app, ["keygen", "-o", str(tmp_path / k)]).exit_code == 0
+    fill = lambda opts: [o.format(key=tmp_path / "key", other=tmp_path / "other") for o in opts]  # noqa: E731
+    good, bad, extra = (fill(x) for x in CASES[name])
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    r = runner.invoke(app, ["generate", "--prompts", str(tmp_path / "prompts.txt"), "-s", name, *good, *extra,
+                            "-n", "120", "--seed", "3", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(rec["config"]["scheme"] == name and "key" not in rec["config"] for rec in records)
+    files = []
+    for i, rec in enumerate(records):
+        files.append(tmp_path / f"c{i}.txt")
+        files[-1].write_text(rec["completion"], encoding="utf-8")
+    args = ["detect", *map(str, files), "-s", name, *extra, "--json", "--fpr", "0.05" if name == "exp-edit" else "1e-4"]
+    rows = [json.loads(x) for x in runner.invoke(app, [*args, *good]).stdout.splitlines()]
+    assert sum(r["watermarked"] for r in rows) >= 3, rows  # at least 3 of 4 found (a completion may stop early)
+    rows = [json.loads(x) for x in runner.invoke(app, [*args, *bad]).stdout.splitlines()]
+    assert sum(r["watermarked"] for r in rows) <= 1, rows
