@@ -22,9 +22,16 @@ from ...errors import InputError
 from ... import kernels
 from ...keys import KeyedConfig, SecretKey
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, windowed_binomial_detection
-from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, DetectorCore, normalize_text
+from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, DetectorCore
 
 Gate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids [B, L], scores [B, V]) -> [B] bool
+
+
+def check_wmkit_key(name: str, key: Any, prf_version: Any) -> None:
+    """A scheme keyed by a wmkit key file: ``key`` is a :class:`SecretKey` and the config's PRF spec is this one."""
+    if not isinstance(key, SecretKey):
+        raise InputError(f"{name}: key must be a wmkit.keys.SecretKey (a key file), got {type(key).__name__}")
+    check_prf_version(name, prf_version)
 
 
 def check_prf_version(name: str, version: Any) -> None:
@@ -54,9 +61,7 @@ class GreenListScheme(KeyedConfig, ABC):
     capabilities: ClassVar[Capabilities] = Capabilities(windowed=True, device=True)  # of its detector
 
     def __post_init__(self) -> None:
-        if not isinstance(self.key, SecretKey):
-            raise InputError(f"{self.name}: key must be a wmkit.keys.SecretKey, got {type(self.key).__name__}")
-        check_prf_version(self.name, self.prf_version)
+        check_wmkit_key(self.name, self.key, self.prf_version)
         if not (isinstance(self.gamma, (int, float)) and 0.0 < self.gamma < 1.0):
             raise InputError(f"{self.name}: gamma must be in (0, 1), got {self.gamma!r}")
         if not (isinstance(self.delta, (int, float)) and 0.0 <= self.delta < 1e4):

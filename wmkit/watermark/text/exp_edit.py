@@ -34,7 +34,7 @@ from ... import prf
 from ...errors import InputError
 from ...keys import KeyedConfig, SecretKey
 from ...stats import Detection, permutation_detection
-from .base import check_prf_version
+from .base import check_wmkit_key
 from .completion import CompletionProcessor, gumbel_max, top_p_mask
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
 
@@ -61,9 +61,7 @@ class ExpEdit(KeyedConfig):
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.key, SecretKey):
-            raise InputError(f"{self.name}: key must be a wmkit.keys.SecretKey (a key file), got {type(self.key).__name__}")
-        check_prf_version(self.name, self.prf_version)
+        check_wmkit_key(self.name, self.key, self.prf_version)
         if not (isinstance(self.key_length, int) and 2 <= self.key_length <= 4096):
             raise InputError(f"{self.name}: key_length must be an integer in 2..4096, got {self.key_length!r}")
         if not (isinstance(self.gap, (int, float)) and 0.0 <= self.gap <= 100.0):

@@ -30,8 +30,8 @@ from ... import prf
 from ...errors import InputError
 from ...keys import KeyedConfig, SecretKey
 from ...stats import Detection, gamma_detection
-from .base import check_prf_version
-from .completion import DEDUP_SCOPES, CompletionDetector, GumbelProcessor, gumbel_max
+from .base import check_wmkit_key
+from .completion import CompletionDetector, check_dedup, GumbelProcessor, gumbel_max
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities
 
 __all__ = ["Gumbel"]
@@ -58,16 +58,10 @@ class Gumbel(KeyedConfig):
     skip_partial_context: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.key, SecretKey):
-            raise InputError(f"{self.name}: key must be a wmkit.keys.SecretKey (a key file), got {type(self.key).__name__}")
-        check_prf_version(self.name, self.prf_version)
+        check_wmkit_key(self.name, self.key, self.prf_version)
         if not (isinstance(self.context_width, int) and not isinstance(self.context_width, bool) and 1 <= self.context_width <= 16):
             raise InputError(f"{self.name}: context_width must be an integer in 1..16, got {self.context_width!r}")
-        if self.deduplicate_contexts not in DEDUP_SCOPES:
-            raise InputError(f"{self.name}: deduplicate_contexts must be one of {DEDUP_SCOPES}, got {self.deduplicate_contexts!r}")
-        m = self.deduplicate_contexts_max_history
-        if m is not None and not (isinstance(m, int) and m >= 1):
-            raise InputError(f"{self.name}: deduplicate_contexts_max_history must be an integer >= 1 or null, got {m!r}")
+        check_dedup(self.name, self.deduplicate_contexts, self.deduplicate_contexts_max_history)
 
     def prf_key(self) -> tuple[int, int, int, int]:
         """The PRF v2 key of this scheme."""

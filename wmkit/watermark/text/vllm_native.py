@@ -36,15 +36,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
-from transformers import LogitsProcessor
 
 from ... import prf
 from ...errors import InputError, InvalidKeyError
 from ...keys import KeyedConfig
 from ...stats import Detection, binomial_detection, gamma_detection, normal_pvalue
 from .completion import (
-    DEDUP_SCOPES, CompletionDetector, CompletionProcessor, GumbelProcessor, completion_contexts, first_context_mask,
-    gumbel_max, repeated_context,
+    CompletionDetector, CompletionProcessor, check_dedup, GumbelProcessor, gumbel_max,
 )
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities
 
@@ -212,11 +210,7 @@ class VllmGumbel(VllmScheme):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.deduplicate_contexts not in DEDUP_SCOPES:
-            raise InputError(f"{self.name}: deduplicate_contexts must be one of {DEDUP_SCOPES}, got {self.deduplicate_contexts!r}")
-        m = self.deduplicate_contexts_max_history
-        if m is not None and not (isinstance(m, int) and m >= 1):
-            raise InputError(f"{self.name}: deduplicate_contexts_max_history must be an integer >= 1 or null, got {m!r}")
+        check_dedup(self.name, self.deduplicate_contexts, self.deduplicate_contexts_max_history)
 
     def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> GumbelProcessor:
         """A processor that makes vLLM's sampler's choice at ``temperature`` (and nucleus ``top_p``)."""
