@@ -29,7 +29,8 @@ import torch
 from ... import kernels
 from ...errors import InputError
 from ...stats import Detection, binomial_detection, check_fpr
-from .base import DEFAULT_FPR, DEFAULT_MIN_TOKENS, DetectorBase, GreenListScheme, normalize_text
+from .base import DetectorBase, GreenListScheme
+from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, normalize_text
 from .detector import Capabilities
 
 __all__ = [

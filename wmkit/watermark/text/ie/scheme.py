@@ -23,7 +23,8 @@ import torch
 
 from ....errors import InputError
 from ....stats import Detection
-from ..base import DEFAULT_FPR, DEFAULT_MIN_TOKENS, GreenListProcessor
+from ..base import GreenListProcessor
+from ..detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
 from ..detector import Capabilities
 from ..entropy import EntropyAwareDetector, ScoredText, by_token
 from ..kgw import KGW
