@@ -84,3 +84,23 @@ def test_threshold_and_tpr_at_fpr_brute_force():
     # sklearn's ROC: the best TPR with FPR <= 0.05 (strict '>' makes ours the same on continuous data)
     fp, tp, _ = roc_curve(np.r_[np.ones(500), np.zeros(1000)], np.r_[pos, neg])
     assert stats.tpr_at_fpr(pos, neg, 0.05) == pytest.approx(tp[fp <= 0.05].max(), abs=1 / 500)
+
+
+def test_bonferroni_clopper_pearson_and_rank_pvalue_against_closed_forms():
+    import math
+
+    import pytest
+    from scipy import stats as sps
+
+    from wmkit import stats as S
+
+    assert S.bonferroni(0.01, 4) == 0.04 and S.bonferroni(0.5, 4) == 1.0
+    assert S.clopper_pearson_upper(0, 20, 0.95) == pytest.approx(1 - 0.05 ** (1 / 20), rel=1e-12)  # k = 0: closed form
+    k, n = 3, 40  # the bound b solves P[Binomial(n, b) <= k] = 1 - confidence
+    b = S.clopper_pearson_upper(k, n, 0.95)
+    assert sps.binom.cdf(k, n, b) == pytest.approx(0.05, rel=1e-9)
+    d = S.gaussian_null_detection("t", 2.5, [0.0, 1.0, 2.0, 3.0], fpr=0.5, p_value_from="rank")
+    assert d.p_value == 2 / 5 and d.details["rank_p_value"] == 2 / 5
+    assert S.gamma_pvalue(3.0, 2) == pytest.approx(math.exp(-3.0) * (1 + 3.0), rel=1e-12)
+    assert S.normal_pvalue(1.959963984540054) == pytest.approx(0.025, rel=1e-9)
+    assert (S.TEXT_FPR, S.EMBEDDING_FPR, S.FINGERPRINT_FPR) == (1e-4, 1e-3, 1e-6)

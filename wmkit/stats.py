@@ -5,6 +5,12 @@ means more evidence of the mark, and ``p_value`` is the probability, under the n
 (no mark), of a statistic at least as extreme. Decisions are made at a stated false-positive
 rate: ``decision = p_value <= fpr``.
 
+FPR policy (the defaults, one per family, each overridable per call and on the command line):
+``TEXT_FPR = 1e-4`` for text detectors (a verdict on one document); ``EMBEDDING_FPR = 1e-3`` for
+the EaaS ownership test (its decoy-calibrated p-value is no finer than ``1 / (n_decoys + 1)`` in
+target-free mode); ``FINGERPRINT_FPR = 1e-6`` for model fingerprints (a claim about a whole model,
+with thousands of scored vectors).
+
 >>> d = binomial_detection("kgw", green=100, n=200, gamma=0.25, fpr=1e-4)
 >>> round(d.statistic, 3), d.decision
 (8.165, True)
@@ -20,7 +26,17 @@ import numpy as np
 from scipy import special as _special
 from scipy import stats as _sps
 
+TEXT_FPR = 1e-4
+EMBEDDING_FPR = 1e-3
+FINGERPRINT_FPR = 1e-6
+
 __all__ = [
+    "TEXT_FPR",
+    "EMBEDDING_FPR",
+    "FINGERPRINT_FPR",
+    "bonferroni",
+    "clopper_pearson_upper",
+    "weighted_z_detection",
     "Detection",
     "z_score",
     "binomial_pvalue",
@@ -92,6 +108,42 @@ def binomial_pvalue(k: int, n: int, p0: float) -> float:
     if n <= 0:
         return 1.0
     return float(_sps.binom.sf(k - 1, n, p0))
+
+
+def bonferroni(p: float, m: int) -> float:
+    """``min(1, m p)``: a p-value corrected for choosing the best of ``m`` tests (valid under any dependence)."""
+    if m < 1:
+        raise ValueError(f"bonferroni needs m >= 1, got {m}")
+    return min(1.0, float(p) * m)
+
+
+def clopper_pearson_upper(k: int, n: int, confidence: float) -> float:
+    """One-sided Clopper-Pearson upper bound on a binomial rate after ``k`` hits in ``n`` trials.
+
+    >>> round(clopper_pearson_upper(0, 10, 0.95), 4)  # 1 - 0.05 ** (1 / 10)
+    0.2589
+    """
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    return 1.0 if k == n else float(_sps.beta.ppf(confidence, k + 1, n - k))
+
+
+def weighted_z_detection(method: str, green: Sequence[float], weights: Sequence[float], gamma: float, fpr: float,
+                         **details: Any) -> Detection:
+    """Weighted z of Bernoulli(gamma) hits (EWD): ``(sum w g - gamma sum w) / sqrt(gamma (1 - gamma) sum w^2)``.
+
+    A weighted sum of Bernoulli(gamma) has no closed-form tail; ``p_value`` is the normal upper tail of
+    z (``details["p_value_method"] = "normal"``), accurate once the weight is spread over a few dozen units.
+    """
+    check_fpr(fpr)
+    w, g = np.asarray(weights, dtype=float), np.asarray(green, dtype=float)
+    sw, sw2, swg = float(w.sum()), float((w * w).sum()), float((w * g).sum())
+    z = (swg - gamma * sw) / math.sqrt(gamma * (1 - gamma) * sw2) if sw2 > 0 else 0.0
+    n = int((w > 0).sum())
+    p = normal_pvalue(z)
+    return Detection(method=method, n_scored=n, statistic=z, p_value=p, fpr=fpr, decision=bool(n > 0 and p <= fpr),
+                     details={"gamma": gamma, "weight_sum": sw, "green_weight": swg,
+                              "green_fraction": swg / sw if sw > 0 else 0.0, "p_value_method": "normal", **details})
 
 
 def normal_pvalue(z: float) -> float:
@@ -197,7 +249,8 @@ def ks_2samp(a: Sequence[float], b: Sequence[float], alternative: str = "two-sid
 
 
 def gaussian_null_detection(
-    method: str, observed: float, null: Sequence[float], fpr: float, n_scored: int = 0, **details: Any
+    method: str, observed: float, null: Sequence[float], fpr: float, n_scored: int = 0, p_value_from: str = "normal",
+    **details: Any
 ) -> Detection:
     """A :class:`Detection` for ``observed`` against a sampled null distribution of the same statistic.
 
@@ -214,9 +267,12 @@ def gaussian_null_detection(
     x = np.asarray(null, dtype=float)
     if x.size < 2 or not np.isfinite(x).all():
         raise ValueError("gaussian_null_detection needs at least two finite null samples")
+    if p_value_from not in ("normal", "rank"):
+        raise ValueError(f"p_value_from must be 'normal' or 'rank', got {p_value_from!r}")
     mu, sd = float(x.mean()), float(x.std(ddof=1))
     z = (observed - mu) / sd if sd > 0 else (math.inf if observed > mu else 0.0)
-    p = float(_sps.norm.sf(z))
+    rank_p = float((1 + np.sum(x >= observed)) / (1 + x.size))
+    p = float(_sps.norm.sf(z)) if p_value_from == "normal" else rank_p
     return Detection(
         method=method,
         n_scored=int(n_scored),
@@ -229,7 +285,8 @@ def gaussian_null_detection(
             "null_mean": mu,
             "null_sd": sd,
             "null_samples": int(x.size),
-            "rank_p_value": float((1 + np.sum(x >= observed)) / (1 + x.size)),
+            "rank_p_value": rank_p,
+            "p_value_from": p_value_from,
             **details,
         },
     )

@@ -34,13 +34,12 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats as _sps
 
 from ..errors import InputError
-from ..stats import Detection, binomial_detection, check_fpr
+from ..stats import FINGERPRINT_FPR, Detection, binomial_detection, check_fpr, clopper_pearson_upper
 from .signature import Signature
 
-DEFAULT_FPR = 1e-6
+DEFAULT_FPR = FINGERPRINT_FPR
 DEFAULT_QUERIES = 64
 ROW_MARGIN = 128
 MIN_OWN_RANK = 4
@@ -76,7 +75,7 @@ def calibrate(
         raise InputError(f"victim noise floor {floor:.3g} is not below the unrelated models' residuals ({umin:.3g})")
     tau = float(np.sqrt(max(floor, 1e-12) * umin))
     k = int((unrel <= tau).sum())
-    pi0 = float(_sps.beta.ppf(confidence, k + 1, unrel.size - k))
+    pi0 = clopper_pearson_upper(k, int(unrel.size), confidence)
     cal = {"tau": tau, "pi0": pi0, "noise_floor": floor, "unrelated_min": umin, "n_unrelated": int(unrel.size),
            "confidence": confidence}
     if rows is None:

@@ -44,21 +44,20 @@ Four modes say what is compared:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ...errors import InputError
-from ...stats import Detection, check_fpr, gaussian_null_detection, ks_2samp
+from ...stats import EMBEDDING_FPR, Detection, check_fpr, gaussian_null_detection, ks_2samp
 from .encoders import Encoder, check_embeddings
 from .schemes import EaaSScheme, ESpeW
 from .triggers import default_vocabulary, keyed_rng
 
 DEFAULT_TEXTS = 128
 DEFAULT_DECOYS = 32
-DEFAULT_FPR = 1e-3
+DEFAULT_FPR = EMBEDDING_FPR
 MODES = ("target", "copy-target", "target-free", "positions")
 
 
@@ -197,10 +196,9 @@ def verify_ownership(
         observed = float(s_b.mean() - s_n.mean())
         null = list(s_d.mean(1) - s_n.mean())
     delta_l2 = -2.0 * observed  # unit vectors: |e - t|^2 = 2 - 2 cos(e, t)
+    # target-free: a heavy-tailed null, where only the exact rank p-value is honest (>= 1/(n_decoys+1))
     det = gaussian_null_detection(
-        f"{scheme.name}-ownership", observed, null, fpr, n_scored=n * (2 + n_decoys), mode=mode, ks_p=ks_p
+        f"{scheme.name}-ownership", observed, null, fpr, n_scored=n * (2 + n_decoys),
+        p_value_from="rank" if mode == "target-free" else "normal", mode=mode, ks_p=ks_p,
     )
-    if mode == "target-free":  # heavy-tailed null: only the exact rank p-value is honest (>= 1/(n_decoys+1))
-        rank_p = det.details["rank_p_value"]
-        det = dataclasses.replace(det, p_value=rank_p, decision=bool(rank_p <= fpr))
     return OwnershipReport(delta_cos=observed, delta_l2=delta_l2, ks_p=ks_p, detection=det, mode=mode)

@@ -23,13 +23,13 @@ from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 import torch
 
 from ...errors import InputError
-from ...stats import Detection, check_fpr
+from ...stats import TEXT_FPR, Detection, check_fpr
 
 __all__ = ["Capabilities", "TextDetector", "DetectorCore", "TokenDetector", "normalize_text", "DEFAULT_FPR",
            "DEFAULT_MIN_TOKENS"]
 
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
-DEFAULT_FPR = 1e-4  # every text detector and `wm detect` decide at p <= 1e-4 unless told otherwise
+DEFAULT_FPR = TEXT_FPR  # every text detector and `wm detect` (see the FPR policy in wmkit.stats)
 DEFAULT_MIN_TOKENS = 16
 
 Item = str | Sequence[int] | torch.Tensor

@@ -28,7 +28,7 @@ import torch
 
 from ... import kernels
 from ...errors import InputError
-from ...stats import Detection, binomial_detection, check_fpr
+from ...stats import Detection, binomial_detection
 from .base import DetectorBase, GreenListScheme
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, normalize_text
 from .detector import Capabilities
@@ -43,7 +43,7 @@ __all__ = [
     "NeedsModel",
     "ScoredText",
     "EntropyAwareDetector",
-    "weighted_detection",
+    "spike_modulus",
 ]
 
 
@@ -53,14 +53,19 @@ def shannon_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * torch.nan_to_num(logp, neginf=0.0)).sum(-1)
 
 
+def spike_modulus(gamma: float, delta: float) -> float:
+    """The spike-entropy modulus ``z = (1-g)(e^d - 1) / (1 - g + e^d g)``; spike entropy's floor is ``1 / (1 + z)``."""
+    alpha = math.exp(delta)
+    return (1 - gamma) * (alpha - 1) / (1 - gamma + alpha * gamma)
+
+
 def spike_entropy(logits: torch.Tensor, gamma: float, delta: float) -> torch.Tensor:
-    """Spike entropy ``sum_k p_k / (1 + z p_k)`` with modulus ``z = (1-g)(e^d - 1) / (1 - g + e^d g)``.
+    """Spike entropy ``sum_k p_k / (1 + z p_k)`` with modulus ``z`` (:func:`spike_modulus`).
 
     Kirchenbauer et al.'s measure of how much a green-list bias can move a distribution; EWD
     weighs tokens by it. It lies in ``[1 / (1 + z), 1)``: one-hot at the bottom, uniform near 1.
     """
-    alpha = math.exp(delta)
-    z = (1 - gamma) * (alpha - 1) / (1 - gamma + alpha * gamma)
+    z = spike_modulus(gamma, delta)
     p = torch.softmax(logits.float(), dim=-1)
     return (p / (1 + z * p)).sum(-1)
 
@@ -121,27 +126,6 @@ class ScoredText:
     start: int
     green: torch.Tensor
     candidate: torch.Tensor
-
-
-def weighted_detection(method: str, green: torch.Tensor, weights: torch.Tensor, gamma: float, fpr: float,
-                       **details: Any) -> Detection:
-    """Entropy-weighted z (EWD): ``(sum w g - gamma sum w) / sqrt(gamma (1 - gamma) sum w^2)``.
-
-    The null distribution of a weighted sum of Bernoulli(gamma) has no closed form; ``p_value``
-    is the normal upper tail of z (``details["p_value_method"] = "normal"``), accurate once the
-    weights are spread over a few dozen tokens.
-    """
-    check_fpr(fpr)
-    w = weights.double()
-    g = green.double()
-    sw, sw2 = float(w.sum()), float((w * w).sum())
-    z = (float((w * g).sum()) - gamma * sw) / math.sqrt(gamma * (1 - gamma) * sw2) if sw2 > 0 else 0.0
-    p = 0.5 * math.erfc(z / math.sqrt(2))
-    n = int((w > 0).sum())
-    return Detection(method=method, n_scored=n, statistic=z, p_value=p, fpr=fpr, decision=bool(n > 0 and p <= fpr),
-                     details={"gamma": gamma, "weight_sum": sw, "green_weight": float((w * g).sum()),
-                              "green_fraction": float((w * g).sum()) / sw if sw > 0 else 0.0,
-                              "p_value_method": "normal", **details})
 
 
 class EntropyAwareDetector(DetectorBase, ABC):

@@ -17,7 +17,6 @@ weights independent of the text's other tokens.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -25,20 +24,20 @@ import torch
 
 from ...errors import InputError
 from ...stats import Detection
-from .entropy import ModelDetector, NeedsModel, ScoredText, spike_entropy, weighted_detection
+from ...stats import weighted_z_detection
+from .entropy import ModelDetector, NeedsModel, ScoredText, spike_entropy, spike_modulus
 from .kgw import KGW
 
 __all__ = ["EWD", "EwdDetector"]
 
 
 class EwdDetector(ModelDetector):
-    """Weighted z over the text's tokens; normal-tail p-value (see :func:`~wmkit.watermark.text.entropy.weighted_detection`)."""
+    """Weighted z over the text's tokens; normal-tail p-value (see :func:`wmkit.stats.weighted_z_detection`)."""
 
     def decide(self, items: list[ScoredText]) -> list[Detection | InputError]:
         """Weight each candidate token by its step's spike entropy above the floor."""
         g, d = self.scheme.gamma, self.scheme.delta
-        alpha = math.exp(d)
-        floor = 1.0 / (1.0 + (1 - g) * (alpha - 1) / (1 - g + alpha * g))
+        floor = 1.0 / (1.0 + spike_modulus(g, d))
         out: list[Detection | InputError] = []
         for it, se in zip(items, self.token_values(items, lambda lg: spike_entropy(lg, g, d))):
             w = torch.where(it.candidate, torch.nan_to_num(se - floor, nan=0.0).clamp(min=0.0), torch.zeros(()))
@@ -48,8 +47,8 @@ class EwdDetector(ModelDetector):
                 continue
             evidence = {"token_ids": it.ids[it.start:].tolist(), "scored": it.candidate[it.start:].tolist(),
                         "green": it.green[it.start:].tolist(), "weight": w[it.start:].tolist()}
-            det = weighted_detection(self.scheme.name, it.green[it.candidate], w[it.candidate], g, self.fpr,
-                                     tokens_total=len(it.ids) - it.start)
+            det = weighted_z_detection(self.scheme.name, it.green[it.candidate].double().numpy(),
+                                       w[it.candidate].double().numpy(), g, self.fpr, tokens_total=len(it.ids) - it.start)
             out.append(dataclasses.replace(det, evidence=evidence))
         return out
 

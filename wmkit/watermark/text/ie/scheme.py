@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from ....errors import InputError
-from ....stats import Detection
+from ....stats import Detection, bonferroni
 from ..base import GreenListProcessor
 from ..detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
 from ..detector import Capabilities
@@ -131,7 +131,7 @@ class IEDetector(EntropyAwareDetector):
             except InputError as e:
                 out.append(e)
                 continue
-            p = min(1.0, det.p_value * len(candidates))
+            p = bonferroni(det.p_value, len(candidates))
             out.append(dataclasses.replace(det, p_value=p, decision=bool(p <= det.fpr),
                                            details={**det.details, "p_uncorrected": det.p_value}))
         return out
