@@ -17,7 +17,9 @@ multinomial sampling at temperature 1.0. Per scheme:
   with p <= 1/200.
 
 Schemes: kgw lefthash h=1 and selfhash h=4 (gamma 0.25, delta 2), unigram (gamma 0.25, delta 2),
-vllm-sbw (vLLM's defaults: selfhash h=4, gamma 0.5, delta 2), vllm-gumbel and gumbel (h=4).
+vllm-sbw (vLLM's defaults: selfhash h=4, gamma 0.5, delta 2), vllm-gumbel and gumbel (h=4), exp-edit
+(key length 256, gap 0.4, 199 null sequences; its detection takes seconds per text, so run it
+with fewer prompts: ``--schemes exp-edit --n 10``).
 
     python benchmarks/text_size.py --quick --json --out results.json   # 20 prompts
     python benchmarks/text_size.py --plot size.png                      # 100 prompts
@@ -58,7 +60,7 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def schemes(key: SecretKey, vllm_key: int) -> dict[str, Any]:
+def schemes(key: SecretKey, vllm_key: int, exp_edit_resamples: int = 199) -> dict[str, Any]:
     return {
         "kgw-lefthash-h1": make_scheme("kgw", key, gamma=0.25, delta=2.0, context_width=1, seeding="lefthash"),
         "kgw-selfhash-h4": make_scheme("kgw", key, gamma=0.25, delta=2.0, context_width=4, seeding="selfhash"),
@@ -66,6 +68,8 @@ def schemes(key: SecretKey, vllm_key: int) -> dict[str, Any]:
         "vllm-sbw": make_scheme("vllm-sbw", vllm_key),
         "vllm-gumbel": make_scheme("vllm-gumbel", vllm_key),
         "gumbel": make_scheme("gumbel", key),
+        # 199 null sequences: the permutation p-value can reach 1/200, the TPR column's FPR
+        "exp-edit": make_scheme("exp-edit", key, n_resamples=exp_edit_resamples),
     }
 
 
@@ -75,10 +79,22 @@ def p_values(det: Any, items: list[Any]) -> np.ndarray:
 
 
 def size(det: Any, ids: list[list[int]]) -> tuple[float | None, list[float]]:
-    """Fewest leading tokens with p <= SIZE_P per completion (inf if never), and their median."""
+    """Fewest leading tokens with p <= SIZE_P per completion (inf if never), and their median.
+
+    A detector that reports ``details["prefix_p_values"]`` (exp-edit: one alignment gives every
+    prefix) is run once per completion; the others once per prefix length (every ``STEP`` tokens).
+    """
     per = []
     for x in ids:
         n = math.inf
+        try:
+            pre = det.detect(x).details.get("prefix_p_values")
+        except InputError:
+            pre = None
+        if pre is not None:
+            hits = [k + 1 for k, p in enumerate(pre) if p <= SIZE_P]
+            per.append(hits[0] if hits else math.inf)
+            continue
         for k in range(STEP, len(x) + 1, STEP):
             try:
                 if det.detect(x[:k]).p_value <= SIZE_P:
