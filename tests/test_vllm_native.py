@@ -12,10 +12,10 @@ import torch
 from helpers import VocabOnly
 from wmkit.errors import InputError, InvalidKeyError
 from wmkit.stats import gamma_pvalue
+from wmkit.watermark.text.completion import completion_contexts, first_context_mask, repeated_context
 from wmkit.watermark.text.vllm_native import (
-    VllmDualKeyGumbel, VllmGumbel, VllmSBW, completion_contexts, derive_watermark_key, first_context_mask,
-    gumbel_choice, load_vllm_key, parse_vllm_key, repeated_context, vllm_config_to_scheme, vllm_philox_words,
-    vllm_uniform,
+    VllmDualKeyGumbel, VllmGumbel, VllmSBW, derive_watermark_key, gumbel_choice, load_vllm_key, parse_vllm_key,
+    vllm_config_to_scheme, vllm_philox_words, vllm_uniform,
 )
 
 # --- known answers, recorded from vllm==0.30.0 (PhiloxPRF.uniform, GumbelWatermarker, detectors) ---
