@@ -87,7 +87,8 @@ def test_cli_generate_then_detect(tmp_path):
     assert r.exit_code == 0, r.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["prompt"] for row in rows] == PROMPTS[:2]
-    assert rows[0]["config"] == {"scheme": "kgw", "gamma": 0.25, "delta": 2.0, "context_width": 4, "seeding": "selfhash"}
+    assert rows[0]["config"] == {"scheme": "kgw", "gamma": 0.25, "delta": 2.0, "context_width": 4, "seeding": "selfhash",
+                                 "prf_version": 2}
     files = []
     for i, row in enumerate(rows):
         files.append(tmp_path / f"c{i}.txt")
