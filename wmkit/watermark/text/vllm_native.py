@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -168,7 +169,7 @@ class SBWProcessor(CompletionProcessor):
 # ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class VllmScheme(KeyedConfig):
+class VllmScheme(KeyedConfig, ABC):
     """Base of vLLM's native schemes: an integer key and vLLM's context width (do not instantiate)."""
 
     key: int = field(repr=False, compare=False)
@@ -186,9 +187,9 @@ class VllmScheme(KeyedConfig):
         """A detector on completion text or token ids (vLLM's statistic and context deduplication)."""
         return CompletionDetector(self, tokenizer, fpr=fpr, min_tokens=min_tokens, **options)
 
+    @abstractmethod
     def score(self, contexts: torch.Tensor, targets: torch.Tensor, fpr: float) -> Detection:
         """The statistic over deduplicated ``(context, target)`` pairs (implemented by each scheme)."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
