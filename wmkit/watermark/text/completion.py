@@ -57,7 +57,7 @@ def first_context_mask(contexts: torch.Tensor) -> torch.Tensor:
 
 
 class CompletionProcessor(LogitsProcessor):
-    """Base of the vLLM-native processors: finds the completion inside transformers' ``input_ids``
+    """Base of the completion-context processors (vLLM-native, Gumbel-max, EXP-edit): finds the completion inside transformers' ``input_ids``
     (the columns after the first call of a ``generate()`` run) and builds vLLM's contexts.
 
     A call continues the run iff its ``input_ids`` are the previous ones plus one column; any other
@@ -100,13 +100,15 @@ def repeated_context(completion: torch.Tensor, contexts: torch.Tensor, max_histo
 
 
 def top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filter: ``-inf`` on the least likely tokens whose total probability is at most ``1 - top_p``
+    (the most likely token always stays); unchanged for ``top_p >= 1``."""
     if top_p >= 1.0:
         return logits
     sorted_logits, idx = torch.sort(logits, dim=-1, descending=False)
-    cum = sorted_logits.softmax(-1).cumsum(-1)
-    remove = cum <= 1 - top_p
-    remove[..., -1] = False
-    return logits.masked_fill(remove.scatter(-1, idx, remove), float("-inf"))
+    remove_sorted = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
+    remove_sorted[..., -1] = False
+    remove = torch.zeros_like(remove_sorted).scatter(-1, idx, remove_sorted)  # back to vocabulary order
+    return logits.masked_fill(remove, float("-inf"))
 
 
 class GumbelProcessor(CompletionProcessor):
