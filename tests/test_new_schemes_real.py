@@ -40,6 +40,7 @@ def test_generate_then_detect(tmp_path, name):
         files[-1].write_text(rec["completion"], encoding="utf-8")
     args = ["detect", *map(str, files), "-s", name, *extra, "--json", "--fpr", "0.05" if name == "exp-edit" else "1e-4"]
     rows = [json.loads(x) for x in runner.invoke(app, [*args, *good]).stdout.splitlines()]
-    assert sum(r["watermarked"] for r in rows) >= 3, rows  # at least 3 of 4 found (a completion may stop early)
+    scored = [r for r in rows if "watermarked" in r]  # a completion that stopped early is reported as too short
+    assert len(scored) >= 2 and sum(r["watermarked"] for r in scored) >= len(scored) - 1, rows
     rows = [json.loads(x) for x in runner.invoke(app, [*args, *bad]).stdout.splitlines()]
-    assert sum(r["watermarked"] for r in rows) <= 1, rows
+    assert sum(r.get("watermarked", False) for r in rows) <= 1, rows
