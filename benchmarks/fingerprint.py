@@ -38,6 +38,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch  # noqa: E402
 
+from _output import ResultFile  # noqa: E402
 from wmkit.fingerprint import (  # noqa: E402
     LocalAPI,
     ModelAccess,
@@ -171,12 +172,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="50 training steps (default 200)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--ft-steps", type=int, help="steps of full fine-tuning (default: as the other trained models)")
-    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--out", type=Path, help="also write the JSON here (never overwritten)")
     ap.add_argument("--models", nargs="+", default=[n for n, _ in ZOO], choices=[n for n, _ in ZOO])
     ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     ap.add_argument("--estimate-h", type=int, metavar="N",
                     help="only estimate the signature from N output vectors (no weights) and compare with the weights'")
     args = ap.parse_args()
+    out_file = ResultFile(args.out, "fingerprint")
     if args.estimate_h:
         estimate_h(args.estimate_h)
         return
@@ -211,8 +213,7 @@ def main() -> None:
         if name not in ("victim",):
             del model
     result = {"steps": steps, "ft_steps": args.ft_steps or steps, "calibration": sig.meta["calibration"], "errors": sum(not r["correct"] for r in rows), "rows": rows}
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    out_file.write_json(result)
     if args.json:
         print(json.dumps(result))
         return

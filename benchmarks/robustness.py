@@ -41,6 +41,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from _output import ResultFile  # noqa: E402
 from wmkit.errors import InputError  # noqa: E402
 from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import load_default_lm  # noqa: E402
@@ -108,7 +109,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="20 prompts, one strength per attack, smaller stealing budgets")
     ap.add_argument("--n", type=int, default=None, help="number of prompts (default 20 quick, 100 full)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    ap.add_argument("--plot", type=Path, default=None, help="write a PNG of TPR against attack strength")
+    ap.add_argument("--plot", type=Path, default=None, help="write a PNG of TPR against attack strength (never overwritten)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     args = ap.parse_args()
@@ -116,8 +117,7 @@ def main() -> None:
     if not sections <= set(SECTIONS):
         sys.exit(f"robustness: unknown section(s) {sorted(sections - set(SECTIONS))}; expected {SECTIONS}")
     n = args.n or (20 if args.quick else 100)
-    if args.plot is not None and args.plot.exists():
-        sys.exit(f"robustness: {args.plot} exists; refusing to overwrite it")
+    plot_file = ResultFile(args.plot, "robustness")
     rng = random.Random(args.seed)
     texts = agnews()
     prompts = [" ".join(t.split()[:20]) for t in texts[:n]]
@@ -187,7 +187,7 @@ def main() -> None:
 
     if args.plot is not None:
         if rows:
-            plot(rows, args.plot)
+            plot(rows, plot_file)
         else:
             log("no table section: nothing to plot")
     if args.json:
@@ -273,7 +273,7 @@ def code_section(lm, tok, schemes_: dict, n: int, rng: random.Random, seed: int)
     return rows
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], out: ResultFile) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -294,7 +294,7 @@ def plot(rows: list[dict], path: Path) -> None:
     np.atleast_1d(axes)[0].set_ylabel("TPR at FPR 1%")
     np.atleast_1d(axes)[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    out.write(lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from _output import ResultFile  # noqa: E402
 from wmkit.errors import InputError  # noqa: E402
 from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import load_default_lm  # noqa: E402
@@ -161,9 +162,7 @@ def main() -> None:
                     help="comma-separated subset of the attack columns")
     ap.add_argument("--exp-edit-resamples", type=int, default=199, help="exp-edit's null sequences (p >= 1/(1+R))")
     args = ap.parse_args()
-    for path in (args.out, args.plot):
-        if path is not None and (path.exists() or not path.parent.is_dir()):
-            sys.exit(f"text_size: {path} exists or its folder does not; refusing to write it")
+    out_file, plot_file = ResultFile(args.out, "text_size"), ResultFile(args.plot, "text_size")
     n = args.n or (20 if args.quick else 100)
     with gzip.open(DATA, "rt", encoding="utf-8") as f:
         texts = [" ".join(line.split("\t")[0].split()) for line in f if line.strip()]
@@ -210,9 +209,7 @@ def main() -> None:
         row["config"] = scheme.config()
         rows.append(row)
         log(json.dumps({k: v for k, v in row.items() if k != "config"}))
-    if args.out is not None:
-        with open(args.out, "x", encoding="utf-8") as f:  # "x": never overwrite an earlier result
-            json.dump({"n_prompts": n, "new_tokens": NEW, "rows": rows}, f, indent=1)
+        out_file.write_json({"n_prompts": n, "new_tokens": NEW, "rows": rows})  # a cut run keeps what it measured
     if args.plot is not None:
         import matplotlib
 
@@ -228,8 +225,7 @@ def main() -> None:
         ax.set_ylabel(f"median tokens to p <= {SIZE_P}")
         ax.set_title(f"{n} AG News prompts, {NEW} tokens, T = 1.0")
         fig.tight_layout()
-        with open(args.plot, "xb") as f:
-            fig.savefig(f, format="png", dpi=120)
+        plot_file.write(lambda f: fig.savefig(f, format="png", dpi=120))
     if args.json:
         print(json.dumps(rows))
         return

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -157,25 +156,6 @@ def read_text(path: str) -> str:
     if not text.strip():
         raise InputError(f"{name}: empty file")
     return text
-
-
-def refuse_overwrite(path: Path) -> None:
-    """Raise if ``path`` exists: wm never overwrites a user's file."""
-    if path.exists():
-        raise InputError(f"{path} already exists; refusing to overwrite it (choose another -o)")
-
-
-def write_new_file(path: Path, text: str) -> None:
-    """Write ``text`` to a new file atomically (temporary file, then a no-clobber link)."""
-    refuse_overwrite(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    try:
-        os.link(tmp, path)  # fails if path appeared meanwhile: never clobbers
-    except FileExistsError:
-        raise InputError(f"{path} already exists; refusing to overwrite it") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -22,7 +22,8 @@ from ..fingerprint import (
 )
 from ..fingerprint.verify import DEFAULT_FPR, DEFAULT_QUERIES
 from ..models import load_lm
-from .common import refuse_overwrite, run_guarded
+from ..files import check_new
+from .common import run_guarded
 
 fingerprint_app = typer.Typer(help="Output-space fingerprints: is a suspect model derived from yours?", no_args_is_help=True)
 ACCESS = ("logits", "logprobs", "topk", "top1")
@@ -37,7 +38,7 @@ def enroll_cmd(
     """Write the calibrated signature of MODEL (its output layer's column space)."""
 
     def run() -> Signature:
-        refuse_overwrite(output)
+        check_new(output)  # fail before the work, not after
         if queries < 4:
             raise InputError(f"--queries must be at least 4, got {queries}")
         lm, _ = load_lm(model)

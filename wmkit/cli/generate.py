@@ -10,11 +10,12 @@ import typer
 from rich.progress import Progress
 
 from ..errors import InputError
+from ..files import check_new, write_file
 from ..models import load_lm, resolve_lm_path
 from ..watermark.text.generate import generate_completions
 from .common import (
     DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, VllmKeyOpt, ParamOpt, SeedingOpt, WidthOpt,
-    build_scheme, key_id, read_text, refuse_overwrite, run_guarded, stderr, write_new_file,
+    build_scheme, key_id, read_text, run_guarded, stderr,
 )
 
 
@@ -51,7 +52,7 @@ def generate(
     prompts = run_guarded(_prompts, prompt, prompts_file)
     scheme = None if scheme_name == "none" else run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding, params, vllm_key)
     if output is not None:
-        run_guarded(refuse_overwrite, output)  # fail before minutes of generation, not after
+        run_guarded(check_new, output)  # fail before minutes of generation, not after
     model_path = run_guarded(resolve_lm_path, model)
     lm, tok = run_guarded(load_lm, model)
     with Progress(console=stderr, transient=True, disable=len(prompts) < 2) as bar:
@@ -73,5 +74,5 @@ def generate(
         })  # ASCII-escaped: no raw U+2028 or U+0085 to split a line
         for r in results
     ]
-    run_guarded(write_new_file, output, "\n".join(lines) + "\n")
+    run_guarded(write_file, output, "\n".join(lines) + "\n")
     stderr.print(f"wrote {len(lines)} completion(s) to {output}", markup=False)

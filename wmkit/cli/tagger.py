@@ -12,7 +12,8 @@ from ..errors import InputError
 from ..models import cache_dir, load_lm
 from ..watermark.text.ie.corpus import EntropyCorpus, build_corpus, split_files, stdlib_files
 from ..watermark.text.ie.tagger import evaluate_tagger, tokenizer_fingerprint, train_tagger
-from .common import ModelOpt, refuse_overwrite, run_guarded, stderr
+from ..files import check_new
+from .common import ModelOpt, run_guarded, stderr
 
 tagger_app = typer.Typer(help="Invisible Entropy's entropy tagger.", no_args_is_help=True)
 
@@ -30,7 +31,8 @@ def corpora(model: Optional[Path], log: Any) -> tuple[Any, Any, EntropyCorpus, E
             continue
         log(f"computing the LM's entropies over {len(files)} {name} files (first run only; minutes)")
         corpus = build_corpus(lm, tok, files)
-        corpus.save(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        corpus.save(path, overwrite=True)  # a cache: a stale or half-built one is replaced
         out.append(corpus)
     return lm, tok, out[0], out[1]
 
@@ -48,7 +50,7 @@ def train(
         stderr.print(msg, markup=False)
 
     def run() -> dict[str, Any]:
-        refuse_overwrite(output)
+        check_new(output)  # fail before minutes of training, not after
         if kind not in ("causal", "paper"):
             raise InputError(f"--kind must be causal or paper, got {kind!r}")
         if epochs < 1:

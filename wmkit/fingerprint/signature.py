@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..files import write_file
 
 SIG_FORMAT = "wmkit-fingerprint-signature/1"
 
@@ -77,21 +78,10 @@ class Signature:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a new ``.safetensors`` file (never overwrites)."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
-        p = Path(path)
-        if p.exists():
-            raise InputError(f"{p} already exists; refusing to overwrite it")
         header = {"format": SIG_FORMAT, "hidden_size": str(self.hidden_size), "meta": json.dumps(self.meta)}
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        save_file({"basis": np.ascontiguousarray(self.basis, dtype=np.float32)}, str(tmp), metadata=header)
-        try:
-            os.link(tmp, p)
-        except FileExistsError:
-            raise InputError(f"{p} already exists; refusing to overwrite it") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        return p
+        return write_file(path, save({"basis": np.ascontiguousarray(self.basis, dtype=np.float32)}, metadata=header))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Signature":

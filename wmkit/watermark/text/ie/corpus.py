@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ....errors import InputError
+from ....files import write_file
 from ..entropy import lm_step_map
 
 __all__ = ["stdlib_files", "split_files", "EntropyCorpus", "build_corpus"]
@@ -55,15 +56,14 @@ class EntropyCorpus:
     entropy: list[torch.Tensor]
     files: list[str]
 
-    def save(self, path: Path) -> None:
-        """Write the corpus as one ``.npz`` (ids int32, entropies float16, chunk boundaries)."""
+    def save(self, path: Path, overwrite: bool = False) -> None:
+        """Write the corpus as one ``.npz`` (ids int32, entropies float16, chunk boundaries), atomically;
+        an existing file is replaced only with ``overwrite`` (the CLI's cache)."""
         lengths = np.array([len(x) for x in self.ids], dtype=np.int64)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, ids=torch.cat(self.ids).numpy().astype(np.int32),
-                            entropy=torch.cat(self.entropy).numpy().astype(np.float16),
-                            lengths=lengths, files=np.array(self.files))
-        tmp.replace(path)
+        arrays = {"ids": torch.cat(self.ids).numpy().astype(np.int32),
+                  "entropy": torch.cat(self.entropy).numpy().astype(np.float16),
+                  "lengths": lengths, "files": np.array(self.files)}
+        write_file(path, lambda f: np.savez_compressed(f, **arrays), overwrite=overwrite)
 
     @classmethod
     def load(cls, path: Path) -> "EntropyCorpus":

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ....errors import InputError
+from ....files import write_file
 from ....stats import roc_auc
 
 __all__ = [
@@ -103,16 +104,12 @@ class EntropyTagger(nn.Module, ABC):
         return sum(p.numel() for p in self.parameters())
 
     def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
-        """Write weights (float16) and config (+ ``metrics``) to one safetensors file."""
-        from safetensors.torch import save_file
+        """Write weights (float16) and config (+ ``metrics``) to a new safetensors file (never overwrites)."""
+        from safetensors.torch import save
 
-        path = Path(path)
         meta = {"config": json.dumps({**self.config, "kind": self.kind}), "metrics": json.dumps(metrics or {})}
         state = {k: v.detach().to(torch.float16).contiguous() for k, v in self.trainable_state().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(state, str(tmp), metadata=meta)
-        tmp.replace(path)
-        return path
+        return write_file(path, save(state, metadata=meta))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The weights that training sets (and :meth:`save` writes)."""

@@ -1,0 +1,87 @@
+"""One way to write a file: atomically, and never over a user's file.
+
+Every writer in wmkit (key files excepted: they need ``O_EXCL`` with mode 0600 from the first
+byte, see :func:`wmkit.keys.write_key_file`) goes through :func:`write_file`:
+
+* the data goes to a temporary file in the destination's folder (unique name: ``mkstemp``), is
+  flushed and ``fsync``-ed;
+* it then becomes the destination in one step: ``os.link`` for a new file, which fails if the
+  destination appeared meanwhile (no clobbering, also against a concurrent writer), or
+  ``os.replace`` when the caller says ``overwrite=True`` (caches, never user outputs);
+* the temporary file is removed whatever happens, so a crash or an exception mid-write leaves
+  the old file (or no file) intact, never a truncated one.
+
+:func:`check_new` is the early check a command runs before minutes of work, so that it fails
+before the work rather than after; :func:`write_file` checks again at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from .errors import InputError
+
+__all__ = ["check_new", "write_file"]
+
+Writer = Callable[[BinaryIO], None]
+
+
+def check_new(path: str | os.PathLike[str]) -> Path:
+    """Raise :class:`InputError` unless ``path`` can be created as a new file (no file there, folder exists)."""
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        raise InputError(f"{p} already exists; refusing to overwrite it (choose another output path)")
+    if not p.parent.is_dir():
+        raise InputError(f"{p.parent} is not a folder; cannot write {p.name} there")
+    return p
+
+
+def write_file(path: str | os.PathLike[str], data: bytes | str | Writer, *, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically.
+
+    Args:
+        path: the destination.
+        data: bytes, text (written as UTF-8), or a function that writes the content to the
+            binary file object it is given (``np.save``, ``np.savez_compressed``, ``fig.savefig``).
+        overwrite: replace an existing file (for caches). By default an existing file is an
+            :class:`InputError` and is left untouched.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    p = Path(path)
+    if not overwrite:
+        check_new(p)
+    elif not p.parent.is_dir():
+        raise InputError(f"{p.parent} is not a folder; cannot write {p.name} there")
+    fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        if overwrite:
+            os.replace(tmp, p)
+        else:
+            try:
+                os.link(tmp, p)  # fails if p appeared meanwhile: never clobbers
+            except FileExistsError:
+                raise InputError(f"{p} already exists; refusing to overwrite it") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p
+
+
+def _umask() -> int:
+    """The process umask (read without changing it for longer than a call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
