@@ -44,7 +44,7 @@ def test_keygen_writes_private_key_and_refuses_overwrite(tmp_path):
     assert r.exit_code == 2 and "128" in r.stderr
 
 
-def test_detect_table_and_json(keyfile, texts):
+def test_detect_table_and_json(keyfile, texts, monkeypatch):
     marked, plain = texts
     r = runner.invoke(app, ["detect", str(marked), str(plain), "-k", str(keyfile), "--json"])
     assert r.exit_code == 0, r.stderr
@@ -54,8 +54,15 @@ def test_detect_table_and_json(keyfile, texts):
         assert {"file", "scheme", "tokens_scored", "green_fraction", "z", "p_value", "watermarked"} <= set(row)
     assert rows[0]["watermarked"] and rows[0]["z"] > 10
     assert not rows[1]["watermarked"] and abs(rows[1]["z"]) < 4
-    r = runner.invoke(app, ["detect", str(marked), str(plain), "-k", str(keyfile)])
-    assert r.exit_code == 0 and "watermarked" in r.stdout and "not watermarked" in r.stdout
+    monkeypatch.chdir(marked.parent)  # short names: the table is not wrapped
+    r = runner.invoke(app, ["detect", marked.name, plain.name, "-k", str(keyfile)])
+    assert r.exit_code == 0
+    # the table: each verdict on its file's row, with that row's z and token count
+    line_of = {name: next(ln for ln in r.stdout.splitlines() if name in ln) for name in (marked.name, plain.name)}
+    assert "not watermarked" not in line_of[marked.name] and "watermarked" in line_of[marked.name]
+    assert "not watermarked" in line_of[plain.name]
+    for name, row in zip((marked.name, plain.name), rows):
+        assert f"{row['z']:.2f}" in line_of[name] and str(row["tokens_scored"]) in line_of[name]
 
 
 def test_detect_from_stdin_env_key_and_highlight(keyfile, texts, monkeypatch):
@@ -109,6 +116,10 @@ def test_bad_inputs_are_one_line_errors_and_others_still_processed(tmp_path, key
         (["--scheme", "ie", "-P", "tau=0.5"], "tau must be one of"),
         (["--scheme", "ie", "-P", "navigate"], "NAME=VALUE"),
         (["--scheme", "ie", "-P", "colour=1"], "unknown parameter"),
+        (["--scheme", "ie", "-P", "tau=high"], "tau expects float"),
+        (["--scheme", "ie", "-P", "navigate=maybe"], "navigate expects bool"),
+        (["--scheme", "sweet", "-P", "entropy_threshold=25"], "entropy_threshold must be a number [0, 20)"),
+        (["--scheme", "gumbel", "-P", "deduplicate_contexts=all"], "must be one of none, single_turn"),
         (["--scheme", "ie", "--windowed"], "--windowed is not available for ie"),
         (["--scheme", "vllm-gumbel"], "takes vLLM's integer key (--vllm-key N"),
         (["--scheme", "kgw", "--vllm-key", "42"], "--vllm-key applies to the vllm-* schemes"),
@@ -143,10 +154,40 @@ def test_generate_refuses_existing_output_before_loading_model(tmp_path, keyfile
     assert r.exit_code == 2
 
 
+def _command_paths(group, prefix=()):
+    """Every command and sub-command of the click group, found by walking it (not listed by hand)."""
+    for name, cmd in group.commands.items():
+        yield (*prefix, name)
+        if getattr(cmd, "commands", None):
+            yield from _command_paths(cmd, (*prefix, name))
+
+
 def test_help_on_every_command():
-    for cmd in ([], ["keygen"], ["generate"], ["detect"], ["demo"]):
+    import typer
+
+    paths = list(_command_paths(typer.main.get_command(app)))
+    assert {("detect",), ("schemes",), ("tagger", "train"), ("fingerprint", "verify"), ("eaas", "verify")} <= set(paths)
+    for cmd in [(), *paths]:
         r = runner.invoke(app, [*cmd, "--help"])
-        assert r.exit_code == 0 and "Usage" in r.stdout
+        assert r.exit_code == 0 and "Usage" in r.stdout, cmd
+        assert r.stdout.count("\n") > 3, cmd  # a description and options, not a bare usage line
+
+
+def test_schemes_lists_every_declared_parameter():
+    from wmkit.params import describe
+    from wmkit.watermark.text import SCHEMES
+
+    r = runner.invoke(app, ["schemes", "--json"])
+    assert r.exit_code == 0, r.stderr
+    rows = {row["scheme"]: row for row in json.loads(r.stdout)}
+    assert set(rows) == set(SCHEMES)
+    for name, cls in SCHEMES.items():
+        assert [p["name"] for p in rows[name]["parameters"]] == [d.name for d in describe(cls)]
+    assert rows["ie"]["detector"] == {"needs_model": False, "windowed": False, "device": False}
+    assert rows["sweet"]["detector"]["needs_model"] and rows["kgw"]["detector"]["windowed"]
+    assert rows["vllm-sbw"]["key"].startswith("--vllm-key")
+    r = runner.invoke(app, ["schemes", "nope"])
+    assert r.exit_code == 2 and "unknown scheme" in r.stderr
 
 
 def test_detect_windowed_locates_a_marked_passage(tmp_path, keyfile, tokenizer):

@@ -114,3 +114,34 @@ def test_served_text_carries_sampling_schemes(model, key, name, key_value):
     ids = [int(t.split(":")[1]) for t in r.json()["choices"][0]["logprobs"]["tokens"]]
     det = scheme.detector(VocabOnly()).detect(ids)
     assert len(ids) >= 30 and det.decision and det.p_value < 1e-8
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting the token ids it is asked to decode."""
+
+    def __init__(self, tok):
+        self.tok, self.decoded = tok, 0
+
+    def decode(self, ids, **kw):
+        self.decoded += len(ids)
+        return self.tok.decode(ids, **kw)
+
+
+def test_stop_strings_found_incrementally_as_by_decoding_everything(tokenizer):
+    """StopWatch stops at the same token as decoding the whole completion at every step (the
+    old O(L^2) loop), across multi-byte characters, while decoding O(L) ids in all."""
+    from wmkit.server.completions import StopWatch
+
+    text = ("Les crêpes sont délicieuses 🍓🍓 avec du sucre. The tide turns at noon; ⛵ boats leave. "
+            "Tokyo 東京 is far away. END of the story, then more text follows here. ") * 8
+    ids = tokenizer(text).input_ids
+    for stop in (["tide turns"], ["東京"], ["🍓"], ["END", "noon;"], ["never there"], ["e"]):
+        expect = next((i for i in range(len(ids))
+                       if any(s in tokenizer.decode(ids[: i + 1], skip_special_tokens=True) for s in stop)), None)
+        counting = CountingTokenizer(tokenizer)
+        watch = StopWatch(counting, stop)
+        got = next((i for i, t in enumerate(ids) if watch.add(t)), None)
+        assert got == expect, stop
+        n = (got if got is not None else len(ids)) + 1
+        assert counting.decoded <= 8 * n  # linear: the whole-text loop decodes n^2 / 2 ids
+    assert len(ids) > 300

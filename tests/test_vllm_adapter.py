@@ -89,7 +89,8 @@ def test_unigram_and_no_marked_rows(key):
     got = proc.apply(scores.clone())
     assert torch.equal(got[0], scores[0])
     assert torch.equal(got[1], Unigram(key).processor()(torch.zeros((1, 0), dtype=torch.long, device=DEVICE), scores[1:2])[0])
-    proc.update_state(None)  # vLLM passes None when nothing changed
+    proc.update_state(None)  # vLLM passes None when nothing changed: the rows are kept
+    assert list(proc.rows) == [1] and torch.equal(proc.apply(scores.clone()), got)
 
 
 def test_validate_params_and_env_config(key, monkeypatch, tmp_path):

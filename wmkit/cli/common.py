@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import sys
@@ -14,6 +13,7 @@ from rich.console import Console
 
 from ..errors import InputError, WmkitError
 from ..keys import load_key
+from ..params import describe, parse_value
 from ..watermark.text import SCHEMES, key_kind
 from ..watermark.text.vllm_native import VLLM_KEY_ENV, load_vllm_key
 
@@ -24,15 +24,36 @@ KeyFileOpt = typer.Option(None, "--key-file", "-k", help="Key file (wm keygen); 
 SchemeOpt = typer.Option("kgw", "--scheme", "-s", help=f"Watermark scheme: {', '.join(SCHEMES)}.")
 VllmKeyOpt = typer.Option(None, "--vllm-key", help="vLLM's integer watermark key (vllm-* schemes); else $WMKIT_VLLM_KEY.",
                           show_default=False)
-GammaOpt = typer.Option(None, help="Green fraction (default: the scheme's: kgw 0.25, unigram 0.5).", show_default=False)
-DeltaOpt = typer.Option(None, help="Logit bias for green tokens (default 2.0).", show_default=False)
-WidthOpt = typer.Option(None, "--context-width", help="KGW context width h, 1..8 (default 1).", show_default=False)
-SeedingOpt = typer.Option(None, help="KGW seeding: lefthash (default) or selfhash.", show_default=False)
-ParamOpt = typer.Option(
-    [], "--param", "-P", show_default=False,
-    help="A scheme parameter NAME=VALUE, repeatable: ie: tau, tagger (causal, paper or a file), navigate; "
-         "sweet: entropy_threshold; vllm-*: deduplicate_contexts, alpha (dual-key).",
-)
+NAMED_PARAMS = ("gamma", "delta", "context_width", "seeding")  # parameters with their own option
+
+
+def param_help(pname: str) -> str:
+    """Help of a named scheme option, from the schemes' declarations (:mod:`wmkit.params`)."""
+    by_default: dict[str, list[str]] = {}
+    docs = [d for cls in SCHEMES.values() for d in describe(cls) if d.name == pname]
+    for scheme, cls in SCHEMES.items():
+        for d in describe(cls):
+            if d.name == pname:
+                by_default.setdefault("null (per seeding)" if d.default is None else str(d.default), []).append(scheme)
+    defaults = "; ".join(f"{', '.join(s)} {v}" for v, s in by_default.items())
+    helps, accepts = {d.help for d in docs}, {d.accepts for d in docs}
+    what = docs[0].help if len(helps) == 1 else pname.replace("_", " ")
+    rng = docs[0].accepts if len(accepts) == 1 else "per scheme (wm schemes)"
+    return f"{what[0].upper()}{what[1:]}: {rng} (default: {defaults})."
+
+
+def extra_params_help() -> str:
+    """Help of ``--param``: every scheme's parameters that have no option of their own."""
+    per = [f"{s}: {', '.join(d.name for d in describe(c) if d.name not in NAMED_PARAMS)}" for s, c in SCHEMES.items()]
+    return "A scheme parameter NAME=VALUE, repeatable (wm schemes describes each). " + "; ".join(
+        p for p in per if not p.endswith(": ")) + "."
+
+
+GammaOpt = typer.Option(None, help=param_help("gamma"), show_default=False)
+DeltaOpt = typer.Option(None, help=param_help("delta"), show_default=False)
+WidthOpt = typer.Option(None, "--context-width", help=param_help("context_width"), show_default=False)
+SeedingOpt = typer.Option(None, help=param_help("seeding"), show_default=False)
+ParamOpt = typer.Option([], "--param", "-P", show_default=False, help=extra_params_help())
 ModelOpt = typer.Option(None, "--model", "-m", help="Model folder or .gguf file (default: SmolLM2-135M-Instruct).", show_default=False)
 
 
@@ -60,14 +81,15 @@ def build_scheme(
     """The scheme ``name`` with the user's key and the parameters given (defaults otherwise).
 
     A named option (``--gamma`` ...) must be a parameter of the scheme's dataclass. ``extra`` holds
-    ``NAME=VALUE`` strings (``--param``); a value that reads as JSON (a number, ``true``/``false``,
-    ``null``) is taken as such, anything else as a string. vLLM-native schemes take ``--vllm-key``
+    ``NAME=VALUE`` strings (``--param``), parsed by the parameter's declared type
+    (:func:`wmkit.params.parse_value`). vLLM-native schemes take ``--vllm-key``
     (or ``$WMKIT_VLLM_KEY``), the others a wmkit key file (or ``$WMKIT_KEY``); the wrong one is an error.
     """
     key_kind(name)  # an unknown scheme is an error before anything else
-    allowed = {f.name for f in dataclasses.fields(SCHEMES[name])} - {"key"}
+    cls = SCHEMES[name]
+    allowed = {d.name for d in describe(cls)}
     params: dict[str, Any] = {}
-    for pname, value in (("gamma", gamma), ("delta", delta), ("context_width", context_width), ("seeding", seeding)):
+    for pname, value in zip(NAMED_PARAMS, (gamma, delta, context_width, seeding)):
         if value is not None:
             if pname not in allowed:
                 raise InputError(f"--{pname.replace('_', '-')} does not apply to {name}")
@@ -77,12 +99,9 @@ def build_scheme(
         pname = pname.strip()
         if not sep or not pname:
             raise InputError(f"--param expects NAME=VALUE, got {item!r}")
-        if pname in ("gamma", "delta", "context_width", "seeding") and pname in allowed:
+        if pname in NAMED_PARAMS and pname in allowed:
             raise InputError(f"--param {pname}: use the --{pname.replace('_', '-')} option")
-        try:
-            params[pname] = json.loads(value)
-        except json.JSONDecodeError:
-            params[pname] = value
+        params[pname] = parse_value(cls, pname, value)
     return scheme_from_config({"scheme": name, **params}, key_file, vllm_key)
 
 

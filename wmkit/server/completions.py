@@ -107,6 +107,37 @@ def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars:
     return req
 
 
+class StopWatch:
+    """Finds stop strings in a growing completion in O(total length): decodes only a few trailing
+    tokens per step (vLLM's incremental detokenization: the text of ``ids[prefix:]`` minus that of
+    ``ids[prefix:read]``), and searches only the new text plus ``longest stop - 1`` characters."""
+
+    def __init__(self, tokenizer: Any, stops: list[str]) -> None:
+        self.tok, self.stops = tokenizer, stops
+        self.keep = max((len(s) for s in stops), default=1) - 1
+        self.ids: list[int] = []
+        self.text = ""
+        self.prefix = self.read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def add(self, token: int) -> bool:
+        """Append ``token``; True once a stop string has appeared."""
+        self.ids.append(token)
+        if not self.stops:
+            return False
+        before = self._decode(self.ids[self.prefix : self.read])
+        now = self._decode(self.ids[self.prefix :])
+        if len(now) <= len(before) or now.endswith("\ufffd"):  # an incomplete character: wait for more
+            return False
+        start = max(0, len(self.text) - self.keep)
+        self.text += now[len(before) :]
+        self.prefix, self.read = self.read, len(self.ids)
+        tail = self.text[start:]
+        return any(s in tail for s in self.stops)
+
+
 class Generator:
     """Greedy or sampled generation with logit bias, an optional watermark scheme, and top-k log-probs.
 
@@ -146,6 +177,8 @@ class Generator:
         out_ids: list[int] = []
         tokens, token_lps, tops = [], [], []
         past, inp = None, torch.tensor([ids])
+        context = torch.tensor(ids + [0] * req["max_tokens"])[None]  # prompt + completion, filled in place
+        watch = StopWatch(self.tok, req["stop"])
         # one processor per completion: a Gumbel-max scheme samples at this request's temperature and top_p
         processor = (self.scheme.processor(self.scheme_tok, temperature=req["temperature"], top_p=req["top_p"])
                      if self.scheme is not None else None)
@@ -160,8 +193,7 @@ class Generator:
                 lp = torch.log_softmax(raw.double(), -1)
                 scores = raw.clone()
                 if processor is not None:
-                    ctx = torch.tensor([ids + out_ids])
-                    scores = processor(ctx, scores[None])[0]
+                    scores = processor(context[:, : len(ids) + len(out_ids)], scores[None])[0]
                 if req["temperature"] == 0:
                     t = int(torch.argmax(scores))
                 else:
@@ -172,6 +204,7 @@ class Generator:
                         probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
                     t = int(torch.multinomial(probs, 1, generator=gen))
                 out_ids.append(t)
+                context[0, len(ids) + len(out_ids) - 1] = t
                 if req["logprobs"] is not None:
                     tokens.append(self.token_str(t, req["ids"]))
                     token_lps.append(float(lp[t]))
@@ -180,7 +213,7 @@ class Generator:
                     tops.append({self.token_str(int(i), req["ids"]): float(lp[i]) for i in top})
                 if t == self.tok.eos_token_id:
                     break
-                if req["stop"] and any(s in self.tok.decode(out_ids, skip_special_tokens=True) for s in req["stop"]):
+                if watch.add(t):
                     break
                 inp = torch.tensor([[t]])
         text = self.tok.decode(out_ids, skip_special_tokens=True)

@@ -21,6 +21,7 @@ from ... import prf
 from ...errors import InputError
 from ... import kernels
 from ...keys import KeyedConfig, SecretKey
+from ...params import Spec, check_params
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, windowed_binomial_detection
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, DetectorCore
 
@@ -43,6 +44,13 @@ def check_prf_version(name: str, version: Any) -> None:
         raise InputError(f"{name}: unknown prf_version {version!r}; this wmkit implements PRF spec v{prf.PRF_VERSION}")
 
 
+GAMMA = Spec("green fraction of the vocabulary", low=0.0, high=1.0, open_low=True, open_high=True)
+DELTA = Spec("logit bias added to green tokens", low=0.0, high=1e4, open_high=True)
+PRF_VERSION = Spec("the PRF spec the config was made under (wmkit.prf; v1 was withdrawn)", choices=(prf.PRF_VERSION,))
+SEEDING = Spec("how a context seeds the green list (lefthash: previous tokens; selfhash: min-hash anchored "
+               "on the candidate)", choices=prf.SEEDING_SCHEMES)
+
+
 @dataclass(frozen=True)
 class GreenListScheme(KeyedConfig, ABC):
     """Base of the green-list text watermarks (do not instantiate; use a scheme).
@@ -54,21 +62,16 @@ class GreenListScheme(KeyedConfig, ABC):
     """
 
     key: SecretKey = field(repr=False, compare=False)
-    gamma: float = 0.25
-    delta: float = 2.0
-    prf_version: int = prf.PRF_VERSION
+    gamma: float = GAMMA.field(0.25)
+    delta: float = DELTA.field(2.0)
+    prf_version: int = PRF_VERSION.field(prf.PRF_VERSION)
     name: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities] = Capabilities(windowed=True, device=True)  # of its detector
 
     def __post_init__(self) -> None:
         check_wmkit_key(self.name, self.key, self.prf_version)
-        if not (isinstance(self.gamma, (int, float)) and 0.0 < self.gamma < 1.0):
-            raise InputError(f"{self.name}: gamma must be in (0, 1), got {self.gamma!r}")
-        if not (isinstance(self.delta, (int, float)) and 0.0 <= self.delta < 1e4):
-            raise InputError(f"{self.name}: delta must be a number >= 0, got {self.delta!r}")
+        check_params(self)
         h, seeding = self.seeding_params()
-        if seeding not in prf.SEEDING_SCHEMES:
-            raise InputError(f"{self.name}: seeding must be one of {prf.SEEDING_SCHEMES}, got {seeding!r}")
         if seeding == "selfhash" and h < 1:
             raise InputError(f"{self.name}: selfhash needs a context width >= 1")
 

@@ -16,21 +16,18 @@ import torch
 from transformers import LogitsProcessor
 
 from ...errors import InputError
+from ...params import Spec
 from ...stats import Detection
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
 
-__all__ = ["check_dedup", "completion_contexts", "first_context_mask", "CompletionProcessor", "repeated_context", "top_p_mask",
+__all__ = ["DEDUP", "DEDUP_HISTORY", "completion_contexts", "first_context_mask", "CompletionProcessor", "repeated_context", "top_p_mask",
            "gumbel_max", "GumbelProcessor", "CompletionDetector", "DEDUP_SCOPES"]
 
 DEDUP_SCOPES = ("none", "single_turn")
 
 
-def check_dedup(name: str, scope: Any, max_history: Any) -> None:
-    """Validate ``deduplicate_contexts`` and ``deduplicate_contexts_max_history`` (vLLM's meanings)."""
-    if scope not in DEDUP_SCOPES:
-        raise InputError(f"{name}: deduplicate_contexts must be one of {DEDUP_SCOPES}, got {scope!r}")
-    if max_history is not None and not (isinstance(max_history, int) and not isinstance(max_history, bool) and max_history >= 1):
-        raise InputError(f"{name}: deduplicate_contexts_max_history must be an integer >= 1 or null, got {max_history!r}")
+DEDUP = Spec("a repeated context is sampled normally (single_turn) or marked again (none)", choices=DEDUP_SCOPES)
+DEDUP_HISTORY = Spec("positions searched for a repeated context (null: all)", low=1)
 
 
 def gumbel_max(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -31,10 +31,10 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from ... import prf
-from ...errors import InputError
 from ...keys import KeyedConfig, SecretKey
+from ...params import Spec, check_params
 from ...stats import Detection, permutation_detection
-from .base import check_wmkit_key
+from .base import PRF_VERSION, check_wmkit_key
 from .completion import CompletionProcessor, gumbel_max, top_p_mask
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
 
@@ -53,21 +53,16 @@ class ExpEdit(KeyedConfig):
     """
 
     key: SecretKey = field(repr=False, compare=False)
-    key_length: int = 256
-    gap: float = 0.4
-    n_resamples: int = 99
-    prf_version: int = prf.PRF_VERSION
+    key_length: int = Spec("length n of the keyed sequence", low=2, high=4096).field(256)
+    gap: float = Spec("Levenshtein insertion/deletion cost of the test", low=0.0, high=100.0).field(0.4)
+    n_resamples: int = Spec("keyed null sequences of the permutation test (p >= 1/(1+n))", low=9, high=9999).field(99)
+    prf_version: int = PRF_VERSION.field(prf.PRF_VERSION)
     name: ClassVar[str] = "exp-edit"
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __post_init__(self) -> None:
         check_wmkit_key(self.name, self.key, self.prf_version)
-        if not (isinstance(self.key_length, int) and 2 <= self.key_length <= 4096):
-            raise InputError(f"{self.name}: key_length must be an integer in 2..4096, got {self.key_length!r}")
-        if not (isinstance(self.gap, (int, float)) and 0.0 <= self.gap <= 100.0):
-            raise InputError(f"{self.name}: gap must be a number in [0, 100], got {self.gap!r}")
-        if not (isinstance(self.n_resamples, int) and 9 <= self.n_resamples <= 9999):
-            raise InputError(f"{self.name}: n_resamples must be an integer in 9..9999, got {self.n_resamples!r}")
+        check_params(self)
 
     def prf_keys(self, resamples: int = 0) -> list[tuple[int, int, int, int]]:
         """The sequence's PRF key, then ``resamples`` keys of independent null sequences."""

@@ -27,11 +27,11 @@ from typing import Any, ClassVar
 import torch
 
 from ... import prf
-from ...errors import InputError
 from ...keys import KeyedConfig, SecretKey
+from ...params import Spec, check_params
 from ...stats import Detection, gamma_detection
-from .base import check_wmkit_key
-from .completion import CompletionDetector, check_dedup, GumbelProcessor, gumbel_max
+from .base import PRF_VERSION, check_wmkit_key
+from .completion import DEDUP, DEDUP_HISTORY, CompletionDetector, GumbelProcessor, gumbel_max
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities
 
 __all__ = ["Gumbel"]
@@ -49,19 +49,17 @@ class Gumbel(KeyedConfig):
     """
 
     key: SecretKey = field(repr=False, compare=False)
-    context_width: int = 4
-    deduplicate_contexts: str = "single_turn"
-    deduplicate_contexts_max_history: int | None = 8192
-    prf_version: int = prf.PRF_VERSION
+    context_width: int = Spec("completion tokens in the PRF context", low=1, high=16).field(4)
+    deduplicate_contexts: str = DEDUP.field("single_turn")
+    deduplicate_contexts_max_history: int | None = DEDUP_HISTORY.field(8192)
+    prf_version: int = PRF_VERSION.field(prf.PRF_VERSION)
     name: ClassVar[str] = "gumbel"
     capabilities: ClassVar[Capabilities] = Capabilities()
     skip_partial_context: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_wmkit_key(self.name, self.key, self.prf_version)
-        if not (isinstance(self.context_width, int) and not isinstance(self.context_width, bool) and 1 <= self.context_width <= 16):
-            raise InputError(f"{self.name}: context_width must be an integer in 1..16, got {self.context_width!r}")
-        check_dedup(self.name, self.deduplicate_contexts, self.deduplicate_contexts_max_history)
+        check_params(self)
 
     def prf_key(self) -> tuple[int, int, int, int]:
         """The PRF v2 key of this scheme."""

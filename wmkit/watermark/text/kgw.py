@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ...errors import InputError
-from .base import GreenListScheme
+from ...params import Spec
+from .base import SEEDING, GreenListScheme
 
 MAX_CONTEXT_WIDTH = 8
+CONTEXT_WIDTH = Spec("previous tokens that seed the green list (h)", low=1, high=MAX_CONTEXT_WIDTH)
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,9 @@ class KGW(GreenListScheme):
         seeding: ``"lefthash"`` (default) or ``"selfhash"``.
     """
 
-    context_width: int = 1
-    seeding: str = "lefthash"
+    context_width: int = CONTEXT_WIDTH.field(1)
+    seeding: str = SEEDING.field("lefthash")
     name: ClassVar[str] = "kgw"
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.context_width, int) and 1 <= self.context_width <= MAX_CONTEXT_WIDTH):
-            raise InputError(f"kgw: context_width must be an integer in 1..{MAX_CONTEXT_WIDTH}, got {self.context_width!r}")
-        super().__post_init__()
 
     def seeding_params(self) -> tuple[int, str]:
         """``(context_width, seeding)``."""

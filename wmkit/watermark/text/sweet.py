@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import InputError
+from ...params import Spec
 from ...stats import Detection
 from .base import GreenListProcessor
 from .entropy import ModelDetector, NeedsModel, ScoredText, shannon_entropy
@@ -51,14 +52,10 @@ class SWEET(NeedsModel, KGW):
         entropy_threshold: steps with entropy (nats) above it carry the mark (default 0.9).
     """
 
-    entropy_threshold: float = 0.9
+    entropy_threshold: float = Spec("steps with entropy above it (nats) carry the mark", low=0.0, high=20.0,
+                                    open_high=True).field(0.9)
     name: ClassVar[str] = "sweet"
     detector_class: ClassVar[type[ModelDetector]] = SweetDetector
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.entropy_threshold, (int, float)) and 0.0 <= self.entropy_threshold < 20.0):
-            raise InputError(f"sweet: entropy_threshold must be a number of nats in [0, 20), got {self.entropy_threshold!r}")
-        super().__post_init__()
 
     def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> GreenListProcessor:
         """Adds ``delta`` to green logits of the rows whose entropy (from these logits) is above the threshold."""

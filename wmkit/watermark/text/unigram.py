@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import GreenListScheme
+from .base import GAMMA, GreenListScheme
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Unigram(GreenListScheme):
         delta: logit bias for green tokens (default 2.0).
     """
 
-    gamma: float = 0.5
+    gamma: float = GAMMA.field(0.5)
     name: ClassVar[str] = "unigram"
 
     def seeding_params(self) -> tuple[int, str]:

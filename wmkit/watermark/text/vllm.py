@@ -114,8 +114,8 @@ class WmkitLogitsProcessor(_VllmLogitsProcessor):
     def _contexts(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Last ``h`` tokens (prompt then output) of every marked row, and the row mask."""
         h = self.h
-        window = torch.zeros((batch, h), dtype=torch.int64, pin_memory=self.pin)
-        mask = torch.zeros(batch, dtype=torch.bool, pin_memory=self.pin)
+        flat = [0] * (batch * h)  # one host list, one tensor, one copy: no tensor per row
+        marked = [False] * batch
         for index, (prompt, output, on) in self.rows.items():
             if not on or index >= batch:
                 continue
@@ -123,9 +123,12 @@ class WmkitLogitsProcessor(_VllmLogitsProcessor):
             if len(tail) < h:
                 tail = prompt[max(0, len(prompt) - (h - len(tail))) :] + tail
             if len(tail) == h:  # rows whose context is still too short stay unchanged
-                if h:
-                    window[index] = torch.tensor(tail, dtype=torch.int64)
-                mask[index] = True
+                flat[index * h : (index + 1) * h] = tail
+                marked[index] = True
+        window = torch.tensor(flat, dtype=torch.int64).view(batch, h)
+        mask = torch.tensor(marked, dtype=torch.bool)
+        if self.pin:
+            window, mask = window.pin_memory(), mask.pin_memory()
         return window.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:

@@ -42,9 +42,9 @@ from ... import prf
 from ...errors import InputError, InvalidKeyError
 from ...keys import KeyedConfig
 from ...stats import Detection, binomial_detection, gamma_detection, normal_pvalue
-from .completion import (
-    CompletionDetector, CompletionProcessor, check_dedup, GumbelProcessor, gumbel_max,
-)
+from ...params import Spec, check_params
+from .base import DELTA, GAMMA, SEEDING
+from .completion import DEDUP, DEDUP_HISTORY, CompletionDetector, CompletionProcessor, GumbelProcessor, gumbel_max
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities
 
 __all__ = [
@@ -168,20 +168,22 @@ class SBWProcessor(CompletionProcessor):
 # schemes
 # ---------------------------------------------------------------------------------------------
 
+VLLM_CONTEXT_WIDTH = Spec("generated tokens in the PRF context (vLLM's context_width)", low=1, high=64)
+
+
 @dataclass(frozen=True)
 class VllmScheme(KeyedConfig, ABC):
     """Base of vLLM's native schemes: an integer key and vLLM's context width (do not instantiate)."""
 
     key: int = field(repr=False, compare=False)
-    context_width: int = 4
+    context_width: int = VLLM_CONTEXT_WIDTH.field(4)
     name: ClassVar[str] = ""
     key_kind: ClassVar[str] = "vllm"  # the CLI asks for --vllm-key, not a wmkit key file
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __post_init__(self) -> None:
         parse_vllm_key(self.key, f"{self.name} key")
-        if not (isinstance(self.context_width, int) and not isinstance(self.context_width, bool) and 1 <= self.context_width <= 64):
-            raise InputError(f"{self.name}: context_width must be an integer in 1..64, got {self.context_width!r}")
+        check_params(self)
 
     def detector(self, tokenizer: Any, fpr: float = DEFAULT_FPR, min_tokens: int = DEFAULT_MIN_TOKENS, **options: Any) -> CompletionDetector:
         """A detector on completion text or token ids (vLLM's statistic and context deduplication)."""
@@ -205,13 +207,9 @@ class VllmGumbel(VllmScheme):
         deduplicate_contexts_max_history: positions searched (vLLM's default 8192; ``None``: all).
     """
 
-    deduplicate_contexts: str = "single_turn"
-    deduplicate_contexts_max_history: int | None = 8192
+    deduplicate_contexts: str = DEDUP.field("single_turn")
+    deduplicate_contexts_max_history: int | None = DEDUP_HISTORY.field(8192)
     name: ClassVar[str] = "vllm-gumbel"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_dedup(self.name, self.deduplicate_contexts, self.deduplicate_contexts_max_history)
 
     def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> GumbelProcessor:
         """A processor that makes vLLM's sampler's choice at ``temperature`` (and nucleus ``top_p``)."""
@@ -241,13 +239,8 @@ class VllmDualKeyGumbel(VllmGumbel):
         alpha: probability of key B in generation and its weight in detection (vLLM's config default 0.1).
     """
 
-    alpha: float = 0.1
+    alpha: float = Spec("probability of key B (generation) and its weight (detection)", low=0.0, high=1.0).field(0.1)
     name: ClassVar[str] = "vllm-dual-key-gumbel"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
-            raise InputError(f"{self.name}: alpha must be in [0, 1], got {self.alpha!r}")
 
     def subkeys(self) -> tuple[int, int]:
         """vLLM's key A and key B."""
@@ -281,22 +274,17 @@ class VllmSBW(VllmScheme):
         gamma, delta: green fraction (``sbw_gamma``, 0.5) and bias (``sbw_delta``, 2.0).
     """
 
-    context_width: int | None = None  # type: ignore[assignment]
-    seeding: str = "selfhash"
-    gamma: float = 0.5
-    delta: float = 2.0
+    context_width: int | None = Spec(VLLM_CONTEXT_WIDTH.help + " (null: 4 for selfhash, 1 for lefthash)",
+                                     low=1, high=64).field(None)  # type: ignore[assignment]
+    seeding: str = SEEDING.field("selfhash")
+    gamma: float = GAMMA.field(0.5)
+    delta: float = DELTA.field(2.0)
     name: ClassVar[str] = "vllm-sbw"
 
     def __post_init__(self) -> None:
-        if self.seeding not in prf.SEEDING_SCHEMES:
-            raise InputError(f"{self.name}: seeding must be one of {prf.SEEDING_SCHEMES}, got {self.seeding!r}")
         if self.context_width is None:
             object.__setattr__(self, "context_width", 4 if self.seeding == "selfhash" else 1)
         super().__post_init__()
-        if not (isinstance(self.gamma, (int, float)) and 0.0 < self.gamma < 1.0):
-            raise InputError(f"{self.name}: gamma must be in (0, 1), got {self.gamma!r}")
-        if not (isinstance(self.delta, (int, float)) and 0.0 <= self.delta < 1e4):
-            raise InputError(f"{self.name}: delta must be a number >= 0, got {self.delta!r}")
 
     def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> SBWProcessor:
         """A processor that adds ``delta`` to SBW's green logits (sampling then proceeds as usual)."""

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from ....errors import InputError
+from ....params import Spec
 from ....stats import Detection, bonferroni
 from ..base import GreenListProcessor
 from ..detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
@@ -53,20 +54,15 @@ class IE(KGW):
             path of a tagger file.
     """
 
-    gamma: float = 0.25
-    tau: float = 0.9
-    navigate: bool = True
-    tagger: str = "causal"
+    tau: float = Spec("generation threshold (nats) on the tagger's grid", choices=TAUS).field(0.9)
+    navigate: bool = Spec("detection picks tau per text with the threshold navigator (false: uses tau)").field(True)
+    tagger: str = Spec("entropy tagger: causal, paper or a tagger file").field("causal")
     name: ClassVar[str] = "ie"
     capabilities: ClassVar[Capabilities] = Capabilities()  # no model, no windowed scan, CPU
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.tau, (int, float)) and not isinstance(self.tau, bool) and any(abs(self.tau - t) < 1e-9 for t in TAUS)):
-            raise InputError(f"ie: tau must be one of {list(TAUS)}, got {self.tau!r}")
-        if not isinstance(self.navigate, bool):
-            raise InputError(f"ie: navigate must be true or false, got {self.navigate!r}")
-        if not (isinstance(self.tagger, str) and self.tagger):
-            raise InputError("ie: tagger must be 'causal', 'paper' or a tagger file path")
+        if isinstance(self.tau, (int, float)) and not isinstance(self.tau, bool):  # 0.9000000001 from a JSON round-trip
+            object.__setattr__(self, "tau", next((t for t in TAUS if abs(self.tau - t) < 1e-9), self.tau))
         super().__post_init__()
 
     def load_tagger(self, tokenizer: Any) -> EntropyTagger:
@@ -82,9 +78,13 @@ class IE(KGW):
         tagger = self.load_tagger(tokenizer)
         k = tagger.tau_index(self.tau)
 
+        n = tagger.context_tokens
+
         @torch.no_grad()
         def gate(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            return tagger.predict_last(input_ids.cpu())[:, k] > 0
+            # only the tagger's window is read, on the logits' device when the tagger can run there
+            tail = input_ids[:, -n:]
+            return tagger.runs_on(tail.device).predict_last(tail)[:, k].to(scores.device) > 0
 
         return self.gated_processor(tokenizer, gate)
 

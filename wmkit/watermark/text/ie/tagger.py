@@ -99,6 +99,16 @@ class EntropyTagger(nn.Module, ABC):
     def predict_last(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, K]`` for the token after the last position of each row."""
 
+    @property
+    @abstractmethod
+    def context_tokens(self) -> int:
+        """How many trailing tokens :meth:`predict_last` reads (earlier ones cannot change it)."""
+
+    def runs_on(self, device: torch.device) -> "EntropyTagger":
+        """A tagger that takes ids on ``device`` (this one, or a cached copy moved there); the
+        paper tagger decodes text on the CPU and stays there."""
+        return self
+
     def n_parameters(self) -> int:
         """Parameters used at detection (the paper tagger counts its MiniLM encoder)."""
         return sum(p.numel() for p in self.parameters())
@@ -161,6 +171,22 @@ class CausalTagger(EntropyTagger):
         """Logits ``[B, K]`` from the last ``receptive_field`` tokens of each row."""
         return self.predict(ids[:, -self.receptive_field:])[:, -1]
 
+    @property
+    def context_tokens(self) -> int:
+        """The receptive field."""
+        return self.receptive_field
+
+    def runs_on(self, device: torch.device) -> "EntropyTagger":
+        """This tagger if its weights are on ``device``, else a copy moved there (cached)."""
+        if self.embed.weight.device == torch.device(device):
+            return self
+        copies = self.__dict__.setdefault("_copies", {})
+        if str(device) not in copies:
+            import copy
+
+            copies[str(device)] = copy.deepcopy(self).to(device)
+        return copies[str(device)]
+
 
 class PaperTagger(EntropyTagger):
     """Gu et al.'s extractor with all-MiniLM-L6-v2: decode the last ``window`` LM tokens, re-encode,
@@ -221,6 +247,11 @@ class PaperTagger(EntropyTagger):
         """Logits ``[B, K]`` from each row's last ``window`` tokens."""
         w = self.config["window"]
         return self.head(self.encode_windows([row[-w:] for row in ids.tolist()]))
+
+    @property
+    def context_tokens(self) -> int:
+        """The decoded window."""
+        return int(self.config["window"])
 
 
 def shipped_tagger_path(kind: str = "causal") -> Path:
