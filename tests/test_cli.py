@@ -342,3 +342,27 @@ def test_detect_config_from_a_generation_record(tmp_path, keyfile, texts, monkey
     bad.write_text(json.dumps({**cfg, "prf_version": 1}), encoding="utf-8")
     r = runner.invoke(app, ["detect", str(marked), "-k", str(keyfile), "--config", str(bad)])
     assert r.exit_code == 2 and "PRF spec v1" in r.stderr
+
+
+def test_detect_synthid_with_transformers_explicit_keys(tmp_path, keyfile, tokenizer):
+    """transformers' keys on the command line (no key file), a config round trip, and the errors."""
+    from wmkit.watermark.text import SynthID
+
+    keys = "654,400,836,123,340,443,597,160,57"
+    path = tmp_path / "synthid.txt"
+    path.write_text(_gumbel_text(SynthID(keys, ngram_len=3), tokenizer, n=100), encoding="utf-8")
+    args = ["detect", str(path), "-s", "synthid", "-P", f"keys={keys}", "-P", "ngram_len=3", "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["watermarked"] and row["p_value"] < 1e-6 and row["key_id"].startswith("synthid:")
+    row = json.loads(runner.invoke(app, [*args[:-3], "-P", "ngram_len=4", "--json"]).stdout)
+    assert not row["watermarked"]  # another n-gram length: no mark
+    r = runner.invoke(app, [*args, "--windowed"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["watermarked"]
+    for bad, msg in ((["-k", str(keyfile)], "not both"), (["-P", "depth=4"], "depth is 4 but 9 keys"),
+                     (["-P", "num_leaves=1"], "num_leaves must be an integer [2, 16]")):
+        r = runner.invoke(app, [*args, *bad])
+        assert r.exit_code == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = runner.invoke(app, ["detect", str(path), "-s", "synthid", "-k", str(keyfile), "--json"])
+    assert r.exit_code == 0 and not json.loads(r.stdout)["watermarked"]  # a wmkit key derives other keys

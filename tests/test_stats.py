@@ -104,3 +104,47 @@ def test_bonferroni_clopper_pearson_and_rank_pvalue_against_closed_forms():
     assert S.gamma_pvalue(3.0, 2) == pytest.approx(math.exp(-3.0) * (1 + 3.0), rel=1e-12)
     assert S.normal_pvalue(1.959963984540054) == pytest.approx(0.025, rel=1e-9)
     assert (S.TEXT_FPR, S.EMBEDDING_FPR, S.FINGERPRINT_FPR) == (1e-4, 1e-3, 1e-6)
+
+
+@pytest.mark.parametrize("n,q", [(20, 0.5), (150, 0.5), (60, 0.46)])
+def test_weighted_binomial_sf_against_the_exact_distribution(n, q):
+    """SynthID's 10..1 weights are (2/319) * (290 - 9 d): the exact law of the weighted sum is a
+    convolution of scaled binomials on that lattice."""
+    from scipy.signal import fftconvolve
+
+    from wmkit.stats import weighted_binomial_sf
+
+    a = 290 - 9 * np.arange(30)
+    w = np.linspace(10, 1, 30) * 30 / np.linspace(10, 1, 30).sum()
+    np.testing.assert_allclose(w, a * 2 / 319)
+    pmf = np.array([1.0])
+    for ad in a:
+        v = np.zeros(ad * n + 1)
+        v[::ad] = sps.binom.pmf(np.arange(n + 1), n, q)
+        pmf = np.clip(fftconvolve(pmf, v), 0, None)
+    sf = np.cumsum(pmf[::-1])[::-1]
+    mean, sd = n * q * a.sum(), np.sqrt(n * q * (1 - q) * (a**2).sum())
+    for z in (0.5, 1, 2, 3, 4, 5):
+        k = int(np.ceil(mean + z * sd))
+        assert weighted_binomial_sf(k * 2 / 319, w, n, q) == pytest.approx(sf[k], rel=1e-4), z
+
+
+def test_weighted_binomial_sf_edges_and_equal_weights():
+    from wmkit.stats import weighted_binomial_detection, weighted_binomial_sf
+
+    assert weighted_binomial_sf(37, [2.0, 2.0], 30, 0.3) == pytest.approx(sps.binom.sf(18, 60, 0.3))
+    w = [1.0, 0.5]
+    assert weighted_binomial_sf(1.5 * 10, w, 10, 0.4) == pytest.approx(0.4**20)  # the all-ones atom
+    assert weighted_binomial_sf(16, w, 10, 0.4) == 0.0
+    assert weighted_binomial_sf(0, w, 10, 0.4) == pytest.approx(1.0)
+    d = weighted_binomial_detection("x", 15.0, w, 10, 0.4, 1e-3)
+    assert d.decision and d.statistic > 0 and d.details["weighted_hits"] == 15.0
+
+
+def test_windowed_binomial_with_counts_per_unit():
+    rng = np.random.default_rng(0)
+    counts = np.concatenate([rng.binomial(30, 0.5, 200), rng.binomial(30, 0.7, 60), rng.binomial(30, 0.5, 200)])
+    d = stats.windowed_binomial_detection("synthid", counts, 0.5, 1e-3, windows=(32, 64), min_window=16, trials=30)
+    assert d.decision and abs(d.details["start"] - 200) <= 16 and abs(d.details["end"] - 260) <= 16
+    null = stats.windowed_binomial_detection("synthid", rng.binomial(30, 0.5, 460), 0.5, 1e-3, windows=(32, 64), trials=30)
+    assert not null.decision

@@ -101,13 +101,17 @@ def build_scheme(
             raise InputError(f"--param expects NAME=VALUE, got {item!r}")
         if pname in NAMED_PARAMS and pname in allowed:
             raise InputError(f"--param {pname}: use the --{pname.replace('_', '-')} option")
-        params[pname] = parse_value(cls, pname, value)
+        explicit = getattr(cls, "explicit_key_param", None) == pname  # synthid's keys=654,400,...
+        params[pname] = value if explicit else parse_value(cls, pname, value)
     return scheme_from_config({"scheme": name, **params}, key_file, vllm_key)
 
 
 def key_id(scheme: Any) -> str:
-    """The public id of the scheme's key (never the key): a wmkit key's fingerprint, or ``vllm:`` and
-    8 hex digits of SHA-256 of a vLLM key."""
+    """The public id of the scheme's key (never the key): the scheme's own ``key_id()`` if it has one
+    (synthid's explicit keys), a wmkit key's fingerprint, or ``vllm:`` and 8 hex digits of SHA-256 of
+    a vLLM key."""
+    if hasattr(scheme, "key_id"):
+        return scheme.key_id()
     key = scheme.key
     if isinstance(key, int):
         return "vllm:" + hashlib.sha256(b"wmkit/vllm-key-id/" + key.to_bytes(8, "big")).hexdigest()[:8]
@@ -139,6 +143,12 @@ def scheme_from_config(config: dict[str, Any], key_file: Optional[Path], vllm_ke
     name = config.pop("scheme", None)
     if not isinstance(name, str):
         raise InputError("the config names no scheme")
+    explicit = getattr(SCHEMES[name], "explicit_key_param", None)
+    if explicit is not None and explicit in config:  # transformers' explicit keys stand for the key file
+        if key_file is not None:
+            raise InputError(f"{name}: give the key file (-k) or -P {explicit}=..., not both")
+        keys = config.pop(explicit)
+        return SCHEMES[name].from_config(config, keys)
     if key_kind(name) == "vllm":
         if key_file is not None:
             raise InputError(f"{name} takes vLLM's integer key (--vllm-key N or ${VLLM_KEY_ENV}), not a wmkit key file")

@@ -29,7 +29,7 @@ def _row(path: str, det: Detection, tokenizer: Any) -> dict[str, Any]:
     if "green_fraction" in d:
         green: float | None = d["green_fraction"]
     elif "window" in d:
-        green = d["green"] / d["window"]
+        green = d["green"] / (d["window"] * d.get("trials", 1))
     else:
         green = None  # Gumbel-max schemes score -log(1 - u), not green tokens
     row = {

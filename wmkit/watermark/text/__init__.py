@@ -21,14 +21,15 @@ from .ewd import EWD
 from .ie import IE
 from .exp_edit import ExpEdit
 from .gumbel import Gumbel
+from .synthid import SynthID
 from .vllm_native import VllmDualKeyGumbel, VllmGumbel, VllmSBW
 
 SCHEMES: dict[str, type] = {
     "kgw": KGW, "unigram": Unigram, "sweet": SWEET, "ewd": EWD, "ie": IE, "gumbel": Gumbel, "exp-edit": ExpEdit,
-    "vllm-gumbel": VllmGumbel, "vllm-dual-key-gumbel": VllmDualKeyGumbel, "vllm-sbw": VllmSBW,
+    "synthid": SynthID, "vllm-gumbel": VllmGumbel, "vllm-dual-key-gumbel": VllmDualKeyGumbel, "vllm-sbw": VllmSBW,
 }
 
-__all__ = ["SCHEMES", "ExpEdit", "Gumbel", "KGW", "Unigram", "SWEET", "EWD", "IE", "VllmGumbel", "VllmDualKeyGumbel", "VllmSBW",
+__all__ = ["SCHEMES", "ExpEdit", "Gumbel", "SynthID", "KGW", "Unigram", "SWEET", "EWD", "IE", "VllmGumbel", "VllmDualKeyGumbel", "VllmSBW",
            "GreenListScheme", "GreenListProcessor", "GreenListDetector", "Capabilities", "TextDetector", "make_scheme",
            "key_kind", "normalize_text"]
 

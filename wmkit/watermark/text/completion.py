@@ -36,10 +36,11 @@ def gumbel_max(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.argmax(logits + -torch.log(-torch.log(u)), dim=-1)
 
 
-def completion_contexts(ids: torch.Tensor, width: int) -> torch.Tensor:
-    """``[..., n, width]``: the context of each of the ``n`` completion tokens (``-1`` before the first)."""
-    pad = torch.full((*ids.shape[:-1], width), -1, dtype=torch.int64, device=ids.device)
-    return torch.cat([pad, ids.to(torch.int64)], -1).unfold(-1, width, 1)[..., : ids.shape[-1], :]
+def completion_contexts(ids: torch.Tensor, width: int, pad: int = -1) -> torch.Tensor:
+    """``[..., n, width]``: the context of each of the ``n`` completion tokens (``pad`` before the
+    first: vLLM's -1; SynthID's 0)."""
+    before = torch.full((*ids.shape[:-1], width), pad, dtype=torch.int64, device=ids.device)
+    return torch.cat([before, ids.to(torch.int64)], -1).unfold(-1, width, 1)[..., : ids.shape[-1], :]
 
 
 def first_context_mask(contexts: torch.Tensor) -> torch.Tensor:
@@ -60,6 +61,8 @@ class CompletionProcessor(LogitsProcessor):
     A call continues the run iff its ``input_ids`` are the previous ones plus one column; any other
     call starts a new run (the processor can be reused across ``generate()`` calls).
     """
+
+    pad: ClassVar[int] = -1  # the context before the completion's first token
 
     def __init__(self, width: int, vocab_size: int | None):
         self.width, self.vocab_size = width, vocab_size
@@ -82,16 +85,16 @@ class CompletionProcessor(LogitsProcessor):
     def contexts(self, completion: torch.Tensor) -> torch.Tensor:
         """``[B, width]``: the context of the token about to be sampled."""
         return completion_contexts(torch.cat([completion, completion.new_zeros(completion.shape[0], 1)], 1),
-                                   self.width)[:, -1, :]
+                                   self.width, self.pad)[:, -1, :]
 
 
-def repeated_context(completion: torch.Tensor, contexts: torch.Tensor, max_history: int | None) -> torch.Tensor:
+def repeated_context(completion: torch.Tensor, contexts: torch.Tensor, max_history: int | None, pad: int = -1) -> torch.Tensor:
     """``[B]`` bool: the current context already occurred at one of the last ``max_history`` positions
-    of the completion (vLLM's ``single_turn`` deduplication)."""
+    of the completion (vLLM's ``single_turn`` deduplication; SynthID's context history)."""
     n = completion.shape[1]
     if n == 0:
         return torch.zeros(completion.shape[0], dtype=torch.bool, device=completion.device)
-    past = completion_contexts(completion, contexts.shape[-1])  # [B, n, w]: contexts of positions 0..n-1
+    past = completion_contexts(completion, contexts.shape[-1], pad)  # [B, n, w]: contexts of positions 0..n-1
     lo = 0 if max_history is None else max(0, n - max_history)
     return (past[:, lo:, :] == contexts.unsqueeze(1)).all(-1).any(-1)
 
