@@ -1,12 +1,15 @@
-"""Time per generation step: wmkit's KGW processor vs transformers' WatermarkLogitsProcessor.
+"""Time per generation step: wmkit's processor vs transformers' own, for KGW or SynthID.
 
 Both see the same [batch, 49152] scores and [batch, 32] input ids on the CPU, with the same
-parameters (gamma 0.25, delta 2, lefthash, h = 1). Also times one SmolLM2-135M decode step at
-batch 32 (a forward pass of one token with a 64-token KV cache), the cost the processor is
-measured against.
+parameters: KGW gamma 0.25, delta 2, lefthash, h = 1 (transformers' WatermarkLogitsProcessor);
+SynthID ngram_len 5, 30 layers, table 2^16 (transformers' SynthIDTextWatermarkLogitsProcessor; the
+32 ids are a completion in progress, so wmkit's repeated-context check scans all of them). Also
+times one SmolLM2-135M decode step at batch 32 (a forward pass of one token with a 64-token KV
+cache), the cost the processor is measured against.
 
-    python benchmarks/processor_speed.py            # table
-    python benchmarks/processor_speed.py --json     # JSON list of rows
+    python benchmarks/processor_speed.py                      # table (KGW)
+    python benchmarks/processor_speed.py --scheme synthid     # SynthID
+    python benchmarks/processor_speed.py --json               # JSON list of rows
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 from transformers import WatermarkLogitsProcessor  # noqa: E402
+from transformers.generation.logits_process import SynthIDTextWatermarkLogitsProcessor  # noqa: E402
 
 from _timing import median_ms  # noqa: E402
 from wmkit.keys import SecretKey  # noqa: E402
-from wmkit.watermark.text import KGW  # noqa: E402
+from wmkit.watermark.text import KGW, SynthID  # noqa: E402
 
 VOCAB = 49152
 
@@ -51,17 +55,30 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print a JSON list of rows instead of the table")
     ap.add_argument("--batches", default="1,8,32,128")
     ap.add_argument("--no-decode", action="store_true", help="skip the SmolLM2 decode-step measurement")
+    ap.add_argument("--scheme", choices=["kgw", "synthid"], default="kgw")
     args = ap.parse_args()
 
-    ours = KGW(SecretKey.generate(), gamma=0.25, delta=2.0, context_width=1, seeding="lefthash").processor()
-    theirs = WatermarkLogitsProcessor(VOCAB, "cpu", greenlist_ratio=0.25, bias=2.0, seeding_scheme="lefthash", context_width=1)
+    if args.scheme == "kgw":
+        ours = KGW(SecretKey.generate(), gamma=0.25, delta=2.0, context_width=1, seeding="lefthash").processor()
+        theirs = WatermarkLogitsProcessor(VOCAB, "cpu", greenlist_ratio=0.25, bias=2.0, seeding_scheme="lefthash", context_width=1)
+    else:
+        keys = tuple(range(101, 131))
+        ours = SynthID(keys, ngram_len=5).processor()
     rows = []
     for b in map(int, args.batches.split(",")):
+        if args.scheme == "synthid":  # transformers' state is sized by its first call's batch
+            theirs = SynthIDTextWatermarkLogitsProcessor(5, list(keys), 2**16, 0, 1024, torch.device("cpu"))
         g = torch.Generator().manual_seed(b)
         scores = torch.randn(b, VOCAB, generator=g)
         ids = torch.randint(0, VOCAB, (b, 32), generator=g)
-        w = median_ms(lambda: ours(ids, scores), repeats=30, warmup=5)
-        t = median_ms(lambda: theirs(ids, scores.clone()), repeats=5 if b >= 32 else 10, warmup=1)
+
+        def step() -> None:
+            if args.scheme == "synthid":  # continue a completion that started at column 0
+                ours._prev, ours._start = ids[:, :-1], 0
+            ours(ids, scores)
+
+        w = median_ms(step, repeats=30 if args.scheme == "kgw" else 5, warmup=2)
+        t = median_ms(lambda: theirs(ids, scores.clone()), repeats=3 if b >= 32 else 5, warmup=1)
         rows.append({"batch": b, "wmkit_ms": round(w, 4), "transformers_ms": round(t, 3), "ratio": round(t / w, 1)})
     decode = None if args.no_decode else decode_step_ms()
     if args.json:

@@ -9,8 +9,10 @@ multinomial sampling at temperature 1.0. Per scheme:
   (``null`` if more than half are never detected within 200 tokens);
 * ``tpr_at_fpr_1_200``: the share of marked completions with p <= 1/200 (the nominal FPR), beside
   ``fpr_observed``: the share of unmarked completions with p <= 1/200 under the same detector;
-* ``ppl``: median perplexity of the completion given its prompt, by the default model;
-  ``ppl_increase_pct`` against the unmarked completions of the same prompts;
+* ``ppl``: perplexity of the completions given their prompts, by the default model, as
+  ``exp(mean NLL)`` over all their tokens; ``ppl_increase_pct`` against the unmarked completions of
+  the same prompts, with ``ppl_increase_ci95``: a 95% bootstrap interval over completions (both
+  sets resampled; sampling noise, not the mark, dominates it at 20 prompts);
 * ``tpr_deletion_30``, ``tpr_synonym_30``, ``tpr_copy_paste_25``, ``tpr_paraphrase``: the share of
   attacked marked completions (30% of words deleted; 30% of words replaced by the default LM's
   top choice; 25% of the text kept inside human AG News text; a paraphrase by the default LM)
@@ -19,7 +21,9 @@ multinomial sampling at temperature 1.0. Per scheme:
 Schemes: kgw lefthash h=1 and selfhash h=4 (gamma 0.25, delta 2), unigram (gamma 0.25, delta 2),
 vllm-sbw (vLLM's defaults: selfhash h=4, gamma 0.5, delta 2), vllm-gumbel and gumbel (h=4), exp-edit
 (key length 256, gap 0.4, 199 null sequences; its detection takes seconds per text, so run it
-with fewer prompts: ``--schemes exp-edit --n 10``).
+with fewer prompts: ``--schemes exp-edit --n 10``), synthid (a wmkit key, 30 layers, ngram_len 5,
+non-distortionary) with the weighted-mean and the mean detector, synthid-distortionary
+(``num_leaves`` 3).
 
     python benchmarks/text_size.py --quick --json --out results.json   # 20 prompts
     python benchmarks/text_size.py --plot size.png                      # 100 prompts
@@ -71,6 +75,9 @@ def schemes(key: SecretKey, vllm_key: int, exp_edit_resamples: int = 199) -> dic
         "gumbel": make_scheme("gumbel", key),
         # 199 null sequences: the permutation p-value can reach 1/200, the TPR column's FPR
         "exp-edit": make_scheme("exp-edit", key, n_resamples=exp_edit_resamples),
+        "synthid": make_scheme("synthid", key),
+        "synthid-mean": make_scheme("synthid", key, score="mean"),
+        "synthid-distortionary": make_scheme("synthid", key, num_leaves=3),
     }
 
 
@@ -135,7 +142,8 @@ def size(det: Any, ids: list[list[int]]) -> tuple[float | None, list[float]]:
     return (None if math.isinf(med) else med), per
 
 
-def median_ppl(lm: Any, tok: Any, prompts: list[str], ids: list[list[int]]) -> float:
+def token_nll(lm: Any, tok: Any, prompts: list[str], ids: list[list[int]]) -> list[np.ndarray]:
+    """Per completion, the default model's NLL of each of its tokens given the prompt and the tokens before."""
     seqs, starts = [], []
     for p, x in zip(prompts, ids):
         a = tok(p, add_special_tokens=True)["input_ids"]
@@ -146,7 +154,24 @@ def median_ppl(lm: Any, tok: Any, prompts: list[str], ids: list[list[int]]) -> f
         return -torch.log_softmax(logits[:-1], -1).gather(1, seq[1:].unsqueeze(1)).squeeze(1)
 
     per = lm_step_map(lm, seqs, nll, with_ids=True)
-    return float(np.median([math.exp(float(v[s - 1:].mean())) for v, s in zip(per, starts)]))
+    return [v[s - 1:].double().numpy() for v, s in zip(per, starts)]
+
+
+def ppl(nlls: list[np.ndarray]) -> float:
+    """``exp`` of the mean NLL over all tokens."""
+    return math.exp(float(np.concatenate(nlls).mean()))
+
+
+def ppl_increase_ci(marked: list[np.ndarray], plain: list[np.ndarray], seed: int, reps: int = 2000) -> list[float]:
+    """95% bootstrap interval (percent) of the perplexity increase, resampling completions of both sets."""
+    rng = np.random.default_rng(seed)
+    sums = lambda xs: (np.array([x.sum() for x in xs]), np.array([len(x) for x in xs]))  # noqa: E731
+    (ms, mn), (ps, pn) = sums(marked), sums(plain)
+    out = []
+    for _ in range(reps):
+        i, j = rng.integers(0, len(ms), len(ms)), rng.integers(0, len(ps), len(ps))
+        out.append(100 * (math.exp(ms[i].sum() / mn[i].sum() - ps[j].sum() / pn[j].sum()) - 1))
+    return [round(float(np.percentile(out, 2.5)), 2), round(float(np.percentile(out, 97.5)), 2)]
 
 
 def main() -> None:
@@ -186,7 +211,8 @@ def main() -> None:
     t0 = time.perf_counter()
     plain = gen(None, args.seed + 1)
     log(f"  {time.perf_counter() - t0:.0f} s")
-    plain_ppl = median_ppl(lm, tok, prompts, plain)
+    plain_nll = token_nll(lm, tok, prompts, plain)
+    plain_ppl = ppl(plain_nll)
     rows = []
     for name, scheme in table.items():
         log(f"{name}: generating")
@@ -196,12 +222,14 @@ def main() -> None:
         det = Cached(scheme.detector(tok, fpr=FPR, min_tokens=1))
         marked_text = [tok.decode(x, skip_special_tokens=True) for x in ids]
         med, per = size(det, ids)
-        ppl = median_ppl(lm, tok, prompts, ids)
+        nll = token_nll(lm, tok, prompts, ids)
+        marked_ppl = ppl(nll)
         row = {"scheme": name, "median_tokens_to_detect": med,
                "tpr_at_fpr_1_200": float(np.mean(p_values(det, ids) <= FPR)),
                "fpr_observed": float(np.mean(p_values(det, plain) <= FPR)),
-               "ppl": round(ppl, 3), "ppl_unmarked": round(plain_ppl, 3),
-               "ppl_increase_pct": round(100 * (ppl / plain_ppl - 1), 2)}
+               "ppl": round(marked_ppl, 3), "ppl_unmarked": round(plain_ppl, 3),
+               "ppl_increase_pct": round(100 * (marked_ppl / plain_ppl - 1), 2),
+               "ppl_increase_ci95": ppl_increase_ci(nll, plain_nll, args.seed)}
         for col, attack in attacks.items():
             log(f"{name}: {col}")
             row[col] = float(np.mean(p_values(det, attack(marked_text, rng)) <= FPR))

@@ -1,4 +1,4 @@
-"""Gumbel-max, EXP-edit and the vLLM-native schemes end to end on the real default model, through the CLI:
+"""Gumbel-max, EXP-edit, SynthID and the vLLM-native schemes end to end on the real default model, through the CLI:
 `wm generate -o` then `wm detect` finds the mark with the right key and not with another."""
 
 import json
@@ -16,6 +16,8 @@ PROMPTS = [ln for ln in (Path(__file__).parent / "data" / "prompts.txt").read_te
 CASES = {  # scheme -> (key options, wrong-key options, extra parameters)
     "gumbel": (["-k", "{key}"], ["-k", "{other}"], []),
     "exp-edit": (["-k", "{key}"], ["-k", "{other}"], ["-P", "key_length=64", "-P", "n_resamples=19"]),
+    "synthid": (["-P", "keys=654,400,836,123,340,443,597,160,57"], ["-P", "keys=1,2,3,4,5,6,7,8,9"],
+                ["-P", "ngram_len=4"]),
     "vllm-gumbel": (["--vllm-key", "42"], ["--vllm-key", "41"], []),
     "vllm-sbw": (["--vllm-key", "42"], ["--vllm-key", "41"], []),
 }

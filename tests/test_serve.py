@@ -99,18 +99,21 @@ def test_served_text_carries_the_watermark(model, key):
     assert np.isfinite(r.json()["choices"][0]["logprobs"]["token_logprobs"]).all()
 
 
-@pytest.mark.parametrize("name,key_value", [("gumbel", None), ("vllm-gumbel", 42)])
-def test_served_text_carries_sampling_schemes(model, key, name, key_value):
-    """Gumbel-max schemes pick the token themselves: the server builds their processor per request
-    (temperature and top_p of that request), and the detector finds the mark in what it served."""
+@pytest.mark.parametrize("name,key_value,temperature", [("gumbel", None, 1.0), ("vllm-gumbel", 42, 1.0),
+                                                       ("synthid", tuple(range(1, 31)), 1.0),
+                                                       ("synthid", tuple(range(1, 31)), 0.7)])
+def test_served_text_carries_sampling_schemes(model, key, name, key_value, temperature):
+    """Gumbel-max and SynthID (away from temperature 1) pick the token themselves: the server builds
+    their processor per request (temperature and top_p of that request), and the detector finds the
+    mark in what it served."""
     from fastapi.testclient import TestClient
 
     from wmkit.watermark.text import make_scheme
 
     scheme = make_scheme(name, key if key_value is None else key_value)
     client = TestClient(create_app(Generator(model, IdTokenizer(), scheme, VocabOnly())))
-    r = client.post("/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 60, "temperature": 1.0, "seed": 1,
-                                             "logprobs": 0, "return_tokens_as_token_ids": True})
+    r = client.post("/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 60, "temperature": temperature,
+                                             "seed": 1, "logprobs": 0, "return_tokens_as_token_ids": True})
     ids = [int(t.split(":")[1]) for t in r.json()["choices"][0]["logprobs"]["tokens"]]
     det = scheme.detector(VocabOnly()).detect(ids)
     assert len(ids) >= 30 and det.decision and det.p_value < 1e-8

@@ -1,4 +1,4 @@
-"""One way to write a file: atomically, and never over a user's file.
+"""One way to write a file: atomically, and never over a user's file (and one way to read a text file).
 
 Every writer in wmkit (key files excepted: they need ``O_EXCL`` with mode 0600 from the first
 byte, see :func:`wmkit.keys.write_key_file`) goes through :func:`write_file`:
@@ -12,19 +12,21 @@ byte, see :func:`wmkit.keys.write_key_file`) goes through :func:`write_file`:
   the old file (or no file) intact, never a truncated one.
 
 :func:`check_new` is the early check a command runs before minutes of work, so that it fails
-before the work rather than after; :func:`write_file` checks again at the end.
+before the work rather than after; :func:`write_file` checks again at the end. :func:`read_text`
+reads a user's text file with one clear error for each way it can be unreadable.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from .errors import InputError
 
-__all__ = ["check_new", "write_file"]
+__all__ = ["check_new", "read_text", "write_file"]
 
 Writer = Callable[[BinaryIO], None]
 
@@ -85,3 +87,30 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_text(path: str) -> str:
+    """Read a UTF-8 text file (``-`` is stdin); a clear :class:`InputError` for anything else."""
+    if path == "-":
+        data = sys.stdin.buffer.read()
+        name = "<stdin>"
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"{path}: no such file")
+        if p.is_dir():
+            raise InputError(f"{path}: is a directory, expected a text file")
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise InputError(f"{path}: cannot be read ({e.strerror})") from None
+        name = path
+    if b"\x00" in data:
+        raise InputError(f"{name}: binary file (NUL bytes), expected UTF-8 text")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{name}: not UTF-8 text (invalid byte at offset {e.start})") from None
+    if not text.strip():
+        raise InputError(f"{name}: empty file")
+    return text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,6 +11,7 @@ import typer
 from rich.console import Console
 
 from ..errors import InputError, WmkitError
+from ..files import read_text  # noqa: F401  (re-exported: the commands read files with it)
 from ..keys import load_key
 from ..params import describe, parse_value
 from ..watermark.text import SCHEMES, key_kind
@@ -158,33 +158,6 @@ def scheme_from_config(config: dict[str, Any], key_file: Optional[Path], vllm_ke
             raise InputError(f"--vllm-key applies to the vllm-* schemes; {name} takes a wmkit key file (-k FILE)")
         key = load_key(key_file=key_file)
     return SCHEMES[name].from_config(config, key)
-
-
-def read_text(path: str) -> str:
-    """Read a UTF-8 text file (``-`` is stdin); a clear :class:`InputError` for anything else."""
-    if path == "-":
-        data = sys.stdin.buffer.read()
-        name = "<stdin>"
-    else:
-        p = Path(path)
-        if not p.exists():
-            raise InputError(f"{path}: no such file")
-        if p.is_dir():
-            raise InputError(f"{path}: is a directory, expected a text file")
-        try:
-            data = p.read_bytes()
-        except OSError as e:
-            raise InputError(f"{path}: cannot be read ({e.strerror})") from None
-        name = path
-    if b"\x00" in data:
-        raise InputError(f"{name}: binary file (NUL bytes), expected UTF-8 text")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{name}: not UTF-8 text (invalid byte at offset {e.start})") from None
-    if not text.strip():
-        raise InputError(f"{name}: empty file")
-    return text
 
 
 def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The ``wm`` application: ``keygen``, ``generate``, ``detect``, ``demo``, ``schemes``, ``serve``,
+"""The ``wm`` application: ``keygen``, ``generate``, ``detect``, ``scan``, ``demo``, ``schemes``, ``serve``,
 ``serve-embeddings``, ``eaas``, ``fingerprint``, ``tagger``.
 
 Exit codes: 0 success (a negative detection is a success), 2 usage or input errors.
@@ -20,6 +20,7 @@ from .eaas import eaas_app, serve_embeddings  # noqa: E402
 from .fingerprint import fingerprint_app  # noqa: E402
 from .generate import generate  # noqa: E402
 from .keygen import keygen  # noqa: E402
+from .scan import scan  # noqa: E402
 from .schemes import schemes  # noqa: E402
 from .serve import serve  # noqa: E402
 from .tagger import tagger_app  # noqa: E402
@@ -36,6 +37,7 @@ app.command()(generate)
 app.command()(detect)
 app.command()(demo)
 app.command()(schemes)
+app.command()(scan)
 app.command()(serve)
 app.command("serve-embeddings")(serve_embeddings)
 app.add_typer(eaas_app, name="eaas")

@@ -209,12 +209,13 @@ class GreenListDetector(DetectorBase):
 
     def detect_many(
         self, texts: Sequence[str | Sequence[int] | torch.Tensor], prompts: Sequence[str | None] | None = None,
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "cpu", evidence: bool = True,
     ) -> list[Detection | InputError]:
-        """Score many texts in one batch (one kernel launch on CUDA); an item that cannot be
-        scored yields its :class:`~wmkit.errors.InputError` in place of a :class:`Detection`."""
+        """Score many texts in one batch (one tokenizer call, one kernel launch on CUDA); an item
+        that cannot be scored yields its :class:`~wmkit.errors.InputError` in place of a
+        :class:`Detection`. ``evidence=False`` skips the per-token lists (``wm scan``'s fast path)."""
         prompts = list(prompts) if prompts is not None else [None] * len(texts)
-        seqs = [self._ids(t, p) for t, p in zip(texts, prompts, strict=True)]
+        seqs = self.ids_of_many(texts, prompts)
         if not seqs:
             return []
         green, scored = self._score(seqs, device)
@@ -225,9 +226,8 @@ class GreenListDetector(DetectorBase):
                 results.append(self.too_short(n_scored[i]))
                 continue
             m = len(x)
-            evidence = {"token_ids": x.tolist(), "scored": scored[i, :m].tolist(), "green": green[i, :m].tolist()}
+            ev = {"token_ids": x.tolist(), "scored": scored[i, :m].tolist(), "green": green[i, :m].tolist()} if evidence else None
             results.append(binomial_detection(
-                self.scheme.name, n_green[i], n_scored[i], self.scheme.gamma, self.fpr, evidence=evidence,
-                tokens_total=m,
+                self.scheme.name, n_green[i], n_scored[i], self.scheme.gamma, self.fpr, evidence=ev, tokens_total=m,
             ))
         return results

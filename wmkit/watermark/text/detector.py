@@ -106,6 +106,17 @@ class DetectorCore:
         """Token ids of a text (see :meth:`token_ids`) or checked ids."""
         return self.token_ids(item, prompt) if isinstance(item, str) else self.checked_ids(item)
 
+    def ids_of_many(self, items: Sequence[Item], prompts: Sequence[str | None]) -> list[torch.Tensor]:
+        """:meth:`ids_of` for many items; texts without a prompt go through one batch call of the
+        tokenizer (a fast tokenizer encodes the batch in parallel, in Rust)."""
+        batch = [i for i, (x, p) in enumerate(zip(items, prompts, strict=True)) if isinstance(x, str) and not p]
+        out: list[torch.Tensor | None] = [None] * len(items)
+        if len(batch) > 1:
+            enc = self.tokenizer([normalize_text(items[i]) for i in batch], add_special_tokens=False)["input_ids"]
+            for i, ids in zip(batch, enc):
+                out[i] = torch.tensor(ids, dtype=torch.long)
+        return [x if x is not None else self.ids_of(items[i], prompts[i]) for i, x in enumerate(out)]
+
     def too_short(self, n: int) -> InputError:
         """The error for a text with fewer than ``min_tokens`` scorable tokens."""
         return InputError(f"only {n} token(s) can be scored; at least {self.min_tokens} are needed")

@@ -1,0 +1,89 @@
+"""``wm scan``: detect a watermark in every document of a corpus (files, folders, JSONL), resumably."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..errors import InputError
+from ..scan import InputSpec, open_output, run_scan
+from ..watermark.text import SCHEMES
+from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
+from .common import (
+    DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, ParamOpt, SeedingOpt, VllmKeyOpt, WidthOpt, build_scheme, die, key_id,
+    run_guarded, stderr,
+)
+
+
+def scan(
+    inputs: list[str] = typer.Argument(..., help="Text files, folders (recursive), .jsonl files, or '-' (JSON lines on stdin)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder: part-NNNNN.jsonl per shard + _manifest.json (resumable)."),
+    scheme_name: str = typer.Option("kgw", "--scheme", "-s", help="Watermark scheme (key-only detectors): " + ", ".join(SCHEMES) + "."),
+    key_file: Optional[Path] = KeyFileOpt,
+    vllm_key: Optional[str] = VllmKeyOpt,
+    gamma: Optional[float] = GammaOpt,
+    delta: Optional[float] = DeltaOpt,
+    context_width: Optional[int] = WidthOpt,
+    seeding: Optional[str] = SeedingOpt,
+    params: list[str] = ParamOpt,
+    model: Optional[Path] = ModelOpt,
+    glob: str = typer.Option("*", help="File-name pattern inside folders (e.g. '*.txt')."),
+    field: Optional[str] = typer.Option(None, "--field", help="Text field of JSON lines (default 'text' for .jsonl files; any file is then read as JSON lines).", show_default=False),
+    id_field: Optional[str] = typer.Option(None, "--id-field", help="JSON field holding a document id (default: file:line).", show_default=False),
+    fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of each verdict (p <= fpr)."),
+    min_tokens: int = typer.Option(DEFAULT_MIN_TOKENS, help="Fewest scorable tokens to give a verdict."),
+    windowed: bool = typer.Option(False, "--windowed", help="Locate a marked passage in each document."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Processes scoring shards in parallel (0: one per core)."),
+    shard_docs: int = typer.Option(2000, help="Documents per shard (memory: about 2 x workers x shard_docs documents)."),
+) -> None:
+    """Score every document; one row each (id, source, tokens, statistic, z, p-value, decision or error).
+
+    A rerun with the same output and options skips the shards already written; an output folder
+    without a manifest, or from another scan, is refused. Exit 0 when the scan completes (documents
+    that cannot be scored get an error row); 2 on a usage error.
+    """
+    scheme = run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding, params, vllm_key)
+    caps = scheme.capabilities
+    if caps.needs_model:
+        die(f"{scheme.name}'s detector runs the generating model; wm scan takes key-only schemes")
+    if windowed and not caps.windowed:
+        die(f"--windowed is not available for {scheme.name}")
+    if shard_docs < 1:
+        die(f"--shard-docs must be >= 1, got {shard_docs}")
+    n_workers = (os.cpu_count() or 1) if workers == 0 else workers
+    if n_workers < 1:
+        die(f"--workers must be >= 0, got {workers}")
+    spec = InputSpec(tuple(inputs), glob, field, id_field, shard_docs)
+    if "-" in inputs and len(inputs) > 1:
+        die("'-' (stdin) cannot be combined with other inputs")
+    missing = [p for p in inputs if p != "-" and not os.path.exists(p)]
+    if missing:
+        die(f"{missing[0]}: no such file or folder")
+    det_opts: dict[str, Any] = {"fpr": fpr, "min_tokens": min_tokens}
+    config = {"scheme": scheme.config(), "key_id": key_id(scheme), "fpr": fpr, "min_tokens": min_tokens,
+              "windowed": windowed, "model": str(model) if model else None, **spec.config()}
+    run_guarded(open_output, output, config)  # a foreign or mismatched output folder: refused before any work
+    t0, stats = time.perf_counter(), {"docs": 0, "tokens": 0}
+    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=None), TextColumn("{task.fields[rate]}"),
+                  TimeElapsedColumn(), console=stderr, transient=False) as bar:
+        task = bar.add_task("scanning", total=None, rate="")
+
+        def on_shard(rows: list[dict[str, Any]]) -> None:
+            stats["docs"] += len(rows)
+            stats["tokens"] += sum(r.get("tokens_scored", 0) for r in rows)
+            dt = max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, advance=len(rows),
+                       rate=f"{stats['docs']:,} docs, {stats['docs'] / dt:,.0f} docs/s, {stats['tokens'] / dt:,.0f} tokens/s")
+
+        try:
+            counts = run_scan(spec, scheme, output, config, model=str(model) if model else None, det_opts=det_opts,
+                              windowed=windowed, workers=n_workers, on_shard=on_shard)
+        except InputError as e:
+            die(str(e))
+    stderr.print(f"wrote {counts['shards']} shard(s), {counts['docs']:,} document(s) ({counts['errors']:,} with an error) "
+                 f"to {output}; skipped {counts['skipped']} finished shard(s)", markup=False)

@@ -1,0 +1,289 @@
+"""Corpus-scale detection (``wm scan``): stream documents in shards, score them with any key-only
+text detector, write one row per document, resumably.
+
+Inputs are read in *shards* of at most ``shard_docs`` documents (a JSONL file is cut every
+``shard_docs`` lines, text files are grouped ``shard_docs`` to a shard in sorted order), so memory
+is bounded by ``workers x shard_docs`` documents whatever the corpus size. A shard's id is its
+source and ordinal (``corpus.jsonl#3``): a rerun meets the same shards in the same order.
+
+The output is a folder: one ``part-NNNNN.jsonl`` per shard, each written atomically
+(:func:`wmkit.files.write_file`), and ``_manifest.json``, rewritten atomically after each part,
+naming the finished shards and the scan's configuration (scheme config, key id, FPR, input
+options). A rerun with the same output and configuration skips the finished shards; an existing
+output folder without a manifest, or with another configuration, is refused. A crash leaves whole
+parts and a manifest that names only them.
+
+Rows: ``id``, ``source`` (``file:line`` for JSONL, the file for text files), ``tokens_total``, ``tokens_scored``,
+``green_fraction`` (green-list schemes), ``statistic``, ``z``, ``p_value``, ``decision``, and
+``window_start``/``window_end`` (token offsets) with ``windowed``; a document that cannot be read
+or scored has ``error`` instead.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from .errors import InputError, WmkitError
+from .files import read_text, write_file
+
+MANIFEST = "_manifest.json"
+MANIFEST_FORMAT = "wmkit-scan/1"
+
+
+@dataclass
+class Shard:
+    """Up to ``shard_docs`` documents of one source: ``(id, source, text or None, error or None)``."""
+
+    id: str
+    docs: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How documents are found in the inputs.
+
+    Args:
+        paths: files, folders (walked recursively, files matching ``glob``) or ``-`` (stdin).
+        glob: file-name pattern inside folders.
+        field: the text field of JSON lines; ``None`` reads ``.jsonl`` files with field ``text`` and
+            other files as one document each.
+        id_field: the JSON field holding a document id (default: ``source``).
+        shard_docs: documents per shard.
+    """
+
+    paths: tuple[str, ...]
+    glob: str = "*"
+    field: str | None = None
+    id_field: str | None = None
+    shard_docs: int = 2000
+
+    def config(self) -> dict[str, Any]:
+        """What a resumed scan must agree on."""
+        return {"inputs": [os.path.abspath(p) if p != "-" else "-" for p in self.paths], "glob": self.glob,
+                "field": self.field, "id_field": self.id_field, "shard_docs": self.shard_docs}
+
+
+def _files(spec: InputSpec) -> Iterator[str]:
+    for p in spec.paths:
+        if p == "-" or not os.path.isdir(p):
+            yield p
+            continue
+        for root, dirs, names in os.walk(p):
+            dirs.sort()
+            for name in sorted(names):
+                if fnmatch.fnmatch(name, spec.glob) and not name.startswith("."):
+                    yield os.path.join(root, name)
+
+
+def _is_jsonl(path: str, spec: InputSpec) -> bool:
+    return spec.field is not None or path.endswith((".jsonl", ".ndjson"))
+
+
+def _jsonl_doc(raw: bytes, source: str, spec: InputSpec) -> tuple[str, str, str | None, str | None]:
+    key = spec.field or "text"
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return source, source, None, f"{source}: malformed JSON line ({getattr(e, 'msg', str(e))})"
+    if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
+        return source, source, None, f"{source}: no string field {key!r}"
+    doc_id = str(obj.get(spec.id_field, source)) if spec.id_field else source
+    return doc_id, source, obj[key], None
+
+
+def _text_doc(path: str) -> tuple[str, str, str | None, str | None]:
+    try:
+        return path, path, read_text(path), None
+    except WmkitError as e:
+        return path, path, None, str(e)
+
+
+def iter_shards(spec: InputSpec, skip: Callable[[str], bool] = lambda _: False) -> Iterator[Shard]:
+    """The shards of the inputs, streamed; a shard for which ``skip(id)`` is true is counted but not
+    read into memory (a resumed scan)."""
+    pending = Shard("")
+    text_ordinal = 0
+    for path in _files(spec):
+        if not _is_jsonl(path, spec):
+            if not pending.docs:
+                pending.id = f"files#{text_ordinal}"
+            pending.docs.append((path, path, None, None) if skip(pending.id) else _text_doc(path))
+            if len(pending.docs) == spec.shard_docs:
+                yield pending
+                pending, text_ordinal = Shard(""), text_ordinal + 1
+            continue
+        name = "<stdin>" if path == "-" else path
+        try:
+            stream = sys.stdin.buffer if path == "-" else open(path, "rb")
+        except OSError as e:
+            yield Shard(f"{name}#0", [(name, name, None, f"{name}: cannot be read ({e.strerror})")])
+            continue
+        with stream:
+            shard, k = Shard(f"{name}#0"), 0
+            for line_no, raw in enumerate(stream, 1):
+                if not raw.strip():
+                    continue
+                source = f"{name}:{line_no}"
+                shard.docs.append((source, source, None, None) if skip(shard.id) else _jsonl_doc(raw, source, spec))
+                if len(shard.docs) == spec.shard_docs:
+                    yield shard
+                    k += 1
+                    shard = Shard(f"{name}#{k}")
+            if shard.docs:
+                yield shard
+    if pending.docs:
+        yield pending
+
+
+class Scorer:
+    """Scores the documents of a shard with one detector; builds no per-token lists unless asked."""
+
+    def __init__(self, detector: Any, windowed: bool = False):
+        self.detector, self.windowed = detector, windowed
+
+    def rows(self, shard: Shard) -> list[dict[str, Any]]:
+        """One row per document of ``shard``, in order."""
+        ok = [i for i, d in enumerate(shard.docs) if d[3] is None]
+        texts = [shard.docs[i][2] for i in ok]
+        results: list[Any] = [None] * len(shard.docs)
+        if self.windowed:
+            for i, t in zip(ok, texts):
+                try:
+                    results[i] = self.detector.detect_windowed(t)
+                except WmkitError as e:
+                    results[i] = e
+        else:
+            kw = {"evidence": False} if "evidence" in getattr(self.detector.detect_many, "__code__").co_varnames else {}
+            for i, r in zip(ok, self.detector.detect_many(texts, **kw)):
+                results[i] = r
+        return [self._row(doc, r) for doc, r in zip(shard.docs, results)]
+
+    @staticmethod
+    def _row(doc: tuple[str, str, str | None, str | None], det: Any) -> dict[str, Any]:
+        doc_id, source, _, err = doc
+        if err is not None or isinstance(det, Exception):
+            return {"id": doc_id, "source": source, "error": err or str(det)}
+        d = det.details
+        row = {"id": doc_id, "source": source, "tokens_total": d.get("tokens_total"), "tokens_scored": det.n_scored,
+               "green_fraction": d.get("green_fraction"),
+               "statistic": det.statistic, "z": d.get("z", det.statistic), "p_value": det.p_value, "decision": det.decision}
+        if "token_start" in d:
+            row.update(window_start=d["token_start"], window_end=d["token_end"])
+        return row
+
+
+def open_output(out: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of ``out`` for a scan with ``config``: a new one (creating the folder), or the
+    existing one if the configuration matches. Anything else is an :class:`InputError`."""
+    manifest = out / MANIFEST
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"{out} exists and is not a scan output folder; refusing to overwrite it")
+        if not manifest.is_file():
+            if any(out.iterdir()):
+                raise InputError(f"{out} exists without a {MANIFEST}; refusing to write into it")
+        else:
+            try:
+                state = json.loads(manifest.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise InputError(f"{manifest}: unreadable manifest ({e})") from None
+            if state.get("format") != MANIFEST_FORMAT or state.get("config") != config:
+                raise InputError(f"{out} holds a scan with another configuration (scheme, key, FPR or inputs); "
+                                 f"choose another output folder")
+            return state
+    out.mkdir(parents=True, exist_ok=True)
+    state = {"format": MANIFEST_FORMAT, "config": config, "done": {}}
+    write_file(manifest, json.dumps(state, indent=1), overwrite=True)
+    return state
+
+
+def record_part(out: Path, state: dict[str, Any], shard_id: str, rows: list[dict[str, Any]]) -> None:
+    """Write a shard's rows as a new part file, then name it in the manifest (both atomically)."""
+    part = f"part-{len(state['done']):05d}.jsonl"
+    write_file(out / part, "".join(json.dumps(r) + "\n" for r in rows))
+    state["done"][shard_id] = {"part": part, "docs": len(rows)}
+    write_file(out / MANIFEST, json.dumps(state, indent=1), overwrite=True)
+
+
+def read_rows(out: Path) -> Iterable[dict[str, Any]]:
+    """Every row of a scan output, in shard order."""
+    state = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    for entry in state["done"].values():
+        with open(out / entry["part"], encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
+
+
+_WORKER: Scorer | None = None
+
+
+def _init_worker(scheme: Any, model: str | None, det_opts: dict[str, Any], windowed: bool) -> None:
+    """A worker process: one tokenizer, one detector, one torch thread."""
+    import torch
+
+    from .models import load_tokenizer
+
+    global _WORKER
+    torch.set_num_threads(1)
+    _WORKER = Scorer(scheme.detector(load_tokenizer(model), **det_opts), windowed)
+
+
+def _score(shard: Shard) -> tuple[str, list[dict[str, Any]]]:
+    assert _WORKER is not None
+    return shard.id, _WORKER.rows(shard)
+
+
+def run_scan(spec: InputSpec, scheme: Any, out: Path, config: dict[str, Any], *, model: str | None = None,
+             det_opts: dict[str, Any] | None = None, windowed: bool = False, workers: int = 1,
+             on_shard: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, int]:
+    """Scan ``spec``'s documents with ``scheme`` into the folder ``out`` (see the module docstring).
+
+    ``workers`` processes score shards in parallel (at most ``2 x workers`` shards in flight, so
+    memory stays bounded); parts are written in shard order. Returns counts: ``shards`` written,
+    ``skipped`` (finished by an earlier run), ``docs``, ``errors``.
+    """
+    state = open_output(out, config)
+    done = set(state["done"])
+    counts = {"shards": 0, "skipped": 0, "docs": 0, "errors": 0}
+    args = (scheme, model, det_opts or {}, windowed)
+
+    def fresh() -> Iterator[Shard]:
+        for s in iter_shards(spec, skip=done.__contains__):
+            if s.id in done:
+                counts["skipped"] += 1
+            else:
+                yield s
+
+    shards = fresh()
+
+    def finish(shard_id: str, rows: list[dict[str, Any]]) -> None:
+        record_part(out, state, shard_id, rows)
+        counts["shards"] += 1
+        counts["docs"] += len(rows)
+        counts["errors"] += sum("error" in r for r in rows)
+        if on_shard is not None:
+            on_shard(rows)
+
+    if workers <= 1:
+        _init_worker(*args)
+        for shard in shards:
+            finish(*_score(shard))
+        return counts
+    import multiprocessing as mp
+    from collections import deque
+
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=args) as pool:
+        pending: deque = deque()
+        for shard in shards:
+            pending.append(pool.apply_async(_score, (shard,)))
+            if len(pending) >= 2 * workers:
+                finish(*pending.popleft().get())
+        while pending:
+            finish(*pending.popleft().get())
+    return counts
