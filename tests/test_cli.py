@@ -202,6 +202,7 @@ def test_detect_windowed_locates_a_marked_passage(tmp_path, keyfile, tokenizer):
     assert r.exit_code == 0, r.stderr
     row = json.loads(r.stdout)
     assert row["watermarked"] and row["window_tests"] > 1
+    assert row["scheme"] == "kgw" and row["method"] == "kgw-window"  # the scheme's name, the method beside it
     start, end = row["window_tokens"]
     assert 290 <= start and end <= 410  # the passage is tokens 300..400
     words = row["passage"].split()
@@ -366,3 +367,50 @@ def test_detect_synthid_with_transformers_explicit_keys(tmp_path, keyfile, token
         assert r.exit_code == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = runner.invoke(app, ["detect", str(path), "-s", "synthid", "-k", str(keyfile), "--json"])
     assert r.exit_code == 0 and not json.loads(r.stdout)["watermarked"]  # a wmkit key derives other keys
+
+
+def test_outputs_and_options_are_checked_before_any_model_loads(tmp_path, keyfile):
+    """Each of these failed only after minutes of work, or with a traceback (reliability issue)."""
+    nomodel = ["--model", str(tmp_path / "no-model")]  # loading it would fail with another message
+    cases = [
+        (["generate", "-p", "Hi", "-s", "none", "-o", str(tmp_path / "nosuchdir" / "out.jsonl"), *nomodel], "is not a folder"),
+        (["generate", "-p", "Hi", "-s", "none", "-n", "1000000000", *nomodel], "--max-new-tokens must be in 1..8192"),
+        (["generate", "-p", "Hi", "-s", "none", "--temperature", "nan", *nomodel], "--temperature must be a number"),
+        (["generate", "-p", "Hi", "-s", "none", "--batch-size", "0", *nomodel], "--batch-size must be >= 1"),
+        (["fingerprint", "enroll", str(tmp_path / "no-model"), "-o", str(tmp_path / "nosuchdir" / "s.safetensors")],
+         "is not a folder"),
+        (["fingerprint", "verify", "--signature", str(tmp_path), "--suspect", "x", "--fpr", "0"], "--fpr"),
+        (["fingerprint", "verify", "--signature", str(tmp_path), "--suspect", "x"], "is a folder"),
+        (["eaas", "verify", "--suspect", "x", "-k", str(keyfile), "--fpr", "1.5"], "--fpr"),
+        (["demo", "-s", "sweet", *nomodel], "the demo shows kgw or unigram"),
+        (["keygen", "-o", "/proc/wm.key"], "cannot create /proc/wm.key"),
+    ]
+    for args, msg in cases:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr, r.exception)
+        assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit), args
+
+
+def test_detect_utf16_duplicates_and_json_highlight(tmp_path, keyfile, texts):
+    marked, _ = texts
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_bytes(marked.read_text(encoding="utf-8").encode("utf-16"))  # with a byte-order mark
+    r = runner.invoke(app, ["detect", str(marked), str(utf16), str(marked), "-k", str(keyfile), "--json", "--highlight"])
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]  # stdout: JSON lines only
+    assert [row["file"] for row in rows] == [str(marked), str(utf16), str(marked)]
+    assert rows[0]["p_value"] == rows[1]["p_value"] == rows[2]["p_value"] and rows[1]["watermarked"]
+    assert str(marked) in r.stderr  # the highlighted text went to stderr
+    r = runner.invoke(app, ["detect", str(marked), "-s", "ie", "-k", str(keyfile), "-P", f"tagger={tmp_path}"])
+    assert r.exit_code == 2 and "is a folder" in r.stderr
+
+
+@pytest.mark.parametrize("scheme", ["ie", "kgw", "gumbel", "synthid", "exp-edit"])
+def test_a_file_of_invisible_characters_does_not_sink_the_batch(tmp_path, keyfile, texts, scheme):
+    marked, _ = texts
+    zw = tmp_path / "zw.txt"
+    zw.write_text("\u200b\u200b\u00ad", encoding="utf-8")  # all removed by normalisation: no tokens
+    r = runner.invoke(app, ["detect", str(marked), str(zw), "-s", scheme, "-k", str(keyfile), "--json"])
+    assert r.exit_code == 2
+    rows = {row["file"]: row for row in map(json.loads, r.stdout.splitlines())}
+    assert "p_value" in rows[str(marked)] and "0 token(s) can be scored" in rows[str(zw)]["error"]

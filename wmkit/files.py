@@ -105,6 +105,14 @@ def read_text(path: str) -> str:
         except OSError as e:
             raise InputError(f"{path}: cannot be read ({e.strerror})") from None
         name = path
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with a byte-order mark (Windows editors write it)
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise InputError(f"{name}: starts with a UTF-16 byte-order mark but is not UTF-16 text") from None
+        if not text.strip():
+            raise InputError(f"{name}: empty file")
+        return text
     if b"\x00" in data:
         raise InputError(f"{name}: binary file (NUL bytes), expected UTF-8 text")
     try:

@@ -137,6 +137,8 @@ def write_key_file(path: str | os.PathLike[str], key: SecretKey) -> Path:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise InvalidKeyError(f"{p} already exists; refusing to overwrite a key") from None
+    except OSError as e:
+        raise InvalidKeyError(f"cannot create {p}: {e.strerror}") from None
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(f"# wmkit secret key ({len(key.secret) * 8} bits). Keep it private.\n")
         f.write(key.to_hex() + "\n")

@@ -223,14 +223,16 @@ def read_rows(out: Path) -> Iterable[dict[str, Any]]:
 _WORKER: Scorer | None = None
 
 
-def _init_worker(scheme: Any, model: str | None, det_opts: dict[str, Any], windowed: bool) -> None:
-    """A worker process: one tokenizer, one detector, one torch thread."""
-    import torch
-
+def _init_worker(scheme: Any, model: str | None, det_opts: dict[str, Any], windowed: bool, pool: bool = True) -> None:
+    """A scorer for this process: one tokenizer, one detector (and, in a pool's worker process, one
+    torch thread: the workers share the cores)."""
     from .models import load_tokenizer
 
     global _WORKER
-    torch.set_num_threads(1)
+    if pool:
+        import torch
+
+        torch.set_num_threads(1)
     _WORKER = Scorer(scheme.detector(load_tokenizer(model), **det_opts), windowed)
 
 
@@ -271,7 +273,7 @@ def run_scan(spec: InputSpec, scheme: Any, out: Path, config: dict[str, Any], *,
             on_shard(rows)
 
     if workers <= 1:
-        _init_worker(*args)
+        _init_worker(*args, pool=False)
         for shard in shards:
             finish(*_score(shard))
         return counts

@@ -160,6 +160,16 @@ def scheme_from_config(config: dict[str, Any], key_file: Optional[Path], vllm_ke
     return SCHEMES[name].from_config(config, key)
 
 
+def check_fpr_option(fpr: float) -> float:
+    """``--fpr`` as an :class:`InputError` (one line, exit 2) when it is not in (0, 1)."""
+    from ..stats import check_fpr
+
+    try:
+        return check_fpr(fpr)
+    except ValueError as e:
+        raise InputError(f"--fpr: {e}") from None
+
+
 def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call ``fn``; a :class:`WmkitError` becomes a one-line error and exit status 2."""
     try:

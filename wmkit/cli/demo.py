@@ -14,7 +14,7 @@ from ..keys import SecretKey
 from ..models import load_lm
 from ..watermark.text import make_scheme
 from ..watermark.text.generate import generate_completions
-from .common import ModelOpt, run_guarded
+from .common import ModelOpt, die, run_guarded
 
 DEMO_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
@@ -28,10 +28,12 @@ def demo(
 ) -> None:
     """Generate a marked and an unmarked completion of one prompt, detect both, show them side by side."""
     console = Console(highlight=False)
+    if scheme_name not in ("kgw", "unigram"):
+        die(f"the demo shows kgw or unigram (green lists), got {scheme_name!r}; wm generate and wm detect take every scheme")
+    scheme = run_guarded(make_scheme, scheme_name, SecretKey.generate())
     t0 = time.perf_counter()
     lm, tok = run_guarded(load_lm, model)
     console.print(f"model loaded in {time.perf_counter() - t0:.1f} s; key: a fresh random 256-bit key (not saved)", style="dim")
-    scheme = run_guarded(make_scheme, scheme_name, SecretKey.generate())
     detector = scheme.detector(tok, min_tokens=1)
     table = Table(title=f"{scheme.name} {scheme.to_json()}", show_lines=True, expand=True)
     cells, verdicts = [], []

@@ -23,7 +23,7 @@ from .common import (
 )
 
 
-def _row(path: str, det: Detection, tokenizer: Any) -> dict[str, Any]:
+def _row(path: str, det: Detection, tokenizer: Any, scheme_name: str) -> dict[str, Any]:
     d = det.details
     extra = {"tau": d["tau"], "p_uncorrected": d["p_uncorrected"]} if "tau" in d else {}  # ie: the navigator's choice
     if "green_fraction" in d:
@@ -34,7 +34,8 @@ def _row(path: str, det: Detection, tokenizer: Any) -> dict[str, Any]:
         green = None  # Gumbel-max schemes score -log(1 - u), not green tokens
     row = {
         "file": path,
-        "scheme": det.method,
+        "scheme": scheme_name,
+        "method": det.method,
         "tokens_scored": det.n_scored,
         "green_fraction": green,
         "statistic": det.statistic,
@@ -134,15 +135,15 @@ def detect(
     console = Console(highlight=False)
     table = Table("file", "tokens", "green", "z", "p-value", "verdict")
     failed = False
-    readable: dict[str, str] = {}
+    readable: list[tuple[str, str]] = []  # a file named twice gets two rows
     for path in files:  # read every file first; one that cannot be read is reported, not fatal
         try:
-            readable[path] = read_text(path)
+            readable.append((path, read_text(path)))
         except WmkitError as e:
             failed = True
             _report_error(path, e, as_json)
     try:
-        texts = list(readable.values())
+        texts = [t for _, t in readable]
         if windowed:
             results = _detect_windowed(detector, texts, prompt)
         elif device != "cpu":
@@ -151,12 +152,12 @@ def detect(
             results = run_guarded(detector.detect_many, texts, [prompt] * len(texts))
     except (RuntimeError, ValueError) as e:
         die(f"cannot score on device {device!r}: {str(e).splitlines()[0]}")
-    for path, det in zip(readable, results, strict=True):
+    for (path, _), det in zip(readable, results, strict=True):
         if isinstance(det, WmkitError):
             failed = True
             _report_error(path, det, as_json)
             continue
-        row = {**_row(path, det, tokenizer), "key_id": key_id(scheme)}
+        row = {**_row(path, det, tokenizer, scheme_name), "key_id": key_id(scheme)}
         if as_json:
             typer.echo(json.dumps(row))
         else:
@@ -164,8 +165,8 @@ def detect(
             where = f" (tokens {row['window_tokens'][0]}-{row['window_tokens'][1]})" if windowed else ""
             green = "-" if row["green_fraction"] is None else f"{row['green_fraction']:.3f}"
             table.add_row(path, str(det.n_scored), green, f"{row['z']:.2f}", f"{det.p_value:.3g}", verdict + where)
-        if highlight and det.evidence:
-            _highlight(console, tokenizer, path, det)
+        if highlight and det.evidence:  # with --json, stdout holds only JSON lines: the colours go to stderr
+            _highlight(stderr if as_json else console, tokenizer, path, det)
     if not as_json and table.row_count:
         console.print(table)
         console.print(f"verdict at FPR {fpr:g} (scheme {scheme.name}, {json.dumps(scheme.config())})", style="dim", markup=False)

@@ -14,7 +14,7 @@ from ..keys import load_key
 from ..server.embeddings import MAX_BODY_BYTES, MAX_CHARS, MAX_INPUTS
 from ..watermark.embedding import SCHEMES, SentenceEncoder, load_encoder, make_scheme, verify_ownership
 from ..watermark.embedding.verify import DEFAULT_DECOYS, DEFAULT_FPR, DEFAULT_TEXTS, MODES
-from .common import KeyFileOpt, run_guarded
+from .common import KeyFileOpt, check_fpr_option, run_guarded
 
 eaas_app = typer.Typer(help="Embedding watermarks for Embeddings-as-a-Service.", no_args_is_help=True)
 EmbSchemeOpt = typer.Option("espew", "--scheme", "-s", help=f"Embedding scheme: {', '.join(SCHEMES)}.")
@@ -78,6 +78,7 @@ def verify(
     """Ownership test: does SUSPECT carry the embedding watermark of this key? Exit 0 either way."""
 
     def run():  # noqa: ANN202
+        check_fpr_option(fpr)  # before any model loads
         if mode not in MODES:
             raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
         if batch_size < 1:

@@ -23,7 +23,7 @@ from ..fingerprint import (
 from ..fingerprint.verify import DEFAULT_FPR, DEFAULT_QUERIES
 from ..models import load_lm
 from ..files import check_new
-from .common import run_guarded
+from .common import check_fpr_option, run_guarded
 
 fingerprint_app = typer.Typer(help="Output-space fingerprints: is a suspect model derived from yours?", no_args_is_help=True)
 ACCESS = ("logits", "logprobs", "topk", "top1")
@@ -87,6 +87,7 @@ def verify_cmd(
     """Is SUSPECT derived from the signature's model? Exit 0 either way."""
 
     def run():  # noqa: ANN202
+        check_fpr_option(fpr)  # before any model loads
         sig = Signature.load(signature)
         acc = open_suspect(suspect, access, top_k)
         q = queries if queries is not None else (10 if access == "top1" else DEFAULT_QUERIES)

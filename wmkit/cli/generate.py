@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +30,18 @@ def _prompts(prompt: Optional[str], prompts_file: Optional[Path]) -> list[str]:
     return [ln for ln in read_text(str(prompts_file)).splitlines() if ln.strip()]
 
 
+MAX_NEW_TOKENS = 8192  # the default model's context
+
+
+def _check_sampling(max_new_tokens: int, temperature: float, batch_size: int) -> None:
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise InputError(f"--max-new-tokens must be in 1..{MAX_NEW_TOKENS} (the model's context), got {max_new_tokens}")
+    if not (math.isfinite(temperature) and 0.0 <= temperature <= 100.0):
+        raise InputError(f"--temperature must be a number in [0, 100], got {temperature}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+
+
 def generate(
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="One prompt.", show_default=False),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="A file with one prompt per line.", show_default=False),
@@ -49,6 +62,7 @@ def generate(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write JSON lines here (must not exist).", show_default=False),
 ) -> None:
     """Generate completions; with -o write one JSON object per prompt, else print the completions."""
+    run_guarded(_check_sampling, max_new_tokens, temperature, batch_size)  # before the model loads
     prompts = run_guarded(_prompts, prompt, prompts_file)
     scheme = None if scheme_name == "none" else run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding, params, vllm_key)
     if output is not None:
@@ -71,6 +85,7 @@ def generate(
             "prompt": r["prompt"], "completion": r["completion"], "scheme": config["scheme"], "config": config,
             "key_id": key_id(scheme) if scheme is not None else None,
             "model": str(model_path), "new_tokens": len(r["completion_ids"]), "seed": seed, "chat": chat,
+            "temperature": temperature,
         })  # ASCII-escaped: no raw U+2028 or U+0085 to split a line
         for r in results
     ]

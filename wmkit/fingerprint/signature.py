@@ -89,6 +89,8 @@ class Signature:
         from safetensors import safe_open
 
         p = Path(path)
+        if p.is_dir():
+            raise InputError(f"signature {p} is a folder, expected a .safetensors file")
         if not p.is_file():
             raise InputError(f"signature {p} does not exist (make one with: wm fingerprint enroll MODEL -o {p})")
         try:

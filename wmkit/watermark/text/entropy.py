@@ -181,10 +181,23 @@ class EntropyAwareDetector(DetectorBase, ABC):
 
     def detect_many(self, texts: Sequence[str | Sequence[int] | torch.Tensor],
                     prompts: Sequence[str | Sequence[int] | torch.Tensor | None] | None = None) -> list[Detection | InputError]:
-        """Detect each text (with its prompt, if any); an item that cannot be scored yields its error."""
+        """Detect each text (with its prompt, if any); an item that cannot be scored yields its error
+        (one that has too few candidate tokens never reaches the model or the tagger)."""
         prompts = list(prompts) if prompts is not None else [None] * len(texts)
-        items = [self.prepare(t, p) for t, p in zip(texts, prompts, strict=True)]
-        return self.decide(items)
+        out: list[Detection | InputError] = []
+        items = []
+        for t, p in zip(texts, prompts, strict=True):
+            try:
+                item = self.prepare(t, p)
+            except InputError as e:
+                out.append(e)
+                continue
+            n = int(item.candidate.sum())
+            out.append(self.too_short(n) if n < self.min_tokens else None)  # type: ignore[arg-type]
+            if n >= self.min_tokens:
+                items.append(item)
+        decided = iter(self.decide(items) if items else [])
+        return [r if r is not None else next(decided) for r in out]
 
     def detect(self, text: str | Sequence[int] | torch.Tensor, prompt: str | Sequence[int] | torch.Tensor | None = None) -> Detection:
         """Detect the mark in one text; raises :class:`InputError` if too few tokens can be scored."""

@@ -265,6 +265,8 @@ def _read(path: str | Path | None, kind: str, tensors: bool) -> tuple[Path, dict
     from safetensors import safe_open
 
     p = Path(path) if path is not None else shipped_tagger_path(kind)
+    if p.is_dir():
+        raise InputError(f"entropy tagger {p} is a folder, expected a .safetensors file")
     if not p.is_file():
         raise InputError(f"entropy tagger {p} does not exist (build it with: wm tagger train)")
     try:
