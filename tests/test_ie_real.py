@@ -8,6 +8,7 @@ standard-library files against SmolLM2's true entropies; SWEET (which runs the L
 import pytest
 import torch
 
+from wmkit.errors import InputError
 from wmkit.keys import SecretKey
 from wmkit.watermark.text import IE, SWEET
 from wmkit.watermark.text.entropy import lm_step_map
@@ -18,6 +19,16 @@ from wmkit.watermark.text.ie.tagger import evaluate_tagger
 pytestmark = pytest.mark.slow
 KEY = SecretKey.from_hex("5eed" * 16)
 N_PROBLEMS = 6
+
+
+def scored(results, at_least):
+    """The detections among ``results``; every other item must be a too-few-tokens InputError, and
+    at least ``at_least`` items must have been scored (a check cannot pass on nothing)."""
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert all(isinstance(e, InputError) and "can be scored" in str(e) for e in errors), errors
+    dets = [r for r in results if not isinstance(r, Exception)]
+    assert len(dets) >= at_least, (len(dets), errors)
+    return dets
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +55,13 @@ def test_ie_marked_code_is_detected_and_human_code_is_not(default_lm, problems, 
     marked = det.detect_many(texts, prompts)
     human = det.detect_many([p["canonical_solution"] for p in problems], prompts)
     # measured: 4 of 6 at p <= 1e-3 (z 5.8-9.3); two short-of-entropy completions reach z 1.5 and 2.5
-    assert sum(d.decision for d in marked if not isinstance(d, Exception)) >= N_PROBLEMS - 2
-    assert not any(d.decision for d in human if not isinstance(d, Exception))
-    assert max(d.statistic for d in human if not isinstance(d, Exception)) < 3
+    assert sum(d.decision for d in scored(marked, N_PROBLEMS)) >= N_PROBLEMS - 2
+    human = scored(human, N_PROBLEMS // 2)
+    assert not any(d.decision for d in human)
+    assert max(d.statistic for d in human) < 3
     # another key does not see the mark: the evidence is the key's, not the text's style
     other = IE(SecretKey.from_hex("77" * 32)).detector(tok, fpr=1e-3, min_tokens=8)
-    assert not any(d.decision for d in other.detect_many(texts, prompts) if not isinstance(d, Exception))
+    assert not any(d.decision for d in scored(other.detect_many(texts, prompts), N_PROBLEMS))
 
 
 def test_sweet_baseline_on_the_same_problems(default_lm, problems):
@@ -63,8 +75,8 @@ def test_sweet_baseline_on_the_same_problems(default_lm, problems):
     human = det.detect_many([p["canonical_solution"] for p in problems], prompts)
     # measured (PRF v2): 4 of 6 at p <= 1e-3 (z 4.6-11.6 on 14-80 scored tokens); the other two have only 15
     # and 8 high-entropy tokens (z 2.5, 1.6): too little entropy to carry evidence, as for IE above
-    assert sum(d.decision for d in marked if not isinstance(d, Exception)) >= N_PROBLEMS - 2
-    assert not any(d.decision for d in human if not isinstance(d, Exception))
+    assert sum(d.decision for d in scored(marked, N_PROBLEMS)) >= N_PROBLEMS - 2
+    assert not any(d.decision for d in scored(human, N_PROBLEMS // 2))
 
 
 def test_shipped_tagger_beats_the_constant_predictor_on_held_out_stdlib_files(default_lm):

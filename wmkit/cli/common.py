@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -55,6 +58,52 @@ WidthOpt = typer.Option(None, "--context-width", help=param_help("context_width"
 SeedingOpt = typer.Option(None, help=param_help("seeding"), show_default=False)
 ParamOpt = typer.Option([], "--param", "-P", show_default=False, help=extra_params_help())
 ModelOpt = typer.Option(None, "--model", "-m", help="Model folder or .gguf file (default: SmolLM2-135M-Instruct).", show_default=False)
+
+
+@dataclass(frozen=True)
+class SchemeArgs:
+    """The key and scheme parameters a command was given (see :func:`scheme_options`)."""
+
+    key_file: Optional[Path] = None
+    vllm_key: Optional[str] = None
+    gamma: Optional[float] = None
+    delta: Optional[float] = None
+    context_width: Optional[int] = None
+    seeding: Optional[str] = None
+    params: list[str] = field(default_factory=list)
+
+    def named(self) -> tuple[Any, ...]:
+        """The named parameters in :data:`NAMED_PARAMS` order."""
+        return self.gamma, self.delta, self.context_width, self.seeding
+
+    def build(self, name: str) -> Any:
+        """:func:`build_scheme` for scheme ``name`` with these arguments."""
+        return build_scheme(name, self.key_file, *self.named(), self.params, self.vllm_key)
+
+
+_SCHEME_OPTIONS = (("key_file", Optional[Path], KeyFileOpt), ("vllm_key", Optional[str], VllmKeyOpt),
+                   ("gamma", Optional[float], GammaOpt), ("delta", Optional[float], DeltaOpt),
+                   ("context_width", Optional[int], WidthOpt), ("seeding", Optional[str], SeedingOpt),
+                   ("params", list[str], ParamOpt))
+
+
+def scheme_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the key and scheme options (``-k``, ``--vllm-key``, ``--gamma``, ``--delta``,
+    ``--context-width``, ``--seeding``, ``-P``), declared here once, as one ``scheme_args: SchemeArgs``
+    parameter of ``fn``."""
+    sig = inspect.signature(fn, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "scheme_args"]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
+             for name, ann, opt in _SCHEME_OPTIONS]
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> Any:
+        args = SchemeArgs(**{name: kwargs.pop(name) for name, _, _ in _SCHEME_OPTIONS})
+        return fn(scheme_args=args, **kwargs)
+
+    command.__signature__ = sig.replace(parameters=[  # type: ignore[attr-defined]
+        *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own), *extra])
+    return command
 
 
 def error(message: str) -> None:

@@ -18,8 +18,8 @@ from ..stats import Detection
 from ..watermark.text import SCHEMES
 from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
 from .common import (
-    EXIT_ERROR, DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, ParamOpt, SeedingOpt, VllmKeyOpt, WidthOpt,
-    build_scheme, die, error, key_id, read_record, read_text, run_guarded, scheme_from_config, stderr,
+    EXIT_ERROR, ModelOpt, SchemeArgs, die, error, key_id, read_record, read_text, run_guarded, scheme_from_config,
+    scheme_options, stderr,
 )
 
 
@@ -78,17 +78,12 @@ def _highlight(console: Console, tokenizer: Any, path: str, det: Detection) -> N
     console.print(text)
 
 
+@scheme_options
 def detect(
+    scheme_args: SchemeArgs,
     files: list[str] = typer.Argument(..., help="Text files to check ('-' reads stdin)."),
     scheme_name: Optional[str] = typer.Option(None, "--scheme", "-s", help="Watermark scheme (default kgw): " + ", ".join(SCHEMES) + ".", show_default=False),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A generation record (a line of wm generate -o) or a JSON scheme config: detect with exactly its parameters.", show_default=False),
-    key_file: Optional[Path] = KeyFileOpt,
-    vllm_key: Optional[str] = VllmKeyOpt,
-    gamma: Optional[float] = GammaOpt,
-    delta: Optional[float] = DeltaOpt,
-    context_width: Optional[int] = WidthOpt,
-    seeding: Optional[str] = SeedingOpt,
-    params: list[str] = ParamOpt,
     model: Optional[Path] = ModelOpt,
     prompt: Optional[str] = typer.Option(None, "--prompt", help="The prompt the texts continue (ie, sweet, ewd score the text in its context; the others strip it if the text starts with it).", show_default=False),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the verdict (p <= fpr)."),
@@ -108,16 +103,15 @@ def detect(
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         die(f"--device {device!r} is not available here (use cpu{', cuda' if torch.cuda.is_available() else ''})")
     if config_file is not None:
-        if scheme_name is not None or any(x is not None for x in (gamma, delta, context_width, seeding)) or params:
+        if scheme_name is not None or any(x is not None for x in scheme_args.named()) or scheme_args.params:
             die("--config gives the scheme and its parameters; drop --scheme, --gamma, --delta, --context-width, --seeding, -P")
         config, recorded_id = run_guarded(read_record, config_file)
-        scheme = run_guarded(scheme_from_config, config, key_file, vllm_key)
+        scheme = run_guarded(scheme_from_config, config, scheme_args.key_file, scheme_args.vllm_key)
         if recorded_id is not None and recorded_id != key_id(scheme):
             stderr.print(f"wm: warning: {config_file} was generated with key id {recorded_id}, but this key's id is "
                          f"{key_id(scheme)}: a wrong key finds no mark", markup=False)
     else:
-        scheme = run_guarded(build_scheme, scheme_name or "kgw", key_file, gamma, delta, context_width, seeding, params,
-                             vllm_key)
+        scheme = run_guarded(scheme_args.build, scheme_name or "kgw")
     scheme_name = scheme.name
     caps = scheme.capabilities
     if windowed and not caps.windowed:

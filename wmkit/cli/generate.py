@@ -14,10 +14,7 @@ from ..errors import InputError
 from ..files import check_new, write_file
 from ..models import load_lm, resolve_lm_path
 from ..watermark.text.generate import generate_completions
-from .common import (
-    DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, VllmKeyOpt, ParamOpt, SeedingOpt, WidthOpt,
-    build_scheme, key_id, read_text, run_guarded, stderr,
-)
+from .common import ModelOpt, SchemeArgs, key_id, read_text, run_guarded, scheme_options, stderr
 
 
 def _prompts(prompt: Optional[str], prompts_file: Optional[Path]) -> list[str]:
@@ -42,17 +39,12 @@ def _check_sampling(max_new_tokens: int, temperature: float, batch_size: int) ->
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
 
 
+@scheme_options
 def generate(
+    scheme_args: SchemeArgs,
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="One prompt.", show_default=False),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="A file with one prompt per line.", show_default=False),
     scheme_name: str = typer.Option("kgw", "--scheme", "-s", help="A scheme (see wm detect --help) or none."),
-    key_file: Optional[Path] = KeyFileOpt,
-    vllm_key: Optional[str] = VllmKeyOpt,
-    gamma: Optional[float] = GammaOpt,
-    delta: Optional[float] = DeltaOpt,
-    context_width: Optional[int] = WidthOpt,
-    seeding: Optional[str] = SeedingOpt,
-    params: list[str] = ParamOpt,
     model: Optional[Path] = ModelOpt,
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate per prompt."),
     temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
@@ -64,7 +56,7 @@ def generate(
     """Generate completions; with -o write one JSON object per prompt, else print the completions."""
     run_guarded(_check_sampling, max_new_tokens, temperature, batch_size)  # before the model loads
     prompts = run_guarded(_prompts, prompt, prompts_file)
-    scheme = None if scheme_name == "none" else run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding, params, vllm_key)
+    scheme = None if scheme_name == "none" else run_guarded(scheme_args.build, scheme_name)
     if output is not None:
         run_guarded(check_new, output)  # fail before minutes of generation, not after
     model_path = run_guarded(resolve_lm_path, model)

@@ -14,23 +14,15 @@ from ..errors import InputError
 from ..scan import InputSpec, open_output, run_scan
 from ..watermark.text import SCHEMES
 from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
-from .common import (
-    DeltaOpt, GammaOpt, KeyFileOpt, ModelOpt, ParamOpt, SeedingOpt, VllmKeyOpt, WidthOpt, build_scheme, die, key_id,
-    run_guarded, stderr,
-)
+from .common import ModelOpt, SchemeArgs, die, key_id, run_guarded, scheme_options, stderr
 
 
+@scheme_options
 def scan(
+    scheme_args: SchemeArgs,
     inputs: list[str] = typer.Argument(..., help="Text files, folders (recursive), .jsonl files, or '-' (JSON lines on stdin)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder: part-NNNNN.jsonl per shard + _manifest.json (resumable)."),
     scheme_name: str = typer.Option("kgw", "--scheme", "-s", help="Watermark scheme (key-only detectors): " + ", ".join(SCHEMES) + "."),
-    key_file: Optional[Path] = KeyFileOpt,
-    vllm_key: Optional[str] = VllmKeyOpt,
-    gamma: Optional[float] = GammaOpt,
-    delta: Optional[float] = DeltaOpt,
-    context_width: Optional[int] = WidthOpt,
-    seeding: Optional[str] = SeedingOpt,
-    params: list[str] = ParamOpt,
     model: Optional[Path] = ModelOpt,
     glob: str = typer.Option("*", help="File-name pattern inside folders (e.g. '*.txt')."),
     field: Optional[str] = typer.Option(None, "--field", help="Text field of JSON lines (default 'text' for .jsonl files; any file is then read as JSON lines).", show_default=False),
@@ -47,7 +39,7 @@ def scan(
     without a manifest, or from another scan, is refused. Exit 0 when the scan completes (documents
     that cannot be scored get an error row); 2 on a usage error.
     """
-    scheme = run_guarded(build_scheme, scheme_name, key_file, gamma, delta, context_width, seeding, params, vllm_key)
+    scheme = run_guarded(scheme_args.build, scheme_name)
     caps = scheme.capabilities
     if caps.needs_model:
         die(f"{scheme.name}'s detector runs the generating model; wm scan takes key-only schemes")

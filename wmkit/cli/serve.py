@@ -9,21 +9,14 @@ import typer
 
 from ..errors import InputError
 from ..models import load_lm
-from .common import (
-    DeltaOpt, GammaOpt, KeyFileOpt, ParamOpt, SeedingOpt, VllmKeyOpt, WidthOpt, build_scheme, run_guarded,
-)
+from .common import SchemeArgs, run_guarded, scheme_options
 
 
+@scheme_options
 def serve(
+    scheme_args: SchemeArgs,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or .gguf file (default: SmolLM2-135M-Instruct).", show_default=False),
     scheme_name: str = typer.Option("none", "--scheme", "-s", help="Watermark scheme (see wm detect --help), or none."),
-    key_file: Optional[Path] = KeyFileOpt,
-    vllm_key: Optional[str] = VllmKeyOpt,
-    gamma: Optional[float] = GammaOpt,
-    delta: Optional[float] = DeltaOpt,
-    context_width: Optional[int] = WidthOpt,
-    seeding: Optional[str] = SeedingOpt,
-    params: list[str] = ParamOpt,
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
     max_new_tokens: int = typer.Option(512, help="Largest max_tokens a request may ask for."),
@@ -39,7 +32,7 @@ def serve(
             raise InputError("--max-new-tokens must be positive")
         scheme = None
         if scheme_name != "none":
-            scheme = build_scheme(scheme_name, key_file, gamma, delta, context_width, seeding, params, vllm_key)
+            scheme = scheme_args.build(scheme_name)
         lm, tok = load_lm(model)
         return Generator(lm, tok, scheme)
 
