@@ -148,3 +148,29 @@ def test_windowed_binomial_with_counts_per_unit():
     assert d.decision and abs(d.details["start"] - 200) <= 16 and abs(d.details["end"] - 260) <= 16
     null = stats.windowed_binomial_detection("synthid", rng.binomial(30, 0.5, 460), 0.5, 1e-3, windows=(32, 64), trials=30)
     assert not null.decision
+
+
+def test_holm_against_its_definition_by_brute_force():
+    """Holm's adjusted p for hypothesis i: the smallest alpha at which the step-down procedure rejects it."""
+    from wmkit.stats import holm
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        p = list(rng.uniform(0, 0.2, rng.integers(1, 7)))
+        adj = holm(p)
+        order = sorted(range(len(p)), key=lambda i: p[i])
+        for alpha in np.linspace(0.001, 1, 60):
+            rejected = set()
+            for rank, i in enumerate(order):  # step down: stop at the first non-rejection
+                if p[i] > alpha / (len(p) - rank):
+                    break
+                rejected.add(i)
+            assert rejected == {i for i in range(len(p)) if adj[i] <= alpha + 1e-12}
+
+
+def test_clopper_pearson_interval_covers_at_its_level():
+    from wmkit.stats import clopper_pearson_interval
+
+    assert clopper_pearson_interval(0, 10)[0] == 0.0 and clopper_pearson_interval(10, 10)[1] == 1.0
+    lo, hi = clopper_pearson_interval(7, 50)
+    assert sps.binom.cdf(7, 50, hi) == pytest.approx(0.025, rel=1e-6) and sps.binom.sf(6, 50, lo) == pytest.approx(0.025, rel=1e-6)

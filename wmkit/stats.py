@@ -35,7 +35,9 @@ __all__ = [
     "EMBEDDING_FPR",
     "FINGERPRINT_FPR",
     "bonferroni",
+    "holm",
     "clopper_pearson_upper",
+    "clopper_pearson_interval",
     "weighted_z_detection",
     "Detection",
     "z_score",
@@ -117,6 +119,33 @@ def bonferroni(p: float, m: int) -> float:
     if m < 1:
         raise ValueError(f"bonferroni needs m >= 1, got {m}")
     return min(1.0, float(p) * m)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given): with ``p_(1) <= ... <= p_(m)``,
+    ``adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))``. Rejecting where ``adj <= alpha`` controls the
+    family-wise error rate at ``alpha`` under any dependence; the smallest equals Bonferroni's ``m p_(1)``.
+
+    >>> holm([0.01, 0.04, 0.03])
+    [0.03, 0.06, 0.06]
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        out[i] = running
+    return out
+
+
+def clopper_pearson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Two-sided Clopper-Pearson interval for a binomial rate after ``k`` hits in ``n`` trials."""
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    a = (1 - confidence) / 2
+    lo = 0.0 if k == 0 else float(_sps.beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(_sps.beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
 
 
 def clopper_pearson_upper(k: int, n: int, confidence: float) -> float:

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from ..errors import WmkitError
 from ..models import load_lm, load_tokenizer
+from ..profiles import detect_profiles, load_profiles
 from ..stats import Detection
 from ..watermark.text import SCHEMES
 from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
@@ -78,6 +79,46 @@ def _highlight(console: Console, tokenizer: Any, path: str, det: Detection) -> N
     console.print(text)
 
 
+def _read_all(files: list[str], as_json: bool) -> tuple[list[tuple[str, str]], bool]:
+    """Read every file first; one that cannot be read is reported, not fatal. A file named twice gets two rows."""
+    readable, failed = [], False
+    for path in files:
+        try:
+            readable.append((path, read_text(path)))
+        except WmkitError as e:
+            failed = True
+            _report_error(path, e, as_json)
+    return readable, failed
+
+
+def _detect_with_profiles(profiles_file: Path, files: list[str], model: Optional[Path], fpr: float, min_tokens: int,
+                          as_json: bool) -> None:
+    profiles = run_guarded(load_profiles, profiles_file)
+    tokenizer = run_guarded(load_tokenizer, model)
+    readable, failed = _read_all(files, as_json)
+    results = run_guarded(detect_profiles, profiles, tokenizer, [t for _, t in readable], fpr, min_tokens)
+    table = Table("file", "best profile", "tokens", "p (Holm)", "verdict")
+    for (path, _), res in zip(readable, results, strict=True):
+        if isinstance(res, WmkitError):
+            failed = True
+            _report_error(path, res, as_json)
+            continue
+        row = {"file": path, "profile": res.profile, "method": res.detection.method, "tokens_scored": res.detection.n_scored,
+               "p_value": res.p_value, "p_uncorrected": res.detection.p_value, "fpr": fpr, "watermarked": res.decision,
+               "profiles": res.per_profile}
+        if as_json:
+            typer.echo(json.dumps(row))
+        else:
+            table.add_row(path, res.profile, str(res.detection.n_scored), f"{res.p_value:.3g}",
+                          "[bold green]watermarked[/]" if res.decision else "not watermarked")
+    if not as_json and table.row_count:
+        console = Console(highlight=False)
+        console.print(table)
+        console.print(f"verdict at FPR {fpr:g} over {len(profiles)} profile(s), Holm-Bonferroni", style="dim", markup=False)
+    if failed:
+        raise typer.Exit(EXIT_ERROR)
+
+
 @scheme_options
 def detect(
     scheme_args: SchemeArgs,
@@ -93,6 +134,7 @@ def detect(
     highlight: bool = typer.Option(False, "--highlight", help="Show green/red tokens in colour."),
     device: str = typer.Option("cpu", help="Where to score: cpu, or cuda (all files in one Triton launch)."),
     windowed: bool = typer.Option(False, "--windowed", help="Find a marked passage inside a longer text (max z over windows, Bonferroni-corrected p)."),
+    profiles_file: Optional[Path] = typer.Option(None, "--profiles", help="A profiles file (every scheme, config and key reference served): test each text against all, Holm-corrected.", show_default=False),
 ) -> None:
     """Report tokens scored, green fraction, z, p-value and verdict for each FILE.
 
@@ -102,6 +144,13 @@ def detect(
     """
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         die(f"--device {device!r} is not available here (use cpu{', cuda' if torch.cuda.is_available() else ''})")
+    if profiles_file is not None:
+        if (config_file or scheme_name or scheme_args != SchemeArgs() or windowed or highlight or device != "cpu"
+                or prompt):
+            die("--profiles names the schemes and keys; drop --scheme, --config, -k, --vllm-key, -P, the scheme options, "
+                "--windowed, --highlight, --device and --prompt")
+        _detect_with_profiles(profiles_file, files, model, fpr, min_tokens, as_json)
+        return
     if config_file is not None:
         if scheme_name is not None or any(x is not None for x in scheme_args.named()) or scheme_args.params:
             die("--config gives the scheme and its parameters; drop --scheme, --gamma, --delta, --context-width, --seeding, -P")
@@ -128,14 +177,7 @@ def detect(
     detector = run_guarded(scheme.detector, tokenizer, **opts)
     console = Console(highlight=False)
     table = Table("file", "tokens", "green", "z", "p-value", "verdict")
-    failed = False
-    readable: list[tuple[str, str]] = []  # a file named twice gets two rows
-    for path in files:  # read every file first; one that cannot be read is reported, not fatal
-        try:
-            readable.append((path, read_text(path)))
-        except WmkitError as e:
-            failed = True
-            _report_error(path, e, as_json)
+    readable, failed = _read_all(files, as_json)
     try:
         texts = [t for _, t in readable]
         if windowed:

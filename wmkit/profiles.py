@@ -1,0 +1,129 @@
+"""Multi-profile detection: test a text against every configuration a deployment has served.
+
+A profiles file is JSON::
+
+    {"profiles": [
+      {"name": "chat-2025", "config": {"scheme": "kgw", "gamma": 0.25, "context_width": 4, "seeding": "selfhash"},
+       "key": {"file": "keys/chat.key"}},
+      {"name": "vllm-prod", "config": {"scheme": "vllm-gumbel"}, "key": {"env": "VLLM_WATERMARK_KEY"}},
+      {"name": "hf-synthid", "config": {"scheme": "synthid", "ngram_len": 5}, "key": {"env": "SYNTHID_KEYS"}}
+    ]}
+
+``config`` is a scheme config (what ``wm generate -o`` records); ``key`` is a *reference*: a key file
+(relative paths are relative to the profiles file) or an environment variable holding a wmkit hex
+key, vLLM's integer key, or SynthID's comma-separated keys, as the scheme takes. Inline secrets are
+refused. Each text is tested against every profile; the verdict uses Holm-Bonferroni adjusted
+p-values (:func:`wmkit.stats.holm`), so the chance that an unmarked text is attributed to *some*
+profile stays at most the FPR whatever the number of profiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import InputError
+from .files import read_text
+from .keys import read_key_file, SecretKey
+from .stats import Detection, check_fpr, holm
+
+__all__ = ["Profile", "ProfileMatch", "load_profiles", "detect_profiles"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named scheme with its key, from a profiles file."""
+
+    name: str
+    scheme: Any
+
+
+@dataclass(frozen=True)
+class ProfileMatch:
+    """The result for one text: the best profile, its Holm-adjusted p-value and every profile's."""
+
+    profile: str
+    p_value: float
+    decision: bool
+    detection: Detection
+    per_profile: dict[str, dict[str, Any]]
+
+
+def _key(ref: Any, name: str, scheme_cls: type, base: Path) -> Any:
+    from .watermark.text.vllm_native import parse_vllm_key
+
+    if not isinstance(ref, dict) or set(ref) - {"file", "env"} or len(ref) != 1:
+        raise InputError(f"profile {name!r}: 'key' must be {{\"file\": PATH}} or {{\"env\": VARIABLE}} "
+                         f"(inline keys are refused: a profiles file is not a secret store)")
+    if "file" in ref:
+        path = Path(ref["file"])
+        return read_key_file(path if path.is_absolute() else base / path)
+    value = os.environ.get(str(ref["env"]))
+    if not value:
+        raise InputError(f"profile {name!r}: environment variable {ref['env']} is not set")
+    if getattr(scheme_cls, "key_kind", "wmkit") == "vllm":
+        return parse_vllm_key(value, f"${ref['env']}")
+    if getattr(scheme_cls, "explicit_key_param", None) and "," in value:
+        return value  # SynthID's explicit keys, parsed by the scheme
+    return SecretKey.from_hex(value, source=f"${ref['env']}")
+
+
+def load_profiles(path: str | os.PathLike[str]) -> list[Profile]:
+    """Read and check a profiles file (unknown schemes, inline keys, duplicates: one-line errors)."""
+    from .watermark.text import SCHEMES, key_kind
+
+    p = Path(path)
+    try:
+        doc = json.loads(read_text(str(p)))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{p}: not JSON ({e.msg}, line {e.lineno})") from None
+    items = doc.get("profiles") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not items:
+        raise InputError(f"{p}: expected {{\"profiles\": [...]}} with at least one profile")
+    out, names = [], set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("config"), dict):
+            raise InputError(f"{p}: profile {i} needs a 'config' object")
+        name = str(item.get("name", f"profile-{i}"))
+        if name in names:
+            raise InputError(f"{p}: two profiles are named {name!r}")
+        names.add(name)
+        config = dict(item["config"])
+        scheme_name = config.pop("scheme", None)
+        key_kind(scheme_name if isinstance(scheme_name, str) else "")  # an unknown scheme: one line
+        cls = SCHEMES[scheme_name]
+        if cls.capabilities.needs_model:
+            raise InputError(f"profile {name!r}: {scheme_name} needs the generating model; profiles take key-only schemes")
+        secret_fields = {"key", "keys", "secret"} & set(config)
+        if secret_fields:
+            raise InputError(f"profile {name!r}: {sorted(secret_fields)[0]!r} in the config (inline keys are refused; "
+                             f"use \"key\": {{\"file\": ...}} or {{\"env\": ...}})")
+        key = _key(item.get("key"), name, cls, p.parent)
+        out.append(Profile(name, cls.from_config(config, key)))
+    return out
+
+
+def detect_profiles(profiles: Sequence[Profile], tokenizer: Any, texts: Sequence[str], fpr: float,
+                    min_tokens: int | None = None) -> list[ProfileMatch | InputError]:
+    """Test each text against every profile; a text no profile can score yields the first error."""
+    check_fpr(fpr)
+    opts = {"fpr": fpr, **({"min_tokens": min_tokens} if min_tokens is not None else {})}
+    results = [p.scheme.detector(tokenizer, **opts).detect_many(list(texts)) for p in profiles]
+    out: list[ProfileMatch | InputError] = []
+    for i in range(len(texts)):
+        dets = {p.name: r[i] for p, r in zip(profiles, results)}
+        scored = {n: d for n, d in dets.items() if not isinstance(d, Exception)}
+        if not scored:
+            out.append(next(iter(dets.values())))
+            continue
+        names = list(scored)
+        adjusted = holm([scored[n].p_value for n in names])  # profiles that cannot score the text are not tests
+        best = min(range(len(names)), key=lambda j: (adjusted[j], scored[names[j]].p_value))
+        per = {n: {"p_value": scored[n].p_value, "p_holm": a, "method": scored[n].method}
+               for n, a in zip(names, adjusted)}
+        per.update({n: {"error": str(d)} for n, d in dets.items() if isinstance(d, Exception)})
+        out.append(ProfileMatch(names[best], adjusted[best], adjusted[best] <= fpr, scored[names[best]], per))
+    return out
