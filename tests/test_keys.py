@@ -72,3 +72,23 @@ def test_subkeys_are_hmac_sha256_and_separate():
     v2 = hmac.new(bytes(range(16)), b"wmkit/v2/text/kgw", hashlib.sha256).digest()  # PRF spec v2: 4 words, 128 bits
     assert k.prf_key("text/kgw") == tuple(int.from_bytes(v2[i : i + 4], "little") for i in (0, 4, 8, 12))
     assert k.prf_key("text/kgw") != k.prf_key("text/unigram")
+
+
+def test_keygen_writes_a_commitment_that_the_key_opens(tmp_path):
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    from wmkit.cli.main import app
+    from wmkit.keys import read_key_file
+
+    r = CliRunner().invoke(app, ["keygen", "-o", str(tmp_path / "k")])
+    assert r.exit_code == 0, r.stderr
+    key = read_key_file(tmp_path / "k")
+    published = (tmp_path / "k.commitment").read_text().strip()
+    assert published == hashlib.sha256(b"wmkit/key-commitment/v1\x00" + key.secret).hexdigest() == key.commitment()
+    assert published in r.stderr and key.to_hex() not in published
+    assert SecretKey.generate().commitment() != published
+    (tmp_path / "k2.commitment").write_text("x")  # the commitment's path is taken: no key is written
+    r = CliRunner().invoke(app, ["keygen", "-o", str(tmp_path / "k2")])
+    assert r.exit_code == 2 and not (tmp_path / "k2").exists()

@@ -84,6 +84,15 @@ class SecretKey:
         """A short public identifier of the key (first 8 hex digits of SHA-256 of a subkey)."""
         return hashlib.sha256(self.subkey("fingerprint")).hexdigest()[:8]
 
+    def commitment(self) -> str:
+        """A public commitment to the key: SHA-256 over a domain tag and the secret (64 hex digits).
+
+        Publish it before a dispute; revealing the key later proves it is the key committed to
+        (``SecretKey.commitment() == published``), while the commitment alone reveals nothing usable
+        about a random key of 128 or more bits.
+        """
+        return hashlib.sha256(b"wmkit/key-commitment/v1\x00" + self.secret).hexdigest()
+
     def subkey(self, label: str) -> bytes:
         """HMAC-SHA256(secret, ``"wmkit/v1/" + label``): 32 bytes for one use of the key."""
         return hmac.new(self.secret, f"wmkit/v1/{label}".encode(), hashlib.sha256).digest()

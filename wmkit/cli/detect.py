@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import WmkitError
+from ..errors import InputError, WmkitError
 from ..models import load_lm, load_tokenizer
+from ..calibration import calibrated_p, check_calibration
 from ..profiles import detect_profiles, load_profiles
 from ..stats import Detection
 from ..watermark.text import SCHEMES
@@ -79,6 +80,18 @@ def _highlight(console: Console, tokenizer: Any, path: str, det: Detection) -> N
     console.print(text)
 
 
+def _load_calibration(path: Path, scheme: Any) -> dict[str, Any]:
+    def load() -> dict[str, Any]:
+        try:
+            cal = json.loads(read_text(str(path)))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: not JSON ({e.msg})") from None
+        check_calibration(cal, scheme.config(), key_id(scheme))
+        return cal
+
+    return run_guarded(load)
+
+
 def _read_all(files: list[str], as_json: bool) -> tuple[list[tuple[str, str]], bool]:
     """Read every file first; one that cannot be read is reported, not fatal. A file named twice gets two rows."""
     readable, failed = [], False
@@ -134,6 +147,7 @@ def detect(
     highlight: bool = typer.Option(False, "--highlight", help="Show green/red tokens in colour."),
     device: str = typer.Option("cpu", help="Where to score: cpu, or cuda (all files in one Triton launch)."),
     windowed: bool = typer.Option(False, "--windowed", help="Find a marked passage inside a longer text (max z over windows, Bonferroni-corrected p)."),
+    calibration_file: Optional[Path] = typer.Option(None, "--calibration", help="A wm calibrate file for this key: add an empirical p-value (p_calibrated) from its null.", show_default=False),
     profiles_file: Optional[Path] = typer.Option(None, "--profiles", help="A profiles file (every scheme, config and key reference served): test each text against all, Holm-corrected.", show_default=False),
 ) -> None:
     """Report tokens scored, green fraction, z, p-value and verdict for each FILE.
@@ -146,9 +160,9 @@ def detect(
         die(f"--device {device!r} is not available here (use cpu{', cuda' if torch.cuda.is_available() else ''})")
     if profiles_file is not None:
         if (config_file or scheme_name or scheme_args != SchemeArgs() or windowed or highlight or device != "cpu"
-                or prompt):
+                or prompt or calibration_file):
             die("--profiles names the schemes and keys; drop --scheme, --config, -k, --vllm-key, -P, the scheme options, "
-                "--windowed, --highlight, --device and --prompt")
+                "--windowed, --highlight, --device, --prompt and --calibration")
         _detect_with_profiles(profiles_file, files, model, fpr, min_tokens, as_json)
         return
     if config_file is not None:
@@ -163,6 +177,9 @@ def detect(
         scheme = run_guarded(scheme_args.build, scheme_name or "kgw")
     scheme_name = scheme.name
     caps = scheme.capabilities
+    calibration = None
+    if calibration_file is not None:
+        calibration = _load_calibration(calibration_file, scheme)
     if windowed and not caps.windowed:
         die(f"--windowed is not available for {scheme_name}")
     if device != "cpu" and not caps.device:
@@ -194,13 +211,17 @@ def detect(
             _report_error(path, det, as_json)
             continue
         row = {**_row(path, det, tokenizer, scheme_name), "key_id": key_id(scheme)}
+        if calibration is not None and not windowed:
+            cal = calibrated_p(calibration, det.n_scored, det.p_value)
+            row.update(p_calibrated=cal[0] if cal else None, calibration_bucket=cal[1] if cal else None)
         if as_json:
             typer.echo(json.dumps(row))
         else:
             verdict = "[bold green]watermarked[/]" if det.decision else "not watermarked"
             where = f" (tokens {row['window_tokens'][0]}-{row['window_tokens'][1]})" if windowed else ""
             green = "-" if row["green_fraction"] is None else f"{row['green_fraction']:.3f}"
-            table.add_row(path, str(det.n_scored), green, f"{row['z']:.2f}", f"{det.p_value:.3g}", verdict + where)
+            pcell = f"{det.p_value:.3g}" + (f" (calibrated {row['p_calibrated']:.3g})" if row.get("p_calibrated") else "")
+            table.add_row(path, str(det.n_scored), green, f"{row['z']:.2f}", pcell, verdict + where)
         if highlight and det.evidence:  # with --json, stdout holds only JSON lines: the colours go to stderr
             _highlight(stderr if as_json else console, tokenizer, path, det)
     if not as_json and table.row_count:

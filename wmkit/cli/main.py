@@ -1,4 +1,4 @@
-"""The ``wm`` application: ``keygen``, ``generate``, ``detect``, ``scan``, ``demo``, ``schemes``, ``serve``,
+"""The ``wm`` application: ``keygen``, ``generate``, ``detect``, ``scan``, ``calibrate``, ``demo``, ``schemes``, ``serve``,
 ``serve-embeddings``, ``eaas``, ``fingerprint``, ``tagger``.
 
 Exit codes: 0 success (a negative detection is a success), 2 usage or input errors.
@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weight
 
 import typer  # noqa: E402
 
+from .calibrate import calibrate_cmd  # noqa: E402
 from .demo import demo  # noqa: E402
 from .detect import detect  # noqa: E402
 from .eaas import eaas_app, serve_embeddings  # noqa: E402
@@ -38,6 +39,7 @@ app.command()(detect)
 app.command()(demo)
 app.command()(schemes)
 app.command()(scan)
+app.command("calibrate")(calibrate_cmd)
 app.command()(serve)
 app.command("serve-embeddings")(serve_embeddings)
 app.add_typer(eaas_app, name="eaas")
