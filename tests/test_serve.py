@@ -49,6 +49,8 @@ class IdTokenizer:
         ({"prompt": "x", "logit_bias": {str(V): 1}}, "outside"),
         ({"prompt": "x", "n": 2}, "not supported"),
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "'stop'"),
+        ({"prompt": "x", "seed": 2**70}, "'seed' must be an integer in [0, 2**63)"),
+        ({"prompt": "x", "seed": True}, "'seed'"),
     ],
 )
 def test_bad_completion_requests(body, fragment):
@@ -148,3 +150,56 @@ def test_stop_strings_found_incrementally_as_by_decoding_everything(tokenizer):
         n = (got if got is not None else len(ids)) + 1
         assert counting.decoded <= 8 * n  # linear: the whole-text loop decodes n^2 / 2 ids
     assert len(ids) > 300
+
+
+def test_hostile_bodies_context_timeouts_and_faults_are_json_errors(model):
+    """Each of these was a bare 500 or an unbounded wait (reliability issue); now 4xx/503 in OpenAI's shape."""
+    from fastapi.testclient import TestClient
+
+    gen = Generator(model, IdTokenizer())
+    client = TestClient(create_app(gen), raise_server_exceptions=False)
+
+    def post(raw: bytes | str, c=client):
+        r = c.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+        return r.status_code, r.json()["error"]["message"]
+
+    assert post('{"prompt": "a \\ud800"}') == (400, "a string in the request is not valid Unicode (a lone surrogate escape)")
+    status, msg = post("[" * 100_000 + "]" * 100_000)
+    assert status == 400 and "nests deeper" in msg
+    status, msg = post('{"prompt": ' + "[" * 40 + "1" + "]" * 40 + "}")
+    assert status == 400 and "nests deeper than 32" in msg
+    context = gen.context
+    status, msg = post(f'{{"prompt": {list(range(1, context - 3))}, "max_tokens": 8}}')
+    assert status == 400 and f"context of {context} tokens" in msg
+    slow = TestClient(create_app(gen, timeout_s=1e-9), raise_server_exceptions=False)
+    status, msg = post('{"prompt": [5, 6], "max_tokens": 4}', slow)
+    assert status == 503 and ("timed out" in msg or "busy" in msg)
+    gen.lock.acquire()  # another request holds the model
+    try:
+        status, msg = post('{"prompt": [5, 6], "max_tokens": 4}', TestClient(create_app(gen, timeout_s=0.2)))
+        assert status == 503 and "busy" in msg
+    finally:
+        gen.lock.release()
+    broken = Generator(model, IdTokenizer())
+    broken.complete = lambda *a, **k: (_ for _ in ()).throw(ValueError("boom"))  # a fault inside the server
+    status, msg = post('{"prompt": [5, 6]}', TestClient(create_app(broken), raise_server_exceptions=False))
+    assert status == 500 and msg == "internal error (ValueError); the request was not served"
+    r = client.post("/v1/completions", json={"prompt": [5, 6], "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_wm_serve_refuses_a_busy_port_before_loading_the_model(tmp_path):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from wmkit.cli.main import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = CliRunner().invoke(app, ["serve", "--port", str(port), "--model", str(tmp_path / "no-model")])
+    assert r.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr
+    r = CliRunner().invoke(app, ["serve", "--timeout", "0", "--model", str(tmp_path / "no-model")])
+    assert r.exit_code == 2 and "--timeout must be a positive number" in r.stderr

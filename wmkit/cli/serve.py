@@ -20,6 +20,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
     max_new_tokens: int = typer.Option(512, help="Largest max_tokens a request may ask for."),
+    timeout: float = typer.Option(120.0, help="Seconds a request may wait for the model and generate (then 503)."),
 ) -> None:
     """Serve MODEL at /v1/completions (logprobs up to 20, logit_bias); --scheme marks the generated text."""
     from ..server.completions import Generator, create_app
@@ -30,6 +31,15 @@ def serve(
             raise InputError(f"--port must be in 1..65535, got {port}")
         if max_new_tokens < 1:
             raise InputError("--max-new-tokens must be positive")
+        if not timeout > 0:
+            raise InputError(f"--timeout must be a positive number of seconds, got {timeout}")
+        import socket
+
+        with socket.socket() as s:  # a busy port fails now, not after the model has loaded
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                raise InputError(f"cannot listen on {host}:{port}: {e.strerror}") from None
         scheme = None
         if scheme_name != "none":
             scheme = scheme_args.build(scheme_name)
@@ -37,4 +47,5 @@ def serve(
         return Generator(lm, tok, scheme)
 
     gen = run_guarded(build)
-    run_server(create_app(gen, Path(model).name if model else "SmolLM2-135M-Instruct", max_new_tokens), host, port)
+    run_server(create_app(gen, Path(model).name if model else "SmolLM2-135M-Instruct", max_new_tokens, timeout_s=timeout),
+               host, port)

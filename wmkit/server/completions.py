@@ -24,7 +24,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .http import RequestError, base_app, error_response, read_json
+from .http import RequestError, base_app, error_response, internal_error, read_json
 
 MAX_PROMPTS = 16
 MAX_LOGPROBS = 20
@@ -80,8 +80,9 @@ def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars:
     }
     if req["logprobs"] is not None:
         req["logprobs"] = number("logprobs", 0, 0, MAX_LOGPROBS, integer=True)
-    if req["seed"] is not None and not isinstance(req["seed"], int):
-        raise RequestError("'seed' must be an integer", "seed")
+    if req["seed"] is not None and (not isinstance(req["seed"], int) or isinstance(req["seed"], bool)
+                                    or not 0 <= req["seed"] < 2**63):
+        raise RequestError("'seed' must be an integer in [0, 2**63)", "seed")
     if body.get("n", 1) != 1 or body.get("echo") or body.get("stream") or body.get("best_of", 1) != 1:
         raise RequestError("n, best_of, echo and stream are not supported", None)
     bias = body.get("logit_bias") or {}
@@ -149,6 +150,7 @@ class Generator:
         self.model, self.tok, self.scheme = model, tokenizer, scheme
         self.scheme_tok = scheme_tokenizer if scheme_tokenizer is not None else tokenizer
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None  # None: unbounded
         self.lock = threading.Lock()
         self._first: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # prompt -> next-token logits
 
@@ -168,8 +170,13 @@ class Generator:
     def token_str(self, t: int, ids: bool) -> str:
         return f"token_id:{t}" if ids else self.tok.decode([t])
 
-    def complete(self, prompt: str | list[int], req: dict[str, Any]) -> dict[str, Any]:
+    def complete(self, prompt: str | list[int], req: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+        """One completion; a :class:`RequestError` if prompt + max_tokens exceed the model's context (400)
+        or the ``deadline`` (``time.monotonic()``) passes (503)."""
         ids = self.tok(prompt, return_tensors="pt").input_ids[0].tolist() if isinstance(prompt, str) else list(prompt)
+        if self.context is not None and len(ids) + req["max_tokens"] > self.context:
+            raise RequestError(f"the prompt has {len(ids)} tokens; with max_tokens {req['max_tokens']} that exceeds the "
+                               f"model's context of {self.context} tokens", "prompt")
         bias = torch.zeros(self.vocab_size, dtype=torch.float32)
         for t, b in req["logit_bias"].items():
             bias[t] = b
@@ -184,6 +191,8 @@ class Generator:
                      if self.scheme is not None else None)
         with torch.inference_mode():
             for step in range(req["max_tokens"]):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise RequestError("the request timed out; ask for fewer tokens or retry", None, 503)
                 if step == 0 and req["max_tokens"] == 1:
                     raw = self._first_logits(ids) + bias
                 else:
@@ -230,8 +239,13 @@ class Generator:
 
 
 def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: int = 512,
-               max_body_bytes: int = 1024 * 1024) -> FastAPI:
-    """A FastAPI app serving ``generator`` at ``/v1/completions`` (+ ``/v1/models``, ``/health``)."""
+               max_body_bytes: int = 1024 * 1024, timeout_s: float = 120.0) -> FastAPI:
+    """A FastAPI app serving ``generator`` at ``/v1/completions`` (+ ``/v1/models``, ``/health``).
+
+    Every error is JSON in OpenAI's shape: 4xx for a bad request (body, fields, context length),
+    503 when a request waits for the model or generates past ``timeout_s`` seconds, 500 (still JSON)
+    only for a fault of the server itself.
+    """
     from starlette.concurrency import run_in_threadpool
 
     app = base_app("wmkit completions", model_name)
@@ -244,11 +258,22 @@ def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: 
         except RequestError as e:
             return error_response(e)
 
-        def work() -> list[dict[str, Any]]:
-            with generator.lock:
-                return [generator.complete(p, req) for p in req["prompts"]]
+        deadline = time.monotonic() + timeout_s
 
-        results = await run_in_threadpool(work)
+        def work() -> list[dict[str, Any]]:
+            if not generator.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise RequestError(f"the server is busy: no model time within {timeout_s:g} s; retry later", None, 503)
+            try:
+                return [generator.complete(p, req, deadline) for p in req["prompts"]]
+            finally:
+                generator.lock.release()
+
+        try:
+            results = await run_in_threadpool(work)
+        except RequestError as e:
+            return error_response(e)
+        except Exception as e:  # noqa: BLE001 - a server fault is still a JSON error, never a bare 500 page
+            return internal_error(e)
         choices = [{**r["choice"], "index": i} for i, r in enumerate(results)]
         pt, ct = sum(r["prompt_tokens"] for r in results), sum(r["completion_tokens"] for r in results)
         return JSONResponse({

@@ -24,7 +24,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ..watermark.embedding.encoders import Encoder
-from .http import RequestError, base_app, error_response, read_json
+from .http import RequestError, base_app, error_response, internal_error, read_json
 
 MAX_INPUTS = 2048
 MAX_CHARS = 20_000
@@ -94,7 +94,10 @@ def create_app(
             with lock:
                 return encoder.encode(texts)
 
-        emb = await run_in_threadpool(work)
+        try:
+            emb = await run_in_threadpool(work)
+        except Exception as e:  # noqa: BLE001 - a server fault is still a JSON error
+            return internal_error(e)
         n_tokens = sum(len(t.split()) for t in texts)
         return JSONResponse(
             {

@@ -35,9 +35,42 @@ async def read_json(request: Request, max_body_bytes: int) -> Any:
             raise RequestError(f"request body exceeds the limit of {max_body_bytes} bytes", None, 413)
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
+        body = json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError):
         raise RequestError("the request body is not valid JSON", None) from None
+    except RecursionError:
+        raise RequestError(f"the request body nests deeper than {MAX_DEPTH} levels", None) from None
+    check_json(body)
+    return body
+
+
+MAX_DEPTH = 32
+
+
+def check_json(body: Any, max_depth: int = MAX_DEPTH) -> None:
+    """Reject (400) a body nested deeper than ``max_depth`` or holding a string that is not valid
+    Unicode (a lone surrogate such as ``"\\ud800"``: JSON allows the escape, UTF-8 cannot encode it).
+    Iterative, so a hostile body cannot exhaust the stack here."""
+    stack = [(body, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > max_depth and isinstance(obj, (dict, list)):
+            raise RequestError(f"the request body nests deeper than {max_depth} levels", None)
+        if isinstance(obj, str):
+            try:
+                obj.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RequestError("a string in the request is not valid Unicode (a lone surrogate escape)", None) from None
+        elif isinstance(obj, dict):
+            stack.extend((k, depth + 1) for k in obj)
+            stack.extend((v, depth + 1) for v in obj.values())
+        elif isinstance(obj, list):
+            stack.extend((v, depth + 1) for v in obj)
+
+
+def internal_error(e: BaseException) -> JSONResponse:
+    """A 500 in OpenAI's error shape (never a bare text body), naming the exception's type only."""
+    return error_response(RequestError(f"internal error ({type(e).__name__}); the request was not served", None, 500))
 
 
 def base_app(title: str, model_name: str) -> FastAPI:
