@@ -15,7 +15,6 @@ starts with it, so a text given with or without its prompt scores the same.
 
 from __future__ import annotations
 
-import unicodedata
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
@@ -24,20 +23,15 @@ import torch
 
 from ...errors import InputError
 from ...stats import TEXT_FPR, Detection, check_fpr
+from .normalize import normalize_text
 
 __all__ = ["Capabilities", "TextDetector", "DetectorCore", "TokenDetector", "normalize_text", "DEFAULT_FPR",
            "DEFAULT_MIN_TOKENS"]
 
-ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 DEFAULT_FPR = TEXT_FPR  # every text detector and `wm detect` (see the FPR policy in wmkit.stats)
 DEFAULT_MIN_TOKENS = 16
 
 Item = str | Sequence[int] | torch.Tensor
-
-
-def normalize_text(text: str) -> str:
-    """Unicode NFC with zero-width characters and soft hyphens removed (detection-side cleanup)."""
-    return unicodedata.normalize("NFC", text).translate(ZERO_WIDTH)
 
 
 @dataclass(frozen=True)
