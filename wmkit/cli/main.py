@@ -23,6 +23,7 @@ from .generate import generate  # noqa: E402
 from .keygen import keygen  # noqa: E402
 from .scan import scan  # noqa: E402
 from .schemes import schemes  # noqa: E402
+from .synthid import synthid_app  # noqa: E402
 from .serve import serve  # noqa: E402
 from .tagger import tagger_app  # noqa: E402
 
@@ -45,6 +46,7 @@ app.command("serve-embeddings")(serve_embeddings)
 app.add_typer(eaas_app, name="eaas")
 app.add_typer(fingerprint_app, name="fingerprint")
 app.add_typer(tagger_app, name="tagger")
+app.add_typer(synthid_app, name="synthid")
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ from .completion import CompletionProcessor, completion_contexts, repeated_conte
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
 
 LCG_MULTIPLIER = 6364136223846793005  # transformers' (newlib/musl) multiplier; increment 1
-SCORES = ("weighted-mean", "mean")
+SCORES = ("weighted-mean", "mean", "bayesian")
 
 
 def lcg(h: torch.Tensor, x: torch.Tensor | int) -> torch.Tensor:
@@ -119,13 +119,17 @@ class SynthID(KeyedConfig):
     skip_first_ngram_calls: bool = Spec("leave the first ngram_len - 1 tokens unmarked (their context has padding)").field(False)
     num_leaves: int = Spec("candidates per tournament match: 2 is non-distortionary (transformers), more is "
                            "SynthID's distortionary variant", low=2, high=16).field(2)
-    score: str = Spec("detection score: weighted-mean (SynthID's depth weights 10..1) or mean", choices=SCORES).field("weighted-mean")
+    score: str = Spec("detection score: weighted-mean (SynthID's depth weights 10..1), mean, or bayesian "
+                      "(transformers' Bayesian detector, -P weights=FILE from wm synthid train)", choices=SCORES).field("weighted-mean")
+    weights: str | None = Spec("Bayesian detector weights (wm synthid train) for score=bayesian").field(None)
     name: ClassVar[str] = "synthid"
     capabilities: ClassVar[Capabilities] = Capabilities(windowed=True)
     explicit_key_param: ClassVar[str] = "keys"  # -P keys=... replaces the key file
 
     def __post_init__(self) -> None:
         check_params(self)
+        if (self.score == "bayesian") != (self.weights is not None):
+            raise InputError("synthid: score=bayesian needs -P weights=FILE (wm synthid train), and weights need score=bayesian")
         if isinstance(self.key, SecretKey):
             return
         if not isinstance(self.key, tuple):
@@ -190,6 +194,27 @@ class SynthID(KeyedConfig):
         return SynthIDDetector(self, tokenizer, fpr, min_tokens, ignore_repeated_ngrams)
 
 
+def detector_config(scheme: SynthID) -> dict[str, Any]:
+    """The parameters a trained Bayesian detector depends on (not the score choice or its file)."""
+    return {k: v for k, v in scheme.config().items() if k not in ("score", "weights")}
+
+
+def bayesian_scorer(scheme: SynthID, tokenizer: Any) -> Any:
+    """The trained Bayesian detector in ``scheme.weights``, checked against this scheme, key and tokenizer."""
+    from ...models import tokenizer_fingerprint
+    from .synthid_bayes import BayesianScorer
+
+    scorer = BayesianScorer.load(scheme.weights)  # type: ignore[arg-type]
+    meta = scorer.meta
+    if meta.get("config") != detector_config(scheme):
+        raise InputError(f"synthid: {scheme.weights} was trained for another SynthID configuration {meta.get('config')}")
+    if meta.get("key_id") != scheme.key_id():
+        raise InputError(f"synthid: {scheme.weights} was trained for key id {meta.get('key_id')}, not {scheme.key_id()}")
+    if hasattr(tokenizer, "get_vocab") and meta.get("tokenizer") != tokenizer_fingerprint(tokenizer):
+        raise InputError(f"synthid: {scheme.weights} was trained with another tokenizer")
+    return scorer
+
+
 class SynthIDProcessor(CompletionProcessor):
     """SynthID's tournament on the completion's contexts, batched (no per-row loop).
 
@@ -239,6 +264,7 @@ class SynthIDDetector(TokenDetector):
         super().__init__(scheme, tokenizer, fpr, min_tokens)
         self.deduplicate = ignore_repeated_ngrams
         self.q = scheme.null_rate()
+        self.bayes = bayesian_scorer(scheme, tokenizer) if scheme.score == "bayesian" else None
         w = torch.linspace(10, 1, scheme.depth, dtype=torch.float64)
         self.weights = (w * scheme.depth / w.sum()).tolist()
 
@@ -266,6 +292,12 @@ class SynthIDDetector(TokenDetector):
             raise self.too_short(n)
         per_depth = g.sum(0).tolist()
         extra = {"null_rate": self.q, "g_per_depth": per_depth, "tokens_total": len(ids)}
+        if self.bayes is not None:
+            s = float(self.bayes.scores(g.unsqueeze(0), torch.ones(1, n))[0])
+            p = self.bayes.p_value(s, n)
+            return Detection(method="synthid-bayesian", n_scored=n, statistic=s, p_value=p, fpr=self.fpr,
+                             decision=p <= self.fpr, details={**extra, "score": s, "p_value_method": "monte-carlo exact null",
+                                                              "null_draws": len(self.bayes.null_scores(n))})
         if self.scheme.score == "mean":
             det = binomial_detection("synthid-mean", int(g.sum()), n * m, self.q, self.fpr, **extra)
             det.details["score"] = float(g.sum()) / (n * m)

@@ -19,7 +19,6 @@ taggers ship in ``wmkit/data`` (safetensors, float16, with their config and metr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from abc import ABC, abstractmethod
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from ....errors import InputError
+from ....models import tokenizer_fingerprint
 from ....files import write_file
 from ....stats import roc_auc
 
@@ -50,12 +50,6 @@ __all__ = [
 TAUS: tuple[float, ...] = (0.3, 0.6, 0.9, 1.2, 1.5)
 DATA = Path(__file__).resolve().parents[3] / "data"
 SHIPPED = {"causal": "ie_tagger_causal.safetensors", "paper": "ie_tagger_paper.safetensors"}
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A short hash of a tokenizer's vocabulary: a tagger only reads ids of the tokenizer it was trained on."""
-    vocab = tokenizer.get_vocab()
-    return hashlib.sha256(json.dumps(sorted(vocab.items(), key=lambda kv: kv[1])).encode()).hexdigest()[:16]
 
 
 def _mlp(dims: Sequence[int], dropout: float) -> nn.Sequential:
