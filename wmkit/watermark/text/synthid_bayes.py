@@ -145,7 +145,7 @@ def train_bayesian(marked: Sequence[torch.Tensor], unmarked: Sequence[torch.Tens
         loss.backward()
         opt.step()
         if log is not None and (epoch + 1) % max(1, epochs // 5) == 0:
-            log(f"epoch {epoch + 1}/{epochs}: loss {float(loss):.4f}")
+            log(f"epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.4f}")
     scorer = BayesianScorer(model, q, meta)
     s_m = [float(scorer.scores(*_pack([x], depth))[0]) for x in m_te]
     s_u = [float(scorer.scores(*_pack([x], depth))[0]) for x in u_te]
