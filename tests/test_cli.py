@@ -414,3 +414,15 @@ def test_a_file_of_invisible_characters_does_not_sink_the_batch(tmp_path, keyfil
     assert r.exit_code == 2
     rows = {row["file"]: row for row in map(json.loads, r.stdout.splitlines())}
     assert "p_value" in rows[str(marked)] and "0 token(s) can be scored" in rows[str(zw)]["error"]
+
+
+def test_detect_refuses_an_input_over_the_size_limit_without_reading_it_all(tmp_path, keyfile, texts):
+    marked, _ = texts
+    big = tmp_path / "big.txt"
+    big.write_text("word " * 300_000)  # 1.5 MB
+    r = runner.invoke(app, ["detect", str(big), str(marked), "-k", str(keyfile), "--max-input-mb", "1", "--json"])
+    assert r.exit_code == 2 and "larger than 1 MiB" in r.stderr
+    rows = {row["file"]: row for row in map(json.loads, r.stdout.splitlines())}
+    assert rows[str(marked)]["watermarked"] and "error" in rows[str(big)]
+    r = runner.invoke(app, ["detect", "/dev/zero", "-k", str(keyfile), "--max-input-mb", "1"])  # endless: refused
+    assert r.exit_code == 2 and "/dev/zero: larger than 1 MiB" in r.stderr

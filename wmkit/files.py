@@ -89,10 +89,15 @@ def _umask() -> int:
     return mask
 
 
-def read_text(path: str) -> str:
-    """Read a UTF-8 text file (``-`` is stdin); a clear :class:`InputError` for anything else."""
+MAX_INPUT_BYTES = 64 * 2**20  # a text to check, not a corpus (wm scan streams those)
+
+
+def read_text(path: str, max_bytes: int = MAX_INPUT_BYTES) -> str:
+    """Read a UTF-8 text file (``-`` is stdin); a clear :class:`InputError` for anything else,
+    including an input over ``max_bytes`` (read no further than that: ``/dev/zero`` is refused, not
+    read until memory runs out)."""
     if path == "-":
-        data = sys.stdin.buffer.read()
+        data = sys.stdin.buffer.read(max_bytes + 1)
         name = "<stdin>"
     else:
         p = Path(path)
@@ -101,10 +106,14 @@ def read_text(path: str) -> str:
         if p.is_dir():
             raise InputError(f"{path}: is a directory, expected a text file")
         try:
-            data = p.read_bytes()
+            with open(p, "rb") as f:
+                data = f.read(max_bytes + 1)
         except OSError as e:
             raise InputError(f"{path}: cannot be read ({e.strerror})") from None
         name = path
+    if len(data) > max_bytes:
+        raise InputError(f"{name}: larger than {max_bytes / 2**20:g} MiB; raise --max-input-mb, or use wm scan "
+                         f"for a corpus")
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with a byte-order mark (Windows editors write it)
         try:
             text = data.decode("utf-16")

@@ -92,12 +92,12 @@ def _load_calibration(path: Path, scheme: Any) -> dict[str, Any]:
     return run_guarded(load)
 
 
-def _read_all(files: list[str], as_json: bool) -> tuple[list[tuple[str, str]], bool]:
+def _read_all(files: list[str], as_json: bool, max_mb: float = 64.0) -> tuple[list[tuple[str, str]], bool]:
     """Read every file first; one that cannot be read is reported, not fatal. A file named twice gets two rows."""
     readable, failed = [], False
     for path in files:
         try:
-            readable.append((path, read_text(path)))
+            readable.append((path, read_text(path, int(max_mb * 2**20))))
         except WmkitError as e:
             failed = True
             _report_error(path, e, as_json)
@@ -148,6 +148,7 @@ def detect(
     device: str = typer.Option("cpu", help="Where to score: cpu, or cuda (all files in one Triton launch)."),
     windowed: bool = typer.Option(False, "--windowed", help="Find a marked passage inside a longer text (max z over windows, Bonferroni-corrected p)."),
     calibration_file: Optional[Path] = typer.Option(None, "--calibration", help="A wm calibrate file for this key: add an empirical p-value (p_calibrated) from its null.", show_default=False),
+    max_input_mb: float = typer.Option(64.0, help="Refuse a file larger than this (MiB); wm scan streams corpora."),
     profiles_file: Optional[Path] = typer.Option(None, "--profiles", help="A profiles file (every scheme, config and key reference served): test each text against all, Holm-corrected.", show_default=False),
 ) -> None:
     """Report tokens scored, green fraction, z, p-value and verdict for each FILE.
@@ -194,7 +195,9 @@ def detect(
     detector = run_guarded(scheme.detector, tokenizer, **opts)
     console = Console(highlight=False)
     table = Table("file", "tokens", "green", "z", "p-value", "verdict")
-    readable, failed = _read_all(files, as_json)
+    if not max_input_mb > 0:
+        die(f"--max-input-mb must be positive, got {max_input_mb}")
+    readable, failed = _read_all(files, as_json, max_input_mb)
     try:
         texts = [t for _, t in readable]
         if windowed:
