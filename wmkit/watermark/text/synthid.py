@@ -135,7 +135,7 @@ class SynthID(KeyedConfig):
         if not isinstance(self.key, tuple):
             object.__setattr__(self, "key", parse_keys(self.key))
         if len(self.key) != self.depth:
-            if self.depth != 30 and self.depth != len(self.key):  # 30: the default, follow the keys
+            if self.depth != 30:  # the default follows the keys' count; an explicit other depth must match it
                 raise InputError(f"synthid: depth is {self.depth} but {len(self.key)} keys were given")
             object.__setattr__(self, "depth", len(self.key))
 
