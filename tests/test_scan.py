@@ -131,3 +131,28 @@ def test_stdin_jsonl_and_lazy_shards(tmp_path, tokenizer):
     big.write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(50_000)))
     first = next(iter_shards(InputSpec((str(big),), shard_docs=10)))
     assert first.id == f"{big}#0" and len(first.docs) == 10
+
+
+def test_parquet_in_and_out_give_the_same_rows_as_jsonl(corpus):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp_path, keyfile, key, marked, plain = corpus
+    texts = marked + plain
+    pq.write_table(pa.table({"body": texts, "doc": [f"d{i}" for i in range(len(texts))]}), tmp_path / "c.parquet",
+                   row_group_size=2)
+    (tmp_path / "c2.jsonl").write_text("".join(json.dumps({"body": t, "doc": f"d{i}"}) + "\n" for i, t in enumerate(texts)))
+    base = ["scan", "-k", str(keyfile), "--column", "body", "--id-field", "doc", "--shard-docs", "4"]
+    r = runner.invoke(app, [*base, str(tmp_path / "c.parquet"), "-o", str(tmp_path / "pq"), "--format", "parquet"])
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(app, [*base, str(tmp_path / "c2.jsonl"), "-o", str(tmp_path / "js")])
+    assert r.exit_code == 0, r.stderr
+    strip = lambda rows: [{k: v for k, v in x.items() if k != "source"} for x in rows]  # noqa: E731
+    got, want = list(read_rows(tmp_path / "pq")), list(read_rows(tmp_path / "js"))
+    assert strip(got) == strip(want) and got[0]["source"] == f"{tmp_path / 'c.parquet'}:row0"
+    assert sorted(p.name for p in (tmp_path / "pq").iterdir())[:2] == ["_manifest.json", "part-00000.parquet"]
+    r = runner.invoke(app, [*base[:3], "--column", "nope", str(tmp_path / "c.parquet"), "-o", str(tmp_path / "bad")])
+    assert r.exit_code == 0 and "no column 'nope'" in next(iter(read_rows(tmp_path / "bad")))["error"]
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    r = runner.invoke(app, [*base[:3], str(tmp_path / "junk.parquet"), "-o", str(tmp_path / "junk")])
+    assert r.exit_code == 0 and "not a readable Parquet file" in next(iter(read_rows(tmp_path / "junk")))["error"]

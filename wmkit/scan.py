@@ -1,5 +1,6 @@
 """Corpus-scale detection (``wm scan``): stream documents in shards, score them with any key-only
-text detector, write one row per document, resumably.
+text detector, write one row per document, resumably. Inputs: text files, folders, JSON lines,
+Parquet (row batches, with pyarrow).
 
 Inputs are read in *shards* of at most ``shard_docs`` documents (a JSONL file is cut every
 ``shard_docs`` lines, text files are grouped ``shard_docs`` to a shard in sorted order), so memory
@@ -85,6 +86,10 @@ def _is_jsonl(path: str, spec: InputSpec) -> bool:
     return spec.field is not None or path.endswith((".jsonl", ".ndjson"))
 
 
+ROW_COLUMNS = ("id", "source", "tokens_total", "tokens_scored", "green_fraction", "statistic", "z", "p_value", "decision",
+               "window_start", "window_end", "error")
+
+
 def _jsonl_doc(raw: bytes, source: str, spec: InputSpec) -> tuple[str, str, str | None, str | None]:
     key = spec.field or "text"
     try:
@@ -104,12 +109,46 @@ def _text_doc(path: str) -> tuple[str, str, str | None, str | None]:
         return path, path, None, str(e)
 
 
+def _parquet_shards(path: str, spec: InputSpec, skip: Callable[[str], bool]) -> Iterator[Shard]:
+    """Row batches of a Parquet file (text column ``spec.field`` or ``text``), never the whole file."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        yield Shard(f"{path}#0", [(path, path, None, f"{path}: reading Parquet needs pyarrow (pip install 'wmkit[parquet]')")])
+        return
+    column = spec.field or "text"
+    try:
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+    except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
+        yield Shard(f"{path}#0", [(path, path, None, f"{path}: not a readable Parquet file ({type(e).__name__})")])
+        return
+    missing = [c for c in (column, spec.id_field) if c is not None and c not in names]
+    if missing:
+        yield Shard(f"{path}#0", [(path, path, None, f"{path}: no column {missing[0]!r} (columns: {', '.join(names)})")])
+        return
+    row = 0
+    for k, batch in enumerate(pf.iter_batches(batch_size=spec.shard_docs, columns=[c for c in (column, spec.id_field) if c])):
+        shard = Shard(f"{path}#{k}")
+        texts = batch.column(column).to_pylist() if not skip(shard.id) else [None] * batch.num_rows
+        ids = batch.column(spec.id_field).to_pylist() if spec.id_field and not skip(shard.id) else [None] * batch.num_rows
+        for text, doc_id in zip(texts, ids):
+            source = f"{path}:row{row}"
+            err = None if skip(shard.id) or isinstance(text, str) else f"{source}: column {column!r} is not a string"
+            shard.docs.append((str(doc_id) if doc_id is not None else source, source, text if err is None else None, err))
+            row += 1
+        yield shard
+
+
 def iter_shards(spec: InputSpec, skip: Callable[[str], bool] = lambda _: False) -> Iterator[Shard]:
     """The shards of the inputs, streamed; a shard for which ``skip(id)`` is true is counted but not
     read into memory (a resumed scan)."""
     pending = Shard("")
     text_ordinal = 0
     for path in _files(spec):
+        if path.endswith(".parquet"):
+            yield from _parquet_shards(path, spec, skip)
+            continue
         if not _is_jsonl(path, spec):
             if not pending.docs:
                 pending.id = f"files#{text_ordinal}"
@@ -204,17 +243,43 @@ def open_output(out: Path, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_part(out: Path, state: dict[str, Any], shard_id: str, rows: list[dict[str, Any]]) -> None:
-    """Write a shard's rows as a new part file, then name it in the manifest (both atomically)."""
-    part = f"part-{len(state['done']):05d}.jsonl"
-    write_file(out / part, "".join(json.dumps(r) + "\n" for r in rows))
+    """Write a shard's rows as a new part file (JSON lines, or Parquet when the scan's ``format`` is
+    ``parquet``), then name it in the manifest (both atomically)."""
+    fmt = state["config"].get("format", "jsonl")
+    part = f"part-{len(state['done']):05d}.{fmt}"
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist([{c: r.get(c) for c in ROW_COLUMNS} for r in rows], schema=_parquet_schema())
+        write_file(out / part, lambda f: pq.write_table(table, f))
+    else:
+        write_file(out / part, "".join(json.dumps(r) + "\n" for r in rows))
     state["done"][shard_id] = {"part": part, "docs": len(rows)}
     write_file(out / MANIFEST, json.dumps(state, indent=1), overwrite=True)
 
 
+def _parquet_schema() -> Any:
+    import pyarrow as pa
+
+    types = {"id": pa.string(), "source": pa.string(), "tokens_total": pa.int64(), "tokens_scored": pa.int64(),
+             "decision": pa.bool_(), "window_start": pa.int64(), "window_end": pa.int64(), "error": pa.string()}
+    return pa.schema([(c, types.get(c, pa.float64())) for c in ROW_COLUMNS])
+
+
 def read_rows(out: Path) -> Iterable[dict[str, Any]]:
-    """Every row of a scan output, in shard order."""
+    """Every row of a scan output, in shard order (Parquet rows without their null columns)."""
     state = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     for entry in state["done"].values():
+        if entry["part"].endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            for r in pq.read_table(out / entry["part"]).to_pylist():  # the same dicts as the JSON lines
+                if r["error"] is not None:
+                    yield {"id": r["id"], "source": r["source"], "error": r["error"]}
+                else:
+                    yield {k: v for k, v in r.items() if k != "error" and not (k.startswith("window") and v is None)}
+            continue
         with open(out / entry["part"], encoding="utf-8") as f:
             for line in f:
                 yield json.loads(line)

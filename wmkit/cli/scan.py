@@ -25,13 +25,14 @@ def scan(
     scheme_name: str = typer.Option("kgw", "--scheme", "-s", help="Watermark scheme (key-only detectors): " + ", ".join(SCHEMES) + "."),
     model: Optional[Path] = ModelOpt,
     glob: str = typer.Option("*", help="File-name pattern inside folders (e.g. '*.txt')."),
-    field: Optional[str] = typer.Option(None, "--field", help="Text field of JSON lines (default 'text' for .jsonl files; any file is then read as JSON lines).", show_default=False),
+    field: Optional[str] = typer.Option(None, "--field", "--column", help="Text field of JSON lines / column of .parquet files (default 'text'; with --field every non-Parquet file is read as JSON lines).", show_default=False),
     id_field: Optional[str] = typer.Option(None, "--id-field", help="JSON field holding a document id (default: file:line).", show_default=False),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of each verdict (p <= fpr)."),
     min_tokens: int = typer.Option(DEFAULT_MIN_TOKENS, help="Fewest scorable tokens to give a verdict."),
     windowed: bool = typer.Option(False, "--windowed", help="Locate a marked passage in each document."),
     workers: int = typer.Option(1, "--workers", "-j", help="Processes scoring shards in parallel (0: one per core)."),
     shard_docs: int = typer.Option(2000, help="Documents per shard (memory: about 2 x workers x shard_docs documents)."),
+    out_format: str = typer.Option("jsonl", "--format", help="Part files: jsonl or parquet (needs pyarrow)."),
 ) -> None:
     """Score every document; one row each (id, source, tokens, statistic, z, p-value, decision or error).
 
@@ -47,6 +48,13 @@ def scan(
         die(f"--windowed is not available for {scheme.name}")
     if shard_docs < 1:
         die(f"--shard-docs must be >= 1, got {shard_docs}")
+    if out_format not in ("jsonl", "parquet"):
+        die(f"--format must be jsonl or parquet, got {out_format!r}")
+    if out_format == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            die("--format parquet needs pyarrow (pip install 'wmkit[parquet]')")
     n_workers = (os.cpu_count() or 1) if workers == 0 else workers
     if n_workers < 1:
         die(f"--workers must be >= 0, got {workers}")
@@ -58,7 +66,7 @@ def scan(
         die(f"{missing[0]}: no such file or folder")
     det_opts: dict[str, Any] = {"fpr": fpr, "min_tokens": min_tokens}
     config = {"scheme": scheme.config(), "key_id": key_id(scheme), "fpr": fpr, "min_tokens": min_tokens,
-              "windowed": windowed, "model": str(model) if model else None, **spec.config()}
+              "windowed": windowed, "model": str(model) if model else None, "format": out_format, **spec.config()}
     run_guarded(open_output, output, config)  # a foreign or mismatched output folder: refused before any work
     t0, stats = time.perf_counter(), {"docs": 0, "tokens": 0}
     with Progress(TextColumn("{task.description}"), BarColumn(bar_width=None), TextColumn("{task.fields[rate]}"),
