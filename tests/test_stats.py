@@ -174,3 +174,13 @@ def test_clopper_pearson_interval_covers_at_its_level():
     assert clopper_pearson_interval(0, 10)[0] == 0.0 and clopper_pearson_interval(10, 10)[1] == 1.0
     lo, hi = clopper_pearson_interval(7, 50)
     assert sps.binom.cdf(7, 50, hi) == pytest.approx(0.025, rel=1e-6) and sps.binom.sf(6, 50, lo) == pytest.approx(0.025, rel=1e-6)
+
+
+def test_binomial_pvalues_vectorized_equals_scalar():
+    from wmkit.stats import binomial_pvalue, binomial_pvalues
+
+    rng = np.random.default_rng(4)
+    n = rng.integers(0, 300, 500)
+    k = (rng.uniform(size=500) * (n + 1)).astype(int)
+    got = binomial_pvalues(k, n, 0.25)
+    assert got.tolist() == [binomial_pvalue(int(a), int(b), 0.25) for a, b in zip(k, n)]

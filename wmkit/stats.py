@@ -42,6 +42,7 @@ __all__ = [
     "Detection",
     "z_score",
     "binomial_pvalue",
+    "binomial_pvalues",
     "binomial_detection",
     "ks_2samp",
     "gaussian_null_detection",
@@ -112,6 +113,12 @@ def binomial_pvalue(k: int, n: int, p0: float) -> float:
     if n <= 0:
         return 1.0
     return float(_sps.binom.sf(k - 1, n, p0))
+
+
+def binomial_pvalues(k: Sequence[int], n: Sequence[int], p0: float) -> np.ndarray:
+    """:func:`binomial_pvalue` for many items in one vectorized call (a corpus scan's batch)."""
+    k, n = np.asarray(k, dtype=np.int64), np.asarray(n, dtype=np.int64)
+    return np.where(n > 0, _sps.binom.sf(k - 1, np.maximum(n, 1), p0), 1.0)
 
 
 def bonferroni(p: float, m: int) -> float:
@@ -322,11 +329,13 @@ def binomial_detection(
     gamma: float,
     fpr: float,
     evidence: dict[str, list] | None = None,
+    p_value: float | None = None,
     **details: Any,
 ) -> Detection:
-    """A :class:`Detection` for "``green`` of ``n`` scored units hit a set of null rate ``gamma``"."""
+    """A :class:`Detection` for "``green`` of ``n`` scored units hit a set of null rate ``gamma``"
+    (``p_value``: the exact tail when the caller computed it already, e.g. by :func:`binomial_pvalues`)."""
     check_fpr(fpr)
-    p = binomial_pvalue(green, n, gamma)
+    p = binomial_pvalue(green, n, gamma) if p_value is None else float(p_value)
     return Detection(
         method=method,
         n_scored=int(n),

@@ -22,7 +22,7 @@ from ...errors import InputError
 from ... import kernels
 from ...keys import KeyedConfig, SecretKey
 from ...params import Spec, check_params
-from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, windowed_binomial_detection
+from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, binomial_pvalues, windowed_binomial_detection
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, DetectorCore
 
 Gate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids [B, L], scores [B, V]) -> [B] bool
@@ -220,6 +220,7 @@ class GreenListDetector(DetectorBase):
             return []
         green, scored = self._score(seqs, device)
         n_scored, n_green = scored.sum(1).tolist(), green.sum(1).tolist()
+        pvals = binomial_pvalues(n_green, n_scored, self.scheme.gamma).tolist()  # one vectorized tail for the batch
         results: list[Detection | InputError] = []
         for i, x in enumerate(seqs):
             if n_scored[i] < self.min_tokens:
@@ -228,6 +229,7 @@ class GreenListDetector(DetectorBase):
             m = len(x)
             ev = {"token_ids": x.tolist(), "scored": scored[i, :m].tolist(), "green": green[i, :m].tolist()} if evidence else None
             results.append(binomial_detection(
-                self.scheme.name, n_green[i], n_scored[i], self.scheme.gamma, self.fpr, evidence=ev, tokens_total=m,
+                self.scheme.name, n_green[i], n_scored[i], self.scheme.gamma, self.fpr, evidence=ev, p_value=pvals[i],
+                tokens_total=m,
             ))
         return results
