@@ -17,7 +17,6 @@ keys' luck; a green-list bias moves mass to green tokens, so it pays.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
@@ -31,13 +30,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from _data import agnews_prompts  # noqa: E402
 from _output import ResultFile  # noqa: E402
 from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import load_default_lm  # noqa: E402
 from wmkit.watermark.text import make_scheme  # noqa: E402
 from wmkit.watermark.text.generate import generate_completions  # noqa: E402
 
-DATA = Path(__file__).parent / "data" / "agnews_3000.tsv.gz"
 
 
 def per_text_gap(lm, tok, prompt: str, completion: list[int], scheme) -> tuple[float, float, int]:
@@ -67,8 +66,7 @@ def main() -> None:
     args = ap.parse_args()
     out_file = ResultFile(args.out, "distortion")
     n = 20 if args.quick else 50
-    with gzip.open(DATA, "rt", encoding="utf-8") as f:
-        prompts = [" ".join(line.split("\t")[0].split()[:20]) for _, line in zip(range(n), f)]
+    prompts = agnews_prompts(n)
     lm, tok = load_default_lm()
     plain = generate_completions(lm, tok, prompts, None, max_new_tokens=200, min_new_tokens=200, seed=7, batch_size=20)
     key = SecretKey(bytes(range(32)))

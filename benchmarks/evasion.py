@@ -13,7 +13,6 @@ before and after.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import random
@@ -25,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, os.path.dirname(__file__))
 
+from _data import agnews_prompts  # noqa: E402
 from _output import ResultFile  # noqa: E402
 import wmkit.watermark.text.detector as detector_module  # noqa: E402
 from wmkit.keys import SecretKey  # noqa: E402
@@ -33,7 +33,6 @@ from wmkit.watermark.text import make_scheme  # noqa: E402
 from wmkit.watermark.text.attacks import EVASION_KINDS, Evasion  # noqa: E402
 from wmkit.watermark.text.generate import generate_completions  # noqa: E402
 
-DATA = Path(__file__).parent / "data" / "agnews_3000.tsv.gz"
 FPR = 1e-4
 _OLD_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 
@@ -57,8 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     out_file = ResultFile(args.out, "evasion")
     n = 20 if args.quick else 50
-    with gzip.open(DATA, "rt", encoding="utf-8") as f:
-        prompts = [" ".join(line.split("\t")[0].split()[:20]) for _, line in zip(range(n), f)]
+    prompts = agnews_prompts(n)
     lm, tok = load_default_lm()
     key, rows = SecretKey(bytes(range(32))), []
     new_normalize = detector_module.normalize_text

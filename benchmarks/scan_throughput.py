@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import torch  # noqa: E402
 
 from _output import ResultFile  # noqa: E402
+from wmkit.files import write_file  # noqa: E402
 from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import load_tokenizer  # noqa: E402
 from wmkit.scan import InputSpec, read_rows, run_scan  # noqa: E402
@@ -61,14 +62,15 @@ def build_corpus(path: Path, n_docs: int, n_marked: int, scheme: KGW, seed: int)
                                                             min_new_tokens=200, seed=seed, batch_size=16)]
     log(f"generated {n_marked} marked documents in {time.perf_counter() - t0:.0f} s")
     slots = set(rng.sample(range(n_docs), n_marked))
-    marked_ids, it = set(), iter(marked)
-    with open(path, "w", encoding="utf-8") as f:
+    marked_ids, it = {f"marked-{i}" for i in slots}, iter(marked)
+
+    def write(f) -> None:  # noqa: ANN001 - streamed line by line into the atomic writer's temp file
         for i in range(n_docs):
-            if i in slots:
-                f.write(json.dumps({"id": f"marked-{i}", "text": next(it)}) + "\n")
-                marked_ids.add(f"marked-{i}")
-            else:
-                f.write(json.dumps({"id": f"human-{i}", "text": human[rng.randrange(len(human))]}) + "\n")
+            doc = ({"id": f"marked-{i}", "text": next(it)} if i in slots
+                   else {"id": f"human-{i}", "text": human[rng.randrange(len(human))]})
+            f.write((json.dumps(doc) + "\n").encode("utf-8"))
+
+    write_file(path, write)
     return marked_ids
 
 

@@ -23,6 +23,7 @@ or scored has ``error`` instead.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 import os
 import sys
@@ -198,7 +199,7 @@ class Scorer:
                 except WmkitError as e:
                     results[i] = e
         else:
-            kw = {"evidence": False} if "evidence" in getattr(self.detector.detect_many, "__code__").co_varnames else {}
+            kw = {"evidence": False} if "evidence" in inspect.signature(self.detector.detect_many).parameters else {}
             for i, r in zip(ok, self.detector.detect_many(texts, **kw)):
                 results[i] = r
         return [self._row(doc, r) for doc, r in zip(shard.docs, results)]

@@ -13,20 +13,21 @@ from ..calibration import calibrate
 from ..files import check_new, write_file
 from ..models import load_tokenizer
 from ..scan import InputSpec, iter_shards
-from ..watermark.text import SCHEMES
 from ..watermark.text.detector import DEFAULT_MIN_TOKENS
-from .common import ModelOpt, SchemeArgs, die, key_id, run_guarded, scheme_options, stderr
+from .common import (
+    CorpusArg, FieldOpt, GlobOpt, KeyOnlySchemeOpt, ModelOpt, SchemeArgs, die, key_id, run_guarded, scheme_options, stderr,
+)
 
 
 @scheme_options
 def calibrate_cmd(
     scheme_args: SchemeArgs,
-    inputs: list[str] = typer.Argument(..., help="Unmarked text: files, folders (recursive), .jsonl files, or '-'."),
+    inputs: list[str] = CorpusArg,
     output: Path = typer.Option(..., "--output", "-o", help="calibration.json to write (never overwritten)."),
-    scheme_name: str = typer.Option("kgw", "--scheme", "-s", help="Watermark scheme (key-only): " + ", ".join(SCHEMES) + "."),
+    scheme_name: str = KeyOnlySchemeOpt,
     model: Optional[Path] = ModelOpt,
-    glob: str = typer.Option("*", help="File-name pattern inside folders."),
-    field: Optional[str] = typer.Option(None, "--field", help="Text field of JSON lines (default 'text' for .jsonl).", show_default=False),
+    glob: str = GlobOpt,
+    field: Optional[str] = FieldOpt,
     min_tokens: int = typer.Option(DEFAULT_MIN_TOKENS, help="Fewest scorable tokens for a document to count."),
     as_json: bool = typer.Option(False, "--json", help="Print the report (without the null p-values) as JSON."),
 ) -> None:

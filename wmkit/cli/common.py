@@ -57,6 +57,12 @@ DeltaOpt = typer.Option(None, help=param_help("delta"), show_default=False)
 WidthOpt = typer.Option(None, "--context-width", help=param_help("context_width"), show_default=False)
 SeedingOpt = typer.Option(None, help=param_help("seeding"), show_default=False)
 ParamOpt = typer.Option([], "--param", "-P", show_default=False, help=extra_params_help())
+# the corpus options of wm scan and wm calibrate (both read with wmkit.scan.iter_shards)
+CorpusArg = typer.Argument(..., help="Text files, folders (recursive), .jsonl or .parquet files, or '-' (JSON lines on stdin).")
+GlobOpt = typer.Option("*", help="File-name pattern inside folders (e.g. '*.txt').")
+FieldOpt = typer.Option(None, "--field", "--column", help="Text field of JSON lines / column of .parquet files (default 'text'; "
+                        "with --field every non-Parquet file is read as JSON lines).", show_default=False)
+KeyOnlySchemeOpt = typer.Option("kgw", "--scheme", "-s", help="Watermark scheme (key-only detectors): " + ", ".join(SCHEMES) + ".")
 ModelOpt = typer.Option(None, "--model", "-m", help="Model folder or .gguf file (default: SmolLM2-135M-Instruct).", show_default=False)
 
 

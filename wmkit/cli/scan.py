@@ -12,20 +12,21 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import InputError
 from ..scan import InputSpec, open_output, run_scan
-from ..watermark.text import SCHEMES
 from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
-from .common import ModelOpt, SchemeArgs, die, key_id, run_guarded, scheme_options, stderr
+from .common import (
+    CorpusArg, FieldOpt, GlobOpt, KeyOnlySchemeOpt, ModelOpt, SchemeArgs, die, key_id, run_guarded, scheme_options, stderr,
+)
 
 
 @scheme_options
 def scan(
     scheme_args: SchemeArgs,
-    inputs: list[str] = typer.Argument(..., help="Text files, folders (recursive), .jsonl files, or '-' (JSON lines on stdin)."),
+    inputs: list[str] = CorpusArg,
     output: Path = typer.Option(..., "--output", "-o", help="Output folder: part-NNNNN.jsonl per shard + _manifest.json (resumable)."),
-    scheme_name: str = typer.Option("kgw", "--scheme", "-s", help="Watermark scheme (key-only detectors): " + ", ".join(SCHEMES) + "."),
+    scheme_name: str = KeyOnlySchemeOpt,
     model: Optional[Path] = ModelOpt,
-    glob: str = typer.Option("*", help="File-name pattern inside folders (e.g. '*.txt')."),
-    field: Optional[str] = typer.Option(None, "--field", "--column", help="Text field of JSON lines / column of .parquet files (default 'text'; with --field every non-Parquet file is read as JSON lines).", show_default=False),
+    glob: str = GlobOpt,
+    field: Optional[str] = FieldOpt,
     id_field: Optional[str] = typer.Option(None, "--id-field", help="JSON field holding a document id (default: file:line).", show_default=False),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of each verdict (p <= fpr)."),
     min_tokens: int = typer.Option(DEFAULT_MIN_TOKENS, help="Fewest scorable tokens to give a verdict."),
