@@ -38,3 +38,17 @@ class ResultFile:
     def write_json(self, obj: Any) -> None:
         """Write ``obj`` as indented JSON."""
         self.write(json.dumps(obj, indent=1) + "\n")
+
+
+def output_args(ap: Any) -> None:
+    """The ``--json`` and ``--out`` options every table-printing benchmark takes."""
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ap.add_argument("--out", type=Path, help="write the rows to this JSON file (never overwritten)")
+
+
+def pick(csv: str, known: Any, script: str, what: str) -> list[str]:
+    """The comma-separated names of ``csv``, each one of ``known``; else exit with one line."""
+    names = csv.split(",")
+    if unknown := [n for n in names if n not in known]:
+        sys.exit(f"{script}: unknown {what} {unknown}; choose from {list(known)}")
+    return names

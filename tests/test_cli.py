@@ -183,7 +183,7 @@ def test_schemes_lists_every_declared_parameter():
     assert set(rows) == set(SCHEMES)
     for name, cls in SCHEMES.items():
         assert [p["name"] for p in rows[name]["parameters"]] == [d.name for d in describe(cls)]
-    assert rows["ie"]["detector"] == {"needs_model": False, "windowed": False, "device": False}
+    assert rows["ie"]["detector"] == {"needs_model": False, "windowed": False, "device": False, "streams": True}
     assert rows["sweet"]["detector"]["needs_model"] and rows["kgw"]["detector"]["windowed"]
     assert rows["vllm-sbw"]["key"].startswith("--vllm-key")
     r = runner.invoke(app, ["schemes", "nope"])
@@ -425,4 +425,4 @@ def test_detect_refuses_an_input_over_the_size_limit_without_reading_it_all(tmp_
     rows = {row["file"]: row for row in map(json.loads, r.stdout.splitlines())}
     assert rows[str(marked)]["watermarked"] and "error" in rows[str(big)]
     r = runner.invoke(app, ["detect", "/dev/zero", "-k", str(keyfile), "--max-input-mb", "1"])  # endless: refused
-    assert r.exit_code == 2 and "/dev/zero: larger than 1 MiB" in r.stderr
+    assert r.exit_code == 2 and "/dev/zero: binary file" in r.stderr  # at its first block, not after reading it all

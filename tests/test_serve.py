@@ -181,7 +181,7 @@ def test_hostile_bodies_context_timeouts_and_faults_are_json_errors(model):
     finally:
         gen.lock.release()
     broken = Generator(model, IdTokenizer())
-    broken.complete = lambda *a, **k: (_ for _ in ()).throw(ValueError("boom"))  # a fault inside the server
+    broken.run_batch = lambda *a, **k: (_ for _ in ()).throw(ValueError("boom"))  # a fault inside the server
     status, msg = post('{"prompt": [5, 6]}', TestClient(create_app(broken), raise_server_exceptions=False))
     assert status == 500 and msg == "internal error (ValueError); the request was not served"
     r = client.post("/v1/completions", json={"prompt": [5, 6], "max_tokens": 2})
@@ -203,3 +203,102 @@ def test_wm_serve_refuses_a_busy_port_before_loading_the_model(tmp_path):
     assert r.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr
     r = CliRunner().invoke(app, ["serve", "--timeout", "0", "--model", str(tmp_path / "no-model")])
     assert r.exit_code == 2 and "--timeout must be a positive number" in r.stderr
+    r = CliRunner().invoke(app, ["serve", "--max-batch", "0", "--model", str(tmp_path / "no-model")])
+    assert r.exit_code == 2 and "--max-batch must be positive" in r.stderr
+    r = CliRunner().invoke(app, ["serve", "--allow-opt-out", "--model", str(tmp_path / "no-model")])
+    assert r.exit_code == 2 and "--allow-opt-out applies to a server that watermarks" in r.stderr
+
+
+def _req(**kw):
+    return parse_completion({"prompt": [1], **kw}, V, 512)
+
+
+def test_a_batch_generates_what_each_prompt_generates_alone(model):
+    """Left-padded lockstep generation (one forward per step for all rows) gives each row the tokens
+    and log-probs it gets alone, with its own length, stop and bias; and it is one batch, not a loop."""
+    gen = Generator(model, IdTokenizer())
+    cases = [([5, 6, 7], _req(max_tokens=12, temperature=0, logprobs=3)),
+             ([9] * 11, _req(max_tokens=5, temperature=0, logprobs=3, logit_bias={"77": 30})),
+             ([300, 301], _req(max_tokens=20, temperature=0, logprobs=3)),
+             ([42, 43, 44, 45], _req(max_tokens=9, temperature=0.8, seed=3, logprobs=3))]
+    alone = [gen.complete(p, r) for p, r in cases]
+    calls = []
+    forward = model.forward
+    model.forward = lambda *a, **k: calls.append(k["input_ids"].shape) or forward(*a, **k)
+    try:
+        jobs = [gen.prepare(p, r) for p, r in cases]
+        gen.run_batch(jobs)
+    finally:
+        model.forward = forward
+    assert len(calls) == 20 and calls[0] == (4, 11)  # the longest completion's steps, 4 rows each
+    for job, want in zip(jobs, alone):
+        got = gen.result(job)
+        assert got["choice"]["logprobs"]["tokens"] == want["choice"]["logprobs"]["tokens"]
+        assert np.allclose(got["choice"]["logprobs"]["token_logprobs"], want["choice"]["logprobs"]["token_logprobs"], atol=1e-4)
+    assert [len(j.out_ids) for j in jobs] == [12, 5, 20, 9]
+
+
+def test_concurrent_requests_share_batches(model):
+    import threading
+
+    from wmkit.server.completions import Batcher
+
+    gen = Generator(model, IdTokenizer())
+    sizes = []
+    run = gen.run_batch
+    gen.run_batch = lambda jobs: sizes.append(len(jobs)) or run(jobs)
+    batcher = Batcher(gen, max_batch=8, gather_s=0.05)
+    results = [None] * 8
+
+    def client(i):
+        (f,) = batcher.submit([gen.prepare([10 + i, 20 + i], _req(max_tokens=6, temperature=0))])
+        results[i] = f.result(timeout=60)
+
+    gen.lock.acquire()  # the model is busy while the eight requests arrive
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    import time
+
+    time.sleep(0.3)
+    gen.lock.release()
+    for t in threads:
+        t.join(60)
+    assert all(r is not None and r["completion_tokens"] == 6 for r in results)
+    assert max(sizes) >= 7 and sum(sizes) == 8  # one batch (the first may have been taken alone)
+    with pytest.raises(RequestError, match="overloaded") as e:
+        Batcher(gen, max_queue=2).submit([gen.prepare([1], _req()) for _ in range(3)])
+    assert e.value.status == 503
+
+
+def test_watermark_opt_out_only_where_the_server_allows_it(model, key):
+    from fastapi.testclient import TestClient
+
+    scheme = KGW(key, gamma=0.25, delta=8.0)
+    body = {"prompt": [5, 6, 7], "max_tokens": 60, "temperature": 1.0, "seed": 2, "logprobs": 0,
+            "return_tokens_as_token_ids": True}
+
+    def p_value(client, **extra):
+        r = client.post("/v1/completions", json={**body, **extra})
+        assert r.status_code == 200, r.text
+        ids = [int(t.split(":")[1]) for t in r.json()["choices"][0]["logprobs"]["tokens"]]
+        return scheme.detector(VocabOnly()).detect([7] + ids).p_value
+
+    strict = TestClient(create_app(Generator(model, IdTokenizer(), scheme, VocabOnly())))
+    r = strict.post("/v1/completions", json={**body, "watermarking": False})
+    assert r.status_code == 403 and "--allow-opt-out" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "watermarking"
+    assert p_value(strict) < 1e-8 and p_value(strict, watermarking=True) < 1e-8
+    lenient = TestClient(create_app(Generator(model, IdTokenizer(), scheme, VocabOnly()), allow_opt_out=True))
+    assert p_value(lenient) < 1e-8 and p_value(lenient, watermarking=False) > 1e-4
+    r = lenient.post("/v1/completions", json={**body, "watermarking": "no"})
+    assert r.status_code == 400 and "'watermarking' must be true or false" in r.json()["error"]["message"]
+
+
+def test_a_batch_marks_each_row_in_its_own_context(model, key):
+    scheme = KGW(key, gamma=0.25, delta=8.0)
+    gen = Generator(model, IdTokenizer(), scheme, VocabOnly())
+    jobs = [gen.prepare([5 + i, 6, 7 + i], _req(max_tokens=50, temperature=1.0, seed=i)) for i in range(4)]
+    gen.run_batch(jobs)
+    for job in jobs:
+        assert scheme.detector(VocabOnly()).detect(job.ids[-1:] + job.out_ids).p_value < 1e-6

@@ -18,15 +18,16 @@ reads a user's text file with one clear error for each way it can be unreadable.
 
 from __future__ import annotations
 
+import codecs
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from .errors import InputError
 
-__all__ = ["check_new", "read_text", "write_file"]
+__all__ = ["check_new", "iter_text", "read_text", "write_file"]
 
 Writer = Callable[[BinaryIO], None]
 
@@ -89,45 +90,68 @@ def _umask() -> int:
     return mask
 
 
-MAX_INPUT_BYTES = 64 * 2**20  # a text to check, not a corpus (wm scan streams those)
+MAX_INPUT_BYTES = 64 * 2**20  # a text to check whole (wm detect streams larger ones where the scheme can)
+READ_BYTES = 1 << 20
+
+
+def _open_bytes(path: str) -> tuple[BinaryIO, str]:
+    if path == "-":
+        return sys.stdin.buffer, "<stdin>"
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{path}: no such file")
+    if p.is_dir():
+        raise InputError(f"{path}: is a directory, expected a text file")
+    try:
+        return open(p, "rb"), path
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def iter_text(path: str, max_bytes: int = MAX_INPUT_BYTES, block: int = READ_BYTES) -> Iterator[str]:
+    """Decode a UTF-8 (or BOM-marked UTF-16) text file (``-`` is stdin) incrementally, ``block`` bytes
+    at a time: memory stays at one block whatever the file's size. The checks are those of
+    :func:`read_text`, raised as :class:`InputError` when the stream reaches the offending byte (so a
+    consumer may have seen earlier pieces); nothing past ``max_bytes`` is read."""
+    f, name = _open_bytes(path)
+    try:
+        if path != "-" and Path(path).is_file() and os.fstat(f.fileno()).st_size > max_bytes:
+            size = os.fstat(f.fileno()).st_size  # a regular file says its size: refuse it before reading
+            raise InputError(f"{name}: {size / 2**20:.1f} MiB is larger than {max_bytes / 2**20:.3g} MiB; raise "
+                             f"--max-input-mb, or use wm scan for a corpus")
+        head = f.read(min(block, max_bytes + 1))
+        utf16 = head[:2] in (b"\xff\xfe", b"\xfe\xff")  # UTF-16 with a byte-order mark (Windows editors write it)
+        decoder = codecs.getincrementaldecoder("utf-16" if utf16 else "utf-8-sig")()
+        size, blank, data = 0, True, head
+        while True:
+            size += len(data)
+            if size > max_bytes:
+                raise InputError(f"{name}: larger than {max_bytes / 2**20:.3g} MiB; raise --max-input-mb, or use wm scan "
+                                 f"for a corpus")
+            if not utf16 and b"\x00" in data:
+                raise InputError(f"{name}: binary file (NUL bytes), expected UTF-8 text")
+            final = not data
+            try:
+                text = decoder.decode(data, final=final)
+            except UnicodeDecodeError as e:
+                if utf16:
+                    raise InputError(f"{name}: starts with a UTF-16 byte-order mark but is not UTF-16 text") from None
+                raise InputError(f"{name}: not UTF-8 text (invalid byte at offset {size - len(data) + e.start})") from None
+            if text:
+                blank = blank and not text.strip()
+                yield text
+            if final:
+                break
+            data = f.read(min(block, max_bytes + 1 - size))
+        if blank:
+            raise InputError(f"{name}: empty file")
+    finally:
+        if f is not sys.stdin.buffer:
+            f.close()
 
 
 def read_text(path: str, max_bytes: int = MAX_INPUT_BYTES) -> str:
     """Read a UTF-8 text file (``-`` is stdin); a clear :class:`InputError` for anything else,
     including an input over ``max_bytes`` (read no further than that: ``/dev/zero`` is refused, not
     read until memory runs out)."""
-    if path == "-":
-        data = sys.stdin.buffer.read(max_bytes + 1)
-        name = "<stdin>"
-    else:
-        p = Path(path)
-        if not p.exists():
-            raise InputError(f"{path}: no such file")
-        if p.is_dir():
-            raise InputError(f"{path}: is a directory, expected a text file")
-        try:
-            with open(p, "rb") as f:
-                data = f.read(max_bytes + 1)
-        except OSError as e:
-            raise InputError(f"{path}: cannot be read ({e.strerror})") from None
-        name = path
-    if len(data) > max_bytes:
-        raise InputError(f"{name}: larger than {max_bytes / 2**20:g} MiB; raise --max-input-mb, or use wm scan "
-                         f"for a corpus")
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with a byte-order mark (Windows editors write it)
-        try:
-            text = data.decode("utf-16")
-        except UnicodeDecodeError:
-            raise InputError(f"{name}: starts with a UTF-16 byte-order mark but is not UTF-16 text") from None
-        if not text.strip():
-            raise InputError(f"{name}: empty file")
-        return text
-    if b"\x00" in data:
-        raise InputError(f"{name}: binary file (NUL bytes), expected UTF-8 text")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{name}: not UTF-8 text (invalid byte at offset {e.start})") from None
-    if not text.strip():
-        raise InputError(f"{name}: empty file")
-    return text
+    return "".join(iter_text(path, max_bytes))

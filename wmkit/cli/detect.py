@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import typer
@@ -13,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import InputError, WmkitError
+from ..files import iter_text
 from ..models import load_lm, load_tokenizer
 from ..calibration import calibrated_p, check_calibration
 from ..profiles import detect_profiles, load_profiles
@@ -50,7 +52,7 @@ def _row(path: str, det: Detection, tokenizer: Any, scheme_name: str) -> dict[st
     if "window" in d:  # windowed: where the most significant passage is
         row.update(window_tokens=[d["token_start"], d["token_end"]], window_scored=d["window"],
                    window_tests=d["n_tests"],
-                   passage=tokenizer.decode(det.evidence["token_ids"][d["token_start"] : d["token_end"]]))
+                   passage=tokenizer.decode(d["window_ids"]))
     return row
 
 
@@ -90,6 +92,23 @@ def _load_calibration(path: Path, scheme: Any) -> dict[str, Any]:
         return cal
 
     return run_guarded(load)
+
+
+STREAM_CHARS = 2**19  # a longer text is streamed (detect_stream) when the scheme can: memory stays bounded
+STREAM_LIMIT_MB = 1024.0  # the default input limit of the schemes that stream
+
+
+def _peek(path: str, max_bytes: int, limit: int | None) -> tuple[str, Iterator[str] | None]:
+    """The text of ``path`` if it has at most ``limit`` characters (``None``: no limit), else its
+    first pieces joined and an iterator over the rest."""
+    pieces = iter_text(path, max_bytes)
+    head, size = [], 0
+    for piece in pieces:
+        head.append(piece)
+        size += len(piece)
+        if limit is not None and size > limit:
+            return "".join(head), pieces
+    return "".join(head), None
 
 
 def _read_all(files: list[str], as_json: bool, max_mb: float = 64.0) -> tuple[list[tuple[str, str]], bool]:
@@ -148,7 +167,7 @@ def detect(
     device: str = typer.Option("cpu", help="Where to score: cpu, or cuda (all files in one Triton launch)."),
     windowed: bool = typer.Option(False, "--windowed", help="Find a marked passage inside a longer text (max z over windows, Bonferroni-corrected p)."),
     calibration_file: Optional[Path] = typer.Option(None, "--calibration", help="A wm calibrate file for this key: add an empirical p-value (p_calibrated) from its null.", show_default=False),
-    max_input_mb: float = typer.Option(64.0, help="Refuse a file larger than this (MiB); wm scan streams corpora."),
+    max_input_mb: Optional[float] = typer.Option(None, help=f"Refuse a file larger than this (MiB; default {STREAM_LIMIT_MB:g} for the schemes that stream a large file, 64 for the others).", show_default=False),
     profiles_file: Optional[Path] = typer.Option(None, "--profiles", help="A profiles file (every scheme, config and key reference served): test each text against all, Holm-corrected.", show_default=False),
 ) -> None:
     """Report tokens scored, green fraction, z, p-value and verdict for each FILE.
@@ -195,20 +214,35 @@ def detect(
     detector = run_guarded(scheme.detector, tokenizer, **opts)
     console = Console(highlight=False)
     table = Table("file", "tokens", "green", "z", "p-value", "verdict")
+    if max_input_mb is None:
+        max_input_mb = STREAM_LIMIT_MB if caps.streams else 64.0
     if not max_input_mb > 0:
         die(f"--max-input-mb must be positive, got {max_input_mb}")
-    readable, failed = _read_all(files, as_json, max_input_mb)
+    results: dict[int, Detection | WmkitError] = {}
+    small: list[tuple[int, str]] = []
+    for i, path in enumerate(files):  # a text over STREAM_CHARS is scored as it is read, one chunk in memory
+        try:
+            text, rest = _peek(path, int(max_input_mb * 2**20), STREAM_CHARS if caps.streams else None)
+            if rest is None:
+                small.append((i, text))
+            else:
+                results[i] = detector.detect_stream(itertools.chain([text], rest), windowed=windowed)
+        except WmkitError as e:
+            results[i] = e
     try:
-        texts = [t for _, t in readable]
+        texts = [t for _, t in small]
         if windowed:
-            results = _detect_windowed(detector, texts, prompt)
+            batch = _detect_windowed(detector, texts, prompt)
         elif device != "cpu":
-            results = detector.detect_many(texts, [prompt] * len(texts), device=device)
+            batch = detector.detect_many(texts, [prompt] * len(texts), device=device)
         else:
-            results = run_guarded(detector.detect_many, texts, [prompt] * len(texts))
+            batch = run_guarded(detector.detect_many, texts, [prompt] * len(texts))
     except (RuntimeError, ValueError) as e:
         die(f"cannot score on device {device!r}: {str(e).splitlines()[0]}")
-    for (path, _), det in zip(readable, results, strict=True):
+    results.update((i, det) for (i, _), det in zip(small, batch, strict=True))
+    failed = False
+    for i, path in enumerate(files):
+        det = results[i]
         if isinstance(det, WmkitError):
             failed = True
             _report_error(path, det, as_json)
@@ -227,6 +261,8 @@ def detect(
             table.add_row(path, str(det.n_scored), green, f"{row['z']:.2f}", pcell, verdict + where)
         if highlight and det.evidence:  # with --json, stdout holds only JSON lines: the colours go to stderr
             _highlight(stderr if as_json else console, tokenizer, path, det)
+        elif highlight:
+            stderr.print(f"{path}: streamed (over {STREAM_CHARS // 2**20} MiB): no per-token highlight", markup=False)
     if not as_json and table.row_count:
         console.print(table)
         console.print(f"verdict at FPR {fpr:g} (scheme {scheme.name}, {json.dumps(scheme.config())})", style="dim", markup=False)

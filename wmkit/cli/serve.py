@@ -21,6 +21,8 @@ def serve(
     port: int = typer.Option(8000, help="Port to listen on."),
     max_new_tokens: int = typer.Option(512, help="Largest max_tokens a request may ask for."),
     timeout: float = typer.Option(120.0, help="Seconds a request may wait for the model and generate (then 503)."),
+    max_batch: int = typer.Option(16, help="Most completions generated together (concurrent requests are batched)."),
+    allow_opt_out: bool = typer.Option(False, "--allow-opt-out", help="Let a request ask for unmarked text (\"watermarking\": false); refused (403) otherwise."),
 ) -> None:
     """Serve MODEL at /v1/completions (logprobs up to 20, logit_bias); --scheme marks the generated text."""
     from ..server.completions import Generator, create_app
@@ -31,6 +33,10 @@ def serve(
             raise InputError(f"--port must be in 1..65535, got {port}")
         if max_new_tokens < 1:
             raise InputError("--max-new-tokens must be positive")
+        if max_batch < 1:
+            raise InputError(f"--max-batch must be positive, got {max_batch}")
+        if allow_opt_out and scheme_name == "none":
+            raise InputError("--allow-opt-out applies to a server that watermarks (--scheme)")
         if not timeout > 0:
             raise InputError(f"--timeout must be a positive number of seconds, got {timeout}")
         import socket
@@ -47,5 +53,5 @@ def serve(
         return Generator(lm, tok, scheme)
 
     gen = run_guarded(build)
-    run_server(create_app(gen, Path(model).name if model else "SmolLM2-135M-Instruct", max_new_tokens, timeout_s=timeout),
-               host, port)
+    run_server(create_app(gen, Path(model).name if model else "SmolLM2-135M-Instruct", max_new_tokens, timeout_s=timeout,
+                          allow_opt_out=allow_opt_out, max_batch=max_batch), host, port)

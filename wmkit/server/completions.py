@@ -9,15 +9,25 @@ The log-probs are those of the model's next-token distribution *with the logit b
 the watermark (as vLLM reports raw log-probs): the watermark changes which token is sampled, not
 what the model says about its distribution. Bad requests get HTTP 400 with an OpenAI-style error.
 
+Concurrent requests are generated together: a worker batches the completions waiting for the
+model (left-padded, one forward pass per step for the batch, each row with its own sampler, bias,
+stop strings and watermark processor), so eight clients are served faster than one after another.
+A request may turn the watermark off with vLLM's ``"watermarking": false`` only on a server started
+with ``--allow-opt-out`` (otherwise 403).
+
 Start it with ``wm serve --model PATH [--scheme kgw --key-file K]`` or :func:`create_app`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import threading
 import time
 import uuid
 from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -77,7 +87,10 @@ def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars:
         "logprobs": body.get("logprobs"),
         "seed": body.get("seed"),
         "ids": bool(body.get("return_tokens_as_token_ids", False)),
+        "watermarking": body.get("watermarking", True),
     }
+    if not isinstance(req["watermarking"], bool):
+        raise RequestError("'watermarking' must be true or false", "watermarking")
     if req["logprobs"] is not None:
         req["logprobs"] = number("logprobs", 0, 0, MAX_LOGPROBS, integer=True)
     if req["seed"] is not None and (not isinstance(req["seed"], int) or isinstance(req["seed"], bool)
@@ -139,8 +152,30 @@ class StopWatch:
         return any(s in tail for s in self.stops)
 
 
+@dataclass(eq=False)
+class Job:
+    """One prompt's completion as the batch loop advances it: its request, sampler state and output."""
+
+    ids: list[int]
+    req: dict[str, Any]
+    deadline: float | None
+    bias: torch.Tensor
+    gen: torch.Generator | None
+    processor: Any
+    watch: StopWatch
+    context: torch.Tensor  # prompt + completion so far, filled in place (what the watermark processor reads)
+    out_ids: list[int] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    token_lps: list[float] = field(default_factory=list)
+    tops: list[dict[str, float]] = field(default_factory=list)
+    done: bool = False
+    error: RequestError | None = None
+    future: Future | None = None
+
+
 class Generator:
-    """Greedy or sampled generation with logit bias, an optional watermark scheme, and top-k log-probs.
+    """Greedy or sampled generation with logit bias, an optional watermark scheme, and top-k log-probs,
+    for one prompt (:meth:`complete`) or a batch of them in lockstep (:meth:`run_batch`).
 
     ``scheme`` is any text scheme (its processor is built per completion, for the request's sampling
     settings); ``scheme_tokenizer`` is the tokenizer it is given (default ``tokenizer``).
@@ -151,7 +186,12 @@ class Generator:
         self.scheme_tok = scheme_tokenizer if scheme_tokenizer is not None else tokenizer
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None  # None: unbounded
-        self.lock = threading.Lock()
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad if pad is not None else (tokenizer.eos_token_id or 0))
+        self.lock = threading.RLock()  # the model runs one batch at a time
+        import inspect  # transformers 5 names the KV cache `cache` (`past_key_values` is deprecated)
+
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self._first: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # prompt -> next-token logits
 
     def _first_logits(self, ids: list[int]) -> torch.Tensor:
@@ -160,8 +200,7 @@ class Generator:
         if key in self._first:
             self._first.move_to_end(key)
             return self._first[key]
-        with torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        logits = self.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
         self._first[key] = logits
         if len(self._first) > FIRST_CACHE:
             self._first.popitem(last=False)
@@ -170,9 +209,9 @@ class Generator:
     def token_str(self, t: int, ids: bool) -> str:
         return f"token_id:{t}" if ids else self.tok.decode([t])
 
-    def complete(self, prompt: str | list[int], req: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
-        """One completion; a :class:`RequestError` if prompt + max_tokens exceed the model's context (400)
-        or the ``deadline`` (``time.monotonic()``) passes (503)."""
+    def prepare(self, prompt: str | list[int], req: dict[str, Any], deadline: float | None = None) -> Job:
+        """Tokenize ``prompt`` and set up its sampler and watermark; a :class:`RequestError` (400) if
+        prompt + max_tokens exceed the model's context."""
         ids = self.tok(prompt, return_tensors="pt").input_ids[0].tolist() if isinstance(prompt, str) else list(prompt)
         if self.context is not None and len(ids) + req["max_tokens"] > self.context:
             raise RequestError(f"the prompt has {len(ids)} tokens; with max_tokens {req['max_tokens']} that exceeds the "
@@ -181,97 +220,196 @@ class Generator:
         for t, b in req["logit_bias"].items():
             bias[t] = b
         gen = torch.Generator().manual_seed(req["seed"]) if req["seed"] is not None else None
-        out_ids: list[int] = []
-        tokens, token_lps, tops = [], [], []
-        past, inp = None, torch.tensor([ids])
-        context = torch.tensor(ids + [0] * req["max_tokens"])[None]  # prompt + completion, filled in place
-        watch = StopWatch(self.tok, req["stop"])
         # one processor per completion: a Gumbel-max scheme samples at this request's temperature and top_p
         processor = (self.scheme.processor(self.scheme_tok, temperature=req["temperature"], top_p=req["top_p"])
-                     if self.scheme is not None else None)
-        with torch.inference_mode():
-            for step in range(req["max_tokens"]):
-                if deadline is not None and time.monotonic() > deadline:
-                    raise RequestError("the request timed out; ask for fewer tokens or retry", None, 503)
-                if step == 0 and req["max_tokens"] == 1:
-                    raw = self._first_logits(ids) + bias
+                     if self.scheme is not None and req.get("watermarking", True) else None)
+        context = torch.tensor(ids + [0] * req["max_tokens"])[None]
+        return Job(ids, req, deadline, bias, gen, processor, StopWatch(self.tok, req["stop"]), context)
+
+    def _step(self, job: Job, logits: torch.Tensor) -> int:
+        """Choose ``job``'s next token from the model's next-token ``logits`` [V]; record it."""
+        req = job.req
+        raw = logits.float() + job.bias
+        lp = torch.log_softmax(raw.double(), -1)
+        scores = raw.clone()
+        n = len(job.ids) + len(job.out_ids)
+        if job.processor is not None:
+            scores = job.processor(job.context[:, :n], scores[None])[0]
+        if req["temperature"] == 0:
+            t = int(torch.argmax(scores))
+        else:
+            probs = torch.softmax(scores.double() / req["temperature"], -1)
+            if req["top_p"] < 1:
+                sp, si = torch.sort(probs, descending=True)
+                keep = torch.cumsum(sp, 0) - sp < req["top_p"]
+                probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
+            t = int(torch.multinomial(probs, 1, generator=job.gen))
+        job.out_ids.append(t)
+        job.context[0, n] = t
+        if req["logprobs"] is not None:
+            job.tokens.append(self.token_str(t, req["ids"]))
+            job.token_lps.append(float(lp[t]))
+            k = req["logprobs"]
+            top = torch.topk(lp, k).indices.tolist() if k else []
+            job.tops.append({self.token_str(int(i), req["ids"]): float(lp[i]) for i in top})
+        job.done = t == self.tok.eos_token_id or job.watch.add(t) or len(job.out_ids) >= req["max_tokens"]
+        return t
+
+    def _expired(self, job: Job) -> bool:
+        if job.deadline is not None and time.monotonic() > job.deadline:
+            job.error = RequestError("the request timed out; ask for fewer tokens or retry", None, 503)
+            job.done = True
+        return job.done
+
+    def run_batch(self, jobs: list[Job]) -> None:
+        """Advance every job to its end (or its deadline: then ``job.error`` is a 503): one-token
+        jobs from the prompt-logits cache, the others as one left-padded batch with a shared KV
+        cache, one forward pass per step for all of them."""
+        with self.lock, torch.inference_mode():
+            batch = []
+            for job in jobs:
+                if self._expired(job):
+                    continue
+                if job.req["max_tokens"] == 1:
+                    self._step(job, self._first_logits(job.ids))
                 else:
-                    o = self.model(input_ids=inp, past_key_values=past, use_cache=True)
-                    past = o.past_key_values
-                    raw = o.logits[0, -1].float() + bias
-                lp = torch.log_softmax(raw.double(), -1)
-                scores = raw.clone()
-                if processor is not None:
-                    scores = processor(context[:, : len(ids) + len(out_ids)], scores[None])[0]
-                if req["temperature"] == 0:
-                    t = int(torch.argmax(scores))
-                else:
-                    probs = torch.softmax(scores.double() / req["temperature"], -1)
-                    if req["top_p"] < 1:
-                        sp, si = torch.sort(probs, descending=True)
-                        keep = torch.cumsum(sp, 0) - sp < req["top_p"]
-                        probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
-                    t = int(torch.multinomial(probs, 1, generator=gen))
-                out_ids.append(t)
-                context[0, len(ids) + len(out_ids) - 1] = t
-                if req["logprobs"] is not None:
-                    tokens.append(self.token_str(t, req["ids"]))
-                    token_lps.append(float(lp[t]))
-                    k = req["logprobs"]
-                    top = torch.topk(lp, k).indices.tolist() if k else []
-                    tops.append({self.token_str(int(i), req["ids"]): float(lp[i]) for i in top})
-                if t == self.tok.eos_token_id:
-                    break
-                if watch.add(t):
-                    break
-                inp = torch.tensor([[t]])
-        text = self.tok.decode(out_ids, skip_special_tokens=True)
+                    batch.append(job)
+            if not batch:
+                return
+            width = max(len(j.ids) for j in batch)
+            inp = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, job in enumerate(batch):
+                inp[r, width - len(job.ids) :] = torch.tensor(job.ids)
+                mask[r, width - len(job.ids) :] = 1
+            pos = (mask.cumsum(1) - 1).clamp(min=0)
+            past = None
+            while True:
+                out = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, use_cache=True,
+                                 **{self._cache_arg: past})
+                past, logits = out[self._cache_arg] if self._cache_arg in out else out.past_key_values, out.logits[:, -1]
+                nxt = torch.full((len(batch), 1), self.pad_id, dtype=torch.long)
+                for r, job in enumerate(batch):
+                    if not job.done and not self._expired(job):
+                        nxt[r, 0] = self._step(job, logits[r])
+                if all(j.done for j in batch):
+                    return
+                inp, pos = nxt, pos[:, -1:] + 1
+                mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=torch.long)], 1)
+
+    def result(self, job: Job) -> dict[str, Any]:
+        """The OpenAI choice of a finished job, with its token counts (raises its error, if any)."""
+        if job.error is not None:
+            raise job.error
+        text = self.tok.decode(job.out_ids, skip_special_tokens=True)
         finish = "length"
-        for s in req["stop"]:
+        for s in job.req["stop"]:
             if s in text:
                 text, finish = text[: text.index(s)], "stop"
-        if out_ids and out_ids[-1] == self.tok.eos_token_id:
+        if job.out_ids and job.out_ids[-1] == self.tok.eos_token_id:
             finish = "stop"
         choice: dict[str, Any] = {"text": text, "finish_reason": finish, "logprobs": None}
-        if req["logprobs"] is not None:
-            choice["logprobs"] = {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops}
-        return {"choice": choice, "prompt_tokens": len(ids), "completion_tokens": len(out_ids)}
+        if job.req["logprobs"] is not None:
+            choice["logprobs"] = {"tokens": job.tokens, "token_logprobs": job.token_lps, "top_logprobs": job.tops}
+        return {"choice": choice, "prompt_tokens": len(job.ids), "completion_tokens": len(job.out_ids)}
+
+    def complete(self, prompt: str | list[int], req: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+        """One completion, now (a batch of one); a :class:`RequestError` if prompt + max_tokens exceed
+        the model's context (400) or the ``deadline`` (``time.monotonic()``) passes (503)."""
+        job = self.prepare(prompt, req, deadline)
+        self.run_batch([job])
+        return self.result(job)
+
+
+class Batcher:
+    """Runs the jobs of concurrent requests together: a worker thread takes what is queued (waiting
+    ``gather_s`` for more after the first, up to ``max_batch``), runs it as one batch, and resolves
+    each job's future. More than ``max_queue`` waiting jobs: new requests get a 503 at once."""
+
+    def __init__(self, generator: Generator, max_batch: int = 16, max_queue: int = 256, gather_s: float = 0.005):
+        self.gen, self.max_batch, self.max_queue, self.gather_s = generator, max_batch, max_queue, gather_s
+        self.queue: queue.Queue[Job] = queue.Queue()
+        threading.Thread(target=self._loop, name="wmkit-batcher", daemon=True).start()
+
+    def submit(self, jobs: list[Job]) -> list[Future]:
+        """Queue ``jobs``; their futures resolve to :meth:`Generator.result` (or raise its error)."""
+        if self.queue.qsize() + len(jobs) > self.max_queue:
+            raise RequestError(f"the server is overloaded ({self.queue.qsize()} completions waiting); retry later", None, 503)
+        for job in jobs:
+            job.future = Future()
+            self.queue.put(job)
+        return [job.future for job in jobs]  # type: ignore[misc]
+
+    def _take(self, first: Job) -> list[Job]:
+        batch = [first]
+        until = time.monotonic() + self.gather_s
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self.queue.get(timeout=max(0.0, until - time.monotonic())))
+            except queue.Empty:
+                break
+        return [j for j in batch if j.future is not None and j.future.set_running_or_notify_cancel()]
+
+    def _loop(self) -> None:
+        while True:
+            first = self.queue.get()
+            with self.gen.lock:  # jobs start (and can no longer be cancelled) once the model is free
+                jobs = self._take(first)
+                try:
+                    self.gen.run_batch(jobs)
+                except Exception as e:  # noqa: BLE001 - a fault fails this batch's requests, not the server
+                    for job in jobs:
+                        job.future.set_exception(e)  # type: ignore[union-attr]
+                    continue
+            for job in jobs:
+                try:
+                    job.future.set_result(self.gen.result(job))  # type: ignore[union-attr]
+                except RequestError as e:
+                    job.future.set_exception(e)  # type: ignore[union-attr]
 
 
 def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: int = 512,
-               max_body_bytes: int = 1024 * 1024, timeout_s: float = 120.0) -> FastAPI:
+               max_body_bytes: int = 1024 * 1024, timeout_s: float = 120.0, allow_opt_out: bool = False,
+               max_batch: int = 16) -> FastAPI:
     """A FastAPI app serving ``generator`` at ``/v1/completions`` (+ ``/v1/models``, ``/health``).
 
-    Every error is JSON in OpenAI's shape: 4xx for a bad request (body, fields, context length),
-    503 when a request waits for the model or generates past ``timeout_s`` seconds, 500 (still JSON)
-    only for a fault of the server itself.
+    Concurrent requests are generated together (:class:`Batcher`, up to ``max_batch`` completions
+    per batch). A request may ask for unmarked text with vLLM's ``"watermarking": false`` only if
+    the server allows it (``allow_opt_out``; otherwise 403). Every error is JSON in OpenAI's shape:
+    4xx for a bad request (body, fields, context length), 503 when a request waits for the model or
+    generates past ``timeout_s`` seconds or the queue is full, 500 (still JSON) only for a fault of
+    the server itself.
     """
     from starlette.concurrency import run_in_threadpool
 
     app = base_app("wmkit completions", model_name)
+    batcher = Batcher(generator, max_batch=max_batch)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> JSONResponse:
         try:
             body = await read_json(request, max_body_bytes)
             req = parse_completion(body, generator.vocab_size, max_new_tokens)
+            if not req["watermarking"] and not allow_opt_out:
+                raise RequestError("this server does not let a request turn its watermark off (start it with "
+                                   "--allow-opt-out to allow \"watermarking\": false)", "watermarking", 403)
         except RequestError as e:
             return error_response(e)
 
         deadline = time.monotonic() + timeout_s
-
-        def work() -> list[dict[str, Any]]:
-            if not generator.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                raise RequestError(f"the server is busy: no model time within {timeout_s:g} s; retry later", None, 503)
-            try:
-                return [generator.complete(p, req, deadline) for p in req["prompts"]]
-            finally:
-                generator.lock.release()
-
+        futures: list[Future] = []
         try:
-            results = await run_in_threadpool(work)
+            jobs = await run_in_threadpool(lambda: [generator.prepare(p, req, deadline) for p in req["prompts"]])
+            futures = batcher.submit(jobs)
+            results = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
+                                             max(0.0, deadline - time.monotonic()))
         except RequestError as e:
             return error_response(e)
+        except asyncio.TimeoutError:
+            waited = any(f.cancel() for f in futures)  # a job not yet started never runs
+            msg = (f"the server is busy: no model time within {timeout_s:g} s; retry later" if waited
+                   else "the request timed out; ask for fewer tokens or retry")
+            return error_response(RequestError(msg, None, 503))
         except Exception as e:  # noqa: BLE001 - a server fault is still a JSON error, never a bare 500 page
             return internal_error(e)
         choices = [{**r["choice"], "index": i} for i, r in enumerate(results)]

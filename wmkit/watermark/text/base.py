@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
+
+import numpy as np
 
 import torch
 from transformers import LogitsProcessor
@@ -24,6 +26,7 @@ from ...keys import KeyedConfig, SecretKey
 from ...params import Spec, check_params
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, binomial_pvalues, windowed_binomial_detection
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, DetectorCore
+from .stream import CHUNK_CHARS, SeenNgrams, ngram_keys, text_chunks
 
 Gate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids [B, L], scores [B, V]) -> [B] bool
 
@@ -66,7 +69,7 @@ class GreenListScheme(KeyedConfig, ABC):
     delta: float = DELTA.field(2.0)
     prf_version: int = PRF_VERSION.field(prf.PRF_VERSION)
     name: ClassVar[str] = ""
-    capabilities: ClassVar[Capabilities] = Capabilities(windowed=True, device=True)  # of its detector
+    capabilities: ClassVar[Capabilities] = Capabilities(windowed=True, device=True, streams=True)  # of its detector
 
     def __post_init__(self) -> None:
         check_wmkit_key(self.name, self.key, self.prf_version)
@@ -134,15 +137,59 @@ class GreenListProcessor(LogitsProcessor):
         return kernels.green_bias(scores, input_ids, self.prf_key, self.h, self.seeding, self.gamma, self.delta, row_mask=rows)
 
 
+@dataclass
+class ScoredText:
+    """One text (or one chunk of a streamed text) prepared for a green-list detector.
+
+    ``ids`` = context tokens + text tokens; ``start`` = index of the first text token; ``green[t]``
+    and ``candidate[t]`` (whether token ``t`` may be scored: in the text, with a full context,
+    first occurrence of its n-gram) cover every position of ``ids``; ``green`` implies ``candidate``.
+    """
+
+    ids: torch.Tensor
+    start: int
+    green: torch.Tensor
+    candidate: torch.Tensor
+
+
 class DetectorBase(DetectorCore):
     """What the green-list detectors add to :class:`DetectorCore`: the PRF's context width and
-    seeding, and whether repeated (context, token) n-grams count once."""
+    seeding, whether repeated (context, token) n-grams count once, and a text streamed in chunks."""
 
     def __init__(self, scheme: GreenListScheme, tokenizer: Any, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True,
                  min_tokens: int = DEFAULT_MIN_TOKENS):
         super().__init__(scheme, tokenizer, fpr, min_tokens)
         self.ignore_repeated_ngrams = ignore_repeated_ngrams
         self.h, self.seeding = scheme.seeding_params()
+
+    def stream_items(self, pieces: Iterable[str], context: int = 0, chunk_chars: int = CHUNK_CHARS) -> Iterator[ScoredText]:
+        """The text of ``pieces``, chunk by chunk (:mod:`wmkit.watermark.text.stream`): each item's
+        ``ids`` are the last ``max(h, context)`` tokens before the chunk, then the chunk's tokens.
+        Candidates are the tokens with a full context whose n-gram the text has not shown before
+        (with ``ignore_repeated_ngrams=False``: every token with a full context)."""
+        keep, seen = max(self.h, context), SeenNgrams()
+        tail = torch.zeros(0, dtype=torch.long)
+        vocab = len(self.tokenizer)
+        for chunk in text_chunks(pieces, chunk_chars):
+            new = self.token_ids(chunk)
+            if not len(new):
+                continue
+            ids, start = torch.cat([tail, new]), len(tail)
+            green = kernels.green_positions(ids[None], torch.tensor([len(ids)]), self.scheme.prf_key(), self.h,
+                                            self.seeding, self.scheme.gamma)[0]
+            lo = max(start, self.h)  # a short first tail holds every token so far: local h is global h
+            cand = torch.zeros(len(ids), dtype=torch.bool)
+            if lo < len(ids):
+                if self.ignore_repeated_ngrams:
+                    cand[lo:] = torch.from_numpy(seen.first(ngram_keys(ids[lo - self.h :].numpy(), self.h, vocab)))
+                else:
+                    cand[lo:] = True
+            yield ScoredText(ids, start, green & cand, cand)
+            tail = ids[len(ids) - keep :] if keep else tail
+
+
+def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
 class GreenListDetector(DetectorBase):
@@ -153,7 +200,7 @@ class GreenListDetector(DetectorBase):
     Kirchenbauer et al.'s detector: repeated phrases would otherwise inflate z.
     """
 
-    capabilities: ClassVar[Capabilities] = Capabilities(windowed=True, device=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(windowed=True, device=True, streams=True)
 
     def __init__(self, scheme: GreenListScheme, tokenizer: Any, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True, min_tokens: int = DEFAULT_MIN_TOKENS):
         super().__init__(scheme, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
@@ -184,6 +231,18 @@ class GreenListDetector(DetectorBase):
             scored = (pos >= self.h) & (pos < lengths.unsqueeze(1))
         return (green & scored).cpu(), scored.cpu()
 
+    def _windowed(self, flags: np.ndarray, positions: np.ndarray, ids: np.ndarray, windows: Sequence[int],
+                  evidence: dict[str, list] | None = None) -> Detection:
+        if len(flags) < self.min_tokens:
+            raise self.too_short(len(flags))
+        det = windowed_binomial_detection(self.scheme.name, flags, self.scheme.gamma, self.fpr, windows,
+                                          min_window=self.min_tokens)
+        d = det.details
+        d["token_start"] = int(positions[d["start"]])
+        d["token_end"] = int(positions[d["end"] - 1]) + 1
+        d["window_ids"] = ids[d["token_start"] : d["token_end"]].tolist()
+        return dataclasses.replace(det, evidence=evidence)
+
     def detect_windowed(
         self, text: str | Sequence[int] | torch.Tensor, windows: Sequence[int] = DEFAULT_WINDOWS,
         prompt: str | None = None,
@@ -191,21 +250,38 @@ class GreenListDetector(DetectorBase):
         """Find a marked passage inside a longer text: the most significant window of scored
         tokens, with a Bonferroni-corrected p-value (:func:`wmkit.stats.windowed_binomial_detection`).
 
-        ``details["token_start"]``/``["token_end"]`` locate the window in the text's tokens.
+        ``details["token_start"]``/``["token_end"]`` locate the window in the text's tokens and
+        ``details["window_ids"]`` are its token ids.
         """
         ids = self._ids(text, prompt)
         green, scored = self._score([ids], "cpu")
         positions = torch.nonzero(scored[0]).flatten()
-        if positions.numel() < self.min_tokens:
-            raise self.too_short(positions.numel())
-        flags = green[0, positions].numpy()
-        det = windowed_binomial_detection(self.scheme.name, flags, self.scheme.gamma, self.fpr, windows,
-                                          min_window=self.min_tokens)
-        d = det.details
-        d["token_start"] = int(positions[d["start"]])
-        d["token_end"] = int(positions[d["end"] - 1]) + 1
         evidence = {"token_ids": ids.tolist(), "scored": scored[0].tolist(), "green": green[0].tolist()}
-        return dataclasses.replace(det, evidence=evidence)
+        return self._windowed(green[0, positions].numpy(), positions.numpy(), ids.numpy(), windows, evidence)
+
+    def detect_stream(self, pieces: Iterable[str], windowed: bool = False, windows: Sequence[int] = DEFAULT_WINDOWS,
+                      chunk_chars: int = CHUNK_CHARS) -> Detection:
+        """:meth:`detect` (or :meth:`detect_windowed`) of the text that ``pieces`` concatenate, in
+        bounded memory (:mod:`wmkit.watermark.text.stream`); no per-token evidence."""
+        n_green = n_scored = total = 0
+        flags, positions, ids = [], [], []
+        for it in self.stream_items(pieces, chunk_chars=chunk_chars):
+            cand, green = it.candidate[it.start :], it.green[it.start :]
+            n_scored += int(cand.sum())
+            n_green += int(green.sum())
+            if windowed:
+                pos = torch.nonzero(cand).flatten()
+                flags.append(green[pos].numpy())
+                positions.append((pos + total).numpy().astype(np.int32))
+                ids.append(it.ids[it.start :].numpy().astype(np.int32))
+            total += len(it.ids) - it.start
+            if windowed and total >= 2**31:
+                raise InputError("windowed detection of a stream stops at 2**31 tokens; split the text")
+        if windowed:
+            return self._windowed(_cat(flags, bool), _cat(positions, np.int32), _cat(ids, np.int32), windows)
+        if n_scored < self.min_tokens:
+            raise self.too_short(n_scored)
+        return binomial_detection(self.scheme.name, n_green, n_scored, self.scheme.gamma, self.fpr, tokens_total=total)
 
     def detect_many(
         self, texts: Sequence[str | Sequence[int] | torch.Tensor], prompts: Sequence[str | None] | None = None,

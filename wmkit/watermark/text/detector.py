@@ -42,11 +42,14 @@ class Capabilities:
         needs_model: detection runs the generating model (``detector(..., model=lm)``).
         windowed: ``detect_windowed`` finds and locates a marked passage in a longer text.
         device: ``detect_many(..., device="cuda")`` scores a batch on a GPU.
+        streams: ``detect_stream(pieces, windowed=...)`` scores a text of any length in bounded
+            memory (:mod:`wmkit.watermark.text.stream`), with the result ``detect`` gives.
     """
 
     needs_model: bool = False
     windowed: bool = False
     device: bool = False
+    streams: bool = False
 
 
 @runtime_checkable

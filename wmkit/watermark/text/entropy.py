@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -29,7 +28,7 @@ import torch
 from ... import kernels
 from ...errors import InputError
 from ...stats import Detection, binomial_detection
-from .base import DetectorBase, GreenListScheme
+from .base import DetectorBase, GreenListScheme, ScoredText
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, normalize_text
 from .detector import Capabilities
 
@@ -111,21 +110,6 @@ def check_model(name: str, model: Any, tokenizer: Any) -> Any:
     if n < len(tokenizer):
         raise InputError(f"the model has {n} output tokens but the tokenizer has {len(tokenizer)} (mismatched tokenizer?)")
     return model
-
-
-@dataclass
-class ScoredText:
-    """One text prepared for an entropy-aware detector.
-
-    ``ids`` = prompt tokens + text tokens; ``start`` = index of the first text token; ``green[t]``
-    and ``candidate[t]`` (whether token ``t`` may be scored: in the text, with a full context,
-    first occurrence of its n-gram) cover every position of ``ids``.
-    """
-
-    ids: torch.Tensor
-    start: int
-    green: torch.Tensor
-    candidate: torch.Tensor
 
 
 class EntropyAwareDetector(DetectorBase, ABC):

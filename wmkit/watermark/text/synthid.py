@@ -310,7 +310,7 @@ class SynthIDDetector(TokenDetector):
     def detect_windowed(self, text: str | Sequence[int] | torch.Tensor, windows: Sequence[int] = DEFAULT_WINDOWS,
                         prompt: str | None = None) -> Detection:
         """The most significant window of scored tokens (mean score per window, Bonferroni over
-        windows); ``details["token_start"]``/``["token_end"]`` locate it."""
+        windows); ``details["token_start"]``/``["token_end"]`` locate it, ``details["window_ids"]`` are its ids."""
         ids = self.ids_of(text, prompt)
         g, pos = self.scored_g(ids)
         if len(pos) < self.min_tokens:
@@ -319,6 +319,7 @@ class SynthIDDetector(TokenDetector):
                                           min_window=self.min_tokens, trials=self.scheme.depth)
         d = det.details
         d["token_start"], d["token_end"] = int(pos[d["start"]]), int(pos[d["end"] - 1]) + 1
+        d["window_ids"] = ids[d["token_start"] : d["token_end"]].tolist()
         scored = torch.zeros(len(ids), dtype=torch.bool).index_fill(0, pos, True)
         g_ones = torch.zeros(len(ids), dtype=torch.int64).index_copy(0, pos, g.sum(1))
         return dataclasses.replace(det, evidence={"token_ids": ids.tolist(), "scored": scored.tolist(),

@@ -17,17 +17,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import torch
 
 from ....errors import InputError
 from ....params import Spec
-from ....stats import Detection, bonferroni
+from ....stats import Detection, binomial_detection, bonferroni
 from ..base import GreenListProcessor
 from ..detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
 from ..detector import Capabilities
 from ..entropy import EntropyAwareDetector, ScoredText, by_token
+from ..stream import CHUNK_CHARS
 from ..kgw import KGW
 from .navigator import navigate
 from .tagger import SHIPPED, TAUS, EntropyTagger, load_tagger
@@ -58,7 +59,7 @@ class IE(KGW):
     navigate: bool = Spec("detection picks tau per text with the threshold navigator (false: uses tau)").field(True)
     tagger: str = Spec("entropy tagger: causal, paper or a tagger file").field("causal")
     name: ClassVar[str] = "ie"
-    capabilities: ClassVar[Capabilities] = Capabilities()  # no model, no windowed scan, CPU
+    capabilities: ClassVar[Capabilities] = Capabilities(streams=True)  # no model, no windowed scan, CPU
 
     def __post_init__(self) -> None:
         if isinstance(self.tau, (int, float)) and not isinstance(self.tau, bool):  # 0.9000000001 from a JSON round-trip
@@ -99,39 +100,67 @@ class IEDetector(EntropyAwareDetector):
     picks the threshold. ``details`` has ``tau``, ``p_uncorrected``, ``candidates`` and, per
     threshold, the green and scored counts."""
 
+    capabilities: ClassVar[Capabilities] = IE.capabilities
+
     def __init__(self, scheme: IE, tokenizer: Any, fpr: float, ignore_repeated_ngrams: bool, min_tokens: int):
         super().__init__(scheme, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
         self.tagger = scheme.load_tagger(tokenizer)
 
     @torch.no_grad()
-    def high_entropy(self, items: list[ScoredText]) -> list[torch.Tensor]:
-        """``[n, K]`` bool per item: the tagger calls token ``t`` high-entropy at each threshold."""
-        out = []
-        for it in items:
-            logits = self.tagger.predict(it.ids.unsqueeze(0))[0]
-            out.append(by_token(logits > 0))
-        return out
+    def scored(self, item: ScoredText) -> torch.Tensor:
+        """``[n, K]`` bool: token ``t`` is a candidate the tagger calls high-entropy at each threshold."""
+        high = by_token(self.tagger.predict(item.ids.unsqueeze(0))[0] > 0)
+        return high & item.candidate.unsqueeze(1)
+
+    def choose(self, green: list[int], scored: list[int]) -> tuple[int, dict[str, Any]]:
+        """The threshold (navigated, or the scheme's ``tau``) from the per-threshold counts, and the
+        details that record the choice."""
+        scheme: IE = self.scheme  # type: ignore[assignment]
+        taus = list(self.tagger.taus)
+        if scheme.navigate:
+            k, candidates = navigate(taus, green, scored)
+        else:
+            k, candidates = self.tagger.tau_index(scheme.tau), [scheme.tau]
+        per_tau = {str(t): {"green": g, "scored": n} for t, g, n in zip(taus, green, scored)}
+        return k, {"tau": taus[k], "candidates": candidates, "per_tau": per_tau}
+
+    @staticmethod
+    def corrected(det: Detection) -> Detection:
+        """Bonferroni over the thresholds the rule could pick (the uncorrected p stays in the details)."""
+        p = bonferroni(det.p_value, len(det.details["candidates"]))
+        return dataclasses.replace(det, p_value=p, decision=bool(p <= det.fpr),
+                                   details={**det.details, "p_uncorrected": det.p_value})
 
     def decide(self, items: list[ScoredText]) -> list[Detection | InputError]:
         """Navigate (or fix) the threshold, then the exact binomial test at it."""
-        scheme: IE = self.scheme  # type: ignore[assignment]
-        taus = list(self.tagger.taus)
         out: list[Detection | InputError] = []
-        for it, high in zip(items, self.high_entropy(items)):
-            scored = high & it.candidate.unsqueeze(1)
-            n_k = scored.sum(0).tolist()
-            g_k = (scored & it.green.unsqueeze(1)).sum(0).tolist()
-            if scheme.navigate:
-                k, candidates = navigate(taus, g_k, n_k)
-            else:
-                k, candidates = self.tagger.tau_index(scheme.tau), [scheme.tau]
-            per_tau = {str(t): {"green": g, "scored": n} for t, g, n in zip(taus, g_k, n_k)}
+        for it in items:
+            scored = self.scored(it)
+            k, details = self.choose((scored & it.green.unsqueeze(1)).sum(0).tolist(), scored.sum(0).tolist())
             try:
-                det = self.binomial(it, scored[:, k], tau=taus[k], candidates=candidates, per_tau=per_tau)
+                out.append(self.corrected(self.binomial(it, scored[:, k], **details)))
             except InputError as e:
                 out.append(e)
-                continue
-            p = bonferroni(det.p_value, len(candidates))
-            out.append(dataclasses.replace(det, p_value=p, decision=bool(p <= det.fpr),
-                                           details={**det.details, "p_uncorrected": det.p_value}))
         return out
+
+    def detect_stream(self, pieces: Iterable[str], windowed: bool = False, chunk_chars: int = CHUNK_CHARS) -> Detection:
+        """:meth:`detect` of the text that ``pieces`` concatenate, in bounded memory
+        (:mod:`wmkit.watermark.text.stream`): per-threshold counts summed over chunks, each tagged
+        with the tagger's full context; no per-token evidence."""
+        if windowed:
+            raise InputError("windowed detection is not available for ie")
+        n_k = g_k = None
+        total = 0
+        for it in self.stream_items(pieces, context=self.tagger.context_tokens, chunk_chars=chunk_chars):
+            scored = self.scored(it)
+            n, g = scored.sum(0), (scored & it.green.unsqueeze(1)).sum(0)
+            n_k, g_k = (n, g) if n_k is None else (n_k + n, g_k + g)
+            total += len(it.ids) - it.start
+        if n_k is None:
+            raise self.too_short(0)
+        k, details = self.choose(g_k.tolist(), n_k.tolist())
+        if int(n_k[k]) < self.min_tokens:
+            raise self.too_short(int(n_k[k]))
+        det = binomial_detection(self.scheme.name, int(g_k[k]), int(n_k[k]), self.scheme.gamma, self.fpr,
+                                 tokens_total=total, **details)
+        return self.corrected(det)

@@ -52,6 +52,9 @@ DATA = Path(__file__).resolve().parents[3] / "data"
 SHIPPED = {"causal": "ie_tagger_causal.safetensors", "paper": "ie_tagger_paper.safetensors"}
 
 
+PAD_TO = 4096
+
+
 def _mlp(dims: Sequence[int], dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
     for a, b in zip(dims[:-2], dims[1:-1]):
@@ -158,8 +161,13 @@ class CausalTagger(EntropyTagger):
         return x.transpose(1, 2)
 
     def predict(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, L, K]``; one pass gives every position."""
-        return self.head(self.features(ids))
+        """Logits ``[B, L, K]``; one pass gives every position. A long input is right-padded to a
+        multiple of ``PAD_TO`` tokens (the convolutions are causal: padding changes no output) so a
+        stream of chunks reuses a few convolution plans instead of caching one per length."""
+        n = ids.shape[1]
+        if n > PAD_TO:
+            ids = torch.nn.functional.pad(ids, (0, -n % PAD_TO))
+        return self.head(self.features(ids))[:, :n]
 
     def predict_last(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, K]`` from the last ``receptive_field`` tokens of each row."""
