@@ -477,22 +477,24 @@ def windowed_binomial_detection(
     (True, 300, 400)
     """
     check_fpr(fpr)
-    x = np.asarray(flags, dtype=np.int64).ravel()
+    x = np.asarray(flags).ravel()
     n = x.size
     sizes = sorted({w for w in windows if min_window <= w < n} | {n})
     if n < 1:
         raise ValueError("windowed detection needs at least one scored unit")
-    csum = np.concatenate([[0], np.cumsum(x)])
+    csum = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(x, dtype=np.int64, out=csum[1:])
     best = None
     n_tests = 0
     for w in sizes:
         counts = csum[w:] - csum[:-w]  # hits in windows [i, i + w)
         n_tests += counts.size
-        z = (counts - gamma * w * trials) / math.sqrt(w * trials * gamma * (1 - gamma))
-        i = int(np.argmax(z))
-        p = binomial_pvalue(int(counts[i]), w * trials, gamma)
-        if best is None or p < best[0] or (p == best[0] and z[i] > best[1]):
-            best = (p, float(z[i]), w, i, int(counts[i]))
+        i = int(np.argmax(counts))  # z is increasing in the count at a fixed w: no z array needed
+        hits = int(counts[i])
+        z = (hits - gamma * w * trials) / math.sqrt(w * trials * gamma * (1 - gamma))
+        p = binomial_pvalue(hits, w * trials, gamma)
+        if best is None or p < best[0] or (p == best[0] and z > best[1]):
+            best = (p, float(z), w, i, hits)
     p_min, z_max, w, start, hits = best
     p_adj = min(1.0, n_tests * p_min)
     span = _refine_span(csum, start, start + w, gamma, min_window, trials)
