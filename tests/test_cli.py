@@ -183,7 +183,8 @@ def test_schemes_lists_every_declared_parameter():
     assert set(rows) == set(SCHEMES)
     for name, cls in SCHEMES.items():
         assert [p["name"] for p in rows[name]["parameters"]] == [d.name for d in describe(cls)]
-    assert rows["ie"]["detector"] == {"needs_model": False, "windowed": False, "device": False, "streams": True}
+    assert rows["ie"]["detector"] == {"needs_model": False, "windowed": False, "device": False, "streams": True,
+                                         "reference_null": False}
     assert rows["sweet"]["detector"]["needs_model"] and rows["kgw"]["detector"]["windowed"]
     assert rows["vllm-sbw"]["key"].startswith("--vllm-key")
     r = runner.invoke(app, ["schemes", "nope"])

@@ -49,6 +49,8 @@ def _row(path: str, det: Detection, tokenizer: Any, scheme_name: str) -> dict[st
         "watermarked": det.decision,
         **extra,
     }
+    if d.get("null") == "reference":  # the p-value's green rate: max(gamma, this key's rate on the references)
+        row.update(null="reference", null_rate=d["gamma"])
     if "window" in d:  # windowed: where the most significant passage is
         row.update(window_tokens=[d["token_start"], d["token_end"]], window_scored=d["window"],
                    window_tests=d["n_tests"],
@@ -162,6 +164,7 @@ def detect(
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the verdict (p <= fpr)."),
     min_tokens: int = typer.Option(DEFAULT_MIN_TOKENS, help="Fewest scorable tokens to give a verdict."),
     ignore_repeated: bool = typer.Option(True, "--ignore-repeated/--count-repeated", help="Score each (context, token) n-gram once."),
+    null: str = typer.Option("gamma", "--null", help="What the p-value assumes of unmarked text: gamma (each token green with probability gamma), or reference (this key's own green rate on the shipped news/reviews/code corpora where it is higher: calibrated for the key you hold; green-list schemes).", show_default=True),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file on stdout."),
     highlight: bool = typer.Option(False, "--highlight", help="Show green/red tokens in colour."),
     device: str = typer.Option("cpu", help="Where to score: cpu, or cuda (all files in one Triton launch)."),
@@ -180,9 +183,9 @@ def detect(
         die(f"--device {device!r} is not available here (use cpu{', cuda' if torch.cuda.is_available() else ''})")
     if profiles_file is not None:
         if (config_file or scheme_name or scheme_args != SchemeArgs() or windowed or highlight or device != "cpu"
-                or prompt or calibration_file):
+                or prompt or calibration_file or null != "gamma"):
             die("--profiles names the schemes and keys; drop --scheme, --config, -k, --vllm-key, -P, the scheme options, "
-                "--windowed, --highlight, --device, --prompt and --calibration")
+                "--windowed, --highlight, --device, --prompt, --calibration and --null")
         _detect_with_profiles(profiles_file, files, model, fpr, min_tokens, as_json)
         return
     if config_file is not None:
@@ -204,7 +207,13 @@ def detect(
         die(f"--windowed is not available for {scheme_name}")
     if device != "cpu" and not caps.device:
         die(f"--device applies to schemes with a batched kernel, not {scheme_name}")
+    if null not in ("gamma", "reference"):
+        die(f"--null must be gamma or reference, got {null!r}")
+    if null == "reference" and not caps.reference_null:
+        die(f"--null reference applies to the green-list schemes (kgw, unigram), not {scheme_name}")
     opts: dict[str, Any] = {"fpr": fpr, "ignore_repeated_ngrams": ignore_repeated, "min_tokens": min_tokens}
+    if null == "reference":
+        opts["null"] = null
     if caps.needs_model:
         stderr.print(f"{scheme_name} is a baseline whose detector runs the generating model; loading it", markup=False)
         lm, tokenizer = run_guarded(load_lm, model)

@@ -191,7 +191,9 @@ class Generator:
         self.lock = threading.RLock()  # the model runs one batch at a time
         import inspect  # transformers 5 names the KV cache `cache` (`past_key_values` is deprecated)
 
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # no prompt-wide logits
         self._first: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # prompt -> next-token logits
 
     def _first_logits(self, ids: list[int]) -> torch.Tensor:
@@ -200,7 +202,7 @@ class Generator:
         if key in self._first:
             self._first.move_to_end(key)
             return self._first[key]
-        logits = self.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        logits = self.model(input_ids=torch.tensor([ids]), **self._last_only).logits[0, -1].float()
         self._first[key] = logits
         if len(self._first) > FIRST_CACHE:
             self._first.popitem(last=False)
@@ -230,7 +232,6 @@ class Generator:
         """Choose ``job``'s next token from the model's next-token ``logits`` [V]; record it."""
         req = job.req
         raw = logits.float() + job.bias
-        lp = torch.log_softmax(raw.double(), -1)
         scores = raw.clone()
         n = len(job.ids) + len(job.out_ids)
         if job.processor is not None:
@@ -247,6 +248,7 @@ class Generator:
         job.out_ids.append(t)
         job.context[0, n] = t
         if req["logprobs"] is not None:
+            lp = torch.log_softmax(raw.double(), -1)
             job.tokens.append(self.token_str(t, req["ids"]))
             job.token_lps.append(float(lp[t]))
             k = req["logprobs"]
@@ -286,7 +288,7 @@ class Generator:
             past = None
             while True:
                 out = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, use_cache=True,
-                                 **{self._cache_arg: past})
+                                 **{self._cache_arg: past}, **self._last_only)
                 past, logits = out[self._cache_arg] if self._cache_arg in out else out.past_key_values, out.logits[:, -1]
                 nxt = torch.full((len(batch), 1), self.pad_id, dtype=torch.long)
                 for r, job in enumerate(batch):
@@ -326,7 +328,7 @@ class Batcher:
     ``gather_s`` for more after the first, up to ``max_batch``), runs it as one batch, and resolves
     each job's future. More than ``max_queue`` waiting jobs: new requests get a 503 at once."""
 
-    def __init__(self, generator: Generator, max_batch: int = 16, max_queue: int = 256, gather_s: float = 0.005):
+    def __init__(self, generator: Generator, max_batch: int = 16, max_queue: int = 256, gather_s: float = 0.02):
         self.gen, self.max_batch, self.max_queue, self.gather_s = generator, max_batch, max_queue, gather_s
         self.queue: queue.Queue[Job] = queue.Queue()
         threading.Thread(target=self._loop, name="wmkit-batcher", daemon=True).start()

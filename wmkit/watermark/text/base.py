@@ -47,6 +47,7 @@ def check_prf_version(name: str, version: Any) -> None:
         raise InputError(f"{name}: unknown prf_version {version!r}; this wmkit implements PRF spec v{prf.PRF_VERSION}")
 
 
+NULLS = ("gamma", "reference")  # what a green-list detector's p-value assumes (see GreenListScheme.detector)
 GAMMA = Spec("green fraction of the vocabulary", low=0.0, high=1.0, open_low=True, open_high=True)
 DELTA = Spec("logit bias added to green tokens", low=0.0, high=1e4, open_high=True)
 PRF_VERSION = Spec("the PRF spec the config was made under (wmkit.prf; v1 was withdrawn)", choices=(prf.PRF_VERSION,))
@@ -69,7 +70,7 @@ class GreenListScheme(KeyedConfig, ABC):
     delta: float = DELTA.field(2.0)
     prf_version: int = PRF_VERSION.field(prf.PRF_VERSION)
     name: ClassVar[str] = ""
-    capabilities: ClassVar[Capabilities] = Capabilities(windowed=True, device=True, streams=True)  # of its detector
+    capabilities: ClassVar[Capabilities] = Capabilities(windowed=True, device=True, streams=True, reference_null=True)  # of its detector
 
     def __post_init__(self) -> None:
         check_wmkit_key(self.name, self.key, self.prf_version)
@@ -107,9 +108,14 @@ class GreenListScheme(KeyedConfig, ABC):
         fpr: float = DEFAULT_FPR,
         ignore_repeated_ngrams: bool = True,
         min_tokens: int = DEFAULT_MIN_TOKENS,
+        null: str = "gamma",
     ) -> "GreenListDetector":
-        """A detector that needs only this scheme's key and the tokenizer (never the model)."""
-        return GreenListDetector(self, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
+        """A detector that needs only this scheme's key and the tokenizer (never the model).
+
+        ``null="reference"`` tests against this key's own green rate on the shipped reference
+        corpora where it exceeds ``gamma`` (:mod:`wmkit.watermark.text.reference`): per-key calibration.
+        """
+        return GreenListDetector(self, tokenizer, fpr, ignore_repeated_ngrams, min_tokens, null)
 
 
 class GreenListProcessor(LogitsProcessor):
@@ -200,11 +206,32 @@ class GreenListDetector(DetectorBase):
     Kirchenbauer et al.'s detector: repeated phrases would otherwise inflate z.
     """
 
-    capabilities: ClassVar[Capabilities] = Capabilities(windowed=True, device=True, streams=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(windowed=True, device=True, streams=True, reference_null=True)
 
-    def __init__(self, scheme: GreenListScheme, tokenizer: Any, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True, min_tokens: int = DEFAULT_MIN_TOKENS):
+    def __init__(self, scheme: GreenListScheme, tokenizer: Any, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True,
+                 min_tokens: int = DEFAULT_MIN_TOKENS, null: str = "gamma"):
         super().__init__(scheme, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
         self._key, self._thr = scheme.prf_key(), prf.threshold(scheme.gamma)
+        if null not in NULLS:
+            raise InputError(f"null must be one of {', '.join(NULLS)}, got {null!r}")
+        self.null, self._rates = null, None
+        if null == "reference":
+            if tokenizer is None or not hasattr(tokenizer, "get_vocab"):
+                raise InputError("null='reference' needs the scheme's tokenizer (to tokenize the reference corpora)")
+            from .reference import ReferenceNull
+
+            self._rates = ReferenceNull.load(tokenizer, self.h).rates(self._key, self.h, self.seeding, scheme.gamma)
+
+    def null_rate(self, n_tokens: int | None = None) -> float:
+        """The green rate the test assumes: ``gamma``, or with ``null="reference"`` the larger of
+        ``gamma`` and this key's rate on each reference genre at the length bucket of ``n_tokens``
+        (every bucket when ``None``)."""
+        if self._rates is None:
+            return self.scheme.gamma
+        from .reference import ReferenceNull
+
+        rates = self._rates if n_tokens is None else self._rates[:, ReferenceNull.bucket(n_tokens)]
+        return max(self.scheme.gamma, float(rates.max()))
 
     def _ids(self, item: str | Sequence[int] | torch.Tensor, prompt: str | None) -> torch.Tensor:
         return self.ids_of(item, prompt)
@@ -235,12 +262,13 @@ class GreenListDetector(DetectorBase):
                   evidence: dict[str, list] | None = None) -> Detection:
         if len(flags) < self.min_tokens:
             raise self.too_short(len(flags))
-        det = windowed_binomial_detection(self.scheme.name, flags, self.scheme.gamma, self.fpr, windows,
+        det = windowed_binomial_detection(self.scheme.name, flags, self.null_rate(), self.fpr, windows,
                                           min_window=self.min_tokens)
         d = det.details
         d["token_start"] = int(positions[d["start"]])
         d["token_end"] = int(positions[d["end"] - 1]) + 1
         d["window_ids"] = ids[d["token_start"] : d["token_end"]].tolist()
+        d.update(self._null_details())
         return dataclasses.replace(det, evidence=evidence)
 
     def detect_windowed(
@@ -281,7 +309,8 @@ class GreenListDetector(DetectorBase):
             return self._windowed(_cat(flags, bool), _cat(positions, np.int32), _cat(ids, np.int32), windows)
         if n_scored < self.min_tokens:
             raise self.too_short(n_scored)
-        return binomial_detection(self.scheme.name, n_green, n_scored, self.scheme.gamma, self.fpr, tokens_total=total)
+        return binomial_detection(self.scheme.name, n_green, n_scored, self.null_rate(total), self.fpr, tokens_total=total,
+                                  **self._null_details())
 
     def detect_many(
         self, texts: Sequence[str | Sequence[int] | torch.Tensor], prompts: Sequence[str | None] | None = None,
@@ -296,7 +325,11 @@ class GreenListDetector(DetectorBase):
             return []
         green, scored = self._score(seqs, device)
         n_scored, n_green = scored.sum(1).tolist(), green.sum(1).tolist()
-        pvals = binomial_pvalues(n_green, n_scored, self.scheme.gamma).tolist()  # one vectorized tail for the batch
+        nulls = [self.null_rate(len(x)) for x in seqs]
+        pvals = np.ones(len(seqs))
+        for rate in set(nulls):  # one vectorized tail per null rate (one, or one per length bucket)
+            rows = [i for i, r in enumerate(nulls) if r == rate]
+            pvals[rows] = binomial_pvalues([n_green[i] for i in rows], [n_scored[i] for i in rows], rate)
         results: list[Detection | InputError] = []
         for i, x in enumerate(seqs):
             if n_scored[i] < self.min_tokens:
@@ -305,7 +338,10 @@ class GreenListDetector(DetectorBase):
             m = len(x)
             ev = {"token_ids": x.tolist(), "scored": scored[i, :m].tolist(), "green": green[i, :m].tolist()} if evidence else None
             results.append(binomial_detection(
-                self.scheme.name, n_green[i], n_scored[i], self.scheme.gamma, self.fpr, evidence=ev, p_value=pvals[i],
-                tokens_total=m,
+                self.scheme.name, n_green[i], n_scored[i], nulls[i], self.fpr, evidence=ev, p_value=float(pvals[i]),
+                tokens_total=m, **self._null_details(),
             ))
         return results
+
+    def _null_details(self) -> dict[str, Any]:
+        return {} if self._rates is None else {"null": "reference", "scheme_gamma": self.scheme.gamma}

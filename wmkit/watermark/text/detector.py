@@ -44,12 +44,15 @@ class Capabilities:
         device: ``detect_many(..., device="cuda")`` scores a batch on a GPU.
         streams: ``detect_stream(pieces, windowed=...)`` scores a text of any length in bounded
             memory (:mod:`wmkit.watermark.text.stream`), with the result ``detect`` gives.
+        reference_null: ``detector(..., null="reference")`` tests against the key's own green rate
+            on the shipped reference corpora (:mod:`wmkit.watermark.text.reference`).
     """
 
     needs_model: bool = False
     windowed: bool = False
     device: bool = False
     streams: bool = False
+    reference_null: bool = False
 
 
 @runtime_checkable

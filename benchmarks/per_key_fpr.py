@@ -1,0 +1,196 @@
+"""Per-key false-positive rates of the key-only text detectors on human text, before and after the
+reference null (``null="reference"``, wmkit.watermark.text.reference).
+
+A deployment holds one key, so the FPR that matters is the FPR *of that key*, not the average over
+keys. For each of ``--keys`` random keys and each detector (kgw h1 lefthash, kgw h4 selfhash,
+unigram -- all gamma 0.25 -- and ie), every evaluation document is scored and its p-value compared
+with 1e-2 and 1e-3; rows give the pooled FPR and the worst key's FPR with its 95% Clopper-Pearson
+interval, with the plain binomial null (``gamma``) and with the reference null (green-list
+detectors only: ie's scored set is chosen by its tagger and navigator).
+
+Evaluation text, disjoint from the reference corpora that ship in wmkit/data/reference: news (AG
+News articles 5,000-9,999 of benchmarks/data/agnews_10k.tsv.gz), reviews (SST-2 phrases of
+sst2_dev.tsv.gz and sst2_train.tsv.gz) and code (the running Python's standard library files that the shipped code
+reference leaves out: every fifth top-level module, then the modules of its packages and tests),
+plus for reviews the SST-2 train phrases after the first 30,000; each genre tokenized once as a
+stream and cut into consecutive documents of ``--tokens`` tokens (at most ``--max-docs``).
+
+    python benchmarks/per_key_fpr.py --json --out per_key.json --plot per_key.png   # 20 keys
+    python benchmarks/per_key_fpr.py --quick                                        # 4 keys, news only
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from _output import ResultFile, output_args, pick  # noqa: E402
+from wmkit.keys import SecretKey  # noqa: E402
+from wmkit.models import load_tokenizer  # noqa: E402
+from wmkit.stats import binomial_pvalues, clopper_pearson_interval  # noqa: E402
+from wmkit.watermark.text import SCHEMES  # noqa: E402
+from wmkit.watermark.text.ie.corpus import split_files, stdlib_files  # noqa: E402
+from wmkit.watermark.text.normalize import normalize_text  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+DETECTORS = {
+    "kgw-h1": ("kgw", {"gamma": 0.25}),
+    "kgw-selfhash-h4": ("kgw", {"gamma": 0.25, "seeding": "selfhash", "context_width": 4}),
+    "unigram": ("unigram", {"gamma": 0.25}),
+    "ie": ("ie", {"gamma": 0.25}),
+}
+LEVELS = (1e-2, 1e-3)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def genre_texts(genre: str, max_docs: int) -> list[str]:
+    """Evaluation text of ``genre``, disjoint from the shipped references (see the module docstring)."""
+    if genre == "news":
+        with gzip.open(DATA / "agnews_10k.tsv.gz", "rt", encoding="utf-8") as f:
+            return [line.split("\t")[0] for line in f][5000:]
+    if genre == "reviews":
+        with gzip.open(DATA / "sst2_dev.tsv.gz", "rt", encoding="utf-8") as f:
+            dev = [line.split("\t")[0] for line in f][1:]
+        with gzip.open(DATA / "sst2_train.tsv.gz", "rt", encoding="utf-8") as f:
+            return dev + [line.split("\t")[0] for line in f][30001:]
+    top = split_files(stdlib_files())[1]
+    root = top[0].parent
+    deeper = sorted(p for p in root.glob("*/**/*.py") if "site-packages" not in p.parts)
+    texts, size = [], 0
+    for path in top + deeper:  # about 5 characters a token: stop near max_docs documents of 200 tokens
+        texts.append(path.read_text(encoding="utf-8", errors="replace"))
+        size += len(texts[-1])
+        if size > max_docs * 1000:
+            break
+    return texts
+
+
+def documents(tokenizer, texts: list[str], length: int) -> list[torch.Tensor]:
+    enc = tokenizer([normalize_text(t) for t in texts], add_special_tokens=False)["input_ids"]
+    stream = torch.tensor([t for e in enc for t in e], dtype=torch.long)
+    n = len(stream) // length
+    return list(stream[: n * length].view(n, length))
+
+
+def rates(p: np.ndarray) -> dict[str, float]:
+    return {str(a): float((p <= a).mean()) for a in LEVELS}
+
+
+def summarize(per_key: list[np.ndarray]) -> dict:
+    """Pooled and worst-key FPR at each level, with the worst key's Clopper-Pearson interval."""
+    out = {}
+    for a in LEVELS:
+        hits = [int((p <= a).sum()) for p in per_key]
+        n = len(per_key[0])
+        worst = int(np.argmax(hits))
+        lo, hi = clopper_pearson_interval(hits[worst], n)
+        out[str(a)] = {"pooled": sum(hits) / (n * len(per_key)), "worst": hits[worst] / n, "worst_ci": [lo, hi],
+                       "per_key": [h / n for h in hits]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keys", type=int, default=20)
+    ap.add_argument("--tokens", type=int, default=200, help="document length in tokens")
+    ap.add_argument("--genres", default="news,reviews,code")
+    ap.add_argument("--max-docs", type=int, default=10_000, help="documents per genre at most")
+    ap.add_argument("--detectors", default=",".join(DETECTORS), help="comma-separated: " + ", ".join(DETECTORS))
+    ap.add_argument("--quick", action="store_true", help="4 keys, news only")
+    ap.add_argument("--plot", type=Path, help="write a PNG of every key's FPR before and after (never overwritten)")
+    output_args(ap)
+    args = ap.parse_args()
+    names = pick(args.detectors, DETECTORS, "per_key_fpr.py", "detector(s)")
+    genres = pick("news" if args.quick else args.genres, ("news", "reviews", "code"), "per_key_fpr.py", "genre(s)")
+    n_keys = 4 if args.quick else args.keys
+    out, png = ResultFile(args.out, "per_key_fpr.py"), ResultFile(args.plot, "per_key_fpr.py")
+    tok = load_tokenizer()
+    docs = {g: documents(tok, genre_texts(g, args.max_docs), args.tokens)[: args.max_docs] for g in genres}
+    log("documents: " + ", ".join(f"{g} {len(d)}" for g, d in docs.items()))
+    keys = [SecretKey.generate() for _ in range(n_keys)]
+    rows = []
+    for name in names:
+        scheme_name, params = DETECTORS[name]
+        for genre, ds in docs.items():
+            before, after = [], []
+            t0 = time.perf_counter()
+            for key in keys:
+                scheme = SCHEMES[scheme_name](key=key, **params)
+                ref = scheme_name != "ie"
+                det = scheme.detector(tok, null="reference") if ref else scheme.detector(tok)
+                res = det.detect_many(ds, evidence=False) if ref else det.detect_many(ds)
+                ok = [r for r in res if not isinstance(r, Exception)]
+                if ref:
+                    green = [r.details["green"] for r in ok]
+                    n = [r.n_scored for r in ok]
+                    before.append(binomial_pvalues(green, n, scheme.gamma))
+                    after.append(np.array([r.p_value for r in ok]))
+                else:
+                    before.append(np.array([r.p_value for r in ok]))
+            row = {"detector": name, "genre": genre, "documents": len(ds), "scored": len(before[0]), "keys": n_keys,
+                   "tokens": args.tokens, "gamma": before and scheme.gamma, "before": summarize(before),
+                   "after": summarize(after) if after else None, "seconds": round(time.perf_counter() - t0, 1)}
+            rows.append(row)
+            b, a = row["before"], row["after"]
+            log(f"{name:>16} {genre:>8}: worst key FPR@1e-2 {b['0.01']['worst']:.4f} -> "
+                f"{a['0.01']['worst'] if a else float('nan'):.4f}; @1e-3 {b['0.001']['worst']:.4f} -> "
+                f"{a['0.001']['worst'] if a else float('nan'):.4f} ({row['seconds']} s)")
+            out.write_json({"rows": rows})
+    print(f"{'detector':>16} {'genre':>8} {'docs':>6} | {'pooled@1e-2':>11} {'worst@1e-2 (95% CI)':>26} | "
+          f"{'pooled@1e-3':>11} {'worst@1e-3 (95% CI)':>26}")
+    for r in rows:
+        for label in ("before", "after"):
+            s = r[label]
+            if s is None:
+                continue
+            cells = [f"{s[str(a)]['pooled']:>11.4f} {s[str(a)]['worst']:>8.4f} [{s[str(a)]['worst_ci'][0]:.4f}, "
+                     f"{s[str(a)]['worst_ci'][1]:.4f}]" for a in LEVELS]
+            print(f"{r['detector'] + ' ' + label:>22} {r['genre']:>8} {r['scored']:>6} | {cells[0]} | {cells[1]}")
+    if args.plot:
+        plot(rows, png)
+    if args.json:
+        print(json.dumps(rows))
+
+
+def plot(rows: list[dict], png: ResultFile) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, a in zip(axes, LEVELS):
+        labels = []
+        for i, r in enumerate(rows):
+            labels.append(f"{r['detector']}\n{r['genre']}")
+            ax.scatter([i - 0.12] * r["keys"], r["before"][str(a)]["per_key"], s=12, c="tab:red", alpha=0.7,
+                       label="gamma null" if i == 0 else None)
+            if r["after"]:
+                ax.scatter([i + 0.12] * r["keys"], r["after"][str(a)]["per_key"], s=12, c="tab:green", alpha=0.7,
+                           label="reference null" if i == 0 else None)
+        ax.axhline(a, color="k", lw=1)
+        ax.axhline(2 * a, color="k", lw=1, ls="--")
+        ax.set_xticks(range(len(rows)), labels, rotation=60, fontsize=7)
+        ax.set_title(f"per-key FPR at p <= {a:g} (line: nominal, dashed: 2x)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    png.write(lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+if __name__ == "__main__":
+    main()

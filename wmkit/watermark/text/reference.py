@@ -1,0 +1,137 @@
+"""One key's null green rate on natural text, from reference corpora that ship with wmkit.
+
+Why a fixed key needs it: a green-list detector's p-value assumes each scored token is green with
+probability ``gamma``. Averaged over keys that holds, but a deployment holds one key, and its
+green list is fixed: the n-grams natural text scores most often (for Unigram, "the", ",", " of" --
+each counted once per text, so present in nearly every text) keep their colour in every document.
+The key's green rate on natural text is ``rate = sum_x pi(x) * green(x)``, where ``pi(x)`` is the
+share of scored n-grams (context + token, first occurrences) that are ``x``; its spread over keys
+is ``sqrt(gamma (1 - gamma) sum_x pi(x)^2)``, which for Unigram (``pi`` concentrated on frequent
+tokens) is a few points of green fraction -- enough to turn a nominal 1% FPR into several percent
+for an unlucky key (issue 14).
+
+The fix, in the statistic: :meth:`ReferenceNull.rate` estimates ``rate`` for the key from reference
+text of three genres that ship in ``wmkit/data/reference/`` -- news (AG News, the first 5,000
+articles of ``benchmarks/data/agnews_10k.tsv.gz``), reviews (SST-2 phrases, the first 30,000 of
+``sst2_train.tsv.gz``) and code (CPython 3.11's standard library, four files in five, the first
+8 KB of each) -- cut into texts of the length of the text under test (buckets of 64 to 1,024
+tokens: shorter texts score common tokens more often). The detector then tests against
+``max(gamma, rate of each genre)``: never less conservative than the key-averaged test, and
+calibrated for a key whose list happens to hold frequent n-grams in any of the genres. Text of
+another genre is protected only as far as its frequent n-grams are also frequent in one of these.
+
+The key-independent part (the reference n-grams and their weights per genre and length bucket)
+is computed once per tokenizer and context width and cached under the wmkit cache folder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import torch
+
+from ... import kernels
+from ...files import write_file
+from ...models import cache_dir
+from .normalize import normalize_text
+from .stream import ngram_keys
+
+__all__ = ["BUCKETS", "GENRES", "ReferenceNull", "reference_texts"]
+
+GENRES = ("news", "reviews", "code")
+BUCKETS = (64, 128, 256, 512, 1024)
+VERSION = 1
+
+
+def reference_texts(genre: str) -> list[str]:
+    """The shipped reference documents of ``genre`` (``data/reference/GENRE.jsonl.gz``: one JSON string a line)."""
+    data = resources.files("wmkit").joinpath("data", "reference", f"{genre}.jsonl.gz").read_bytes()
+    return [json.loads(ln) for ln in gzip.decompress(data).decode("utf-8").splitlines() if ln.strip()]
+
+
+def _tokenizer_id(tokenizer: Any) -> str:
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _weights(stream: np.ndarray, h: int, length: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(keys, counts)``: how often each n-gram key is scored (first occurrence, full context) in
+    the texts of ``length`` tokens that ``stream`` is cut into."""
+    keys = [np.unique(ngram_keys(stream[d * length : (d + 1) * length], h, vocab)) for d in range(len(stream) // length)]
+    allk = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
+    return np.unique(allk, return_counts=True)
+
+
+class ReferenceNull:
+    """The reference n-grams of one tokenizer and context width ``h``, with their scoring weights
+    per genre and length bucket; :meth:`rate` gives a key's null green rate at a text length."""
+
+    def __init__(self, grams: np.ndarray, weights: np.ndarray):
+        self.grams = grams  # [M, h + 1] int64: distinct reference n-grams (context..., token)
+        self.weights = weights  # [len(GENRES), len(BUCKETS), M] float32, each row sums to 1
+
+    @classmethod
+    def build(cls, tokenizer: Any, h: int) -> "ReferenceNull":
+        """Tokenize the shipped references and count their n-grams (key-independent, ~10 s)."""
+        vocab = len(tokenizer)
+        per_genre: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
+        first: dict[int, np.ndarray] = {}  # key -> the n-gram's ids
+        for genre in GENRES:
+            texts = [normalize_text(t) for t in reference_texts(genre)]
+            enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+            stream = np.concatenate([np.asarray(e, dtype=np.int64) for e in enc if e])
+            keys_all = ngram_keys(stream, h, vocab)
+            uniq, idx = np.unique(keys_all, return_index=True)
+            for k, i in zip(uniq.tolist(), idx.tolist()):
+                first.setdefault(k, stream[i : i + h + 1])
+            per_genre.append({b: _weights(stream, h, b, vocab) for b in BUCKETS})
+        all_keys = np.array(sorted(first), dtype=np.uint64)
+        grams = np.stack([first[k] for k in all_keys.tolist()]) if len(all_keys) else np.zeros((0, h + 1), np.int64)
+        weights = np.zeros((len(GENRES), len(BUCKETS), len(all_keys)), dtype=np.float32)
+        for g, buckets in enumerate(per_genre):
+            for b, size in enumerate(BUCKETS):
+                keys, counts = buckets[size]
+                weights[g, b, np.searchsorted(all_keys, keys)] = counts / max(1, counts.sum())
+        return cls(grams, weights)
+
+    @classmethod
+    def load(cls, tokenizer: Any, h: int) -> "ReferenceNull":
+        """:meth:`build`, cached on disk per tokenizer and ``h`` (and in memory)."""
+        return _load(tokenizer, h)
+
+    def rates(self, prf_key: tuple[int, ...], h: int, seeding: str, gamma: float) -> np.ndarray:
+        """``[len(GENRES), len(BUCKETS)]``: the key's green rate over each genre's scored n-grams."""
+        ids = torch.from_numpy(self.grams)
+        green = kernels.green_positions(ids, torch.full((len(ids),), h + 1), prf_key, h, seeding, gamma)[:, h]
+        return self.weights @ green.numpy().astype(np.float32)
+
+    @staticmethod
+    def bucket(n_tokens: int) -> int:
+        """The index of the length bucket nearest ``n_tokens`` (on a log scale)."""
+        return int(np.argmin([abs(np.log(max(n_tokens, 1) / b)) for b in BUCKETS]))
+
+
+_LOADED: dict[tuple[str, int], ReferenceNull] = {}
+
+
+def _load(tokenizer: Any, h: int) -> ReferenceNull:
+    key = (_tokenizer_id(tokenizer), h)
+    if key not in _LOADED:
+        path = cache_dir() / "reference" / f"v{VERSION}-{key[0]}-h{h}.npz"
+        if path.exists():
+            with np.load(path) as z:
+                _LOADED[key] = ReferenceNull(z["grams"], z["weights"])
+        else:
+            ref = ReferenceNull.build(tokenizer, h)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            buf = io.BytesIO()
+            np.savez_compressed(buf, grams=ref.grams, weights=ref.weights)
+            write_file(path, buf.getvalue(), overwrite=True)
+            _LOADED[key] = ref
+    return _LOADED[key]
