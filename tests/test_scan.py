@@ -156,3 +156,19 @@ def test_parquet_in_and_out_give_the_same_rows_as_jsonl(corpus):
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
     r = runner.invoke(app, [*base[:3], str(tmp_path / "junk.parquet"), "-o", str(tmp_path / "junk")])
     assert r.exit_code == 0 and "not a readable Parquet file" in next(iter(read_rows(tmp_path / "junk")))["error"]
+
+
+def test_the_ray_engine_gives_the_local_rows_and_resumes(corpus):
+    """Two Ray actors on a local Ray instance: the rows are the local engine's, in the same parts;
+    a rerun skips every finished shard."""
+    tmp_path, keyfile, *_ = corpus
+    assert scan(tmp_path, keyfile, tmp_path / "local", "--shard-docs", "2").exit_code == 0
+    r = scan(tmp_path, keyfile, tmp_path / "ray", "--shard-docs", "2", "--engine", "ray", "--workers", "2")
+    assert r.exit_code == 0, r.stderr
+    assert list(read_rows(tmp_path / "ray")) == list(read_rows(tmp_path / "local"))
+    r = scan(tmp_path, keyfile, tmp_path / "ray", "--shard-docs", "2", "--engine", "ray", "--workers", "2")
+    assert r.exit_code == 0 and "wrote 0 shard(s)" in r.stderr and "skipped" in r.stderr
+    r = scan(tmp_path, keyfile, tmp_path / "x", "--engine", "spark")
+    assert r.exit_code == 2 and "--engine must be local or ray" in r.stderr
+    r = scan(tmp_path, keyfile, tmp_path / "x", "--ray-address", "auto")
+    assert r.exit_code == 2 and "--ray-address applies to --engine ray" in r.stderr

@@ -14,6 +14,9 @@ options). A rerun with the same output and configuration skips the finished shar
 output folder without a manifest, or with another configuration, is refused. A crash leaves whole
 parts and a manifest that names only them.
 
+Engines: ``local`` (this process, or a pool of ``workers`` processes) and ``ray`` (``workers`` Ray
+actors, on a local Ray instance or a cluster; the driver reads the inputs and writes the parts).
+
 Rows: ``id``, ``source`` (``file:line`` for JSONL, the file for text files), ``tokens_total``, ``tokens_scored``,
 ``green_fraction`` (green-list schemes), ``statistic``, ``z``, ``p_value``, ``decision``, and
 ``window_start``/``window_end`` (token offsets) with ``windowed``; a document that cannot be read
@@ -309,13 +312,19 @@ def _score(shard: Shard) -> tuple[str, list[dict[str, Any]]]:
 
 def run_scan(spec: InputSpec, scheme: Any, out: Path, config: dict[str, Any], *, model: str | None = None,
              det_opts: dict[str, Any] | None = None, windowed: bool = False, workers: int = 1,
-             on_shard: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, int]:
+             on_shard: Callable[[list[dict[str, Any]]], None] | None = None, engine: str = "local",
+             ray_address: str | None = None) -> dict[str, int]:
     """Scan ``spec``'s documents with ``scheme`` into the folder ``out`` (see the module docstring).
 
-    ``workers`` processes score shards in parallel (at most ``2 x workers`` shards in flight, so
-    memory stays bounded); parts are written in shard order. Returns counts: ``shards`` written,
-    ``skipped`` (finished by an earlier run), ``docs``, ``errors``.
+    ``engine="local"``: ``workers`` processes on this machine score shards in parallel.
+    ``engine="ray"``: ``workers`` Ray actors (on the cluster at ``ray_address``, or a local Ray
+    instance when ``None``) each hold a detector; this process reads the inputs and ships each
+    shard's text to an actor, and writes the parts. Either way at most ``2 x workers`` shards are in
+    flight (memory stays bounded) and parts are written in shard order. Returns counts: ``shards``
+    written, ``skipped`` (finished by an earlier run), ``docs``, ``errors``.
     """
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     state = open_output(out, config)
     done = set(state["done"])
     counts = {"shards": 0, "skipped": 0, "docs": 0, "errors": 0}
@@ -328,30 +337,75 @@ def run_scan(spec: InputSpec, scheme: Any, out: Path, config: dict[str, Any], *,
             else:
                 yield s
 
-    shards = fresh()
-
-    def finish(shard_id: str, rows: list[dict[str, Any]]) -> None:
+    if engine == "ray":
+        scored = _ray_scored(fresh(), args, workers, ray_address)
+    elif workers <= 1:
+        _init_worker(*args, pool=False)
+        scored = map(_score, fresh())
+    else:
+        scored = _pool_scored(fresh(), args, workers)
+    for shard_id, rows in scored:
         record_part(out, state, shard_id, rows)
         counts["shards"] += 1
         counts["docs"] += len(rows)
         counts["errors"] += sum("error" in r for r in rows)
         if on_shard is not None:
             on_shard(rows)
+    return counts
 
-    if workers <= 1:
-        _init_worker(*args, pool=False)
-        for shard in shards:
-            finish(*_score(shard))
-        return counts
-    import multiprocessing as mp
+
+ENGINES = ("local", "ray")
+Scored = Iterator[tuple[str, list[dict[str, Any]]]]
+
+
+def _in_order(shards: Iterable[Shard], submit: Callable[[Shard], Any], get: Callable[[Any], Any], window: int) -> Scored:
+    """Submit shards, at most ``window`` in flight, and yield their results in submission order."""
     from collections import deque
 
+    pending: deque = deque()
+    for shard in shards:
+        pending.append(submit(shard))
+        if len(pending) >= window:
+            yield get(pending.popleft())
+    while pending:
+        yield get(pending.popleft())
+
+
+def _pool_scored(shards: Iterable[Shard], args: tuple, workers: int) -> Scored:
+    import multiprocessing as mp
+
     with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=args) as pool:
-        pending: deque = deque()
-        for shard in shards:
-            pending.append(pool.apply_async(_score, (shard,)))
-            if len(pending) >= 2 * workers:
-                finish(*pending.popleft().get())
-        while pending:
-            finish(*pending.popleft().get())
-    return counts
+        yield from _in_order(shards, lambda s: pool.apply_async(_score, (s,)), lambda r: r.get(), 2 * workers)
+
+
+class _RayScorer:
+    """A Ray actor's state: one detector, built where the actor runs (:func:`_init_worker`)."""
+
+    def __init__(self, *args: Any) -> None:
+        _init_worker(*args)
+
+    def score(self, shard: Shard) -> tuple[str, list[dict[str, Any]]]:
+        return _score(shard)
+
+
+def _ray_scored(shards: Iterable[Shard], args: tuple, workers: int, address: str | None) -> Scored:
+    """Score on Ray actors, round robin (each node needs wmkit and the tokenizer's model installed)."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--engine ray needs Ray (pip install 'wmkit[ray]')") from None
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address, num_cpus=None if address else max(1, workers), include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise InputError(f"cannot reach the Ray cluster at {address or 'a local instance'}: {str(e).splitlines()[0]}") from None
+    try:
+        actor = ray.remote(num_cpus=1)(_RayScorer)
+        actors = [actor.remote(*args) for _ in range(max(1, workers))]
+        turn = iter(range(1 << 62))
+        yield from _in_order(shards, lambda s: actors[next(turn) % len(actors)].score.remote(s), ray.get, 2 * len(actors))
+    finally:
+        if started:
+            ray.shutdown()

@@ -34,6 +34,8 @@ def scan(
     workers: int = typer.Option(1, "--workers", "-j", help="Processes scoring shards in parallel (0: one per core)."),
     shard_docs: int = typer.Option(2000, help="Documents per shard (memory: about 2 x workers x shard_docs documents)."),
     out_format: str = typer.Option("jsonl", "--format", help="Part files: jsonl or parquet (needs pyarrow)."),
+    engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray (--workers actors on a Ray cluster; needs ray)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="The Ray cluster (auto, ray://HOST:10001); default: a local Ray instance.", show_default=False),
 ) -> None:
     """Score every document; one row each (id, source, tokens, statistic, z, p-value, decision or error).
 
@@ -56,6 +58,15 @@ def scan(
             import pyarrow  # noqa: F401
         except ImportError:
             die("--format parquet needs pyarrow (pip install 'wmkit[parquet]')")
+    if engine not in ("local", "ray"):
+        die(f"--engine must be local or ray, got {engine!r}")
+    if ray_address is not None and engine != "ray":
+        die("--ray-address applies to --engine ray")
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            die("--engine ray needs Ray (pip install 'wmkit[ray]')")
     n_workers = (os.cpu_count() or 1) if workers == 0 else workers
     if n_workers < 1:
         die(f"--workers must be >= 0, got {workers}")
@@ -83,7 +94,8 @@ def scan(
 
         try:
             counts = run_scan(spec, scheme, output, config, model=str(model) if model else None, det_opts=det_opts,
-                              windowed=windowed, workers=n_workers, on_shard=on_shard)
+                              windowed=windowed, workers=n_workers, on_shard=on_shard, engine=engine,
+                              ray_address=ray_address)
         except InputError as e:
             die(str(e))
     stderr.print(f"wrote {counts['shards']} shard(s), {counts['docs']:,} document(s) ({counts['errors']:,} with an error) "
