@@ -1,5 +1,5 @@
 """The ``wm`` application: ``keygen``, ``generate``, ``detect``, ``scan``, ``calibrate``, ``demo``, ``schemes``, ``serve``,
-``serve-embeddings``, ``eaas``, ``fingerprint``, ``tagger``.
+``serve-embeddings``, ``eaas``, ``fingerprint``, ``tagger``, ``synthid``, ``evidence``.
 
 Exit codes: 0 success (a negative detection is a success), 2 usage or input errors.
 """
@@ -18,6 +18,7 @@ from .calibrate import calibrate_cmd  # noqa: E402
 from .demo import demo  # noqa: E402
 from .detect import detect  # noqa: E402
 from .eaas import eaas_app, serve_embeddings  # noqa: E402
+from .evidence import evidence_app  # noqa: E402
 from .fingerprint import fingerprint_app  # noqa: E402
 from .generate import generate  # noqa: E402
 from .keygen import keygen  # noqa: E402
@@ -47,6 +48,7 @@ app.add_typer(eaas_app, name="eaas")
 app.add_typer(fingerprint_app, name="fingerprint")
 app.add_typer(tagger_app, name="tagger")
 app.add_typer(synthid_app, name="synthid")
+app.add_typer(evidence_app, name="evidence")
 
 
 def main() -> None:

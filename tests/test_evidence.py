@@ -1,0 +1,175 @@
+"""`wm evidence text` / `wm evidence check`: a report a third party re-checks from the revealed key,
+that fails on a wrong key, an edited figure or a changed input, and whose HTML renders in a real
+headless Chromium without a single request leaving the page."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from helpers import marked_text
+from wmkit.cli.main import app
+from wmkit.keys import SecretKey, read_key_file
+from wmkit.watermark.text import KGW
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def case(tmp_path, tokenizer):
+    keyfile = tmp_path / "wm.key"
+    assert runner.invoke(app, ["keygen", "-o", str(keyfile)]).exit_code == 0
+    key = read_key_file(keyfile)
+    human = marked_text(KGW(SecretKey.generate()), tokenizer, 300, seed=5)
+    (tmp_path / "mixed.txt").write_text(human[:800] + marked_text(KGW(key), tokenizer, 120, seed=1) + human[800:])
+    (tmp_path / "plain.txt").write_text(marked_text(KGW(SecretKey.generate()), tokenizer, 150, seed=2))
+    r = runner.invoke(app, ["evidence", "text", str(tmp_path / "mixed.txt"), str(tmp_path / "plain.txt"), "-k", str(keyfile),
+                            "-o", str(tmp_path / "report")])
+    assert r.exit_code == 0, r.stderr
+    return tmp_path, keyfile, key
+
+
+def test_the_report_records_what_a_third_party_needs_and_checks_out(case):
+    tmp_path, keyfile, key = case
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["format"] == "wmkit-evidence/1" and report["key"] == {"id": key.fingerprint(), "commitment": key.commitment()}
+    assert report["key"]["commitment"] == (tmp_path / "wm.key.commitment").read_text().split()[0]
+    assert [i["path"] for i in report["inputs"]] == ["../mixed.txt", "../plain.txt"]
+    assert report["inputs"][0]["sha256"] == hashlib.sha256((tmp_path / "mixed.txt").read_bytes()).hexdigest()
+    assert {"wmkit", "torch", "transformers", "tokenizers", "python"} <= report["versions"].keys()
+    assert report["command"][:3] == ["wm", "evidence", "text"] and report["scheme"]["scheme"] == "kgw"
+    mixed, plain = report["results"]
+    assert mixed["watermarked"] and mixed["window"]["watermarked"] and not plain["watermarked"]
+    assert mixed["window"]["token_start"] > 100  # the marked passage sits after 800 characters of other text
+    assert "secret" not in json.dumps(report).lower() and key.secret.hex() not in json.dumps(report)
+    r = runner.invoke(app, ["evidence", "check", str(tmp_path / "report" / "report.json"), "-k", str(keyfile)])
+    assert r.exit_code == 0 and "every figure matches" in r.stderr
+    again = [a if a != "NEW_FOLDER" else str(tmp_path / "again") for a in report["command"][1:]]
+    assert runner.invoke(app, again).exit_code == 0  # the recorded command reproduces the figures
+    assert json.loads((tmp_path / "again" / "report.json").read_text())["results"] == report["results"]
+
+
+def test_a_wrong_key_an_edited_figure_or_a_changed_input_fails_the_check(case):
+    tmp_path, keyfile, _ = case
+    report_file = tmp_path / "report" / "report.json"
+    other = tmp_path / "other.key"
+    runner.invoke(app, ["keygen", "-o", str(other)])
+    r = runner.invoke(app, ["evidence", "check", str(report_file), "-k", str(other)])
+    assert r.exit_code == 1 and "does not open the report's commitment" in r.stderr
+    report = json.loads(report_file.read_text())
+    report["results"][1]["p_value"] = 1e-9  # a forged verdict
+    report["results"][0]["window"]["token_start"] += 1
+    forged = tmp_path / "report" / "forged.json"
+    forged.write_text(json.dumps(report))
+    r = runner.invoke(app, ["evidence", "check", str(forged), "-k", str(keyfile)])
+    assert r.exit_code == 1 and "plain.txt: p_value is" in r.stderr and "mixed.txt: window is" in r.stderr
+    (tmp_path / "plain.txt").write_text((tmp_path / "plain.txt").read_text() + " ")
+    r = runner.invoke(app, ["evidence", "check", str(report_file), "-k", str(keyfile)])
+    assert r.exit_code == 2 and "plain.txt: changed since the report was written" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "plain.txt").unlink()
+    r = runner.invoke(app, ["evidence", "check", str(report_file), "-k", str(keyfile)])
+    assert r.exit_code == 2 and "the report's input is missing" in r.stderr
+    r = runner.invoke(app, ["evidence", "check", str(keyfile), "-k", str(keyfile)])
+    assert r.exit_code == 2 and "not JSON" in r.stderr
+
+
+def test_bad_evidence_requests_fail_before_any_work(case):
+    tmp_path, keyfile, _ = case
+    r = runner.invoke(app, ["evidence", "text", str(tmp_path / "plain.txt"), "-k", str(keyfile), "-o", str(tmp_path / "report")])
+    assert r.exit_code == 2 and "already exists" in r.stderr
+    r = runner.invoke(app, ["evidence", "text", str(tmp_path / "plain.txt"), "-s", "vllm-gumbel", "--vllm-key", "42", "-o",
+                            str(tmp_path / "r2")])
+    assert r.exit_code == 2 and "needs a wmkit key file" in r.stderr and not (tmp_path / "r2").exists()
+    r = runner.invoke(app, ["evidence", "text", str(tmp_path / "nope.txt"), "-k", str(keyfile), "-o", str(tmp_path / "r3")])
+    assert r.exit_code == 2 and "no such file" in r.stderr and not (tmp_path / "r3").exists()
+
+
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON
+    messages separated by NUL on fds 3 and 4), so the test sees the page's own network requests (not
+    the browser's background traffic) and can ask the rendered DOM."""
+
+    def __init__(self) -> None:
+        path = shutil.which("chromium") or shutil.which("chromium-browser")
+        assert path, "Chromium is needed for this test: make install installs it (apt-get install chromium)"
+        to_browser, self._send = os.pipe()
+        self._recv, from_browser = os.pipe()
+        self.proc = subprocess.Popen([path, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                      "--remote-debugging-pipe", "about:blank"], close_fds=False,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=lambda: (os.dup2(to_browser, 3), os.dup2(from_browser, 4)))
+        os.close(to_browser)
+        os.close(from_browser)
+        self._buf, self._id, self.events = b"", 0, []
+
+    def _read(self) -> dict:
+        while b"\0" not in self._buf:
+            chunk = os.read(self._recv, 1 << 16)
+            assert chunk, "Chromium closed the DevTools pipe"
+            self._buf += chunk
+        msg, self._buf = self._buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def call(self, method: str, session: str | None = None, **params) -> dict:
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        os.write(self._send, json.dumps(msg).encode() + b"\0")
+        while True:
+            m = self._read()
+            if m.get("id") == self._id:
+                assert "error" not in m, m
+                return m.get("result", {})
+            self.events.append(m)
+
+    def wait_for(self, method: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(e.get("method") == method for e in self.events):
+            assert time.monotonic() < deadline, f"no {method} within {timeout} s"
+            self.events.append(self._read())
+
+    def open(self, url: str) -> tuple[list[str], str]:
+        """Load ``url``; the URLs of the requests it made (the document itself excluded) and a session."""
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.call("Network.enable", session)
+        self.call("Page.enable", session)
+        self.events.clear()
+        self.call("Page.navigate", session, url=url)
+        self.wait_for("Page.loadEventFired")
+        self.call("Runtime.evaluate", session, expression="new Promise(r => setTimeout(r, 500))", awaitPromise=True)
+        urls = [e["params"]["request"]["url"] for e in self.events
+                if e.get("method") == "Network.requestWillBeSent" and e.get("sessionId") == session]
+        return [u for u in urls if u != url], session
+
+    def evaluate(self, session: str, expression: str):
+        return self.call("Runtime.evaluate", session, expression=expression, returnByValue=True)["result"].get("value")
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+        finally:
+            self.proc.wait(30)
+
+
+def test_the_html_renders_in_headless_chromium_with_no_request_leaving_the_page(case):
+    tmp_path, *_ = case
+    control = tmp_path / "control.html"  # the harness sees a request when a page makes one
+    control.write_text('<!doctype html><html><body><img src="http://example.invalid/x.png">hi</body></html>')
+    browser = Chromium()
+    try:
+        requests, _ = browser.open(control.as_uri())
+        assert requests == ["http://example.invalid/x.png"]
+        requests, page = browser.open((tmp_path / "report" / "report.html").as_uri())
+        assert requests == []  # not one request left the report
+        assert browser.evaluate(page, "document.querySelectorAll('svg.plot').length") == 6  # per input: null, tokens, scan
+        assert browser.evaluate(page, "document.querySelector('svg.plot').getBoundingClientRect().width") > 100
+        assert "watermarked" in browser.evaluate(page, "document.body.innerText")
+        assert browser.evaluate(page, "document.scripts.length") == 0
+    finally:
+        browser.close()

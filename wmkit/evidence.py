@@ -1,0 +1,300 @@
+"""Ownership evidence a third party can re-check: ``report.json`` + a self-contained ``report.html``.
+
+A report (format ``wmkit-evidence/1``, family ``text``) records what was tested and how: the
+scheme's configuration (no key material), the key's public id and its commitment (SHA-256 over a
+domain tag and the key: publish it before a dispute, reveal the key later), the FPR, the tokenizer,
+each input's SHA-256 and size, the versions of wmkit and its key dependencies, the command that
+made it, and per input the verdict, p-value, statistic, method and, where the scheme has them,
+the per-token evidence and the windowed scan. :func:`render_html` draws it as one HTML file with
+inline CSS and inline SVG plots (per-token evidence, the windowed scan, the exact null distribution
+of the statistic with the observed value), no script, and a Content-Security-Policy that forbids
+every request, so opening it contacts nothing.
+
+:func:`check_report` re-does everything from the revealed key: the key must open the commitment
+and have the recorded id, every input must still have its recorded SHA-256 (an input that changed
+is an :class:`~wmkit.errors.InputError`), and every recorded figure must come out the same. It
+returns the list of mismatches (empty: the evidence holds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .files import read_text
+
+__all__ = ["REPORT_FORMAT", "text_report", "render_html", "check_report", "sha256_file"]
+
+REPORT_FORMAT = "wmkit-evidence/1"
+VERSIONED = ("wmkit", "torch", "transformers", "tokenizers", "numpy", "scipy")
+MAX_STRIP_TOKENS = 2000  # per-token evidence drawn in the HTML (the JSON keeps every token)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, wmkit and its key dependencies."""
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _figures(detector: Any, text: str, windowed: bool) -> dict[str, Any]:
+    """The figures of one input: verdict, statistic, p-value, counts, and what the plots need."""
+    det = detector.detect(text)
+    d = det.details
+    out: dict[str, Any] = {"method": det.method, "tokens_scored": det.n_scored, "statistic": det.statistic,
+                           "z": d.get("z", det.statistic), "p_value": det.p_value, "watermarked": det.decision}
+    for k in ("green", "gamma", "tokens_total", "tau", "p_uncorrected"):
+        if k in d:
+            out[k] = d[k]
+    ev = det.evidence or {}
+    if "green" in ev:
+        out["evidence"] = {"token_ids": ev["token_ids"], "scored": [int(x) for x in ev["scored"]],
+                           "green": [int(x) for x in ev["green"]]}
+    if windowed:
+        w = detector.detect_windowed(text)
+        wd = w.details
+        out["window"] = {"p_value": w.p_value, "z": w.statistic, "watermarked": w.decision, "token_start": wd["token_start"],
+                         "token_end": wd["token_end"], "window": wd["window"], "window_start": wd["window_start"],
+                         "n_tests": wd["n_tests"]}
+    return out
+
+
+def text_report(paths: Sequence[str], scheme: Any, tokenizer: Any, *, fpr: float, key_id: str, commitment: str,
+                tokenizer_name: str, command: Sequence[str], base: str | os.PathLike[str], min_tokens: int = 16) -> dict[str, Any]:
+    """The report of text inputs ``paths`` under ``scheme`` (paths are recorded relative to ``base``,
+    the report's folder, so the folder and its inputs can be handed over together)."""
+    caps = scheme.capabilities
+    if caps.needs_model:
+        raise InputError(f"{scheme.name}'s detector runs the generating model; evidence takes key-only schemes")
+    detector = scheme.detector(tokenizer, fpr=fpr, min_tokens=min_tokens)
+    inputs, results = [], []
+    for p in paths:
+        text = read_text(p)
+        inputs.append({"path": os.path.relpath(os.path.abspath(p), os.path.abspath(base)), "sha256": sha256_file(p),
+                       "bytes": os.path.getsize(p)})
+        results.append(_figures(detector, text, caps.windowed))
+    return {"format": REPORT_FORMAT, "family": "text", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": list(command), "versions": versions(), "key": {"id": key_id, "commitment": commitment},
+            "scheme": scheme.config(), "fpr": fpr, "min_tokens": min_tokens, "tokenizer": tokenizer_name,
+            "windowed": caps.windowed, "inputs": inputs, "results": results}
+
+
+# ---- checking ----
+
+FIGURES = ("method", "tokens_scored", "green", "gamma", "z", "statistic", "p_value", "watermarked", "tau", "window",
+           "evidence", "tokens_total")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-300)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A report file, checked for its format; an :class:`InputError` otherwise."""
+    try:
+        report = json.loads(read_text(str(path)))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not JSON ({e.msg})") from None
+    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+        raise InputError(f"{path}: not a wmkit evidence report (format {REPORT_FORMAT})")
+    if report.get("family") != "text":
+        raise InputError(f"{path}: family {report.get('family')!r} cannot be checked by this wmkit (text only)")
+    return report
+
+
+def check_report(report_path: str | os.PathLike[str], key: Any, build_scheme: Any, load_tok: Any) -> list[str]:
+    """Re-check a report with the revealed ``key``: returns the mismatches (empty: it holds).
+
+    ``build_scheme(config, key)`` makes the scheme; ``load_tok(name)`` the tokenizer. An input whose
+    SHA-256 differs from the recorded one is an :class:`InputError` (the evidence is not the one
+    reported), as is a missing input.
+    """
+    report = load_report(report_path)
+    base = Path(report_path).resolve().parent
+    problems: list[str] = []
+    if key.commitment() != report["key"]["commitment"]:
+        problems.append("the key does not open the report's commitment")
+    if key.fingerprint() != report["key"]["id"]:
+        problems.append(f"the key's id is {key.fingerprint()}, the report's {report['key']['id']}")
+    paths = []
+    for item in report["inputs"]:
+        p = base / item["path"]
+        if not p.is_file():
+            raise InputError(f"{item['path']}: the report's input is missing (looked in {base})")
+        if sha256_file(p) != item["sha256"]:
+            raise InputError(f"{item['path']}: changed since the report was written (SHA-256 differs)")
+        paths.append(str(p))
+    if problems:
+        return problems
+    scheme = build_scheme(report["scheme"], key)
+    if scheme.config() != report["scheme"]:
+        return [f"the scheme config does not round-trip: {scheme.config()} != {report['scheme']}"]
+    again = text_report(paths, scheme, load_tok(report["tokenizer"]), fpr=report["fpr"], key_id=report["key"]["id"],
+                        commitment=report["key"]["commitment"], tokenizer_name=report["tokenizer"], command=[],
+                        base=base, min_tokens=report.get("min_tokens", 16))
+    for item, old, new in zip(report["inputs"], report["results"], again["results"], strict=True):
+        for k in FIGURES:
+            if not _same(old.get(k), new.get(k)):
+                problems.append(f"{item['path']}: {k} is {_short(new.get(k))}, the report says {_short(old.get(k))}")
+    return problems
+
+
+def _short(x: Any) -> str:
+    s = json.dumps(x) if not isinstance(x, str) else x
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+# ---- HTML ----
+
+CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
+.yes{color:#0a0;font-weight:bold}.no{color:#555}code{font-size:.9em;word-break:break-all}
+figure{margin:1em 0}figcaption{font-size:.85em;color:#555}svg{background:#fafafa;border:1px solid #ddd}"""
+
+
+def _svg(width: int, height: int, body: str, label: str) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+            f'role="img" aria-label="{html.escape(label)}" class="plot">{body}</svg>')
+
+
+def _strip(ev: dict[str, list[int]]) -> str:
+    """Per-token evidence: one cell per token (green, red = scored not green, grey = not scored)."""
+    n = min(len(ev["token_ids"]), MAX_STRIP_TOKENS)
+    cols = 100
+    rows = max(1, math.ceil(n / cols))
+    cells = []
+    for i in range(n):
+        colour = "#2a2" if ev["green"][i] else "#d33" if ev["scored"][i] else "#ccc"
+        cells.append(f'<rect x="{(i % cols) * 6}" y="{(i // cols) * 6}" width="5" height="5" fill="{colour}"/>')
+    return _svg(cols * 6, rows * 6, "".join(cells), "per-token evidence")
+
+
+def _bars(xs: np.ndarray, ys: np.ndarray, mark: float, label: str, w: int = 600, h: int = 160) -> str:
+    """A bar chart of ``ys`` over ``xs`` with a vertical line at ``mark``."""
+    lo, hi = float(min(xs.min(), mark)), float(max(xs.max(), mark)) + 1
+    sx = lambda x: 30 + (x - lo) / (hi - lo) * (w - 40)  # noqa: E731
+    top = float(ys.max()) or 1.0
+    bars = "".join(f'<rect x="{sx(x):.1f}" y="{h - 20 - y / top * (h - 30):.1f}" width="{max(1.0, (w - 40) / (hi - lo)):.1f}" '
+                   f'height="{y / top * (h - 30):.1f}" fill="#69c"/>' for x, y in zip(xs, ys))
+    line = f'<line x1="{sx(mark):.1f}" x2="{sx(mark):.1f}" y1="5" y2="{h - 20}" stroke="#d33" stroke-width="2"/>'
+    axis = (f'<text x="30" y="{h - 5}" font-size="10">{lo:g}</text><text x="{w - 40}" y="{h - 5}" font-size="10">{hi:g}</text>'
+            f'<text x="{sx(mark) + (4 if sx(mark) < w - 90 else -80):.1f}" y="14" font-size="10" fill="#d33">observed {mark:g}</text>')
+    return _svg(w, h, bars + line + axis, label)
+
+
+def _null_plot(r: dict[str, Any]) -> str:
+    """The exact null of the green count, Binomial(tokens scored, gamma), and the observed count."""
+    from scipy.stats import binom
+
+    n, g = r["tokens_scored"], r["gamma"]
+    k = np.arange(0, n + 1)
+    pmf = binom.pmf(k, n, g)
+    keep = pmf > pmf.max() * 1e-4
+    return _bars(k[keep | (k == r["green"])], pmf[keep | (k == r["green"])], r["green"], "null distribution")
+
+
+def _scan_plot(r: dict[str, Any]) -> str:
+    """z of every window along the scored tokens (the reported size, or 100 when that is the whole
+    text), with the reported window shaded."""
+    ev, win = r["evidence"], r["window"]
+    flags = np.array([g for g, s in zip(ev["green"], ev["scored"]) if s], dtype=float)
+    n, gamma = len(flags), r["gamma"]
+    w = win["window"] if win["window"] < n else min(100, n // 2)
+    if w < 2:
+        return ""
+    c = np.concatenate([[0], np.cumsum(flags)])
+    z = (c[w:] - c[:-w] - gamma * w) / math.sqrt(w * gamma * (1 - gamma))
+    width, height = 600, 160
+    zmin, zmax = min(float(z.min()), 0.0), max(float(z.max()), 1.0)
+    sx = lambda i: 10 + i / max(1, n) * (width - 20)  # noqa: E731
+    pts = " ".join(f"{sx(i + w / 2):.1f},{height - 10 - (v - zmin) / (zmax - zmin) * (height - 20):.1f}" for i, v in enumerate(z))
+    a, b = sx(win["window_start"]), sx(win["window_start"] + win["window"])
+    body = (f'<rect x="{a:.1f}" y="5" width="{max(1.0, b - a):.1f}" height="{height - 10}" fill="#fdd"/>'
+            f'<polyline points="{pts}" fill="none" stroke="#36c" stroke-width="1.2"/>'
+            f'<text x="14" y="16" font-size="10">z of windows of {w} scored tokens; shaded: the reported window '
+            f'({win["window"]} tokens, z {win["z"]:.2f})</text>')
+    return _svg(width, height, body, "windowed scan")
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The report as one self-contained HTML page (inline CSS and SVG, no script, no request)."""
+    e = html.escape
+    verdicts = ["watermarked" if r["watermarked"] else "not watermarked" for r in report["results"]]
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">",
+        f"<title>wmkit evidence: {e(', '.join(verdicts))}</title><style>{CSS}</style></head><body>",
+        "<h1>Watermark evidence (text)</h1>",
+        "<table>",
+        f"<tr><th>scheme</th><td><code>{e(json.dumps(report['scheme']))}</code></td></tr>",
+        f"<tr><th>false-positive rate</th><td>{report['fpr']:g} (verdict: p &le; FPR)</td></tr>",
+        f"<tr><th>key id</th><td><code>{e(report['key']['id'])}</code></td></tr>",
+        f"<tr><th>key commitment</th><td><code>{e(report['key']['commitment'])}</code></td></tr>",
+        f"<tr><th>tokenizer</th><td>{e(report['tokenizer'])}</td></tr>",
+        f"<tr><th>created</th><td>{e(report['created'])}</td></tr>",
+        f"<tr><th>versions</th><td><code>{e(', '.join(f'{k} {v}' for k, v in report['versions'].items()))}</code></td></tr>",
+        f"<tr><th>reproduce</th><td><code>{e(' '.join(report['command']))}</code></td></tr>",
+        f"<tr><th>re-check</th><td><code>wm evidence check report.json -k KEY_FILE</code></td></tr>",
+        "</table>",
+    ]
+    for item, r in zip(report["inputs"], report["results"]):
+        cls = "yes" if r["watermarked"] else "no"
+        parts += [
+            f"<h2>{e(item['path'])}</h2><table>",
+            f"<tr><th>verdict</th><td class='{cls}'>{'watermarked' if r['watermarked'] else 'not watermarked'}</td></tr>",
+            f"<tr><th>p-value</th><td>{r['p_value']:.3g} ({e(r['method'])})</td></tr>",
+            f"<tr><th>statistic (z)</th><td>{r['z']:.3f}</td></tr>",
+            f"<tr><th>tokens scored</th><td>{r['tokens_scored']}"
+            + (f", {r['green']} green (null rate {r['gamma']:g})" if "green" in r and "gamma" in r else "") + "</td></tr>",
+            f"<tr><th>SHA-256</th><td><code>{e(item['sha256'])}</code> ({item['bytes']} bytes)</td></tr>",
+        ]
+        if "window" in r:
+            w = r["window"]
+            parts.append(f"<tr><th>windowed scan</th><td>tokens {w['token_start']}&ndash;{w['token_end']}, p {w['p_value']:.3g} "
+                         f"(Bonferroni over {w['n_tests']} windows)</td></tr>")
+        parts.append("</table>")
+        if "green" in r and "gamma" in r:
+            parts.append(f"<figure>{_null_plot(r)}<figcaption>Null distribution of the green count: "
+                         f"Binomial({r['tokens_scored']}, {r['gamma']:g}); red: the observed count.</figcaption></figure>")
+        if "evidence" in r:
+            parts.append(f"<figure>{_strip(r['evidence'])}<figcaption>Per-token evidence (first {MAX_STRIP_TOKENS} tokens): "
+                         "green = green token, red = scored and not green, grey = not scored (no full context or a "
+                         "repeated n-gram).</figcaption></figure>")
+        if "window" in r and "evidence" in r and "gamma" in r:
+            scan = _scan_plot(r)
+            if scan:
+                parts.append(f"<figure>{scan}<figcaption>Windowed scan along the scored tokens; shaded: the most "
+                             "significant window.</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
