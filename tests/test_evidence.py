@@ -173,3 +173,82 @@ def test_the_html_renders_in_headless_chromium_with_no_request_leaving_the_page(
         assert browser.evaluate(page, "document.scripts.length") == 0
     finally:
         browser.close()
+
+
+@pytest.fixture
+def eaas_case(tmp_path):
+    """An EaaS report on a marked (ESpeW) suspect and one on an unrelated model, from toy encoders."""
+    from test_eaas import ToyEncoder
+
+    from wmkit.evidence import eaas_report, render_html
+    from wmkit.watermark.embedding import ESpeW, WatermarkedEncoder, ownership_queries, verify_ownership
+
+    keyfile = tmp_path / "wm.key"
+    assert runner.invoke(app, ["keygen", "-o", str(keyfile)]).exit_code == 0
+    scheme = ESpeW(read_key_file(keyfile))
+    clean = ToyEncoder()
+    target = clean.encode([scheme.target_text()])[0]
+    folders = {}
+    for name, suspect in (("marked", WatermarkedEncoder(clean, scheme)), ("other", ToyEncoder(seed=7))):
+        folder = tmp_path / name
+        folder.mkdir()
+        report = eaas_report(folder, suspect.encode(ownership_queries(scheme, 32, 20)), target, scheme, suspect=name,
+                             mode="target", n_texts=32, n_decoys=20, fpr=1e-3, key_id=scheme.key.fingerprint(),
+                             commitment=scheme.key.commitment(), command=["test"])
+        (folder / "report.json").write_text(json.dumps(report))
+        (folder / "report.html").write_text(render_html(report))
+        direct = verify_ownership(suspect, scheme, target, "target", n_texts=32, n_decoys=20, fpr=1e-3)
+        assert report["results"][0]["p_value"] == pytest.approx(direct.p_value, rel=1e-3, abs=1e-12)  # float32 answers
+        folders[name] = folder
+    return tmp_path, keyfile, folders
+
+
+def test_an_eaas_report_is_rechecked_from_the_key_and_the_recorded_answers(eaas_case):
+    tmp_path, keyfile, folders = eaas_case
+    marked = json.loads((folders["marked"] / "report.json").read_text())
+    other = json.loads((folders["other"] / "report.json").read_text())
+    assert marked["results"][0]["watermarked"] and not other["results"][0]["watermarked"]
+    assert len(marked["results"][0]["null"]) == 20 and marked["inputs"][0]["path"] == "responses.npz"
+    for folder in folders.values():
+        r = runner.invoke(app, ["evidence", "check", str(folder / "report.json"), "-k", str(keyfile)])
+        assert r.exit_code == 0, r.stderr
+    forged = dict(other, results=[dict(other["results"][0], watermarked=True, p_value=1e-6)])
+    (folders["other"] / "forged.json").write_text(json.dumps(forged))
+    r = runner.invoke(app, ["evidence", "check", str(folders["other"] / "forged.json"), "-k", str(keyfile)])
+    assert r.exit_code == 1 and "watermarked is false, the report says true" in r.stderr
+    with open(folders["marked"] / "responses.npz", "ab") as f:
+        f.write(b"\0")
+    r = runner.invoke(app, ["evidence", "check", str(folders["marked"] / "report.json"), "-k", str(keyfile)])
+    assert r.exit_code == 2 and "responses.npz: changed since the report was written" in r.stderr
+
+
+def test_the_eaas_html_renders_with_its_decoy_distribution_and_no_request(eaas_case):
+    _, _, folders = eaas_case
+    browser = Chromium()
+    try:
+        requests, page = browser.open((folders["marked"] / "report.html").as_uri())
+        assert requests == []
+        assert browser.evaluate(page, "document.querySelectorAll('svg.plot').length") == 1
+        assert "Decoy distribution" in browser.evaluate(page, "document.body.innerText")
+    finally:
+        browser.close()
+
+
+@pytest.mark.slow
+def test_wm_evidence_eaas_on_the_real_model(tmp_path):
+    """The command end to end: the provider's own clean model as the suspect is not derived; the folder re-checks."""
+    from wmkit.models import default_embedder_path
+
+    keyfile = tmp_path / "wm.key"
+    runner.invoke(app, ["keygen", "-o", str(keyfile)])
+    out = tmp_path / "ev"
+    r = runner.invoke(app, ["evidence", "eaas", "--suspect", str(default_embedder_path()), "-k", str(keyfile), "--texts",
+                            "32", "--decoys", "10", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert not report["results"][0]["watermarked"] and report["command"][:3] == ["wm", "evidence", "eaas"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "responses.npz"]
+    r = runner.invoke(app, ["evidence", "check", str(out / "report.json"), "-k", str(keyfile)])
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(app, ["evidence", "eaas", "--suspect", "x", "-k", str(keyfile), "--mode", "positions", "-o", str(tmp_path / "e2")])
+    assert r.exit_code == 2 and "--mode must be" in r.stderr and not (tmp_path / "e2").exists()

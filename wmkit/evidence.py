@@ -97,16 +97,62 @@ def text_report(paths: Sequence[str], scheme: Any, tokenizer: Any, *, fpr: float
         inputs.append({"path": os.path.relpath(os.path.abspath(p), os.path.abspath(base)), "sha256": sha256_file(p),
                        "bytes": os.path.getsize(p)})
         results.append(_figures(detector, text, caps.windowed))
-    return {"format": REPORT_FORMAT, "family": "text", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    return {**_header("text", scheme, fpr=fpr, key_id=key_id, commitment=commitment, command=command),
+            "min_tokens": min_tokens, "tokenizer": tokenizer_name, "windowed": caps.windowed, "inputs": inputs,
+            "results": results}
+
+
+def _header(family: str, scheme: Any, *, fpr: float, key_id: str, commitment: str, command: Sequence[str]) -> dict[str, Any]:
+    return {"format": REPORT_FORMAT, "family": family, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": list(command), "versions": versions(), "key": {"id": key_id, "commitment": commitment},
-            "scheme": scheme.config(), "fpr": fpr, "min_tokens": min_tokens, "tokenizer": tokenizer_name,
-            "windowed": caps.windowed, "inputs": inputs, "results": results}
+            "scheme": json.loads(json.dumps(scheme.config())), "fpr": fpr}
+
+
+RESPONSES = "responses.npz"
+
+
+def eaas_figures(responses: str | os.PathLike[str], scheme: Any, test: dict[str, Any], fpr: float) -> dict[str, Any]:
+    """The ownership test recomputed from the recorded answers (float64 arithmetic on the stored
+    float32 embeddings, so any machine gets the same figures)."""
+    from .watermark.embedding import score_ownership
+
+    with np.load(responses) as z:
+        emb = z["embeddings"].astype(np.float64)
+        target = z["target"].astype(np.float64) if "target" in z.files else None
+    rep = score_ownership(emb, scheme, target, test["mode"], test["texts"], test["decoys"], fpr)
+    d = rep.to_dict()
+    return {"method": rep.detection.method, "watermarked": d["derived"], "p_value": d["p_value"], "z": d["z"],
+            "ks_p": d["ks_p"], "delta_cos": d["delta_cos"], "rank_p_value": d["details"].get("rank_p_value"),
+            "null": d["details"]["null_samples"]}
+
+
+def eaas_report(folder: str | os.PathLike[str], embeddings: np.ndarray, target: np.ndarray | None, scheme: Any, *,
+                suspect: str, mode: str, n_texts: int, n_decoys: int, fpr: float, key_id: str, commitment: str,
+                command: Sequence[str]) -> dict[str, Any]:
+    """Write the suspect's answers to ``folder/responses.npz`` (float32) and return the report of the
+    ownership test on them. A re-check needs the key and that file, not the suspect."""
+    import io
+
+    from .files import write_file
+
+    buf = io.BytesIO()
+    arrays = {"embeddings": np.asarray(embeddings, dtype=np.float32)}
+    if target is not None:
+        arrays["target"] = np.asarray(target, dtype=np.float32)
+    np.savez(buf, **arrays)
+    path = write_file(Path(folder) / RESPONSES, buf.getvalue())
+    test = {"mode": mode, "texts": n_texts, "decoys": n_decoys}
+    return {**_header("eaas", scheme, fpr=fpr, key_id=key_id, commitment=commitment, command=command), "test": test,
+            "suspect": suspect, "inputs": [{"path": RESPONSES, "sha256": sha256_file(path), "bytes": path.stat().st_size}],
+            "results": [eaas_figures(path, scheme, test, fpr)]}
 
 
 # ---- checking ----
 
-FIGURES = ("method", "tokens_scored", "green", "gamma", "z", "statistic", "p_value", "watermarked", "tau", "window",
-           "evidence", "tokens_total")
+FIGURES = {"text": ("method", "tokens_scored", "green", "gamma", "z", "statistic", "p_value", "watermarked", "tau",
+                    "window", "evidence", "tokens_total"),
+           "eaas": ("method", "watermarked", "p_value", "z", "ks_p", "delta_cos", "rank_p_value", "null")}
+FAMILIES = tuple(FIGURES)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -127,17 +173,17 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise InputError(f"{path}: not JSON ({e.msg})") from None
     if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
         raise InputError(f"{path}: not a wmkit evidence report (format {REPORT_FORMAT})")
-    if report.get("family") != "text":
-        raise InputError(f"{path}: family {report.get('family')!r} cannot be checked by this wmkit (text only)")
+    if report.get("family") not in FAMILIES:
+        raise InputError(f"{path}: family {report.get('family')!r} cannot be checked by this wmkit ({', '.join(FAMILIES)})")
     return report
 
 
 def check_report(report_path: str | os.PathLike[str], key: Any, build_scheme: Any, load_tok: Any) -> list[str]:
     """Re-check a report with the revealed ``key``: returns the mismatches (empty: it holds).
 
-    ``build_scheme(config, key)`` makes the scheme; ``load_tok(name)`` the tokenizer. An input whose
-    SHA-256 differs from the recorded one is an :class:`InputError` (the evidence is not the one
-    reported), as is a missing input.
+    ``build_scheme(family, config, key)`` makes the scheme; ``load_tok(name)`` the tokenizer (text
+    reports). An input whose SHA-256 differs from the recorded one is an :class:`InputError` (the
+    evidence is not the one reported), as is a missing input.
     """
     report = load_report(report_path)
     base = Path(report_path).resolve().parent
@@ -156,14 +202,18 @@ def check_report(report_path: str | os.PathLike[str], key: Any, build_scheme: An
         paths.append(str(p))
     if problems:
         return problems
-    scheme = build_scheme(report["scheme"], key)
-    if scheme.config() != report["scheme"]:
+    family = report["family"]
+    scheme = build_scheme(family, report["scheme"], key)
+    if json.loads(json.dumps(scheme.config())) != report["scheme"]:
         return [f"the scheme config does not round-trip: {scheme.config()} != {report['scheme']}"]
-    again = text_report(paths, scheme, load_tok(report["tokenizer"]), fpr=report["fpr"], key_id=report["key"]["id"],
-                        commitment=report["key"]["commitment"], tokenizer_name=report["tokenizer"], command=[],
-                        base=base, min_tokens=report.get("min_tokens", 16))
-    for item, old, new in zip(report["inputs"], report["results"], again["results"], strict=True):
-        for k in FIGURES:
+    if family == "text":
+        again = text_report(paths, scheme, load_tok(report["tokenizer"]), fpr=report["fpr"], key_id=report["key"]["id"],
+                            commitment=report["key"]["commitment"], tokenizer_name=report["tokenizer"], command=[],
+                            base=base, min_tokens=report.get("min_tokens", 16))["results"]
+    else:
+        again = [eaas_figures(paths[0], scheme, report["test"], report["fpr"])]
+    for item, old, new in zip(report["inputs"], report["results"], again, strict=True):
+        for k in FIGURES[family]:
             if not _same(old.get(k), new.get(k)):
                 problems.append(f"{item['path']}: {k} is {_short(new.get(k))}, the report says {_short(old.get(k))}")
     return problems
@@ -247,27 +297,26 @@ def _scan_plot(r: dict[str, Any]) -> str:
     return _svg(width, height, body, "windowed scan")
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The report as one self-contained HTML page (inline CSS and SVG, no script, no request)."""
+def _hist(values: Sequence[float], observed: float, label: str, w: int = 600, h: int = 160, bins: int = 30) -> str:
+    """A histogram of ``values`` with a vertical line at ``observed`` (the range covers both)."""
+    lo, hi = min(min(values), observed), max(max(values), observed)
+    hi = hi if hi > lo else lo + 1.0
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    sx = lambda x: 30 + (x - lo) / (hi - lo) * (w - 60)  # noqa: E731
+    top = float(counts.max()) or 1.0
+    bars = "".join(f'<rect x="{sx(edges[i]):.1f}" y="{h - 20 - c / top * (h - 30):.1f}" '
+                   f'width="{max(1.0, sx(edges[i + 1]) - sx(edges[i]) - 1):.1f}" height="{c / top * (h - 30):.1f}" fill="#69c"/>'
+                   for i, c in enumerate(counts))
+    x = sx(observed)
+    line = f'<line x1="{x:.1f}" x2="{x:.1f}" y1="5" y2="{h - 20}" stroke="#d33" stroke-width="2"/>'
+    axis = (f'<text x="30" y="{h - 5}" font-size="10">{lo:.3g}</text><text x="{w - 70}" y="{h - 5}" font-size="10">{hi:.3g}</text>'
+            f'<text x="{x + (4 if x < w - 110 else -100):.1f}" y="14" font-size="10" fill="#d33">observed {observed:.3g}</text>')
+    return _svg(w, h, bars + line + axis, label)
+
+
+def _text_sections(report: dict[str, Any]) -> list[str]:
     e = html.escape
-    verdicts = ["watermarked" if r["watermarked"] else "not watermarked" for r in report["results"]]
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">",
-        f"<title>wmkit evidence: {e(', '.join(verdicts))}</title><style>{CSS}</style></head><body>",
-        "<h1>Watermark evidence (text)</h1>",
-        "<table>",
-        f"<tr><th>scheme</th><td><code>{e(json.dumps(report['scheme']))}</code></td></tr>",
-        f"<tr><th>false-positive rate</th><td>{report['fpr']:g} (verdict: p &le; FPR)</td></tr>",
-        f"<tr><th>key id</th><td><code>{e(report['key']['id'])}</code></td></tr>",
-        f"<tr><th>key commitment</th><td><code>{e(report['key']['commitment'])}</code></td></tr>",
-        f"<tr><th>tokenizer</th><td>{e(report['tokenizer'])}</td></tr>",
-        f"<tr><th>created</th><td>{e(report['created'])}</td></tr>",
-        f"<tr><th>versions</th><td><code>{e(', '.join(f'{k} {v}' for k, v in report['versions'].items()))}</code></td></tr>",
-        f"<tr><th>reproduce</th><td><code>{e(' '.join(report['command']))}</code></td></tr>",
-        f"<tr><th>re-check</th><td><code>wm evidence check report.json -k KEY_FILE</code></td></tr>",
-        "</table>",
-    ]
+    parts = []
     for item, r in zip(report["inputs"], report["results"]):
         cls = "yes" if r["watermarked"] else "no"
         parts += [
@@ -296,5 +345,50 @@ def render_html(report: dict[str, Any]) -> str:
             if scan:
                 parts.append(f"<figure>{scan}<figcaption>Windowed scan along the scored tokens; shaded: the most "
                              "significant window.</figcaption></figure>")
-    parts.append("</body></html>")
+    return parts
+
+
+def _eaas_sections(report: dict[str, Any]) -> list[str]:
+    e = html.escape
+    r, item, t = report["results"][0], report["inputs"][0], report["test"]
+    cls = "yes" if r["watermarked"] else "no"
+    ks = "n/a (no target)" if r["ks_p"] is None else f"{r['ks_p']:.3g}"
+    return [
+        f"<h2>suspect: {e(report['suspect'])}</h2><table>",
+        f"<tr><th>verdict</th><td class='{cls}'>{'carries the watermark (derived)' if r['watermarked'] else 'not shown to carry the watermark'}</td></tr>",
+        f"<tr><th>p-value</th><td>{r['p_value']:.3g} ({e(r['method'])}, mode {e(t['mode'])})</td></tr>",
+        f"<tr><th>statistic</th><td>delta-cos {r['delta_cos']:+.4f}, decoy z {r['z']:.2f}, KS p {ks}</td></tr>",
+        f"<tr><th>test</th><td>{t['texts']} texts per set, {t['decoys']} decoy trigger sets</td></tr>",
+        f"<tr><th>suspect's answers</th><td><code>{e(item['path'])}</code>, SHA-256 <code>{e(item['sha256'])}</code></td></tr>",
+        "</table>",
+        f"<figure>{_hist(r['null'], r['delta_cos'], 'decoy distribution')}<figcaption>Decoy distribution: the statistic "
+        f"for {len(r['null'])} decoy trigger sets (the null); red: the observed value with the key's triggers."
+        "</figcaption></figure>",
+    ]
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The report as one self-contained HTML page (inline CSS and SVG, no script, no request)."""
+    e = html.escape
+    family = report["family"]
+    verdicts = ["watermarked" if r["watermarked"] else "not watermarked" for r in report["results"]]
+    rows = [("scheme", f"<code>{e(json.dumps(report['scheme']))}</code>"),
+            ("false-positive rate", f"{report['fpr']:g} (verdict: p &le; FPR)"),
+            ("key id", f"<code>{e(report['key']['id'])}</code>"),
+            ("key commitment", f"<code>{e(report['key']['commitment'])}</code>")]
+    if "tokenizer" in report:
+        rows.append(("tokenizer", e(report["tokenizer"])))
+    rows += [("created", e(report["created"])),
+             ("versions", f"<code>{e(', '.join(f'{k} {v}' for k, v in report['versions'].items()))}</code>"),
+             ("reproduce", f"<code>{e(' '.join(report['command']))}</code>"),
+             ("re-check", "<code>wm evidence check report.json -k KEY_FILE</code>")]
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">",
+        f"<title>wmkit evidence: {e(', '.join(verdicts))}</title><style>{CSS}</style></head><body>",
+        f"<h1>Watermark evidence ({'text' if family == 'text' else 'embeddings as a service'})</h1>",
+        "<table>", *(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows), "</table>",
+        *(_text_sections(report) if family == "text" else _eaas_sections(report)),
+        "</body></html>",
+    ]
     return "\n".join(parts)

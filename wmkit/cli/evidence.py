@@ -1,4 +1,4 @@
-"""``wm evidence text`` writes an ownership report (JSON + self-contained HTML); ``wm evidence check`` re-checks one."""
+"""``wm evidence text|eaas`` write an ownership report (JSON + self-contained HTML); ``wm evidence check`` re-checks one."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ..files import write_file
 from ..keys import SecretKey, load_key
 from ..models import load_tokenizer
 from ..watermark.text import SCHEMES
+from ..watermark.embedding.verify import DEFAULT_DECOYS as EMB_DECOYS, DEFAULT_FPR as EMB_FPR, DEFAULT_TEXTS as EMB_TEXTS
 from ..watermark.text.detector import DEFAULT_FPR
 from .common import NAMED_PARAMS, KeyOnlySchemeOpt, ModelOpt, SchemeArgs, check_fpr_option, die, run_guarded, scheme_options, stderr
 
@@ -40,10 +41,7 @@ def text(
     id and commitment, input SHA-256s, versions, the command, and plots (per-token evidence, windowed
     scan, null distribution). Re-check it with: wm evidence check OUTPUT/report.json -k KEY_FILE."""
     fpr = run_guarded(check_fpr_option, fpr)
-    if output.exists():
-        die(f"{output} already exists; choose a new folder for the report")
-    if not output.parent.is_dir():
-        die(f"{output.parent} is not a folder; cannot create {output.name} there")
+    _new_folder(output)
     scheme = run_guarded(scheme_args.build, scheme_name)
     if not isinstance(getattr(scheme, "key", None), SecretKey):
         die(f"evidence needs a wmkit key file (-k), whose commitment the report carries; {scheme.name} was given another key")
@@ -68,12 +66,73 @@ def text(
 
     report = run_guarded(build)
     output.mkdir()
-    write_file(output / "report.json", json.dumps(report, indent=1) + "\n")
-    write_file(output / "report.html", render_html(report))
+    _write(output, report)
     for item, r in zip(report["inputs"], report["results"]):
         verdict = "watermarked" if r["watermarked"] else "not watermarked"
         stderr.print(f"{item['path']}: {verdict} (p = {r['p_value']:.3g}, {r['tokens_scored']} tokens scored)", markup=False)
     stderr.print(f"wrote {output / 'report.json'} and {output / 'report.html'}; reproduce: {shlex.join(command)}", markup=False)
+
+
+def _new_folder(output: Path) -> None:
+    if output.exists():
+        die(f"{output} already exists; choose a new folder for the report")
+    if not output.parent.is_dir():
+        die(f"{output.parent} is not a folder; cannot create {output.name} there")
+
+
+def _write(output: Path, report: dict[str, Any]) -> None:
+    write_file(output / "report.json", json.dumps(report, indent=1) + "\n")
+    write_file(output / "report.html", render_html(report))
+
+
+@evidence_app.command("eaas")
+def eaas(
+    suspect: str = typer.Option(..., "--suspect", help="Suspect model folder, or the base URL of an OpenAI-compatible embeddings API."),
+    output: Path = typer.Option(..., "--output", "-o", help="A new folder for report.json, report.html and responses.npz."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", "-k", help="Key file (wm keygen); else $WMKIT_KEY.", show_default=False),
+    scheme_name: str = typer.Option("espew", "--scheme", "-s", help="Embedding scheme: embmarker or espew."),
+    mode: str = typer.Option("target", help="Test: target, copy-target or target-free."),
+    provider_model: Optional[Path] = typer.Option(None, help="Your clean provider model (the target embedding; default: all-MiniLM-L6-v2).", show_default=False),
+    texts: int = typer.Option(EMB_TEXTS, help="Verification texts per set."),
+    decoys: int = typer.Option(EMB_DECOYS, help="Decoy trigger sets (the null distribution)."),
+    fpr: float = typer.Option(EMB_FPR, help="False-positive rate of the verdict."),
+) -> None:
+    """Run the EaaS ownership test against SUSPECT and write the evidence: the suspect's answers to the
+    key-derived queries (responses.npz), the verdict, p-value, decoy distribution, configuration, key id
+    and commitment. A re-check needs the revealed key and the folder, not the suspect."""
+    from ..watermark.embedding import SentenceEncoder, load_encoder, make_scheme, ownership_queries
+
+    fpr = run_guarded(check_fpr_option, fpr)
+    if mode not in ("target", "copy-target", "target-free"):
+        die(f"--mode must be target, copy-target or target-free (positions mode needs the clean model at check time), got {mode!r}")
+    _new_folder(output)
+
+    def run() -> tuple[Any, Any, Any]:
+        key = load_key(key_file=key_file)
+        scheme = make_scheme(scheme_name, key)
+        queries = ownership_queries(scheme, texts, decoys)
+        enc = load_encoder(suspect)
+        target = None
+        if mode == "target":
+            target = SentenceEncoder(provider_model).encode([scheme.target_text()])[0]
+        elif mode == "copy-target":
+            target = enc.encode([scheme.target_text()])[0]
+        return scheme, enc.encode(queries), target
+
+    scheme, emb, target = run_guarded(run)
+    command = ["wm", "evidence", "eaas", "--suspect", suspect, "-s", scheme.name, "--mode", mode, "--texts", str(texts),
+               "--decoys", str(decoys), "--fpr", repr(fpr), "-k", str(key_file) if key_file else "$WMKIT_KEY",
+               *(["--provider-model", str(provider_model)] if provider_model else []), "-o", "NEW_FOLDER"]
+    output.mkdir()
+    from ..evidence import eaas_report
+
+    report = run_guarded(eaas_report, output, emb, target, scheme, suspect=suspect, mode=mode, n_texts=texts,
+                         n_decoys=decoys, fpr=fpr, key_id=scheme.key.fingerprint(), commitment=scheme.key.commitment(),
+                         command=command)
+    _write(output, report)
+    r = report["results"][0]
+    verdict = "carries the watermark" if r["watermarked"] else "not shown to carry the watermark"
+    stderr.print(f"{suspect}: {verdict} (p = {r['p_value']:.3g}, delta-cos {r['delta_cos']:+.4f}); wrote {output}", markup=False)
 
 
 @evidence_app.command("check")
@@ -85,12 +144,15 @@ def check(
     key opens the report's commitment and every figure matches, 1 if the evidence does not hold, 2 on bad input."""
     key = run_guarded(load_key, key_file=key_file)
 
-    def build(config: dict[str, Any], k: SecretKey) -> Any:
+    def build(family: str, config: dict[str, Any], k: SecretKey) -> Any:
+        from ..watermark.embedding import SCHEMES as EMB_SCHEMES
+
+        registry = SCHEMES if family == "text" else EMB_SCHEMES
         config = dict(config)
         name = config.pop("scheme", None)
-        if name not in SCHEMES:
-            raise InputError(f"the report names an unknown scheme {name!r}")
-        return SCHEMES[name].from_config(config, k)
+        if name not in registry:
+            raise InputError(f"the report names an unknown {family} scheme {name!r}")
+        return registry[name].from_config(config, k)
 
     problems = run_guarded(check_report, report_file, key, build, _tokenizer)
     if problems:

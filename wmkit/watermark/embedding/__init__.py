@@ -9,7 +9,7 @@ from .attacks import BagOfWordsStealer, TransformedEncoder, cse_clean, lsa_refer
 from .encoders import Encoder, RemoteEncoder, SentenceEncoder, load_encoder
 from .schemes import SCHEMES, EaaSScheme, EmbMarker, ESpeW, WatermarkedEncoder, make_scheme
 from .triggers import count_triggers, default_vocabulary, select_triggers
-from .verify import OwnershipReport, verification_texts, verify_ownership
+from .verify import OwnershipReport, ownership_queries, score_ownership, verification_texts, verify_ownership
 
 __all__ = [
     "BagOfWordsStealer",
@@ -32,4 +32,6 @@ __all__ = [
     "OwnershipReport",
     "verification_texts",
     "verify_ownership",
+    "ownership_queries",
+    "score_ownership",
 ]

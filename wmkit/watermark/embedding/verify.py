@@ -152,7 +152,8 @@ def verify_ownership(
     n_decoys: int = DEFAULT_DECOYS,
     fpr: float = DEFAULT_FPR,
 ) -> OwnershipReport:
-    """Run the ownership test of ``scheme`` against ``suspect``.
+    """Run the ownership test of ``scheme`` against ``suspect``: query it (:func:`ownership_queries`),
+    then score its answers (:func:`score_ownership`).
 
     Args:
         suspect: the encoder under test (local model, URL, stealer).
@@ -168,7 +169,7 @@ def verify_ownership(
     check_fpr(fpr)
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    vs = verification_texts(scheme, n_texts, n_decoys)
+    texts = ownership_queries(scheme, n_texts, n_decoys)
     t = None
     if mode == "copy-target":
         t = suspect.encode([scheme.target_text()])[0]
@@ -176,21 +177,37 @@ def verify_ownership(
         if target is None:
             raise InputError(f"verify_ownership: {mode} mode needs the provider's target embedding")
         t = check_embeddings(np.asarray(target).reshape(1, -1), suspect.dim, "target")[0]
-    texts = vs.backdoor + vs.benign + [x for d in vs.decoys for x in d]
-    emb = suspect.encode(texts)
+    positions = None
+    if mode == "positions":
+        if not isinstance(scheme, ESpeW) or clean is None:
+            raise InputError("positions mode is for ESpeW and needs the provider's clean encoder (clean=...)")
+        positions = scheme.positions(clean.encode(texts))
+    return score_ownership(suspect.encode(texts), scheme, t, mode, n_texts, n_decoys, fpr, positions)
+
+
+def ownership_queries(scheme: EaaSScheme, n_texts: int = DEFAULT_TEXTS, n_decoys: int = DEFAULT_DECOYS) -> list[str]:
+    """The texts the ownership test sends the suspect: backdoor, benign, then each decoy set (all
+    derived from the key, so a third party with the revealed key derives the same ones)."""
+    vs = verification_texts(scheme, n_texts, n_decoys)
+    return vs.backdoor + vs.benign + [x for d in vs.decoys for x in d]
+
+
+def score_ownership(emb: np.ndarray, scheme: EaaSScheme, target: np.ndarray | None, mode: str, n_texts: int,
+                    n_decoys: int, fpr: float, positions: np.ndarray | None = None) -> OwnershipReport:
+    """The ownership test on the suspect's embeddings ``emb`` of :func:`ownership_queries` (rows in
+    that order); ``target``: the target embedding (``None`` in ``target-free`` mode); ``positions``:
+    ESpeW's positions in ``positions`` mode. ``detection.details["null_samples"]`` holds the decoy statistics."""
+    check_fpr(fpr)
     n = n_texts
+    if emb.shape[0] != n * (2 + n_decoys):
+        raise InputError(f"expected {n * (2 + n_decoys)} embeddings ({n} texts x (2 + {n_decoys} decoy sets)), got {emb.shape[0]}")
     ks_p = None
-    if t is None:
+    if target is None:
         back, benign, decoy = emb[:n], emb[n : 2 * n], emb[2 * n :].reshape(n_decoys, n, -1)
         observed = _mean_pairwise_cos(back) - _mean_pairwise_cos(benign)
         null = [_mean_pairwise_cos(d) - _mean_pairwise_cos(benign) for d in decoy]
     else:
-        if mode == "positions":
-            if not isinstance(scheme, ESpeW) or clean is None:
-                raise InputError("positions mode is for ESpeW and needs the provider's clean encoder (clean=...)")
-            score = _masked_cos(emb, t, scheme.positions(clean.encode(texts)))
-        else:
-            score = emb @ t
+        score = _masked_cos(emb, target, positions) if positions is not None else emb @ target
         s_b, s_n, s_d = score[:n], score[n : 2 * n], score[2 * n :].reshape(n_decoys, n)
         _, ks_p = ks_2samp(s_b, s_n, alternative="greater")
         observed = float(s_b.mean() - s_n.mean())
@@ -200,5 +217,6 @@ def verify_ownership(
     det = gaussian_null_detection(
         f"{scheme.name}-ownership", observed, null, fpr, n_scored=n * (2 + n_decoys),
         p_value_from="rank" if mode == "target-free" else "normal", mode=mode, ks_p=ks_p,
+        null_samples=[float(x) for x in null],
     )
     return OwnershipReport(delta_cos=observed, delta_l2=delta_l2, ks_p=ks_p, detection=det, mode=mode)
