@@ -252,3 +252,83 @@ def test_wm_evidence_eaas_on_the_real_model(tmp_path):
     assert r.exit_code == 0, r.stderr
     r = runner.invoke(app, ["evidence", "eaas", "--suspect", "x", "-k", str(keyfile), "--mode", "positions", "-o", str(tmp_path / "e2")])
     assert r.exit_code == 2 and "--mode must be" in r.stderr and not (tmp_path / "e2").exists()
+
+
+@pytest.fixture
+def fingerprint_case(tmp_path):
+    """Fingerprint reports (tiny models): the signed model in bfloat16 (derived) and an unrelated one."""
+    import torch
+    from test_fingerprint import tiny
+
+    from wmkit.evidence import fingerprint_report, render_html
+    from wmkit.fingerprint import ModelAccess, enroll, suspect_vectors, verify_fingerprint
+
+    victim = tiny(0)
+    sig = enroll(victim, unrelated=[tiny(100), tiny(101)], queries=16)
+    sig_path = tmp_path / "victim.sig.safetensors"
+    sig.save(sig_path)
+    folders = {}
+    for name, model in (("bf16", victim.to(torch.bfloat16)), ("unrelated", tiny(7))):
+        access = ModelAccess(model, "logits")
+        folder = tmp_path / name
+        folder.mkdir()
+        report = fingerprint_report(folder, sig_path, suspect_vectors(sig, access, 24), suspect=name, access="logits",
+                                    restricted=False, fpr=1e-3, command=["test"])
+        (folder / "report.json").write_text(json.dumps(report))
+        (folder / "report.html").write_text(render_html(report))
+        direct = verify_fingerprint(sig, ModelAccess(model, "logits"), queries=24, fpr=1e-3)
+        assert report["results"][0]["watermarked"] == direct.derived and report["results"][0]["contained"] == direct.to_dict()["contained"]
+        folders[name] = folder
+    return tmp_path, sig_path, folders
+
+
+def test_a_fingerprint_report_is_rechecked_without_a_key(fingerprint_case):
+    tmp_path, sig_path, folders = fingerprint_case
+    derived = json.loads((folders["bf16"] / "report.json").read_text())
+    unrelated = json.loads((folders["unrelated"] / "report.json").read_text())
+    assert derived["results"][0]["watermarked"] and not unrelated["results"][0]["watermarked"]
+    assert derived["key"] is None and derived["signature_sha256"] == hashlib.sha256(sig_path.read_bytes()).hexdigest()
+    assert derived["inputs"][0]["path"] == "../victim.sig.safetensors" and len(derived["results"][0]["residuals"]) == 24
+    for folder in folders.values():
+        r = runner.invoke(app, ["evidence", "check", str(folder / "report.json")])
+        assert r.exit_code == 0, r.stderr
+    forged = dict(unrelated, results=[dict(unrelated["results"][0], contained=24)])
+    (folders["unrelated"] / "forged.json").write_text(json.dumps(forged))
+    r = runner.invoke(app, ["evidence", "check", str(folders["unrelated"] / "forged.json")])
+    assert r.exit_code == 1 and "contained is" in r.stderr
+    with open(sig_path, "ab") as f:
+        f.write(b"\0")
+    r = runner.invoke(app, ["evidence", "check", str(folders["bf16"] / "report.json")])
+    assert r.exit_code == 2 and "victim.sig.safetensors: changed since the report was written" in r.stderr
+
+
+def test_the_fingerprint_html_renders_its_residuals_and_null_with_no_request(fingerprint_case):
+    _, _, folders = fingerprint_case
+    browser = Chromium()
+    try:
+        requests, page = browser.open((folders["bf16"] / "report.html").as_uri())
+        assert requests == []
+        assert browser.evaluate(page, "document.querySelectorAll('svg.plot').length") == 2
+        text = browser.evaluate(page, "document.body.innerText")
+        assert "derived from the signed model" in text and "Residuals" in text
+    finally:
+        browser.close()
+
+
+def test_wm_evidence_fingerprint_on_a_model_folder(fingerprint_case, tokenizer):
+    from test_fingerprint import tiny
+
+    tmp_path, sig_path, _ = fingerprint_case
+    (tmp_path / "unrelated_model").mkdir()
+    tiny(7).save_pretrained(tmp_path / "unrelated_model")
+    tokenizer.save_pretrained(tmp_path / "unrelated_model")  # load_lm wants one; the fingerprint reads only logits
+    out = tmp_path / "fp-evidence"
+    r = runner.invoke(app, ["evidence", "fingerprint", "--signature", str(sig_path), "--suspect", str(tmp_path / "unrelated_model"),
+                            "--queries", "12", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert not report["results"][0]["watermarked"] and report["results"][0]["queries"] == 12
+    assert runner.invoke(app, ["evidence", "check", str(out / "report.json")]).exit_code == 0
+    r = runner.invoke(app, ["evidence", "fingerprint", "--signature", str(sig_path), "--suspect", str(tmp_path / "nope"),
+                            "-o", str(tmp_path / "fp2")])
+    assert r.exit_code == 2 and "no such model folder" in r.stderr and not (tmp_path / "fp2").exists()

@@ -46,3 +46,15 @@ def test_cached_model_equals_gguf_model(tmp_path):
         want = reference(ids).logits
         assert torch.equal(first(ids).logits, want)
         assert torch.equal(second(ids).logits, want)
+
+
+def test_an_incomplete_model_folder_is_one_line_not_a_traceback(tmp_path, tokenizer):
+    """A config without tokenizer files, then without weights: each an InputError naming what is missing."""
+    from wmkit.models import load_lm
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "vocab_size": 64}')
+    with pytest.raises(InputError, match="cannot load its tokenizer"):
+        load_lm(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(InputError, match=r"cannot load its model \(.*model.safetensors"):
+        load_lm(tmp_path)

@@ -147,11 +147,53 @@ def eaas_report(folder: str | os.PathLike[str], embeddings: np.ndarray, target: 
             "results": [eaas_figures(path, scheme, test, fpr)]}
 
 
+OUTPUTS = "outputs.npz"
+
+
+def fingerprint_figures(signature: str | os.PathLike[str], outputs: str | os.PathLike[str], test: dict[str, Any],
+                        fpr: float) -> dict[str, Any]:
+    """Both fingerprint tests recomputed from the signature file and the recorded output vectors."""
+    from .fingerprint import Signature, score_fingerprint
+
+    with np.load(outputs) as z:
+        vecs = z["vectors"].astype(np.float64)
+    rep = score_fingerprint(Signature.load(signature), vecs, test["restricted"], fpr)
+    d = rep.to_dict()
+    cal = rep.containment.details if rep.containment else {}
+    return {"method": "fingerprint", "watermarked": d["derived"], "p_value": d["p_value"], "contained": d["contained"],
+            "queries": d["queries"], "tau": cal.get("tau"), "pi0": cal.get("gamma"), "l_sum_minus_h": d["l_sum_minus_h"],
+            "own_rank": d["own_rank"], "joint_derived": d["joint_derived"], "residuals": rep.residuals}
+
+
+def fingerprint_report(folder: str | os.PathLike[str], signature: str | os.PathLike[str], vectors: np.ndarray, *,
+                       suspect: str, access: str, restricted: bool, fpr: float, command: Sequence[str]) -> dict[str, Any]:
+    """Write the suspect's output vectors to ``folder/outputs.npz`` (float32) and return the report of
+    both fingerprint tests on them. No key: the signature's SHA-256 is what an owner publishes first."""
+    import io
+
+    from .files import write_file
+
+    buf = io.BytesIO()
+    np.savez(buf, vectors=np.asarray(vectors, dtype=np.float32))
+    path = write_file(Path(folder) / OUTPUTS, buf.getvalue())
+    test = {"access": access, "restricted": restricted, "queries": len(vectors)}
+    sig_sha = sha256_file(signature)
+    inputs = [{"path": os.path.relpath(os.path.abspath(signature), os.path.abspath(folder)), "sha256": sig_sha,
+               "bytes": os.path.getsize(signature)},
+              {"path": OUTPUTS, "sha256": sha256_file(path), "bytes": path.stat().st_size}]
+    return {"format": REPORT_FORMAT, "family": "fingerprint", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": list(command), "versions": versions(), "key": None, "signature_sha256": sig_sha, "fpr": fpr,
+            "test": test, "suspect": suspect, "inputs": inputs,
+            "results": [fingerprint_figures(signature, path, test, fpr)]}
+
+
 # ---- checking ----
 
 FIGURES = {"text": ("method", "tokens_scored", "green", "gamma", "z", "statistic", "p_value", "watermarked", "tau",
                     "window", "evidence", "tokens_total"),
-           "eaas": ("method", "watermarked", "p_value", "z", "ks_p", "delta_cos", "rank_p_value", "null")}
+           "eaas": ("method", "watermarked", "p_value", "z", "ks_p", "delta_cos", "rank_p_value", "null"),
+           "fingerprint": ("watermarked", "p_value", "contained", "queries", "tau", "pi0", "l_sum_minus_h", "own_rank",
+                           "joint_derived", "residuals")}
 FAMILIES = tuple(FIGURES)
 
 
@@ -188,10 +230,13 @@ def check_report(report_path: str | os.PathLike[str], key: Any, build_scheme: An
     report = load_report(report_path)
     base = Path(report_path).resolve().parent
     problems: list[str] = []
-    if key.commitment() != report["key"]["commitment"]:
-        problems.append("the key does not open the report's commitment")
-    if key.fingerprint() != report["key"]["id"]:
-        problems.append(f"the key's id is {key.fingerprint()}, the report's {report['key']['id']}")
+    if report["family"] != "fingerprint":  # a fingerprint is keyless: its signature's SHA-256 is the commitment
+        if key is None:
+            raise InputError(f"a {report['family']} report is re-checked with the revealed key (-k)")
+        if key.commitment() != report["key"]["commitment"]:
+            problems.append("the key does not open the report's commitment")
+        if key.fingerprint() != report["key"]["id"]:
+            problems.append(f"the key's id is {key.fingerprint()}, the report's {report['key']['id']}")
     paths = []
     for item in report["inputs"]:
         p = base / item["path"]
@@ -203,6 +248,11 @@ def check_report(report_path: str | os.PathLike[str], key: Any, build_scheme: An
     if problems:
         return problems
     family = report["family"]
+    if family == "fingerprint":
+        if report["inputs"][0]["sha256"] != report["signature_sha256"]:
+            return ["the signature's SHA-256 is not the one the report commits to"]
+        again = [fingerprint_figures(paths[0], paths[1], report["test"], report["fpr"])]
+        return _compare(report, again, family)
     scheme = build_scheme(family, report["scheme"], key)
     if json.loads(json.dumps(scheme.config())) != report["scheme"]:
         return [f"the scheme config does not round-trip: {scheme.config()} != {report['scheme']}"]
@@ -212,10 +262,16 @@ def check_report(report_path: str | os.PathLike[str], key: Any, build_scheme: An
                             base=base, min_tokens=report.get("min_tokens", 16))["results"]
     else:
         again = [eaas_figures(paths[0], scheme, report["test"], report["fpr"])]
-    for item, old, new in zip(report["inputs"], report["results"], again, strict=True):
+    return _compare(report, again, family)
+
+
+def _compare(report: dict[str, Any], again: list[dict[str, Any]], family: str) -> list[str]:
+    problems = []
+    names = [i["path"] for i in report["inputs"]] if family == "text" else [report.get("suspect", "suspect")]
+    for name, old, new in zip(names, report["results"], again, strict=True):
         for k in FIGURES[family]:
             if not _same(old.get(k), new.get(k)):
-                problems.append(f"{item['path']}: {k} is {_short(new.get(k))}, the report says {_short(old.get(k))}")
+                problems.append(f"{name}: {k} is {_short(new.get(k))}, the report says {_short(old.get(k))}")
     return problems
 
 
@@ -297,7 +353,8 @@ def _scan_plot(r: dict[str, Any]) -> str:
     return _svg(width, height, body, "windowed scan")
 
 
-def _hist(values: Sequence[float], observed: float, label: str, w: int = 600, h: int = 160, bins: int = 30) -> str:
+def _hist(values: Sequence[float], observed: float, label: str, w: int = 600, h: int = 160, bins: int = 30,
+          mark: str = "observed") -> str:
     """A histogram of ``values`` with a vertical line at ``observed`` (the range covers both)."""
     lo, hi = min(min(values), observed), max(max(values), observed)
     hi = hi if hi > lo else lo + 1.0
@@ -310,7 +367,7 @@ def _hist(values: Sequence[float], observed: float, label: str, w: int = 600, h:
     x = sx(observed)
     line = f'<line x1="{x:.1f}" x2="{x:.1f}" y1="5" y2="{h - 20}" stroke="#d33" stroke-width="2"/>'
     axis = (f'<text x="30" y="{h - 5}" font-size="10">{lo:.3g}</text><text x="{w - 70}" y="{h - 5}" font-size="10">{hi:.3g}</text>'
-            f'<text x="{x + (4 if x < w - 110 else -100):.1f}" y="14" font-size="10" fill="#d33">observed {observed:.3g}</text>')
+            f'<text x="{x + (4 if x < w - 110 else -100):.1f}" y="14" font-size="10" fill="#d33">{mark} {observed:.3g}</text>')
     return _svg(w, h, bars + line + axis, label)
 
 
@@ -371,24 +428,59 @@ def render_html(report: dict[str, Any]) -> str:
     """The report as one self-contained HTML page (inline CSS and SVG, no script, no request)."""
     e = html.escape
     family = report["family"]
-    verdicts = ["watermarked" if r["watermarked"] else "not watermarked" for r in report["results"]]
-    rows = [("scheme", f"<code>{e(json.dumps(report['scheme']))}</code>"),
-            ("false-positive rate", f"{report['fpr']:g} (verdict: p &le; FPR)"),
-            ("key id", f"<code>{e(report['key']['id'])}</code>"),
-            ("key commitment", f"<code>{e(report['key']['commitment'])}</code>")]
+    verdicts = ["positive" if r["watermarked"] else "negative" for r in report["results"]]
+    rows = [("scheme", f"<code>{e(json.dumps(report['scheme']))}</code>")] if "scheme" in report else []
+    rows.append(("false-positive rate", f"{report['fpr']:g} (verdict: p &le; FPR)"))
+    if report.get("key"):
+        rows += [("key id", f"<code>{e(report['key']['id'])}</code>"),
+                 ("key commitment", f"<code>{e(report['key']['commitment'])}</code>")]
+    else:
+        rows.append(("signature SHA-256", f"<code>{e(report['signature_sha256'])}</code> (the owner's published commitment)"))
     if "tokenizer" in report:
         rows.append(("tokenizer", e(report["tokenizer"])))
     rows += [("created", e(report["created"])),
              ("versions", f"<code>{e(', '.join(f'{k} {v}' for k, v in report['versions'].items()))}</code>"),
              ("reproduce", f"<code>{e(' '.join(report['command']))}</code>"),
-             ("re-check", "<code>wm evidence check report.json -k KEY_FILE</code>")]
+             ("re-check", "<code>wm evidence check report.json" + (" -k KEY_FILE" if report.get("key") else "") + "</code>")]
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">",
         f"<title>wmkit evidence: {e(', '.join(verdicts))}</title><style>{CSS}</style></head><body>",
-        f"<h1>Watermark evidence ({'text' if family == 'text' else 'embeddings as a service'})</h1>",
+        f"<h1>{TITLES[family]}</h1>",
         "<table>", *(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows), "</table>",
-        *(_text_sections(report) if family == "text" else _eaas_sections(report)),
+        *SECTIONS[family](report),
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _fingerprint_sections(report: dict[str, Any]) -> list[str]:
+    e = html.escape
+    r, t = report["results"][0], report["test"]
+    cls = "yes" if r["watermarked"] else "no"
+    out = [
+        f"<h2>suspect: {e(report['suspect'])} ({e(t['access'])} access)</h2><table>",
+        f"<tr><th>verdict</th><td class='{cls}'>{'derived from the signed model' if r['watermarked'] else 'not derived'}</td></tr>",
+        f"<tr><th>test 1 (containment)</th><td>{r['contained']} of {r['queries']} outputs inside the signature's space "
+        f"(residual &le; tau {r['tau']:.3g}); p {r['p_value']:.3g} against Binomial({r['queries']}, {r['pi0']:.3g})</td></tr>",
+        f"<tr><th>test 2 (joint space)</th><td>L_sum - h = {r['l_sum_minus_h']}, the suspect's own rank {r['own_rank']} "
+        f"({'derived' if r['joint_derived'] else 'not derived'})</td></tr>",
+        "</table>",
+    ]
+    rho = np.log10(np.maximum(np.asarray(r["residuals"]), 1e-12))
+    out.append(f"<figure>{_hist(list(rho), math.log10(max(r['tau'], 1e-12)), 'residual histogram', mark='log10 tau')}"
+               "<figcaption>Residuals of the suspect's outputs outside the signature's space (log10); red: the "
+               "threshold tau (calibrated at enrollment between the model's own numeric noise and unrelated models)."
+               "</figcaption></figure>")
+    from scipy.stats import binom
+
+    k = np.arange(0, r["queries"] + 1)
+    out.append(f"<figure>{_bars(k, binom.pmf(k, r['queries'], r['pi0']), r['contained'], 'null distribution')}"
+               f"<figcaption>Null distribution of test 1: contained outputs of an unrelated model, Binomial({r['queries']}, "
+               f"{r['pi0']:.3g}); red: the observed count.</figcaption></figure>")
+    return out
+
+
+TITLES = {"text": "Watermark evidence (text)", "eaas": "Watermark evidence (embeddings as a service)",
+          "fingerprint": "Fingerprint evidence (model derivation)"}
+SECTIONS = {"text": _text_sections, "eaas": _eaas_sections, "fingerprint": _fingerprint_sections}

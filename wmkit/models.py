@@ -148,7 +148,17 @@ def load_tokenizer(model: str | os.PathLike[str] | None = None, cache: str | os.
             tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             _save_atomically(folder, tok)
             return tok
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return _loaded("tokenizer", path, lambda: AutoTokenizer.from_pretrained(str(path), local_files_only=True))
+
+
+def _loaded(what: str, folder: Path, load: Any) -> Any:
+    """``load()``; transformers' errors for an incomplete folder (no tokenizer files, no weights, an
+    unknown architecture) become one :class:`InputError` line."""
+    try:
+        return load()
+    except (OSError, ValueError, KeyError) as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise InputError(f"{folder}: cannot load its {what} ({first})") from None
 
 
 def load_lm(
@@ -166,8 +176,9 @@ def load_lm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = _model_folder(model, cache)
-    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    lm = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype="float32")
+    tok = _loaded("tokenizer", folder, lambda: AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
+    lm = _loaded("model", folder, lambda: AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
+                                                                             dtype="float32"))
     lm.to(device).eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -10,12 +10,13 @@ from typing import Any, Optional
 import typer
 
 from ..errors import InputError
-from ..evidence import check_report, render_html, text_report
+from ..evidence import check_report, load_report, render_html, text_report
 from ..files import write_file
 from ..keys import SecretKey, load_key
 from ..models import load_tokenizer
 from ..watermark.text import SCHEMES
 from ..watermark.embedding.verify import DEFAULT_DECOYS as EMB_DECOYS, DEFAULT_FPR as EMB_FPR, DEFAULT_TEXTS as EMB_TEXTS
+from ..fingerprint.verify import DEFAULT_FPR as FP_FPR
 from ..watermark.text.detector import DEFAULT_FPR
 from .common import NAMED_PARAMS, KeyOnlySchemeOpt, ModelOpt, SchemeArgs, check_fpr_option, die, run_guarded, scheme_options, stderr
 
@@ -135,14 +136,62 @@ def eaas(
     stderr.print(f"{suspect}: {verdict} (p = {r['p_value']:.3g}, delta-cos {r['delta_cos']:+.4f}); wrote {output}", markup=False)
 
 
+@evidence_app.command("fingerprint")
+def fingerprint(
+    signature: Path = typer.Option(..., "--signature", help="Signature file (wm fingerprint enroll)."),
+    suspect: str = typer.Option(..., "--suspect", help="Suspect model folder, .gguf file, or base URL of an OpenAI-style completions API."),
+    output: Path = typer.Option(..., "--output", "-o", help="A new folder for report.json, report.html and outputs.npz."),
+    access: str = typer.Option("logits", help="Access level: logits, logprobs, topk, top1."),
+    queries: Optional[int] = typer.Option(None, help="Queries (default 64; top1: 10).", show_default=False),
+    top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
+    fpr: float = typer.Option(FP_FPR, help="False-positive rate of the containment test."),
+) -> None:
+    """Test whether SUSPECT is derived from the signed model and write the evidence: its output vectors
+    (outputs.npz), both tests, the residual histogram and the null of test 1. Keyless: the signature's
+    SHA-256 is what an owner publishes before a dispute. Re-check: wm evidence check OUTPUT/report.json."""
+    from ..evidence import fingerprint_report
+    from ..fingerprint import Signature, suspect_vectors
+    from ..fingerprint.verify import DEFAULT_QUERIES
+    from .fingerprint import open_suspect
+
+    fpr = run_guarded(check_fpr_option, fpr)
+    _new_folder(output)
+    q = queries if queries is not None else (10 if access == "top1" else DEFAULT_QUERIES)
+    restricted = access in ("topk", "top1")
+
+    def run() -> Any:
+        if q < 2:
+            raise InputError(f"--queries must be at least 2, got {q}")
+        sig = Signature.load(signature)
+        acc = open_suspect(suspect, access, top_k)
+        if acc.vocab_size != sig.vocab_size:
+            raise InputError(f"{suspect}: incompatible vocabulary ({acc.vocab_size} tokens, the signature {sig.vocab_size}): "
+                             "not derived, and no output-space evidence to record")
+        return suspect_vectors(sig, acc, q, restricted)
+
+    vectors = run_guarded(run)
+    command = ["wm", "evidence", "fingerprint", "--signature", str(signature), "--suspect", suspect, "--access", access,
+               "--queries", str(q), "--top-k", str(top_k), "--fpr", repr(fpr), "-o", "NEW_FOLDER"]
+    output.mkdir()
+    report = run_guarded(fingerprint_report, output, signature, vectors, suspect=suspect, access=access,
+                         restricted=restricted, fpr=fpr, command=command)
+    _write(output, report)
+    r = report["results"][0]
+    verdict = "derived from the signed model" if r["watermarked"] else "not derived"
+    stderr.print(f"{suspect}: {verdict} (test 1: {r['contained']}/{r['queries']} contained, p = {r['p_value']:.3g}); "
+                 f"wrote {output}", markup=False)
+
+
 @evidence_app.command("check")
 def check(
     report_file: Path = typer.Argument(..., help="A report.json written by wm evidence text."),
     key_file: Optional[Path] = typer.Option(None, "--key-file", "-k", help="The revealed key file (else $WMKIT_KEY).", show_default=False),
 ) -> None:
     """Recompute every figure of REPORT from the revealed key and the inputs beside it; exit 0 only if the
-    key opens the report's commitment and every figure matches, 1 if the evidence does not hold, 2 on bad input."""
-    key = run_guarded(load_key, key_file=key_file)
+    key opens the report's commitment and every figure matches, 1 if the evidence does not hold, 2 on bad input.
+    A fingerprint report needs no key (its signature file's SHA-256 stands for the commitment)."""
+    report = run_guarded(load_report, report_file)
+    key = run_guarded(load_key, key_file=key_file) if report["family"] != "fingerprint" else None
 
     def build(family: str, config: dict[str, Any], k: SecretKey) -> Any:
         from ..watermark.embedding import SCHEMES as EMB_SCHEMES

@@ -6,7 +6,10 @@ top-1 API access) and :mod:`.verify` (the containment and joint-space tests, cal
 
 from .access import LocalAPI, ModelAccess, Top1Recovery, TopKRecovery
 from .signature import Signature, signature_from_matrix, signature_from_outputs, signature_from_weights
-from .verify import FingerprintReport, calibrate, enroll, query_prompts, query_rows, random_init_like, verify_fingerprint
+from .verify import (
+    FingerprintReport, calibrate, enroll, query_prompts, query_rows, random_init_like, score_fingerprint, suspect_vectors,
+    verify_fingerprint,
+)
 
 __all__ = [
     "LocalAPI",
@@ -24,4 +27,6 @@ __all__ = [
     "query_rows",
     "random_init_like",
     "verify_fingerprint",
+    "score_fingerprint",
+    "suspect_vectors",
 ]

@@ -30,6 +30,8 @@ is derived if either says so.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -181,7 +183,29 @@ def verify_fingerprint(
     if queries < 2:
         raise InputError(f"queries must be at least 2, got {queries}")
     before = access.calls
-    vecs = access.vectors(query_prompts(sig.vocab_size, queries, seed=seed), rows)
+    vecs = suspect_vectors(sig, access, queries, restricted, seed)
+    return dataclasses.replace(score_fingerprint(sig, vecs, restricted, fpr), api_calls=access.calls - before)
+
+
+def suspect_vectors(sig: Signature, access: Any, queries: int, restricted: bool = False, seed: int = 0) -> np.ndarray:
+    """The suspect's output vectors for the ``queries`` random prompts (only the calibrated rows when
+    ``restricted``): what :func:`score_fingerprint` tests."""
+    cal = sig.meta.get("calibration_rows" if restricted else "calibration")
+    if not cal:
+        raise InputError("the signature is not calibrated (wm fingerprint enroll calibrates it)")
+    rows = np.asarray(cal["rows"]) if restricted else None
+    return access.vectors(query_prompts(sig.vocab_size, queries, seed=seed), rows)
+
+
+def score_fingerprint(sig: Signature, vecs: np.ndarray, restricted: bool = False, fpr: float = DEFAULT_FPR) -> FingerprintReport:
+    """Both tests on the suspect's output vectors ``vecs`` (one row per query prompt; with
+    ``restricted``, only the signature's calibrated rows)."""
+    check_fpr(fpr)
+    cal = sig.meta.get("calibration_rows" if restricted else "calibration")
+    if not cal:
+        raise InputError("the signature is not calibrated (wm fingerprint enroll calibrates it)")
+    rows = np.asarray(cal["rows"]) if restricted else None
+    queries = len(vecs)
     rho = sig.residuals(vecs, rows)
     contained = int((rho <= cal["tau"]).sum())
     det = binomial_detection("fingerprint-containment", contained, queries, cal["pi0"], fpr, tau=cal["tau"])
@@ -196,7 +220,6 @@ def verify_fingerprint(
         own_rank=own,
         joint_derived=bool(joint),
         queries=queries,
-        api_calls=access.calls - before,
     )
 
 
