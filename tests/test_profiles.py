@@ -97,3 +97,40 @@ def test_cli_profiles(setup):
     assert not rows[2]["watermarked"] and set(rows[2]["profiles"]) == {"chat", "legacy", "vllm"}
     r = runner.invoke(app, ["detect", str(files[0]), "--profiles", str(path), "-s", "kgw"])
     assert r.exit_code == 2 and "--profiles names the schemes and keys" in r.stderr
+
+
+def test_calibrate_every_profile_then_detect_with_the_calibrations(setup):
+    import gzip
+    from pathlib import Path
+
+    tmp_path, path, profiles, texts = setup
+    agnews = Path(__file__).parent.parent / "benchmarks" / "data" / "agnews_10k.tsv.gz"
+    with gzip.open(agnews, "rt", encoding="utf-8") as f:
+        human = [line.split("\t")[0] for _, line in zip(range(300), f)]
+    corpus = tmp_path / "human.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in human))
+    out = tmp_path / "cal.json"
+    r = runner.invoke(app, ["calibrate", str(corpus), "--profiles", str(path), "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.stderr
+    shown = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [s["profile"] for s in shown] == ["chat", "legacy", "vllm"] and all(s["documents"] >= 100 for s in shown)
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "wmkit-calibration-profiles/1" and doc["profiles"]["chat"]["key_id"] == KEY_A.fingerprint()
+    marked = tmp_path / "chat.txt"
+    marked.write_text(texts["chat"], encoding="utf-8")
+    r = runner.invoke(app, ["detect", str(marked), "--profiles", str(path), "--calibration", str(out), "--json", "--fpr", "1e-2"])
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)
+    bucket_docs = {b: v["docs"] for b, v in doc["profiles"]["chat"]["buckets"].items()}
+    p_cal = row["profiles"]["chat"]["p_calibrated"]
+    assert row["profile"] == "chat" and p_cal in {1 / (1 + d) for d in bucket_docs.values()}  # beyond every null doc
+    assert row["p_value"] == pytest.approx(min(1.0, 3 * p_cal))  # Holm over the three calibrated p-values
+    assert row["watermarked"] == (row["p_value"] <= 1e-2)  # a small calibration cannot say less than 1 / (1 + n)
+    partial = {"format": doc["format"], "profiles": {"chat": doc["profiles"]["chat"]}}
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    r = runner.invoke(app, ["detect", str(marked), "--profiles", str(path), "--calibration", str(tmp_path / "partial.json")])
+    assert r.exit_code == 2 and "has no profile 'legacy'" in r.stderr
+    r = runner.invoke(app, ["detect", str(marked), "--profiles", str(path), "--calibration", str(path)])
+    assert r.exit_code == 2 and "not a multi-profile calibration file" in r.stderr
+    r = runner.invoke(app, ["calibrate", str(corpus), "--profiles", str(path), "-k", "x", "-o", str(tmp_path / "c2.json")])
+    assert r.exit_code == 2 and "--profiles names the schemes and keys" in r.stderr

@@ -17,7 +17,7 @@ support a claim below 1e-2).
 from __future__ import annotations
 
 import bisect
-from typing import Any, Iterable
+from typing import Any, Sequence, Iterable
 
 import numpy as np
 
@@ -30,6 +30,7 @@ BUCKETS = (16, 64, 128, 256, 512)  # lower edges of the length buckets (tokens s
 LEVELS = (1e-2, 1e-3, 1e-4)
 MIN_DOCS = 100
 FORMAT = "wmkit-calibration/1"
+PROFILES_FORMAT = "wmkit-calibration-profiles/1"  # {"format", "profiles": {name: a FORMAT report}}
 
 
 def _bucket(n: int) -> str:
@@ -94,3 +95,21 @@ def check_calibration(calibration: Any, config: dict[str, Any], key_id: str) -> 
         raise InputError("the calibration was made with another scheme configuration; recalibrate or pass its settings")
     if calibration.get("key_id") != key_id:
         raise InputError(f"the calibration was made with key id {calibration.get('key_id')}, not {key_id}")
+
+
+def profile_calibrations(calibration: Any, profiles: Sequence[Any], key_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The per-profile calibrations of a ``wm calibrate --profiles`` file, each checked against its
+    profile's scheme config and key id; a profile the file does not cover is an :class:`InputError`."""
+    if not isinstance(calibration, dict) or calibration.get("format") != PROFILES_FORMAT:
+        raise InputError("not a multi-profile calibration file (wm calibrate --profiles writes one)")
+    out = {}
+    for prof, kid in zip(profiles, key_ids, strict=True):
+        cal = calibration["profiles"].get(prof.name)
+        if cal is None:
+            raise InputError(f"the calibration has no profile {prof.name!r}; recalibrate with this profiles file")
+        try:
+            check_calibration(cal, prof.scheme.config(), kid)
+        except InputError as e:
+            raise InputError(f"profile {prof.name!r}: {e}") from None
+        out[prof.name] = cal
+    return out

@@ -107,8 +107,16 @@ def load_profiles(path: str | os.PathLike[str]) -> list[Profile]:
 
 
 def detect_profiles(profiles: Sequence[Profile], tokenizer: Any, texts: Sequence[str], fpr: float,
-                    min_tokens: int | None = None) -> list[ProfileMatch | InputError]:
-    """Test each text against every profile; a text no profile can score yields the first error."""
+                    min_tokens: int | None = None, calibrations: dict[str, dict[str, Any]] | None = None
+                    ) -> list[ProfileMatch | InputError]:
+    """Test each text against every profile; a text no profile can score yields the first error.
+
+    With ``calibrations`` (profile name -> its ``wm calibrate`` report), each profile's test uses its
+    calibrated p-value (:func:`wmkit.calibration.calibrated_p`; the exact one where the calibration
+    has no document of the text's length) and Holm runs over those.
+    """
+    from .calibration import calibrated_p
+
     check_fpr(fpr)
     opts = {"fpr": fpr, **({"min_tokens": min_tokens} if min_tokens is not None else {})}
     results = [p.scheme.detector(tokenizer, **opts).detect_many(list(texts)) for p in profiles]
@@ -120,9 +128,14 @@ def detect_profiles(profiles: Sequence[Profile], tokenizer: Any, texts: Sequence
             out.append(next(iter(dets.values())))
             continue
         names = list(scored)
-        adjusted = holm([scored[n].p_value for n in names])  # profiles that cannot score the text are not tests
-        best = min(range(len(names)), key=lambda j: (adjusted[j], scored[names[j]].p_value))
-        per = {n: {"p_value": scored[n].p_value, "p_holm": a, "method": scored[n].method}
+        used = {}
+        for n in names:
+            cal = calibrated_p(calibrations[n], scored[n].n_scored, scored[n].p_value) if calibrations else None
+            used[n] = cal[0] if cal else scored[n].p_value
+        adjusted = holm([used[n] for n in names])  # profiles that cannot score the text are not tests
+        best = min(range(len(names)), key=lambda j: (adjusted[j], used[names[j]]))
+        per = {n: {"p_value": scored[n].p_value, "p_holm": a, "method": scored[n].method,
+                   **({"p_calibrated": used[n]} if calibrations else {})}
                for n, a in zip(names, adjusted)}
         per.update({n: {"error": str(d)} for n, d in dets.items() if isinstance(d, Exception)})
         out.append(ProfileMatch(names[best], adjusted[best], adjusted[best] <= fpr, scored[names[best]], per))

@@ -16,7 +16,7 @@ from rich.text import Text
 from ..errors import InputError, WmkitError
 from ..files import iter_text
 from ..models import load_lm, load_tokenizer
-from ..calibration import calibrated_p, check_calibration
+from ..calibration import calibrated_p, check_calibration, profile_calibrations
 from ..profiles import detect_profiles, load_profiles
 from ..stats import Detection
 from ..watermark.text import SCHEMES
@@ -126,11 +126,21 @@ def _read_all(files: list[str], as_json: bool, max_mb: float = 64.0) -> tuple[li
 
 
 def _detect_with_profiles(profiles_file: Path, files: list[str], model: Optional[Path], fpr: float, min_tokens: int,
-                          as_json: bool) -> None:
+                          as_json: bool, calibration_file: Optional[Path] = None) -> None:
     profiles = run_guarded(load_profiles, profiles_file)
+    calibrations = None
+    if calibration_file is not None:
+        def load() -> dict[str, Any]:
+            try:
+                cal = json.loads(read_text(str(calibration_file)))
+            except json.JSONDecodeError as e:
+                raise InputError(f"{calibration_file}: not JSON ({e.msg})") from None
+            return profile_calibrations(cal, profiles, [key_id(p.scheme) for p in profiles])
+
+        calibrations = run_guarded(load)
     tokenizer = run_guarded(load_tokenizer, model)
     readable, failed = _read_all(files, as_json)
-    results = run_guarded(detect_profiles, profiles, tokenizer, [t for _, t in readable], fpr, min_tokens)
+    results = run_guarded(detect_profiles, profiles, tokenizer, [t for _, t in readable], fpr, min_tokens, calibrations)
     table = Table("file", "best profile", "tokens", "p (Holm)", "verdict")
     for (path, _), res in zip(readable, results, strict=True):
         if isinstance(res, WmkitError):
@@ -183,10 +193,10 @@ def detect(
         die(f"--device {device!r} is not available here (use cpu{', cuda' if torch.cuda.is_available() else ''})")
     if profiles_file is not None:
         if (config_file or scheme_name or scheme_args != SchemeArgs() or windowed or highlight or device != "cpu"
-                or prompt or calibration_file or null != "gamma"):
+                or prompt or null != "gamma"):
             die("--profiles names the schemes and keys; drop --scheme, --config, -k, --vllm-key, -P, the scheme options, "
-                "--windowed, --highlight, --device, --prompt, --calibration and --null")
-        _detect_with_profiles(profiles_file, files, model, fpr, min_tokens, as_json)
+                "--windowed, --highlight, --device, --prompt and --null")
+        _detect_with_profiles(profiles_file, files, model, fpr, min_tokens, as_json, calibration_file)
         return
     if config_file is not None:
         if scheme_name is not None or any(x is not None for x in scheme_args.named()) or scheme_args.params:
