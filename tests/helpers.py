@@ -38,3 +38,15 @@ def marked_text(scheme, tokenizer, n=120, seed=0):
         if t.startswith("Ġ") and t[1:].isalpha() and t[1:].islower() and 3 <= len(t) <= 9
     )
     return tokenizer.decode(marked_ids(scheme, n, np.random.default_rng(seed), pool=words))
+
+
+def agnews_jsonl(path, n):
+    """The first ``n`` AG News articles (benchmarks/data) as a JSON-lines corpus ``{"text": ...}`` at ``path``."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    with gzip.open(Path(__file__).parent.parent / "benchmarks" / "data" / "agnews_10k.tsv.gz", "rt", encoding="utf-8") as f:
+        human = [line.split("\t")[0] for _, line in zip(range(n), f)]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in human))
+    return path

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import marked_text
+from helpers import agnews_jsonl, marked_text
 from wmkit.calibration import MIN_DOCS, calibrate, calibrated_p
 from wmkit.cli.main import app
 from wmkit.errors import InputError
@@ -19,7 +17,6 @@ from wmkit.stats import Detection
 from wmkit.watermark.text import KGW
 
 runner = CliRunner()
-AGNEWS = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "agnews_3000.tsv.gz"
 
 
 def _det(n: int, p: float, z: float = 0.0) -> Detection:
@@ -50,10 +47,7 @@ def test_cli_calibrate_then_detect_with_calibration(tmp_path, tokenizer):
     key = SecretKey(bytes(range(32)))
     keyfile = tmp_path / "k"
     keyfile.write_text(key.to_hex())
-    with gzip.open(AGNEWS, "rt", encoding="utf-8") as f:
-        human = [line.split("\t")[0] for _, line in zip(range(400), f)]
-    corpus = tmp_path / "human.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in human))
+    corpus = agnews_jsonl(tmp_path / "human.jsonl", 400)
     out = tmp_path / "cal.json"
     r = runner.invoke(app, ["calibrate", str(corpus), "-k", str(keyfile), "-o", str(out), "--json"])
     assert r.exit_code == 0, r.stderr

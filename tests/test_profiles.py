@@ -100,15 +100,10 @@ def test_cli_profiles(setup):
 
 
 def test_calibrate_every_profile_then_detect_with_the_calibrations(setup):
-    import gzip
-    from pathlib import Path
+    from helpers import agnews_jsonl
 
     tmp_path, path, profiles, texts = setup
-    agnews = Path(__file__).parent.parent / "benchmarks" / "data" / "agnews_10k.tsv.gz"
-    with gzip.open(agnews, "rt", encoding="utf-8") as f:
-        human = [line.split("\t")[0] for _, line in zip(range(300), f)]
-    corpus = tmp_path / "human.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in human))
+    corpus = agnews_jsonl(tmp_path / "human.jsonl", 300)
     out = tmp_path / "cal.json"
     r = runner.invoke(app, ["calibrate", str(corpus), "--profiles", str(path), "-o", str(out), "--json"])
     assert r.exit_code == 0, r.stderr
