@@ -77,3 +77,10 @@ def v1_seed(context, key):
 
 def v1_u32(seed, token):
     return fmix32(seed ^ v1_anchor(token))
+
+
+def selfhash_anchor(context, token, key):
+    """The context token whose selector word wins (its state colours ``token``)."""
+    h = len(context)
+    sels = [word(state([x], key, 1, h), SEL, token, key) for x in context]
+    return context[sels.index(min(sels))]

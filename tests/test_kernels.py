@@ -132,3 +132,19 @@ def test_batched_detection_equals_the_pure_python_reference(key, seeding, h):
             green.append(scored[-1] and green_ref(scheme, row[:i], row[i]))
         assert got.evidence == {"token_ids": row, "scored": scored, "green": green}
         assert (got.n_scored, got.details["green"]) == (sum(scored), sum(green))
+
+
+def test_first_occurrence_brute_force():
+    from wmkit.kernels import first_occurrence
+
+    g = torch.Generator().manual_seed(3)
+    keys = torch.randint(0, 6, (4, 40), generator=g)
+    valid = torch.rand(4, 40, generator=g) > 0.3
+    got = first_occurrence(keys, valid)
+    for r in range(4):
+        seen = set()
+        for i in range(40):
+            want = bool(valid[r, i]) and int(keys[r, i]) not in seen
+            if valid[r, i]:
+                seen.add(int(keys[r, i]))
+            assert bool(got[r, i]) == want

@@ -163,3 +163,27 @@ def test_config_records_prf_v2_and_refuses_v1(key, name):
         SCHEMES[name].from_config({**config, "prf_version": 1}, key)
     with pytest.raises(InputError, match="unknown prf_version 3"):
         SCHEMES[name].from_config({**config, "prf_version": 3}, key)
+
+
+def test_selfhash_counts_each_anchor_token_pair_once(key):
+    """A selfhash colour is the word of (anchor, token): positions with the same pair under different
+    contexts are one coin. The detector scores each distinct pair once -- checked against the
+    pure-Python PRF -- where counting distinct 5-grams would score the same coin many times."""
+    import numpy as np
+
+    import prf_reference as ref
+    from helpers import VocabOnly
+
+    scheme = KGW(key, context_width=4, seeding="selfhash")
+    rng = np.random.default_rng(0)
+    ids = [int(x) for x in rng.integers(0, 12, size=600)]  # a tiny vocabulary: pairs repeat, 5-grams rarely
+    pk = scheme.prf_key()
+    pairs, green = {}, 0
+    for i in range(4, len(ids)):
+        pair = (ref.selfhash_anchor(ids[i - 4 : i], ids[i], pk), ids[i])
+        if pair not in pairs:
+            pairs[pair] = ref.is_green(ids[i - 4 : i], ids[i], pk, scheme.gamma, "selfhash")
+    grams = {tuple(ids[i - 4 : i + 1]) for i in range(4, len(ids))}
+    det = scheme.detector(VocabOnly(), min_tokens=1).detect(ids)
+    assert det.n_scored == len(pairs) < len(grams) / 3 and det.details["green"] == sum(pairs.values())
+    assert scheme.detector(VocabOnly()).first_scored(torch.tensor([ids]), torch.tensor([len(ids)])).sum() == len(pairs)

@@ -87,6 +87,8 @@ __all__ = [
     "vocab_groups",
     "lefthash_vocab_words",
     "selfhash_vocab_words",
+    "selfhash_anchors",
+    "repeat_keys",
     "position_u32",
     "uniform",
     "check_key",
@@ -243,6 +245,37 @@ def position_u32(token_ids: torch.Tensor, key: Key, h: int, seeding: str) -> tor
     states = _selfhash_states(windows, key)
     return _min_select([(token_words(s, targets, key, SELECT_DOMAIN), token_words(s, targets, key, TOKEN_DOMAIN))
                         for s in states])
+
+
+def selfhash_anchors(token_ids: torch.Tensor, key: Key, h: int) -> torch.Tensor:
+    """The context token whose selector wins for every scored token (selfhash): ``[..., N] -> [..., N - h]``.
+
+    A selfhash colour is the TOKEN_DOMAIN word of (anchor, token), so two positions with the same
+    (anchor, token) pair show the same coin whatever the rest of their contexts: detection counts
+    each pair once (:func:`repeat_keys`).
+    """
+    ids = token_ids.to(torch.int64)
+    n = ids.shape[-1] - h
+    if n <= 0:
+        return ids.new_empty((*ids.shape[:-1], 0))
+    targets = ids[..., h:]
+    windows = ids.unfold(-1, h, 1)[..., :n, :]
+    sels = [token_words(s, targets, key, SELECT_DOMAIN) for s in _selfhash_states(windows, key)]
+    best, best_j = sels[0], torch.zeros_like(targets)
+    for j, sel in enumerate(sels[1:], start=1):
+        take = sel < best
+        best, best_j = torch.where(take, sel, best), torch.where(take, torch.full_like(best_j, j), best_j)
+    return torch.gather(windows, -1, best_j.unsqueeze(-1)).squeeze(-1)
+
+
+def repeat_keys(token_ids: torch.Tensor, key: Key, h: int, seeding: str) -> torch.Tensor | None:
+    """What makes two scored positions the same coin, as one int64 per position ``[..., N - h]``:
+    for selfhash the (anchor, token) pair (``anchor * 2**31 + token``); ``None`` for lefthash, where
+    it is the whole (context, token) n-gram (the PRF's input)."""
+    if seeding != "selfhash":
+        return None
+    anchors = selfhash_anchors(token_ids, key, h)
+    return anchors * 2**31 + token_ids.to(torch.int64)[..., h:]
 
 
 def uniform(words: torch.Tensor) -> torch.Tensor:

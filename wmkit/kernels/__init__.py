@@ -27,6 +27,7 @@ __all__ = [
     "green_positions",
     "green_positions_reference",
     "first_ngram_occurrence",
+    "first_occurrence",
     "compile_enabled",
     "triton_available",
 ]
@@ -188,3 +189,16 @@ def first_ngram_occurrence(ids: torch.Tensor, lengths: torch.Tensor, h: int) -> 
     new[:, 1:] = (sorted_keys[:, 1:] != sorted_keys[:, :-1]).any(-1)
     first = torch.empty_like(new).scatter_(1, order, new)
     return first & valid
+
+
+def first_occurrence(keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[S, N]`` bool: position ``i`` is valid and the first valid position of its row holding
+    ``keys[s, i]`` (two stable sorts: validity, then key; any device)."""
+    s, n = keys.shape
+    o1 = torch.argsort((~valid).to(torch.int64), dim=1, stable=True)
+    o2 = torch.argsort(torch.gather(keys, 1, o1), dim=1, stable=True)
+    order = torch.gather(o1, 1, o2)
+    ks, vs = torch.gather(keys, 1, order), torch.gather(valid, 1, order)
+    new = torch.ones((s, n), dtype=torch.bool, device=keys.device)
+    new[:, 1:] = ks[:, 1:] != ks[:, :-1]
+    return torch.zeros_like(new).scatter_(1, order, new & vs)

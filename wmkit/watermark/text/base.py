@@ -168,6 +168,23 @@ class DetectorBase(DetectorCore):
         self.ignore_repeated_ngrams = ignore_repeated_ngrams
         self.h, self.seeding = scheme.seeding_params()
 
+    def first_scored(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``[S, N]`` bool for right-padded ``ids``: positions with a full context that are the first
+        of their coin in the row. A coin is what the PRF colours: the (context, token) n-gram for
+        lefthash; the (anchor, token) pair for selfhash (:func:`wmkit.prf.repeat_keys`), so repeated
+        pairs under different contexts count once. Without ``ignore_repeated_ngrams``: every position
+        with a full context."""
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        valid = (pos >= self.h) & (pos < lengths.unsqueeze(1))
+        if not self.ignore_repeated_ngrams:
+            return valid
+        pairs = prf.repeat_keys(ids, self.scheme.prf_key(), self.h, self.seeding)
+        if pairs is None:
+            return kernels.first_ngram_occurrence(ids, lengths, self.h)
+        keys = torch.full(ids.shape, -1, dtype=torch.int64, device=ids.device)
+        keys[:, self.h :] = pairs
+        return kernels.first_occurrence(keys, valid)
+
     def stream_items(self, pieces: Iterable[str], context: int = 0, chunk_chars: int = CHUNK_CHARS) -> Iterator[ScoredText]:
         """The text of ``pieces``, chunk by chunk (:mod:`wmkit.watermark.text.stream`): each item's
         ``ids`` are the last ``max(h, context)`` tokens before the chunk, then the chunk's tokens.
@@ -186,10 +203,13 @@ class DetectorBase(DetectorCore):
             lo = max(start, self.h)  # a short first tail holds every token so far: local h is global h
             cand = torch.zeros(len(ids), dtype=torch.bool)
             if lo < len(ids):
-                if self.ignore_repeated_ngrams:
-                    cand[lo:] = torch.from_numpy(seen.first(ngram_keys(ids[lo - self.h :].numpy(), self.h, vocab)))
-                else:
+                if not self.ignore_repeated_ngrams:
                     cand[lo:] = True
+                else:
+                    pairs = prf.repeat_keys(ids[None], self.scheme.prf_key(), self.h, self.seeding)
+                    keys = (ngram_keys(ids[lo - self.h :].numpy(), self.h, vocab) if pairs is None
+                            else pairs[0, lo - self.h :].numpy().astype(np.uint64))
+                    cand[lo:] = torch.from_numpy(seen.first(keys))
             yield ScoredText(ids, start, green & cand, cand)
             tail = ids[len(ids) - keep :] if keep else tail
 
@@ -220,7 +240,9 @@ class GreenListDetector(DetectorBase):
                 raise InputError("null='reference' needs the scheme's tokenizer (to tokenize the reference corpora)")
             from .reference import ReferenceNull
 
-            self._rates = ReferenceNull.load(tokenizer, self.h).rates(self._key, self.h, self.seeding, scheme.gamma)
+            ref = ReferenceNull.load(tokenizer, self.h)
+            self._rates = (ref.scored_rates(lambda docs: self._score(docs, "cpu")) if self.seeding == "selfhash"
+                           else ref.rates(self._key, self.h, self.seeding, scheme.gamma))
 
     def null_rate(self, n_tokens: int | None = None) -> float:
         """The green rate the test assumes: ``gamma``, or with ``null="reference"`` the larger of
@@ -251,11 +273,7 @@ class GreenListDetector(DetectorBase):
         lengths = torch.tensor([len(x) for x in seqs], dtype=torch.long, device=device)
         ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(device)
         green = kernels.green_positions(ids, lengths, self._key, self.h, self.seeding, self.scheme.gamma)
-        if self.ignore_repeated_ngrams:
-            scored = kernels.first_ngram_occurrence(ids, lengths, self.h)
-        else:
-            pos = torch.arange(ids.shape[1], device=ids.device)
-            scored = (pos >= self.h) & (pos < lengths.unsqueeze(1))
+        scored = self.first_scored(ids, lengths)
         return (green & scored).cpu(), scored.cpu()
 
     def _windowed(self, flags: np.ndarray, positions: np.ndarray, ids: np.ndarray, windows: Sequence[int],

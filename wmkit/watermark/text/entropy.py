@@ -139,12 +139,9 @@ class EntropyAwareDetector(DetectorBase, ABC):
         green = kernels.green_positions(ids.unsqueeze(0), lengths, self.scheme.prf_key(), self.h, self.seeding,
                                         self.scheme.gamma)[0]
         cand = torch.zeros(n, dtype=torch.bool)
-        if self.ignore_repeated_ngrams:  # repeats within the text (an n-gram of the prompt may recur once)
-            lo = max(0, start - self.h)
-            sub = ids[lo:].unsqueeze(0)
-            cand[lo:] = kernels.first_ngram_occurrence(sub, torch.tensor([sub.shape[1]]), self.h)[0]
-        else:
-            cand[self.h:] = True
+        lo = max(0, start - self.h)  # repeats within the text (a coin of the prompt may recur once)
+        sub = ids[lo:].unsqueeze(0)
+        cand[lo:] = self.first_scored(sub, torch.tensor([sub.shape[1]]))[0]
         cand &= torch.arange(n) >= start
         return ScoredText(ids, start, green & cand, cand)
 

@@ -20,8 +20,11 @@ tokens: shorter texts score common tokens more often). The detector then tests a
 calibrated for a key whose list happens to hold frequent n-grams in any of the genres. Text of
 another genre is protected only as far as its frequent n-grams are also frequent in one of these.
 
-The key-independent part (the reference n-grams and their weights per genre and length bucket)
-is computed once per tokenizer and context width and cached under the wmkit cache folder.
+The key-independent part (the reference n-grams and their weights per genre and length bucket,
+and the token streams) is computed once per tokenizer and context width and cached under the
+wmkit cache folder. For selfhash, whose coins are (anchor, token) pairs that the key chooses, the
+rate is measured directly: the detector scores the reference texts with the key
+(:meth:`ReferenceNull.scored_rates`).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ __all__ = ["BUCKETS", "GENRES", "ReferenceNull", "reference_texts"]
 
 GENRES = ("news", "reviews", "code")
 BUCKETS = (64, 128, 256, 512, 1024)
-VERSION = 1
+VERSION = 2
 
 
 def reference_texts(genre: str) -> list[str]:
@@ -72,9 +75,10 @@ class ReferenceNull:
     """The reference n-grams of one tokenizer and context width ``h``, with their scoring weights
     per genre and length bucket; :meth:`rate` gives a key's null green rate at a text length."""
 
-    def __init__(self, grams: np.ndarray, weights: np.ndarray):
+    def __init__(self, grams: np.ndarray, weights: np.ndarray, streams: list[np.ndarray]):
         self.grams = grams  # [M, h + 1] int64: distinct reference n-grams (context..., token)
         self.weights = weights  # [len(GENRES), len(BUCKETS), M] float32, each row sums to 1
+        self.streams = streams  # per genre: the reference's token ids, one stream
 
     @classmethod
     def build(cls, tokenizer: Any, h: int) -> "ReferenceNull":
@@ -82,10 +86,12 @@ class ReferenceNull:
         vocab = len(tokenizer)
         per_genre: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
         first: dict[int, np.ndarray] = {}  # key -> the n-gram's ids
+        streams = []
         for genre in GENRES:
             texts = [normalize_text(t) for t in reference_texts(genre)]
             enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
             stream = np.concatenate([np.asarray(e, dtype=np.int64) for e in enc if e])
+            streams.append(stream)
             keys_all = ngram_keys(stream, h, vocab)
             uniq, idx = np.unique(keys_all, return_index=True)
             for k, i in zip(uniq.tolist(), idx.tolist()):
@@ -98,7 +104,7 @@ class ReferenceNull:
             for b, size in enumerate(BUCKETS):
                 keys, counts = buckets[size]
                 weights[g, b, np.searchsorted(all_keys, keys)] = counts / max(1, counts.sum())
-        return cls(grams, weights)
+        return cls(grams, weights, streams)
 
     @classmethod
     def load(cls, tokenizer: Any, h: int) -> "ReferenceNull":
@@ -110,6 +116,22 @@ class ReferenceNull:
         ids = torch.from_numpy(self.grams)
         green = kernels.green_positions(ids, torch.full((len(ids),), h + 1), prf_key, h, seeding, gamma)[:, h]
         return self.weights @ green.numpy().astype(np.float32)
+
+    def scored_rates(self, score: Any, max_tokens: int = 200_000) -> np.ndarray:
+        """``[len(GENRES), len(BUCKETS)]``: the green rate the detector's own scoring finds on each
+        genre's reference cut into texts of each bucket's length (the first ``max_tokens`` tokens).
+
+        ``score(list of id tensors) -> (green & scored, scored)`` bool ``[S, N]``. For selfhash, whose
+        coins are (anchor, token) pairs chosen by the key, no key-independent n-gram weighting
+        exists; this is the direct estimate (a few seconds)."""
+        out = np.zeros((len(GENRES), len(BUCKETS)))
+        for g, stream in enumerate(self.streams):
+            for b, size in enumerate(BUCKETS):
+                n = min(len(stream), max_tokens) // size
+                docs = list(torch.from_numpy(stream[: n * size].astype(np.int64)).view(n, size))
+                green, scored = score(docs)
+                out[g, b] = float(green.sum()) / max(1, int(scored.sum()))
+        return out
 
     @staticmethod
     def bucket(n_tokens: int) -> int:
@@ -126,12 +148,13 @@ def _load(tokenizer: Any, h: int) -> ReferenceNull:
         path = cache_dir() / "reference" / f"v{VERSION}-{key[0]}-h{h}.npz"
         if path.exists():
             with np.load(path) as z:
-                _LOADED[key] = ReferenceNull(z["grams"], z["weights"])
+                _LOADED[key] = ReferenceNull(z["grams"], z["weights"], [z[f"stream_{g}"] for g in GENRES])
         else:
             ref = ReferenceNull.build(tokenizer, h)
             path.parent.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()
-            np.savez_compressed(buf, grams=ref.grams, weights=ref.weights)
+            np.savez_compressed(buf, grams=ref.grams, weights=ref.weights,
+                                **{f"stream_{g}": st.astype(np.int32) for g, st in zip(GENRES, ref.streams)})
             write_file(path, buf.getvalue(), overwrite=True)
             _LOADED[key] = ref
     return _LOADED[key]
