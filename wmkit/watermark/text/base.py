@@ -168,22 +168,55 @@ class DetectorBase(DetectorCore):
         self.ignore_repeated_ngrams = ignore_repeated_ngrams
         self.h, self.seeding = scheme.seeding_params()
 
-    def first_scored(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``[S, N]`` bool for right-padded ``ids``: positions with a full context that are the first
-        of their coin in the row. A coin is what the PRF colours: the (context, token) n-gram for
-        lefthash; the (anchor, token) pair for selfhash (:func:`wmkit.prf.repeat_keys`), so repeated
-        pairs under different contexts count once. Without ``ignore_repeated_ngrams``: every position
-        with a full context."""
-        pos = torch.arange(ids.shape[1], device=ids.device)
-        valid = (pos >= self.h) & (pos < lengths.unsqueeze(1))
+    @staticmethod
+    def pack(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(flat, doc, col, lengths)``: the sequences concatenated (CPU int64), each position's
+        sequence index and its index within the sequence -- a batch with no padding to score."""
+        lengths = torch.tensor([len(x) for x in seqs], dtype=torch.long)
+        flat = (torch.cat([torch.as_tensor(x, dtype=torch.long).cpu() for x in seqs]) if len(seqs)
+                else torch.zeros(0, dtype=torch.long))
+        doc = torch.repeat_interleave(torch.arange(len(seqs)), lengths)
+        col = torch.arange(len(flat)) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+        return flat, doc, col, lengths
+
+    def coins(self, seqs: Sequence[torch.Tensor], flat: torch.Tensor, doc: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        """Bool over the packed positions (:meth:`pack`): the position has a full context and is the
+        first of its coin in its sequence. A coin is what the PRF colours: the (context, token) n-gram
+        for lefthash, the (anchor, token) pair for selfhash (:func:`wmkit.prf.repeat_keys`), so a pair
+        repeated under different contexts counts once. Without ``ignore_repeated_ngrams``: every
+        position with a full context. One sort of (sequence, coin) keys over the packed batch."""
+        valid = col >= self.h
         if not self.ignore_repeated_ngrams:
             return valid
-        pairs = prf.repeat_keys(ids, self.scheme.prf_key(), self.h, self.seeding)
-        if pairs is None:
-            return kernels.first_ngram_occurrence(ids, lengths, self.h)
-        keys = torch.full(ids.shape, -1, dtype=torch.int64, device=ids.device)
-        keys[:, self.h :] = pairs
-        return kernels.first_occurrence(keys, valid)
+        keys = torch.zeros(len(flat), dtype=torch.int64)
+        pairs = prf.repeat_keys(flat[None], self.scheme.prf_key(), self.h, self.seeding)
+        if pairs is not None:
+            keys[self.h :] = pairs[0]
+        else:
+            vocab = len(self.tokenizer) if self.tokenizer is not None else int(flat.max(initial=0)) + 1 if len(flat) else 1
+            if (self.h + 1) * max(1, (vocab - 1).bit_length()) > 64:  # n-grams do not pack into 64 bits: sort them
+                ids = torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True)
+                lengths = torch.tensor([len(x) for x in seqs])
+                return kernels.first_ngram_occurrence(ids, lengths, self.h)[doc, col]
+            keys[self.h :] = torch.from_numpy(ngram_keys(flat.numpy(), self.h, vocab).view(np.int64))
+        idx = torch.nonzero(valid).flatten()
+        k, d = keys[idx], doc[idx]
+        order = torch.argsort(k, stable=True)  # by coin, earliest first ...
+        order = order[torch.argsort(d[order], stable=True)]  # ... within each sequence
+        ks, ds = k[order], d[order]
+        new = torch.ones(len(order), dtype=torch.bool)
+        new[1:] = (ks[1:] != ks[:-1]) | (ds[1:] != ds[:-1])
+        out = torch.zeros(len(flat), dtype=torch.bool)
+        out[idx[order]] = new
+        return out
+
+    def first_scored(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """:meth:`coins` for right-padded ``ids [S, N]``, as ``[S, N]`` bool."""
+        seqs = [ids[i, : int(n)].cpu() for i, n in enumerate(lengths)]
+        flat, doc, col, _ = self.pack(seqs)
+        out = torch.zeros(ids.shape, dtype=torch.bool)
+        out[doc, col] = self.coins(seqs, flat, doc, col)
+        return out.to(ids.device)
 
     def stream_items(self, pieces: Iterable[str], context: int = 0, chunk_chars: int = CHUNK_CHARS) -> Iterator[ScoredText]:
         """The text of ``pieces``, chunk by chunk (:mod:`wmkit.watermark.text.stream`): each item's
@@ -268,13 +301,23 @@ class GreenListDetector(DetectorBase):
             raise result
         return result
 
+    def _score_packed(self, seqs: list[torch.Tensor], device: str | torch.device) -> tuple[torch.Tensor, ...]:
+        """``(green & scored, scored, doc, col, lengths)`` over the packed batch (:meth:`pack`): the PRF
+        runs on real tokens only (one launch on CUDA), never on padding."""
+        flat, doc, col, lengths = self.pack(seqs)
+        on = flat[None].to(device)
+        green = kernels.green_positions(on, torch.tensor([len(flat)], device=on.device), self._key, self.h, self.seeding,
+                                        self.scheme.gamma)[0].cpu()
+        scored = self.coins(seqs, flat, doc, col)
+        return green & scored, scored, doc, col, lengths
+
     def _score(self, seqs: list[torch.Tensor], device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(green & scored, scored)`` as ``[S, N]`` bool CPU tensors for right-padded ``seqs``."""
-        lengths = torch.tensor([len(x) for x in seqs], dtype=torch.long, device=device)
-        ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(device)
-        green = kernels.green_positions(ids, lengths, self._key, self.h, self.seeding, self.scheme.gamma)
-        scored = self.first_scored(ids, lengths)
-        return (green & scored).cpu(), scored.cpu()
+        """``(green & scored, scored)`` as right-padded ``[S, N]`` bool CPU tensors."""
+        green, scored, doc, col, lengths = self._score_packed(seqs, device)
+        shape = (len(seqs), int(lengths.max()) if len(seqs) else 0)
+        g, s = torch.zeros(shape, dtype=torch.bool), torch.zeros(shape, dtype=torch.bool)
+        g[doc, col], s[doc, col] = green, scored
+        return g, s
 
     def _windowed(self, flags: np.ndarray, positions: np.ndarray, ids: np.ndarray, windows: Sequence[int],
                   evidence: dict[str, list] | None = None) -> Detection:
@@ -341,8 +384,11 @@ class GreenListDetector(DetectorBase):
         seqs = self.ids_of_many(texts, prompts)
         if not seqs:
             return []
-        green, scored = self._score(seqs, device)
-        n_scored, n_green = scored.sum(1).tolist(), green.sum(1).tolist()
+        green, scored, doc, _, lengths = self._score_packed(seqs, device)
+        n_scored = torch.bincount(doc[scored], minlength=len(seqs)).tolist()
+        n_green = torch.bincount(doc[green], minlength=len(seqs)).tolist()
+        if evidence:
+            green_of, scored_of = torch.split(green, lengths.tolist()), torch.split(scored, lengths.tolist())
         nulls = [self.null_rate(len(x)) for x in seqs]
         pvals = np.ones(len(seqs))
         for rate in set(nulls):  # one vectorized tail per null rate (one, or one per length bucket)
@@ -354,7 +400,7 @@ class GreenListDetector(DetectorBase):
                 results.append(self.too_short(n_scored[i]))
                 continue
             m = len(x)
-            ev = {"token_ids": x.tolist(), "scored": scored[i, :m].tolist(), "green": green[i, :m].tolist()} if evidence else None
+            ev = {"token_ids": x.tolist(), "scored": scored_of[i].tolist(), "green": green_of[i].tolist()} if evidence else None
             results.append(binomial_detection(
                 self.scheme.name, n_green[i], n_scored[i], nulls[i], self.fpr, evidence=ev, p_value=float(pvals[i]),
                 tokens_total=m, **self._null_details(),
