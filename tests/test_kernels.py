@@ -148,3 +148,18 @@ def test_first_occurrence_brute_force():
             if valid[r, i]:
                 seen.add(int(keys[r, i]))
             assert bool(got[r, i]) == want
+
+
+@pytest.mark.parametrize("seeding,h", [("lefthash", 1), ("selfhash", 4)])
+def test_compiled_detection_prf_is_bit_exact(seeding, h, monkeypatch):
+    """A batch of COMPILE_MIN_TOKENS tokens or more goes through torch.compile: same bits as eager."""
+    from wmkit import kernels
+
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, 49152, (2, kernels.COMPILE_MIN_TOKENS // 2 + 5), generator=g)
+    lengths = torch.tensor([ids.shape[1], ids.shape[1] - 3])
+    key = (0xDEADBEEF, 0x12345678, 0xCAFEF00D, 0x0BADBEEF)
+    compiled = kernels.green_positions(ids, lengths, key, h, seeding, 0.25)
+    assert ("positions", h, seeding == "selfhash") not in kernels._COMPILE_FAILED
+    monkeypatch.setenv("WMKIT_COMPILE", "0")
+    assert torch.equal(compiled, kernels.green_positions(ids, lengths, key, h, seeding, 0.25))

@@ -105,7 +105,7 @@ def test_green_bias_matches_reference_bit_for_bit(seeding, h, compiled, monkeypa
     key = (0xDEADBEEF, 0x12345678, 0xCAFEF00D, 0x0BADBEEF)
     out = kernels.green_bias(scores, ids, key, h, seeding, 0.25, 2.0)
     assert len(calls) == int(compiled)  # the compiled graph ran (or, with WMKIT_COMPILE=0, did not)
-    assert (h, seeding == "selfhash", False) not in kernels._COMPILE_FAILED
+    assert ("bias", h, seeding == "selfhash", False) not in kernels._COMPILE_FAILED
     f = ref.lefthash_u32 if seeding == "lefthash" else ref.selfhash_u32
     for r in (0, 3):  # two rows, every token, against the pure-Python spec
         ctx = ids[r, ids.shape[1] - h :].tolist() if h else []

@@ -46,7 +46,7 @@ def _bias(scores: torch.Tensor, window: torch.Tensor, key: torch.Tensor, groups:
 
 
 _COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
-_COMPILE_FAILED: set[tuple[int, bool, bool]] = set()  # graph variants (h, selfhash, masked) that failed to compile
+_COMPILE_FAILED: set[tuple] = set()  # (graph name, *variant) that failed to compile
 RECOMPILE_LIMIT = 64  # one graph per (h, seeding, mask or not); set only around our own calls
 
 
@@ -117,23 +117,37 @@ def green_bias(
     window, k, groups = _inputs(input_ids, key, h, scores.shape[-1])
     active = row_mask.bool() if row_mask is not None else None
     args = (scores, window, k, groups, active, prf.threshold(gamma), float(delta), seeding == "selfhash")
-    variant = (h, seeding == "selfhash", active is not None)
-    result = None
-    if compile_enabled() and scores.device.type == "cpu" and variant not in _COMPILE_FAILED:
-        fn = _COMPILED.get("bias")
-        if fn is None:
-            fn = _COMPILED["bias"] = torch.compile(_bias, dynamic=True)
-        try:
-            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                result = fn(*args)
-        except Exception as e:  # no compiler, unsupported platform: the eager path is exact too
-            _COMPILE_FAILED.add(variant)
-            warnings.warn(f"torch.compile unavailable for {variant} ({type(e).__name__}); using eager torch", stacklevel=2)
-    if result is None:
-        result = _bias(*args)
+    result = _maybe_compiled("bias", _bias, (h, seeding == "selfhash", active is not None), scores.device, *args)
     if out is not None:
         return out.copy_(result)
     return result
+
+
+def _maybe_compiled(name: str, fn: Callable[..., torch.Tensor], variant: tuple, device: torch.device,
+                    *args: object) -> torch.Tensor:
+    """``fn(*args)``, through ``torch.compile`` on the CPU (one graph per ``variant``: context width,
+    seeding, ...); eager when compilation is off, or failed once for this variant (the eager path is
+    exact too)."""
+    if compile_enabled() and device.type == "cpu" and (name, *variant) not in _COMPILE_FAILED:
+        compiled = _COMPILED.get(name)
+        if compiled is None:
+            compiled = _COMPILED[name] = torch.compile(fn, dynamic=True)
+        try:
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return compiled(*args)
+        except Exception as e:  # no compiler, unsupported platform
+            _COMPILE_FAILED.add((name, *variant))
+            warnings.warn(f"torch.compile unavailable for {name} {variant} ({type(e).__name__}); using eager torch",
+                          stacklevel=3)
+    return fn(*args)
+
+
+def _positions(ids: torch.Tensor, key: torch.Tensor, thr: torch.Tensor, h: int, selfhash: bool) -> torch.Tensor:
+    """Green flags of positions ``h..`` of ``ids [S, N]`` (the key and threshold as tensors: one graph for every key)."""
+    return prf.position_u32(ids, (key[0], key[1], key[2], key[3]), h, "selfhash" if selfhash else "lefthash") < thr
+
+
+COMPILE_MIN_TOKENS = 1 << 16  # detection compiles its PRF only for batches this large (compiling takes ~15 s once)
 
 
 def green_positions_reference(
@@ -143,7 +157,11 @@ def green_positions_reference(
     s, n = ids.shape
     green = torch.zeros((s, n), dtype=torch.bool, device=ids.device)
     if n > h:
-        green[:, h:] = prf.position_u32(ids, key, h, seeding) < prf.threshold(gamma)
+        k = torch.tensor(key, dtype=torch.int64, device=ids.device)
+        thr = torch.tensor(prf.threshold(gamma), dtype=torch.int64, device=ids.device)
+        args = (ids.to(torch.int64), k, thr, h, seeding == "selfhash")
+        green[:, h:] = (_maybe_compiled("positions", _positions, (h, seeding == "selfhash"), ids.device, *args)
+                        if ids.numel() >= COMPILE_MIN_TOKENS else _positions(*args))
     return green & (torch.arange(n, device=ids.device) < lengths.unsqueeze(1))
 
 

@@ -381,9 +381,10 @@ class GreenListDetector(DetectorBase):
         that cannot be scored yields its :class:`~wmkit.errors.InputError` in place of a
         :class:`Detection`. ``evidence=False`` skips the per-token lists (``wm scan``'s fast path)."""
         prompts = list(prompts) if prompts is not None else [None] * len(texts)
-        seqs = self.ids_of_many(texts, prompts)
+        items = self.ids_of_many(texts, prompts)
+        seqs = [x for x in items if not isinstance(x, InputError)]
         if not seqs:
-            return []
+            return list(items)  # type: ignore[arg-type]
         green, scored, doc, _, lengths = self._score_packed(seqs, device)
         n_scored = torch.bincount(doc[scored], minlength=len(seqs)).tolist()
         n_green = torch.bincount(doc[green], minlength=len(seqs)).tolist()
@@ -405,7 +406,8 @@ class GreenListDetector(DetectorBase):
                 self.scheme.name, n_green[i], n_scored[i], nulls[i], self.fpr, evidence=ev, p_value=float(pvals[i]),
                 tokens_total=m, **self._null_details(),
             ))
-        return results
+        done = iter(results)
+        return [x if isinstance(x, InputError) else next(done) for x in items]
 
     def _null_details(self) -> dict[str, Any]:
         return {} if self._rates is None else {"null": "reference", "scheme_gamma": self.scheme.gamma}

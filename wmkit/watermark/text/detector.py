@@ -106,16 +106,34 @@ class DetectorCore:
         """Token ids of a text (see :meth:`token_ids`) or checked ids."""
         return self.token_ids(item, prompt) if isinstance(item, str) else self.checked_ids(item)
 
-    def ids_of_many(self, items: Sequence[Item], prompts: Sequence[str | None]) -> list[torch.Tensor]:
-        """:meth:`ids_of` for many items; texts without a prompt go through one batch call of the
-        tokenizer (a fast tokenizer encodes the batch in parallel, in Rust)."""
+    def ids_of_many(self, items: Sequence[Item], prompts: Sequence[str | None]) -> list[torch.Tensor | InputError]:
+        """:meth:`ids_of` for many items, an item that cannot be read yielding its :class:`InputError`.
+        Texts without a prompt go through one batch call of the tokenizer (a fast tokenizer encodes
+        the batch in parallel, in Rust); token-id items are range-checked in one pass."""
+        out: list[torch.Tensor | InputError | None] = [None] * len(items)
         batch = [i for i, (x, p) in enumerate(zip(items, prompts, strict=True)) if isinstance(x, str) and not p]
-        out: list[torch.Tensor | None] = [None] * len(items)
         if len(batch) > 1:
             enc = self.tokenizer([normalize_text(items[i]) for i in batch], add_special_tokens=False)["input_ids"]
             for i, ids in zip(batch, enc):
                 out[i] = torch.tensor(ids, dtype=torch.long)
-        return [x if x is not None else self.ids_of(items[i], prompts[i]) for i, x in enumerate(out)]
+        given = [i for i, x in enumerate(items) if not isinstance(x, str)]
+        if given:
+            seqs = [torch.as_tensor(items[i], dtype=torch.long).flatten() for i in given]
+            vocab = len(self.tokenizer) if self.tokenizer is not None else None
+            flat = torch.cat(seqs)
+            bad = flat < 0 if vocab is None else (flat < 0) | (flat >= vocab)
+            doc = torch.repeat_interleave(torch.arange(len(seqs)), torch.tensor([len(x) for x in seqs]))
+            wrong = set(doc[bad].tolist())
+            for j, i in enumerate(given):
+                out[i] = (InputError(f"token ids out of range for a {vocab}-token tokenizer (mismatched tokenizer?)")
+                          if j in wrong else seqs[j])
+        for i, x in enumerate(out):
+            if x is None:
+                try:
+                    out[i] = self.ids_of(items[i], prompts[i])
+                except InputError as e:
+                    out[i] = e
+        return out  # type: ignore[return-value]
 
     def too_short(self, n: int) -> InputError:
         """The error for a text with fewer than ``min_tokens`` scorable tokens."""
