@@ -178,7 +178,7 @@ def test_selfhash_counts_each_anchor_token_pair_once(key):
     rng = np.random.default_rng(0)
     ids = [int(x) for x in rng.integers(0, 12, size=600)]  # a tiny vocabulary: pairs repeat, 5-grams rarely
     pk = scheme.prf_key()
-    pairs, green = {}, 0
+    pairs = {}
     for i in range(4, len(ids)):
         pair = (ref.selfhash_anchor(ids[i - 4 : i], ids[i], pk), ids[i])
         if pair not in pairs:

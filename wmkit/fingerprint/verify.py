@@ -174,7 +174,6 @@ def verify_fingerprint(
     cal = sig.meta.get("calibration_rows" if restricted else "calibration")
     if not cal:
         raise InputError("the signature is not calibrated (wm fingerprint enroll calibrates it)")
-    rows = np.asarray(cal["rows"]) if restricted else None
     if access.vocab_size != sig.vocab_size:
         return FingerprintReport(
             derived=False, compatible=False,
