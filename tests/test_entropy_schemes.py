@@ -281,3 +281,27 @@ def test_paper_tagger_reencodes_decoded_windows_with_minilm(tokenizer):
         m = evaluate_tagger(t, [ids[0]], [torch.rand(ids.shape[1]) * 3], max_positions=10)
     assert m["positions"] == 10 and set(m["taus"]) == {str(x) for x in TAUS}
     assert t.n_parameters() > 22_000_000  # MiniLM counts: it runs at detection
+
+
+def test_ie_batched_tagging_gives_each_texts_own_result(tokenizer, key):
+    """detect_many runs the tagger over length-sorted, right-padded batches and scores a packed batch:
+    every text's result equals its own detect(), with and without prompts, across batch boundaries."""
+    import gzip
+    from pathlib import Path
+
+    with gzip.open(Path(__file__).parent.parent / "benchmarks" / "data" / "agnews_3000.tsv.gz", "rt", encoding="utf-8") as f:
+        texts = [line.split("\t")[0] for _, line in zip(range(40), f)]
+    texts[3] = texts[3] * 6  # one long text among short ones
+    prompts = [None] * 20 + [t.split()[0] for t in texts[20:]]
+    det = IE(key).detector(tokenizer)
+    many = det.detect_many(texts, prompts)
+    for t, p, m in zip(texts, prompts, many):
+        try:
+            one = det.detect(t, p)
+        except InputError as e:
+            assert isinstance(m, InputError) and str(m) == str(e)
+            continue
+        assert (m.p_value, m.n_scored, m.details["per_tau"]) == (one.p_value, one.n_scored, one.details["per_tau"])
+    small = IE(key).detector(tokenizer)
+    batched = small.scored_many([small.prepare(t) for t in texts[:10]], batch_tokens=200)  # many small batches
+    assert all(torch.equal(b, small.scored(small.prepare(t))) for b, t in zip(batched, texts[:10]))

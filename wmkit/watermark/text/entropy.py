@@ -132,52 +132,74 @@ class EntropyAwareDetector(DetectorBase, ABC):
 
     def prepare(self, text: str | Sequence[int] | torch.Tensor, prompt: str | Sequence[int] | torch.Tensor | None = None) -> ScoredText:
         """Tokenize ``prompt`` and ``text`` separately (as generation saw them) and mark green tokens."""
-        p, t = self._tokens(prompt), self._tokens(text)
-        ids = torch.cat([p, t])
-        n, start = len(ids), len(p)
-        lengths = torch.tensor([n])
-        green = kernels.green_positions(ids.unsqueeze(0), lengths, self.scheme.prf_key(), self.h, self.seeding,
-                                        self.scheme.gamma)[0]
-        cand = torch.zeros(n, dtype=torch.bool)
-        lo = max(0, start - self.h)  # repeats within the text (a coin of the prompt may recur once)
-        sub = ids[lo:].unsqueeze(0)
-        cand[lo:] = self.first_scored(sub, torch.tensor([sub.shape[1]]))[0]
-        cand &= torch.arange(n) >= start
-        return ScoredText(ids, start, green & cand, cand)
+        (item,) = self.prepare_many([text], [prompt])
+        if isinstance(item, InputError):
+            raise item
+        return item
 
-    def binomial(self, item: ScoredText, scored: torch.Tensor, **details: Any) -> Detection:
+    def prepare_many(self, texts: Sequence[str | Sequence[int] | torch.Tensor],
+                     prompts: Sequence[str | Sequence[int] | torch.Tensor | None]) -> list[ScoredText | InputError]:
+        """:meth:`prepare` for many texts: green tokens and candidates over one packed batch
+        (:meth:`~wmkit.watermark.text.base.DetectorBase.pack`); an item that cannot be read yields its error."""
+        parts: list[tuple[torch.Tensor, torch.Tensor] | InputError] = []
+        for t, p in zip(texts, prompts, strict=True):
+            try:
+                parts.append((self._tokens(p), self._tokens(t)))
+            except InputError as e:
+                parts.append(e)
+        ok = [x for x in parts if not isinstance(x, InputError)]
+        seqs = [torch.cat(x) for x in ok]
+        starts = [len(x[0]) for x in ok]
+        flat, doc, col, lengths = self.pack(seqs)
+        green = kernels.green_positions(flat[None], torch.tensor([len(flat)]), self.scheme.prf_key(), self.h, self.seeding,
+                                        self.scheme.gamma)[0] & (col >= self.h)  # no context across texts
+        lows = [max(0, s - self.h) for s in starts]  # repeats within the text (a coin of the prompt may recur once)
+        subs = [seq[lo:] for seq, lo in zip(seqs, lows)]
+        coins = self.coins(subs, *self.pack(subs)[:3])
+        items = []
+        for seq, start, lo, g, c in zip(seqs, starts, lows, torch.split(green, lengths.tolist()),
+                                         torch.split(coins, [len(x) for x in subs])):
+            cand = torch.zeros(len(seq), dtype=torch.bool)
+            cand[lo:] = c
+            cand &= torch.arange(len(seq)) >= start
+            items.append(ScoredText(seq, start, g & cand, cand))
+        done = iter(items)
+        return [x if isinstance(x, InputError) else next(done) for x in parts]
+
+    def binomial(self, item: ScoredText, scored: torch.Tensor, evidence: bool = True, **details: Any) -> Detection:
         """Exact binomial test over the ``scored`` positions of ``item`` (a subset of its candidates)."""
         scored = scored & item.candidate
         n = int(scored.sum())
         if n < self.min_tokens:
             raise self.too_short(n)
-        evidence = {"token_ids": item.ids[item.start:].tolist(), "scored": scored[item.start:].tolist(),
-                    "green": (item.green & scored)[item.start:].tolist()}
+        ev = {"token_ids": item.ids[item.start:].tolist(), "scored": scored[item.start:].tolist(),
+              "green": (item.green & scored)[item.start:].tolist()} if evidence else None
         return binomial_detection(self.scheme.name, int((item.green & scored).sum()), n, self.scheme.gamma, self.fpr,
-                                  evidence=evidence, tokens_total=len(item.ids) - item.start, **details)
+                                  evidence=ev, tokens_total=len(item.ids) - item.start, **details)
 
     @abstractmethod
-    def decide(self, items: list[ScoredText]) -> list[Detection | InputError]:
-        """The scheme's statistic for each prepared text (implemented by the scheme's detector)."""
+    def decide(self, items: list[ScoredText], evidence: bool = True) -> list[Detection | InputError]:
+        """The scheme's statistic for each prepared text (implemented by the scheme's detector);
+        ``evidence=False`` skips the per-token lists."""
 
     def detect_many(self, texts: Sequence[str | Sequence[int] | torch.Tensor],
-                    prompts: Sequence[str | Sequence[int] | torch.Tensor | None] | None = None) -> list[Detection | InputError]:
+                    prompts: Sequence[str | Sequence[int] | torch.Tensor | None] | None = None,
+                    evidence: bool = True) -> list[Detection | InputError]:
         """Detect each text (with its prompt, if any); an item that cannot be scored yields its error
-        (one that has too few candidate tokens never reaches the model or the tagger)."""
+        (one that has too few candidate tokens never reaches the model or the tagger).
+        ``evidence=False`` skips the per-token lists (``wm scan``)."""
         prompts = list(prompts) if prompts is not None else [None] * len(texts)
-        out: list[Detection | InputError] = []
+        out: list[Detection | InputError | None] = []
         items = []
-        for t, p in zip(texts, prompts, strict=True):
-            try:
-                item = self.prepare(t, p)
-            except InputError as e:
-                out.append(e)
+        for item in self.prepare_many(texts, prompts):
+            if isinstance(item, InputError):
+                out.append(item)
                 continue
             n = int(item.candidate.sum())
-            out.append(self.too_short(n) if n < self.min_tokens else None)  # type: ignore[arg-type]
+            out.append(self.too_short(n) if n < self.min_tokens else None)
             if n >= self.min_tokens:
                 items.append(item)
-        decided = iter(self.decide(items) if items else [])
+        decided = iter(self.decide(items, evidence) if items else [])
         return [r if r is not None else next(decided) for r in out]
 
     def detect(self, text: str | Sequence[int] | torch.Tensor, prompt: str | Sequence[int] | torch.Tensor | None = None) -> Detection:

@@ -34,7 +34,7 @@ __all__ = ["EWD", "EwdDetector"]
 class EwdDetector(ModelDetector):
     """Weighted z over the text's tokens; normal-tail p-value (see :func:`wmkit.stats.weighted_z_detection`)."""
 
-    def decide(self, items: list[ScoredText]) -> list[Detection | InputError]:
+    def decide(self, items: list[ScoredText], evidence: bool = True) -> list[Detection | InputError]:
         """Weight each candidate token by its step's spike entropy above the floor."""
         g, d = self.scheme.gamma, self.scheme.delta
         floor = 1.0 / (1.0 + spike_modulus(g, d))
@@ -45,11 +45,11 @@ class EwdDetector(ModelDetector):
             if n < self.min_tokens:
                 out.append(self.too_short(n))
                 continue
-            evidence = {"token_ids": it.ids[it.start:].tolist(), "scored": it.candidate[it.start:].tolist(),
-                        "green": it.green[it.start:].tolist(), "weight": w[it.start:].tolist()}
+            ev = {"token_ids": it.ids[it.start:].tolist(), "scored": it.candidate[it.start:].tolist(),
+                  "green": it.green[it.start:].tolist(), "weight": w[it.start:].tolist()} if evidence else None
             det = weighted_z_detection(self.scheme.name, it.green[it.candidate].double().numpy(),
                                        w[it.candidate].double().numpy(), g, self.fpr, tokens_total=len(it.ids) - it.start)
-            out.append(dataclasses.replace(det, evidence=evidence))
+            out.append(dataclasses.replace(det, evidence=ev))
         return out
 
 

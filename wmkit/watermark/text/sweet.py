@@ -31,13 +31,13 @@ __all__ = ["SWEET", "SweetDetector"]
 class SweetDetector(ModelDetector):
     """Scores the tokens whose true entropy is above the threshold: exact binomial test."""
 
-    def decide(self, items: list[ScoredText]) -> list[Detection | InputError]:
+    def decide(self, items: list[ScoredText], evidence: bool = True) -> list[Detection | InputError]:
         """Gate each token on the model's entropy of its step."""
         tau = self.scheme.entropy_threshold  # type: ignore[attr-defined]
         out: list[Detection | InputError] = []
         for it, ent in zip(items, self.token_values(items, shannon_entropy)):
             try:
-                out.append(self.binomial(it, torch.nan_to_num(ent, nan=-1.0) > tau, entropy_threshold=tau))
+                out.append(self.binomial(it, torch.nan_to_num(ent, nan=-1.0) > tau, evidence, entropy_threshold=tau))
             except InputError as e:
                 out.append(e)
         return out

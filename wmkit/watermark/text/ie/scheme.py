@@ -109,8 +109,31 @@ class IEDetector(EntropyAwareDetector):
     @torch.no_grad()
     def scored(self, item: ScoredText) -> torch.Tensor:
         """``[n, K]`` bool: token ``t`` is a candidate the tagger calls high-entropy at each threshold."""
-        high = by_token(self.tagger.predict(item.ids.unsqueeze(0))[0] > 0)
-        return high & item.candidate.unsqueeze(1)
+        return self.scored_many([item])[0]
+
+    @torch.no_grad()
+    def scored_many(self, items: list[ScoredText], batch_tokens: int = 1 << 15) -> list[torch.Tensor]:
+        """:meth:`scored` for many items: the tagger runs over length-sorted, right-padded batches of
+        about ``batch_tokens`` tokens (its convolutions are causal: padding on the right changes no
+        position before it)."""
+        out: list[torch.Tensor | None] = [None] * len(items)
+        order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
+        while order:
+            width = len(items[order[0]].ids)
+            take = 1
+            while take < len(order) and (take + 1) * max(width, len(items[order[take]].ids)) <= batch_tokens:
+                width = max(width, len(items[order[take]].ids))
+                take += 1
+            group, order = order[:take], order[take:]
+            width = -(-max(len(items[i].ids) for i in group) // 64) * 64  # few distinct shapes: conv plans are reused
+            batch = torch.zeros((len(group), width), dtype=torch.long)
+            for r, i in enumerate(group):
+                batch[r, : len(items[i].ids)] = items[i].ids
+            logits = self.tagger.predict(batch)
+            for r, i in enumerate(group):
+                n = len(items[i].ids)
+                out[i] = by_token(logits[r, :n] > 0) & items[i].candidate.unsqueeze(1)
+        return out  # type: ignore[return-value]
 
     def choose(self, green: list[int], scored: list[int]) -> tuple[int, dict[str, Any]]:
         """The threshold (navigated, or the scheme's ``tau``) from the per-threshold counts, and the
@@ -131,14 +154,13 @@ class IEDetector(EntropyAwareDetector):
         return dataclasses.replace(det, p_value=p, decision=bool(p <= det.fpr),
                                    details={**det.details, "p_uncorrected": det.p_value})
 
-    def decide(self, items: list[ScoredText]) -> list[Detection | InputError]:
+    def decide(self, items: list[ScoredText], evidence: bool = True) -> list[Detection | InputError]:
         """Navigate (or fix) the threshold, then the exact binomial test at it."""
         out: list[Detection | InputError] = []
-        for it in items:
-            scored = self.scored(it)
+        for it, scored in zip(items, self.scored_many(items)):
             k, details = self.choose((scored & it.green.unsqueeze(1)).sum(0).tolist(), scored.sum(0).tolist())
             try:
-                out.append(self.corrected(self.binomial(it, scored[:, k], **details)))
+                out.append(self.corrected(self.binomial(it, scored[:, k], evidence, **details)))
             except InputError as e:
                 out.append(e)
         return out
