@@ -135,7 +135,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here (never overwritten)")
     ap.add_argument("--plot", type=Path, default=None, help="PNG of tokens/s against workers (never overwritten)")
     ap.add_argument("--ie", action="store_true", help="also time IE (key-only, its tagger over packed batches): from ids and a 1-worker scan")
+    ap.add_argument("--single-core", action="store_true",
+                    help="one thread for torch and for the Rust tokenizer (RAYON_NUM_THREADS=1): tokens/s per core")
     args = ap.parse_args()
+    if args.single_core:  # before the tokenizer's thread pool starts (it starts at the first batch encode)
+        os.environ["RAYON_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
     out_file, plot_file = ResultFile(args.out, "scan_throughput"), ResultFile(args.plot, "scan_throughput")
     n_docs = args.docs or (20_000 if args.quick else 200_000)
     n_marked = args.marked or (40 if args.quick else 200)
@@ -149,7 +154,8 @@ def main() -> None:
         rows = []
         for w in map(int, args.workers.split(",")):
             row = run(corpus, scheme, w, marked_ids, tmp)
-            row.update(transformers_tokens_per_s=round(hf), ratio=round(row["tokens_per_s"] / hf, 1))
+            row.update(transformers_tokens_per_s=round(hf), ratio=round(row["tokens_per_s"] / hf, 1),
+                       threads="1 (--single-core)" if args.single_core else "default (torch and tokenizer use every core)")
             rows.append(row)
             log(json.dumps(row))
         result = {"docs": n_docs, "marked": n_marked, "from_ids_tokens_per_s_1_thread": round(rate_ids),

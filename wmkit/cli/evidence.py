@@ -1,4 +1,5 @@
-"""``wm evidence text|eaas`` write an ownership report (JSON + self-contained HTML); ``wm evidence check`` re-checks one."""
+"""``wm evidence text|eaas|fingerprint`` write an ownership report (JSON + self-contained HTML); ``wm evidence check``
+re-checks one."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def text(
         elif k not in ("scheme", "prf_version"):
             options += ["-P", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
     command = ["wm", "evidence", "text", *map(str, files), "-s", scheme.name, *options,
-               "-k", str(scheme_args.key_file) if scheme_args.key_file else "$WMKIT_KEY", "--fpr", repr(fpr),
+               *(["-k", str(scheme_args.key_file)] if scheme_args.key_file else []), "--fpr", repr(fpr),  # else $WMKIT_KEY
                *(["--model", str(model)] if model else []), "-o", "NEW_FOLDER"]
 
     def build() -> dict[str, Any]:
@@ -122,7 +123,7 @@ def eaas(
 
     scheme, emb, target = run_guarded(run)
     command = ["wm", "evidence", "eaas", "--suspect", suspect, "-s", scheme.name, "--mode", mode, "--texts", str(texts),
-               "--decoys", str(decoys), "--fpr", repr(fpr), "-k", str(key_file) if key_file else "$WMKIT_KEY",
+               "--decoys", str(decoys), "--fpr", repr(fpr), *(["-k", str(key_file)] if key_file else []),
                *(["--provider-model", str(provider_model)] if provider_model else []), "-o", "NEW_FOLDER"]
     output.mkdir()
     from ..evidence import eaas_report
