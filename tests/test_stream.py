@@ -128,7 +128,10 @@ def test_wm_detect_streams_a_large_file_with_the_whole_file_result(tmp_path, tok
     assert streamed == whole and not streamed[0]["watermarked"] and streamed[1]["watermarked"]
     windowed = runner.invoke(app, args + ["--windowed"]).stdout  # the marked passage inside big.txt, located
     assert windowed == whole_windowed and json.loads(windowed.splitlines()[0])["watermarked"]
-    assert "big.txt: streamed" in r.stderr and "no per-token highlight" in r.stderr
+    assert "big.txt: streamed (over 19k characters)" in r.stderr and "no per-token highlight" in r.stderr
+    r = runner.invoke(app, args + ["--prompt", "Hello"])  # a prompt needs the text whole: that file's error only
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert r.exit_code == 2 and "--prompt applies to texts read whole" in rows[0]["error"] and rows[1]["watermarked"]
     r = runner.invoke(app, ["detect", str(big), "-k", str(keyfile), "--json", "--max-input-mb", "0.01"])
     assert r.exit_code == 2 and "larger than 0.01 MiB" in r.stderr
     bad = tmp_path / "bad.txt"  # a decoding error deep inside a streamed file is that file's error only

@@ -244,6 +244,9 @@ def detect(
             text, rest = _peek(path, int(max_input_mb * 2**20), STREAM_CHARS if caps.streams else None)
             if rest is None:
                 small.append((i, text))
+            elif prompt:
+                results[i] = InputError(f"{path}: over {STREAM_CHARS // 1024}k characters, so it is streamed, and --prompt "
+                                        f"applies to texts read whole; check the text without its prompt")
             else:
                 results[i] = detector.detect_stream(itertools.chain([text], rest), windowed=windowed)
         except WmkitError as e:
@@ -281,7 +284,7 @@ def detect(
         if highlight and det.evidence:  # with --json, stdout holds only JSON lines: the colours go to stderr
             _highlight(stderr if as_json else console, tokenizer, path, det)
         elif highlight:
-            stderr.print(f"{path}: streamed (over {STREAM_CHARS // 2**20} MiB): no per-token highlight", markup=False)
+            stderr.print(f"{path}: streamed (over {STREAM_CHARS // 1024}k characters): no per-token highlight", markup=False)
     if not as_json and table.row_count:
         console.print(table)
         console.print(f"verdict at FPR {fpr:g} (scheme {scheme.name}, {json.dumps(scheme.config())})", style="dim", markup=False)
