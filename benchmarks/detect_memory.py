@@ -23,10 +23,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _output import ResultFile, output_args, pick  # noqa: E402
+from wmkit.files import write_file  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "agnews_10k.tsv.gz"
 RUN = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
@@ -39,15 +41,19 @@ def write_input(path: Path, mib: float, seed: int = 0) -> int:
     """``mib`` MiB of shuffled-word news text; returns its size in bytes."""
     with gzip.open(DATA, "rt", encoding="utf-8") as f:
         docs = [line.split("\t")[0].split() for line in f if line.strip()]
-    rng, target, size = random.Random(seed), int(mib * 2**20), 0
-    with open(path, "w", encoding="utf-8") as out:
-        while size < target:
+    rng, target = random.Random(seed), int(mib * 2**20)
+    written = [0]
+
+    def write(out: BinaryIO) -> None:  # streamed into the atomic writer's temporary file
+        while written[0] < target:
             words = list(rng.choice(docs))
             rng.shuffle(words)
-            line = " ".join(words) + "\n"
+            line = (" ".join(words) + "\n").encode("utf-8")
             out.write(line)
-            size += len(line.encode("utf-8"))
-    return size
+            written[0] += len(line)
+
+    write_file(path, write)
+    return written[0]
 
 
 def run(config: str, path: Path, key: Path) -> dict:

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -31,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from _data import agnews_prompts  # noqa: E402
-from _output import ResultFile  # noqa: E402
+from _output import ResultFile, output_args  # noqa: E402
 from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import load_default_lm  # noqa: E402
 from wmkit.watermark.text import make_scheme  # noqa: E402
@@ -61,8 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="20 prompts (default 50)")
     ap.add_argument("--schemes", default="synthid,synthid-distortionary,gumbel,kgw")
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here (never overwritten)")
+    output_args(ap)
     args = ap.parse_args()
     out_file = ResultFile(args.out, "distortion")
     n = 20 if args.quick else 50

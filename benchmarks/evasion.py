@@ -18,14 +18,13 @@ import os
 import random
 import sys
 import unicodedata
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _data import agnews_prompts  # noqa: E402
-from _output import ResultFile  # noqa: E402
+from _output import ResultFile, output_args  # noqa: E402
 import wmkit.watermark.text.detector as detector_module  # noqa: E402
 from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import load_default_lm  # noqa: E402
@@ -51,8 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="20 prompts (default 50)")
     ap.add_argument("--schemes", default="kgw,unigram,gumbel,synthid")
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here (never overwritten)")
+    output_args(ap)
     args = ap.parse_args()
     out_file = ResultFile(args.out, "evasion")
     n = 20 if args.quick else 50

@@ -140,7 +140,8 @@ def test_first_occurrence_brute_force():
     g = torch.Generator().manual_seed(3)
     keys = torch.randint(0, 6, (4, 40), generator=g)
     valid = torch.rand(4, 40, generator=g) > 0.3
-    got = first_occurrence(keys, valid)
+    rows = torch.arange(4).repeat_interleave(40)
+    got = first_occurrence(keys.flatten(), rows, valid.flatten()).view(4, 40)  # the rows packed, one group each
     for r in range(4):
         seen = set()
         for i in range(40):

@@ -186,4 +186,6 @@ def test_selfhash_counts_each_anchor_token_pair_once(key):
     grams = {tuple(ids[i - 4 : i + 1]) for i in range(4, len(ids))}
     det = scheme.detector(VocabOnly(), min_tokens=1).detect(ids)
     assert det.n_scored == len(pairs) < len(grams) / 3 and det.details["green"] == sum(pairs.values())
-    assert scheme.detector(VocabOnly()).first_scored(torch.tensor([ids]), torch.tensor([len(ids)])).sum() == len(pairs)
+    plain = scheme.detector(VocabOnly())
+    seqs = [torch.tensor(ids)]
+    assert plain.coins(seqs, *plain.pack(seqs)[:3]).sum() == len(pairs)

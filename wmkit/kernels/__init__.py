@@ -209,14 +209,18 @@ def first_ngram_occurrence(ids: torch.Tensor, lengths: torch.Tensor, h: int) -> 
     return first & valid
 
 
-def first_occurrence(keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``[S, N]`` bool: position ``i`` is valid and the first valid position of its row holding
-    ``keys[s, i]`` (two stable sorts: validity, then key; any device)."""
-    s, n = keys.shape
-    o1 = torch.argsort((~valid).to(torch.int64), dim=1, stable=True)
-    o2 = torch.argsort(torch.gather(keys, 1, o1), dim=1, stable=True)
-    order = torch.gather(o1, 1, o2)
-    ks, vs = torch.gather(keys, 1, order), torch.gather(valid, 1, order)
-    new = torch.ones((s, n), dtype=torch.bool, device=keys.device)
-    new[:, 1:] = ks[:, 1:] != ks[:, :-1]
-    return torch.zeros_like(new).scatter_(1, order, new & vs)
+def first_occurrence(keys: torch.Tensor, groups: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """1-D bool over a packed batch: position ``i`` is valid and the first valid position holding
+    ``keys[i]`` within its group ``groups[i]`` (a sequence of the batch). Two stable sorts of the
+    valid positions (by key, then by group), so equal (group, key) pairs end up adjacent, earliest
+    first; any device."""
+    idx = torch.nonzero(valid).flatten()
+    k, g = keys[idx], groups[idx]
+    order = torch.argsort(k, stable=True)
+    order = order[torch.argsort(g[order], stable=True)]
+    ks, gs = k[order], g[order]
+    new = torch.ones(len(order), dtype=torch.bool, device=keys.device)
+    new[1:] = (ks[1:] != ks[:-1]) | (gs[1:] != gs[:-1])
+    out = torch.zeros(len(keys), dtype=torch.bool, device=keys.device)
+    out[idx[order]] = new
+    return out

@@ -184,7 +184,8 @@ class DetectorBase(DetectorCore):
         first of its coin in its sequence. A coin is what the PRF colours: the (context, token) n-gram
         for lefthash, the (anchor, token) pair for selfhash (:func:`wmkit.prf.repeat_keys`), so a pair
         repeated under different contexts counts once. Without ``ignore_repeated_ngrams``: every
-        position with a full context. One sort of (sequence, coin) keys over the packed batch."""
+        position with a full context. One sort of (sequence, coin) keys over the packed batch
+        (:func:`wmkit.kernels.first_occurrence`)."""
         valid = col >= self.h
         if not self.ignore_repeated_ngrams:
             return valid
@@ -199,24 +200,7 @@ class DetectorBase(DetectorCore):
                 lengths = torch.tensor([len(x) for x in seqs])
                 return kernels.first_ngram_occurrence(ids, lengths, self.h)[doc, col]
             keys[self.h :] = torch.from_numpy(ngram_keys(flat.numpy(), self.h, vocab).view(np.int64))
-        idx = torch.nonzero(valid).flatten()
-        k, d = keys[idx], doc[idx]
-        order = torch.argsort(k, stable=True)  # by coin, earliest first ...
-        order = order[torch.argsort(d[order], stable=True)]  # ... within each sequence
-        ks, ds = k[order], d[order]
-        new = torch.ones(len(order), dtype=torch.bool)
-        new[1:] = (ks[1:] != ks[:-1]) | (ds[1:] != ds[:-1])
-        out = torch.zeros(len(flat), dtype=torch.bool)
-        out[idx[order]] = new
-        return out
-
-    def first_scored(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """:meth:`coins` for right-padded ``ids [S, N]``, as ``[S, N]`` bool."""
-        seqs = [ids[i, : int(n)].cpu() for i, n in enumerate(lengths)]
-        flat, doc, col, _ = self.pack(seqs)
-        out = torch.zeros(ids.shape, dtype=torch.bool)
-        out[doc, col] = self.coins(seqs, flat, doc, col)
-        return out.to(ids.device)
+        return kernels.first_occurrence(keys, doc, valid)
 
     def stream_items(self, pieces: Iterable[str], context: int = 0, chunk_chars: int = CHUNK_CHARS) -> Iterator[ScoredText]:
         """The text of ``pieces``, chunk by chunk (:mod:`wmkit.watermark.text.stream`): each item's
