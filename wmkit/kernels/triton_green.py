@@ -197,9 +197,14 @@ def _key_tensor(key: prf.Key, device: torch.device) -> torch.Tensor:
 
 def green_bias_triton(
     scores: torch.Tensor, input_ids: torch.Tensor, key: prf.Key, h: int, seeding: str, gamma: float,
-    delta: float, row_mask: torch.Tensor | None = None, out: torch.Tensor | None = None,
+    delta: float, row_mask: torch.Tensor | None = None, out: torch.Tensor | None = None, *,
+    groups: int = GEN_GROUPS, num_warps: int = 4,
 ) -> torch.Tensor:
-    """Triton version of :func:`wmkit.kernels.green_bias_reference`; ``out=scores`` works in place."""
+    """Triton version of :func:`wmkit.kernels.green_bias_reference`; ``out=scores`` works in place.
+
+    ``groups`` (Philox calls per program, a power of two: ``4 * groups`` vocabulary entries) and
+    ``num_warps`` are launch tuning only (``benchmarks/kernel_speed.py --sweep``); the bits do not
+    depend on them."""
     if scores.dtype != torch.float32:
         raise ValueError(f"the Triton kernel takes float32 logits, got {scores.dtype}")
     b, v = scores.shape
@@ -210,27 +215,30 @@ def green_bias_triton(
         raise ValueError("scores and out must be contiguous along the vocabulary")
     ids = input_ids if input_ids.stride(-1) == 1 else input_ids.contiguous()
     mask = row_mask.to(torch.int8) if row_mask is not None else ids  # dummy pointer when unused
-    grid = (b, triton.cdiv(v, 4 * GEN_GROUPS))
+    grid = (b, triton.cdiv(v, 4 * groups))
     _green_bias_kernel[grid](
         scores, out, ids, mask, scores.stride(0), out.stride(0), ids.stride(0), ids.shape[1] - h, v,
         _key_tensor(key, scores.device), prf.threshold(gamma), float(delta),
-        H=h, HEND=max(h, 1), SELFHASH=seeding == "selfhash", HAS_MASK=row_mask is not None, INPLACE=inplace, GROUPS=GEN_GROUPS,
+        H=h, HEND=max(h, 1), SELFHASH=seeding == "selfhash", HAS_MASK=row_mask is not None, INPLACE=inplace, GROUPS=groups,
+        num_warps=num_warps,
     )
     return out
 
 
 def green_positions_triton(
-    ids: torch.Tensor, lengths: torch.Tensor, key: prf.Key, h: int, seeding: str, gamma: float
+    ids: torch.Tensor, lengths: torch.Tensor, key: prf.Key, h: int, seeding: str, gamma: float, *,
+    block: int = DET_BLOCK, num_warps: int = 4,
 ) -> torch.Tensor:
     """``[S, N]`` bool: token ``ids[s, i]`` is green after its ``h`` predecessors (False if ``i < h``
-    or ``i >= lengths[s]``)."""
+    or ``i >= lengths[s]``). ``block`` (positions per program) and ``num_warps``: launch tuning only."""
     s, n = ids.shape
     ids = ids.contiguous()
     out = torch.zeros((s, n), dtype=torch.int8, device=ids.device)
     if s and n:
-        grid = (s, triton.cdiv(n, DET_BLOCK))
+        grid = (s, triton.cdiv(n, block))
         _green_positions_kernel[grid](
             ids, lengths.contiguous(), out, ids.stride(0), out.stride(0), _key_tensor(key, ids.device), prf.threshold(gamma),
-            H=h, HEND=max(h, 1), SELFHASH=seeding == "selfhash", BLOCK=DET_BLOCK,
+            H=h, HEND=max(h, 1), SELFHASH=seeding == "selfhash", BLOCK=block,
+            num_warps=num_warps,
         )
     return out.bool()
