@@ -1,15 +1,17 @@
 """Time per generation step: wmkit's processor vs transformers' own, for KGW or SynthID.
 
 Both see the same [batch, 49152] scores and [batch, 32] input ids on the CPU, with the same
-parameters: KGW gamma 0.25, delta 2, lefthash, h = 1 (transformers' WatermarkLogitsProcessor);
+parameters: KGW gamma 0.25, delta 2, lefthash, h = 1, or selfhash, h = 4 (``--scheme kgw-selfhash``;
+transformers' WatermarkLogitsProcessor);
 SynthID ngram_len 5, 30 layers, table 2^16 (transformers' SynthIDTextWatermarkLogitsProcessor; the
 32 ids are a completion in progress, so wmkit's repeated-context check scans all of them). Also
 times one SmolLM2-135M decode step at batch 32 (a forward pass of one token with a 64-token KV
 cache), the cost the processor is measured against.
 
     python benchmarks/processor_speed.py                      # table (KGW)
+    python benchmarks/processor_speed.py --scheme kgw-selfhash  # KGW selfhash, h = 4
     python benchmarks/processor_speed.py --scheme synthid     # SynthID
-    python benchmarks/processor_speed.py --json               # JSON list of rows
+    python benchmarks/processor_speed.py --json               # JSON list of rows (--out FILE: to a new file)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch  # noqa: E402
 from transformers import WatermarkLogitsProcessor  # noqa: E402
 from transformers.generation.logits_process import SynthIDTextWatermarkLogitsProcessor  # noqa: E402
 
+from _output import ResultFile, output_args  # noqa: E402
 from _timing import median_ms  # noqa: E402
 from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.watermark.text import KGW, SynthID  # noqa: E402
@@ -52,15 +55,17 @@ def decode_step_ms(batch: int = 32, context: int = 64) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", action="store_true", help="print a JSON list of rows instead of the table")
+    output_args(ap)
     ap.add_argument("--batches", default="1,8,32,128")
     ap.add_argument("--no-decode", action="store_true", help="skip the SmolLM2 decode-step measurement")
-    ap.add_argument("--scheme", choices=["kgw", "synthid"], default="kgw")
+    ap.add_argument("--scheme", choices=["kgw", "kgw-selfhash", "synthid"], default="kgw")
     args = ap.parse_args()
+    out = ResultFile(args.out, "processor_speed")
 
-    if args.scheme == "kgw":
-        ours = KGW(SecretKey.generate(), gamma=0.25, delta=2.0, context_width=1, seeding="lefthash").processor()
-        theirs = WatermarkLogitsProcessor(VOCAB, "cpu", greenlist_ratio=0.25, bias=2.0, seeding_scheme="lefthash", context_width=1)
+    if args.scheme.startswith("kgw"):
+        seeding, h = ("selfhash", 4) if args.scheme == "kgw-selfhash" else ("lefthash", 1)
+        ours = KGW(SecretKey.generate(), gamma=0.25, delta=2.0, context_width=h, seeding=seeding).processor()
+        theirs = WatermarkLogitsProcessor(VOCAB, "cpu", greenlist_ratio=0.25, bias=2.0, seeding_scheme=seeding, context_width=h)
     else:
         keys = tuple(range(101, 131))
         ours = SynthID(keys, ngram_len=5).processor()
@@ -77,10 +82,11 @@ def main() -> None:
                 ours._prev, ours._start = ids[:, :-1], 0
             ours(ids, scores)
 
-        w = median_ms(step, repeats=30 if args.scheme == "kgw" else 5, warmup=2)
+        w = median_ms(step, repeats=5 if args.scheme == "synthid" else 30, warmup=2)
         t = median_ms(lambda: theirs(ids, scores.clone()), repeats=3 if b >= 32 else 5, warmup=1)
         rows.append({"batch": b, "wmkit_ms": round(w, 4), "transformers_ms": round(t, 3), "ratio": round(t / w, 1)})
     decode = None if args.no_decode else decode_step_ms()
+    out.write_json({"scheme": args.scheme, "threads": torch.get_num_threads(), "rows": rows, "decode_step_ms": decode})
     if args.json:
         print(json.dumps(rows))
         return

@@ -164,3 +164,60 @@ def test_compiled_detection_prf_is_bit_exact(seeding, h, monkeypatch):
     assert ("positions", h, seeding == "selfhash") not in kernels._COMPILE_FAILED
     monkeypatch.setenv("WMKIT_COMPILE", "0")
     assert torch.equal(compiled, kernels.green_positions(ids, lengths, key, h, seeding, 0.25))
+
+
+@pytest.mark.parametrize("seeding,h", CASES)
+def test_native_cpu_kernel_equals_reference(seeding, h):
+    """The C kernel (cpu_green.c), built here, bit for bit against the torch reference: a vocabulary
+    that ends inside a block, rows with a stride, in place with a row mask, and into ``out``."""
+    from wmkit.kernels import native
+
+    assert native.available(), native._FAILED
+    big, ids, key = (t.cpu() if isinstance(t, torch.Tensor) else t for t in _inputs(20 + h, b=6, v=5003))
+    scores = big[:, :4999]  # row stride 5003; 4999 = 19 full blocks of 256 entries + 135
+    want = kernels.green_bias_reference(scores, ids, key, h, seeding, 0.25, 2.0)
+    assert torch.equal(native.green_bias_native(scores, ids, key, h, seeding, 0.25, 2.0), want)
+    mask = torch.tensor([True, False, True, True, False, True])
+    want_masked = kernels.green_bias_reference(scores, ids, key, h, seeding, 0.25, 2.0, row_mask=mask)
+    buf = scores.clone()
+    assert native.green_bias_native(buf, ids, key, h, seeding, 0.25, 2.0, row_mask=mask, out=buf).data_ptr() == buf.data_ptr()
+    assert torch.equal(buf, want_masked)
+    dst = torch.full_like(scores, 7.0)
+    native.green_bias_native(scores, ids, key, h, seeding, 0.25, 2.0, row_mask=mask, out=dst)
+    assert torch.equal(dst, want_masked)  # skipped rows copied
+
+
+def test_native_kernel_declines_what_it_cannot_take(monkeypatch):
+    """bfloat16 logits, a column-strided tensor and selfhash beyond 64 take the torch path; the
+    dispatcher's result still equals the reference."""
+    from wmkit.kernels import native
+
+    monkeypatch.setenv("WMKIT_COMPILE", "0")  # eager: compiling 65 selfhash states would take minutes
+
+    scores, ids, key = (t.cpu() if isinstance(t, torch.Tensor) else t for t in _inputs(9, b=2, v=700, length=70))
+    assert not native.accepts(scores.bfloat16(), None, 1, "lefthash")
+    assert not native.accepts(scores.t().contiguous().t(), None, 1, "lefthash")
+    assert not native.accepts(scores, None, 65, "selfhash")
+    assert not native.accepts(scores, torch.empty(2, 699), 1, "lefthash")
+    with pytest.raises(ValueError, match="native kernel"):
+        native.green_bias_native(scores, ids, key, 65, "selfhash", 0.25, 2.0)
+    assert torch.equal(kernels.green_bias(scores, ids, key, 65, "selfhash", 0.25, 2.0),
+                       kernels.green_bias_reference(scores, ids, key, 65, "selfhash", 0.25, 2.0))
+
+
+def test_without_a_compiler_generation_falls_back_to_torch(tmp_path):
+    """No C compiler: ``available()`` is False and ``green_bias`` still gives the reference's bits."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from wmkit import kernels; from wmkit.kernels import native\n"
+        "s = torch.randn(3, 1000); ids = torch.randint(0, 1000, (3, 4)); k = (1, 2, 3, 4)\n"
+        "print(native.available(), native._FAILED is not None,"
+        " torch.equal(kernels.green_bias(s, ids, k, 1, 'lefthash', 0.25, 2.0),"
+        " kernels.green_bias_reference(s, ids, k, 1, 'lefthash', 0.25, 2.0)))\n"
+    )
+    env = {**__import__("os").environ, "CC": str(tmp_path / "no-such-cc"), "WMKIT_CACHE": str(tmp_path / "cache"),
+           "WMKIT_COMPILE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["False", "True", "True"], out.stderr[-2000:]

@@ -90,13 +90,26 @@ def test_v1_two_word_key_is_refused():
 
 
 @pytest.mark.parametrize("seeding,h", [("lefthash", 1), ("lefthash", 4), ("selfhash", 4), ("lefthash", 0)])
-@pytest.mark.parametrize("compiled", [True, False])
-def test_green_bias_matches_reference_bit_for_bit(seeding, h, compiled, monkeypatch):
-    """Eager and torch.compile paths against the pure-Python spec (WMKIT_COMPILE picks the path)."""
-    monkeypatch.setenv("WMKIT_COMPILE", "1" if compiled else "0")
-    calls = []
+@pytest.mark.parametrize("path", ["native", "compiled", "eager"])
+def test_green_bias_matches_reference_bit_for_bit(seeding, h, path, monkeypatch):
+    """The C kernel, the torch.compile path and eager torch against the pure-Python spec
+    (WMKIT_NATIVE and WMKIT_COMPILE pick the path; each path counts its calls)."""
+    from wmkit.kernels import native
+
+    monkeypatch.setenv("WMKIT_NATIVE", "1" if path == "native" else "0")
+    monkeypatch.setenv("WMKIT_COMPILE", "1" if path == "compiled" else "0")
+    calls = {"native": 0, "compiled": 0}
     compiled_fn = kernels._COMPILED.get("bias") or torch.compile(kernels._bias, dynamic=True)
-    monkeypatch.setitem(kernels._COMPILED, "bias", lambda *a: calls.append(1) or compiled_fn(*a))  # counts compiled calls
+    native_fn = native.green_bias_native
+
+    def count(name, fn):
+        def wrapped(*a):
+            calls[name] += 1
+            return fn(*a)
+        return wrapped
+
+    monkeypatch.setitem(kernels._COMPILED, "bias", count("compiled", compiled_fn))
+    monkeypatch.setattr(native, "green_bias_native", count("native", native_fn))
     g = torch.Generator().manual_seed(h)
     b, v = 5, 3001
     scores = torch.randn(b, v, generator=g)
@@ -104,7 +117,7 @@ def test_green_bias_matches_reference_bit_for_bit(seeding, h, compiled, monkeypa
     ids = torch.randint(0, 262144, (b, 9), generator=g)
     key = (0xDEADBEEF, 0x12345678, 0xCAFEF00D, 0x0BADBEEF)
     out = kernels.green_bias(scores, ids, key, h, seeding, 0.25, 2.0)
-    assert len(calls) == int(compiled)  # the compiled graph ran (or, with WMKIT_COMPILE=0, did not)
+    assert calls == {"native": int(path == "native"), "compiled": int(path == "compiled")}
     assert ("bias", h, seeding == "selfhash", False) not in kernels._COMPILE_FAILED
     f = ref.lefthash_u32 if seeding == "lefthash" else ref.selfhash_u32
     for r in (0, 3):  # two rows, every token, against the pure-Python spec

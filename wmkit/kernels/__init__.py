@@ -5,10 +5,13 @@ whole batch. Detection: :func:`green_positions` flags the green tokens of a padd
 sequences and :func:`first_ngram_occurrence` masks repeated (context, token) n-grams. They know
 no scheme: they take tensors, a PRF key and the PRF's parameters (:mod:`wmkit.prf` is the spec).
 
-On CUDA the fused Triton kernels of :mod:`wmkit.kernels.triton_green` run. On the CPU the
-generation path goes through ``torch.compile`` (inductor fuses PRF, comparison and add into one
-loop); where compilation is unavailable, or ``WMKIT_COMPILE=0``, the eager reference runs. All
-paths give the same bits; ``tests/test_kernels.py`` checks it (Triton under ``TRITON_INTERPRET=1``).
+On CUDA the fused Triton kernels of :mod:`wmkit.kernels.triton_green` run. On the CPU, float32
+generation runs the C kernel of :mod:`wmkit.kernels.native` (built on first use with the system
+compiler; ``WMKIT_NATIVE=0`` turns it off); other dtypes, and machines without a compiler, go
+through ``torch.compile`` (inductor fuses PRF, comparison and add into one loop); where
+compilation is unavailable, or ``WMKIT_COMPILE=0``, the eager reference runs. Detection batches
+of ``COMPILE_MIN_TOKENS`` or more go through ``torch.compile`` too. All paths give the same bits;
+``tests/test_kernels.py`` checks it (Triton under ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Callable
 import torch
 
 from .. import prf
+from . import native
 
 __all__ = [
     "green_bias",
@@ -114,6 +118,8 @@ def green_bias(
         from .triton_green import green_bias_triton
 
         return green_bias_triton(scores, input_ids, key, h, seeding, gamma, delta, row_mask, out)
+    if native.accepts(scores, out, h, seeding) and native.available():
+        return native.green_bias_native(scores, input_ids, key, h, seeding, gamma, delta, row_mask, out)
     window, k, groups = _inputs(input_ids, key, h, scores.shape[-1])
     active = row_mask.bool() if row_mask is not None else None
     args = (scores, window, k, groups, active, prf.threshold(gamma), float(delta), seeding == "selfhash")
