@@ -166,8 +166,10 @@ class EntropyAwareDetector(DetectorBase, ABC):
         done = iter(items)
         return [x if isinstance(x, InputError) else next(done) for x in parts]
 
-    def binomial(self, item: ScoredText, scored: torch.Tensor, evidence: bool = True, **details: Any) -> Detection:
-        """Exact binomial test over the ``scored`` positions of ``item`` (a subset of its candidates)."""
+    def binomial(self, item: ScoredText, scored: torch.Tensor, evidence: bool = True, p_value: float | None = None,
+                 **details: Any) -> Detection:
+        """Exact binomial test over the ``scored`` positions of ``item`` (a subset of its candidates);
+        ``p_value``: the tail, when the caller computed it for a batch (:func:`~wmkit.stats.binomial_pvalues`)."""
         scored = scored & item.candidate
         n = int(scored.sum())
         if n < self.min_tokens:
@@ -175,7 +177,7 @@ class EntropyAwareDetector(DetectorBase, ABC):
         ev = {"token_ids": item.ids[item.start:].tolist(), "scored": scored[item.start:].tolist(),
               "green": (item.green & scored)[item.start:].tolist()} if evidence else None
         return binomial_detection(self.scheme.name, int((item.green & scored).sum()), n, self.scheme.gamma, self.fpr,
-                                  evidence=ev, tokens_total=len(item.ids) - item.start, **details)
+                                  evidence=ev, p_value=p_value, tokens_total=len(item.ids) - item.start, **details)
 
     @abstractmethod
     def decide(self, items: list[ScoredText], evidence: bool = True) -> list[Detection | InputError]:

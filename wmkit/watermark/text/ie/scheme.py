@@ -23,7 +23,7 @@ import torch
 
 from ....errors import InputError
 from ....params import Spec
-from ....stats import Detection, binomial_detection, bonferroni
+from ....stats import Detection, binomial_detection, binomial_pvalues, bonferroni
 from ..base import GreenListProcessor
 from ..detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
 from ..detector import Capabilities
@@ -95,6 +95,14 @@ class IE(KGW):
         return IEDetector(self, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
 
 
+def bucket_width(n: int) -> int:
+    """``n`` rounded up to a multiple of ``max(8, 2**(floor(log2 n) - 3))``: at most 12.5% padding
+    (short documents are most of a corpus), and about 8 widths per octave, so the tagger's
+    convolution plans are reused rather than cached one per length."""
+    step = max(8, 1 << max(0, n.bit_length() - 4))
+    return -(-n // step) * step
+
+
 class IEDetector(EntropyAwareDetector):
     """Scores the tokens the tagger calls high-entropy; the navigator (or the scheme's ``tau``)
     picks the threshold. ``details`` has ``tau``, ``p_uncorrected``, ``candidates`` and, per
@@ -125,7 +133,7 @@ class IEDetector(EntropyAwareDetector):
                 width = max(width, len(items[order[take]].ids))
                 take += 1
             group, order = order[:take], order[take:]
-            width = -(-max(len(items[i].ids) for i in group) // 64) * 64  # few distinct shapes: conv plans are reused
+            width = bucket_width(max(len(items[i].ids) for i in group))
             batch = torch.zeros((len(group), width), dtype=torch.long)
             for r, i in enumerate(group):
                 batch[r, : len(items[i].ids)] = items[i].ids
@@ -156,11 +164,16 @@ class IEDetector(EntropyAwareDetector):
 
     def decide(self, items: list[ScoredText], evidence: bool = True) -> list[Detection | InputError]:
         """Navigate (or fix) the threshold, then the exact binomial test at it."""
+        chosen = []
+        for it, scored in zip(items, self.scored_many(items)):  # scored: candidates only
+            green, n = (scored & it.green.unsqueeze(1)).sum(0).tolist(), scored.sum(0).tolist()
+            k, details = self.choose(green, n)
+            chosen.append((it, scored[:, k], green[k], n[k], details))
+        pvals = binomial_pvalues([c[2] for c in chosen], [c[3] for c in chosen], self.scheme.gamma)  # one call
         out: list[Detection | InputError] = []
-        for it, scored in zip(items, self.scored_many(items)):
-            k, details = self.choose((scored & it.green.unsqueeze(1)).sum(0).tolist(), scored.sum(0).tolist())
+        for (it, scored, _, _, details), p in zip(chosen, pvals):
             try:
-                out.append(self.corrected(self.binomial(it, scored[:, k], evidence, **details)))
+                out.append(self.corrected(self.binomial(it, scored, evidence, p_value=float(p), **details)))
             except InputError as e:
                 out.append(e)
         return out

@@ -155,8 +155,11 @@ class CausalTagger(EntropyTagger):
     def features(self, ids: torch.Tensor) -> torch.Tensor:
         """``[B, L, channels]``: the feature of each position, from at most ``receptive_field`` tokens."""
         x = self.embed(ids).transpose(1, 2)
+        n = x.shape[-1]
         for i, (conv, pad) in enumerate(zip(self.convs, self.pads)):
-            y = torch.nn.functional.gelu(conv(torch.nn.functional.pad(x, (pad, 0))))
+            # zero padding on both sides, the first n outputs kept: the causal convolution without a padded copy
+            y = torch.nn.functional.conv1d(x, conv.weight, conv.bias, padding=pad, dilation=conv.dilation)[..., :n]
+            y = torch.nn.functional.gelu(y)
             x = y if i == 0 else x + y
         return x.transpose(1, 2)
 
