@@ -44,6 +44,35 @@ def test_prefix_scores_equal_brute_force_levenshtein():
         assert got[lane].tolist() == pytest.approx(_brute_levenshtein(cost[lane].tolist(), 0.4), abs=1e-12)
 
 
+def test_native_programme_equals_brute_force_over_rotations():
+    """The C programme (rotations as lanes, key row wrapped) against the brute-force DP of every
+    rotation, minimised: float32 sums, so equal to 1e-4."""
+    from wmkit.kernels import native
+
+    assert native.available(), native._FAILED
+    g = torch.Generator().manual_seed(1)
+    r, m, n = 3, 9, 5  # a text longer than the key: columns wrap around it
+    cost = torch.log(torch.rand(r, m, n, generator=g))  # [key row, token, key position]
+    got = native.levenshtein_prefix_native(cost, 0.4)
+    for k in range(r):
+        per_rot = [_brute_levenshtein([[float(cost[k, i, (rot + j) % n]) for j in range(m)] for i in range(m)], 0.4)
+                   for rot in range(n)]
+        assert got[k].tolist() == pytest.approx([min(col) for col in zip(*per_rot)], abs=1e-4)
+
+
+def test_detection_same_with_and_without_the_native_programme(key, monkeypatch):
+    """EXP-edit's statistic and every prefix p-value agree between the C and the torch programme."""
+    s = ExpEdit(key, key_length=32, n_resamples=19)
+    det = s.detector(VocabOnly(), min_tokens=1)
+    ids = torch.tensor(_generate(s, 40))
+    ids[10:14] = torch.tensor([5, 6, 7, 8])  # a few substitutions
+    a = det.score_ids(ids)
+    monkeypatch.setenv("WMKIT_NATIVE", "0")
+    b = det.score_ids(ids)
+    assert a.statistic == pytest.approx(b.statistic, abs=1e-3)
+    assert a.details["prefix_p_values"] == b.details["prefix_p_values"] and a.p_value == b.p_value
+
+
 def _generate(scheme, steps, seed=0, vocab=49152):
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

@@ -168,7 +168,7 @@ def test_compiled_detection_prf_is_bit_exact(seeding, h, monkeypatch):
 
 @pytest.mark.parametrize("seeding,h", CASES)
 def test_native_cpu_kernel_equals_reference(seeding, h):
-    """The C kernel (cpu_green.c), built here, bit for bit against the torch reference: a vocabulary
+    """The C kernel (cpu_kernels.c), built here, bit for bit against the torch reference: a vocabulary
     that ends inside a block, rows with a stride, in place with a row mask, and into ``out``."""
     from wmkit.kernels import native
 

@@ -1,4 +1,5 @@
-"""The CPU generation kernel: ``cpu_green.c``, compiled on first use and loaded with ctypes.
+"""CPU kernels in C (``cpu_kernels.c``), compiled on first use and loaded with ctypes: the green-list
+bias (:func:`green_bias_native`) and EXP-edit's edit-distance programme (:func:`levenshtein_prefix_native`).
 
 :func:`green_bias_native` is the CPU counterpart of the Triton kernel: per row, the context
 state (a few Philox calls) and one sweep over the vocabulary (one Philox call per 4 tokens, the
@@ -10,7 +11,8 @@ The library is built with the system C compiler (``$CC``, else ``cc``) at ``-O3 
 with the spec's constants passed as ``-D`` flags (``prf.py`` stays their one source), into the
 wmkit cache folder under a name that hashes the source, the flags and the machine; a second
 process loads it in milliseconds. With no compiler, or ``WMKIT_NATIVE=0``, :func:`available`
-is False and :func:`wmkit.kernels.green_bias` takes the ``torch.compile`` path.
+is False: :func:`wmkit.kernels.green_bias` takes the ``torch.compile`` path and EXP-edit its torch
+programme (same results; tested).
 """
 
 from __future__ import annotations
@@ -25,18 +27,19 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from .. import prf
 
-_SOURCE = Path(__file__).with_name("cpu_green.c")
+_SOURCE = Path(__file__).with_name("cpu_kernels.c")
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _FAILED: str | None = None
 _POOL: ThreadPoolExecutor | None = None
 MIN_ROWS_PER_THREAD = 2
-MAX_SELFHASH_H = 64  # cpu_green.c keeps the selfhash states on the stack
+MAX_SELFHASH_H = 64  # cpu_kernels.c keeps the selfhash states on the stack
 
 
 def _flags() -> list[str]:
@@ -56,7 +59,7 @@ def _build() -> ctypes.CDLL:
     tag = hashlib.sha256("\0".join([_SOURCE.read_text(), cc, *flags, platform.machine(), platform.processor()])
                          .encode()).hexdigest()[:16]
     folder = cache_dir() / "kernels"
-    lib = folder / f"cpu_green-{tag}.so"
+    lib = folder / f"cpu_kernels-{tag}.so"
     if not lib.exists():
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
@@ -72,6 +75,9 @@ def _build() -> ctypes.CDLL:
     p, i64, i32, u32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_uint32
     f.argtypes = [p, i64, p, i64, p, i64, i64, i32, i32, p, i64, i64, i64, u32, u32, u32, u32, u32, ctypes.c_float]
     f.restype = None
+    lev = dll.wmkit_levenshtein_prefix
+    lev.argtypes = [p, i64, i64, ctypes.c_float, i64, i64, p]
+    lev.restype = ctypes.c_int
     return dll
 
 
@@ -108,7 +114,6 @@ def green_bias_native(
     delta: float, row_mask: torch.Tensor | None = None, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`wmkit.kernels.green_bias` on float32 CPU logits through the C kernel (checked by the caller)."""
-    global _POOL
     if not available():
         raise RuntimeError(f"the native CPU kernel is unavailable ({_FAILED or 'WMKIT_NATIVE=0'})")
     if not accepts(scores, out, h, seeding):
@@ -124,12 +129,36 @@ def green_bias_native(
     tail = (v, *prf.check_key(key), prf.threshold(gamma), float(delta))
     fn = _LIB.wmkit_green_bias  # type: ignore[union-attr]
     threads = max(1, min(torch.get_num_threads(), b // MIN_ROWS_PER_THREAD))
-    if threads == 1:
-        fn(*args, 0, b, *tail)
-        return out
+    _in_threads(b, threads, lambda lo, hi: fn(*args, lo, hi, *tail))
+    return out
+
+
+def _in_threads(rows: int, threads: int, call: Callable[[int, int], object]) -> list[object]:
+    """``call(lo, hi)`` over ``threads`` contiguous slices of ``range(rows)``, in the shared pool."""
+    global _POOL
+    if threads <= 1:
+        return [call(0, rows)]
     if _POOL is None or _POOL._max_workers < threads:  # noqa: SLF001
         _POOL = ThreadPoolExecutor(threads, thread_name_prefix="wmkit-native")
-    cuts = [b * i // threads for i in range(threads + 1)]
-    for f in [_POOL.submit(fn, *args, lo, hi, *tail) for lo, hi in zip(cuts, cuts[1:])]:
-        f.result()
+    cuts = [rows * i // threads for i in range(threads + 1)]
+    return [f.result() for f in [_POOL.submit(call, lo, hi) for lo, hi in zip(cuts, cuts[1:])]]
+
+
+def levenshtein_prefix_native(g: torch.Tensor, gap: float) -> torch.Tensor:
+    """EXP-edit's prefix edit distances (:func:`wmkit.watermark.text.exp_edit.levenshtein_prefix_scores`,
+    minimised over rotations) in C: ``g[R, m, n]`` float32, ``g[r, i, p]`` = the match cost of text token
+    ``i`` at key position ``p`` under key ``r``; returns ``[R, m]``, entry ``k - 1`` the smallest distance
+    between ``y[:k]`` and the first ``k`` positions of any rotation of key ``r``'s sequence."""
+    if not available():
+        raise RuntimeError(f"the native CPU kernel is unavailable ({_FAILED or 'WMKIT_NATIVE=0'})")
+    if g.dim() != 3 or g.dtype != torch.float32 or g.device.type != "cpu":
+        raise ValueError(f"expected float32 CPU costs [R, m, n], got {tuple(g.shape)} {g.dtype} on {g.device}")
+    g = g.contiguous()
+    r, m, n = g.shape
+    out = torch.empty((r, m), dtype=torch.float32)
+    fn = _LIB.wmkit_levenshtein_prefix  # type: ignore[union-attr]
+    codes = _in_threads(r, max(1, min(torch.get_num_threads(), r)),
+                        lambda lo, hi: fn(g.data_ptr(), m, n, float(gap), lo, hi, out.data_ptr()))
+    if any(codes):
+        raise MemoryError("the native edit-distance kernel could not allocate its rows")
     return out

@@ -1,4 +1,8 @@
-/* The green-list bias of the wmkit PRF v2 (spec: wmkit/prf.py) for the CPU.
+/* CPU kernels of wmkit, loaded with ctypes by wmkit/kernels/native.py:
+ *
+ * - wmkit_green_bias: the green-list bias of the PRF v2 (spec: wmkit/prf.py);
+ * - wmkit_levenshtein_prefix: EXP-edit's edit-distance dynamic programme
+ *   (wmkit/watermark/text/exp_edit.py: levenshtein_prefix_scores is the torch reference).
  *
  * Built on first use by wmkit/kernels/native.py with the spec's constants as -D flags
  * (PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, CTX_DOMAIN, TOKEN_DOMAIN, SELECT_DOMAIN,
@@ -8,6 +12,7 @@
  * (32 x 32 -> 64-bit multiplies). Bit-identical to the torch reference (tests/test_kernels.py).
  */
 #include <stdint.h>
+#include <stdlib.h>
 
 #define LANES 64
 
@@ -129,4 +134,53 @@ void wmkit_green_bias(const float *scores, int64_t stride_s, float *out, int64_t
             }
         }
     }
+}
+
+/* EXP-edit's prefix edit distances for key rows r in [r0, r1).
+ *
+ * g is [R][m][n]: g[r][i][p] = log(1 - xi_p[y_i]) for text token i and key position p under key r.
+ * For each rotation l (0 .. n-1) the cost of matching token i with column j (0-based) is
+ * g[r][i][(l + j) % n]; D[i][j] = min(D[i-1][j-1] + cost(i-1, j-1), D[i-1][j] + gap, D[i][j-1] + gap)
+ * with D[i][0] = i gap, D[0][j] = j gap. out[r][k-1] = min over rotations of D[k][k] (k = 1 .. m).
+ * The rotations are the vector lanes (contiguous); rows are sequential. Returns 0, or -1 if out of memory. */
+int wmkit_levenshtein_prefix(const float *g, int64_t m, int64_t n, float gap, int64_t r0, int64_t r1, float *out) {
+    float *prev = malloc(sizeof(float) * (size_t)((m + 1) * n));
+    float *cur = malloc(sizeof(float) * (size_t)((m + 1) * n));
+    float *dup = malloc(sizeof(float) * (size_t)(n + m));
+    if (!prev || !cur || !dup) {
+        free(prev);
+        free(cur);
+        free(dup);
+        return -1;
+    }
+    for (int64_t r = r0; r < r1; r++) {
+        for (int64_t j = 0; j <= m; j++)
+            for (int64_t l = 0; l < n; l++) prev[j * n + l] = gap * (float)j;
+        for (int64_t i = 1; i <= m; i++) {
+            const float *gi = g + (r * m + (i - 1)) * n;
+            for (int64_t p = 0; p < n + m; p++) dup[p] = gi[p % n];
+            for (int64_t l = 0; l < n; l++) cur[l] = gap * (float)i;
+            for (int64_t j = 1; j <= m; j++) {
+                const float *c = dup + (j - 1);
+                const float *dl = prev + (j - 1) * n, *du = prev + j * n, *dc = cur + (j - 1) * n;
+                float *dj = cur + j * n;
+                for (int64_t l = 0; l < n; l++) {
+                    float a = dl[l] + c[l], b = du[l] + gap;
+                    float x = a < b ? a : b;
+                    float y = dc[l] + gap;
+                    dj[l] = x < y ? x : y;
+                }
+            }
+            float best = cur[i * n];
+            for (int64_t l = 1; l < n; l++) best = cur[i * n + l] < best ? cur[i * n + l] : best;
+            out[r * m + (i - 1)] = best;
+            float *t = prev;
+            prev = cur;
+            cur = t;
+        }
+    }
+    free(prev);
+    free(cur);
+    free(dup);
+    return 0;
 }
