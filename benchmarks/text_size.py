@@ -69,6 +69,9 @@ def schemes(key: SecretKey, vllm_key: int, exp_edit_resamples: int = 199) -> dic
     return {
         "kgw-lefthash-h1": make_scheme("kgw", key, gamma=0.25, delta=2.0, context_width=1, seeding="lefthash"),
         "kgw-selfhash-h4": make_scheme("kgw", key, gamma=0.25, delta=2.0, context_width=4, seeding="selfhash"),
+        # gentler biases: the KGW family's size / perplexity trade-off (--schemes kgw-lefthash-h1-d1.5,...)
+        **{f"kgw-lefthash-h1-g{g}-d{d}": make_scheme("kgw", key, gamma=g, delta=d, context_width=1, seeding="lefthash")
+           for g, d in ((0.25, 1.0), (0.25, 1.5), (0.5, 1.0), (0.5, 1.5))},
         "unigram": make_scheme("unigram", key, gamma=0.25, delta=2.0),
         "vllm-sbw": make_scheme("vllm-sbw", vllm_key),
         "vllm-gumbel": make_scheme("vllm-gumbel", vllm_key),
@@ -196,7 +199,11 @@ def main() -> None:
     lm, tok = load_default_lm()
     table = schemes(SecretKey.generate(), random.Random(args.seed).getrandbits(64), args.exp_edit_resamples)
     if args.schemes:
+        if unknown := [k for k in args.schemes.split(",") if k not in table]:
+            sys.exit(f"text_size: unknown schemes {unknown}; choose from {list(table)}")
         table = {k: table[k] for k in args.schemes.split(",")}
+    else:  # the gentler-bias KGW variants run only when named
+        table = {k: v for k, v in table.items() if "-g0." not in k}
     rng = random.Random(args.seed)
     attacks = {"tpr_deletion_30": A.WordDeletion(0.3), "tpr_synonym_30": A.SynonymSubstitution(lm, tok, 0.3),
                "tpr_copy_paste_25": A.CopyPaste(human, 0.25), "tpr_paraphrase": A.Paraphrase(lm, tok, max_new_tokens=260)}
