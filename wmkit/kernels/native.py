@@ -49,6 +49,16 @@ def _flags() -> list[str]:
     return ["-O3", "-march=native", "-fPIC", "-shared", "-std=c99", *(f"-D{k}={v:#x}u" for k, v in consts.items())]
 
 
+def _cpu_flags() -> str:
+    """The processor's feature flags (Linux), so a cache folder shared between machines never hands
+    a ``-march=native`` build to a processor without its instructions."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
+
+
 def _build() -> ctypes.CDLL:
     from ..models import cache_dir
 
@@ -56,8 +66,8 @@ def _build() -> ctypes.CDLL:
     if shutil.which(cc) is None:
         raise RuntimeError(f"no C compiler ({cc})")
     flags = _flags()
-    tag = hashlib.sha256("\0".join([_SOURCE.read_text(), cc, *flags, platform.machine(), platform.processor()])
-                         .encode()).hexdigest()[:16]
+    tag = hashlib.sha256("\0".join([_SOURCE.read_text(), cc, *flags, platform.machine(), platform.processor(),
+                                    _cpu_flags()]).encode()).hexdigest()[:16]
     folder = cache_dir() / "kernels"
     lib = folder / f"cpu_kernels-{tag}.so"
     if not lib.exists():
