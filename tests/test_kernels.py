@@ -221,3 +221,23 @@ def test_without_a_compiler_generation_falls_back_to_torch(tmp_path):
            "WMKIT_COMPILE": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["False", "True", "True"], out.stderr[-2000:]
+
+
+def test_native_kernel_works_in_a_forked_child():
+    """The row threads' pool does not survive fork; a child that generates makes its own (without
+    the at-fork reset it waits forever on threads that exist only in the parent)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, torch; torch.set_num_threads(2)\n"
+        "from wmkit import kernels\n"
+        "s = torch.randn(8, 1000); ids = torch.randint(0, 1000, (8, 4)); k = (1, 2, 3, 4)\n"
+        "a = kernels.green_bias(s, ids, k, 1, 'lefthash', 0.25, 2.0)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if torch.equal(a, kernels.green_bias(s, ids, k, 1, 'lefthash', 0.25, 2.0)) else 3)\n"
+        "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "0", out.stderr[-2000:]

@@ -39,6 +39,15 @@ _LIB: ctypes.CDLL | None = None
 _FAILED: str | None = None
 _POOL: ThreadPoolExecutor | None = None
 MIN_ROWS_PER_THREAD = 2
+
+
+def _forget_pool() -> None:
+    global _POOL
+    _POOL = None  # a forked child has the pool object but none of its threads: it makes its own
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 MAX_SELFHASH_H = 64  # cpu_kernels.c keeps the selfhash states on the stack
 
 
