@@ -39,6 +39,7 @@ _LIB: ctypes.CDLL | None = None
 _FAILED: str | None = None
 _POOL: ThreadPoolExecutor | None = None
 MIN_ROWS_PER_THREAD = 2
+MAX_SELFHASH_H = 64  # cpu_kernels.c keeps the selfhash states on the stack
 
 
 def _forget_pool() -> None:
@@ -48,7 +49,6 @@ def _forget_pool() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
-MAX_SELFHASH_H = 64  # cpu_kernels.c keeps the selfhash states on the stack
 
 
 def _flags() -> list[str]:
