@@ -172,3 +172,41 @@ def test_the_ray_engine_gives_the_local_rows_and_resumes(corpus):
     assert r.exit_code == 2 and "--engine must be local or ray" in r.stderr
     r = scan(tmp_path, keyfile, tmp_path / "x", "--ray-address", "auto")
     assert r.exit_code == 2 and "--ray-address applies to --engine ray" in r.stderr
+
+
+def test_a_ray_cluster_started_with_ray_start_gives_the_local_rows(corpus):
+    """A real Ray cluster (``ray start --head`` on this machine, 2 CPUs, stopped at the end) reached
+    with ``--ray-address 127.0.0.1:PORT``: its rows equal the local engine's."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    tmp_path, keyfile, *_ = corpus
+    ray_cli = shutil.which("ray") or shutil.which("ray", path=os.path.dirname(sys.executable))
+    assert ray_cli, "the ray CLI comes with the ray extra (make install)"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the in-process driver runs without token authentication; the test cluster does too
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    ray_tmp = tempfile.mkdtemp(prefix="wr", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    # the head on this machine's own address: Ray rewrites a 127.0.0.1 address to it (resolve_ip_for_localhost)
+    start = subprocess.run([ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard",
+                            "false", "--disable-usage-stats", "--temp-dir", ray_tmp],
+                           capture_output=True, text=True, timeout=180, env=env)
+    try:
+        assert start.returncode == 0, start.stderr[-2000:]
+        assert scan(tmp_path, keyfile, tmp_path / "local", "--shard-docs", "2").exit_code == 0
+        # a separate driver process, as a user's: this one already ran (and shut down) an in-process Ray
+        r = subprocess.run([sys.executable, "-m", "wmkit.cli.main", "scan", str(tmp_path / "docs"), str(tmp_path / "c.jsonl"),
+                            "--glob", "*.txt", "-k", str(keyfile), "--id-field", "doc", "-o", str(tmp_path / "cluster"),
+                            "--fpr", "1e-3", "--shard-docs", "2", "--engine", "ray", "--workers", "2",
+                            "--ray-address", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert list(read_rows(tmp_path / "cluster")) == list(read_rows(tmp_path / "local"))
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
