@@ -72,7 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="20 prompts (default 50)")
     ap.add_argument("--schemes", default="synthid,synthid-distortionary,gumbel,kgw",
-                    help="comma-separated; also kgw-g0.25-d1.0, kgw-g0.25-d1.5, kgw-g0.5-d1.0, kgw-g0.5-d1.5")
+                    help="comma-separated; also synthid-prf, kgw-g0.25-d1.0, kgw-g0.25-d1.5, kgw-g0.5-d1.0, kgw-g0.5-d1.5")
     ap.add_argument("--keys", type=int, default=1,
                     help="average each step's scheme distribution over this many keys (a distortion-free scheme's "
                          "per-step gap then has mean 0 and 1/keys of its variance)")
@@ -87,7 +87,8 @@ def main() -> None:
     lm, tok = load_default_lm()
     plain = generate_completions(lm, tok, prompts, None, max_new_tokens=200, min_new_tokens=200, seed=7, batch_size=20)
     key_set = keys(args.keys)
-    table = {"synthid": ("synthid", {}), "synthid-distortionary": ("synthid", {"num_leaves": 3}),
+    table = {"synthid": ("synthid", {}), "synthid-prf": ("synthid", {"gvalues": "prf"}),
+             "synthid-distortionary": ("synthid", {"num_leaves": 3}),
              "gumbel": ("gumbel", {}), "kgw": ("kgw", {"gamma": 0.25, "delta": 2.0}),
              **{f"kgw-g{g}-d{d}": ("kgw", {"gamma": g, "delta": d}) for g, d in ((0.25, 1.0), (0.25, 1.5), (0.5, 1.0), (0.5, 1.5))}}
     rows = []

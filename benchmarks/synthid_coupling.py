@@ -11,7 +11,8 @@ independent draws. This script measures
 1. the coupling: the share of tokens for which that identity holds, over random contexts;
 2. the bias it causes: over ``--samples`` random contexts, ``E[CE] - H`` of the processor's
    distribution on one fixed high-entropy distribution, against the same tournament with i.i.d.
-   g-values (the independent reference, which must give 0 up to noise).
+   g-values (the independent reference, which must give 0 up to noise) and wmkit's ``gvalues=prf``
+   processor (PRF v2 bits: the identity holds for half the tokens, as for independent draws).
 
     python benchmarks/synthid_coupling.py [--samples 6400] [--json] [--out F.json]
 """
@@ -37,44 +38,49 @@ from wmkit.watermark.text.synthid import LCG_MULTIPLIER  # noqa: E402
 V, BATCH = 49152, 64
 
 
-def coupling(scheme, g: torch.Generator, trials: int = 8) -> list[dict]:
-    """For random contexts and layer pairs (0, l): the share of tokens where the identity holds."""
+def coupling(scheme, prf_scheme, g: torch.Generator, trials: int = 8) -> list[dict]:
+    """For random contexts and layer pairs (0, l): the share of tokens where the identity holds
+    (transformers' g-values, and the same shift applied to the prf g-values)."""
     keys, m_inv = scheme.layer_keys(), pow(LCG_MULTIPLIER, -1, 2**16)
     rows = []
     for t in range(trials):
         ctx = torch.randint(0, V, (1, scheme.ngram_len - 1), generator=g)
-        gv = scheme.g_values(ctx.expand(V, -1), torch.arange(V))  # [V, depth]
         l = 1 + t % (scheme.depth - 1)
         delta = ((keys[l] - keys[0]) * m_inv) % 2**16
         x = torch.arange(V)
         y = (x + delta) % 2**16
         ok = y < V
-        rows.append({"layer": l, "shift": int(delta), "tokens": int(ok.sum()),
-                     "share_equal": float((gv[x[ok], l] == gv[y[ok], 0]).double().mean())})
+        row = {"layer": l, "shift": int(delta), "tokens": int(ok.sum())}
+        for name, s in (("share_equal", scheme), ("share_equal_prf", prf_scheme)):
+            gv = s.g_values(ctx.expand(V, -1), torch.arange(V))  # [V, depth]
+            row[name] = float((gv[x[ok], l] == gv[y[ok], 0]).double().mean())
+        rows.append(row)
     return rows
 
 
-def bias(scheme, tok, g: torch.Generator, samples: int) -> dict:
-    """``E[CE] - H`` over random contexts: the processor's tournament vs i.i.d. g-values."""
+def bias(scheme, prf_scheme, tok, g: torch.Generator, samples: int) -> dict:
+    """``E[CE] - H`` over random contexts: the processor's tournament, the prf processor's, i.i.d. g-values."""
     logits = torch.randn(V, generator=g) * 2.5
     p = torch.softmax(logits.double(), -1)
     h = float(-(p * p.log()).sum())
     q = scheme.null_rate()
-    hashed, iid = [], []
+    ce: dict[str, list[float]] = {"transformers_hash": [], "prf": [], "iid_g": []}
     for _ in range(samples // BATCH):
-        proc = scheme.processor(tok)
         ctx = torch.randint(0, V, (BATCH, scheme.ngram_len + 3), generator=g)
-        proc._prev, proc._start = ctx[:, :-1], 0  # a completion in progress: every row its own context
-        w = torch.softmax(proc(ctx, logits.expand(BATCH, V).clone()).double(), -1)
-        hashed += (-(w * p.log()).sum(1)).tolist()
+        for name, s in (("transformers_hash", scheme), ("prf", prf_scheme)):
+            proc = s.processor(tok)
+            proc._prev, proc._start = ctx[:, :-1], 0  # a completion in progress: every row its own context
+            w = torch.softmax(proc(ctx, logits.expand(BATCH, V).clone()).double(), -1)
+            ce[name] += (-(w * p.log()).sum(1)).tolist()
         probs = p.expand(BATCH, V).clone()
         for _ in range(scheme.depth):
             gv = (torch.rand(BATCH, V, generator=g) < q).double()
             probs = probs * (1 + gv - (gv * probs).sum(1, keepdim=True))
-        iid += (-(probs * p.log()).sum(1)).tolist()
-    out = {"entropy_nats": h, "samples": len(hashed)}
-    for name, ce in (("transformers_hash", np.array(hashed)), ("iid_g", np.array(iid))):
-        out[name] = {"ce_minus_h_nats": float(ce.mean() - h), "ci95_half_width": float(1.96 * ce.std() / np.sqrt(len(ce)))}
+        ce["iid_g"] += (-(probs * p.log()).sum(1)).tolist()
+    out = {"entropy_nats": h, "samples": len(ce["iid_g"])}
+    for name, values in ce.items():
+        a = np.array(values)
+        out[name] = {"ce_minus_h_nats": float(a.mean() - h), "ci95_half_width": float(1.96 * a.std() / np.sqrt(len(a)))}
     return out
 
 
@@ -86,18 +92,20 @@ def main() -> None:
     out = ResultFile(args.out, "synthid_coupling")
     from wmkit.models import load_tokenizer
 
-    scheme = make_scheme("synthid", SecretKey(bytes(range(32))))
+    key = SecretKey(bytes(range(32)))
+    scheme, prf_scheme = make_scheme("synthid", key), make_scheme("synthid", key, gvalues="prf")
     g = torch.Generator().manual_seed(0)
-    result = {"coupling": coupling(scheme, g), "bias": bias(scheme, load_tokenizer(), g, args.samples)}
+    result = {"coupling": coupling(scheme, prf_scheme, g), "bias": bias(scheme, prf_scheme, load_tokenizer(), g, args.samples)}
     out.write_json(result)
     if args.json:
         print(json.dumps(result))
         return
     for r in result["coupling"]:
-        print(f"layer {r['layer']:>2} of x == layer 0 of x + {r['shift']:>5} (mod 2^16): {r['share_equal']:.4f} of {r['tokens']} tokens")
+        print(f"layer {r['layer']:>2} of x == layer 0 of x + {r['shift']:>5} (mod 2^16): {r['share_equal']:.4f} of {r['tokens']} tokens"
+              f" (prf g-values: {r['share_equal_prf']:.4f})")
     b = result["bias"]
     print(f"H = {b['entropy_nats']:.3f} nats, {b['samples']} contexts: E[CE] - H =")
-    for name in ("transformers_hash", "iid_g"):
+    for name in ("transformers_hash", "prf", "iid_g"):
         print(f"  {name:<18} {b[name]['ce_minus_h_nats']:+.4f} +- {b[name]['ci95_half_width']:.4f} nats")
 
 

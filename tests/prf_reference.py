@@ -6,7 +6,7 @@ withdrawn spec v1 is here too (``v1_*``), for the test that shows why it was wit
 """
 
 M32 = 0xFFFFFFFF
-CTX, TOK, SEL = 0x574B4358, 0x574B544B, 0x574B534C
+CTX, TOK, SEL, GV = 0x574B4358, 0x574B544B, 0x574B534C, 0x574B4756
 
 
 def philox4x32_10(ctr, key):
@@ -46,6 +46,11 @@ def selfhash_u32(context, token, key):
     sels = [word(s, SEL, token, key) for s in states]
     j = sels.index(min(sels))
     return word(states[j], TOK, token, key)
+
+
+def synthid_g(context, token, key, layer):
+    """SynthID's g-value (gvalues=prf) of ``token`` after ``context`` at tournament layer ``layer``."""
+    return (word(state(list(context), key, 0), GV ^ (layer // 32), token, key) >> (layer % 32)) & 1
 
 
 def is_green(context, token, key, gamma, seeding="lefthash"):

@@ -189,3 +189,52 @@ def test_bayesian_detector_trained_saved_and_used_with_an_exact_null_p_value(tmp
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(InputError, match="not a safetensors file"):
         BayesianScorer.load(tmp_path / "junk.safetensors")
+
+
+def test_prf_g_values_equal_the_spec_reference():
+    """gvalues=prf: bit d mod 32 of the PRF v2 word in domain GVALUE ^ d // 32 (pure-Python spec);
+    40 layers cross a block of 32, and the processor's vocabulary path gives the same bits."""
+    import random
+
+    import prf_reference as ref
+
+    key = SecretKey(bytes(range(32)))
+    scheme = SynthID(key, gvalues="prf", depth=40, ngram_len=3)
+    pk = key.prf_key("text/synthid")
+    rng = random.Random(4)
+    ctx = torch.tensor([[rng.randrange(V) for _ in range(2)] for _ in range(6)])
+    tok = torch.tensor([rng.randrange(V) for _ in range(6)])
+    got = scheme.g_values(ctx, tok)
+    want = [[ref.synthid_g(ctx[i].tolist(), int(tok[i]), pk, d) for d in range(40)] for i in range(6)]
+    assert got.tolist() == want
+    every = torch.stack(list(scheme.layer_g(ctx, vocab=V)), -1)  # [6, V, 40]
+    assert torch.equal(every[torch.arange(6), tok], got)
+    assert abs(float(every.double().mean()) - 0.5) < 0.002 and scheme.null_rate() == 0.5
+    with pytest.raises(InputError, match="gvalues=prf needs a wmkit key file"):
+        SynthID(KEYS, gvalues="prf")
+
+
+def test_prf_g_values_make_the_tournament_distortion_free_over_contexts():
+    """E over independent g-values of the 30-layer tournament's distribution is the model's: the
+    average over 20,000 contexts of the marked distribution matches P token by token (z < 4.5)."""
+    scheme = SynthID(SecretKey(bytes(range(32))), gvalues="prf", ngram_len=3)
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, 0.3, 1.5, -0.5])
+    p = torch.softmax(logits.double(), 0)
+    g = torch.Generator().manual_seed(9)
+    ctx = torch.randint(0, V, (20_000, 2), generator=g)
+    w = torch.softmax(scheme.watermarked_log_probs(logits.expand(20_000, 8).clone(), ctx).double(), 1)
+    z = (w.mean(0) - p) / (w.std(0) / 20_000**0.5)
+    assert float(z.abs().max()) < 4.5, z
+    assert float((w - p).abs().max()) > 0.3  # each context's distribution is moved a lot
+
+
+def test_prf_marks_are_detected_and_their_null_is_exact():
+    scheme = SynthID(SecretKey(bytes(range(32))), gvalues="prf")
+    rng = np.random.default_rng(6)
+    det = scheme.detector(VocabOnly(), fpr=1e-3)
+    assert all(d.decision and d.p_value < 1e-6 for d in det.detect_many(list(_marked_sequences(scheme, 3, 120, rng))))
+    transformers_g = SynthID(SecretKey(bytes(range(32)))).detector(VocabOnly(), fpr=1e-3)  # the other g-values
+    assert not any(d.decision for d in transformers_g.detect_many(list(_marked_sequences(scheme, 3, 120, rng))))
+    null = SynthID(SecretKey(bytes(range(32))), gvalues="prf").detector(VocabOnly(), fpr=1e-2)
+    p = np.array([d.p_value for d in null.detect_many([torch.from_numpy(rng.integers(0, V, 200)) for _ in range(2000)])])
+    assert 0.005 <= float(np.mean(p <= 1e-2)) <= 0.02

@@ -30,6 +30,9 @@ after Kirchenbauer et al., "On the Reliability of Watermarks", Algorithm 3)::
     j*   = argmin_j word(S_j, SELECT_DOMAIN, t)          (the smallest j on ties)
     u(t) = word(S_j*, TOKEN_DOMAIN, t)
 
+**SynthID g-values** (``synthid``, ``gvalues=prf``): layer ``d`` of the tournament gives candidate
+``t`` after context ``c`` the bit ``d mod 32`` of ``word(state(c, LEFTHASH), GVALUE_DOMAIN ^ floor(d / 32), t)``.
+
 Token ``t`` is green after a context iff ``u(t) < floor(gamma * 2**32)``. Keyed uniforms in (0, 1)
 (Gumbel-max, EXP-edit) are ``(u + 1/2) / 2**32`` in float64.
 
@@ -69,6 +72,7 @@ PHILOX_W1 = 0xBB67AE85
 CTX_DOMAIN = 0x574B4358  # "WKCX"
 TOKEN_DOMAIN = 0x574B544B  # "WKTK"
 SELECT_DOMAIN = 0x574B534C  # "WKSL"
+GVALUE_DOMAIN = 0x574B4756  # "WKGV": SynthID's g-value bits (gvalues=prf), XOR the block of 32 layers
 MODE_LEFTHASH = 0
 MODE_SELFHASH = 1
 MODE_POSITION = 2  # EXP-edit's keyed sequence: the "context" is a position in the key sequence

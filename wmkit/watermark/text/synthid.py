@@ -27,7 +27,18 @@ Keys. ``keys`` are transformers' integers (``SynthIDTextWatermarkingConfig(keys=
 explicitly (``-P keys=654,400,...``), or ``m`` 63-bit keys derived from a wmkit key file. The
 hash is transformers', not :mod:`wmkit.prf`: an LCG is no PRF, and g-values of one key are affine
 functions of the context modulo 2^64; SynthID text is detectable, not a secret against an analyst
-who collects marked text (use ``gumbel`` or ``kgw`` for a keyed PRF).
+who collects marked text.
+
+g-values from the PRF (``gvalues=prf``, a wmkit key file only). transformers' g-values are not
+independent across layers: the table index is the low 16 bits of an LCG, which depend linearly on
+the low 16 bits of its input, so layer ``l``'s g-value of token ``x`` is layer 0's g-value of token
+``x + (key_l - key_0) M^-1 (mod 2^16)`` in every context (``benchmarks/synthid_coupling.py``). The
+tournament is unbiased over keys only for independent fair g-values, so the coupled layers cost
+perplexity (+1.3% over 40 keys: ``benchmarks/distortion.py``). With ``gvalues=prf``, layer ``d``'s
+g-value is bit ``d mod 32`` of the PRF v2 word ``word(state(c, LEFTHASH), GVALUE_DOMAIN ^ floor(d /
+32), v)`` under the key's ``text/synthid`` PRF key: fair, independent across layers, tokens and
+contexts, so ``E_key[P_w] = P`` exactly, and no 32-bit shortcut to the key. It is not compatible
+with transformers (its processor cannot make this mark); ``q = 1/2`` exactly.
 """
 
 from __future__ import annotations
@@ -36,11 +47,12 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from ... import prf
 from ...errors import InputError
 from ...keys import KeyedConfig, SecretKey
 from ...params import Spec, check_params
@@ -50,6 +62,7 @@ from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetect
 
 LCG_MULTIPLIER = 6364136223846793005  # transformers' (newlib/musl) multiplier; increment 1
 SCORES = ("weighted-mean", "mean", "bayesian")
+GVALUES = ("transformers", "prf")
 
 
 def lcg(h: torch.Tensor, x: torch.Tensor | int) -> torch.Tensor:
@@ -122,6 +135,9 @@ class SynthID(KeyedConfig):
     score: str = Spec("detection score: weighted-mean (SynthID's depth weights 10..1), mean, or bayesian "
                       "(transformers' Bayesian detector, -P weights=FILE from wm synthid train)", choices=SCORES).field("weighted-mean")
     weights: str | None = Spec("Bayesian detector weights (wm synthid train) for score=bayesian").field(None)
+    gvalues: str = Spec("g-value source: transformers (its hash and table; compatible with its processor) or prf "
+                        "(PRF v2 bits: independent layers, exactly distortion-free over keys; a key file only, "
+                        "the table parameters unused)", choices=GVALUES).field("transformers")
     name: ClassVar[str] = "synthid"
     capabilities: ClassVar[Capabilities] = Capabilities(windowed=True)
     explicit_key_param: ClassVar[str] = "keys"  # -P keys=... replaces the key file
@@ -132,6 +148,8 @@ class SynthID(KeyedConfig):
             raise InputError("synthid: score=bayesian needs -P weights=FILE (wm synthid train), and weights need score=bayesian")
         if isinstance(self.key, SecretKey):
             return
+        if self.gvalues == "prf":
+            raise InputError("synthid: gvalues=prf needs a wmkit key file (-k), not transformers' explicit keys")
         if not isinstance(self.key, tuple):
             object.__setattr__(self, "key", parse_keys(self.key))
         if len(self.key) != self.depth:
@@ -154,27 +172,41 @@ class SynthID(KeyedConfig):
         return sampling_table(self.sampling_table_size, self.sampling_table_seed)
 
     def null_rate(self) -> float:
-        """``q``, the probability of ``g = 1`` without a mark: the table's fraction of ones."""
-        return float(self.table().double().mean())
+        """``q``, the probability of ``g = 1`` without a mark: the table's fraction of ones (1/2 for prf)."""
+        return 0.5 if self.gvalues == "prf" else float(self.table().double().mean())
+
+    def layer_g(self, contexts: torch.Tensor, tokens: torch.Tensor | None = None, vocab: int | None = None) -> Iterator[torch.Tensor]:
+        """The g-values (int64 0/1) of each layer in turn: of ``tokens [...]`` after ``contexts [...,
+        ngram_len - 1]``, or (``vocab``) of every candidate ``[..., vocab]``."""
+        device = contexts.device
+        if self.gvalues == "prf":
+            key = self.key.prf_key(f"text/{self.name}")  # type: ignore[union-attr]
+            state = prf.context_state(contexts, key, prf.MODE_LEFTHASH)
+            for block in range(-(-self.depth // 32)):
+                domain = prf.GVALUE_DOMAIN ^ block
+                words = (prf.vocab_words(state, vocab, key, domain) if tokens is None
+                         else prf.token_words(state, tokens, key, domain))
+                for bit in range(min(32, self.depth - 32 * block)):
+                    yield (words >> bit) & 1
+            return
+        keys = self.layer_keys()
+        table = self.table().to(device)
+        cand = torch.arange(vocab, device=device) if tokens is None else tokens.to(torch.int64)
+        ctx = context_hash(contexts).to(device)
+        h = lcg(ctx.unsqueeze(-1) if tokens is None else ctx, cand)
+        for d in range(self.depth):
+            yield table[lcg(h, keys[d]) % self.sampling_table_size]
 
     def g_values(self, contexts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """``[..., depth]`` g-values (int64 0/1) of ``tokens [...]`` after ``contexts [..., ngram_len - 1]``."""
-        keys = torch.tensor(self.layer_keys(), dtype=torch.int64, device=tokens.device)
-        h = lcg(context_hash(contexts).to(tokens.device), tokens.to(torch.int64))
-        h = lcg(h.unsqueeze(-1), keys)
-        return self.table().to(tokens.device)[h % self.sampling_table_size]
+        return torch.stack(list(self.layer_g(contexts.to(tokens.device), tokens)), dim=-1)
 
     def watermarked_log_probs(self, scores: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
         """transformers' ``update_scores`` for every candidate, one layer at a time (``[B, V]`` memory):
         the tournament's closed form applied to ``softmax(scores)``, as log-probabilities."""
-        keys = torch.tensor(self.layer_keys(), dtype=torch.int64, device=scores.device)
-        table = self.table().to(scores.device)
-        vocab = torch.arange(scores.shape[1], device=scores.device)
-        h_tok = lcg(context_hash(contexts).to(scores.device).unsqueeze(1), vocab)  # [B, V]
         probs = torch.softmax(scores, dim=1)
         k = self.num_leaves
-        for d in range(self.depth):
-            g = table[lcg(h_tok, keys[d]) % self.sampling_table_size]
+        for g in self.layer_g(contexts.to(scores.device), vocab=scores.shape[1]):
             mass = (g * probs).sum(axis=1, keepdims=True)
             if k == 2:
                 probs = probs * (1 + g - mass)
