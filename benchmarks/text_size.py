@@ -23,7 +23,7 @@ vllm-sbw (vLLM's defaults: selfhash h=4, gamma 0.5, delta 2), vllm-gumbel and gu
 (key length 256, gap 0.4, 199 null sequences; its detection takes seconds per text, so run it
 with fewer prompts: ``--schemes exp-edit --n 10``), synthid (a wmkit key, 30 layers, ngram_len 5,
 non-distortionary) with the weighted-mean and the mean detector, synthid-distortionary
-(``num_leaves`` 3).
+(``num_leaves`` 3), and synthid-prf / synthid-prf-mean (``gvalues=prf``: PRF v2 g-values).
 
     python benchmarks/text_size.py --quick --json --out results.json   # 20 prompts
     python benchmarks/text_size.py --plot size.png                      # 100 prompts
@@ -81,6 +81,8 @@ def schemes(key: SecretKey, vllm_key: int, exp_edit_resamples: int = 199) -> dic
         "synthid": make_scheme("synthid", key),
         "synthid-mean": make_scheme("synthid", key, score="mean"),
         "synthid-distortionary": make_scheme("synthid", key, num_leaves=3),
+        "synthid-prf": make_scheme("synthid", key, gvalues="prf"),
+        "synthid-prf-mean": make_scheme("synthid", key, gvalues="prf", score="mean"),
     }
 
 

@@ -112,8 +112,9 @@ class GreenListScheme(KeyedConfig, ABC):
     ) -> "GreenListDetector":
         """A detector that needs only this scheme's key and the tokenizer (never the model).
 
-        ``null="reference"`` tests against this key's own green rate on the shipped reference
-        corpora where it exceeds ``gamma`` (:mod:`wmkit.watermark.text.reference`): per-key calibration.
+        ``null="reference"`` (:mod:`wmkit.watermark.text.reference`): per-key calibration -- the
+        reference corpora's common coins are not scored (context width >= 1), and the test is against
+        this key's own green rate on the rest of the shipped reference corpora where it exceeds ``gamma``.
         """
         return GreenListDetector(self, tokenizer, fpr, ignore_repeated_ngrams, min_tokens, null)
 
@@ -167,6 +168,7 @@ class DetectorBase(DetectorCore):
         super().__init__(scheme, tokenizer, fpr, min_tokens)
         self.ignore_repeated_ngrams = ignore_repeated_ngrams
         self.h, self.seeding = scheme.seeding_params()
+        self._common: np.ndarray | None = None  # sorted coin keys never scored (the reference null's common coins)
 
     @staticmethod
     def pack(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -179,27 +181,35 @@ class DetectorBase(DetectorCore):
         col = torch.arange(len(flat)) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
         return flat, doc, col, lengths
 
+    def coin_keys(self, ids: torch.Tensor, vocab: int) -> np.ndarray:
+        """uint64 ``[len(ids) - h]``: the coin of each position ``h..`` of the 1-D ``ids`` -- the (anchor,
+        token) pair for selfhash (:func:`wmkit.prf.repeat_keys`), else the (context, token) n-gram
+        (:func:`~wmkit.watermark.text.stream.ngram_keys`: packed, or hashed when it needs more than 64 bits)."""
+        pairs = prf.repeat_keys(ids[None], self.scheme.prf_key(), self.h, self.seeding)
+        return ngram_keys(ids.numpy(), self.h, vocab) if pairs is None else pairs[0].numpy().astype(np.uint64)
+
     def coins(self, seqs: Sequence[torch.Tensor], flat: torch.Tensor, doc: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
         """Bool over the packed positions (:meth:`pack`): the position has a full context and is the
         first of its coin in its sequence. A coin is what the PRF colours: the (context, token) n-gram
         for lefthash, the (anchor, token) pair for selfhash (:func:`wmkit.prf.repeat_keys`), so a pair
         repeated under different contexts counts once. Without ``ignore_repeated_ngrams``: every
         position with a full context. One sort of (sequence, coin) keys over the packed batch
-        (:func:`wmkit.kernels.first_occurrence`)."""
+        (:func:`wmkit.kernels.first_occurrence`). With the reference null, a common coin
+        (:meth:`ReferenceNull.common_coins`) is never scored."""
         valid = col >= self.h
+        vocab = len(self.tokenizer) if self.tokenizer is not None else int(flat.max(initial=0)) + 1 if len(flat) else 1
+        wide = self.seeding != "selfhash" and (self.h + 1) * max(1, (vocab - 1).bit_length()) > 64  # n-grams need a sort
+        keys = torch.zeros(len(flat), dtype=torch.int64)
+        if len(flat) > self.h and (self._common is not None or (self.ignore_repeated_ngrams and not wide)):
+            keys[self.h :] = torch.from_numpy(self.coin_keys(flat, vocab).view(np.int64))
+        if self._common is not None and len(flat) > self.h:
+            valid[self.h :] &= torch.from_numpy(~np.isin(keys[self.h :].numpy().view(np.uint64), self._common))
         if not self.ignore_repeated_ngrams:
             return valid
-        keys = torch.zeros(len(flat), dtype=torch.int64)
-        pairs = prf.repeat_keys(flat[None], self.scheme.prf_key(), self.h, self.seeding)
-        if pairs is not None:
-            keys[self.h :] = pairs[0]
-        else:
-            vocab = len(self.tokenizer) if self.tokenizer is not None else int(flat.max(initial=0)) + 1 if len(flat) else 1
-            if (self.h + 1) * max(1, (vocab - 1).bit_length()) > 64:  # n-grams do not pack into 64 bits: sort them
-                ids = torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True)
-                lengths = torch.tensor([len(x) for x in seqs])
-                return kernels.first_ngram_occurrence(ids, lengths, self.h)[doc, col]
-            keys[self.h :] = torch.from_numpy(ngram_keys(flat.numpy(), self.h, vocab).view(np.int64))
+        if wide:
+            ids = torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True)
+            lengths = torch.tensor([len(x) for x in seqs])
+            return kernels.first_ngram_occurrence(ids, lengths, self.h)[doc, col] & valid
         return kernels.first_occurrence(keys, doc, valid)
 
     def stream_items(self, pieces: Iterable[str], context: int = 0, chunk_chars: int = CHUNK_CHARS) -> Iterator[ScoredText]:
@@ -220,13 +230,11 @@ class DetectorBase(DetectorCore):
             lo = max(start, self.h)  # a short first tail holds every token so far: local h is global h
             cand = torch.zeros(len(ids), dtype=torch.bool)
             if lo < len(ids):
-                if not self.ignore_repeated_ngrams:
-                    cand[lo:] = True
-                else:
-                    pairs = prf.repeat_keys(ids[None], self.scheme.prf_key(), self.h, self.seeding)
-                    keys = (ngram_keys(ids[lo - self.h :].numpy(), self.h, vocab) if pairs is None
-                            else pairs[0, lo - self.h :].numpy().astype(np.uint64))
-                    cand[lo:] = torch.from_numpy(seen.first(keys))
+                need_keys = self.ignore_repeated_ngrams or self._common is not None
+                keys = self.coin_keys(ids[lo - self.h :], vocab) if need_keys else None
+                cand[lo:] = torch.from_numpy(seen.first(keys)) if self.ignore_repeated_ngrams else True
+                if self._common is not None:
+                    cand[lo:] &= torch.from_numpy(~np.isin(keys, self._common))
             yield ScoredText(ids, start, green & cand, cand)
             tail = ids[len(ids) - keep :] if keep else tail
 
@@ -258,8 +266,10 @@ class GreenListDetector(DetectorBase):
             from .reference import ReferenceNull
 
             ref = ReferenceNull.load(tokenizer, self.h)
+            if self.h >= 1:
+                self._common = ref.common_coins(self.seeding, len(tokenizer))
             self._rates = (ref.scored_rates(lambda docs: self._score(docs, "cpu")) if self.seeding == "selfhash"
-                           else ref.rates(self._key, self.h, self.seeding, scheme.gamma))
+                           else ref.rates(self._key, self.h, self.seeding, scheme.gamma, self._common, len(tokenizer)))
 
     def null_rate(self, n_tokens: int | None = None) -> float:
         """The green rate the test assumes: ``gamma``, or with ``null="reference"`` the larger of
@@ -394,4 +404,7 @@ class GreenListDetector(DetectorBase):
         return [x if isinstance(x, InputError) else next(done) for x in items]
 
     def _null_details(self) -> dict[str, Any]:
-        return {} if self._rates is None else {"null": "reference", "scheme_gamma": self.scheme.gamma}
+        if self._rates is None:
+            return {}
+        return {"null": "reference", "scheme_gamma": self.scheme.gamma,
+                "common_coins_excluded": 0 if self._common is None else len(self._common)}

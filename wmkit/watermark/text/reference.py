@@ -20,6 +20,18 @@ tokens: shorter texts score common tokens more often). The detector then tests a
 calibrated for a key whose list happens to hold frequent n-grams in any of the genres. Text of
 another genre is protected only as far as its frequent n-grams are also frequent in one of these.
 
+Common coins (context width ``h >= 1``). Text of a genre the references do not cover keeps
+the problem: measured on held-out CPython code, most of an unlucky kgw h1 key's excess green comes
+from the 100 bigrams code repeats most (indentation, ``self .``, ``) :``), and the key's rate on
+the reference code need not show it. The detector therefore does not score the ``COMMON`` coins
+that the references score most often (:meth:`ReferenceNull.common_coins`: n-grams for lefthash,
+(anchor, token) pairs at any distance ``1..h`` for selfhash, ranked by their share of scored coins
+summed over genres and length buckets). The list is fixed before any key is drawn, so a coin's
+colour stays a fair coin for the p-value; what it removes is the few coins every document of a
+genre shares, whose colours a fixed key freezes for all of them. Unigram (``h = 0``) keeps every
+token: its coins are single tokens, and its common ones are most of what it scores (its rate
+correction alone brings it within 2x of nominal).
+
 The key-independent part (the reference n-grams and their weights per genre and length bucket,
 and the token streams) is computed once per tokenizer and context width and cached under the
 wmkit cache folder. For selfhash, whose coins are (anchor, token) pairs that the key chooses, the
@@ -50,6 +62,7 @@ __all__ = ["BUCKETS", "GENRES", "ReferenceNull", "reference_texts"]
 GENRES = ("news", "reviews", "code")
 BUCKETS = (64, 128, 256, 512, 1024)
 VERSION = 2
+COMMON = 300  # common coins never scored (h >= 1): benchmarks/per_key_fpr.py measured 100 / 300 / 1,000
 
 
 def reference_texts(genre: str) -> list[str]:
@@ -111,11 +124,47 @@ class ReferenceNull:
         """:meth:`build`, cached on disk per tokenizer and ``h`` (and in memory)."""
         return _load(tokenizer, h)
 
-    def rates(self, prf_key: tuple[int, ...], h: int, seeding: str, gamma: float) -> np.ndarray:
-        """``[len(GENRES), len(BUCKETS)]``: the key's green rate over each genre's scored n-grams."""
+    def gram_keys(self, vocab: int) -> np.ndarray:
+        """uint64 ``[M]``: each reference n-gram's key (:func:`~wmkit.watermark.text.stream.ngram_keys`)."""
+        h1 = self.grams.shape[1]
+        return ngram_keys(self.grams.ravel(), h1 - 1, vocab)[::h1]
+
+    def common_coins(self, seeding: str, vocab: int, count: int = COMMON) -> np.ndarray:
+        """Sorted uint64 keys of the ``count`` coins the references score most often (their share of
+        each genre's scored coins, summed over genres and length buckets; key-independent): n-grams
+        (``ngram_keys``) for lefthash, (anchor, token) pairs (``anchor * 2**31 + token``, as
+        :func:`wmkit.prf.repeat_keys`) at any distance ``1..h`` for selfhash, each counted once per
+        256-token text."""
+        h = self.grams.shape[1] - 1
+        if seeding != "selfhash":
+            keys, share = self.gram_keys(vocab), self.weights.sum(axis=(0, 1))
+        else:
+            per_genre = []
+            for stream in self.streams:
+                n = len(stream) // 256
+                docs = stream[: n * 256].astype(np.int64).reshape(n, 256)
+                pairs = np.concatenate([(docs[:, h - j : 256 - j] << 31) + docs[:, h:] for j in range(1, h + 1)], axis=1)
+                uniq = np.concatenate([np.unique(row) for row in pairs])
+                k, c = np.unique(uniq, return_counts=True)
+                per_genre.append((k, c / max(1, c.sum())))
+            keys, inverse = np.unique(np.concatenate([k for k, _ in per_genre]), return_inverse=True)
+            share = np.bincount(inverse, weights=np.concatenate([c for _, c in per_genre]))
+            keys = keys.astype(np.uint64)
+        top = np.argsort(-share, kind="stable")[:count]
+        return np.sort(keys[top])
+
+    def rates(self, prf_key: tuple[int, ...], h: int, seeding: str, gamma: float, common: np.ndarray | None = None,
+              vocab: int = 0) -> np.ndarray:
+        """``[len(GENRES), len(BUCKETS)]``: the key's green rate over each genre's scored n-grams
+        (without the ``common`` coin keys of a ``vocab``-token tokenizer, when given: the rate over
+        the coins the detector scores)."""
         ids = torch.from_numpy(self.grams)
         green = kernels.green_positions(ids, torch.full((len(ids),), h + 1), prf_key, h, seeding, gamma)[:, h]
-        return self.weights @ green.numpy().astype(np.float32)
+        weights = self.weights
+        if common is not None:
+            weights = weights * ~np.isin(self.gram_keys(vocab), common)
+            weights = weights / np.maximum(weights.sum(axis=-1, keepdims=True), 1e-12)
+        return weights @ green.numpy().astype(np.float32)
 
     def scored_rates(self, score: Any, max_tokens: int = 200_000) -> np.ndarray:
         """``[len(GENRES), len(BUCKETS)]``: the green rate the detector's own scoring finds on each
