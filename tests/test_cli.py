@@ -370,6 +370,24 @@ def test_detect_synthid_with_transformers_explicit_keys(tmp_path, keyfile, token
     assert r.exit_code == 0 and not json.loads(r.stdout)["watermarked"]  # a wmkit key derives other keys
 
 
+def test_detect_synthid_prf_g_values(tmp_path, keyfile, tokenizer):
+    """-P gvalues=prf with a key file: detected with the same option, not with transformers' g-values;
+    with explicit keys it is refused in one line."""
+    from wmkit.keys import read_key_file
+    from wmkit.watermark.text import SynthID
+
+    path = tmp_path / "prf.txt"
+    path.write_text(_gumbel_text(SynthID(read_key_file(keyfile), gvalues="prf"), tokenizer, n=100), encoding="utf-8")
+    args = ["detect", str(path), "-s", "synthid", "-k", str(keyfile), "--json"]
+    r = runner.invoke(app, [*args, "-P", "gvalues=prf"])
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["watermarked"] and row["p_value"] < 1e-6
+    assert not json.loads(runner.invoke(app, args).stdout)["watermarked"]
+    r = runner.invoke(app, ["detect", str(path), "-s", "synthid", "-P", "keys=1,2,3", "-P", "gvalues=prf"])
+    assert r.exit_code == 2 and "gvalues=prf needs a wmkit key file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_outputs_and_options_are_checked_before_any_model_loads(tmp_path, keyfile):
     """Each of these failed only after minutes of work, or with a traceback (reliability issue)."""
     nomodel = ["--model", str(tmp_path / "no-model")]  # loading it would fail with another message

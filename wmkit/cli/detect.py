@@ -174,7 +174,7 @@ def detect(
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the verdict (p <= fpr)."),
     min_tokens: int = typer.Option(DEFAULT_MIN_TOKENS, help="Fewest scorable tokens to give a verdict."),
     ignore_repeated: bool = typer.Option(True, "--ignore-repeated/--count-repeated", help="Score each (context, token) n-gram once."),
-    null: str = typer.Option("gamma", "--null", help="What the p-value assumes of unmarked text: gamma (each token green with probability gamma), or reference (this key's own green rate on the shipped news/reviews/code corpora where it is higher: calibrated for the key you hold; green-list schemes).", show_default=True),
+    null: str = typer.Option("gamma", "--null", help="What the p-value assumes of unmarked text: gamma (each token green with probability gamma), or reference (calibrated for the key you hold: the shipped news/reviews/code corpora's 300 commonest n-grams are not scored, and the test is against this key's own green rate on the rest where it is higher; green-list schemes).", show_default=True),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file on stdout."),
     highlight: bool = typer.Option(False, "--highlight", help="Show green/red tokens in colour."),
     device: str = typer.Option("cpu", help="Where to score: cpu, or cuda (all files in one Triton launch)."),
