@@ -101,3 +101,19 @@ def test_wm_synthid_train_then_detect_with_the_bayesian_detector(tmp_path, defau
     r = CliRunner().invoke(app, ["detect", str(files[0]), "-s", "synthid", "-P", "keys=1,2,3,4,5,6,7,8,9,10,11,12",
                                  "-P", "score=bayesian", "-P", f"weights={out}"])
     assert r.exit_code == 2 and "trained for key id" in r.stderr
+
+
+def test_prf_g_values_mark_real_text_that_the_transformers_g_values_do_not_see(default_lm):
+    """gvalues=prf through wmkit's generation on SmolLM2 (4 prompts x 120 tokens): every completion
+    found at FPR 1e-3 with the same option; the transformers-hash detector of the same key sees none."""
+    from wmkit.keys import SecretKey
+    from wmkit.watermark.text.generate import generate_completions
+
+    lm, tok = default_lm
+    key = SecretKey(bytes(range(32)))
+    scheme = SynthID(key, gvalues="prf")
+    rows = generate_completions(lm, tok, PROMPTS[:4], scheme, max_new_tokens=120, min_new_tokens=120, seed=3, batch_size=4)
+    texts = [r["completion"] for r in rows]
+    hits = scheme.detector(tok, fpr=1e-3).detect_many(texts)
+    assert all(d.decision for d in hits), [d.p_value for d in hits]
+    assert not any(d.decision for d in SynthID(key).detector(tok, fpr=1e-3).detect_many(texts))
