@@ -3,7 +3,7 @@ reference null (``null="reference"``, wmkit.watermark.text.reference).
 
 A deployment holds one key, so the FPR that matters is the FPR *of that key*, not the average over
 keys. For each of ``--keys`` random keys and each detector (kgw h1 lefthash, kgw h4 selfhash,
-unigram -- all gamma 0.25 -- and ie), every evaluation document is scored and its p-value compared
+unigram -- all gamma 0.25 -- ie, gumbel (h 4), synthid and synthid with gvalues=prf), every evaluation document is scored and its p-value compared
 with 1e-2 and 1e-3; rows give the pooled FPR and the worst key's FPR with its 95% Clopper-Pearson
 interval, with the plain binomial null (``gamma``, every coin scored) and with the reference null
 (green-list detectors only: the references' common coins are not scored and the test is against the
@@ -16,7 +16,9 @@ News articles 5,000-9,999 of benchmarks/data/agnews_10k.tsv.gz), reviews (SST-2 
 sst2_dev.tsv.gz and sst2_train.tsv.gz) and code (the running Python's standard library files that the shipped code
 reference leaves out: every fifth top-level module, then the modules of its packages and tests),
 plus for reviews the SST-2 train phrases after the first 30,000; each genre tokenized once as a
-stream and cut into consecutive documents of ``--tokens`` tokens (at most ``--max-docs``).
+stream and cut into consecutive documents of ``--tokens`` tokens (at most ``--max-docs``). The
+``generated`` genre is ``--generated`` unmarked completions of the default model (T = 1), prompted
+with AG News articles the news reference does not hold (generated once, then cached).
 
     python benchmarks/per_key_fpr.py --json --out per_key.json --plot per_key.png   # 20 keys
     python benchmarks/per_key_fpr.py --quick                                        # 4 keys, news only
@@ -55,7 +57,11 @@ DETECTORS = {
     "kgw-selfhash-h4": ("kgw", {"gamma": 0.25, "seeding": "selfhash", "context_width": 4}),
     "unigram": ("unigram", {"gamma": 0.25}),
     "ie": ("ie", {"gamma": 0.25}),
+    "gumbel": ("gumbel", {}),
+    "synthid": ("synthid", {}),
+    "synthid-prf": ("synthid", {"gvalues": "prf"}),
 }
+REFERENCE_NULL = ("kgw", "unigram")  # the schemes whose detector takes null="reference"
 LEVELS = (1e-2, 1e-3)
 
 
@@ -83,6 +89,33 @@ def genre_texts(genre: str, max_docs: int) -> list[str]:
         if size > max_docs * 1000:
             break
     return texts
+
+
+def generated_documents(n: int, tokens: int) -> list[torch.Tensor]:
+    """``n`` unmarked completions of ``tokens`` tokens by the default model (T = 1, no top-p), prompted
+    with the first 20 words of AG News articles 5,000 onwards (not in the news reference); generated
+    once and kept in the wmkit cache (``benchmarks/generated-N-T.pt``), as token ids."""
+    from wmkit.models import cache_dir, load_default_lm
+    from wmkit.watermark.text.generate import generate_completions
+
+    path = cache_dir() / "benchmarks" / f"generated-{n}-{tokens}.pt"
+    if path.exists():
+        return list(torch.load(path))
+    with gzip.open(DATA / "agnews_10k.tsv.gz", "rt", encoding="utf-8") as f:
+        prompts = [" ".join(line.split("\t")[0].split()[:20]) for line in f][5000 : 5000 + n]
+    lm, tok = load_default_lm()
+    t0, done = time.perf_counter(), [0]
+
+    def progress(batch: int) -> None:
+        done[0] += batch
+        log(f"generated {done[0]}/{n} ({time.perf_counter() - t0:.0f} s)")
+
+    rows = generate_completions(lm, tok, prompts, None, max_new_tokens=tokens, min_new_tokens=tokens, seed=11, batch_size=50,
+                                on_batch=progress)
+    ids = torch.tensor([r["completion_ids"][:tokens] for r in rows])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ids, path)
+    return list(ids)
 
 
 def documents(tokenizer, texts: list[str], length: int) -> list[torch.Tensor]:
@@ -130,7 +163,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, default=20)
     ap.add_argument("--tokens", type=int, default=200, help="document length in tokens")
-    ap.add_argument("--genres", default="news,reviews,code")
+    ap.add_argument("--genres", default="news,reviews,code", help="news, reviews, code, generated")
+    ap.add_argument("--generated", type=int, default=2000, help="completions for the generated genre")
     ap.add_argument("--max-docs", type=int, default=10_000, help="documents per genre at most")
     ap.add_argument("--detectors", default=",".join(DETECTORS), help="comma-separated: " + ", ".join(DETECTORS))
     ap.add_argument("--quick", action="store_true", help="4 keys, news only")
@@ -143,11 +177,12 @@ def main() -> None:
     output_args(ap)
     args = ap.parse_args()
     names = pick(args.detectors, DETECTORS, "per_key_fpr.py", "detector(s)")
-    genres = pick("news" if args.quick else args.genres, ("news", "reviews", "code"), "per_key_fpr.py", "genre(s)")
+    genres = pick("news" if args.quick else args.genres, ("news", "reviews", "code", "generated"), "per_key_fpr.py", "genre(s)")
     n_keys = 4 if args.quick else args.keys
     out, png = ResultFile(args.out, "per_key_fpr.py"), ResultFile(args.plot, "per_key_fpr.py")
     tok = load_tokenizer()
-    docs = {g: distinct(documents(tok, genre_texts(g, args.max_docs), args.tokens)[: args.max_docs], len(tok), args.overlap)
+    docs = {g: distinct(generated_documents(args.generated, args.tokens) if g == "generated" else
+                        documents(tok, genre_texts(g, args.max_docs), args.tokens)[: args.max_docs], len(tok), args.overlap)
             for g in genres}
     log("documents: " + ", ".join(f"{g} {len(d)}" for g, d in docs.items()))
     if args.key_seed is None:
@@ -157,7 +192,7 @@ def main() -> None:
     rows = []
     for name in names:
         scheme_name, params = DETECTORS[name]
-        ref = scheme_name != "ie"
+        ref = scheme_name in REFERENCE_NULL
         schemes = [SCHEMES[scheme_name](key=key, **params) for key in keys]
         t0 = time.perf_counter()
         plain = [s.detector(tok) for s in schemes]
@@ -173,7 +208,7 @@ def main() -> None:
                     after.append(np.array([r.p_value for r in refd[i].detect_many(ds, evidence=False)
                                            if not isinstance(r, Exception)]))
             row = {"detector": name, "genre": genre, "documents": len(ds), "scored": len(before[0]), "keys": n_keys,
-                   "key_seed": args.key_seed, "overlap": args.overlap, "tokens": args.tokens, "gamma": schemes[0].gamma, "before": summarize(before),
+                   "key_seed": args.key_seed, "overlap": args.overlap, "tokens": args.tokens, "gamma": getattr(schemes[0], "gamma", None), "before": summarize(before),
                    "after": summarize(after) if after else None, "seconds": round(time.perf_counter() - t0, 1)}
             rows.append(row)
             b, a = row["before"], row["after"]
