@@ -16,7 +16,7 @@ articles of ``benchmarks/data/agnews_10k.tsv.gz``), reviews (SST-2 phrases, the 
 ``sst2_train.tsv.gz``) and code (CPython 3.11's standard library, four files in five, the first
 8 KB of each) -- cut into texts of the length of the text under test (buckets of 64 to 1,024
 tokens: shorter texts score common tokens more often). The detector then tests against
-``max(gamma, rate of each genre)``: never less conservative than the key-averaged test, and
+``max(gamma, rate of each genre)``: a null rate never below the key-averaged test's, and
 calibrated for a key whose list happens to hold frequent n-grams in any of the genres. Text of
 another genre is protected only as far as its frequent n-grams are also frequent in one of these.
 
