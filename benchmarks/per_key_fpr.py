@@ -79,6 +79,16 @@ def genre_texts(genre: str, max_docs: int) -> list[str]:
             dev = [line.split("\t")[0] for line in f][1:]
         with gzip.open(DATA / "sst2_train.tsv.gz", "rt", encoding="utf-8") as f:
             return dev + [line.split("\t")[0] for line in f][30001:]
+    if genre == "site-code":  # installed packages' Python (not the stdlib the code reference samples)
+        import sysconfig
+
+        texts, size = [], 0
+        for path in sorted(Path(sysconfig.get_paths()["purelib"]).glob("*/**/*.py")):
+            texts.append(path.read_text(encoding="utf-8", errors="replace"))
+            size += len(texts[-1])
+            if size > max_docs * 1000:
+                break
+        return texts
     top = split_files(stdlib_files())[1]
     root = top[0].parent
     deeper = sorted(p for p in root.glob("*/**/*.py") if "site-packages" not in p.parts)
@@ -163,7 +173,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, default=20)
     ap.add_argument("--tokens", type=int, default=200, help="document length in tokens")
-    ap.add_argument("--genres", default="news,reviews,code", help="news, reviews, code, generated")
+    ap.add_argument("--genres", default="news,reviews,code", help="news, reviews, code, site-code (installed packages' Python), generated")
     ap.add_argument("--generated", type=int, default=2000, help="completions for the generated genre")
     ap.add_argument("--max-docs", type=int, default=10_000, help="documents per genre at most")
     ap.add_argument("--detectors", default=",".join(DETECTORS), help="comma-separated: " + ", ".join(DETECTORS))
@@ -177,7 +187,8 @@ def main() -> None:
     output_args(ap)
     args = ap.parse_args()
     names = pick(args.detectors, DETECTORS, "per_key_fpr.py", "detector(s)")
-    genres = pick("news" if args.quick else args.genres, ("news", "reviews", "code", "generated"), "per_key_fpr.py", "genre(s)")
+    genres = pick("news" if args.quick else args.genres, ("news", "reviews", "code", "site-code", "generated"), "per_key_fpr.py",
+                  "genre(s)")
     n_keys = 4 if args.quick else args.keys
     out, png = ResultFile(args.out, "per_key_fpr.py"), ResultFile(args.plot, "per_key_fpr.py")
     tok = load_tokenizer()
