@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from _output import ResultFile, output_args, pick  # noqa: E402
+from wmkit.files import write_file  # noqa: E402
 from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import load_tokenizer  # noqa: E402
 from wmkit.stats import clopper_pearson_interval  # noqa: E402
@@ -124,7 +125,7 @@ def generated_documents(n: int, tokens: int) -> list[torch.Tensor]:
                                 on_batch=progress)
     ids = torch.tensor([r["completion_ids"][:tokens] for r in rows])
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ids, path)
+    write_file(path, lambda f: torch.save(ids, f), overwrite=True)  # a cache: atomic, replaces a stale one
     return list(ids)
 
 
