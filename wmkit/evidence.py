@@ -152,7 +152,7 @@ OUTPUTS = "outputs.npz"
 
 def fingerprint_figures(signature: str | os.PathLike[str], outputs: str | os.PathLike[str], test: dict[str, Any],
                         fpr: float) -> dict[str, Any]:
-    """Both fingerprint tests recomputed from the signature file and the recorded output vectors."""
+    """The fingerprint's containment test recomputed from the signature file and the recorded output vectors."""
     from .fingerprint import Signature, score_fingerprint
 
     with np.load(outputs) as z:
@@ -161,14 +161,13 @@ def fingerprint_figures(signature: str | os.PathLike[str], outputs: str | os.Pat
     d = rep.to_dict()
     cal = rep.containment.details if rep.containment else {}
     return {"method": "fingerprint", "watermarked": d["derived"], "p_value": d["p_value"], "contained": d["contained"],
-            "queries": d["queries"], "tau": cal.get("tau"), "pi0": cal.get("gamma"), "l_sum_minus_h": d["l_sum_minus_h"],
-            "own_rank": d["own_rank"], "joint_derived": d["joint_derived"], "residuals": rep.residuals}
+            "queries": d["queries"], "tau": cal.get("tau"), "pi0": cal.get("gamma"), "residuals": rep.residuals}
 
 
 def fingerprint_report(folder: str | os.PathLike[str], signature: str | os.PathLike[str], vectors: np.ndarray, *,
                        suspect: str, access: str, restricted: bool, fpr: float, command: Sequence[str]) -> dict[str, Any]:
     """Write the suspect's output vectors to ``folder/outputs.npz`` (float32) and return the report of
-    both fingerprint tests on them. No key: the signature's SHA-256 is what an owner publishes first."""
+    the fingerprint's containment test on them. No key: the signature's SHA-256 is what an owner publishes first."""
     import io
 
     from .files import write_file
@@ -192,8 +191,7 @@ def fingerprint_report(folder: str | os.PathLike[str], signature: str | os.PathL
 FIGURES = {"text": ("method", "tokens_scored", "green", "gamma", "z", "statistic", "p_value", "watermarked", "tau",
                     "window", "evidence", "tokens_total"),
            "eaas": ("method", "watermarked", "p_value", "z", "ks_p", "delta_cos", "rank_p_value", "null"),
-           "fingerprint": ("watermarked", "p_value", "contained", "queries", "tau", "pi0", "l_sum_minus_h", "own_rank",
-                           "joint_derived", "residuals")}
+           "fingerprint": ("watermarked", "p_value", "contained", "queries", "tau", "pi0", "residuals")}
 FAMILIES = tuple(FIGURES)
 
 
@@ -461,16 +459,14 @@ def _fingerprint_sections(report: dict[str, Any]) -> list[str]:
     out = [
         f"<h2>suspect: {e(report['suspect'])} ({e(t['access'])} access)</h2><table>",
         f"<tr><th>verdict</th><td class='{cls}'>{'derived from the signed model' if r['watermarked'] else 'not derived'}</td></tr>",
-        f"<tr><th>test 1 (containment)</th><td>{r['contained']} of {r['queries']} outputs inside the signature's space "
+        f"<tr><th>containment test</th><td>{r['contained']} of {r['queries']} centered outputs inside the signature's space "
         f"(residual &le; tau {r['tau']:.3g}); p {r['p_value']:.3g} against Binomial({r['queries']}, {r['pi0']:.3g})</td></tr>",
-        f"<tr><th>test 2 (joint space)</th><td>L_sum - h = {r['l_sum_minus_h']}, the suspect's own rank {r['own_rank']} "
-        f"({'derived' if r['joint_derived'] else 'not derived'})</td></tr>",
         "</table>",
     ]
     rho = np.log10(np.maximum(np.asarray(r["residuals"]), 1e-12))
     out.append(f"<figure>{_hist(list(rho), math.log10(max(r['tau'], 1e-12)), 'residual histogram', mark='log10 tau')}"
-               "<figcaption>Residuals of the suspect's outputs outside the signature's space (log10); red: the "
-               "threshold tau (calibrated at enrollment between the model's own numeric noise and unrelated models)."
+               "<figcaption>Residuals of the suspect's centered outputs outside the signature's space (log10); red: the "
+               "threshold tau (calibrated at enrollment between derived and unrelated models)."
                "</figcaption></figure>")
     from scipy.stats import binom
 

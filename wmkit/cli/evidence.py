@@ -146,9 +146,10 @@ def fingerprint(
     queries: Optional[int] = typer.Option(None, help="Queries (default 64; top1: 10).", show_default=False),
     top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
     fpr: float = typer.Option(FP_FPR, help="False-positive rate of the containment test."),
+    chat: bool = typer.Option(False, "--chat", help="Query the URL as a chat model (/v1/chat/completions)."),
 ) -> None:
     """Test whether SUSPECT is derived from the signed model and write the evidence: its output vectors
-    (outputs.npz), both tests, the residual histogram and the null of test 1. Keyless: the signature's
+    (outputs.npz), the containment test, the residual histogram and its null. Keyless: the signature's
     SHA-256 is what an owner publishes before a dispute. Re-check: wm evidence check OUTPUT/report.json."""
     from ..evidence import fingerprint_report
     from ..fingerprint import Signature, suspect_vectors
@@ -164,7 +165,7 @@ def fingerprint(
         if q < 2:
             raise InputError(f"--queries must be at least 2, got {q}")
         sig = Signature.load(signature)
-        acc = open_suspect(suspect, access, top_k)
+        acc = open_suspect(suspect, access, top_k, chat)
         if acc.vocab_size != sig.vocab_size:
             raise InputError(f"{suspect}: incompatible vocabulary ({acc.vocab_size} tokens, the signature {sig.vocab_size}): "
                              "not derived, and no output-space evidence to record")
@@ -172,14 +173,14 @@ def fingerprint(
 
     vectors = run_guarded(run)
     command = ["wm", "evidence", "fingerprint", "--signature", str(signature), "--suspect", suspect, "--access", access,
-               "--queries", str(q), "--top-k", str(top_k), "--fpr", repr(fpr), "-o", "NEW_FOLDER"]
+               "--queries", str(q), "--top-k", str(top_k), "--fpr", repr(fpr), *(["--chat"] if chat else []), "-o", "NEW_FOLDER"]
     output.mkdir()
     report = run_guarded(fingerprint_report, output, signature, vectors, suspect=suspect, access=access,
                          restricted=restricted, fpr=fpr, command=command)
     _write(output, report)
     r = report["results"][0]
     verdict = "derived from the signed model" if r["watermarked"] else "not derived"
-    stderr.print(f"{suspect}: {verdict} (test 1: {r['contained']}/{r['queries']} contained, p = {r['p_value']:.3g}); "
+    stderr.print(f"{suspect}: {verdict} (containment: {r['contained']}/{r['queries']}, p = {r['p_value']:.3g}); "
                  f"wrote {output}", markup=False)
 
 

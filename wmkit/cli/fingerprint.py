@@ -33,7 +33,7 @@ ACCESS = ("logits", "logprobs", "topk", "top1")
 def enroll_cmd(
     model: Optional[str] = typer.Argument(None, help="Model folder or .gguf file (default: SmolLM2-135M-Instruct)."),
     output: Path = typer.Option(..., "--output", "-o", help="Signature file to write (.safetensors; never overwritten)."),
-    queries: int = typer.Option(16, help="Queries per calibration model."),
+    queries: int = typer.Option(64, help="Queries per calibration model."),
 ) -> None:
     """Write the calibrated signature of MODEL (its output layer's column space)."""
 
@@ -50,12 +50,13 @@ def enroll_cmd(
     cal = sig.meta["calibration"]
     typer.echo(
         f"wrote {output}: vocabulary {sig.vocab_size}, hidden size {sig.hidden_size}, "
-        f"noise floor {cal['noise_floor']:.2e}, unrelated min {cal['unrelated_min']:.3f}, tau {cal['tau']:.2e}, pi0 {cal['pi0']:.3f}"
+        f"derived max {cal['derived_max']:.3f}, unrelated min {cal['unrelated_min']:.3f}, tau {cal['tau']:.3f}, pi0 {cal['pi0']:.4f}"
     )
 
 
-def open_suspect(suspect: str, access: str, top_k: int) -> Any:
-    """The access level ``access`` to ``suspect`` (a model folder, a .gguf file, or an http(s) URL)."""
+def open_suspect(suspect: str, access: str, top_k: int, chat: bool = False) -> Any:
+    """The access level ``access`` to ``suspect`` (a model folder, a .gguf file, or an http(s) URL;
+    ``chat``: ask the URL's chat endpoint)."""
     if access not in ACCESS:
         raise InputError(f"--access must be one of {', '.join(ACCESS)}, got {access!r}")
     if suspect.startswith(("http://", "https://")):
@@ -63,8 +64,10 @@ def open_suspect(suspect: str, access: str, top_k: int) -> Any:
 
         if access in ("logits", "logprobs"):
             raise InputError("an OpenAI-style URL returns at most the top-20 log-probs: use --access topk or top1")
-        api: Any = RemoteAPI(suspect)
+        api: Any = RemoteAPI(suspect, chat=chat)
     else:
+        if chat:
+            raise InputError("--chat applies to a suspect served at a URL")
         if not Path(suspect).exists():
             raise InputError(f"{suspect}: no such model folder or .gguf file")
         lm, _ = load_lm(suspect)
@@ -82,6 +85,7 @@ def verify_cmd(
     queries: Optional[int] = typer.Option(None, help=f"Queries (default {DEFAULT_QUERIES}; top1: 10).", show_default=False),
     top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the containment test."),
+    chat: bool = typer.Option(False, "--chat", help="Query the URL as a chat model (/v1/chat/completions; its system prompt is its own)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Is SUSPECT derived from the signature's model? Exit 0 either way."""
@@ -89,7 +93,7 @@ def verify_cmd(
     def run():  # noqa: ANN202
         check_fpr_option(fpr)  # before any model loads
         sig = Signature.load(signature)
-        acc = open_suspect(suspect, access, top_k)
+        acc = open_suspect(suspect, access, top_k, chat)
         q = queries if queries is not None else (10 if access == "top1" else DEFAULT_QUERIES)
         t0 = time.perf_counter()
         rep = verify_fingerprint(sig, acc, queries=q, restricted=access in ("topk", "top1"), fpr=fpr)
@@ -105,9 +109,8 @@ def verify_cmd(
     if not rep.compatible:
         out.print(f"verdict   not derived: {rep.reason}", markup=False)
         return
-    out.print(f"test 1    {d['contained']}/{d['queries']} outputs inside the signature's space; "
-              f"residual median {d['residual_median']:.2e}, max {d['residual_max']:.2e}; p {rep.p_value:.3g}")
-    out.print(f"test 2    L_sum - h = {rep.added}, the suspect's own rank {rep.own_rank} "
-              f"({'derived' if rep.joint_derived else 'not derived'})")
+    out.print(f"test      {d['contained']}/{d['queries']} centered outputs inside the signature's space (residual <= tau "
+              f"{d['tau']:.3g}); residual median {d['residual_median']:.2e} (margin {d['margin']:+.2f} decades), "
+              f"max {d['residual_max']:.2e}; p {rep.p_value:.3g}")
     out.print(f"cost      {rep.queries} queries, {rep.api_calls} API calls, {seconds:.1f} s")
     out.print(f"verdict   {'DERIVED from the signed model' if rep.derived else 'not derived'} (FPR {fpr:g})", markup=False)

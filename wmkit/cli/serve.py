@@ -1,4 +1,4 @@
-"""``wm serve``: an OpenAI-compatible /v1/completions server, optionally watermarking what it generates."""
+"""``wm serve``: an OpenAI-compatible /v1/completions and /v1/chat/completions server, optionally watermarking what it generates."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ def serve(
     max_new_tokens: int = typer.Option(512, help="Largest max_tokens a request may ask for."),
     timeout: float = typer.Option(120.0, help="Seconds a request may wait for the model and generate (then 503)."),
     max_batch: int = typer.Option(16, help="Most completions generated together (concurrent requests are batched)."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message put first in every chat request that has none."),
     allow_opt_out: bool = typer.Option(False, "--allow-opt-out", help="Let a request ask for unmarked text (\"watermarking\": false); refused (403) otherwise."),
 ) -> None:
-    """Serve MODEL at /v1/completions (logprobs up to 20, logit_bias); --scheme marks the generated text."""
+    """Serve MODEL at /v1/completions and /v1/chat/completions (logprobs up to 20, logit_bias); --scheme marks the generated text."""
     from ..server.completions import Generator, create_app
     from ..server.http import serve as run_server
 
@@ -54,4 +55,4 @@ def serve(
 
     gen = run_guarded(build)
     run_server(create_app(gen, Path(model).name if model else "SmolLM2-135M-Instruct", max_new_tokens, timeout_s=timeout,
-                          allow_opt_out=allow_opt_out, max_batch=max_batch), host, port)
+                          allow_opt_out=allow_opt_out, max_batch=max_batch, system_prompt=system_prompt), host, port)

@@ -1,16 +1,37 @@
-"""A :class:`~wmkit.fingerprint.access.BiasedAPI` over an OpenAI-compatible ``/v1/completions`` URL.
+"""A :class:`~wmkit.fingerprint.access.BiasedAPI` over an OpenAI-compatible URL.
 
-Each call asks for one token (``max_tokens=1``, ``temperature=0``) of a token-id prompt with a
-``logit_bias``, and reads the top-``k`` log-probs (or, at the top-1 level, only the chosen token).
-Tokens are requested as ids (``return_tokens_as_token_ids``, as vLLM and ``wm serve`` support), so
-two ids that decode to the same string cannot be confused.
+Each call asks for one token (``max_tokens=1``, ``temperature=0``) with a ``logit_bias``, and reads
+the top-``k`` log-probs (or, at the top-1 level, only the chosen token). Tokens are requested as ids
+(``return_tokens_as_token_ids``, as vLLM and ``wm serve`` support), so two ids that decode to the
+same string cannot be confused.
+
+``/v1/completions`` (default) takes the query as token ids. A chat model (``chat=True``) is asked at
+``/v1/chat/completions`` with the query as a user message: the random token ids are rendered as
+words of a fixed list (:func:`render`), the server wraps them in its chat template and whatever
+system prompt it adds. The test does not care which prompts it asks, only that each answer is an
+output vector of the suspect.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Sequence
 
 from ..errors import InputError
+
+
+@lru_cache(maxsize=1)
+def _words() -> list[str]:
+    from importlib.resources import files
+
+    text = (files("wmkit") / "data" / "prompts.txt").read_text(encoding="utf-8")
+    return sorted({w for w in text.split() if w.isalpha()})
+
+
+def render(prompt: Sequence[int]) -> str:
+    """A user message for a token-id query: word ``t mod n`` of a fixed list of ``n`` words per id."""
+    words = _words()
+    return " ".join(words[int(t) % len(words)] for t in prompt)
 
 
 class RemoteAPI:
@@ -20,18 +41,30 @@ class RemoteAPI:
         url: base URL (``http://host:port`` or ``.../v1``).
         model: the ``model`` field sent.
         timeout: seconds per request.
+        chat: ask ``/v1/chat/completions`` with the query as a user message.
+        client: the ``httpx.Client`` to send with (default: a new one; tests pass a ``TestClient``).
     """
 
-    def __init__(self, url: str, model: str = "wmkit", timeout: float = 60.0) -> None:
+    def __init__(self, url: str, model: str = "wmkit", timeout: float = 60.0, chat: bool = False,
+                 client: Any = None) -> None:
         import httpx
 
         base = url.rstrip("/")
-        self.endpoint = base + ("/completions" if base.endswith("/v1") else "/v1/completions")
-        self.model, self.calls = model, 0
-        self.client = httpx.Client(timeout=timeout)
+        base = base if base.endswith("/v1") else base + "/v1"
+        self.endpoint = base + ("/chat/completions" if chat else "/completions")
+        self.model, self.calls, self.chat = model, 0, chat
+        self.client = client if client is not None else httpx.Client(timeout=timeout)
         self.vocab_size = self._vocab_size()
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _body(self, prompt: Sequence[int], logit_bias: dict[int, float], k: int) -> dict[str, Any]:
+        """One biased next-token request for ``prompt`` asking for ``k`` top log-probs."""
+        body: dict[str, Any] = {"max_tokens": 1, "temperature": 0, "logit_bias": {str(t): b for t, b in logit_bias.items()}}
+        if self.chat:
+            return {**body, "messages": [{"role": "user", "content": render(prompt)}], "logprobs": True, "top_logprobs": k}
+        return {**body, "prompt": list(prompt), "logprobs": k}
+
+    def _post(self, body: dict[str, Any]) -> tuple[int, dict[int, float]]:
+        """Send ``body``; the chosen token id and the top log-probs ``{id: log-prob}``."""
         import httpx
 
         try:
@@ -41,15 +74,21 @@ class RemoteAPI:
         self.calls += 1
         if r.status_code != 200:
             raise InputError(f"{self.endpoint}: HTTP {r.status_code}: {r.text[:200]}")
-        return r.json()["choices"][0]
+        try:
+            lp = r.json()["choices"][0]["logprobs"]
+            if self.chat:
+                first = lp["content"][0]
+                return self._tid(first["token"]), {self._tid(e["token"]): float(e["logprob"]) for e in first["top_logprobs"]}
+            return self._tid(lp["tokens"][0]), {self._tid(t): float(v) for t, v in lp["top_logprobs"][0].items()}
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise InputError(f"{self.endpoint}: the answer has no log-probs in OpenAI's shape") from None
 
     def _vocab_size(self) -> int:
         """Largest accepted token id + 1, by bisection on a ``logit_bias`` key (the server rejects ids past its vocabulary)."""
         import httpx
 
         def ok(t: int) -> bool:
-            r = self.client.post(self.endpoint, json={"model": self.model, "prompt": [0], "max_tokens": 1,
-                                                     "temperature": 0, "logit_bias": {str(t): 0}})
+            r = self.client.post(self.endpoint, json={"model": self.model, **self._body([0], {t: 0}, 0)})
             self.calls += 1
             return r.status_code == 200
 
@@ -72,12 +111,8 @@ class RemoteAPI:
 
     def top_logprobs(self, prompt: Sequence[int], logit_bias: dict[int, float], k: int) -> dict[int, float]:
         """Top-``k`` log-probs of the next token under the bias (one request)."""
-        c = self._post({"prompt": list(prompt), "max_tokens": 1, "temperature": 0, "logprobs": k,
-                        "logit_bias": {str(t): b for t, b in logit_bias.items()}})
-        return {self._tid(t): float(v) for t, v in c["logprobs"]["top_logprobs"][0].items()}
+        return self._post(self._body(prompt, logit_bias, k))[1]
 
     def argmax(self, prompt: Sequence[int], logit_bias: dict[int, float]) -> int:
         """The greedy next token under the bias (one request)."""
-        c = self._post({"prompt": list(prompt), "max_tokens": 1, "temperature": 0, "logprobs": 0,
-                        "logit_bias": {str(t): b for t, b in logit_bias.items()}})
-        return self._tid(c["logprobs"]["tokens"][0])
+        return self._post(self._body(prompt, logit_bias, 0))[0]

@@ -44,7 +44,7 @@ class Signature:
     Attributes:
         basis: ``[|V|, k]`` orthonormal columns (k = h + 1 with the all-ones direction).
         hidden_size: ``h``: the output layer's rank (estimated when built from outputs).
-        meta: provenance and calibration (``source``, ``model``, ``noise_floor``, ...).
+        meta: provenance and calibration (``source``, ``model``, ``calibration``, ...).
     """
 
     basis: np.ndarray

@@ -1,37 +1,37 @@
-"""Does a suspect derive from the victim? Two tests on its output vectors, calibrated, through ``stats``.
+"""Does a suspect derive from the victim? One containment test on its output vectors, calibrated, through ``stats``.
 
-**Test 1 (containment).** Each query's output vector has a relative residual ``rho`` against the
-signature (:meth:`Signature.residuals`). The victim and models that keep its output layer (other
-dtypes, re-quantization, LoRA on attention/MLP, short fine-tunes) stay near the numeric noise
-floor; unrelated models sit near ``sqrt(1 - h/|V|)``. The calibration stored in the signature
-(:func:`calibrate`) fixes the threshold ``tau`` as the geometric mean of the victim's own noise
-floor (its outputs in bfloat16 and float16) and the smallest residual seen on unrelated models, and ``pi0``,
-a 95% Clopper-Pearson upper bound on the chance that an unrelated model's vector falls below
-``tau``. With ``c`` of ``q`` queries contained, the p-value is the exact binomial tail
-``P[Binomial(q, pi0) >= c]`` (:func:`wmkit.stats.binomial_detection`).
+**Statistic.** The suspect answers ``q`` random prompts with output vectors ``v_1..v_q``. Each is
+centered on the suspect's own mean answer, ``v_i - mean_j v_j``, and its relative residual ``rho_i``
+against the signature is taken (:meth:`Signature.residuals`). Centering removes whatever the
+suspect adds to every answer alike -- an output bias, or the shift of its token frequencies that a
+fine-tune on new text learns (on the default model, 200 steps of full fine-tuning on news at lr 1e-4:
+median residual 0.21 without centering, 0.07 with) -- while an unrelated model's answers differ from
+one another in directions of its own (random re-initializations: 0.99 either way).
 
-**Test 2 (joint space, for PEFT that changes the output layer).** Queries are taken one by one;
-a vector whose residual against the growing basis exceeds ``tau`` adds its residual direction.
-``L_sum - h`` = directions added. The same greedy count from the all-ones direction alone gives
-the suspect's own output rank ``r_s`` at that tolerance. A LoRA of rank ``r`` on the output layer
-adds at most ``r`` (its outputs lie in ``span(W) + span(B)``) while its own rank grows with the
-queries; an unrelated model adds every direction it has (``added = r_s``), whether its outputs
-are diverse (a trained model: ``r_s = q``) or not (a barely trained one whose outputs are all
-near its unigram distribution: ``r_s = 1``). Rule: derived iff ``added <= r_s / 2`` and
-``r_s >= 4`` -- at least half of the suspect's own output space is ours. With ``q`` queries this
-catches output-layer LoRA of rank up to ``q / 2`` and cannot be fooled by low-rank outputs.
+**Calibration** (:func:`enroll`, stored in the signature). Two families of models built from the
+victim at enrollment, never the ones a verdict is later judged on: *derived* -- the victim in
+bfloat16 and float16 and its weights rounded to 8 and 5 bits per output row (:func:`round_weights`,
+round to nearest, the coarsest such rounding a usable deployment ships) -- and *unrelated* -- random
+re-initializations of the architecture. ``tau`` is the geometric mean of the largest derived residual
+and the smallest unrelated one; ``pi0`` is a 95% Clopper-Pearson upper bound on the rate of
+unrelated vectors at or below ``tau``.
+
+**Test.** With ``c`` of the ``q`` residuals at or below ``tau``, the p-value is the binomial tail
+``P[Binomial(q, pi0) >= c]`` (:func:`wmkit.stats.binomial_detection`), and the verdict is
+``p <= fpr``: the reported p-value is always that of the test that decided. Its null treats an
+unrelated model's vectors as draws from the calibration models' residual distribution; a model
+whose outputs are unlike every calibration model (an unrelated model trained long on this
+tokenizer, say) is measured by ``benchmarks/fingerprint.py``, not covered by the bound.
 
 Restricted access (top-k, top-1) recovers only some vocabulary entries (the signature's
-dimension plus a margin of 128, :func:`query_rows`). Residuals on those rows are smaller for
-unrelated models (about ``sqrt(margin / rows)``), so the signature holds a second calibration
-for them (``meta["calibration_rows"]``) and the rows themselves. Report both tests; the verdict
-is derived if either says so.
+dimension plus a margin of 128, :func:`query_rows`); residuals on those rows are smaller for every
+model (about ``sqrt(margin / rows)`` for unrelated ones), so the signature holds a second
+calibration for them (``meta["calibration_rows"]``) and the rows themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -44,7 +44,8 @@ from .signature import Signature
 DEFAULT_FPR = FINGERPRINT_FPR
 DEFAULT_QUERIES = 64
 ROW_MARGIN = 128
-MIN_OWN_RANK = 4
+STATISTIC = "centered-residual"  # what a calibration measured; older signatures are refused
+CALIBRATION_BITS = (8, 5)
 
 
 def query_prompts(vocab_size: int, n: int, length: int = 12, seed: int = 0) -> list[list[int]]:
@@ -60,26 +61,36 @@ def query_rows(sig: Signature, margin: int = ROW_MARGIN, seed: int = 0) -> np.nd
     return np.sort(np.random.default_rng(seed).permutation(sig.vocab_size)[:m])
 
 
+def centered_residuals(sig: Signature, vectors: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """The statistic: relative residuals of ``vectors`` (one per query) after subtracting their mean."""
+    v = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+    if len(v) < 2:
+        raise InputError(f"need at least 2 output vectors to center, got {len(v)}")
+    return sig.residuals(v - v.mean(axis=0, keepdims=True), rows)
+
+
 def calibrate(
     sig: Signature,
-    victim_noise: Sequence[float],
+    derived: Sequence[float],
     unrelated: Sequence[float],
     confidence: float = 0.95,
     rows: np.ndarray | None = None,
+    **family: Any,
 ) -> dict[str, Any]:
-    """Store ``tau`` and ``pi0`` from measured residuals in ``sig.meta["calibration"]`` (full vectors)
-    or, with ``rows``, in ``sig.meta["calibration_rows"]`` together with the rows; returns it."""
-    noise, unrel = np.asarray(victim_noise, float), np.asarray(unrelated, float)
-    if noise.size == 0 or unrel.size == 0:
-        raise InputError("calibration needs residuals of the victim's own variants and of unrelated models")
-    floor, umin = float(noise.max()), float(unrel.min())
-    if not floor < umin:
-        raise InputError(f"victim noise floor {floor:.3g} is not below the unrelated models' residuals ({umin:.3g})")
-    tau = float(np.sqrt(max(floor, 1e-12) * umin))
+    """Store ``tau`` and ``pi0`` from the residuals of derived and unrelated calibration models in
+    ``sig.meta["calibration"]`` (full vectors) or, with ``rows``, in ``sig.meta["calibration_rows"]``
+    together with the rows; ``family`` (the models' names) is recorded with it. Returns it."""
+    der, unrel = np.asarray(derived, float), np.asarray(unrelated, float)
+    if der.size == 0 or unrel.size == 0:
+        raise InputError("calibration needs residuals of derived and of unrelated models")
+    dmax, umin = float(der.max()), float(unrel.min())
+    if not dmax < umin:
+        raise InputError(f"the derived models' residuals (up to {dmax:.3g}) reach the unrelated models' ({umin:.3g})")
+    tau = float(np.sqrt(max(dmax, 1e-12) * umin))
     k = int((unrel <= tau).sum())
     pi0 = clopper_pearson_upper(k, int(unrel.size), confidence)
-    cal = {"tau": tau, "pi0": pi0, "noise_floor": floor, "unrelated_min": umin, "n_unrelated": int(unrel.size),
-           "confidence": confidence}
+    cal = {"statistic": STATISTIC, "tau": tau, "pi0": pi0, "derived_max": dmax, "unrelated_min": umin,
+           "n_derived": int(der.size), "n_unrelated": int(unrel.size), "confidence": confidence, **family}
     if rows is None:
         sig.meta["calibration"] = cal
     else:
@@ -92,12 +103,11 @@ class FingerprintReport:
     """The verdict on one suspect.
 
     Attributes:
-        derived: the verdict (test 1 or test 2).
+        derived: the verdict: the containment test's p-value is at most the FPR.
         compatible: False if the suspect's vocabulary differs (then nothing else is meaningful).
-        containment: test 1 as a :class:`~wmkit.stats.Detection` (``None`` if incompatible).
-        residuals: per-query relative residuals.
-        added: test 2's directions added (``L_sum - h``); ``own_rank`` the suspect's own output
-            rank at the same tolerance; ``joint_derived`` test 2's decision.
+        containment: the test as a :class:`~wmkit.stats.Detection` (``None`` if incompatible).
+        residuals: per-query centered relative residuals (the statistic).
+        tau: the calibrated threshold the residuals are compared with.
         queries, api_calls: what the test cost.
     """
 
@@ -105,21 +115,20 @@ class FingerprintReport:
     compatible: bool
     containment: Detection | None = None
     residuals: list[float] = field(default_factory=list)
-    added: int = 0
-    own_rank: int = 0
-    joint_derived: bool = False
+    tau: float = float("nan")
     queries: int = 0
     api_calls: int = 0
     reason: str = ""
 
     @property
     def p_value(self) -> float:
-        """Test 1's p-value (1.0 when incompatible)."""
+        """The containment test's p-value (1.0 when incompatible): the one that decided the verdict."""
         return self.containment.p_value if self.containment else 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        r = np.asarray(self.residuals) if self.residuals else np.zeros(1)
+        """A JSON-ready dict (``margin``: ``log10(tau / residual median)``, positive on the derived side)."""
+        r = np.asarray(self.residuals) if self.residuals else np.full(1, np.nan)
+        med = float(np.median(r))
         return {
             "derived": self.derived,
             "compatible": self.compatible,
@@ -127,35 +136,22 @@ class FingerprintReport:
             "queries": self.queries,
             "api_calls": self.api_calls,
             "contained": self.containment.details["green"] if self.containment else 0,
-            "residual_median": float(np.median(r)),
+            "residual_median": med,
             "residual_max": float(r.max()),
-            "l_sum_minus_h": self.added,
-            "own_rank": self.own_rank,
-            "joint_derived": self.joint_derived,
+            "tau": self.tau,
+            "margin": float(np.log10(self.tau / med)) if self.compatible and med > 0 else float("nan"),
             "reason": self.reason,
         }
 
 
-def greedy_added(start: np.ndarray, vectors: np.ndarray, tau: float) -> int:
-    """How many directions ``vectors`` add to the orthonormal ``start``: one per vector whose residual
-    against the growing basis exceeds ``tau`` times its (centered) norm."""
-    q = start
-    added = 0
-    for v in np.atleast_2d(vectors).astype(np.float64):
-        v = v - v.mean()
-        res = v - q @ (q.T @ v)
-        res = res - q @ (q.T @ res)  # re-orthogonalize (Gram-Schmidt twice)
-        if np.linalg.norm(res) > tau * np.linalg.norm(v):
-            q = np.hstack([q, (res / np.linalg.norm(res))[:, None]])
-            added += 1
-    return added
-
-
-def joint_space(sig: Signature, vectors: np.ndarray, tau: float, rows: np.ndarray | None = None) -> tuple[int, int]:
-    """Test 2: ``(added, own_rank)``: directions the suspect adds to the signature, and its own rank."""
-    q = sig.basis.astype(np.float64) if rows is None else np.linalg.qr(sig.basis[rows].astype(np.float64))[0]
-    ones = np.ones((q.shape[0], 1)) / np.sqrt(q.shape[0])
-    return greedy_added(q, vectors, tau), greedy_added(ones, vectors, tau)
+def _calibration(sig: Signature, restricted: bool) -> dict[str, Any]:
+    cal = sig.meta.get("calibration_rows" if restricted else "calibration")
+    if not cal:
+        raise InputError("the signature is not calibrated (wm fingerprint enroll calibrates it)")
+    if cal.get("statistic") != STATISTIC:
+        raise InputError("the signature was calibrated by an older wmkit for another statistic: "
+                         "enroll the model again (wm fingerprint enroll)")
+    return cal
 
 
 def verify_fingerprint(
@@ -166,14 +162,12 @@ def verify_fingerprint(
     fpr: float = DEFAULT_FPR,
     seed: int = 0,
 ) -> FingerprintReport:
-    """Run both tests on ``access`` (a :mod:`.access` level) with ``queries`` random prompts.
+    """Run the containment test on ``access`` (a :mod:`.access` level) with ``queries`` random prompts.
 
     ``restricted``: recover only the signature's calibrated rows (for top-k / top-1 access).
     """
     check_fpr(fpr)
-    cal = sig.meta.get("calibration_rows" if restricted else "calibration")
-    if not cal:
-        raise InputError("the signature is not calibrated (wm fingerprint enroll calibrates it)")
+    _calibration(sig, restricted)
     if access.vocab_size != sig.vocab_size:
         return FingerprintReport(
             derived=False, compatible=False,
@@ -189,37 +183,23 @@ def verify_fingerprint(
 def suspect_vectors(sig: Signature, access: Any, queries: int, restricted: bool = False, seed: int = 0) -> np.ndarray:
     """The suspect's output vectors for the ``queries`` random prompts (only the calibrated rows when
     ``restricted``): what :func:`score_fingerprint` tests."""
-    cal = sig.meta.get("calibration_rows" if restricted else "calibration")
-    if not cal:
-        raise InputError("the signature is not calibrated (wm fingerprint enroll calibrates it)")
+    cal = _calibration(sig, restricted)
     rows = np.asarray(cal["rows"]) if restricted else None
     return access.vectors(query_prompts(sig.vocab_size, queries, seed=seed), rows)
 
 
 def score_fingerprint(sig: Signature, vecs: np.ndarray, restricted: bool = False, fpr: float = DEFAULT_FPR) -> FingerprintReport:
-    """Both tests on the suspect's output vectors ``vecs`` (one row per query prompt; with
+    """The containment test on the suspect's output vectors ``vecs`` (one row per query prompt; with
     ``restricted``, only the signature's calibrated rows)."""
     check_fpr(fpr)
-    cal = sig.meta.get("calibration_rows" if restricted else "calibration")
-    if not cal:
-        raise InputError("the signature is not calibrated (wm fingerprint enroll calibrates it)")
+    cal = _calibration(sig, restricted)
     rows = np.asarray(cal["rows"]) if restricted else None
     queries = len(vecs)
-    rho = sig.residuals(vecs, rows)
+    rho = centered_residuals(sig, vecs, rows)
     contained = int((rho <= cal["tau"]).sum())
     det = binomial_detection("fingerprint-containment", contained, queries, cal["pi0"], fpr, tau=cal["tau"])
-    added, own = joint_space(sig, vecs, cal["tau"], rows)
-    joint = own >= MIN_OWN_RANK and added <= own / 2
-    return FingerprintReport(
-        derived=bool(det.decision or joint),
-        compatible=True,
-        containment=det,
-        residuals=[float(x) for x in rho],
-        added=added,
-        own_rank=own,
-        joint_derived=bool(joint),
-        queries=queries,
-    )
+    return FingerprintReport(derived=bool(det.decision), compatible=True, containment=det,
+                             residuals=[float(x) for x in rho], tau=float(cal["tau"]), queries=queries)
 
 
 def random_init_like(model: Any, seed: int) -> Any:
@@ -231,12 +211,32 @@ def random_init_like(model: Any, seed: int) -> Any:
     return AutoModelForCausalLM.from_config(model.config).eval()
 
 
-def enroll(model: Any, unrelated: Sequence[Any] | None = None, queries: int = 16, seed: int = 0, **meta: Any) -> Signature:
-    """The calibrated signature of ``model`` (float32 weights).
+def round_weights(model: Any, bits: int) -> Any:
+    """A copy of ``model`` whose 2-D weights are rounded to ``bits`` bits per output row (symmetric,
+    round to nearest: weight-only quantization as int8 serving does it, and coarser)."""
+    import copy
 
-    The noise floor comes from the model's own outputs in bfloat16 and float16 (the coarsest
-    dtypes a derivative is served in); the unrelated residuals from ``unrelated`` models (default:
-    two random re-initializations of the same architecture).
+    import torch
+
+    if not 2 <= bits <= 16:
+        raise InputError(f"bits must be in 2..16, got {bits}")
+    m = copy.deepcopy(model)
+    q = 2 ** (bits - 1) - 1
+    with torch.no_grad():
+        for p in m.parameters():  # tied weights are listed once
+            if p.ndim == 2:
+                scale = p.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / q
+                p.copy_(torch.round(p / scale).clamp(-q, q) * scale)
+    return m
+
+
+def enroll(model: Any, unrelated: Sequence[Any] | None = None, queries: int = DEFAULT_QUERIES, seed: int = 0,
+           **meta: Any) -> Signature:
+    """The calibrated signature of ``model`` (float32 weights); see the module docstring.
+
+    Derived calibration models: ``model`` in bfloat16 and float16 and rounded to
+    :data:`CALIBRATION_BITS` bits per row; unrelated: ``unrelated`` (default: three random
+    re-initializations of the same architecture). Each answers ``queries`` random prompts.
     """
     import copy
 
@@ -245,19 +245,26 @@ def enroll(model: Any, unrelated: Sequence[Any] | None = None, queries: int = 16
     from .access import ModelAccess
     from .signature import signature_from_weights
 
+    if queries < 4:
+        raise InputError(f"queries must be at least 4, got {queries}")
     sig = signature_from_weights(model, **meta)
     prompts = query_prompts(sig.vocab_size, queries, seed=seed + 1)
     rows = query_rows(sig)
-    variants = [copy.deepcopy(model).to(dtype) for dtype in (torch.bfloat16, torch.float16)]
-    others = list(unrelated) if unrelated is not None else [random_init_like(model, 1000 + i) for i in range(2)]
-    noise = [ModelAccess(m, "logits").vectors(prompts) for m in variants]
-    unrel = [ModelAccess(m, "logits").vectors(prompts) for m in others]
-    del variants
+    derived = {"bfloat16": lambda: copy.deepcopy(model).to(torch.bfloat16),
+               "float16": lambda: copy.deepcopy(model).to(torch.float16),
+               **{f"rtn{b}": (lambda b=b: round_weights(model, b)) for b in CALIBRATION_BITS}}
+    others = list(unrelated) if unrelated is not None else None
+    n_unrel = len(others) if others is not None else 3
+    d_vecs = [ModelAccess(make(), "logits").vectors(prompts) for make in derived.values()]
+    u_vecs = [ModelAccess(others[i] if others is not None else random_init_like(model, 1000 + i), "logits").vectors(prompts)
+              for i in range(n_unrel)]
+    family = {"derived_models": list(derived), "unrelated_models": (
+        [f"given-{i}" for i in range(n_unrel)] if others is not None else [f"random-init-{1000 + i}" for i in range(n_unrel)])}
     for r in (None, rows):
         calibrate(
             sig,
-            np.concatenate([sig.residuals(v if r is None else v[:, r], r) for v in noise]),
-            np.concatenate([sig.residuals(v if r is None else v[:, r], r) for v in unrel]),
-            rows=r,
+            np.concatenate([centered_residuals(sig, v if r is None else v[:, r], r) for v in d_vecs]),
+            np.concatenate([centered_residuals(sig, v if r is None else v[:, r], r) for v in u_vecs]),
+            rows=r, **family,
         )
     return sig

@@ -1,4 +1,5 @@
-"""An OpenAI-compatible ``/v1/completions`` server for a local causal LM, optionally watermarking its output.
+"""An OpenAI-compatible ``/v1/completions`` and ``/v1/chat/completions`` server for a local causal LM,
+optionally watermarking its output.
 
 ``POST /v1/completions`` takes OpenAI's fields ``prompt`` (a string, a list of token ids, or a list of
 up to 16 of either), ``max_tokens`` (default 16, at most ``max_new_tokens``), ``temperature`` (0 =
@@ -8,6 +9,11 @@ and ``logit_bias`` (``{"token id": bias in [-100, 100]}``), plus vLLM's ``return
 The log-probs are those of the model's next-token distribution *with the logit bias* and *before*
 the watermark (as vLLM reports raw log-probs): the watermark changes which token is sampled, not
 what the model says about its distribution. Bad requests get HTTP 400 with an OpenAI-style error.
+
+``POST /v1/chat/completions`` takes ``messages`` (rendered by the tokenizer's chat template, after the
+server's system prompt unless the request has its own), ``logprobs: true`` with ``top_logprobs``, and
+otherwise the same fields (``max_completion_tokens`` as an alias of ``max_tokens``); its answer has
+OpenAI's chat shape (``message``, ``logprobs.content[i].top_logprobs``).
 
 Concurrent requests are generated together: a worker batches the completions waiting for the
 model (left-padded, one forward pass per step for the batch, each row with its own sampler, bias,
@@ -121,6 +127,53 @@ def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars:
     return req
 
 
+def parse_chat(body: Any, tokenizer: Any, vocab_size: int, max_new_tokens: int, system_prompt: str | None = None,
+               max_chars: int = 20_000) -> dict[str, Any]:
+    """A ``/v1/chat/completions`` request as a completion request: ``messages`` rendered through the
+    tokenizer's chat template (with ``system_prompt`` first unless the request brings its own system
+    message) into one token-id prompt; OpenAI's ``logprobs: true`` + ``top_logprobs: k`` become ``logprobs: k``."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object", None)
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise RequestError("'messages' must be a non-empty list of {role, content}", "messages")
+    for i, m in enumerate(msgs):
+        if (not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant")
+                or not isinstance(m.get("content"), str)):
+            raise RequestError(f"messages[{i}] must be {{\"role\": system|user|assistant, \"content\": string}}", "messages")
+    if sum(len(m["content"]) for m in msgs) > max_chars:
+        raise RequestError(f"the messages have more than {max_chars} characters", "messages")
+    if system_prompt and msgs[0]["role"] != "system":
+        msgs = [{"role": "system", "content": system_prompt}, *msgs]
+    if not getattr(tokenizer, "chat_template", None):
+        raise RequestError("this model has no chat template: use /v1/completions", None)
+    ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    lp = body.get("logprobs", False)
+    if not isinstance(lp, bool):
+        raise RequestError("'logprobs' must be true or false", "logprobs")
+    top = body.get("top_logprobs")
+    if top is not None and not lp:
+        raise RequestError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    fields = {k: v for k, v in body.items() if k not in ("messages", "logprobs", "top_logprobs", "max_completion_tokens")}
+    if body.get("max_completion_tokens") is not None:
+        fields["max_tokens"] = body["max_completion_tokens"]
+    fields["logprobs"] = (top if top is not None else 0) if lp else None
+    return parse_completion({**fields, "prompt": ids}, vocab_size, max_new_tokens)
+
+
+def chat_choice(choice: dict[str, Any]) -> dict[str, Any]:
+    """A completion choice in the chat shape (``message``; ``logprobs.content`` with ``top_logprobs`` lists)."""
+    out: dict[str, Any] = {"message": {"role": "assistant", "content": choice["text"]},
+                           "finish_reason": choice["finish_reason"], "logprobs": None}
+    lp = choice.get("logprobs")
+    if lp is not None:
+        out["logprobs"] = {"content": [
+            {"token": t, "logprob": v, "top_logprobs": [{"token": a, "logprob": b} for a, b in top.items()]}
+            for t, v, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"])]}
+    return out
+
+
 class StopWatch:
     """Finds stop strings in a growing completion in O(total length): decodes only a few trailing
     tokens per step (vLLM's incremental detokenization: the text of ``ids[prefix:]`` minus that of
@@ -207,6 +260,10 @@ class Generator:
         if len(self._first) > FIRST_CACHE:
             self._first.popitem(last=False)
         return logits
+
+    def cached(self, job: Job) -> bool:
+        """Whether ``job`` is one token whose prompt's logits are cached (answered without the model)."""
+        return job.req["max_tokens"] == 1 and tuple(job.ids) in self._first
 
     def token_str(self, t: int, ids: bool) -> str:
         return f"token_id:{t}" if ids else self.tok.decode([t])
@@ -344,7 +401,8 @@ class Batcher:
 
     def _take(self, first: Job) -> list[Job]:
         batch = [first]
-        until = time.monotonic() + self.gather_s
+        # a one-token answer from cached prompt logits needs no model time: no waiting for company
+        until = time.monotonic() + (0.0 if self.gen.cached(first) else self.gather_s)
         while len(batch) < self.max_batch:
             try:
                 batch.append(self.queue.get(timeout=max(0.0, until - time.monotonic())))
@@ -372,11 +430,14 @@ class Batcher:
 
 def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: int = 512,
                max_body_bytes: int = 1024 * 1024, timeout_s: float = 120.0, allow_opt_out: bool = False,
-               max_batch: int = 16) -> FastAPI:
-    """A FastAPI app serving ``generator`` at ``/v1/completions`` (+ ``/v1/models``, ``/health``).
+               max_batch: int = 16, system_prompt: str | None = None) -> FastAPI:
+    """A FastAPI app serving ``generator`` at ``/v1/completions`` and ``/v1/chat/completions``
+    (+ ``/v1/models``, ``/health``).
 
     Concurrent requests are generated together (:class:`Batcher`, up to ``max_batch`` completions
-    per batch). A request may ask for unmarked text with vLLM's ``"watermarking": false`` only if
+    per batch). Chat requests are rendered through the tokenizer's chat template, with
+    ``system_prompt`` as the first message unless a request brings its own. A request may ask for
+    unmarked text with vLLM's ``"watermarking": false`` only if
     the server allows it (``allow_opt_out``; otherwise 403). Every error is JSON in OpenAI's shape:
     4xx for a bad request (body, fields, context length), 503 when a request waits for the model or
     generates past ``timeout_s`` seconds or the queue is full, 500 (still JSON) only for a fault of
@@ -387,11 +448,10 @@ def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: 
     app = base_app("wmkit completions", model_name)
     batcher = Batcher(generator, max_batch=max_batch)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> JSONResponse:
+    async def generate(request: Request, parse: Any, chat: bool) -> JSONResponse:
         try:
             body = await read_json(request, max_body_bytes)
-            req = parse_completion(body, generator.vocab_size, max_new_tokens)
+            req = parse(body)
             if not req["watermarking"] and not allow_opt_out:
                 raise RequestError("this server does not let a request turn its watermark off (start it with "
                                    "--allow-opt-out to allow \"watermarking\": false)", "watermarking", 403)
@@ -414,15 +474,24 @@ def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: 
             return error_response(RequestError(msg, None, 503))
         except Exception as e:  # noqa: BLE001 - a server fault is still a JSON error, never a bare 500 page
             return internal_error(e)
-        choices = [{**r["choice"], "index": i} for i, r in enumerate(results)]
+        choices = [{**(chat_choice(r["choice"]) if chat else r["choice"]), "index": i} for i, r in enumerate(results)]
         pt, ct = sum(r["prompt_tokens"] for r in results), sum(r["completion_tokens"] for r in results)
         return JSONResponse({
-            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
-            "object": "text_completion",
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
             "model": str(body.get("model") or model_name),
             "choices": choices,
             "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
         })
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> JSONResponse:
+        return await generate(request, lambda b: parse_completion(b, generator.vocab_size, max_new_tokens), chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> JSONResponse:
+        return await generate(request, lambda b: parse_chat(b, generator.tok, generator.vocab_size, max_new_tokens,
+                                                            system_prompt), chat=True)
 
     return app
