@@ -160,8 +160,10 @@ def score(sig: Any, name: str, kind: str, level: str, acc: Any, queries: int | N
     t = time.time()
     rep = verify_fingerprint(sig, acc, queries=queries or LEVELS[level], restricted=level in ("topk", "top1"))
     row = {"model": name, "kind": kind, "access": level, **rep.to_dict(), "seconds": round(time.time() - t, 2)}
-    row.pop("reason")
     row["correct"] = row["derived"] == (kind == "derived")
+    if not row["compatible"]:
+        log(f"  {name:18s} {level:8s} derived=False: {rep.reason}")
+        return row
     log(f"  {name:18s} {level:8s} derived={row['derived']!s:5s} p={row['p_value']:.2e} {row['contained']}/{row['queries']} "
         f"res_med={row['residual_median']:.3f} tau={row['tau']:.3f} margin={row['margin']:+.2f} calls={row['api_calls']} "
         f"({row['seconds']} s){'' if row['correct'] else '  WRONG'}")
@@ -200,8 +202,17 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="write a PNG: median residual per model against tau (never overwritten)")
     ap.add_argument("--models", nargs="+", help="members to run (default: every one; see the module docstring)")
     ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    ap.add_argument("--from-json", nargs="+", type=Path, metavar="FILE",
+                    help="no models: combine the rows of earlier --out files (same calibration) into one table/JSON/PNG")
     args = ap.parse_args()
     out_file, png = ResultFile(args.out, "fingerprint"), ResultFile(args.plot, "fingerprint")
+    if args.from_json:
+        parts = [json.loads(f.read_text()) for f in args.from_json]
+        if any(p["calibration"] != parts[0]["calibration"] for p in parts):
+            sys.exit("fingerprint.py: the files were calibrated differently; they cannot share one table")
+        report([r for p in parts for r in p["rows"]], parts[0]["calibration"], sorted({m for p in parts for m in p["not_built"]}),
+               out_file, png, args)
+        return
     names = args.models or (QUICK if args.quick else [n for n, _ in ZOO])
     kinds = {n: dict(ZOO).get(n) or ("unrelated" if n.startswith(("scratch", "random-")) else "derived") for n in names}
     for n in names:
@@ -228,6 +239,13 @@ def main() -> None:
             continue
         rows += [score(sig, name, kind, lv, access_for(model, lv)) for lv in args.levels]
         del model
+    report(rows, cal, missing, out_file, png, args)
+
+
+def report(rows: list[dict], cal: dict, missing: list[str], out_file: ResultFile, png: ResultFile, args: Any) -> None:
+    """Write the JSON (and PNG) and print the table."""
+    built = {r["model"] for r in rows}
+    missing = [m for m in missing if m not in built]
     result = {"calibration": cal, "errors": sum(not r["correct"] for r in rows), "not_built": missing,
               "worst_derived_p": max([r["p_value"] for r in rows if r["kind"] == "derived"], default=None),
               "smallest_unrelated_p": min([r["p_value"] for r in rows if r["kind"] == "unrelated"], default=None),

@@ -110,14 +110,14 @@ def _latest(run: str, below: int) -> int:
 
 def train_run(run: str, checkpoints: list[int], victim: Any, tok: Any) -> None:
     """Train ``run`` and save a checkpoint (``<run>-<steps>``) at each of ``checkpoints`` (missing ones only)."""
-    from peft import LoraConfig, get_peft_model
-
     text_name, lr, init = RUNS[run]
     todo = [c for c in sorted(checkpoints) if not (zoo_dir() / f"{run}-{c}").is_dir()]
     if not todo:
         return
     start = _latest(run, todo[0])
     if init == "lora-r16":
+        from peft import LoraConfig, get_peft_model
+
         model = get_peft_model(fresh_copy(victim), LoraConfig(r=16, lora_alpha=32, target_modules=ATTN_MLP))
     elif init.startswith("random:"):
         model = random_init_like(victim, int(init.split(":")[1]))

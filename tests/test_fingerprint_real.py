@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,7 +42,8 @@ def server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "wmkit.cli.main", "serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "wmkit.cli.main", "serve", "--port", str(port),
+                             "--system-prompt", "You are Acme Assistant. Answer briefly."],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
@@ -91,3 +93,30 @@ def test_topk_and_top1_over_http_against_wm_serve(signature, server):
     assert out["api_calls"] == 8 * 38  # ceil((577 + 128 - 1) / 19) per vector
     r = wm("fingerprint", "verify", "--signature", str(signature), "--suspect", server, "--access", "logits")
     assert r.returncode == 2 and "use --access topk or top1" in r.stderr
+    # the same model queried as a chat model: its template and system prompt change the prompts, not the output space
+    r = wm("fingerprint", "verify", "--signature", str(signature), "--suspect", server, "--access", "topk", "--chat",
+           "--queries", "8", "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["derived"] and out["p_value"] < 1e-6 and out["residual_median"] < 1e-4, r.stderr
+
+
+@pytest.mark.slow
+def test_a_300_step_fine_tune_and_a_q4_0_round_trip_are_flagged_and_a_model_trained_from_scratch_is_cleared(signature):
+    """Real derivatives of the default model, trained here (cached by benchmarks/fpzoo.py: about 7 and 5
+    minutes on 2 cores the first time): all weights fine-tuned on AG News for 300 steps at lr 1e-4,
+    every matrix through GGUF's Q4_0; and the same architecture trained from scratch for 200 steps."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fpzoo
+
+    from wmkit.models import load_lm
+
+    sig = Signature.load(signature)
+    victim, tok = load_lm()
+    fpzoo.train_run("ft-news-1e-4", [300], victim, tok)
+    fpzoo.train_run("scratch1", [200], victim, tok)
+    tau = sig.meta["calibration"]["tau"]
+    for name, model in [("ft-news-1e-4-300", fpzoo.load_member("ft-news-1e-4-300")), ("q4_0", fpzoo.q4_0_round_trip(victim))]:
+        rep = verify_fingerprint(sig, ModelAccess(model, "logits"), queries=32)
+        assert rep.derived and rep.p_value < 1e-6 and rep.to_dict()["residual_median"] < tau / 1.5, (name, rep.to_dict())
+    rep = verify_fingerprint(sig, ModelAccess(fpzoo.load_member("scratch1-200"), "logits"), queries=32)
+    assert not rep.derived and rep.p_value == 1.0 and min(rep.residuals) > tau, rep.to_dict()

@@ -126,8 +126,13 @@ class FingerprintReport:
         return self.containment.p_value if self.containment else 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (``margin``: ``log10(tau / residual median)``, positive on the derived side)."""
-        r = np.asarray(self.residuals) if self.residuals else np.full(1, np.nan)
+        """A JSON-ready dict (``margin``: ``log10(tau / residual median)``, positive on the derived side;
+        residuals, tau and margin are None when the vocabularies differ)."""
+        if not self.residuals:
+            return {"derived": self.derived, "compatible": self.compatible, "p_value": self.p_value, "queries": self.queries,
+                    "api_calls": self.api_calls, "contained": 0, "residual_median": None, "residual_max": None,
+                    "tau": None, "margin": None, "reason": self.reason}
+        r = np.asarray(self.residuals)
         med = float(np.median(r))
         return {
             "derived": self.derived,
@@ -139,7 +144,7 @@ class FingerprintReport:
             "residual_median": med,
             "residual_max": float(r.max()),
             "tau": self.tau,
-            "margin": float(np.log10(self.tau / med)) if self.compatible and med > 0 else float("nan"),
+            "margin": float(np.log10(self.tau / max(med, 1e-300))),
             "reason": self.reason,
         }
 
