@@ -13,7 +13,7 @@ the missing ones here, about 1.3 s per step on 2 CPU cores).
   fine-tunes ``ft-news-1e-4-*`` / ``ft-news-2e-5-*`` (AG News) and ``ft-sst2-2e-5-*`` (SST-2),
   ``cpt-code-*`` (continued pre-training on the CPython standard library), ``lora-r16-*`` (LoRA
   on every attention/MLP projection, merged), ``merge`` (the average of ft-news-1e-4-1000 and
-  ft-sst2-2e-5-1000), ``chat-system`` (the victim behind ``wm serve --system-prompt``, queried at
+  ft-sst2-2e-5-200), ``chat-system`` (the victim behind ``wm serve --system-prompt``, queried at
   ``/v1/chat/completions``: top-k, and top-1 with 4 queries, as HTTP requests);
 - unrelated: ``random-1``, ``random-2`` (fresh initializations), ``scratch1-*`` (the architecture
   trained from scratch on AG News for as many steps as the derivatives);
@@ -63,7 +63,8 @@ ZOO = [
     ("ft-news-1e-4-200", "derived"), ("ft-news-1e-4-1000", "derived"), ("ft-news-1e-4-3000", "derived"),
     ("ft-news-2e-5-200", "derived"), ("ft-news-2e-5-1000", "derived"), ("ft-news-2e-5-3000", "derived"),
     ("ft-sst2-2e-5-200", "derived"), ("ft-sst2-2e-5-1000", "derived"),
-    ("cpt-code-500", "derived"), ("cpt-code-2000", "derived"), ("lora-r16-1000", "derived"), ("merge", "derived"),
+    ("cpt-code-500", "derived"), ("cpt-code-2000", "derived"), ("lora-r16-300", "derived"), ("lora-r16-1000", "derived"),
+    ("merge", "derived"),
     ("chat-system", "derived"),
     ("random-1", "unrelated"), ("random-2", "unrelated"),
     ("scratch1-200", "unrelated"), ("scratch1-1000", "unrelated"), ("scratch1-3000", "unrelated"),
@@ -71,7 +72,7 @@ ZOO = [
 ]
 QUICK = ["victim", "q4_0", "prune-mlp-30", "rowscale-head", "ft-news-1e-4-50", "random-1", "scratch1-50"]
 LEVELS = {"logits": 64, "logprobs": 64, "topk": 16, "top1": 8}
-MERGE = ("ft-news-1e-4-1000", "ft-sst2-2e-5-1000")
+MERGE = ("ft-news-1e-4-1000", "ft-sst2-2e-5-200")
 CHAT_QUERIES = {"topk": 16, "top1": 4}  # over HTTP: top-1 costs ~20,000 requests per query
 SYSTEM_PROMPT = "You are Acme Assistant, a helpful model. Answer briefly and politely."
 
