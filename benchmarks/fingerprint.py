@@ -182,7 +182,7 @@ def plot(rows: list[dict], png: ResultFile) -> None:
     fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 5.5), squeeze=False)
     colors = {"derived": "tab:blue", "unrelated": "tab:red"}
     for ax, lv in zip(axes[0], levels):
-        sel = [r for r in rows if r["access"] == lv and r["compatible"]]
+        sel = sorted((r for r in rows if r["access"] == lv and r["compatible"]), key=lambda r: r["kind"] != "derived")
         for i, r in enumerate(sel):
             ax.scatter([i], [r["residual_median"]], c=colors[r["kind"]], marker="o" if r["correct"] else "x", s=30)
         ax.axhline(sel[0]["tau"], color="k", lw=1, label=f"tau {sel[0]['tau']:.3f}")
@@ -211,8 +211,8 @@ def main() -> None:
         parts = [json.loads(f.read_text()) for f in args.from_json]
         if any(p["calibration"] != parts[0]["calibration"] for p in parts):
             sys.exit("fingerprint.py: the files were calibrated differently; they cannot share one table")
-        report([r for p in parts for r in p["rows"]], parts[0]["calibration"], sorted({m for p in parts for m in p["not_built"]}),
-               out_file, png, args)
+        rows = [r for p in parts for r in p["rows"]]
+        report(rows, parts[0]["calibration"], [n for n, _ in ZOO if n not in {r["model"] for r in rows}], out_file, png, args)
         return
     names = args.models or (QUICK if args.quick else [n for n, _ in ZOO])
     kinds = {n: dict(ZOO).get(n) or ("unrelated" if n.startswith(("scratch", "random-")) else "derived") for n in names}

@@ -147,7 +147,10 @@ def parse_chat(body: Any, tokenizer: Any, vocab_size: int, max_new_tokens: int, 
         msgs = [{"role": "system", "content": system_prompt}, *msgs]
     if not getattr(tokenizer, "chat_template", None):
         raise RequestError("this model has no chat template: use /v1/completions", None)
-    ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    try:
+        ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    except Exception as e:  # noqa: BLE001 - a template that refuses the messages (say, roles out of order) is a 400
+        raise RequestError(f"the chat template rejects these messages: {str(e)[:200]}", "messages") from None
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     lp = body.get("logprobs", False)
     if not isinstance(lp, bool):
