@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import subprocess
@@ -171,6 +172,15 @@ def score(sig: Any, name: str, kind: str, level: str, acc: Any, queries: int | N
     return row
 
 
+def same(a: Any, b: Any) -> bool:
+    """Equal calibrations, floats to 1e-5 relative (torch's thread count changes the last bits of a forward pass)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-5)
+    return a == b
+
+
 def plot(rows: list[dict], png: ResultFile) -> None:
     """Median residual per model at each access level, against tau (log scale)."""
     import matplotlib
@@ -209,7 +219,7 @@ def main() -> None:
     out_file, png = ResultFile(args.out, "fingerprint"), ResultFile(args.plot, "fingerprint")
     if args.from_json:
         parts = [json.loads(f.read_text()) for f in args.from_json]
-        if any(p["calibration"] != parts[0]["calibration"] for p in parts):
+        if not all(same(p["calibration"], parts[0]["calibration"]) for p in parts):
             sys.exit("fingerprint.py: the files were calibrated differently; they cannot share one table")
         rows = [r for p in parts for r in p["rows"]]
         report(rows, parts[0]["calibration"], [n for n, _ in ZOO if n not in {r["model"] for r in rows}], out_file, png, args)

@@ -11,8 +11,7 @@ one another in directions of its own (random re-initializations: 0.99 either way
 **Calibration** (:func:`enroll`, stored in the signature). Two families of models built from the
 victim at enrollment, never the ones a verdict is later judged on: *derived* -- the victim in
 bfloat16 and float16 and its weights rounded to 8 and 5 bits per output row (:func:`round_weights`,
-round to nearest, the coarsest such rounding a usable deployment ships) -- and *unrelated* -- random
-re-initializations of the architecture. ``tau`` is the geometric mean of the largest derived residual
+round to nearest) -- and *unrelated* -- random re-initializations of the architecture. ``tau`` is the geometric mean of the largest derived residual
 and the smallest unrelated one; ``pi0`` is a 95% Clopper-Pearson upper bound on the rate of
 unrelated vectors at or below ``tau``.
 
