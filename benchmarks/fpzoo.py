@@ -37,8 +37,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch  # noqa: E402
 
+from wmkit.files import write_file  # noqa: E402
 from wmkit.fingerprint import random_init_like  # noqa: E402
-from wmkit.models import cache_dir  # noqa: E402
+from wmkit.models import cache_dir, save_atomically  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 ATTN_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -104,7 +105,8 @@ RUNS = {
 
 def _latest(run: str, below: int) -> int:
     """The largest checkpoint step of ``run`` up to ``below`` that has optimizer state (0: none)."""
-    done = [int(p.name.rsplit("-", 1)[1]) for p in zoo_dir().glob(f"{run}-*") if (p / "optimizer.pt").is_file()]
+    done = [int(p.name[len(run) + 1:]) for p in zoo_dir().glob(f"{run}-*")
+            if p.name[len(run) + 1:].isdigit() and (p / "optimizer.pt").is_file()]
     return max([s for s in done if s <= below], default=0)
 
 
@@ -149,14 +151,22 @@ def train_run(run: str, checkpoints: list[int], victim: Any, tok: Any) -> None:
     model.eval()
 
 
+class _ResumeState:
+    """A run's weights and optimizer state, saved beside a checkpoint's weights as ``optimizer.pt``."""
+
+    def __init__(self, model: Any, opt: Any) -> None:
+        self.state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+
+    def save_pretrained(self, folder: str | os.PathLike[str]) -> None:
+        write_file(Path(folder) / "optimizer.pt", lambda f: torch.save(self.state, f))
+
+
 def save_checkpoint(run: str, step: int, model: Any, opt: Any) -> None:
-    """``<run>-<step>``: the (merged) weights as a transformers folder, plus the state to resume from."""
+    """``<run>-<step>``: the (merged) weights as a transformers folder, plus the state to resume from,
+    written together and atomically (:func:`wmkit.models.save_atomically`)."""
     folder = zoo_dir() / f"{run}-{step}"
-    tmp = folder.with_name(folder.name + ".partial")
     out = copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
-    out.save_pretrained(str(tmp))
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp / "optimizer.pt")
-    tmp.rename(folder)
+    save_atomically(folder, out, _ResumeState(model, opt))
     log(f"{run}: saved {folder.name}")
 
 

@@ -96,8 +96,9 @@ def _gguf_cache_folder(gguf: Path, cache: Path, kind: str = "models") -> Path:
     return cache / kind / f"{gguf.stem}-{tag}"
 
 
-def _save_atomically(dest: Path, *objects: Any) -> None:
-    """``save_pretrained`` every object into a temporary folder, then rename it to ``dest``."""
+def save_atomically(dest: Path, *objects: Any) -> None:
+    """``save_pretrained`` every object into a temporary folder, then rename it to ``dest`` (a cache
+    folder is never seen half-written; if another process got there first, its folder stays)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
     try:
@@ -106,7 +107,7 @@ def _save_atomically(dest: Path, *objects: Any) -> None:
         os.replace(tmp, dest)  # a half-written cache is never seen
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (dest / "tokenizer_config.json").is_file():  # another process may have won the race
+        if not dest.is_dir():  # another process may have won the race (dest only appears whole)
             raise
 
 
@@ -120,7 +121,7 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     fresh = AutoModelForCausalLM.from_config(loaded.config)
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config = loaded.generation_config
-    _save_atomically(dest, fresh, tok)
+    save_atomically(dest, fresh, tok)
 
 
 def _model_folder(model: str | os.PathLike[str] | None, cache: str | os.PathLike[str] | None) -> Path:
@@ -146,7 +147,7 @@ def load_tokenizer(model: str | os.PathLike[str] | None = None, cache: str | os.
                 break
         else:
             tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            _save_atomically(folder, tok)
+            save_atomically(folder, tok)
             return tok
     return _loaded("tokenizer", path, lambda: AutoTokenizer.from_pretrained(str(path), local_files_only=True))
 
