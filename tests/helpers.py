@@ -1,5 +1,12 @@
 """Test helpers: perfectly marked token sequences and texts, built with the pure-Python PRF."""
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+
 import numpy as np
 
 import prf_reference as ref
@@ -50,3 +57,35 @@ def agnews_jsonl(path, n):
         human = [line.split("\t")[0] for _, line in zip(range(n), f)]
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in human))
     return path
+
+
+@contextlib.contextmanager
+def wm_server(*args):
+    """``wm ARGS --port P`` (a server command) as a separate process on a free loopback port, offline;
+    yields its URL once ``/health`` answers (at most 120 s), and stops it afterwards."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "wmkit.cli.main", *args, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                raise RuntimeError("server exited: " + proc.stdout.read().decode(errors="replace")[-2000:])
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("server did not start in 120 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -7,14 +7,13 @@ default model) and talk to it with the official `openai` client and with httpx.
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
+from helpers import wm_server
 from wmkit.server.embeddings import RequestError, encode_vector, parse_request
 
 # --- request validation (no server) -------------------------------------------------------------------
@@ -80,42 +79,16 @@ def test_cli_errors_are_one_line_with_exit_2(args, fragment, tmp_path, monkeypat
 # --- the real server --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`wm serve-embeddings --scheme espew` on a free loopback port; yields (url, key file)."""
-    import httpx
-
     from conftest import TEST_KEY_HEX
 
     key = tmp_path_factory.mktemp("key") / "k.key"
     key.write_text(TEST_KEY_HEX + "\n")  # a fixed key: the statistics below are deterministic
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wmkit.cli.main", "serve-embeddings", "--scheme", "espew", "--key-file", str(key),
-         "--port", str(port), "--max-inputs", "64", "--max-body-bytes", "20000"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        if proc.poll() is not None:
-            raise RuntimeError("server exited: " + proc.stdout.read().decode(errors="replace")[-2000:])
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("server did not start in 120 s")
-    yield url, key
-    proc.terminate()
-    proc.wait(timeout=30)
+    with wm_server("serve-embeddings", "--scheme", "espew", "--key-file", str(key), "--max-inputs", "64",
+                   "--max-body-bytes", "20000") as url:
+        yield url, key
 
 
 @pytest.mark.slow

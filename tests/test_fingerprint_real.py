@@ -6,15 +6,14 @@ the same architecture with fresh random weights; incompatible: a tiny model with
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import wm_server
 from wmkit.fingerprint import ModelAccess, Signature, random_init_like, verify_fingerprint
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -37,26 +36,8 @@ def signature(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server():
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "wmkit.cli.main", "serve", "--port", str(port),
-                             "--system-prompt", "You are Acme Assistant. Answer briefly."],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read().decode(errors="replace")[-2000:])
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with wm_server("serve", "--system-prompt", "You are Acme Assistant. Answer briefly.") as url:
+        yield url
 
 
 @pytest.mark.slow

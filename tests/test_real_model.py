@@ -96,3 +96,38 @@ def test_cli_generate_then_detect(tmp_path):
     r = runner.invoke(app, ["detect", *map(str, files), "-k", str(key), "--context-width", "4", "--seeding", "selfhash", "--json"])
     assert r.exit_code == 0, r.stderr
     assert all(json.loads(line)["watermarked"] for line in r.stdout.splitlines())
+
+
+def test_wm_serve_streams_marked_text_to_the_openai_client(tmp_path):
+    """`wm serve --scheme kgw` over real HTTP, asked by the official `openai` client: the streamed
+    completion and chat answer join to what the same request gets unstreamed, usage arrives last,
+    and `wm detect` finds the mark in the streamed text."""
+    import subprocess
+    import sys
+
+    from openai import OpenAI
+
+    from helpers import wm_server
+
+    key = tmp_path / "k.key"
+    key.write_text(KEY.to_hex() + "\n")
+    with wm_server("serve", "--scheme", "kgw", "--key-file", str(key)) as url:
+        client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        kw = {"model": "SmolLM2-135M-Instruct", "prompt": PROMPTS[0], "max_tokens": 150, "temperature": 1.0, "seed": 3}
+        plain = client.completions.create(**kw)
+        chunks = list(client.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+        streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+        assert streamed == plain.choices[0].text and len(chunks) > 20
+        assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+        msgs = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+        chat_plain = client.chat.completions.create(model="m", messages=msgs, max_tokens=150, temperature=1.0, seed=5)
+        chat = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="m", messages=msgs, max_tokens=150, temperature=1.0, seed=5, stream=True))
+        assert chat == chat_plain.choices[0].message.content
+    for name, text in [("completion.txt", streamed), ("chat.txt", chat)]:
+        (tmp_path / name).write_text(text)
+    r = subprocess.run([sys.executable, "-m", "wmkit.cli.main", "detect", str(tmp_path / "completion.txt"),
+                        str(tmp_path / "chat.txt"), "-k", str(key), "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["watermarked"] for row in rows] == [True, True], rows

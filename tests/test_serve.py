@@ -343,3 +343,119 @@ def test_chat_completions_render_the_template_with_the_servers_system_prompt(mod
     got = TopKRecovery(api, 20).vectors([prompt], rows)[0]
     full = logits([{"role": "system", "content": system}, {"role": "user", "content": render(prompt)}]).numpy()
     np.testing.assert_allclose(got, full[rows] - full[rows[0]], atol=1e-4)
+
+
+def _events(r):
+    """The SSE ``data:`` payloads of a streamed response (``[DONE]`` kept as the string)."""
+    import json
+
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    out = []
+    for block in r.text.split("\n\n"):
+        if block.strip():
+            assert block.startswith("data: "), block
+            out.append(block[6:] if block[6:] == "[DONE]" else json.loads(block[6:]))
+    return out
+
+
+def test_a_streamed_completion_is_the_unstreamed_one_in_pieces(model, key):
+    """Streaming (OpenAI's SSE chunks) changes how the answer travels, not what it is: with the same
+    seed and watermark the chunks' texts and log-prob tokens concatenate to the plain answer, a stop
+    string is never sent (not even its first characters), and usage and [DONE] close the stream."""
+    from fastapi.testclient import TestClient
+
+    scheme = KGW(key, gamma=0.25, delta=8.0)
+    client = TestClient(create_app(Generator(model, IdTokenizer(), scheme, VocabOnly())))
+    base = {"prompt": [5, 6, 7], "max_tokens": 60, "temperature": 1.0, "seed": 4, "logprobs": 2}
+    plain = client.post("/v1/completions", json=base).json()["choices"][0]
+    stop = plain["logprobs"]["tokens"][30] + plain["logprobs"]["tokens"][31]  # two tokens' text: "<a><b>"
+    for extra, cut in [({}, None), ({"stop": [stop, "never-seen"]}, stop)]:
+        want = client.post("/v1/completions", json={**base, **extra}).json()
+        ev = _events(client.post("/v1/completions", json={**base, **extra, "stream": True,
+                                                          "stream_options": {"include_usage": True}}))
+        assert ev[-1] == "[DONE]" and ev[-2]["choices"] == [] and ev[-2]["usage"] == want["usage"]
+        chunks = [e["choices"][0] for e in ev[:-2]]
+        assert len(chunks) > 10 and all(e["object"] == "text_completion" and e["id"] == ev[0]["id"] for e in ev[:-1])
+        text = "".join(c["text"] for c in chunks)
+        assert text == want["choices"][0]["text"] and text.startswith(plain["text"][:40])
+        assert [c["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + [want["choices"][0]["finish_reason"]]
+        tokens = [t for c in chunks for t in c["logprobs"]["tokens"]]
+        assert tokens == want["choices"][0]["logprobs"]["tokens"]
+        if cut is not None:  # held back: no chunk (nor any run of chunks) ever showed the stop's beginning
+            assert want["choices"][0]["finish_reason"] == "stop" and cut not in text
+            assert stop[:3] not in text[len(text) - 3 :] and not any(cut in c["text"] for c in chunks)
+            sent = "".join(c["text"] for c in chunks[:-1])
+            assert len(sent) <= len(text)
+    ids = [int(t.strip("<>")) for t in "".join(c["text"] for c in chunks).replace("><", "> <").split()]
+    assert scheme.detector(VocabOnly()).detect([7] + ids).p_value < 1e-8
+
+
+def test_a_streamed_chat_answer_decodes_whole_characters_like_the_plain_one(model, tokenizer, key):
+    """With the real tokenizer (byte-level BPE: a random model's tokens split multi-byte characters),
+    streamed chat deltas join to the plain answer's content exactly; role first, finish_reason last, in
+    OpenAI's chat.completion.chunk shape, with the log-probs of the marked tokens."""
+    from fastapi.testclient import TestClient
+
+    from wmkit.watermark.text import make_scheme
+
+    scheme = make_scheme("gumbel", key)
+    client = TestClient(create_app(Generator(model, tokenizer, scheme)))
+    partial = [i for i in range(400) if "\ufffd" in tokenizer.decode([i])]  # byte tokens: pieces of characters
+    body = {"messages": [{"role": "user", "content": "Sing"}], "max_tokens": 80, "temperature": 1.0, "seed": 9,
+            "logprobs": True, "top_logprobs": 1, "logit_bias": {str(i): 6.0 for i in partial},
+            "return_tokens_as_token_ids": True}
+    want = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+    ev = _events(client.post("/v1/chat/completions", json={**body, "stream": True}))
+    assert ev[-1] == "[DONE]" and all(e["object"] == "chat.completion.chunk" for e in ev[:-1])
+    choices = [e["choices"][0] for e in ev[:-1]]
+    assert choices[0]["delta"] == {"role": "assistant", "content": ""}
+    parts = [c["delta"].get("content", "") for c in choices[1:]]
+    assert "".join(parts) == want["message"]["content"] and len(parts) > 5
+    chosen = [int(e["token"].split(":")[1]) for e in want["logprobs"]["content"]]
+    assert sum(t in partial for t in chosen) >= 10  # the answer really is split inside characters
+    assert any(ord(c) > 127 and c != "\ufffd" for c in want["message"]["content"])  # ... and some came out whole
+    assert choices[-1]["finish_reason"] == want["finish_reason"]
+    assert [t for c in choices[1:] for t in c["logprobs"]["content"]] == want["logprobs"]["content"]
+    assert scheme.detector(tokenizer).detect(chosen).p_value < 1e-6  # the streamed answer is the marked one
+
+
+def test_stream_errors_bad_fields_and_a_client_that_goes_away(model):
+    """Bad streaming fields are 400s before any byte; a deadline that passes mid-stream is an error
+    event (no [DONE]); a client that closes the stream cancels its job at the next step."""
+    import asyncio
+    import time as _time
+
+    from fastapi.testclient import TestClient
+
+    from wmkit.server.completions import Batcher, Stream
+
+    client = TestClient(create_app(Generator(model, IdTokenizer())))
+    for body, fragment in [({"stream": "yes"}, "'stream' must be true or false"),
+                           ({"stream_options": {"include_usage": True}}, "'stream_options'"),
+                           ({"stream": True, "stream_options": {"usage": 1}}, "'stream_options'")]:
+        r = client.post("/v1/completions", json={"prompt": [1, 2], **body})
+        assert r.status_code == 400 and fragment in r.json()["error"]["message"]
+
+    slow = Generator(model, IdTokenizer())
+    forward = model.forward
+    model.forward = lambda *a, **k: _time.sleep(0.02) or forward(*a, **k)
+    try:
+        ev = _events(TestClient(create_app(slow, timeout_s=0.3)).post(
+            "/v1/completions", json={"prompt": [1, 2], "max_tokens": 200, "temperature": 0, "stream": True}))
+        assert "[DONE]" not in ev and ev[-1]["error"]["type"] == "server_error" and "timed out" in ev[-1]["error"]["message"]
+
+        async def leave_early():
+            job = slow.prepare([3, 4], _req(max_tokens=400, temperature=0, stream=True))
+            stream = Stream([job], job.req, False, {"id": "x"})
+            futures = Batcher(slow).submit([job])
+            stream.watch(futures)
+            events = stream.events_for(futures, _time.monotonic() + 60, 60)
+            first = await events.__anext__()
+            await events.aclose()
+            res = await asyncio.wrap_future(futures[0])
+            return first, res, job
+
+        first, res, job = asyncio.run(leave_early())
+        assert first.startswith("data: ") and job.cancelled and 0 < res["completion_tokens"] < 400
+    finally:
+        model.forward = forward

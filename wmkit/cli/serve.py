@@ -25,7 +25,7 @@ def serve(
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message put first in every chat request that has none."),
     allow_opt_out: bool = typer.Option(False, "--allow-opt-out", help="Let a request ask for unmarked text (\"watermarking\": false); refused (403) otherwise."),
 ) -> None:
-    """Serve MODEL at /v1/completions and /v1/chat/completions (logprobs up to 20, logit_bias); --scheme marks the generated text."""
+    """Serve MODEL at /v1/completions and /v1/chat/completions (logprobs up to 20, logit_bias, "stream": true); --scheme marks the generated text."""
     from ..server.completions import Generator, create_app
     from ..server.http import serve as run_server
 

@@ -15,6 +15,10 @@ server's system prompt unless the request has its own), ``logprobs: true`` with 
 otherwise the same fields (``max_completion_tokens`` as an alias of ``max_tokens``); its answer has
 OpenAI's chat shape (``message``, ``logprobs.content[i].top_logprobs``).
 
+``"stream": true`` (either endpoint) answers with server-sent events in OpenAI's chunk shapes
+(``text_completion`` / ``chat.completion.chunk``, ``stream_options.include_usage``, ``data: [DONE]``);
+the chunks' texts concatenate to the text the same request gets without streaming (:class:`Stream`).
+
 Concurrent requests are generated together: a worker batches the completions waiting for the
 model (left-padded, one forward pass per step for the batch, each row with its own sampler, bias,
 stop strings and watermark processor), so eight clients are served faster than one after another.
@@ -27,6 +31,7 @@ Start it with ``wm serve --model PATH [--scheme kgw --key-file K]`` or :func:`cr
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import threading
 import time
@@ -34,11 +39,11 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from .http import RequestError, base_app, error_response, internal_error, read_json
 
@@ -102,8 +107,16 @@ def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars:
     if req["seed"] is not None and (not isinstance(req["seed"], int) or isinstance(req["seed"], bool)
                                     or not 0 <= req["seed"] < 2**63):
         raise RequestError("'seed' must be an integer in [0, 2**63)", "seed")
-    if body.get("n", 1) != 1 or body.get("echo") or body.get("stream") or body.get("best_of", 1) != 1:
-        raise RequestError("n, best_of, echo and stream are not supported", None)
+    if body.get("n", 1) != 1 or body.get("echo") or body.get("best_of", 1) != 1:
+        raise RequestError("n, best_of and echo are not supported", None)
+    req["stream"] = body.get("stream", False)
+    if not isinstance(req["stream"], bool):
+        raise RequestError("'stream' must be true or false", "stream")
+    options = body.get("stream_options")
+    if options is not None and (not req["stream"] or not isinstance(options, dict)
+                                or set(options) - {"include_usage"} or not isinstance(options.get("include_usage", False), bool)):
+        raise RequestError("'stream_options' must be {\"include_usage\": true|false}, with 'stream': true", "stream_options")
+    req["include_usage"] = bool((options or {}).get("include_usage", False))
     bias = body.get("logit_bias") or {}
     if not isinstance(bias, dict):
         raise RequestError("'logit_bias' must be an object {token id: bias}", "logit_bias")
@@ -180,10 +193,14 @@ def chat_choice(choice: dict[str, Any]) -> dict[str, Any]:
 class StopWatch:
     """Finds stop strings in a growing completion in O(total length): decodes only a few trailing
     tokens per step (vLLM's incremental detokenization: the text of ``ids[prefix:]`` minus that of
-    ``ids[prefix:read]``), and searches only the new text plus ``longest stop - 1`` characters."""
+    ``ids[prefix:read]``), and searches only the new text plus ``longest stop - 1`` characters.
 
-    def __init__(self, tokenizer: Any, stops: list[str]) -> None:
-        self.tok, self.stops = tokenizer, stops
+    ``text`` is the completion's text so far (whole characters only); it is kept when there are
+    stop strings or ``track`` is set (a streamed request).
+    """
+
+    def __init__(self, tokenizer: Any, stops: list[str], track: bool = False) -> None:
+        self.tok, self.stops, self.track = tokenizer, stops, track
         self.keep = max((len(s) for s in stops), default=1) - 1
         self.ids: list[int] = []
         self.text = ""
@@ -195,7 +212,7 @@ class StopWatch:
     def add(self, token: int) -> bool:
         """Append ``token``; True once a stop string has appeared."""
         self.ids.append(token)
-        if not self.stops:
+        if not self.stops and not self.track:
             return False
         before = self._decode(self.ids[self.prefix : self.read])
         now = self._decode(self.ids[self.prefix :])
@@ -227,6 +244,8 @@ class Job:
     done: bool = False
     error: RequestError | None = None
     future: Future | None = None
+    listener: Callable[["Job"], None] | None = None  # called after each token (a streamed request)
+    cancelled: bool = False  # set by a streamed request whose client went away: the job ends at its next step
 
 
 class Generator:
@@ -286,7 +305,8 @@ class Generator:
         processor = (self.scheme.processor(self.scheme_tok, temperature=req["temperature"], top_p=req["top_p"])
                      if self.scheme is not None and req.get("watermarking", True) else None)
         context = torch.tensor(ids + [0] * req["max_tokens"])[None]
-        return Job(ids, req, deadline, bias, gen, processor, StopWatch(self.tok, req["stop"]), context)
+        watch = StopWatch(self.tok, req["stop"], track=req.get("stream", False))
+        return Job(ids, req, deadline, bias, gen, processor, watch, context)
 
     def _step(self, job: Job, logits: torch.Tensor) -> int:
         """Choose ``job``'s next token from the model's next-token ``logits`` [V]; record it."""
@@ -315,10 +335,14 @@ class Generator:
             top = torch.topk(lp, k).indices.tolist() if k else []
             job.tops.append({self.token_str(int(i), req["ids"]): float(lp[i]) for i in top})
         job.done = t == self.tok.eos_token_id or job.watch.add(t) or len(job.out_ids) >= req["max_tokens"]
+        if job.listener is not None:
+            job.listener(job)
         return t
 
     def _expired(self, job: Job) -> bool:
-        if job.deadline is not None and time.monotonic() > job.deadline:
+        if job.cancelled:
+            job.done = True
+        elif job.deadline is not None and time.monotonic() > job.deadline:
             job.error = RequestError("the request timed out; ask for fewer tokens or retry", None, 503)
             job.done = True
         return job.done
@@ -431,6 +455,121 @@ class Batcher:
                     job.future.set_exception(e)  # type: ignore[union-attr]
 
 
+def _timeout_error(futures: list[Future], timeout_s: float) -> RequestError:
+    """The 503 of a request past its deadline: "busy" if a job never got the model (it is cancelled
+    and never runs), "timed out" if it was generating."""
+    waited = any(f.cancel() for f in futures)
+    msg = (f"the server is busy: no model time within {timeout_s:g} s; retry later" if waited
+           else "the request timed out; ask for fewer tokens or retry")
+    return RequestError(msg, None, 503)
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+def _json(response: JSONResponse) -> Any:
+    """The body of an (error) response, as the payload of an SSE error event."""
+    return json.loads(bytes(response.body))
+
+
+class Stream:
+    """Server-sent events for a request with ``"stream": true``, in OpenAI's chunk shapes.
+
+    Each job's listener (called by the batch worker after every token) hands the completion's text so
+    far to the event loop; a chunk is sent whenever the text grows by whole characters, holding back
+    the last ``longest stop - 1`` characters (they may begin a stop string, which is never sent) --
+    vLLM's rule. The job's last chunk carries the rest of the finished completion's text and its
+    ``finish_reason``, so the chunks' texts concatenate to the text of the same request without
+    ``stream`` (for tokenizers whose incremental decoding agrees with decoding the whole, as vLLM
+    assumes: byte-level BPE and SentencePiece do). A chunk carries the log-probs of the tokens generated since the previous one. Then a
+    usage chunk (``stream_options.include_usage``) and ``data: [DONE]``. An error after the first
+    byte (the deadline) is an ``{"error": ...}`` event, then the stream ends. A client that goes
+    away cancels its jobs: they stop at their next step.
+    """
+
+    def __init__(self, jobs: list[Job], req: dict[str, Any], chat: bool, head: dict[str, Any]) -> None:
+        self.jobs, self.req, self.chat, self.head = jobs, req, chat, head
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[tuple[int, str | None, int]] = asyncio.Queue()
+        self.hold = max((len(x) for x in req["stop"]), default=1) - 1
+        for i, job in enumerate(jobs):
+            job.listener = lambda job, i=i: self._post(i, None if job.done else job.watch.text, len(job.out_ids))
+
+    def _post(self, i: int, text: str | None, n_tokens: int = 0) -> None:
+        """From the worker thread: job ``i`` has ``text`` after ``n_tokens`` tokens (``None``: it has
+        finished). Both are taken when the token is fully recorded (its log-probs too)."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (i, text, n_tokens))
+        except RuntimeError:  # the event loop is gone (server shutting down): nobody to tell
+            pass
+
+    def watch(self, futures: list[Future]) -> None:
+        """Post each job's end when its future resolves (result or error)."""
+        for i, f in enumerate(futures):
+            f.add_done_callback(lambda f, i=i: self._post(i, None))
+
+    def _chunk(self, i: int, text: str, lo: int, hi: int, finish: str | None) -> dict[str, Any]:
+        job, lp = self.jobs[i], None
+        if self.req["logprobs"] is not None:
+            lp = {"tokens": job.tokens[lo:hi], "token_logprobs": job.token_lps[lo:hi], "top_logprobs": job.tops[lo:hi]}
+        if not self.chat:
+            choice = {"index": i, "text": text, "logprobs": lp, "finish_reason": finish}
+        else:
+            choice = {**chat_choice({"text": text, "finish_reason": finish, "logprobs": lp}), "index": i}
+            choice["delta"] = {"content": text} if text else {}
+            del choice["message"]
+        return {**self.head, "choices": [choice]}
+
+    async def events_for(self, futures: list[Future], deadline: float, timeout_s: float) -> AsyncIterator[str]:
+        """The event stream of ``futures`` (one per job), each chunk as an SSE ``data:`` line."""
+        n = len(self.jobs)
+        sent, sent_tokens, finished, usage = [""] * n, [0] * n, [False] * n, [0, 0]
+        try:
+            if self.chat:
+                for i in range(n):
+                    yield _sse({**self.head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                          "logprobs": None, "finish_reason": None}]})
+            while not all(finished):
+                try:
+                    i, text, hi = await asyncio.wait_for(self.events.get(), max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    yield _sse(_json(error_response(_timeout_error(futures, timeout_s))))
+                    return
+                if finished[i]:
+                    continue
+                if text is not None:  # still generating: whole characters, minus what may begin a stop string
+                    delta = text[len(sent[i]) : max(len(sent[i]), len(text) - self.hold)]
+                    if delta:
+                        yield _sse(self._chunk(i, delta, sent_tokens[i], hi, None))
+                        sent[i], sent_tokens[i] = sent[i] + delta, hi
+                    continue
+                if not futures[i].done():
+                    continue  # the last token's note; the future's follows
+                try:
+                    res = futures[i].result()
+                except RequestError as e:
+                    yield _sse(_json(error_response(e)))
+                    return
+                except Exception as e:  # noqa: BLE001 - a fault of the batch: an error event, as internal_error
+                    yield _sse(_json(internal_error(e)))
+                    return
+                hi, final = len(self.jobs[i].out_ids), res["choice"]["text"]  # the job has ended: nothing moves
+                rest = final[len(sent[i]) :] if final.startswith(sent[i]) else ""
+                yield _sse(self._chunk(i, rest, sent_tokens[i], hi, res["choice"]["finish_reason"]))
+                finished[i] = True
+                usage[0], usage[1] = usage[0] + res["prompt_tokens"], usage[1] + res["completion_tokens"]
+            if self.req["include_usage"]:
+                yield _sse({**self.head, "choices": [], "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
+                                                                   "total_tokens": usage[0] + usage[1]}})
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client went away mid-stream
+            for job, f in zip(self.jobs, futures):
+                if not f.done():
+                    f.cancel()
+                    job.cancelled = True
+
+
 def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: int = 512,
                max_body_bytes: int = 1024 * 1024, timeout_s: float = 120.0, allow_opt_out: bool = False,
                max_batch: int = 16, system_prompt: str | None = None) -> FastAPI:
@@ -451,7 +590,7 @@ def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: 
     app = base_app("wmkit completions", model_name)
     batcher = Batcher(generator, max_batch=max_batch)
 
-    async def generate(request: Request, parse: Any, chat: bool) -> JSONResponse:
+    async def generate(request: Request, parse: Any, chat: bool) -> Any:
         try:
             body = await read_json(request, max_body_bytes)
             req = parse(body)
@@ -462,38 +601,38 @@ def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: 
             return error_response(e)
 
         deadline = time.monotonic() + timeout_s
+        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+                "object": ("chat.completion" if chat else "text_completion") + (".chunk" if chat and req["stream"] else ""),
+                "created": int(time.time()), "model": str(body.get("model") or model_name)}
         futures: list[Future] = []
         try:
             jobs = await run_in_threadpool(lambda: [generator.prepare(p, req, deadline) for p in req["prompts"]])
+            if req["stream"]:  # errors up to here are still plain JSON responses with their status
+                stream = Stream(jobs, req, chat, head)
+                futures = batcher.submit(jobs)
+                stream.watch(futures)
+                return StreamingResponse(stream.events_for(futures, deadline, timeout_s),
+                                         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
             futures = batcher.submit(jobs)
             results = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
                                              max(0.0, deadline - time.monotonic()))
         except RequestError as e:
             return error_response(e)
         except asyncio.TimeoutError:
-            waited = any(f.cancel() for f in futures)  # a job not yet started never runs
-            msg = (f"the server is busy: no model time within {timeout_s:g} s; retry later" if waited
-                   else "the request timed out; ask for fewer tokens or retry")
-            return error_response(RequestError(msg, None, 503))
+            return error_response(_timeout_error(futures, timeout_s))  # a job not yet started never runs
         except Exception as e:  # noqa: BLE001 - a server fault is still a JSON error, never a bare 500 page
             return internal_error(e)
         choices = [{**(chat_choice(r["choice"]) if chat else r["choice"]), "index": i} for i, r in enumerate(results)]
         pt, ct = sum(r["prompt_tokens"] for r in results), sum(r["completion_tokens"] for r in results)
-        return JSONResponse({
-            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": str(body.get("model") or model_name),
-            "choices": choices,
-            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
-        })
+        return JSONResponse({**head, "choices": choices,
+                             "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}})
 
     @app.post("/v1/completions")
-    async def completions(request: Request) -> JSONResponse:
+    async def completions(request: Request) -> Any:
         return await generate(request, lambda b: parse_completion(b, generator.vocab_size, max_new_tokens), chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> JSONResponse:
+    async def chat_completions(request: Request) -> Any:
         return await generate(request, lambda b: parse_chat(b, generator.tok, generator.vocab_size, max_new_tokens,
                                                             system_prompt), chat=True)
 
