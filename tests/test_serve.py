@@ -446,7 +446,7 @@ def test_stream_errors_bad_fields_and_a_client_that_goes_away(model):
 
         async def leave_early():
             job = slow.prepare([3, 4], _req(max_tokens=400, temperature=0, stream=True))
-            stream = Stream([job], job.req, False, {"id": "x"})
+            stream = Stream([job], job.req, False, {"id": "x"}, slow.result)
             futures = Batcher(slow).submit([job])
             stream.watch(futures)
             events = stream.events_for(futures, _time.monotonic() + 60, 60)
@@ -457,5 +457,37 @@ def test_stream_errors_bad_fields_and_a_client_that_goes_away(model):
 
         first, res, job = asyncio.run(leave_early())
         assert first.startswith("data: ") and job.cancelled and 0 < res["completion_tokens"] < 400
+    finally:
+        model.forward = forward
+
+
+def test_a_streamed_job_ends_when_it_ends_not_when_its_batch_does(model):
+    """A short streamed completion batched with a long one gets its last chunk and [DONE] while the
+    long one is still generating (the final chunk does not wait for the batch's future)."""
+    import asyncio
+    import time as _time
+
+    from wmkit.server.completions import Batcher, Stream
+
+    gen = Generator(model, IdTokenizer())
+    forward = model.forward
+    model.forward = lambda *a, **k: _time.sleep(0.01) or forward(*a, **k)
+    try:
+        async def run():
+            short = gen.prepare([3, 4], _req(max_tokens=4, temperature=0, stream=True))
+            long = gen.prepare([5, 6], _req(max_tokens=300, temperature=0))
+            stream = Stream([short], short.req, False, {"id": "x"}, gen.result)
+            batcher = Batcher(gen, gather_s=0.2)
+            with gen.lock:  # both are queued before the worker takes a batch
+                futures = batcher.submit([short, long])
+            stream.watch(futures[:1])
+            events = [e async for e in stream.events_for(futures[:1], _time.monotonic() + 60, 60)]
+            still_running = not futures[1].done()
+            await asyncio.wrap_future(futures[1])
+            return events, still_running, long
+
+        events, still_running, long = asyncio.run(run())
+        assert events[-1] == "data: [DONE]\n\n" and '"finish_reason": "length"' in events[-2]
+        assert still_running and len(long.out_ids) == 300
     finally:
         model.forward = forward

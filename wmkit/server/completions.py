@@ -480,7 +480,7 @@ class Stream:
     far to the event loop; a chunk is sent whenever the text grows by whole characters, holding back
     the last ``longest stop - 1`` characters (they may begin a stop string, which is never sent) --
     vLLM's rule. The job's last chunk carries the rest of the finished completion's text and its
-    ``finish_reason``, so the chunks' texts concatenate to the text of the same request without
+    ``finish_reason`` (sent when the job ends, not when its batch does), so the chunks' texts concatenate to the text of the same request without
     ``stream`` (for tokenizers whose incremental decoding agrees with decoding the whole, as vLLM
     assumes: byte-level BPE and SentencePiece do). A chunk carries the log-probs of the tokens generated since the previous one. Then a
     usage chunk (``stream_options.include_usage``) and ``data: [DONE]``. An error after the first
@@ -488,17 +488,19 @@ class Stream:
     away cancels its jobs: they stop at their next step.
     """
 
-    def __init__(self, jobs: list[Job], req: dict[str, Any], chat: bool, head: dict[str, Any]) -> None:
-        self.jobs, self.req, self.chat, self.head = jobs, req, chat, head
+    def __init__(self, jobs: list[Job], req: dict[str, Any], chat: bool, head: dict[str, Any],
+                 result: Callable[[Job], dict[str, Any]]) -> None:
+        self.jobs, self.req, self.chat, self.head, self.result = jobs, req, chat, head, result
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[tuple[int, str | None, int]] = asyncio.Queue()
         self.hold = max((len(x) for x in req["stop"]), default=1) - 1
         for i, job in enumerate(jobs):
             job.listener = lambda job, i=i: self._post(i, None if job.done else job.watch.text, len(job.out_ids))
 
-    def _post(self, i: int, text: str | None, n_tokens: int = 0) -> None:
-        """From the worker thread: job ``i`` has ``text`` after ``n_tokens`` tokens (``None``: it has
-        finished). Both are taken when the token is fully recorded (its log-probs too)."""
+    def _post(self, i: int, text: str | None, n_tokens: int = -1) -> None:
+        """From the worker thread: job ``i`` has ``text`` after ``n_tokens`` tokens (``None``: its last
+        token), both taken once the token is fully recorded (its log-probs too); ``n_tokens = -1``:
+        its future has resolved."""
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (i, text, n_tokens))
         except RuntimeError:  # the event loop is gone (server shutting down): nobody to tell
@@ -544,17 +546,15 @@ class Stream:
                         yield _sse(self._chunk(i, delta, sent_tokens[i], hi, None))
                         sent[i], sent_tokens[i] = sent[i] + delta, hi
                     continue
-                if not futures[i].done():
-                    continue  # the last token's note; the future's follows
-                try:
-                    res = futures[i].result()
+                try:  # its last token (it has ended: nothing moves; its batch may still run), or its future
+                    res = self.result(self.jobs[i]) if hi >= 0 else futures[i].result()
                 except RequestError as e:
                     yield _sse(_json(error_response(e)))
                     return
                 except Exception as e:  # noqa: BLE001 - a fault of the batch: an error event, as internal_error
                     yield _sse(_json(internal_error(e)))
                     return
-                hi, final = len(self.jobs[i].out_ids), res["choice"]["text"]  # the job has ended: nothing moves
+                hi, final = len(self.jobs[i].out_ids), res["choice"]["text"]
                 rest = final[len(sent[i]) :] if final.startswith(sent[i]) else ""
                 yield _sse(self._chunk(i, rest, sent_tokens[i], hi, res["choice"]["finish_reason"]))
                 finished[i] = True
@@ -608,7 +608,7 @@ def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: 
         try:
             jobs = await run_in_threadpool(lambda: [generator.prepare(p, req, deadline) for p in req["prompts"]])
             if req["stream"]:  # errors up to here are still plain JSON responses with their status
-                stream = Stream(jobs, req, chat, head)
+                stream = Stream(jobs, req, chat, head, generator.result)
                 futures = batcher.submit(jobs)
                 stream.watch(futures)
                 return StreamingResponse(stream.events_for(futures, deadline, timeout_s),
