@@ -102,9 +102,6 @@ def test_wm_serve_streams_marked_text_to_the_openai_client(tmp_path):
     """`wm serve --scheme kgw` over real HTTP, asked by the official `openai` client: the streamed
     completion and chat answer join to what the same request gets unstreamed, usage arrives last,
     and `wm detect` finds the mark in the streamed text."""
-    import subprocess
-    import sys
-
     from openai import OpenAI
 
     from helpers import wm_server
@@ -124,10 +121,11 @@ def test_wm_serve_streams_marked_text_to_the_openai_client(tmp_path):
         chat = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
             model="m", messages=msgs, max_tokens=150, temperature=1.0, seed=5, stream=True))
         assert chat == chat_plain.choices[0].message.content
+    from wmkit.cli.main import app
+
     for name, text in [("completion.txt", streamed), ("chat.txt", chat)]:
         (tmp_path / name).write_text(text)
-    r = subprocess.run([sys.executable, "-m", "wmkit.cli.main", "detect", str(tmp_path / "completion.txt"),
-                        str(tmp_path / "chat.txt"), "-k", str(key), "--json"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    r = CliRunner().invoke(app, ["detect", str(tmp_path / "completion.txt"), str(tmp_path / "chat.txt"), "-k", str(key), "--json"])
+    assert r.exit_code == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [row["watermarked"] for row in rows] == [True, True], rows

@@ -1,6 +1,9 @@
 """`wm serve`'s completions endpoint: request validation, log-probs and logit bias against the model,
 watermarked generation that the detector finds. In process, over ASGI, with a tiny random model."""
 
+import contextlib
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -345,6 +348,17 @@ def test_chat_completions_render_the_template_with_the_servers_system_prompt(mod
     np.testing.assert_allclose(got, full[rows] - full[rows[0]], atol=1e-4)
 
 
+@contextlib.contextmanager
+def _slow(model, seconds):
+    """``model``'s forward pass takes ``seconds`` longer (a stream that lasts long enough to interrupt)."""
+    forward = model.forward
+    model.forward = lambda *a, **k: time.sleep(seconds) or forward(*a, **k)
+    try:
+        yield
+    finally:
+        model.forward = forward
+
+
 def _events(r):
     """The SSE ``data:`` payloads of a streamed response (``[DONE]`` kept as the string)."""
     import json
@@ -384,8 +398,7 @@ def test_a_streamed_completion_is_the_unstreamed_one_in_pieces(model, key):
         if cut is not None:  # held back: no chunk (nor any run of chunks) ever showed the stop's beginning
             assert want["choices"][0]["finish_reason"] == "stop" and cut not in text
             assert stop[:3] not in text[len(text) - 3 :] and not any(cut in c["text"] for c in chunks)
-            sent = "".join(c["text"] for c in chunks[:-1])
-            assert len(sent) <= len(text)
+            assert all(text.startswith("".join(c["text"] for c in chunks[:k])) for k in range(len(chunks)))  # never retracted
     ids = [int(t.strip("<>")) for t in "".join(c["text"] for c in chunks).replace("><", "> <").split()]
     assert scheme.detector(VocabOnly()).detect([7] + ids).p_value < 1e-8
 
@@ -423,7 +436,6 @@ def test_stream_errors_bad_fields_and_a_client_that_goes_away(model):
     """Bad streaming fields are 400s before any byte; a deadline that passes mid-stream is an error
     event (no [DONE]); a client that closes the stream cancels its job at the next step."""
     import asyncio
-    import time as _time
 
     from fastapi.testclient import TestClient
 
@@ -437,9 +449,7 @@ def test_stream_errors_bad_fields_and_a_client_that_goes_away(model):
         assert r.status_code == 400 and fragment in r.json()["error"]["message"]
 
     slow = Generator(model, IdTokenizer())
-    forward = model.forward
-    model.forward = lambda *a, **k: _time.sleep(0.02) or forward(*a, **k)
-    try:
+    with _slow(model, 0.02):
         ev = _events(TestClient(create_app(slow, timeout_s=0.3)).post(
             "/v1/completions", json={"prompt": [1, 2], "max_tokens": 200, "temperature": 0, "stream": True}))
         assert "[DONE]" not in ev and ev[-1]["error"]["type"] == "server_error" and "timed out" in ev[-1]["error"]["message"]
@@ -449,7 +459,7 @@ def test_stream_errors_bad_fields_and_a_client_that_goes_away(model):
             stream = Stream([job], job.req, False, {"id": "x"}, slow.result)
             futures = Batcher(slow).submit([job])
             stream.watch(futures)
-            events = stream.events_for(futures, _time.monotonic() + 60, 60)
+            events = stream.events_for(futures, time.monotonic() + 60, 60)
             first = await events.__anext__()
             await events.aclose()
             res = await asyncio.wrap_future(futures[0])
@@ -457,22 +467,17 @@ def test_stream_errors_bad_fields_and_a_client_that_goes_away(model):
 
         first, res, job = asyncio.run(leave_early())
         assert first.startswith("data: ") and job.cancelled and 0 < res["completion_tokens"] < 400
-    finally:
-        model.forward = forward
 
 
 def test_a_streamed_job_ends_when_it_ends_not_when_its_batch_does(model):
     """A short streamed completion batched with a long one gets its last chunk and [DONE] while the
     long one is still generating (the final chunk does not wait for the batch's future)."""
     import asyncio
-    import time as _time
 
     from wmkit.server.completions import Batcher, Stream
 
     gen = Generator(model, IdTokenizer())
-    forward = model.forward
-    model.forward = lambda *a, **k: _time.sleep(0.01) or forward(*a, **k)
-    try:
+    with _slow(model, 0.01):
         async def run():
             short = gen.prepare([3, 4], _req(max_tokens=4, temperature=0, stream=True))
             long = gen.prepare([5, 6], _req(max_tokens=300, temperature=0))
@@ -481,7 +486,7 @@ def test_a_streamed_job_ends_when_it_ends_not_when_its_batch_does(model):
             with gen.lock:  # both are queued before the worker takes a batch
                 futures = batcher.submit([short, long])
             stream.watch(futures[:1])
-            events = [e async for e in stream.events_for(futures[:1], _time.monotonic() + 60, 60)]
+            events = [e async for e in stream.events_for(futures[:1], time.monotonic() + 60, 60)]
             still_running = not futures[1].done()
             await asyncio.wrap_future(futures[1])
             return events, still_running, long
@@ -489,5 +494,3 @@ def test_a_streamed_job_ends_when_it_ends_not_when_its_batch_does(model):
         events, still_running, long = asyncio.run(run())
         assert events[-1] == "data: [DONE]\n\n" and '"finish_reason": "length"' in events[-2]
         assert still_running and len(long.out_ids) == 300
-    finally:
-        model.forward = forward
