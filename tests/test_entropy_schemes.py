@@ -186,6 +186,33 @@ def test_causal_tagger_is_causal_with_a_bounded_receptive_field():
     assert torch.allclose(t.predict(changed)[:, :50], t.predict(torch.cat([changed[:, :50]], 1))[:, :50], atol=1e-5)
 
 
+def test_left_padded_rows_are_tagged_and_gated_as_if_alone(tokenizer, key, tmp_path):
+    """A batch's left padding is not read: a padded short row gets the tagger's (and so the IE gate's)
+    answer for that row alone, where the tagger's zero padding stands before the text."""
+    torch.manual_seed(0)
+    t = CausalTagger({"vocab_size": len(tokenizer), "tokenizer": tokenizer_fingerprint(tokenizer)}).eval()
+    pad = tokenizer.pad_token_id
+    with torch.no_grad():
+        t.embed.weight[pad] *= 20  # a pad id the tagger reacts to strongly, as a trained one may
+    short, long = torch.randint(3, V, (12,)), torch.randint(3, V, (60,))
+    batch = torch.stack([torch.cat([torch.full((48,), pad), short]), long])
+    with torch.no_grad():
+        alone = t.predict_last(short.unsqueeze(0))[0]
+        padded = t.predict_last(batch, torch.tensor([48, 0]))
+        assert torch.allclose(padded[0], alone, atol=1e-5) and torch.allclose(padded[1], t.predict_last(long.unsqueeze(0))[0], atol=1e-5)
+        naive = t.predict_last(batch)[0]  # what reading the pads gives
+        # move the 0.9 threshold's bias halfway between the two answers: they now gate oppositely
+        k = TAUS.index(0.9)
+        t.head[-1].bias[k] -= (alone[k] + naive[k]) / 2
+        assert abs(alone[k] - naive[k]) > 0.1
+    scheme = IE(key, delta=3.0, tau=0.9, tagger=str(t.save(tmp_path / "t.safetensors")))
+    proc = scheme.processor(tokenizer)
+    scores = torch.randn(2, len(tokenizer))
+    rows = [proc(batch[1:, :].clone(), scores[1:].clone())[0], proc(short.unsqueeze(0), scores[:1].clone())[0]]
+    both = proc(batch.clone(), scores.clone())
+    assert torch.equal(both[0], rows[1]) and torch.equal(both[1], rows[0])
+
+
 class _Tok:
     """A tokenizer stand-in with a vocabulary (the tagger fingerprints it)."""
 
@@ -278,6 +305,10 @@ def test_paper_tagger_reencodes_decoded_windows_with_minilm(tokenizer):
         assert full.shape == (1, ids.shape[1], len(TAUS))
         assert torch.allclose(t.predict_last(ids), full[:, -1], atol=1e-4)  # the same window, encoded alone
         assert t.windows(ids)[-1] == ids[0, -8:].tolist()
+        short = ids[:, :4]  # left-padded to the window and beyond: the pads are not decoded
+        padded = torch.cat([torch.full((1, 6), tokenizer.pad_token_id), short], 1)
+        assert torch.allclose(t.predict_last(padded, torch.tensor([6])), t.predict_last(short), atol=1e-5)
+        assert not torch.allclose(t.predict_last(padded), t.predict_last(short), atol=1e-3)
         m = evaluate_tagger(t, [ids[0]], [torch.rand(ids.shape[1]) * 3], max_positions=10)
     assert m["positions"] == 10 and set(m["taus"]) == {str(x) for x in TAUS}
     assert t.n_parameters() > 22_000_000  # MiniLM counts: it runs at detection

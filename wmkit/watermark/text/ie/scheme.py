@@ -83,9 +83,13 @@ class IE(KGW):
 
         @torch.no_grad()
         def gate(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            # only the tagger's window is read, on the logits' device when the tagger can run there
+            # only the tagger's window is read, on the logits' device when the tagger can run there;
+            # a batch's left padding (the leading run of pad ids) is not read, so a row is gated as alone
             tail = input_ids[:, -n:]
-            return tagger.runs_on(tail.device).predict_last(tail)[:, k].to(scores.device) > 0
+            start = leading_padding(input_ids, tokenizer.pad_token_id)
+            if start is not None:
+                start = (start - (input_ids.shape[1] - tail.shape[1])).clamp(min=0)
+            return tagger.runs_on(tail.device).predict_last(tail, start)[:, k].to(scores.device) > 0
 
         return self.gated_processor(tokenizer, gate)
 
@@ -93,6 +97,18 @@ class IE(KGW):
                  min_tokens: int = DEFAULT_MIN_TOKENS) -> "IEDetector":
         """A detector that needs only the key, the tokenizer and the tagger (never the model)."""
         return IEDetector(self, tokenizer, fpr, ignore_repeated_ngrams, min_tokens)
+
+
+def leading_padding(input_ids: torch.Tensor, pad_id: int | None) -> torch.Tensor | None:
+    """``[B]``: how many pad ids each row starts with (a left-padded batch), or ``None`` when no row
+    starts with one (or there is no pad id).
+
+    >>> leading_padding(torch.tensor([[2, 2, 5, 2], [7, 2, 2, 2]]), 2).tolist()
+    [2, 0]
+    """
+    if pad_id is None or not bool((input_ids[:, 0] == pad_id).any()):
+        return None
+    return (input_ids == pad_id).to(torch.int32).cumprod(1).sum(1)
 
 
 def bucket_width(n: int) -> int:

@@ -65,7 +65,8 @@ def _mlp(dims: Sequence[int], dropout: float) -> nn.Sequential:
 
 class EntropyTagger(nn.Module, ABC):
     """Interface of the taggers: ``predict(ids[B, L]) -> logits[B, L, K]`` (position ``j`` is about
-    the token after ``j``) and ``predict_last(ids[B, L]) -> logits[B, K]`` for generation."""
+    the token after ``j``) and ``predict_last(ids[B, L], start) -> logits[B, K]`` for generation
+    (``start[b]``: where row ``b``'s text begins after left padding; the tagger reads nothing before it)."""
 
     kind: str = ""
 
@@ -93,8 +94,10 @@ class EntropyTagger(nn.Module, ABC):
         """Logits ``[B, L, K]`` of ``H > tau_k`` for the token after each position."""
 
     @abstractmethod
-    def predict_last(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, K]`` for the token after the last position of each row."""
+    def predict_last(self, ids: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, K]`` for the token after the last position of each row; ``start`` (``[B]``,
+        default 0) is the index of each row's first real token: the left padding of a batch before
+        it is read as if the row began there, so a padded row is tagged as it would be alone."""
 
     @property
     @abstractmethod
@@ -152,11 +155,15 @@ class CausalTagger(EntropyTagger):
         self.head = _mlp([c["channels"], *c["head"], len(self.taus)], c["dropout"])
         self.receptive_field = 1 + sum(self.pads)
 
-    def features(self, ids: torch.Tensor) -> torch.Tensor:
-        """``[B, L, channels]``: the feature of each position, from at most ``receptive_field`` tokens."""
+    def features(self, ids: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, L, channels]``: the feature of each position, from at most ``receptive_field`` tokens
+        (none before ``start[b]``: every layer's input is zero there, as the causal padding is)."""
         x = self.embed(ids).transpose(1, 2)
         n = x.shape[-1]
+        keep = None if start is None else (torch.arange(n, device=ids.device) >= start.to(ids.device)[:, None]).unsqueeze(1)
         for i, (conv, pad) in enumerate(zip(self.convs, self.pads)):
+            if keep is not None:
+                x = x * keep
             # zero padding on both sides, the first n outputs kept: the causal convolution without a padded copy
             y = torch.nn.functional.conv1d(x, conv.weight, conv.bias, padding=pad, dilation=conv.dilation)[..., :n]
             y = torch.nn.functional.gelu(y)
@@ -172,9 +179,12 @@ class CausalTagger(EntropyTagger):
             ids = torch.nn.functional.pad(ids, (0, -n % PAD_TO))
         return self.head(self.features(ids))[:, :n]
 
-    def predict_last(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, K]`` from the last ``receptive_field`` tokens of each row."""
-        return self.predict(ids[:, -self.receptive_field:])[:, -1]
+    def predict_last(self, ids: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, K]`` from the last ``receptive_field`` tokens of each row (from ``start`` on)."""
+        tail = ids[:, -self.receptive_field:]
+        if start is not None:
+            start = (start - (ids.shape[1] - tail.shape[1])).clamp(min=0)
+        return self.head(self.features(tail, start))[:, -1]
 
     @property
     def context_tokens(self) -> int:
@@ -248,10 +258,11 @@ class PaperTagger(EntropyTagger):
         b, n = ids.shape
         return self.head(self.encode_windows(self.windows(ids))).view(b, n, -1)
 
-    def predict_last(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, K]`` from each row's last ``window`` tokens."""
+    def predict_last(self, ids: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, K]`` from each row's last ``window`` tokens (from ``start`` on)."""
         w = self.config["window"]
-        return self.head(self.encode_windows([row[-w:] for row in ids.tolist()]))
+        first = [0] * len(ids) if start is None else start.tolist()
+        return self.head(self.encode_windows([row[max(s, len(row) - w):] for row, s in zip(ids.tolist(), first)]))
 
     @property
     def context_tokens(self) -> int:
