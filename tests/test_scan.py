@@ -101,6 +101,11 @@ def test_refuses_foreign_outputs_and_other_configurations(corpus):
     assert r.exit_code == 2 and "another configuration" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = runner.invoke(app, ["scan", str(tmp_path / "nope"), "-k", str(keyfile), "-o", str(tmp_path / "o2")])
     assert r.exit_code == 2 and "no such file or folder" in r.stderr
+    (tmp_path / "bare").mkdir()
+    r = runner.invoke(app, ["scan", str(tmp_path / "bare"), "-k", str(keyfile), "-o", str(tmp_path / "o4")])
+    assert r.exit_code == 2 and "no files in this folder match --glob '*'" in r.stderr and not (tmp_path / "o4").exists()
+    r = runner.invoke(app, ["scan", str(tmp_path / "docs"), "--glob", "*.pdf", "-k", str(keyfile), "-o", str(tmp_path / "o4")])
+    assert r.exit_code == 2 and "--glob '*.pdf'" in r.stderr and not (tmp_path / "o4").exists()
     r = runner.invoke(app, ["scan", str(tmp_path / "c.jsonl"), "-s", "sweet", "-k", str(keyfile), "-o", str(tmp_path / "o3")])
     assert r.exit_code == 2 and "key-only schemes" in r.stderr
 

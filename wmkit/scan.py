@@ -74,16 +74,28 @@ class InputSpec:
                 "field": self.field, "id_field": self.id_field, "shard_docs": self.shard_docs}
 
 
+def _walk(folder: str, glob: str) -> Iterator[str]:
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names):
+            if fnmatch.fnmatch(name, glob) and not name.startswith("."):
+                yield os.path.join(root, name)
+
+
 def _files(spec: InputSpec) -> Iterator[str]:
     for p in spec.paths:
         if p == "-" or not os.path.isdir(p):
             yield p
-            continue
-        for root, dirs, names in os.walk(p):
-            dirs.sort()
-            for name in sorted(names):
-                if fnmatch.fnmatch(name, spec.glob) and not name.startswith("."):
-                    yield os.path.join(root, name)
+        else:
+            yield from _walk(p, spec.glob)
+
+
+def check_inputs(spec: InputSpec) -> None:
+    """Raise :class:`InputError` for a folder among the inputs with no file matching the glob (a
+    scan of it would write an empty result and look like a clean corpus)."""
+    for p in spec.paths:
+        if p != "-" and os.path.isdir(p) and next(_walk(p, spec.glob), None) is None:
+            raise InputError(f"{p}: no files in this folder match --glob {spec.glob!r}")
 
 
 def _is_jsonl(path: str, spec: InputSpec) -> bool:
@@ -325,6 +337,7 @@ def run_scan(spec: InputSpec, scheme: Any, out: Path, config: dict[str, Any], *,
     """
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    check_inputs(spec)
     state = open_output(out, config)
     done = set(state["done"])
     counts = {"shards": 0, "skipped": 0, "docs": 0, "errors": 0}

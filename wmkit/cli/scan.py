@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import InputError
-from ..scan import InputSpec, open_output, run_scan
+from ..scan import InputSpec, check_inputs, open_output, run_scan
 from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
 from .common import (
     CorpusArg, FieldOpt, GlobOpt, KeyOnlySchemeOpt, ModelOpt, SchemeArgs, die, key_id, run_guarded, scheme_options, stderr,
@@ -76,6 +76,7 @@ def scan(
     missing = [p for p in inputs if p != "-" and not os.path.exists(p)]
     if missing:
         die(f"{missing[0]}: no such file or folder")
+    run_guarded(check_inputs, spec)
     det_opts: dict[str, Any] = {"fpr": fpr, "min_tokens": min_tokens}
     config = {"scheme": scheme.config(), "key_id": key_id(scheme), "fpr": fpr, "min_tokens": min_tokens,
               "windowed": windowed, "model": str(model) if model else None, "format": out_format, **spec.config()}
