@@ -49,10 +49,13 @@ def test_cli_calibrate_then_detect_with_calibration(tmp_path, tokenizer):
     keyfile.write_text(key.to_hex())
     corpus = agnews_jsonl(tmp_path / "human.jsonl", 400)
     out = tmp_path / "cal.json"
-    r = runner.invoke(app, ["calibrate", str(corpus), "-k", str(keyfile), "-o", str(out), "--json"])
+    blob = tmp_path / "blob.txt"
+    blob.write_bytes(b"\x00\x01binary")
+    r = runner.invoke(app, ["calibrate", str(corpus), str(blob), "-k", str(keyfile), "-o", str(out), "--json"])
     assert r.exit_code == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["documents"] >= 300 and rep["key_id"] == key.fingerprint() and "null_p" not in json.dumps(rep)
+    assert rep["documents"] + rep["skipped"] == 401  # every line, and the unreadable file counted as skipped
     r = runner.invoke(app, ["calibrate", str(corpus), "-k", str(keyfile), "-o", str(out)])
     assert r.exit_code == 2 and "refusing to overwrite" in r.stderr
     doc = tmp_path / "marked.txt"
@@ -70,3 +73,7 @@ def test_cli_calibrate_then_detect_with_calibration(tmp_path, tokenizer):
     assert r.exit_code == 2 and "another scheme configuration" in r.stderr
     r = runner.invoke(app, ["calibrate", str(doc), "-k", str(keyfile), "-o", str(tmp_path / "c2.json")])
     assert r.exit_code == 2 and "corpus too small to calibrate" in r.stderr
+    r = runner.invoke(app, ["calibrate", str(tmp_path / "nope"), "-k", str(keyfile), "-o", str(tmp_path / "c2.json")])
+    assert r.exit_code == 2 and "nope: no such file or folder" in r.stderr
+    r = runner.invoke(app, ["calibrate", str(tmp_path), "--glob", "*.pdf", "-k", str(keyfile), "-o", str(tmp_path / "c2.json")])
+    assert r.exit_code == 2 and "no files in this folder match --glob '*.pdf'" in r.stderr and not (tmp_path / "c2.json").exists()

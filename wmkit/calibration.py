@@ -65,7 +65,8 @@ def calibrate(results: Iterable[Any], header: dict[str, Any]) -> dict[str, Any]:
         rows.setdefault(_bucket(det.n_scored), []).append((float(det.details.get("z", det.statistic)), float(det.p_value)))
     total = sum(map(len, rows.values()))
     if total < MIN_DOCS:
-        raise InputError(f"corpus too small to calibrate: {total} document(s) could be scored; at least {MIN_DOCS} are "
+        raise InputError(f"corpus too small to calibrate: {total} document(s) could be scored ({skipped} too short or "
+                         f"unreadable); at least {MIN_DOCS} are "
                          f"needed (and about 10 / FPR for an FPR: 1,000 for 1e-2, 10,000 for 1e-3)")
     buckets = {}
     for name in sorted(rows, key=lambda b: int(b.split("-")[0].rstrip("+"))):

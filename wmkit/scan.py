@@ -91,9 +91,14 @@ def _files(spec: InputSpec) -> Iterator[str]:
 
 
 def check_inputs(spec: InputSpec) -> None:
-    """Raise :class:`InputError` for a folder among the inputs with no file matching the glob (a
-    scan of it would write an empty result and look like a clean corpus)."""
+    """Raise :class:`InputError` for inputs that cannot make a corpus: stdin mixed with paths, a path
+    that does not exist, or a folder with no file matching the glob (reading it would give an empty
+    result that looks like a clean corpus)."""
+    if "-" in spec.paths and len(spec.paths) > 1:
+        raise InputError("'-' (stdin) cannot be combined with other inputs")
     for p in spec.paths:
+        if p != "-" and not os.path.exists(p):
+            raise InputError(f"{p}: no such file or folder")
         if p != "-" and os.path.isdir(p) and next(_walk(p, spec.glob), None) is None:
             raise InputError(f"{p}: no files in this folder match --glob {spec.glob!r}")
 

@@ -11,10 +11,11 @@ import typer
 from rich.progress import Progress
 
 from ..calibration import PROFILES_FORMAT, calibrate
+from ..errors import InputError
 from ..files import check_new, write_file
 from ..models import load_tokenizer
 from ..profiles import load_profiles
-from ..scan import InputSpec, iter_shards
+from ..scan import InputSpec, check_inputs, iter_shards
 from ..watermark.text.detector import DEFAULT_MIN_TOKENS
 from .common import (
     CorpusArg, FieldOpt, GlobOpt, KeyOnlySchemeOpt, ModelOpt, SchemeArgs, die, key_id, run_guarded, scheme_options, stderr,
@@ -47,13 +48,15 @@ def calibrate_cmd(
     for _, scheme in named:
         if scheme.capabilities.needs_model:
             die(f"{scheme.name}'s detector runs the generating model; calibrate a key-only scheme")
-    tokenizer = run_guarded(load_tokenizer, model)
     spec = InputSpec(tuple(inputs), glob, field, None, 1000)
+    run_guarded(check_inputs, spec)
+    tokenizer = run_guarded(load_tokenizer, model)
 
     def detections(detector: Any, bar: Progress, task: Any) -> Iterator[Any]:
         for shard in iter_shards(spec):
             texts = [d[2] for d in shard.docs if d[3] is None]
             yield from detector.detect_many(texts)
+            yield from (InputError(f"{d[1]}: {d[3]}") for d in shard.docs if d[3] is not None)  # counted as skipped
             bar.advance(task, len(shard.docs))
 
     reports = {}

@@ -71,11 +71,6 @@ def scan(
     if n_workers < 1:
         die(f"--workers must be >= 0, got {workers}")
     spec = InputSpec(tuple(inputs), glob, field, id_field, shard_docs)
-    if "-" in inputs and len(inputs) > 1:
-        die("'-' (stdin) cannot be combined with other inputs")
-    missing = [p for p in inputs if p != "-" and not os.path.exists(p)]
-    if missing:
-        die(f"{missing[0]}: no such file or folder")
     run_guarded(check_inputs, spec)
     det_opts: dict[str, Any] = {"fpr": fpr, "min_tokens": min_tokens}
     config = {"scheme": scheme.config(), "key_id": key_id(scheme), "fpr": fpr, "min_tokens": min_tokens,
