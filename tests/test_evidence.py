@@ -88,6 +88,10 @@ def test_bad_evidence_requests_fail_before_any_work(case):
     assert r.exit_code == 2 and "needs a wmkit key file" in r.stderr and not (tmp_path / "r2").exists()
     r = runner.invoke(app, ["evidence", "text", str(tmp_path / "nope.txt"), "-k", str(keyfile), "-o", str(tmp_path / "r3")])
     assert r.exit_code == 2 and "no such file" in r.stderr and not (tmp_path / "r3").exists()
+    (tmp_path / "short.txt").write_text("Too short to score.")
+    r = runner.invoke(app, ["evidence", "text", str(tmp_path / "plain.txt"), str(tmp_path / "short.txt"), "-k", str(keyfile),
+                            "-o", str(tmp_path / "r4")])
+    assert r.exit_code == 2 and "short.txt: only" in r.stderr and "can be scored" in r.stderr and not (tmp_path / "r4").exists()
 
 
 class Chromium:

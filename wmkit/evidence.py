@@ -96,7 +96,10 @@ def text_report(paths: Sequence[str], scheme: Any, tokenizer: Any, *, fpr: float
         text = read_text(p)
         inputs.append({"path": os.path.relpath(os.path.abspath(p), os.path.abspath(base)), "sha256": sha256_file(p),
                        "bytes": os.path.getsize(p)})
-        results.append(_figures(detector, text, caps.windowed))
+        try:
+            results.append(_figures(detector, text, caps.windowed))
+        except InputError as e:  # which of several files is too short
+            raise InputError(f"{p}: {e}") from None
     return {**_header("text", scheme, fpr=fpr, key_id=key_id, commitment=commitment, command=command),
             "min_tokens": min_tokens, "tokenizer": tokenizer_name, "windowed": caps.windowed, "inputs": inputs,
             "results": results}

@@ -153,17 +153,14 @@ def fingerprint(
     SHA-256 is what an owner publishes before a dispute. Re-check: wm evidence check OUTPUT/report.json."""
     from ..evidence import fingerprint_report
     from ..fingerprint import Signature, suspect_vectors
-    from ..fingerprint.verify import DEFAULT_QUERIES
-    from .fingerprint import open_suspect
+    from .fingerprint import check_suspect_options, open_suspect
 
     fpr = run_guarded(check_fpr_option, fpr)
     _new_folder(output)
-    q = queries if queries is not None else (10 if access == "top1" else DEFAULT_QUERIES)
+    q = run_guarded(check_suspect_options, access, queries, top_k)
     restricted = access in ("topk", "top1")
 
     def run() -> Any:
-        if q < 2:
-            raise InputError(f"--queries must be at least 2, got {q}")
         sig = Signature.load(signature)
         acc = open_suspect(suspect, access, top_k, chat)
         if acc.vocab_size != sig.vocab_size:

@@ -54,6 +54,19 @@ def enroll_cmd(
     )
 
 
+def check_suspect_options(access: str, queries: int | None, top_k: int) -> int:
+    """Check ``--access``, ``--queries`` and ``--top-k`` before any model loads or request is sent;
+    return the number of queries (``None``: the access level's default)."""
+    if access not in ACCESS:
+        raise InputError(f"--access must be one of {', '.join(ACCESS)}, got {access!r}")
+    if access == "topk" and not 2 <= top_k <= 1000:
+        raise InputError(f"--top-k must be in 2..1000, got {top_k}")
+    q = queries if queries is not None else (10 if access == "top1" else DEFAULT_QUERIES)
+    if q < 2:
+        raise InputError(f"--queries must be at least 2, got {q}")
+    return q
+
+
 def open_suspect(suspect: str, access: str, top_k: int, chat: bool = False) -> Any:
     """The access level ``access`` to ``suspect`` (a model folder, a .gguf file, or an http(s) URL;
     ``chat``: ask the URL's chat endpoint)."""
@@ -92,9 +105,9 @@ def verify_cmd(
 
     def run():  # noqa: ANN202
         check_fpr_option(fpr)  # before any model loads
+        q = check_suspect_options(access, queries, top_k)
         sig = Signature.load(signature)
         acc = open_suspect(suspect, access, top_k, chat)
-        q = queries if queries is not None else (10 if access == "top1" else DEFAULT_QUERIES)
         t0 = time.perf_counter()
         rep = verify_fingerprint(sig, acc, queries=q, restricted=access in ("topk", "top1"), fpr=fpr)
         return rep, time.perf_counter() - t0
