@@ -406,6 +406,7 @@ def test_outputs_and_options_are_checked_before_any_model_loads(tmp_path, keyfil
         (["evidence", "fingerprint", "--signature", str(tmp_path), "--suspect", "x", "--access", "topk", "--top-k", "1", "-o",
           str(tmp_path / "ev")], "--top-k must be in 2..1000"),
         (["eaas", "verify", "--suspect", "x", "-k", str(keyfile), "--fpr", "1.5"], "--fpr"),
+        (["serve-embeddings", "-s", "espw"], "unknown embedding scheme 'espw'"),  # not "no key given"
         (["demo", "-s", "sweet", *nomodel], "the demo shows kgw or unigram"),
         (["keygen", "-o", "/proc/wm.key"], "cannot create /proc/wm.key"),
     ]

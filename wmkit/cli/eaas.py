@@ -13,6 +13,7 @@ from ..errors import InputError
 from ..keys import load_key
 from ..server.embeddings import MAX_BODY_BYTES, MAX_CHARS, MAX_INPUTS
 from ..watermark.embedding import SCHEMES, SentenceEncoder, load_encoder, make_scheme, verify_ownership
+from ..watermark.embedding.schemes import check_scheme_name
 from ..watermark.embedding.verify import DEFAULT_DECOYS, DEFAULT_FPR, DEFAULT_TEXTS, MODES
 from .common import KeyFileOpt, check_fpr_option, run_guarded
 
@@ -24,6 +25,7 @@ EmbModelOpt = typer.Option(
 
 
 def _scheme(name: str, key_file: Optional[Path], ratio: Optional[float]):  # noqa: ANN202
+    check_scheme_name(name)  # before the key: a misspelt scheme is the error to report
     if ratio is not None and name != "espew":
         raise InputError("--ratio applies to espew only")
     return make_scheme(name, load_key(key_file=key_file), ratio=ratio)

@@ -178,8 +178,14 @@ class WatermarkedEncoder:
 SCHEMES: dict[str, type[EaaSScheme]] = {"embmarker": EmbMarker, "espew": ESpeW}
 
 
-def make_scheme(name: str, key: SecretKey, **params: object) -> EaaSScheme:
-    """The embedding scheme ``name`` with ``key``; ``None`` parameters take the defaults."""
+def check_scheme_name(name: str) -> type[EaaSScheme]:
+    """The class of embedding scheme ``name``; :class:`InputError` for an unknown name."""
     if name not in SCHEMES:
         raise InputError(f"unknown embedding scheme {name!r}; expected one of: {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
+
+def make_scheme(name: str, key: SecretKey, **params: object) -> EaaSScheme:
+    """The embedding scheme ``name`` with ``key``; ``None`` parameters take the defaults."""
+    check_scheme_name(name)
     return SCHEMES[name].from_config({k: v for k, v in params.items() if v is not None}, key)
