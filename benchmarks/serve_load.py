@@ -2,8 +2,9 @@
 
 Servers (each started as its own process on a free loopback port, default models, a fresh key):
 ``wm serve -s kgw`` (completions, concurrent requests batched, ``--max-batch 16``), the same with
-``--max-batch 1`` (one completion at a time: the serialised baseline), and ``wm serve-embeddings
--s espew``. Each client sends its next request as soon as the previous one is answered; requests
+``--max-batch 1`` (one completion at a time: the serialised baseline), ``wm serve-embeddings
+-s espew`` (concurrent requests encoded together, up to 256 texts) and the same with ``--max-batch 1``
+(one request at a time). Each client sends its next request as soon as the previous one is answered; requests
 are valid: a completion of 16 tokens (temperature 0.7, a seed) of an AG News prompt, or the
 embedding of one AG News article. Rows: ``{server, concurrency, requests, p50_ms, p99_ms,
 throughput_rps, errors_4xx, errors_5xx}``. Target (issue 18): zero 5xx, and ``wm serve``'s
@@ -37,6 +38,7 @@ SERVERS = {
     "wm serve": (["serve", "-s", "kgw", "--max-batch", "16"], "/v1/completions"),
     "wm serve --max-batch 1": (["serve", "-s", "kgw", "--max-batch", "1"], "/v1/completions"),
     "wm serve-embeddings": (["serve-embeddings", "-s", "espew"], "/v1/embeddings"),
+    "wm serve-embeddings --max-batch 1": (["serve-embeddings", "-s", "espew", "--max-batch", "1"], "/v1/embeddings"),
 }
 
 

@@ -58,9 +58,12 @@ def test_good_request_and_base64_encoding():
         (["serve-embeddings", "--scheme", "nope", "--key-file", "K"], "unknown embedding scheme"),
         (["serve-embeddings", "--scheme", "embmarker", "--ratio", "0.1", "--key-file", "K"], "--ratio applies to espew"),
         (["serve-embeddings", "--port", "70000", "--key-file", "K"], "--port"),
+        (["serve-embeddings", "--max-batch", "0", "--key-file", "K"], "--max-batch must be positive, got 0"),
         (["eaas", "verify", "--suspect", "http://x", "--mode", "nope", "--key-file", "K"], "--mode must be one of"),
         (["eaas", "verify", "--suspect", "/nonexistent", "--key-file", "K"], "not a model folder"),
         (["eaas", "verify", "--suspect", "/nonexistent"], "no key given"),
+        (["eaas", "verify", "--suspect", "/nonexistent", "--decoys", "1", "--key-file", "K"],
+         "--texts must be at least 8 and --decoys at least 2, got 128 and 1"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_2(args, fragment, tmp_path, monkeypatch):
@@ -105,14 +108,18 @@ def test_server_returns_the_watermarked_embeddings_to_the_openai_client(server):
     client = OpenAI(base_url=url + "/v1", api_key="unused")
     resp = client.embeddings.create(input=texts, model="all-MiniLM-L6-v2")  # the client asks for base64
     got = np.array([d.embedding for d in resp.data], dtype=np.float32)
-    clean = SentenceEncoder().encode(texts)
-    want = scheme.provider(SentenceEncoder()).encode(texts)
+    enc = SentenceEncoder()
+    clean = enc.encode(texts)
+    want = scheme.provider(enc).encode(texts)
     np.testing.assert_allclose(got, want, atol=1e-5)
     cos = np.einsum("ij,ij->i", got, clean)
     assert cos[0] > 0.9999 and cos[2] > 0.9999 and cos[1] < 0.99  # only the text with triggers is marked
     assert resp.data[1].index == 1 and resp.usage.total_tokens > 0
-    floats = client.embeddings.create(input="one text", model="m", encoding_format="float")
+    text = "Tokenizers split unhappiness, don't they?"  # 5 words, more word pieces
+    floats = client.embeddings.create(input=text, model="m", encoding_format="float")
     assert len(floats.data[0].embedding) == 384
+    pieces = len(enc.tokenizer(text, add_special_tokens=False).input_ids)  # usage counts the tokens the model reads
+    assert floats.usage.prompt_tokens == floats.usage.total_tokens == pieces > len(text.split())
 
 
 @pytest.mark.slow

@@ -208,6 +208,8 @@ def test_wm_serve_refuses_a_busy_port_before_loading_the_model(tmp_path):
     assert r.exit_code == 2 and "--timeout must be a positive number" in r.stderr
     r = CliRunner().invoke(app, ["serve", "--max-batch", "0", "--model", str(tmp_path / "no-model")])
     assert r.exit_code == 2 and "--max-batch must be positive" in r.stderr
+    r = CliRunner().invoke(app, ["serve", "--max-new-tokens", "0", "--model", str(tmp_path / "no-model")])
+    assert r.exit_code == 2 and "--max-new-tokens must be positive, got 0" in r.stderr
     r = CliRunner().invoke(app, ["serve", "--allow-opt-out", "--model", str(tmp_path / "no-model")])
     assert r.exit_code == 2 and "--allow-opt-out applies to a server that watermarks" in r.stderr
 

@@ -11,10 +11,10 @@ from rich.console import Console
 
 from ..errors import InputError
 from ..keys import load_key
-from ..server.embeddings import MAX_BODY_BYTES, MAX_CHARS, MAX_INPUTS
+from ..server.embeddings import MAX_BATCH, MAX_BODY_BYTES, MAX_CHARS, MAX_INPUTS
 from ..watermark.embedding import SCHEMES, SentenceEncoder, load_encoder, make_scheme, verify_ownership
 from ..watermark.embedding.schemes import check_scheme_name
-from ..watermark.embedding.verify import DEFAULT_DECOYS, DEFAULT_FPR, DEFAULT_TEXTS, MODES
+from ..watermark.embedding.verify import DEFAULT_DECOYS, DEFAULT_FPR, DEFAULT_TEXTS, MIN_DECOYS, MIN_TEXTS, MODES
 from .common import KeyFileOpt, check_fpr_option, run_guarded
 
 eaas_app = typer.Typer(help="Embedding watermarks for Embeddings-as-a-Service.", no_args_is_help=True)
@@ -41,6 +41,8 @@ def serve_embeddings(
     max_inputs: int = typer.Option(MAX_INPUTS, help="Most texts per request."),
     max_chars: int = typer.Option(MAX_CHARS, help="Most characters per text."),
     max_body_bytes: int = typer.Option(MAX_BODY_BYTES, help="Largest request body (bytes)."),
+    max_batch: int = typer.Option(MAX_BATCH, help="Most texts encoded together (concurrent requests are batched; "
+                                  "a request is never split). 1: one request at a time."),
 ) -> None:
     """Serve an OpenAI-compatible /v1/embeddings endpoint whose embeddings carry the watermark."""
     from ..server.embeddings import create_app
@@ -49,8 +51,11 @@ def serve_embeddings(
     def build():  # noqa: ANN202
         if not (1 <= port <= 65535):
             raise InputError(f"--port must be in 1..65535, got {port}")
-        if min(max_inputs, max_chars, max_body_bytes) < 1:
-            raise InputError("--max-inputs, --max-chars and --max-body-bytes must be positive")
+        limits = {"--max-inputs": max_inputs, "--max-chars": max_chars, "--max-body-bytes": max_body_bytes,
+                  "--max-batch": max_batch}
+        for option, value in limits.items():
+            if value < 1:
+                raise InputError(f"{option} must be positive, got {value}")
         if scheme == "none":
             return SentenceEncoder(model)
         s = _scheme(scheme, key_file, ratio)  # key and parameters first: fail before loading the model
@@ -58,7 +63,7 @@ def serve_embeddings(
 
     encoder = run_guarded(build)
     name = Path(model).name if model else "all-MiniLM-L6-v2"
-    serve(create_app(encoder, name, max_inputs, max_chars, max_body_bytes), host, port)
+    serve(create_app(encoder, name, max_inputs, max_chars, max_body_bytes, max_batch), host, port)
 
 
 @eaas_app.command("verify")
@@ -85,6 +90,9 @@ def verify(
             raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
         if batch_size < 1:
             raise InputError(f"--batch-size must be positive, got {batch_size}")
+        if texts < MIN_TEXTS or decoys < MIN_DECOYS:
+            raise InputError(f"--texts must be at least {MIN_TEXTS} and --decoys at least {MIN_DECOYS}, "
+                             f"got {texts} and {decoys}")
         s = _scheme(scheme, key_file, None)
         enc = load_encoder(suspect, batch_size=batch_size)
         target = clean = None

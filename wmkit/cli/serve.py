@@ -33,7 +33,7 @@ def serve(
         if not (1 <= port <= 65535):
             raise InputError(f"--port must be in 1..65535, got {port}")
         if max_new_tokens < 1:
-            raise InputError("--max-new-tokens must be positive")
+            raise InputError(f"--max-new-tokens must be positive, got {max_new_tokens}")
         if max_batch < 1:
             raise InputError(f"--max-batch must be positive, got {max_batch}")
         if allow_opt_out and scheme_name == "none":

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import threading
 import time
 import uuid
@@ -45,6 +44,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from .batching import MicroBatcher
 from .http import RequestError, base_app, error_response, internal_error, read_json
 
 MAX_PROMPTS = 16
@@ -243,7 +243,6 @@ class Job:
     tops: list[dict[str, float]] = field(default_factory=list)
     done: bool = False
     error: RequestError | None = None
-    future: Future | None = None
     listener: Callable[["Job"], None] | None = None  # called after each token (a streamed request)
     cancelled: bool = False  # set by a streamed request whose client went away: the job ends at its next step
 
@@ -407,52 +406,26 @@ class Generator:
         return self.result(job)
 
 
-class Batcher:
-    """Runs the jobs of concurrent requests together: a worker thread takes what is queued (waiting
-    ``gather_s`` for more after the first, up to ``max_batch``), runs it as one batch, and resolves
-    each job's future. More than ``max_queue`` waiting jobs: new requests get a 503 at once."""
+class Batcher(MicroBatcher[Job]):
+    """The completions' :class:`~wmkit.server.batching.MicroBatcher`: up to ``max_batch`` jobs
+    (waiting ``gather_s`` for company; a one-token answer from cached prompt logits waits for none)
+    run in lockstep by :meth:`Generator.run_batch`; each future resolves to :meth:`Generator.result`
+    (or raises its error). More than ``max_queue`` waiting jobs: new requests get a 503 at once."""
 
     def __init__(self, generator: Generator, max_batch: int = 16, max_queue: int = 256, gather_s: float = 0.02):
-        self.gen, self.max_batch, self.max_queue, self.gather_s = generator, max_batch, max_queue, gather_s
-        self.queue: queue.Queue[Job] = queue.Queue()
-        threading.Thread(target=self._loop, name="wmkit-batcher", daemon=True).start()
+        self.gen = generator
+        super().__init__(self._run, generator.lock, max_batch=max_batch, max_queue=max_queue, gather_s=gather_s,
+                         eager=generator.cached, what="completions")
 
-    def submit(self, jobs: list[Job]) -> list[Future]:
-        """Queue ``jobs``; their futures resolve to :meth:`Generator.result` (or raise its error)."""
-        if self.queue.qsize() + len(jobs) > self.max_queue:
-            raise RequestError(f"the server is overloaded ({self.queue.qsize()} completions waiting); retry later", None, 503)
+    def _run(self, jobs: list[Job]) -> list[Any]:
+        self.gen.run_batch(jobs)
+        out: list[Any] = []
         for job in jobs:
-            job.future = Future()
-            self.queue.put(job)
-        return [job.future for job in jobs]  # type: ignore[misc]
-
-    def _take(self, first: Job) -> list[Job]:
-        batch = [first]
-        # a one-token answer from cached prompt logits needs no model time: no waiting for company
-        until = time.monotonic() + (0.0 if self.gen.cached(first) else self.gather_s)
-        while len(batch) < self.max_batch:
             try:
-                batch.append(self.queue.get(timeout=max(0.0, until - time.monotonic())))
-            except queue.Empty:
-                break
-        return [j for j in batch if j.future is not None and j.future.set_running_or_notify_cancel()]
-
-    def _loop(self) -> None:
-        while True:
-            first = self.queue.get()
-            with self.gen.lock:  # jobs start (and can no longer be cancelled) once the model is free
-                jobs = self._take(first)
-                try:
-                    self.gen.run_batch(jobs)
-                except Exception as e:  # noqa: BLE001 - a fault fails this batch's requests, not the server
-                    for job in jobs:
-                        job.future.set_exception(e)  # type: ignore[union-attr]
-                    continue
-            for job in jobs:
-                try:
-                    job.future.set_result(self.gen.result(job))  # type: ignore[union-attr]
-                except RequestError as e:
-                    job.future.set_exception(e)  # type: ignore[union-attr]
+                out.append(self.gen.result(job))
+            except RequestError as e:
+                out.append(e)
+        return out
 
 
 def _timeout_error(futures: list[Future], timeout_s: float) -> RequestError:

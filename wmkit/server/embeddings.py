@@ -6,7 +6,8 @@
 what the ``openai`` client asks for by default). Bad requests get HTTP 4xx with an OpenAI-style
 ``{"error": {"message", "type", "param", "code"}}``: a body that is not JSON, no or empty input, an
 empty string, a non-string item (token-id input is not supported), more than ``max_inputs`` texts,
-a text longer than ``max_chars`` characters, a body over ``max_body_bytes`` (413).
+a text longer than ``max_chars`` characters, a body over ``max_body_bytes`` (413); a full queue
+gets 503. Concurrent requests are encoded together (see :func:`create_app`).
 ``GET /v1/models`` lists the one model; ``GET /health`` answers ``{"status": "ok"}``.
 
 Start it with ``wm serve-embeddings --scheme espew --key-file K`` or :func:`create_app`.
@@ -14,6 +15,7 @@ Start it with ``wm serve-embeddings --scheme espew --key-file K`` or :func:`crea
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
 import time
@@ -23,12 +25,15 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from ..watermark.embedding.encoders import Encoder
+from ..watermark.embedding.encoders import Encoder, token_counts
+from .batching import MicroBatcher
 from .http import RequestError, base_app, error_response, internal_error, read_json
 
 MAX_INPUTS = 2048
 MAX_CHARS = 20_000
 MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_BATCH = 256  # texts encoded together (the encoder runs them in length-sorted chunks)
+MAX_QUEUE = 8192  # texts waiting
 
 
 def parse_request(
@@ -70,35 +75,62 @@ def encode_vector(v: np.ndarray, fmt: str) -> list[float] | str:
     return [float(x) for x in v]
 
 
+def encode_together(encoder: Encoder, requests: list[list[str]]) -> list[Any]:
+    """The embeddings and token counts of several requests' texts from one :meth:`Encoder.encode`
+    call: ``(emb [n_i, dim], tokens_i)`` per request. If the joint call fails, each request is
+    encoded alone, so a fault is its request's (an exception instance in its place), not its
+    companions'."""
+    flat = [t for texts in requests for t in texts]
+    try:
+        emb, counts = encoder.encode(flat), token_counts(encoder, flat)
+    except Exception:  # noqa: BLE001 - retried request by request below
+        if len(requests) == 1:
+            raise
+        out: list[Any] = []
+        for texts in requests:
+            try:
+                out.extend(encode_together(encoder, [texts]))
+            except Exception as e:  # noqa: BLE001 - this request's fault, reported to it alone
+                out.append(e)
+        return out
+    bounds = np.cumsum([0] + [len(texts) for texts in requests])
+    return [(emb[a:b], sum(counts[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def create_app(
     encoder: Encoder,
     model_name: str = "wmkit",
     max_inputs: int = MAX_INPUTS,
     max_chars: int = MAX_CHARS,
     max_body_bytes: int = MAX_BODY_BYTES,
+    max_batch: int = MAX_BATCH,
+    max_queue: int = MAX_QUEUE,
 ) -> Any:
-    """A FastAPI app serving ``encoder`` (e.g. a :class:`~wmkit.watermark.embedding.WatermarkedEncoder`)."""
+    """A FastAPI app serving ``encoder`` (e.g. a :class:`~wmkit.watermark.embedding.WatermarkedEncoder`).
+
+    Concurrent requests are encoded together (:class:`~wmkit.server.batching.MicroBatcher`: what
+    is queued when the model comes free, up to ``max_batch`` texts; a request is never split, and
+    one bigger than that runs alone); more than ``max_queue`` texts waiting (at least
+    ``max_inputs``): 503. ``usage`` counts the tokens the encoder reads (:func:`token_counts`).
+    """
     app = base_app("wmkit embeddings", model_name)
-    lock = threading.Lock()  # one forward pass at a time: the model is shared
+    batcher: MicroBatcher[list[str]] = MicroBatcher(
+        lambda requests: encode_together(encoder, requests), threading.Lock(), max_batch=max_batch,
+        max_queue=max(max_queue, max_inputs), gather_s=0.0, size=len, what="texts")
+    app.state.batcher = batcher
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> JSONResponse:
         try:
             body = await read_json(request, max_body_bytes)
             texts, fmt = parse_request(body, encoder.dim, max_inputs, max_chars)
+            (future,) = batcher.submit([texts])
         except RequestError as e:
             return error_response(e)
-        from starlette.concurrency import run_in_threadpool
-
-        def work() -> np.ndarray:
-            with lock:
-                return encoder.encode(texts)
-
         try:
-            emb = await run_in_threadpool(work)
+            emb, n_tokens = await asyncio.wrap_future(future)
         except Exception as e:  # noqa: BLE001 - a server fault is still a JSON error
             return internal_error(e)
-        n_tokens = sum(len(t.split()) for t in texts)
         return JSONResponse(
             {
                 "object": "list",

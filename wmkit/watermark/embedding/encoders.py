@@ -49,6 +49,13 @@ def check_texts(texts: Sequence[str], what: str = "input") -> list[str]:
     return texts
 
 
+def token_counts(encoder: Encoder, texts: Sequence[str]) -> list[int]:
+    """Tokens per text as ``encoder`` reads them (its ``token_counts`` method), or, for an encoder
+    without one (a remote API), whitespace-separated words as the estimate."""
+    count = getattr(encoder, "token_counts", None)
+    return list(count(texts)) if callable(count) else [len(t.split()) for t in texts]
+
+
 def check_embeddings(emb: Any, dim: int | None, what: str) -> np.ndarray:
     """A finite float32 ``[n, d]`` array (``d == dim`` if given), rows renormalized to unit norm."""
     arr = np.asarray(emb, dtype=np.float32)
@@ -114,6 +121,12 @@ class SentenceEncoder:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 out[idx] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
         return out
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text that :meth:`encode` reads (after truncation), special tokens not counted."""
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        extra = self.tokenizer.num_special_tokens_to_add(pair=False)
+        return [max(0, len(row) - extra) for row in ids]
 
 
 class RemoteEncoder:

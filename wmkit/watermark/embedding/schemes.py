@@ -32,7 +32,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...keys import KeyedConfig, SecretKey
-from .encoders import Encoder, check_embeddings, check_texts
+from .encoders import Encoder, check_embeddings, check_texts, token_counts
 from .triggers import count_triggers, default_vocabulary, keyed_rng, select_triggers
 
 
@@ -173,6 +173,10 @@ class WatermarkedEncoder:
         """Watermarked, L2-normalized embeddings of ``texts``."""
         texts = check_texts(texts)
         return self.scheme.mark(texts, self.encoder.encode(texts), self.target)
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """The clean encoder's token counts of ``texts`` (see :func:`~wmkit.watermark.embedding.encoders.token_counts`)."""
+        return token_counts(self.encoder, texts)
 
 
 SCHEMES: dict[str, type[EaaSScheme]] = {"embmarker": EmbMarker, "espew": ESpeW}

@@ -58,6 +58,7 @@ from .triggers import default_vocabulary, keyed_rng
 DEFAULT_TEXTS = 128
 DEFAULT_DECOYS = 32
 DEFAULT_FPR = EMBEDDING_FPR
+MIN_TEXTS, MIN_DECOYS = 8, 2
 MODES = ("target", "copy-target", "target-free", "positions")
 
 
@@ -72,8 +73,8 @@ class VerificationSet:
 
 def verification_texts(scheme: EaaSScheme, n_texts: int = DEFAULT_TEXTS, n_decoys: int = DEFAULT_DECOYS) -> VerificationSet:
     """Backdoor, benign and decoy-backdoor texts of ``scheme.max_triggers`` words each."""
-    if n_texts < 8 or n_decoys < 2:
-        raise InputError(f"need at least 8 texts and 2 decoy sets, got {n_texts} and {n_decoys}")
+    if n_texts < MIN_TEXTS or n_decoys < MIN_DECOYS:
+        raise InputError(f"need at least {MIN_TEXTS} texts and {MIN_DECOYS} decoy sets, got {n_texts} and {n_decoys}")
     rng = keyed_rng(scheme.key, "eaas/verify")
     triggers = list(scheme.triggers())
     others = [w for w in default_vocabulary().band(*scheme.band) if w not in set(triggers)]

@@ -1,0 +1,147 @@
+"""The servers' micro-batcher, and the embeddings server batching concurrent requests.
+
+The batcher is driven with the model's lock held while requests arrive, so what is queued when the
+model comes free is known exactly; the embeddings server is checked with a recording encoder.
+"""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from wmkit.server.batching import MicroBatcher
+from wmkit.server.embeddings import create_app
+from wmkit.server.http import RequestError
+
+
+def _recording(fn):
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        return fn(items)
+
+    return run, calls
+
+
+def _wait_for(cond, timeout=30.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.005)
+
+
+def test_queued_items_run_together_up_to_max_batch_units_never_split():
+    run, calls = _recording(lambda items: [10 * x for x in items])
+    lock = threading.Lock()
+    b = MicroBatcher(run, lock, max_batch=5, gather_s=0.0, size=lambda x: x)
+    with lock:  # the model is busy while these arrive
+        futures = [f for x in (2, 2, 3, 9, 1) for f in b.submit([x])]
+        assert b.waiting == 17
+    assert [f.result(10) for f in futures] == [20, 20, 30, 90, 10]
+    # 2+2 (3 more would pass 5: it starts the next batch), 3 (+9 would pass), 9 alone (bigger than a batch), 1
+    assert calls == [[2, 2], [3], [9], [1]] and b.waiting == 0
+
+
+def test_a_failed_item_fails_alone_and_a_failed_batch_does_not_stop_the_worker():
+    def fn(items):
+        if 0 in items:
+            raise RuntimeError("the model broke")
+        return [ValueError(f"bad {x}") if x < 0 else x for x in items]
+
+    run, calls = _recording(fn)
+    lock = threading.Lock()
+    b = MicroBatcher(run, lock, max_batch=3, gather_s=0.0)
+    with lock:
+        ok, bad, ok2 = b.submit([1, -1, 2])
+        broken_a, broken_b = b.submit([0, 5])
+    assert ok.result(10) == 1 and ok2.result(10) == 2
+    with pytest.raises(ValueError, match="bad -1"):
+        bad.result(10)
+    for f in (broken_a, broken_b):
+        with pytest.raises(RuntimeError, match="the model broke"):
+            f.result(10)
+    (after,) = b.submit([7])
+    assert after.result(10) == 7 and calls == [[1, -1, 2], [0, 5], [7]]
+
+
+def test_overload_is_a_503_counted_in_units_and_a_cancelled_item_never_runs():
+    run, calls = _recording(lambda items: list(items))
+    lock = threading.Lock()
+    b = MicroBatcher(run, lock, max_queue=4, gather_s=0.0, size=len, what="texts")
+    with lock:
+        (cancelled,) = b.submit(["ab"])
+        (kept,) = b.submit(["cd"])
+        with pytest.raises(RequestError) as e:
+            b.submit(["e"])  # 2 + 2 texts wait: a fifth is refused
+        assert e.value.status == 503 and "4 texts waiting" in e.value.message
+        assert cancelled.cancel()  # its request gave up before the model was free
+    assert kept.result(10) == "cd" and calls == [["cd"]]
+    (again,) = b.submit(["xyz"])  # the queue has drained
+    assert again.result(10) == "xyz"
+
+
+def test_bad_batcher_settings_are_refused():
+    with pytest.raises(ValueError, match="max_batch >= 1"):
+        MicroBatcher(lambda items: items, threading.Lock(), max_batch=0)
+
+
+# --- the embeddings server ---------------------------------------------------------------------------
+
+
+class RecordingEncoder:
+    """Embeds a text as the unit vector along (len, vowels, 1); the first call waits for ``gate``."""
+
+    dim = 3
+
+    def __init__(self):
+        self.calls, self.gate = [], threading.Event()
+
+    def encode(self, texts):
+        self.calls.append(list(texts))
+        if len(self.calls) == 1:
+            assert self.gate.wait(30)
+        if any("boom" in t for t in texts):
+            raise RuntimeError("boom")
+        v = np.array([[len(t), sum(c in "aeiou" for c in t), 1] for t in texts], dtype=np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def token_counts(self, texts):
+        return [len(t) for t in texts]  # a character "tokenizer": counts that words would not give
+
+
+def test_embeddings_server_encodes_concurrent_requests_together_and_isolates_a_fault():
+    enc = RecordingEncoder()
+    app = create_app(enc, max_batch=64)
+    bodies = [["first"], ["a b", "cde"], ["boom"], ["fghij k"]]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        results = {}
+
+        def post(i):
+            results[i] = client.post("/v1/embeddings", json={"input": bodies[i]})
+
+        threads = [threading.Thread(target=post, args=(0,))]
+        threads[0].start()
+        _wait_for(lambda: len(enc.calls) == 1)  # the first request holds the model
+        for i in (1, 2, 3):
+            threads.append(threading.Thread(target=post, args=(i,)))
+            threads[-1].start()
+        _wait_for(lambda: app.state.batcher.waiting == 4)  # all three queued behind it
+        enc.gate.set()
+        for t in threads:
+            t.join(60)
+    assert enc.calls[0] == ["first"]
+    joint = enc.calls[1]
+    assert sorted(joint) == sorted(["a b", "cde", "boom", "fghij k"])  # one call for the three requests
+    assert sorted(map(tuple, enc.calls[2:])) == [("a b", "cde"), ("boom",), ("fghij k",)]  # the fault retried alone
+    assert results[2].status_code == 500 and "RuntimeError" in results[2].json()["error"]["message"]
+    alone = RecordingEncoder()
+    alone.gate.set()
+    for i in (0, 1, 3):
+        r = results[i].json()
+        assert results[i].status_code == 200, r
+        want = alone.encode(bodies[i])  # the same texts encoded alone
+        np.testing.assert_allclose([d["embedding"] for d in r["data"]], want, rtol=1e-6)
+        assert r["usage"]["prompt_tokens"] == sum(len(t) for t in bodies[i])

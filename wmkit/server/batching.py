@@ -1,0 +1,124 @@
+"""Micro-batching for the servers: the work of concurrent requests runs as one batch on a shared model.
+
+A :class:`MicroBatcher` owns a queue and one worker thread. :meth:`~MicroBatcher.submit` queues a
+request's items and returns one :class:`~concurrent.futures.Future` per item. The worker waits for
+the model (``lock``), then takes the first waiting item and, for up to ``gather_s`` seconds, more
+(never past ``max_batch`` units of work: ``size(item)`` each; an item too big to join is the first
+of the next batch), and calls ``run(items)`` once. ``run`` returns one result per item -- a value,
+or an exception instance that fails that item alone; if ``run`` raises, every item of the batch
+fails with that error, and the server goes on. ``gather_s = 0`` takes only what is already queued:
+under load, items pile up while the model is busy and batches form with no added latency.
+
+An item is started (it can no longer be cancelled) only once the model is free, so a request whose
+deadline passes while it waits cancels its futures and never runs. More than ``max_queue`` units
+waiting: :meth:`~MicroBatcher.submit` refuses at once with a 503 :class:`RequestError`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable, ContextManager, Generic, Sequence, TypeVar
+
+from .http import RequestError
+
+T = TypeVar("T")
+
+
+class MicroBatcher(Generic[T]):
+    """Runs the items of concurrent requests together on one model (see the module docstring).
+
+    Args:
+        run: ``run(items) -> results``, one result (or exception instance) per item, in order.
+        lock: held while a batch is taken and run; whoever else uses the model holds it too.
+        max_batch: units of work per batch (an item bigger than this runs alone).
+        max_queue: units that may wait; past it new requests get a 503.
+        gather_s: how long to wait for company after the first item (0: take what is queued).
+        size: units of work of an item (default 1).
+        eager: items that need no company (run at once, e.g. a cached answer).
+        what: what the units are, for the overload message ("completions", "texts").
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[T]], Sequence[Any]],
+        lock: ContextManager[Any],
+        max_batch: int = 16,
+        max_queue: int = 256,
+        gather_s: float = 0.02,
+        size: Callable[[T], int] = lambda item: 1,
+        eager: Callable[[T], bool] = lambda item: False,
+        what: str = "items",
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or gather_s < 0:
+            raise ValueError(f"need max_batch >= 1, max_queue >= 1, gather_s >= 0; got {max_batch}, {max_queue}, {gather_s}")
+        self.run, self.lock, self.size, self.eager, self.what = run, lock, size, eager, what
+        self.max_batch, self.max_queue, self.gather_s = max_batch, max_queue, gather_s
+        self.queue: queue.Queue[tuple[T, Future]] = queue.Queue()
+        self._held: tuple[T, Future] | None = None  # taken from the queue but too big for the last batch
+        self._waiting = 0  # units queued or held, not yet taken into a batch
+        self._count = threading.Lock()
+        threading.Thread(target=self._loop, name="wmkit-batcher", daemon=True).start()
+
+    @property
+    def waiting(self) -> int:
+        """Units queued and not yet taken into a batch."""
+        return self._waiting
+
+    def submit(self, items: Sequence[T]) -> list[Future]:
+        """Queue ``items`` (all or none); their futures resolve to ``run``'s results."""
+        units = sum(self.size(item) for item in items)
+        with self._count:
+            if self._waiting + units > self.max_queue:
+                raise RequestError(f"the server is overloaded ({self._waiting} {self.what} waiting); retry later", None, 503)
+            self._waiting += units
+        futures = [Future() for _ in items]
+        for item, future in zip(items, futures):
+            self.queue.put((item, future))
+        return futures
+
+    def _next(self, timeout: float | None) -> tuple[T, Future]:
+        if self._held is not None:
+            entry, self._held = self._held, None
+            return entry
+        return self.queue.get(timeout=timeout)
+
+    def _take(self) -> list[tuple[T, Future]]:
+        batch = [self._next(None)]
+        units = self.size(batch[0][0])
+        until = time.monotonic() + (0.0 if self.eager(batch[0][0]) else self.gather_s)
+        while units < self.max_batch:
+            try:
+                entry = self._next(max(0.0, until - time.monotonic()))
+            except queue.Empty:
+                break
+            if units + self.size(entry[0]) > self.max_batch:
+                self._held = entry
+                break
+            batch.append(entry)
+            units += self.size(entry[0])
+        with self._count:
+            self._waiting -= units
+        return [(item, f) for item, f in batch if f.set_running_or_notify_cancel()]
+
+    def _loop(self) -> None:
+        while True:
+            if self._held is None:  # wait for work without holding the model
+                self._held = self.queue.get()
+            with self.lock:  # items start (and can no longer be cancelled) once the model is free
+                batch = self._take()
+                if not batch:
+                    continue
+                try:
+                    results = list(self.run([item for item, _ in batch]))
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"run returned {len(results)} results for {len(batch)} items")
+                except Exception as e:  # noqa: BLE001 - a fault fails this batch's requests, not the server
+                    results = [e] * len(batch)
+            for (_, future), res in zip(batch, results):
+                if isinstance(res, BaseException):
+                    future.set_exception(res)
+                else:
+                    future.set_result(res)
