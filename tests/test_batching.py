@@ -145,3 +145,35 @@ def test_embeddings_server_encodes_concurrent_requests_together_and_isolates_a_f
         want = alone.encode(bodies[i])  # the same texts encoded alone
         np.testing.assert_allclose([d["embedding"] for d in r["data"]], want, rtol=1e-6)
         assert r["usage"]["prompt_tokens"] == sum(len(t) for t in bodies[i])
+
+
+# --- an encoder's forward passes -----------------------------------------------------------------------
+
+
+class CharTokenizer:
+    """One token per character, plus [CLS]=1 and [SEP]=2; pad 0."""
+
+    pad_token_id = 0
+
+    def __call__(self, texts, truncation=True, max_length=10):
+        return {"input_ids": [([1] + [ord(c) for c in t] + [2])[:max_length] for t in texts]}
+
+
+@pytest.mark.parametrize("max_rows, max_tokens", [(3, None), (64, 12), (2, 8), (64, 4)])
+def test_padded_batches_cover_every_text_once_within_the_limits(max_rows, max_tokens):
+    from wmkit.models import padded_batches
+
+    texts = ["abcdefgh", "a", "abc", "ab", "abcdefghijklmnop", "abcd", "xy", "abcde"]
+    want = CharTokenizer()(texts, max_length=10)["input_ids"]
+    seen = []
+    for idx, batch in padded_batches(CharTokenizer(), texts, 10, max_rows, max_tokens):
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        assert ids.shape == mask.shape == (len(idx), max(len(want[i]) for i in idx))
+        assert len(idx) <= max_rows and (max_tokens is None or len(idx) == 1 or ids.numel() <= max_tokens)
+        for r, i in enumerate(idx):
+            n = len(want[i])
+            assert ids[r, :n].tolist() == want[i] and mask[r].tolist() == [1] * n + [0] * (ids.shape[1] - n)
+            assert (ids[r, n:] == 0).all()
+        seen += idx
+    assert sorted(seen) == list(range(len(texts)))
+    assert [len(want[i]) for i in seen] == sorted(len(w) for w in want)  # shortest first: little padding

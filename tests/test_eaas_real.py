@@ -41,3 +41,33 @@ def test_stealer_of_the_real_provider(cls, corpus, key):
         assert rep.p_value > 0.05 and not rep.detection.decision
     else:
         assert rep.p_value < 1e-6 and rep.delta_cos > 0.05 and rep.delta_l2 < 0
+
+
+@pytest.mark.slow
+def test_batched_passes_equal_each_text_alone(corpus):
+    """The encoder's length-sorted, token-budgeted passes (padding inside) give each text's own
+    embedding: the same text encoded alone has no padding at all."""
+    texts, enc, clean = corpus
+    some = texts[:48] + ["word " * 400]  # one past max_length: truncated, and alone in its pass
+    alone = np.stack([enc.encode([t])[0] for t in some])
+    np.testing.assert_allclose(enc.encode(some), alone, atol=2e-6)
+    np.testing.assert_allclose(clean[:48], alone[:48], atol=2e-6)
+    assert enc.token_counts(["word " * 400]) == [enc.max_length - 2]
+
+
+@pytest.mark.slow
+def test_encoder_equals_sentence_transformers(corpus):
+    """The provider encoder is all-MiniLM-L6-v2 as sentence-transformers runs it (its own code, from
+    the wheel `make install` downloads), at the same 128-token truncation."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _peers import sentence_transformers
+
+    from wmkit.models import default_embedder_path
+
+    texts, enc, clean = corpus
+    st = sentence_transformers().SentenceTransformer(str(default_embedder_path()), device="cpu")
+    st.max_seq_length = enc.max_length
+    some = texts[:64] + ["word " * 400]
+    np.testing.assert_allclose(enc.encode(some), st.encode(some, convert_to_numpy=True), atol=2e-6)

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from .errors import InputError
 
@@ -34,7 +34,13 @@ __all__ = [
     "load_default_lm",
     "load_tokenizer",
     "default_embedder_path",
+    "padded_batches",
 ]
+
+# Padded tokens per forward pass of a small encoder on the CPU: on 2 cores all-MiniLM-L6-v2 runs
+# 60-word texts at 6.6-7.0 ms each with 512-2048 tokens a pass, 9.8 ms at 4096 and 23 ms at 64
+# texts a pass (~3,000 tokens plus padding: past the caches); 8-word texts are flat (2.4-3.2 ms).
+CPU_BATCH_TOKENS = 1024
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -198,3 +204,35 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
     vocab = tokenizer.get_vocab()
     return hashlib.sha256(json.dumps(sorted(vocab.items(), key=lambda kv: kv[1])).encode()).hexdigest()[:16]
+
+
+def padded_batches(
+    tokenizer: Any, texts: Sequence[str], max_length: int, max_rows: int, max_tokens: int | None = None
+) -> Iterator[tuple[list[int], dict[str, Any]]]:
+    """``(indices, {"input_ids", "attention_mask"})`` for each forward pass of an encoder over ``texts``.
+
+    Each text is tokenized once (truncated to ``max_length``); texts are taken shortest first (so a
+    pass pads little) and cut into passes of at most ``max_rows`` rows and, if ``max_tokens`` is
+    given, at most ``max_tokens`` padded tokens (rows times the longest row; a text longer than
+    that goes alone). Rows are right-padded with the tokenizer's pad token.
+    """
+    import torch
+
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    start = 0
+    while start < len(order):
+        end = start + 1
+        while (end < len(order) and end - start < max_rows
+               and (max_tokens is None or (end - start + 1) * len(ids[order[end]]) <= max_tokens)):
+            end += 1
+        idx = order[start:end]
+        width = len(ids[idx[-1]])
+        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
+            mask[r, : len(ids[i])] = 1
+        yield idx, {"input_ids": input_ids, "attention_mask": mask}
+        start = end

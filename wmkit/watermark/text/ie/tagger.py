@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ....errors import InputError
-from ....models import tokenizer_fingerprint
+from ....models import CPU_BATCH_TOKENS, padded_batches, tokenizer_fingerprint
 from ....files import write_file
 from ....stats import roc_auc
 
@@ -237,15 +237,16 @@ class PaperTagger(EntropyTagger):
     @torch.no_grad()
     def encode_windows(self, windows: list[list[int]]) -> torch.Tensor:
         """``[N, 384]``: MiniLM's hidden state at the last real token of each decoded window."""
-        feats = []
-        for s in range(0, len(windows), self.batch_size):
-            texts = [self.lm_tokenizer.decode(w) for w in windows[s : s + self.batch_size]]
-            enc = self.enc_tokenizer(texts, padding=True, truncation=True, max_length=self.config["max_length"],
-                                     return_tensors="pt")
+        dev = next(self.encoder.parameters()).device
+        out = torch.zeros(len(windows), self.encoder.config.hidden_size, device=dev)
+        texts = [self.lm_tokenizer.decode(w) for w in windows]
+        for idx, enc in padded_batches(self.enc_tokenizer, texts, self.config["max_length"], self.batch_size,
+                                       CPU_BATCH_TOKENS if dev.type == "cpu" else None):
+            enc = {k: v.to(dev) for k, v in enc.items()}
             hidden = self.encoder(**enc).last_hidden_state
             last = (enc["attention_mask"].sum(1) - 2).clamp(min=0)  # the token before [SEP]
-            feats.append(hidden[torch.arange(len(texts)), last])
-        return torch.cat(feats) if feats else torch.zeros(0, self.encoder.config.hidden_size)
+            out[idx] = hidden[torch.arange(len(idx)), last]
+        return out
 
     def windows(self, ids: torch.Tensor) -> list[list[int]]:
         """The decoded-prefix windows of every position of ``ids[B, L]`` (row-major)."""
