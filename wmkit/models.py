@@ -37,9 +37,10 @@ __all__ = [
     "padded_batches",
 ]
 
-# Padded tokens per forward pass of a small encoder on the CPU: on 2 cores all-MiniLM-L6-v2 runs
-# 60-word texts at 6.6-7.0 ms each with 512-2048 tokens a pass, 9.8 ms at 4096 and 23 ms at 64
-# texts a pass (~3,000 tokens plus padding: past the caches); 8-word texts are flat (2.4-3.2 ms).
+# Padded tokens per forward pass of a small encoder on the CPU. On 2 cores a sweep of the budget put
+# all-MiniLM-L6-v2's best at 512-2048 tokens a pass for 60- and 200-word texts (larger passes fall
+# out of the caches); benchmarks/encoder_speed.py: 5.5-5.8 ms a text at 1024 against 7.4-7.8 ms in
+# 64-text passes and 7.2-7.3 ms for sentence-transformers (best of 3; 8-word texts: 1.9 / 2.3 / 2.7).
 CPU_BATCH_TOKENS = 1024
 
 
