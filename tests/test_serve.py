@@ -235,7 +235,9 @@ def test_a_batch_generates_what_each_prompt_generates_alone(model):
         gen.run_batch(jobs)
     finally:
         model.forward = forward
-    assert len(calls) == 20 and calls[0] == (4, 11)  # the longest completion's steps, 4 rows each
+    # the longest completion's steps; a row leaves when it ends (after 5, 9 and 12 tokens)
+    assert len(calls) == 20 and calls[0] == (4, 11) and calls[1] == (4, 1)
+    assert [c[0] for c in calls[1:]] == [4] * 4 + [3] * 4 + [2] * 3 + [1] * 8
     for job, want in zip(jobs, alone):
         got = gen.result(job)
         assert got["choice"]["logprobs"]["tokens"] == want["choice"]["logprobs"]["tokens"]

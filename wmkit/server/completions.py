@@ -349,7 +349,8 @@ class Generator:
     def run_batch(self, jobs: list[Job]) -> None:
         """Advance every job to its end (or its deadline: then ``job.error`` is a 503): one-token
         jobs from the prompt-logits cache, the others as one left-padded batch with a shared KV
-        cache, one forward pass per step for all of them."""
+        cache, one forward pass per step for all of them; a finished row leaves the batch (and
+        its cache) at once, so the rest run on fewer rows."""
         with self.lock, torch.inference_mode():
             batch = []
             for job in jobs:
@@ -377,10 +378,15 @@ class Generator:
                 for r, job in enumerate(batch):
                     if not job.done and not self._expired(job):
                         nxt[r, 0] = self._step(job, logits[r])
-                if all(j.done for j in batch):
+                live = [r for r, job in enumerate(batch) if not job.done]
+                if not live:
                     return
                 inp, pos = nxt, pos[:, -1:] + 1
                 mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=torch.long)], 1)
+                if len(live) < len(batch) and hasattr(past, "batch_select_indices"):  # finished rows leave
+                    keep = torch.tensor(live)
+                    past.batch_select_indices(keep)
+                    batch, inp, pos, mask = [batch[r] for r in live], inp[keep], pos[keep], mask[keep]
 
     def result(self, job: Job) -> dict[str, Any]:
         """The OpenAI choice of a finished job, with its token counts (raises its error, if any)."""
