@@ -34,6 +34,7 @@ __all__ = [
     "load_default_lm",
     "load_tokenizer",
     "default_embedder_path",
+    "batch_token_budget",
     "padded_batches",
 ]
 
@@ -42,6 +43,13 @@ __all__ = [
 # out of the caches); benchmarks/encoder_speed.py: 5.5-5.8 ms a text at 1024 against 7.4-7.8 ms in
 # 64-text passes and 7.2-7.3 ms for sentence-transformers (best of 3; 8-word texts: 1.9 / 2.3 / 2.7).
 CPU_BATCH_TOKENS = 1024
+
+
+def batch_token_budget(device: Any) -> int | None:
+    """Padded tokens per encoder pass on ``device``: :data:`CPU_BATCH_TOKENS` on the CPU, no cap elsewhere."""
+    import torch
+
+    return CPU_BATCH_TOKENS if torch.device(device).type == "cpu" else None
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:

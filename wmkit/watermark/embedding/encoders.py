@@ -20,7 +20,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ...errors import InputError
-from ...models import padded_batches
+from ...models import batch_token_budget, padded_batches
 
 DEFAULT_BATCH = 64
 DEFAULT_MAX_LENGTH = 128
@@ -93,7 +93,7 @@ class SentenceEncoder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from ...models import CPU_BATCH_TOKENS, default_embedder_path
+        from ...models import default_embedder_path
 
         folder = default_embedder_path() if path is None else Path(path)
         if not (folder / "config.json").is_file():
@@ -104,7 +104,7 @@ class SentenceEncoder:
         self.device = device
         self.batch_size = batch_size
         self.max_length = max_length
-        self.max_batch_tokens = max_batch_tokens or (CPU_BATCH_TOKENS if torch.device(device).type == "cpu" else None)
+        self.max_batch_tokens = max_batch_tokens or batch_token_budget(device)
         self.dim = int(self.model.config.hidden_size)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

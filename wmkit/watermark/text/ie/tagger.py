@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ....errors import InputError
-from ....models import CPU_BATCH_TOKENS, padded_batches, tokenizer_fingerprint
+from ....models import batch_token_budget, padded_batches, tokenizer_fingerprint
 from ....files import write_file
 from ....stats import roc_auc
 
@@ -241,7 +241,7 @@ class PaperTagger(EntropyTagger):
         out = torch.zeros(len(windows), self.encoder.config.hidden_size, device=dev)
         texts = [self.lm_tokenizer.decode(w) for w in windows]
         for idx, enc in padded_batches(self.enc_tokenizer, texts, self.config["max_length"], self.batch_size,
-                                       CPU_BATCH_TOKENS if dev.type == "cpu" else None):
+                                       batch_token_budget(dev)):
             enc = {k: v.to(dev) for k, v in enc.items()}
             hidden = self.encoder(**enc).last_hidden_state
             last = (enc["attention_mask"].sum(1) - 2).clamp(min=0)  # the token before [SEP]
