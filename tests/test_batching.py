@@ -83,6 +83,52 @@ def test_overload_is_a_503_counted_in_units_and_a_cancelled_item_never_runs():
     assert again.result(10) == "xyz"
 
 
+def test_a_running_batch_takes_in_what_was_queued_meanwhile_and_resolves_each_item_when_it_is_done():
+    """Continuous batching: ``run`` joins items queued while it runs (never past the room it names;
+    an item too big waits for the next batch; a cancelled one never starts) and finishes each
+    item at once; an item it joined but never finished fails, with ``run``'s error if it raised."""
+    lock, log = threading.Lock(), []
+    arrived, go_on = threading.Event(), threading.Event()
+
+    def run(items):
+        b.finish(items[0], "early")  # resolved now, while this batch still runs
+        arrived.set()
+        assert go_on.wait(30)
+        joined = b.join(4) + b.join(4)
+        log.append((list(items), joined))
+        for x in joined:
+            if x == "fail":
+                raise RuntimeError("the model broke")
+            if x != "fgt":  # joined, never finished
+                b.finish(x, x.upper())
+        return ["ignored"] * len(items)  # items[0] was finished already
+
+    b = MicroBatcher(run, lock, max_batch=8, gather_s=0.0, size=len)
+    first, second = b.submit(["a", "b"])
+    assert arrived.wait(30) and first.result(10) == "early" and not second.done()
+    cd, ef, fgt, big = b.submit(["cd", "ef", "fgt", "x" * 9])
+    assert ef.cancel()  # its request gave up: it never starts
+    go_on.set()
+    assert second.result(10) == "ignored" and cd.result(10) == "CD"
+    with pytest.raises(RuntimeError, match="the batch ended without a result for a joined item"):
+        fgt.result(10)
+    assert big.result(10) == "early"  # too big for the room of 4: it started the next batch
+    _wait_for(lambda: len(log) == 2)
+    # "ef" was taken (and dropped, cancelled) with "cd" in the first room of 4; "fgt" filled the second
+    assert log == [(["a", "b"], ["cd", "fgt"]), (["x" * 9], [])] and b.waiting == 0
+    arrived.clear()
+    go_on.clear()
+    (q,) = b.submit(["q"])
+    assert arrived.wait(30)
+    (boom,) = b.submit(["fail"])
+    go_on.set()
+    assert q.result(10) == "early"
+    with pytest.raises(RuntimeError, match="the model broke"):
+        boom.result(10)
+    (after,) = b.submit(["z"])
+    assert after.result(10) == "early"  # the worker goes on
+
+
 def test_bad_batcher_settings_are_refused():
     with pytest.raises(ValueError, match="max_batch >= 1"):
         MicroBatcher(lambda items: items, threading.Lock(), max_batch=0)

@@ -245,6 +245,85 @@ def test_a_batch_generates_what_each_prompt_generates_alone(model):
     assert [len(j.out_ids) for j in jobs] == [12, 5, 20, 9]
 
 
+def test_jobs_that_join_a_running_batch_generate_what_they_generate_alone(model):
+    """Continuous batching: jobs handed over mid-batch are prefilled on their own, merged into the
+    running rows (a longer and a shorter prompt than the running cache is wide, a sampled one, a
+    one-token one) and get the tokens and log-probs they get alone; every pass's mask gives each
+    row exactly its own positions, and columns that are padding in every row are dropped."""
+    gen = Generator(model, IdTokenizer())
+    first = ([5, 6, 7], _req(max_tokens=15, temperature=0, logprobs=3))
+    arrivals = {2: [([9] * 11, _req(max_tokens=6, temperature=0, logprobs=3, logit_bias={"77": 30})),
+                    ([300, 301], _req(max_tokens=1, temperature=0, logprobs=3))],
+                5: [([42, 43], _req(max_tokens=14, temperature=0.8, seed=3, logprobs=3))]}
+    cases = [first] + [c for k in sorted(arrivals) for c in arrivals[k]]
+    alone = [gen.complete(p, r) for p, r in cases]
+    jobs = [gen.prepare(*first)]
+    asked, ended, masks = [], [], []
+
+    def join(running):
+        asked.append(running)
+        new = [gen.prepare(p, r) for p, r in arrivals.get(len(asked), [])]
+        jobs.extend(new)
+        return new
+
+    def recording(*a, **k):
+        if k["input_ids"].shape[1] == 1:  # a step: rows are the live jobs, oldest first (newcomers appended)
+            masks.append((k["attention_mask"].clone(), [len(j.ids) + len(j.out_ids) for j in jobs if not j.done]))
+        return forward(*a, **k)
+
+    forward, model.forward = model.forward, recording
+    try:
+        gen.run_batch(jobs[:1], join=join, finished=ended.append)
+    finally:
+        model.forward = forward
+    # asked before each step: 1 row, then the 11-token prompt joins (the one-token job ends at once), then the 2-token one
+    assert asked[:6] == [1, 1, 2, 2, 2, 3]
+    for job, want in zip(jobs, alone):
+        got = gen.result(job)
+        assert got["choice"]["logprobs"]["tokens"] == want["choice"]["logprobs"]["tokens"]
+        assert np.allclose(got["choice"]["logprobs"]["token_logprobs"], want["choice"]["logprobs"]["token_logprobs"], atol=1e-4)
+    assert [len(j.out_ids) for j in jobs] == [15, 6, 1, 14]
+    assert [jobs.index(j) for j in ended] == [2, 1, 0, 3]  # each as it ends
+    assert len(masks) == 4 + 13 and max(len(n) for _, n in masks) == 3  # the last joiner: 4 steps in, 13 more
+    for mask, lengths in masks:  # each row attends to exactly its own positions; no all-padding column
+        assert mask.sum(1).tolist() == lengths and bool(mask[:, 0].any()) and mask.shape[1] == max(lengths)
+
+
+def test_a_request_that_arrives_mid_batch_joins_it_and_returns_before_it_ends(model):
+    """The batcher is continuous: a job queued while a long one generates starts at the next step
+    (its rows share the forward passes) and its future resolves when it ends, while the long job
+    is still running; what it generates is what it generates alone."""
+    from wmkit.server.completions import Batcher
+
+    gen = Generator(model, IdTokenizer())
+    want = gen.complete([8, 9], _req(max_tokens=5, temperature=0))
+    rows = []
+    with _slow(model, 0.01):
+        forward = model.forward
+        model.forward = lambda *a, **k: rows.append(k["input_ids"].shape[0]) or forward(*a, **k)
+        try:
+            batcher = Batcher(gen, max_batch=4)
+            long = gen.prepare([5, 6], _req(max_tokens=300, temperature=0))
+            (f_long,) = batcher.submit([long])
+            _wait(lambda: len(long.out_ids) >= 10)
+            (f_short,) = batcher.submit([gen.prepare([8, 9], _req(max_tokens=5, temperature=0))])
+            got = f_short.result(timeout=60)
+            steps_then = len(long.out_ids)
+            assert not f_long.done() and steps_then < 40  # it did not wait for the long job's 300 tokens
+            f_long.result(timeout=120)
+        finally:
+            model.forward = forward
+    assert got["choice"] == want["choice"] and len(long.out_ids) == 300
+    assert rows.count(2) == 4  # the short job's 4 steps after its prefill ran beside the long one
+
+
+def _wait(cond, timeout=60.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.002)
+
+
 def test_concurrent_requests_share_batches(model):
     import threading
 
@@ -253,7 +332,7 @@ def test_concurrent_requests_share_batches(model):
     gen = Generator(model, IdTokenizer())
     sizes = []
     run = gen.run_batch
-    gen.run_batch = lambda jobs: sizes.append(len(jobs)) or run(jobs)
+    gen.run_batch = lambda jobs, **kw: sizes.append(len(jobs)) or run(jobs, **kw)
     batcher = Batcher(gen, max_batch=8, gather_s=0.05)
     results = [None] * 8
 

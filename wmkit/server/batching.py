@@ -12,6 +12,13 @@ under load, items pile up while the model is busy and batches form with no added
 An item is started (it can no longer be cancelled) only once the model is free, so a request whose
 deadline passes while it waits cancels its futures and never runs. More than ``max_queue`` units
 waiting: :meth:`~MicroBatcher.submit` refuses at once with a 503 :class:`RequestError`.
+
+Continuous batching: while it runs, ``run`` may take items queued meanwhile into the running batch
+(:meth:`~MicroBatcher.join`, never past the room it names) and resolve any item the moment it is
+done (:meth:`~MicroBatcher.finish`); the result ``run`` returns for an item already finished is
+ignored. So a request that arrives mid-batch starts at the batch's next step instead of after its
+end, and a short item does not wait for a long one. An item ``run`` joined but never finished
+fails (with ``run``'s error if it raised).
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ class MicroBatcher(Generic[T]):
         self.queue: queue.Queue[tuple[T, Future]] = queue.Queue()
         self._held: tuple[T, Future] | None = None  # taken from the queue but too big for the last batch
         self._waiting = 0  # units queued or held, not yet taken into a batch
+        self._running: list[tuple[T, Future]] = []  # started, not yet finished (in the order started)
         self._count = threading.Lock()
         threading.Thread(target=self._loop, name="wmkit-batcher", daemon=True).start()
 
@@ -85,23 +93,49 @@ class MicroBatcher(Generic[T]):
             return entry
         return self.queue.get(timeout=timeout)
 
-    def _take(self) -> list[tuple[T, Future]]:
-        batch = [self._next(None)]
-        units = self.size(batch[0][0])
-        until = time.monotonic() + (0.0 if self.eager(batch[0][0]) else self.gather_s)
-        while units < self.max_batch:
+    def _gather(self, first: tuple[T, Future] | None, room: int, until: float) -> list[T]:
+        """Entries from the queue (after ``first``) up to ``room`` units, waiting until ``until``
+        (``time.monotonic()``) for more; they are started and returned as items (the cancelled dropped)."""
+        batch = [first] if first is not None else []
+        units = sum(self.size(item) for item, _ in batch)
+        while units < room:
             try:
                 entry = self._next(max(0.0, until - time.monotonic()))
             except queue.Empty:
                 break
-            if units + self.size(entry[0]) > self.max_batch:
+            if units + self.size(entry[0]) > room:
                 self._held = entry
                 break
             batch.append(entry)
             units += self.size(entry[0])
         with self._count:
             self._waiting -= units
-        return [(item, f) for item, f in batch if f.set_running_or_notify_cancel()]
+        started = [(item, f) for item, f in batch if f.set_running_or_notify_cancel()]
+        self._running.extend(started)
+        return [item for item, _ in started]
+
+    def _take(self) -> list[T]:
+        first = self._next(None)
+        until = time.monotonic() + (0.0 if self.eager(first[0]) else self.gather_s)
+        return self._gather(first, self.max_batch, until)
+
+    def join(self, room: int) -> list[T]:
+        """From inside ``run``: the items queued now, up to ``room`` units (without waiting), started
+        and part of the running batch; ``run`` must :meth:`finish` each of them."""
+        return self._gather(None, room, 0.0) if room > 0 else []
+
+    def finish(self, item: T, result: Any) -> None:
+        """Resolve ``item``'s future now with ``result`` (a value, or an exception instance that fails
+        it); an item already finished is left as it is. Items are told apart by identity (``is``);
+        of several identical ones, the first started is resolved first."""
+        at = next((i for i, (x, _) in enumerate(self._running) if x is item), None)
+        if at is None:
+            return
+        future = self._running.pop(at)[1]
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
     def _loop(self) -> None:
         while True:
@@ -112,13 +146,13 @@ class MicroBatcher(Generic[T]):
                 if not batch:
                     continue
                 try:
-                    results = list(self.run([item for item, _ in batch]))
+                    results = list(self.run(batch))
                     if len(results) != len(batch):
                         raise RuntimeError(f"run returned {len(results)} results for {len(batch)} items")
+                    left: BaseException = RuntimeError("the batch ended without a result for a joined item")
                 except Exception as e:  # noqa: BLE001 - a fault fails this batch's requests, not the server
-                    results = [e] * len(batch)
-            for (_, future), res in zip(batch, results):
-                if isinstance(res, BaseException):
-                    future.set_exception(res)
-                else:
-                    future.set_result(res)
+                    results, left = [e] * len(batch), e
+            for item, res in zip(batch, results):
+                self.finish(item, res)
+            for item, _ in list(self._running):
+                self.finish(item, left)

@@ -46,6 +46,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from .batching import MicroBatcher
 from .http import RequestError, base_app, error_response, internal_error, read_json
+from .rows import Rows, mergeable
 
 MAX_PROMPTS = 16
 MAX_LOGPROBS = 20
@@ -346,47 +347,76 @@ class Generator:
             job.done = True
         return job.done
 
-    def run_batch(self, jobs: list[Job]) -> None:
+    def run_batch(self, jobs: list[Job], join: Callable[[int], list[Job]] | None = None,
+                  finished: Callable[[Job], None] | None = None) -> None:
         """Advance every job to its end (or its deadline: then ``job.error`` is a 503): one-token
         jobs from the prompt-logits cache, the others as one left-padded batch with a shared KV
-        cache, one forward pass per step for all of them; a finished row leaves the batch (and
-        its cache) at once, so the rest run on fewer rows."""
+        cache, one forward pass per step for all of them. A finished row leaves the batch (and its
+        cache) at once, and ``finished(job)`` is called as each job ends.
+
+        Continuous batching: before each step, ``join(rows running)`` may hand over new jobs; they
+        are prefilled together in one pass, take their first token, and join the running batch
+        (:class:`~wmkit.server.rows.Rows`), so they start now instead of after it. (A model whose
+        KV cache cannot be merged gets no new jobs until its batch ends.)"""
+        done = finished or (lambda job: None)
         with self.lock, torch.inference_mode():
-            batch = []
-            for job in jobs:
-                if self._expired(job):
-                    continue
-                if job.req["max_tokens"] == 1:
-                    self._step(job, self._first_logits(job.ids))
-                else:
-                    batch.append(job)
-            if not batch:
-                return
-            width = max(len(j.ids) for j in batch)
-            inp = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, job in enumerate(batch):
-                inp[r, width - len(job.ids) :] = torch.tensor(job.ids)
-                mask[r, width - len(job.ids) :] = 1
-            pos = (mask.cumsum(1) - 1).clamp(min=0)
-            past = None
+            rows = self._start(jobs, done)
             while True:
-                out = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, use_cache=True,
-                                 **{self._cache_arg: past}, **self._last_only)
-                past, logits = out[self._cache_arg] if self._cache_arg in out else out.past_key_values, out.logits[:, -1]
-                nxt = torch.full((len(batch), 1), self.pad_id, dtype=torch.long)
-                for r, job in enumerate(batch):
-                    if not job.done and not self._expired(job):
-                        nxt[r, 0] = self._step(job, logits[r])
-                live = [r for r, job in enumerate(batch) if not job.done]
-                if not live:
+                if join is not None and (rows is None or mergeable(rows.cache)):
+                    new = self._start(join(0 if rows is None else len(rows.jobs)), done)
+                    if rows is None or new is None:
+                        rows = rows or new
+                    else:
+                        rows.merge(new)
+                if rows is None:
                     return
-                inp, pos = nxt, pos[:, -1:] + 1
-                mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=torch.long)], 1)
-                if len(live) < len(batch) and hasattr(past, "batch_select_indices"):  # finished rows leave
-                    keep = torch.tensor(live)
-                    past.batch_select_indices(keep)
-                    batch, inp, pos, mask = [batch[r] for r in live], inp[keep], pos[keep], mask[keep]
+                rows = self._advance(rows, done)
+
+    def _start(self, jobs: list[Job], done: Callable[[Job], None]) -> Rows | None:
+        """Jobs set going: the expired and the one-token ones end here; the rest are prefilled as one
+        left-padded batch and take their first token. The rows still running (``None``: none)."""
+        batch = []
+        for job in jobs:
+            if not self._expired(job) and job.req["max_tokens"] == 1:
+                self._step(job, self._first_logits(job.ids))
+            if job.done:
+                done(job)
+            else:
+                batch.append(job)
+        if not batch:
+            return None
+        width = max(len(j.ids) for j in batch)
+        inp = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, job in enumerate(batch):
+            inp[r, width - len(job.ids) :] = torch.tensor(job.ids)
+            mask[r, width - len(job.ids) :] = 1
+        return self._advance(Rows(batch, inp, (mask.cumsum(1) - 1).clamp(min=0), mask, None), done)
+
+    def _advance(self, rows: Rows, done: Callable[[Job], None]) -> Rows | None:
+        """One forward pass over ``rows`` and one token for each; the rows still running."""
+        out = self.model(input_ids=rows.inp, attention_mask=rows.mask, position_ids=rows.pos, use_cache=True,
+                         **{self._cache_arg: rows.cache}, **self._last_only)
+        rows.cache = out[self._cache_arg] if self._cache_arg in out else out.past_key_values
+        logits = out.logits[:, -1]
+        nxt = torch.full((len(rows.jobs), 1), self.pad_id, dtype=torch.long)
+        live = []
+        for r, job in enumerate(rows.jobs):
+            if job.done:  # ended earlier, kept by a cache that cannot drop rows
+                continue
+            if not self._expired(job):
+                nxt[r, 0] = self._step(job, logits[r])
+            if job.done:
+                done(job)
+            else:
+                live.append(r)
+        if not live:
+            return None
+        rows.inp, rows.pos = nxt, rows.pos[:, -1:] + 1
+        rows.mask = torch.cat([rows.mask, torch.ones((len(rows.jobs), 1), dtype=torch.long)], 1)
+        if hasattr(rows.cache, "batch_select_indices"):  # finished rows leave
+            rows.select(live)
+        return rows
 
     def result(self, job: Job) -> dict[str, Any]:
         """The OpenAI choice of a finished job, with its token counts (raises its error, if any)."""
@@ -413,25 +443,29 @@ class Generator:
 
 
 class Batcher(MicroBatcher[Job]):
-    """The completions' :class:`~wmkit.server.batching.MicroBatcher`: up to ``max_batch`` jobs
-    (waiting ``gather_s`` for company; a one-token answer from cached prompt logits waits for none)
-    run in lockstep by :meth:`Generator.run_batch`; each future resolves to :meth:`Generator.result`
-    (or raises its error). More than ``max_queue`` waiting jobs: new requests get a 503 at once."""
+    """The completions' :class:`~wmkit.server.batching.MicroBatcher`, continuous: up to ``max_batch``
+    jobs run in lockstep by :meth:`Generator.run_batch`, and a job queued while a batch runs joins it
+    at its next step (while fewer than ``max_batch`` rows run). Each future resolves to
+    :meth:`Generator.result` (or raises its error) the moment its job ends. ``gather_s``: how long an
+    idle worker waits for company for the first job (0: none; later arrivals join the running batch
+    anyway; a one-token answer from cached prompt logits never waits). More than ``max_queue``
+    waiting jobs: new requests get a 503 at once."""
 
-    def __init__(self, generator: Generator, max_batch: int = 16, max_queue: int = 256, gather_s: float = 0.02):
+    def __init__(self, generator: Generator, max_batch: int = 16, max_queue: int = 256, gather_s: float = 0.0):
         self.gen = generator
         super().__init__(self._run, generator.lock, max_batch=max_batch, max_queue=max_queue, gather_s=gather_s,
                          eager=generator.cached, what="completions")
 
+    def _outcome(self, job: Job) -> Any:
+        try:
+            return self.gen.result(job)
+        except RequestError as e:
+            return e
+
     def _run(self, jobs: list[Job]) -> list[Any]:
-        self.gen.run_batch(jobs)
-        out: list[Any] = []
-        for job in jobs:
-            try:
-                out.append(self.gen.result(job))
-            except RequestError as e:
-                out.append(e)
-        return out
+        self.gen.run_batch(jobs, join=lambda running: self.join(self.max_batch - running),
+                           finished=lambda job: self.finish(job, self._outcome(job)))
+        return [None] * len(jobs)  # every job was finished as it ended
 
 
 def _timeout_error(futures: list[Future], timeout_s: float) -> RequestError:
