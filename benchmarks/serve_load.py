@@ -6,7 +6,10 @@ Servers (each started as its own process on a free loopback port, default models
 -s espew`` (concurrent requests encoded together, up to 256 texts) and the same with ``--max-batch 1``
 (one request at a time). Each client sends its next request as soon as the previous one is answered; requests
 are valid: a completion of 16 tokens (temperature 0.7, a seed) of an AG News prompt, or the
-embedding of one AG News article. Rows: ``{server, concurrency, requests, p50_ms, p99_ms,
+embedding of one AG News article. ``--max-tokens 4,16,64`` cycles the completions' lengths (a
+mixed load, where a batch's short jobs used to wait for its long ones). ``--baseline REV`` adds
+the completions server of an earlier commit, run from a temporary git worktree, to the same run
+(``wm serve @REV``): the peer of a server change. Rows: ``{server, concurrency, requests, p50_ms, p99_ms,
 throughput_rps, errors_4xx, errors_5xx}``. Target (issue 18): zero 5xx, and ``wm serve``'s
 throughput at 8 clients >= 3x its throughput at 1 client.
 
@@ -17,6 +20,7 @@ throughput at 8 clients >= 3x its throughput at 1 client.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -48,10 +52,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(args: list[str], key: Path, port: int) -> subprocess.Popen:
-    """Start a server and wait until ``/health`` answers (model loading included)."""
+def start(args: list[str], key: Path, port: int, source: Path | None = None) -> subprocess.Popen:
+    """Start a server (from the wmkit at ``source`` if given) and wait until ``/health`` answers
+    (model loading included)."""
+    env = {**os.environ, "PYTHONPATH": str(source)} if source is not None else None
     proc = subprocess.Popen([sys.executable, "-m", "wmkit.cli.main", *args, "-k", str(key), "--port", str(port),
-                             "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
@@ -64,13 +70,29 @@ def start(args: list[str], key: Path, port: int) -> subprocess.Popen:
     raise SystemExit(f"serve_load.py: {' '.join(args)} did not answer /health in 300 s")
 
 
-def body(path: str, i: int, texts: list[str]) -> bytes:
+def body(path: str, i: int, texts: list[str], max_tokens: tuple[int, ...]) -> bytes:
     if path == "/v1/completions":
-        return json.dumps({"prompt": texts[i % len(texts)], "max_tokens": 16, "temperature": 0.7, "seed": i}).encode()
+        n = max_tokens[i % len(max_tokens)]
+        return json.dumps({"prompt": texts[i % len(texts)], "max_tokens": n, "temperature": 0.7, "seed": i}).encode()
     return json.dumps({"input": texts[i % len(texts)]}).encode()
 
 
-def load(url: str, path: str, clients: int, requests: int, texts: list[str]) -> dict:
+@contextlib.contextmanager
+def worktree(rev: str):
+    """A temporary git worktree of this repository at ``rev`` (removed afterwards)."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(tmp) / "wmkit"
+        r = subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(where), rev], capture_output=True, text=True)
+        if r.returncode:
+            raise SystemExit(f"serve_load.py: --baseline {rev}: {r.stderr.strip().splitlines()[-1]}")
+        try:
+            yield where
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(where)], capture_output=True)
+
+
+def load(url: str, path: str, clients: int, requests: int, texts: list[str], max_tokens: tuple[int, ...] = (16,)) -> dict:
     """``requests`` requests from ``clients`` closed-loop clients; latency percentiles and status counts."""
     latencies: list[float] = []
     status: list[int] = []
@@ -83,7 +105,8 @@ def load(url: str, path: str, clients: int, requests: int, texts: list[str]) -> 
                 i = next(counter, None)
             if i is None:
                 return
-            req = urllib.request.Request(url + path, data=body(path, i, texts), headers={"content-type": "application/json"})
+            req = urllib.request.Request(url + path, data=body(path, i, texts, max_tokens),
+                                         headers={"content-type": "application/json"})
             t0 = time.perf_counter()
             try:
                 with urllib.request.urlopen(req, timeout=600) as r:
@@ -116,40 +139,61 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer requests per level (CI-sized)")
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: " + ", ".join(SERVERS))
     ap.add_argument("--levels", default="1,8,32", help="client counts")
+    ap.add_argument("--max-tokens", default="16", help="completion lengths, cycled over the requests (e.g. 4,16,64)")
+    ap.add_argument("--baseline", metavar="REV", help="also run `wm serve` as it was at this commit (a git worktree)")
     output_args(ap)
     args = ap.parse_args()
     names = pick(args.servers, SERVERS, "serve_load.py", "server(s)")
-    levels = [int(x) for x in args.levels.split(",")]
+    try:
+        levels = [int(x) for x in args.levels.split(",")]
+        max_tokens = tuple(int(x) for x in args.max_tokens.split(","))
+    except ValueError:
+        raise SystemExit(f"serve_load.py: --levels and --max-tokens take comma-separated integers, got "
+                         f"{args.levels!r} and {args.max_tokens!r}") from None
+    if min(levels) < 1 or min(max_tokens) < 1:
+        raise SystemExit("serve_load.py: --levels and --max-tokens must be positive")
     out = ResultFile(args.out, "serve_load.py")
     prompts, articles = agnews_prompts(200, words=20), agnews_prompts(200, words=60)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         key = Path(tmp) / "k"
         subprocess.run([sys.executable, "-m", "wmkit.cli.main", "keygen", "-o", str(key)], check=True, capture_output=True)
-        for name in names:
-            argv, path = SERVERS[name]
+        runs = [(name, *SERVERS[name], None) for name in names]
+        if args.baseline:
+            runs.append((f"wm serve @{args.baseline}", *SERVERS["wm serve"], stack.enter_context(worktree(args.baseline))))
+        for name, argv, path, source in runs:
             port = free_port()
-            proc = start(argv, key, port)
+            proc = start(argv, key, port, source)
             try:
                 texts = prompts if path == "/v1/completions" else articles
                 load(f"http://127.0.0.1:{port}", path, 2, 4, texts)  # warm-up: first-call compilation and caches
                 for clients in levels:
                     n = min(200, max(clients * (2 if args.quick else 4), 8 if args.quick else 24))
-                    row = {"server": name, **load(f"http://127.0.0.1:{port}", path, clients, n, texts)}
+                    row = {"server": name, "max_tokens": max_tokens,
+                           **load(f"http://127.0.0.1:{port}", path, clients, n, texts, max_tokens)}
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
                     out.write_json({"rows": rows})
             finally:
                 proc.terminate()
                 proc.wait(30)
-    print(f"{'server':>24} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'4xx':>4} {'5xx':>4}")
+    width = max(24, *(len(r["server"]) for r in rows))
+    print(f"{'server':>{width}} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'4xx':>4} {'5xx':>4}")
     for r in rows:
-        print(f"{r['server']:>24} {r['concurrency']:>7} {r['requests']:>8} {r['p50_ms']:>8.0f} {r['p99_ms']:>8.0f} "
+        print(f"{r['server']:>{width}} {r['concurrency']:>7} {r['requests']:>8} {r['p50_ms']:>8.0f} {r['p99_ms']:>8.0f} "
               f"{r['throughput_rps']:>7.2f} {r['errors_4xx']:>4} {r['errors_5xx']:>4}")
     base = {r["server"]: r["throughput_rps"] for r in rows if r["concurrency"] == 1}
     for r in rows:
         if r["concurrency"] > 1 and r["server"] in base:
             print(f"{r['server']}: {r['concurrency']} clients / 1 client throughput = {r['throughput_rps'] / base[r['server']]:.2f}x")
+    if args.baseline:
+        then = {r["concurrency"]: r for r in rows if r["server"].startswith("wm serve @")}
+        for r in rows:
+            if r["server"] == "wm serve" and r["concurrency"] in then:
+                b = then[r["concurrency"]]
+                print(f"wm serve vs @{args.baseline}, {r['concurrency']} clients: throughput "
+                      f"{r['throughput_rps'] / b['throughput_rps']:.2f}x, p50 {r['p50_ms'] / b['p50_ms']:.2f}x, "
+                      f"p99 {r['p99_ms'] / b['p99_ms']:.2f}x")
     if args.json:
         print(json.dumps(rows))
 

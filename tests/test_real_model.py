@@ -129,3 +129,26 @@ def test_wm_serve_streams_marked_text_to_the_openai_client(tmp_path):
     assert r.exit_code == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [row["watermarked"] for row in rows] == [True, True], rows
+
+
+def test_wm_serve_jobs_joining_a_running_batch_write_what_they_write_alone(default_lm):
+    """Continuous batching on the real model (its KV cache left-padded and stacked as jobs join):
+    prompts that join a running batch at different steps, marked (KGW) and sampled with a seed or
+    greedy, get the same text as each one generated alone."""
+    from wmkit.server.completions import Generator, parse_completion
+
+    lm, tok = default_lm
+    gen = Generator(lm, tok, scheme=KGW(KEY, gamma=0.25, delta=2.0))
+    reqs = [parse_completion({"prompt": PROMPTS[i], "max_tokens": n, "temperature": t, "seed": 7}, gen.vocab_size, 512)
+            for i, (n, t) in enumerate([(40, 0.0), (12, 1.0), (30, 0.0), (25, 1.0)])]
+    alone = [gen.complete(r["prompts"][0], r)["choice"]["text"] for r in reqs]
+    jobs = [gen.prepare(r["prompts"][0], r) for r in reqs]
+    arrivals, asked = {3: jobs[1:3], 9: jobs[3:]}, []
+
+    def join(running):
+        asked.append(running)
+        return arrivals.get(len(asked), [])
+
+    gen.run_batch(jobs[:1], join=join)
+    assert [gen.result(j)["choice"]["text"] for j in jobs] == alone
+    assert max(asked) == 4  # all four ran together
