@@ -56,8 +56,10 @@ def start(args: list[str], key: Path, port: int, source: Path | None = None) -> 
     """Start a server (from the wmkit at ``source`` if given) and wait until ``/health`` answers
     (model loading included)."""
     env = {**os.environ, "PYTHONPATH": str(source)} if source is not None else None
+    # `python -m` puts the working directory first on sys.path: run an earlier commit from its own tree
     proc = subprocess.Popen([sys.executable, "-m", "wmkit.cli.main", *args, "-k", str(key), "--port", str(port),
-                             "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+                             "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            cwd=source)
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
@@ -87,7 +89,7 @@ def worktree(rev: str):
         if r.returncode:
             raise SystemExit(f"serve_load.py: --baseline {rev}: {r.stderr.strip().splitlines()[-1]}")
         try:
-            yield where
+            yield where.resolve()
         finally:
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(where)], capture_output=True)
 
