@@ -268,3 +268,19 @@ def test_stealer_inherits_the_mark_and_an_unmarked_stealer_is_cleared(key):
     assert fidelity > 0.6  # it learned the encoder (an untrained one scores ~0)
     assert verify_ownership(marked, s, provider.target, n_texts=64, n_decoys=16).p_value < 1e-6
     assert verify_ownership(clean, s, provider.target, n_texts=64, n_decoys=16).p_value > 0.01
+
+
+def test_an_encoders_max_length_is_read_as_sentence_transformers_reads_it(tmp_path):
+    """``max_seq_length`` of sentence_bert_config.json, else min(tokenizer, positions); broken is one line."""
+    from types import SimpleNamespace
+
+    from wmkit.watermark.embedding.encoders import model_max_length
+
+    tok, cfg = SimpleNamespace(model_max_length=512), SimpleNamespace(max_position_embeddings=384)
+    assert model_max_length(tmp_path, tok, cfg) == 384
+    assert model_max_length(tmp_path, SimpleNamespace(model_max_length=int(1e30)), SimpleNamespace()) == 512
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 256, "do_lower_case": false}')
+    assert model_max_length(tmp_path, tok, cfg) == 256
+    (tmp_path / "sentence_bert_config.json").write_text("[1, 2")
+    with pytest.raises(InputError, match="sentence_bert_config.json: not a JSON object"):
+        model_max_length(tmp_path, tok, cfg)

