@@ -317,6 +317,30 @@ def test_a_request_that_arrives_mid_batch_joins_it_and_returns_before_it_ends(mo
     assert rows.count(2) == 4  # the short job's 4 steps after its prefill ran beside the long one
 
 
+def test_waiting_jobs_join_a_running_batch_when_they_are_enough_or_have_waited_long_enough(model):
+    """A join costs a prefill pass: with 4 rows running, one waiting job waits (up to
+    ``join_wait_steps`` steps), two join at once (``join_ratio`` 0.5); into an idle model a job
+    goes at once; nothing waiting resets the count."""
+    from wmkit.server.completions import Batcher
+
+    b = Batcher(Generator(model, IdTokenizer()), max_batch=8, join_ratio=0.5, join_wait_steps=3)
+    rooms = []
+    b.join = lambda room: rooms.append(room) or ["joined"]
+    b._waiting = 1
+    assert [b._admit(4) for _ in range(4)] == [[], [], [], ["joined"]] and rooms == [4]  # waited 3 steps
+    assert b._admit(0) == ["joined"] and rooms == [4, 8]  # an idle model takes it at once
+    b._waiting = 2
+    assert b._admit(4) == ["joined"]  # 2 >= 0.5 * 4
+    b._waiting = 1
+    assert b._admit(4) == [] and b._admit(4) == []
+    b._waiting = 0
+    assert b._admit(4) == []  # nobody waits: the count starts again
+    b._waiting = 1
+    assert [b._admit(4) for _ in range(4)] == [[], [], [], ["joined"]]
+    with pytest.raises(ValueError, match="join_ratio >= 0"):
+        Batcher(Generator(model, IdTokenizer()), join_ratio=-1)
+
+
 def _wait(cond, timeout=60.0):
     end = time.monotonic() + timeout
     while not cond():
