@@ -21,7 +21,9 @@ the chunks' texts concatenate to the text the same request gets without streamin
 
 Concurrent requests are generated together: a worker batches the completions waiting for the
 model (left-padded, one forward pass per step for the batch, each row with its own sampler, bias,
-stop strings and watermark processor), so eight clients are served faster than one after another.
+stop strings and watermark processor), so eight clients are served faster than one after another;
+batching is continuous (:class:`Batcher`): jobs that arrive mid-batch join it, and each is answered
+when it ends.
 A request may turn the watermark off with vLLM's ``"watermarking": false`` only on a server started
 with ``--allow-opt-out`` (otherwise 403).
 
