@@ -123,7 +123,7 @@ class SentenceEncoder:
         self.model = AutoModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32).to(device).eval()
         self.device = device
         self.batch_size = batch_size
-        self.max_length = max_length or model_max_length(folder, self.tokenizer, self.model.config)
+        self.max_length = model_max_length(folder, self.tokenizer, self.model.config) if max_length is None else max_length
         if self.max_length < 3:
             raise InputError(f"max_length must be at least 3 tokens (two are special), got {self.max_length}")
         self.max_batch_tokens = max_batch_tokens or batch_token_budget(device)
