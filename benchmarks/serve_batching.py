@@ -106,7 +106,9 @@ def run_elsewhere(source: Path, workload: str, clients: int, requests: int) -> d
 def main() -> None:
     if len(sys.argv) == 6 and sys.argv[1] == "--one":  # a child run: one configuration, its row to a file
         workload, clients, requests, out = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-        Path(out).write_text(json.dumps(measure(workload, clients, requests)))
+        from wmkit.files import write_file
+
+        write_file(out, json.dumps(measure(workload, clients, requests)))  # a new file, written atomically
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", default="uniform,mixed", help="comma-separated: " + ", ".join(WORKLOADS))
