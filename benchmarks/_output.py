@@ -52,3 +52,10 @@ def pick(csv: str, known: Any, script: str, what: str) -> list[str]:
     if unknown := [n for n in names if n not in known]:
         sys.exit(f"{script}: unknown {what} {unknown}; choose from {list(known)}")
     return names
+
+
+def print_table(rows: list[dict], cols: list[str], width: int = 14) -> None:
+    """Print ``rows`` as a right-aligned table of the columns ``cols`` (a missing value is blank)."""
+    print(" ".join(f"{c[:width]:>{width}}" for c in cols))
+    for r in rows:
+        print(" ".join(f"{str(r.get(c, '')):>{width}}" for c in cols))

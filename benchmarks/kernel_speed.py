@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import torch  # noqa: E402
 
-from benchmarks._output import ResultFile, output_args  # noqa: E402
+from benchmarks._output import ResultFile, output_args, print_table  # noqa: E402
 
 PEAK_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
 GAMMA, DELTA = 0.25, 2.0
@@ -211,9 +211,7 @@ def _table(rows: list[dict]) -> None:
         sel = [r for r in rows if r["part"] == part]
         cols = list(dict.fromkeys(k for r in sel for k in r if k != "part"))
         print(f"\n{part}")
-        print(" ".join(f"{c[:12]:>12}" for c in cols))
-        for r in sel:
-            print(" ".join(f"{str(r.get(c, '')):>12}" for c in cols))
+        print_table(sel, cols, width=12)
 
 
 def main() -> None:

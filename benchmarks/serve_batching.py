@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _data import agnews_prompts  # noqa: E402
-from _output import ResultFile, output_args  # noqa: E402
+from _output import ResultFile, output_args, print_table  # noqa: E402
 
 WORKLOADS = {"uniform": (16,), "mixed": (4, 16, 64)}
 
@@ -142,9 +142,7 @@ def main() -> None:
                 out.write_json({"rows": rows})
     cols = ["code", "workload", "clients", "requests", "wall_s", "throughput_rps", "p50_ms", "p99_ms", "passes",
             "prefill_passes", "rows_per_step"]
-    print(" ".join(f"{c:>14}" for c in cols))
-    for r in rows:
-        print(" ".join(f"{str(r[c]):>14}" for c in cols))
+    print_table(rows, cols)
     if args.baseline:
         ours = {(r["workload"], r["clients"]): r for r in rows if r["code"] == "HEAD"}
         for r in rows:

@@ -26,6 +26,18 @@ def model():
     return LlamaForCausalLM(cfg).eval()
 
 
+@pytest.fixture(scope="module")
+def two_layer_model():
+    """Like ``model`` with two layers: a prefill pass's attention mask then shapes the cached keys and
+    values (with one layer they are the embeddings' projections, whatever the mask)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, eos_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+
 class IdTokenizer:
     """Token ids in, "<id>" strings out: enough for token-id prompts."""
 
@@ -287,6 +299,44 @@ def test_jobs_that_join_a_running_batch_generate_what_they_generate_alone(model)
     assert len(masks) == 4 + 13 and max(len(n) for _, n in masks) == 3  # the last joiner: 4 steps in, 13 more
     for mask, lengths in masks:  # each row attends to exactly its own positions; no all-padding column
         assert mask.sum(1).tolist() == lengths and bool(mask[:, 0].any()) and mask.shape[1] == max(lengths)
+
+
+def test_a_long_prompt_that_joins_is_prefilled_in_chunks_between_the_running_rows_steps(two_layer_model):
+    """Chunked prefill: jobs that join are prefilled ``prefill_chunk`` tokens (rows x columns) at a
+    time, and the running row takes a step between two chunks instead of waiting for the whole
+    prefill; every job still gets what it gets alone. ``prefill_chunk=None`` prefills in one pass."""
+    model = two_layer_model
+    first = ([5, 6, 7], _req(max_tokens=30, temperature=0, logprobs=3))
+    joiners = [([9] * 21, _req(max_tokens=6, temperature=0, logprobs=3, logit_bias={"77": 30})),
+               (list(range(300, 314)), _req(max_tokens=8, temperature=0.8, seed=3, logprobs=3))]
+    for chunk, want_calls in [(8, [(2, 4), (1, 1)] * 5 + [(2, 1)]), (None, [(2, 21)])]:
+        gen = Generator(model, IdTokenizer(), prefill_chunk=chunk)
+        alone = [gen.complete(p, r) for p, r in [first] + joiners]
+        jobs = [gen.prepare(*first)]
+        asked, calls = [], []
+
+        def join(running):
+            asked.append(running)
+            new = [gen.prepare(p, r) for p, r in joiners] if len(asked) == 3 else []
+            jobs.extend(new)
+            return new
+
+        forward = model.forward
+        model.forward = lambda *a, **k: calls.append(tuple(k["input_ids"].shape)) or forward(*a, **k)
+        try:
+            gen.run_batch(jobs[:1], join=join)
+        finally:
+            model.forward = forward
+        assert calls[:3] == [(1, 3), (1, 1), (1, 1)]  # the first job's prefill and two steps; then the joiners
+        assert calls[3 : 3 + len(want_calls)] == want_calls and calls[3 + len(want_calls)] == (3, 1)
+        for job, want in zip(jobs, alone):
+            got = gen.result(job)
+            assert got["choice"]["logprobs"]["tokens"] == want["choice"]["logprobs"]["tokens"]
+            assert np.allclose(got["choice"]["logprobs"]["token_logprobs"], want["choice"]["logprobs"]["token_logprobs"],
+                               atol=1e-4)
+        assert [len(j.out_ids) for j in jobs] == [30, 6, 8]
+    with pytest.raises(ValueError, match="prefill_chunk must be a positive"):
+        Generator(model, IdTokenizer(), prefill_chunk=0)
 
 
 def test_a_request_that_arrives_mid_batch_joins_it_and_returns_before_it_ends(model):

@@ -22,6 +22,8 @@ def serve(
     max_new_tokens: int = typer.Option(512, help="Largest max_tokens a request may ask for."),
     timeout: float = typer.Option(120.0, help="Seconds a request may wait for the model and generate (then 503)."),
     max_batch: int = typer.Option(16, help="Most completions generated together (concurrent requests are batched)."),
+    prefill_chunk: int = typer.Option(256, help="Most prompt tokens per prefill pass of requests that join a running batch "
+                                      "(longer prefills run in chunks between its steps); 0: one pass."),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message put first in every chat request that has none."),
     allow_opt_out: bool = typer.Option(False, "--allow-opt-out", help="Let a request ask for unmarked text (\"watermarking\": false); refused (403) otherwise."),
 ) -> None:
@@ -36,6 +38,8 @@ def serve(
             raise InputError(f"--max-new-tokens must be positive, got {max_new_tokens}")
         if max_batch < 1:
             raise InputError(f"--max-batch must be positive, got {max_batch}")
+        if prefill_chunk < 0:
+            raise InputError(f"--prefill-chunk must be a number of tokens >= 0 (0: one pass), got {prefill_chunk}")
         if allow_opt_out and scheme_name == "none":
             raise InputError("--allow-opt-out applies to a server that watermarks (--scheme)")
         if not timeout > 0:
@@ -51,7 +55,7 @@ def serve(
         if scheme_name != "none":
             scheme = scheme_args.build(scheme_name)
         lm, tok = load_lm(model)
-        return Generator(lm, tok, scheme)
+        return Generator(lm, tok, scheme, prefill_chunk=prefill_chunk or None)
 
     gen = run_guarded(build)
     run_server(create_app(gen, Path(model).name if model else "SmolLM2-135M-Instruct", max_new_tokens, timeout_s=timeout,

@@ -54,6 +54,7 @@ MAX_PROMPTS = 16
 MAX_LOGPROBS = 20
 MAX_BIAS = 100.0
 FIRST_CACHE = 64
+PREFILL_CHUNK = 256  # prompt tokens per prefill pass of jobs that join a running batch
 
 
 def _int_list(x: Any) -> bool:
@@ -256,10 +257,16 @@ class Generator:
 
     ``scheme`` is any text scheme (its processor is built per completion, for the request's sampling
     settings); ``scheme_tokenizer`` is the tokenizer it is given (default ``tokenizer``).
+    ``prefill_chunk``: the most prompt tokens (rows x columns) one prefill pass of jobs joining a
+    running batch takes; a longer prefill runs in chunks with a step of the running rows between
+    them, so a long prompt that joins does not stall them for its whole prefill (``None``: one pass).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, scheme: Any = None, scheme_tokenizer: Any = None) -> None:
-        self.model, self.tok, self.scheme = model, tokenizer, scheme
+    def __init__(self, model: Any, tokenizer: Any, scheme: Any = None, scheme_tokenizer: Any = None,
+                 prefill_chunk: int | None = PREFILL_CHUNK) -> None:
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be a positive number of tokens (or None), got {prefill_chunk}")
+        self.model, self.tok, self.scheme, self.prefill_chunk = model, tokenizer, scheme, prefill_chunk
         self.scheme_tok = scheme_tokenizer if scheme_tokenizer is not None else tokenizer
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None  # None: unbounded
@@ -357,15 +364,22 @@ class Generator:
         cache) at once, and ``finished(job)`` is called as each job ends.
 
         Continuous batching: before each step, ``join(rows running)`` may hand over new jobs; they
-        are prefilled together in one pass, take their first token, and join the running batch
+        are prefilled together (in passes of at most ``prefill_chunk`` tokens, with a step of the
+        running rows between two passes), take their first token, and join the running batch
         (:class:`~wmkit.server.rows.Rows`), so they start now instead of after it. (A model whose
         KV cache cannot be merged gets no new jobs until its batch ends.)"""
         done = finished or (lambda job: None)
         with self.lock, torch.inference_mode():
-            rows = self._start(jobs, done)
+            rows = self._pending(jobs, done)
+            if rows is not None:
+                rows = self._advance(rows, done)
             while True:
                 if join is not None and (rows is None or mergeable(rows.cache)):
-                    new = self._start(join(0 if rows is None else len(rows.jobs)), done)
+                    new = self._pending(join(0 if rows is None else len(rows.jobs)), done)
+                    while new is not None and rows is not None and self._chunk(new):  # a step between chunks
+                        rows = self._advance(rows, done)
+                    if new is not None:
+                        new = self._advance(new, done)  # the prefill's last pass: the first tokens
                     if rows is None or new is None:
                         rows = rows or new
                     else:
@@ -374,9 +388,24 @@ class Generator:
                     return
                 rows = self._advance(rows, done)
 
-    def _start(self, jobs: list[Job], done: Callable[[Job], None]) -> Rows | None:
-        """Jobs set going: the expired and the one-token ones end here; the rest are prefilled as one
-        left-padded batch and take their first token. The rows still running (``None``: none)."""
+    def _chunk(self, new: Rows) -> bool:
+        """Prefill the next ``prefill_chunk`` tokens' columns of ``new`` if more than that are left
+        (the rest, with the first token, is :meth:`_advance`'s pass); whether it did."""
+        if self.prefill_chunk is None:
+            return False
+        cols = max(1, self.prefill_chunk // len(new.jobs))
+        if new.inp.shape[1] <= cols:
+            return False
+        seen = new.mask.shape[1] - new.inp.shape[1] + cols  # cached columns after this pass
+        out = self.model(input_ids=new.inp[:, :cols], attention_mask=new.mask[:, :seen], position_ids=new.pos[:, :cols],
+                         use_cache=True, **{self._cache_arg: new.cache}, **self._last_only)
+        new.cache = out[self._cache_arg] if self._cache_arg in out else out.past_key_values
+        new.inp, new.pos = new.inp[:, cols:], new.pos[:, cols:]
+        return True
+
+    def _pending(self, jobs: list[Job], done: Callable[[Job], None]) -> Rows | None:
+        """Jobs set going: the expired and the one-token ones end here; the rest are one left-padded
+        batch of prompts to prefill (``None``: none)."""
         batch = []
         for job in jobs:
             if not self._expired(job) and job.req["max_tokens"] == 1:
@@ -393,7 +422,7 @@ class Generator:
         for r, job in enumerate(batch):
             inp[r, width - len(job.ids) :] = torch.tensor(job.ids)
             mask[r, width - len(job.ids) :] = 1
-        return self._advance(Rows(batch, inp, (mask.cumsum(1) - 1).clamp(min=0), mask, None), done)
+        return Rows(batch, inp, (mask.cumsum(1) - 1).clamp(min=0), mask, None)
 
     def _advance(self, rows: Rows, done: Callable[[Job], None]) -> Rows | None:
         """One forward pass over ``rows`` and one token for each; the rows still running."""
