@@ -131,14 +131,16 @@ def test_wm_serve_streams_marked_text_to_the_openai_client(tmp_path):
     assert [row["watermarked"] for row in rows] == [True, True], rows
 
 
-def test_wm_serve_jobs_joining_a_running_batch_write_what_they_write_alone(default_lm):
+@pytest.mark.parametrize("prefill_chunk", [None, 8])
+def test_wm_serve_jobs_joining_a_running_batch_write_what_they_write_alone(default_lm, prefill_chunk):
     """Continuous batching on the real model (its KV cache left-padded and stacked as jobs join):
     prompts that join a running batch at different steps, marked (KGW) and sampled with a seed or
-    greedy, get the same text as each one generated alone."""
+    greedy, get the same text as each one generated alone -- prefilled in one pass, or in chunks of
+    8 tokens with a step of the running rows between two."""
     from wmkit.server.completions import Generator, parse_completion
 
     lm, tok = default_lm
-    gen = Generator(lm, tok, scheme=KGW(KEY, gamma=0.25, delta=2.0))
+    gen = Generator(lm, tok, scheme=KGW(KEY, gamma=0.25, delta=2.0), prefill_chunk=prefill_chunk)
     reqs = [parse_completion({"prompt": PROMPTS[i], "max_tokens": n, "temperature": t, "seed": 7}, gen.vocab_size, 512)
             for i, (n, t) in enumerate([(40, 0.0), (12, 1.0), (30, 0.0), (25, 1.0)])]
     alone = [gen.complete(r["prompts"][0], r)["choice"]["text"] for r in reqs]
