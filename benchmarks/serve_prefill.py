@@ -67,8 +67,7 @@ def measure(gen: object, prompt: list[int], running: int, tokens: int, chunk: in
     running_s = time.perf_counter() - t0
     f_join.result(timeout=1800)
     joiner_s = time.perf_counter() - t_join
-    with gen.lock:  # type: ignore[attr-defined]  # the worker has left its batch
-        pass
+    batcher.close()  # its worker has ended
     gaps = [b - a for s in stamps for a, b in zip(s, s[1:])]
     return {"prefill_chunk": chunk, "prompt_tokens": len(prompt), "running": running, "tokens": tokens,
             "max_gap_ms": round(1000 * max(gaps), 1), "p50_gap_ms": round(1000 * statistics.median(gaps), 1),

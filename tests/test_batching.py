@@ -129,6 +129,30 @@ def test_a_running_batch_takes_in_what_was_queued_meanwhile_and_resolves_each_it
     assert after.result(10) == "early"  # the worker goes on
 
 
+def test_close_refuses_new_items_runs_what_is_queued_and_waits_for_the_worker():
+    """Shutdown: after ``close`` no batch is running (the worker has ended), what was queued before
+    it ran, and a new item is a 503; closing twice, or an idle batcher, is fine."""
+    started, go_on = threading.Event(), threading.Event()
+
+    def run(items):
+        started.set()
+        assert go_on.wait(30)
+        return [x * 2 for x in items]
+
+    b = MicroBatcher(run, threading.Lock(), max_batch=1, gather_s=0.0)
+    running, queued = b.submit([1]), b.submit([2])
+    assert started.wait(30)
+    assert not b.close(timeout=0.2)  # the batch is still running: close waits for it (here, not long enough)
+    with pytest.raises(RequestError, match="shutting down") as e:
+        b.submit([3])
+    assert e.value.status == 503
+    go_on.set()
+    assert b.close(timeout=30) and b.close(timeout=0)
+    assert running[0].result(0) == 2 and queued[0].result(0) == 4
+    idle = MicroBatcher(run, threading.Lock())
+    assert idle.close(timeout=30)
+
+
 def test_bad_batcher_settings_are_refused():
     with pytest.raises(ValueError, match="max_batch >= 1"):
         MicroBatcher(lambda items: items, threading.Lock(), max_batch=0)

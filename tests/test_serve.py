@@ -367,6 +367,26 @@ def test_a_request_that_arrives_mid_batch_joins_it_and_returns_before_it_ends(mo
     assert rows.count(2) == 4  # the short job's 4 steps after its prefill ran beside the long one
 
 
+def test_shutting_the_server_down_ends_its_running_jobs_and_stops_the_batcher(model):
+    """The app's shutdown closes its batcher: a job still generating ends at its next step with a 503
+    (not after its 300 tokens), the worker stops, and later requests are refused."""
+    from fastapi.testclient import TestClient
+
+    gen = Generator(model, IdTokenizer())
+    app = create_app(gen)
+    with _slow(model, 0.01):
+        with TestClient(app):
+            long = gen.prepare([5, 6], _req(max_tokens=300, temperature=0))
+            (f_long,) = app.state.batcher.submit([long])
+            _wait(lambda: len(long.out_ids) >= 5)
+        assert app.state.batcher.close(timeout=0)  # stopped already, by the shutdown
+    with pytest.raises(RequestError, match="shutting down"):
+        f_long.result(0)
+    assert len(long.out_ids) < 100
+    with pytest.raises(RequestError, match="shutting down"):
+        app.state.batcher.submit([gen.prepare([5], _req(max_tokens=2))])
+
+
 def test_waiting_jobs_join_a_running_batch_when_they_are_enough_or_have_waited_long_enough(model):
     """A join costs a prefill pass: with 4 rows running, one waiting job waits (up to
     ``join_wait_steps`` steps), two join at once (``join_ratio`` 0.5); into an idle model a job

@@ -19,6 +19,10 @@ done (:meth:`~MicroBatcher.finish`); the result ``run`` returns for an item alre
 ignored. So a request that arrives mid-batch starts at the batch's next step instead of after its
 end, and a short item does not wait for a long one. An item ``run`` joined but never finished
 fails (with ``run``'s error if it raised).
+
+:meth:`~MicroBatcher.close` (a server's shutdown) refuses new items with a 503, lets the worker
+run what is queued and end, and waits for it, so no batch is still in a forward pass when the
+process exits.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any, Callable, ContextManager, Generic, Sequence, TypeVar
 from .http import RequestError
 
 T = TypeVar("T")
+_STOP: Any = object()  # queued by close(): the worker ends when it reaches it
 
 
 class MicroBatcher(Generic[T]):
@@ -68,7 +73,9 @@ class MicroBatcher(Generic[T]):
         self._waiting = 0  # units queued or held, not yet taken into a batch
         self._running: list[tuple[T, Future]] = []  # started, not yet finished (in the order started)
         self._count = threading.Lock()
-        threading.Thread(target=self._loop, name="wmkit-batcher", daemon=True).start()
+        self._closed = False
+        self._worker = threading.Thread(target=self._loop, name="wmkit-batcher", daemon=True)
+        self._worker.start()
 
     @property
     def waiting(self) -> int:
@@ -78,14 +85,26 @@ class MicroBatcher(Generic[T]):
     def submit(self, items: Sequence[T]) -> list[Future]:
         """Queue ``items`` (all or none); their futures resolve to ``run``'s results."""
         units = sum(self.size(item) for item in items)
-        with self._count:
+        futures: list[Future] = [Future() for _ in items]
+        with self._count:  # queued under the lock, so never behind close()'s stop mark
+            if self._closed:
+                raise RequestError("the server is shutting down", None, 503)
             if self._waiting + units > self.max_queue:
                 raise RequestError(f"the server is overloaded ({self._waiting} {self.what} waiting); retry later", None, 503)
             self._waiting += units
-        futures = [Future() for _ in items]
-        for item, future in zip(items, futures):
-            self.queue.put((item, future))
+            for item, future in zip(items, futures):
+                self.queue.put((item, future))
         return futures
+
+    def close(self, timeout: float | None = 60.0) -> bool:
+        """Refuse new items (503), let the worker run what is queued and stop; wait up to ``timeout``
+        seconds for it (``None``: as long as it takes). Whether it has stopped."""
+        with self._count:
+            if not self._closed:
+                self._closed = True
+                self.queue.put(_STOP)
+        self._worker.join(timeout)
+        return not self._worker.is_alive()
 
     def _next(self, timeout: float | None) -> tuple[T, Future]:
         if self._held is not None:
@@ -103,7 +122,7 @@ class MicroBatcher(Generic[T]):
                 entry = self._next(max(0.0, until - time.monotonic()))
             except queue.Empty:
                 break
-            if units + self.size(entry[0]) > room:
+            if entry is _STOP or units + self.size(entry[0]) > room:
                 self._held = entry
                 break
             batch.append(entry)
@@ -141,6 +160,8 @@ class MicroBatcher(Generic[T]):
         while True:
             if self._held is None:  # wait for work without holding the model
                 self._held = self.queue.get()
+            if self._held is _STOP:
+                return
             with self.lock:  # items start (and can no longer be cancelled) once the model is free
                 batch = self._take()
                 if not batch:

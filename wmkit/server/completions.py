@@ -508,6 +508,14 @@ class Batcher(MicroBatcher[Job]):
         self._held_back = 0
         return self.join(self.max_batch - running)
 
+    def close(self, timeout: float | None = 60.0) -> bool:
+        """:meth:`MicroBatcher.close`, and the jobs still generating end at their next step (a 503)."""
+        super().close(timeout=0)  # no new jobs from here on
+        for job, _ in list(self._running):
+            job.error = RequestError("the server is shutting down", None, 503)
+            job.cancelled = True
+        return super().close(timeout)
+
     def _outcome(self, job: Job) -> Any:
         try:
             return self.gen.result(job)
@@ -652,8 +660,9 @@ def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: 
     """
     from starlette.concurrency import run_in_threadpool
 
-    app = base_app("wmkit completions", model_name)
     batcher = Batcher(generator, max_batch=max_batch)
+    app = base_app("wmkit completions", model_name, on_shutdown=batcher.close)
+    app.state.batcher = batcher
 
     async def generate(request: Request, parse: Any, chat: bool) -> Any:
         try:

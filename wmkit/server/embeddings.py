@@ -113,10 +113,10 @@ def create_app(
     one bigger than that runs alone); more than ``max_queue`` texts waiting (at least
     ``max_inputs``): 503. ``usage`` counts the tokens the encoder reads (:func:`token_counts`).
     """
-    app = base_app("wmkit embeddings", model_name)
     batcher: MicroBatcher[list[str]] = MicroBatcher(
         lambda requests: encode_together(encoder, requests), threading.Lock(), max_batch=max_batch,
         max_queue=max(max_queue, max_inputs), gather_s=0.0, size=len, what="texts")
+    app = base_app("wmkit embeddings", model_name, on_shutdown=batcher.close)
     app.state.batcher = batcher
 
     @app.post("/v1/embeddings")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -73,9 +74,19 @@ def internal_error(e: BaseException) -> JSONResponse:
     return error_response(RequestError(f"internal error ({type(e).__name__}); the request was not served", None, 500))
 
 
-def base_app(title: str, model_name: str) -> FastAPI:
-    """A FastAPI app with ``GET /health`` and an OpenAI-style ``GET /v1/models`` listing ``model_name``."""
-    app = FastAPI(title=title, docs_url=None, redoc_url=None)
+def base_app(title: str, model_name: str, on_shutdown: Callable[[], Any] | None = None) -> FastAPI:
+    """A FastAPI app with ``GET /health`` and an OpenAI-style ``GET /v1/models`` listing ``model_name``;
+    ``on_shutdown()`` (blocking, run in a worker thread) is called when the server shuts down."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(on_shutdown)
+
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, lifespan=lifespan)
 
     @app.get("/health")
     def health() -> dict[str, str]:
