@@ -62,7 +62,11 @@ class IdTokenizer:
         ({"prompt": "x", "logit_bias": {"abc": 1}}, "not a token id"),
         ({"prompt": "x", "logit_bias": {"5": 101}}, "[-100, 100]"),
         ({"prompt": "x", "logit_bias": {str(V): 1}}, "outside"),
-        ({"prompt": "x", "n": 2}, "not supported"),
+        ({"prompt": "x", "n": 0}, "'n' must be an integer in [1, 64]"),
+        ({"prompt": "x", "n": 1.5}, "'n' must be an integer"),
+        ({"prompt": ["x"] * 5, "n": 13}, "5 prompts x n 13 is more than 64"),
+        ({"prompt": "x", "best_of": 2}, "not supported"),
+        ({"prompt": "x", "echo": True}, "not supported"),
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "'stop'"),
         ({"prompt": "x", "seed": 2**70}, "'seed' must be an integer in [0, 2**63)"),
         ({"prompt": "x", "seed": True}, "'seed'"),
@@ -96,6 +100,33 @@ def test_logprobs_and_logit_bias_match_the_model(model):
     assert r.json()["choices"][0]["logprobs"]["tokens"] == ["token_id:7"]  # the +100 token wins greedy decoding
     bad = client.post("/v1/completions", content=b"{", headers={"content-type": "application/json"})
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_n_completions_per_prompt_are_the_seeded_completions_in_prompt_major_order(model, stream):
+    """``n``: prompt ``i``'s ``j``-th completion is choice ``i * n + j`` and is what the same request
+    with ``n`` 1 and seed ``seed + j`` gets (vLLM's rule); usage counts each prompt once. Streamed,
+    the chunks of each index join to that text and the usage chunk is the same."""
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(Generator(model, IdTokenizer())))
+    body = {"prompt": [[5, 6, 7], [40, 41]], "max_tokens": 6, "temperature": 1.0, "seed": 11}
+    want = [client.post("/v1/completions", json={**body, "prompt": p, "seed": 11 + j}).json()
+            for p in body["prompt"] for j in range(3)]
+    r = client.post("/v1/completions", json={**body, "n": 3, "stream": stream,
+                                             **({"stream_options": {"include_usage": True}} if stream else {})})
+    assert r.status_code == 200, r.text
+    if stream:
+        events = _events(r)
+        texts = ["".join(c["choices"][0]["text"] for c in events[:-1] if c["choices"] and c["choices"][0]["index"] == i)
+                 for i in range(6)]
+        assert events[-1] == "[DONE]"
+        got_usage = events[-2]["usage"]
+    else:
+        assert [c["index"] for c in r.json()["choices"]] == list(range(6))
+        texts, got_usage = [c["text"] for c in r.json()["choices"]], r.json()["usage"]
+    assert texts == [w["choices"][0]["text"] for w in want] and len(set(texts[:3])) > 1  # seeds differ
+    assert got_usage == {"prompt_tokens": 3 + 2, "completion_tokens": 36, "total_tokens": 41}
 
 
 def test_served_text_carries_the_watermark(model, key):

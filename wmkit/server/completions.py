@@ -2,8 +2,10 @@
 optionally watermarking its output.
 
 ``POST /v1/completions`` takes OpenAI's fields ``prompt`` (a string, a list of token ids, or a list of
-up to 16 of either), ``max_tokens`` (default 16, at most ``max_new_tokens``), ``temperature`` (0 =
-greedy), ``top_p``, ``seed``, ``stop``, ``logprobs`` (top-k log-probs per generated token, ``k <= 20``)
+up to 16 of either), ``n`` (completions per prompt, at most 64 per request; choice ``i * n + j`` is
+prompt ``i``'s ``j``-th, seeded ``seed + j`` as vLLM does), ``max_tokens`` (default 16, at most
+``max_new_tokens``), ``temperature`` (0 = greedy), ``top_p``, ``seed``, ``stop``, ``logprobs`` (top-k
+log-probs per generated token, ``k <= 20``)
 and ``logit_bias`` (``{"token id": bias in [-100, 100]}``), plus vLLM's ``return_tokens_as_token_ids``
 (tokens rendered ``"token_id:123"``, so token strings that several ids decode to stay unambiguous).
 The log-probs are those of the model's next-token distribution *with the logit bias* and *before*
@@ -51,6 +53,7 @@ from .http import RequestError, base_app, error_response, internal_error, read_j
 from .rows import Rows, mergeable
 
 MAX_PROMPTS = 16
+MAX_CHOICES = 64  # prompts x n per request
 MAX_LOGPROBS = 20
 MAX_BIAS = 100.0
 FIRST_CACHE = 64
@@ -62,7 +65,8 @@ def _int_list(x: Any) -> bool:
 
 
 def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars: int = 20_000) -> dict[str, Any]:
-    """The validated request: prompts (str or token-id lists), sampling, logprobs, bias; or :class:`RequestError`."""
+    """The validated request: prompts (str or token-id lists), ``n`` completions of each, sampling, logprobs,
+    bias; or :class:`RequestError`."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object", None)
     if "prompt" not in body:
@@ -111,8 +115,11 @@ def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars:
     if req["seed"] is not None and (not isinstance(req["seed"], int) or isinstance(req["seed"], bool)
                                     or not 0 <= req["seed"] < 2**63):
         raise RequestError("'seed' must be an integer in [0, 2**63)", "seed")
-    if body.get("n", 1) != 1 or body.get("echo") or body.get("best_of", 1) != 1:
-        raise RequestError("n, best_of and echo are not supported", None)
+    req["n"] = number("n", 1, 1, MAX_CHOICES, integer=True)
+    if len(prompts) * req["n"] > MAX_CHOICES:
+        raise RequestError(f"{len(prompts)} prompts x n {req['n']} is more than {MAX_CHOICES} completions per request", "n")
+    if body.get("echo") or body.get("best_of") not in (None, 1):
+        raise RequestError("best_of and echo are not supported", None)
     req["stream"] = body.get("stream", False)
     if not isinstance(req["stream"], bool):
         raise RequestError("'stream' must be true or false", "stream")
@@ -316,6 +323,12 @@ class Generator:
         context = torch.tensor(ids + [0] * req["max_tokens"])[None]
         watch = StopWatch(self.tok, req["stop"], track=req.get("stream", False))
         return Job(ids, req, deadline, bias, gen, processor, watch, context)
+
+    def prepare_all(self, req: dict[str, Any], deadline: float | None = None) -> list[Job]:
+        """The jobs of a request: ``n`` per prompt, prompt-major (choice ``i * n + j`` is prompt ``i``'s
+        ``j``-th), completion ``j`` seeded ``seed + j`` when the request has a seed (vLLM's rule)."""
+        seeds = [None if req["seed"] is None else req["seed"] + j for j in range(req["n"])]
+        return [self.prepare(p, {**req, "seed": s}, deadline) for p in req["prompts"] for s in seeds]
 
     def _step(self, job: Job, logits: torch.Tensor) -> int:
         """Choose ``job``'s next token from the model's next-token ``logits`` [V]; record it."""
@@ -537,6 +550,13 @@ def _timeout_error(futures: list[Future], timeout_s: float) -> RequestError:
     return RequestError(msg, None, 503)
 
 
+def usage(results: list[dict[str, Any]], n: int) -> dict[str, int]:
+    """OpenAI's ``usage`` of a request's results (:meth:`Generator.result`, ``n`` per prompt,
+    prompt-major): each prompt's tokens counted once, every completion's tokens."""
+    pt, ct = sum(r["prompt_tokens"] for r in results[::n]), sum(r["completion_tokens"] for r in results)
+    return {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+
+
 def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
@@ -599,7 +619,7 @@ class Stream:
     async def events_for(self, futures: list[Future], deadline: float, timeout_s: float) -> AsyncIterator[str]:
         """The event stream of ``futures`` (one per job), each chunk as an SSE ``data:`` line."""
         n = len(self.jobs)
-        sent, sent_tokens, finished, usage = [""] * n, [0] * n, [False] * n, [0, 0]
+        sent, sent_tokens, finished, results = [""] * n, [0] * n, [False] * n, [{}] * n
         try:
             if self.chat:
                 for i in range(n):
@@ -630,11 +650,9 @@ class Stream:
                 hi, final = len(self.jobs[i].out_ids), res["choice"]["text"]
                 rest = final[len(sent[i]) :] if final.startswith(sent[i]) else ""
                 yield _sse(self._chunk(i, rest, sent_tokens[i], hi, res["choice"]["finish_reason"]))
-                finished[i] = True
-                usage[0], usage[1] = usage[0] + res["prompt_tokens"], usage[1] + res["completion_tokens"]
+                finished[i], results[i] = True, res
             if self.req["include_usage"]:
-                yield _sse({**self.head, "choices": [], "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
-                                                                   "total_tokens": usage[0] + usage[1]}})
+                yield _sse({**self.head, "choices": [], "usage": usage(results, self.req["n"])})
             yield "data: [DONE]\n\n"
         finally:  # also when the client went away mid-stream
             for job, f in zip(self.jobs, futures):
@@ -680,7 +698,7 @@ def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: 
                 "created": int(time.time()), "model": str(body.get("model") or model_name)}
         futures: list[Future] = []
         try:
-            jobs = await run_in_threadpool(lambda: [generator.prepare(p, req, deadline) for p in req["prompts"]])
+            jobs = await run_in_threadpool(generator.prepare_all, req, deadline)
             if req["stream"]:  # errors up to here are still plain JSON responses with their status
                 stream = Stream(jobs, req, chat, head, generator.result)
                 futures = batcher.submit(jobs)
@@ -697,9 +715,7 @@ def create_app(generator: Generator, model_name: str = "wmkit", max_new_tokens: 
         except Exception as e:  # noqa: BLE001 - a server fault is still a JSON error, never a bare 500 page
             return internal_error(e)
         choices = [{**(chat_choice(r["choice"]) if chat else r["choice"]), "index": i} for i, r in enumerate(results)]
-        pt, ct = sum(r["prompt_tokens"] for r in results), sum(r["completion_tokens"] for r in results)
-        return JSONResponse({**head, "choices": choices,
-                             "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}})
+        return JSONResponse({**head, "choices": choices, "usage": usage(results, req["n"])})
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
