@@ -65,8 +65,14 @@ class IdTokenizer:
         ({"prompt": "x", "n": 0}, "'n' must be an integer in [1, 64]"),
         ({"prompt": "x", "n": 1.5}, "'n' must be an integer"),
         ({"prompt": ["x"] * 5, "n": 13}, "5 prompts x n 13 is more than 64"),
-        ({"prompt": "x", "best_of": 2}, "not supported"),
-        ({"prompt": "x", "echo": True}, "not supported"),
+        ({"prompt": "x", "best_of": 2}, "'best_of' is not supported"),
+        ({"prompt": "x", "echo": True}, "'echo' is not supported"),
+        ({"prompt": "x", "top_k": 5}, "'top_k' is not supported"),
+        ({"prompt": "x", "min_p": 0.1}, "'min_p' is not supported"),
+        ({"prompt": "x", "repetition_penalty": 1.2}, "'repetition_penalty' is not supported"),
+        ({"prompt": "x", "suffix": "end"}, "'suffix' is not supported"),
+        ({"prompt": "x", "presence_penalty": 2.5}, "'presence_penalty' must be a number in [-2, 2]"),
+        ({"prompt": "x", "frequency_penalty": "1"}, "'frequency_penalty' must be a number"),
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "'stop'"),
         ({"prompt": "x", "seed": 2**70}, "'seed' must be an integer in [0, 2**63)"),
         ({"prompt": "x", "seed": True}, "'seed'"),
@@ -127,6 +133,43 @@ def test_n_completions_per_prompt_are_the_seeded_completions_in_prompt_major_ord
         texts, got_usage = [c["text"] for c in r.json()["choices"]], r.json()["usage"]
     assert texts == [w["choices"][0]["text"] for w in want] and len(set(texts[:3])) > 1  # seeds differ
     assert got_usage == {"prompt_tokens": 3 + 2, "completion_tokens": 36, "total_tokens": 41}
+
+
+def test_presence_and_frequency_penalties_are_openais_on_the_tokens_generated_so_far(model):
+    """Greedy decoding with penalties is the argmax of ``logits + bias - frequency * count - presence *
+    (count > 0)`` at every step (counts of the generated tokens only, not the prompt's), recomputed
+    here from the model without a cache; the log-probs are of that penalised distribution; neutral
+    values of the fields it does not implement are accepted."""
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(Generator(model, IdTokenizer())))
+    prompt, bias = [5, 6, 7, 5], {9: 3.0}
+    for presence, frequency in [(0.0, 0.0), (1.5, 0.0), (0.0, 2.0), (-1.0, 0.5)]:
+        r = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 0,
+                                                 "presence_penalty": presence, "frequency_penalty": frequency,
+                                                 "logit_bias": {"9": 3.0}, "return_tokens_as_token_ids": True,
+                                                 "top_k": -1, "min_p": 0, "repetition_penalty": 1, "best_of": 1})
+        assert r.status_code == 200, r.text
+        lp = r.json()["choices"][0]["logprobs"]
+        got = [int(t.split(":")[1]) for t in lp["tokens"]]
+        ids, want, want_lp = list(prompt), [], []
+        counts = torch.zeros(V, dtype=torch.float64)
+        with torch.inference_mode():
+            for _ in range(12):
+                x = model(input_ids=torch.tensor([ids])).logits[0, -1].double()
+                x[9] += bias[9]
+                x -= frequency * counts + presence * (counts > 0)
+                t = int(torch.argmax(x))
+                want.append(t)
+                want_lp.append(float(torch.log_softmax(x, -1)[t]))
+                counts[t] += 1
+                ids.append(t)
+        assert got == want
+        np.testing.assert_allclose(lp["token_logprobs"], want_lp, atol=1e-4)
+        if frequency == 2.0:
+            assert len(set(got)) > len(set(plain))  # the penalty breaks the greedy loop
+        if presence == 0 and frequency == 0:
+            plain = got
 
 
 def test_served_text_carries_the_watermark(model, key):

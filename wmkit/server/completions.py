@@ -6,11 +6,15 @@ up to 16 of either), ``n`` (completions per prompt, at most 64 per request; choi
 prompt ``i``'s ``j``-th, seeded ``seed + j`` as vLLM does), ``max_tokens`` (default 16, at most
 ``max_new_tokens``), ``temperature`` (0 = greedy), ``top_p``, ``seed``, ``stop``, ``logprobs`` (top-k
 log-probs per generated token, ``k <= 20``)
-and ``logit_bias`` (``{"token id": bias in [-100, 100]}``), plus vLLM's ``return_tokens_as_token_ids``
-(tokens rendered ``"token_id:123"``, so token strings that several ids decode to stay unambiguous).
-The log-probs are those of the model's next-token distribution *with the logit bias* and *before*
-the watermark (as vLLM reports raw log-probs): the watermark changes which token is sampled, not
-what the model says about its distribution. Bad requests get HTTP 400 with an OpenAI-style error.
+``logit_bias`` (``{"token id": bias in [-100, 100]}``) and ``presence_penalty`` / ``frequency_penalty``
+(in [-2, 2]: OpenAI's ``logit -= frequency * count + presence * (count > 0)``, counts of the tokens
+generated so far), plus vLLM's ``return_tokens_as_token_ids`` (tokens rendered ``"token_id:123"``,
+so token strings that several ids decode to stay unambiguous). The log-probs are those of the
+model's next-token distribution *with the logit bias and the penalties* and *before* the watermark:
+the watermark changes which token is sampled, not what the model says about its distribution.
+Sampling fields it does not implement (``top_k``, ``min_p``, ``repetition_penalty``, ``best_of``,
+``echo``, ``suffix``) are refused unless they have their neutral value. Bad requests get HTTP 400
+with an OpenAI-style error.
 
 ``POST /v1/chat/completions`` takes ``messages`` (rendered by the tokenizer's chat template, after the
 server's system prompt unless the request has its own), ``logprobs: true`` with ``top_logprobs``, and
@@ -54,6 +58,8 @@ from .rows import Rows, mergeable
 
 MAX_PROMPTS = 16
 MAX_CHOICES = 64  # prompts x n per request
+UNSUPPORTED = {"best_of": (None, 1), "echo": (None, False), "suffix": (None, ""), "top_k": (None, 0, -1),
+               "min_p": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0)}  # field: its neutral values
 MAX_LOGPROBS = 20
 MAX_BIAS = 100.0
 FIRST_CACHE = 64
@@ -118,8 +124,11 @@ def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars:
     req["n"] = number("n", 1, 1, MAX_CHOICES, integer=True)
     if len(prompts) * req["n"] > MAX_CHOICES:
         raise RequestError(f"{len(prompts)} prompts x n {req['n']} is more than {MAX_CHOICES} completions per request", "n")
-    if body.get("echo") or body.get("best_of") not in (None, 1):
-        raise RequestError("best_of and echo are not supported", None)
+    req["presence_penalty"] = float(number("presence_penalty", 0.0, -2.0, 2.0))
+    req["frequency_penalty"] = float(number("frequency_penalty", 0.0, -2.0, 2.0))
+    for name, neutral in UNSUPPORTED.items():
+        if body.get(name) not in neutral:
+            raise RequestError(f"'{name}' is not supported by this server (leave it out)", name)
     req["stream"] = body.get("stream", False)
     if not isinstance(req["stream"], bool):
         raise RequestError("'stream' must be true or false", "stream")
@@ -248,6 +257,7 @@ class Job:
     processor: Any
     watch: StopWatch
     context: torch.Tensor  # prompt + completion so far, filled in place (what the watermark processor reads)
+    counts: torch.Tensor | None  # [V] how often each token was generated (None: no penalties)
     out_ids: list[int] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     token_lps: list[float] = field(default_factory=list)
@@ -322,7 +332,9 @@ class Generator:
                      if self.scheme is not None and req.get("watermarking", True) else None)
         context = torch.tensor(ids + [0] * req["max_tokens"])[None]
         watch = StopWatch(self.tok, req["stop"], track=req.get("stream", False))
-        return Job(ids, req, deadline, bias, gen, processor, watch, context)
+        penalised = req.get("presence_penalty", 0.0) != 0 or req.get("frequency_penalty", 0.0) != 0
+        counts = torch.zeros(self.vocab_size, dtype=torch.float32) if penalised else None
+        return Job(ids, req, deadline, bias, gen, processor, watch, context, counts)
 
     def prepare_all(self, req: dict[str, Any], deadline: float | None = None) -> list[Job]:
         """The jobs of a request: ``n`` per prompt, prompt-major (choice ``i * n + j`` is prompt ``i``'s
@@ -334,6 +346,8 @@ class Generator:
         """Choose ``job``'s next token from the model's next-token ``logits`` [V]; record it."""
         req = job.req
         raw = logits.float() + job.bias
+        if job.counts is not None:
+            raw -= req["frequency_penalty"] * job.counts + req["presence_penalty"] * (job.counts > 0)
         scores = raw.clone()
         n = len(job.ids) + len(job.out_ids)
         if job.processor is not None:
@@ -349,6 +363,8 @@ class Generator:
             t = int(torch.multinomial(probs, 1, generator=job.gen))
         job.out_ids.append(t)
         job.context[0, n] = t
+        if job.counts is not None:
+            job.counts[t] += 1
         if req["logprobs"] is not None:
             lp = torch.log_softmax(raw.double(), -1)
             job.tokens.append(self.token_str(t, req["ids"]))
