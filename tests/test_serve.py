@@ -66,7 +66,9 @@ class IdTokenizer:
         ({"prompt": "x", "n": 1.5}, "'n' must be an integer"),
         ({"prompt": ["x"] * 5, "n": 13}, "5 prompts x n 13 is more than 64"),
         ({"prompt": "x", "best_of": 2}, "'best_of' is not supported"),
-        ({"prompt": "x", "echo": True}, "'echo' is not supported"),
+        ({"prompt": "x", "echo": 1}, "'echo' must be true or false"),
+        ({"prompt": "x", "echo": True, "stream": True}, "'echo' with 'stream'"),
+        ({"prompt": "x", "max_tokens": 0}, "'max_tokens' must be an integer in [1, 512]"),
         ({"prompt": "x", "top_k": 5}, "'top_k' is not supported"),
         ({"prompt": "x", "min_p": 0.1}, "'min_p' is not supported"),
         ({"prompt": "x", "repetition_penalty": 1.2}, "'repetition_penalty' is not supported"),
@@ -168,6 +170,46 @@ def test_presence_and_frequency_penalties_are_openais_on_the_tokens_generated_so
         np.testing.assert_allclose(lp["token_logprobs"], want_lp, atol=1e-4)
         distinct[(presence, frequency)] = len(set(got))
     assert distinct[(0.0, 2.0)] > distinct[(0.0, 0.0)]  # the penalty breaks the greedy loop
+
+
+def test_echo_returns_the_prompt_with_its_tokens_log_probs_before_the_completion(model, tokenizer):
+    """``echo``: the text is prompt + completion; with log-probs, each prompt token's log-prob given the
+    tokens before it (the first has none) and its top-k, from one forward pass of the model here,
+    then the completion's own, as without echo; ``max_tokens`` 0 scores the prompt only (the
+    loglikelihood requests of evaluation harnesses). Chat requests have no echo."""
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(Generator(model, IdTokenizer())))
+    prompt = [11, 22, 33, 44, 55]
+    with torch.inference_mode():
+        lp = torch.log_softmax(model(input_ids=torch.tensor([prompt])).logits[0].double(), -1)
+    plain = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 3,
+                                                 "return_tokens_as_token_ids": True}).json()["choices"][0]
+    for max_tokens in (0, 4):
+        r = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                                                 "logprobs": 3, "echo": True, "return_tokens_as_token_ids": True})
+        assert r.status_code == 200, r.text
+        choice, usage = r.json()["choices"][0], r.json()["usage"]
+        got = choice["logprobs"]
+        assert got["tokens"][:5] == [f"token_id:{t}" for t in prompt] and got["token_logprobs"][0] is None
+        assert got["top_logprobs"][0] is None
+        np.testing.assert_allclose(got["token_logprobs"][1:5], [float(lp[i, t]) for i, t in enumerate(prompt[1:])], atol=1e-5)
+        for i in range(1, 5):
+            want = {f"token_id:{int(j)}": float(lp[i - 1, j]) for j in torch.topk(lp[i - 1], 3).indices}
+            assert got["top_logprobs"][i].keys() == want.keys()
+        tail = {k: v[5:] for k, v in got.items()}
+        if max_tokens == 0:
+            assert choice["text"] == "".join(f"<{t}>" for t in prompt) and all(not v for v in tail.values())
+            assert usage == {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}
+        else:
+            assert choice["text"] == "".join(f"<{t}>" for t in prompt) + plain["text"]
+            assert tail["tokens"] == plain["logprobs"]["tokens"]
+            np.testing.assert_allclose(tail["token_logprobs"], plain["logprobs"]["token_logprobs"], atol=1e-5)
+    text = TestClient(create_app(Generator(model, tokenizer))).post(
+        "/v1/completions", json={"prompt": " Hello,  world", "max_tokens": 0, "echo": True})
+    assert text.json()["choices"][0]["text"] == " Hello,  world"  # the prompt as sent, not as re-decoded
+    chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "echo": True})
+    assert chat.status_code == 400 and "'echo' is a /v1/completions field" in chat.json()["error"]["message"]
 
 
 def test_served_text_carries_the_watermark(model, key):

@@ -12,8 +12,10 @@ generated so far), plus vLLM's ``return_tokens_as_token_ids`` (tokens rendered `
 so token strings that several ids decode to stay unambiguous). The log-probs are those of the
 model's next-token distribution *with the logit bias and the penalties* and *before* the watermark:
 the watermark changes which token is sampled, not what the model says about its distribution.
-Sampling fields it does not implement (``top_k``, ``min_p``, ``repetition_penalty``, ``best_of``,
-``echo``, ``suffix``) are refused unless they have their neutral value. Bad requests get HTTP 400
+``echo`` (not with ``stream``) puts the prompt before the completion and, with ``logprobs``, its tokens
+and their log-probs (each given the tokens before it; the first has none) before the completion's;
+``max_tokens`` may then be 0. Sampling fields it does not implement (``top_k``, ``min_p``,
+``repetition_penalty``, ``best_of``, ``suffix``) are refused unless they have their neutral value. Bad requests get HTTP 400
 with an OpenAI-style error.
 
 ``POST /v1/chat/completions`` takes ``messages`` (rendered by the tokenizer's chat template, after the
@@ -58,7 +60,7 @@ from .rows import Rows, mergeable
 
 MAX_PROMPTS = 16
 MAX_CHOICES = 64  # prompts x n per request
-UNSUPPORTED = {"best_of": (None, 1), "echo": (None, False), "suffix": (None, ""), "top_k": (None, 0, -1),
+UNSUPPORTED = {"best_of": (None, 1), "suffix": (None, ""), "top_k": (None, 0, -1),
                "min_p": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0)}  # field: its neutral values
 MAX_LOGPROBS = 20
 MAX_BIAS = 100.0
@@ -106,7 +108,8 @@ def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars:
 
     req = {
         "prompts": prompts,
-        "max_tokens": number("max_tokens", 16, 1, max_new_tokens, integer=True),
+        "echo": body.get("echo", False) is True,
+        "max_tokens": number("max_tokens", 16, 0 if body.get("echo") is True else 1, max_new_tokens, integer=True),
         "temperature": float(number("temperature", 1.0, 0.0, 2.0)),
         "top_p": float(number("top_p", 1.0, 1e-6, 1.0)),
         "logprobs": body.get("logprobs"),
@@ -114,6 +117,8 @@ def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars:
         "ids": bool(body.get("return_tokens_as_token_ids", False)),
         "watermarking": body.get("watermarking", True),
     }
+    if not (body.get("echo") is None or isinstance(body.get("echo"), bool)):
+        raise RequestError("'echo' must be true or false", "echo")
     if not isinstance(req["watermarking"], bool):
         raise RequestError("'watermarking' must be true or false", "watermarking")
     if req["logprobs"] is not None:
@@ -137,6 +142,8 @@ def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars:
                                 or set(options) - {"include_usage"} or not isinstance(options.get("include_usage", False), bool)):
         raise RequestError("'stream_options' must be {\"include_usage\": true|false}, with 'stream': true", "stream_options")
     req["include_usage"] = bool((options or {}).get("include_usage", False))
+    if req["echo"] and req["stream"]:
+        raise RequestError("'echo' with 'stream' is not supported", "echo")
     bias = body.get("logit_bias") or {}
     if not isinstance(bias, dict):
         raise RequestError("'logit_bias' must be an object {token id: bias}", "logit_bias")
@@ -167,6 +174,8 @@ def parse_chat(body: Any, tokenizer: Any, vocab_size: int, max_new_tokens: int, 
     message) into one token-id prompt; OpenAI's ``logprobs: true`` + ``top_logprobs: k`` become ``logprobs: k``."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object", None)
+    if body.get("echo") not in (None, False):
+        raise RequestError("'echo' is a /v1/completions field", "echo")
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise RequestError("'messages' must be a non-empty list of {role, content}", "messages")
@@ -258,6 +267,7 @@ class Job:
     watch: StopWatch
     context: torch.Tensor  # prompt + completion so far, filled in place (what the watermark processor reads)
     counts: torch.Tensor | None  # [V] how often each token was generated (None: no penalties)
+    prompt: str | None = None  # the prompt as the request gave it, if as text (what echo returns)
     out_ids: list[int] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     token_lps: list[float] = field(default_factory=list)
@@ -334,7 +344,8 @@ class Generator:
         watch = StopWatch(self.tok, req["stop"], track=req.get("stream", False))
         penalised = req.get("presence_penalty", 0.0) != 0 or req.get("frequency_penalty", 0.0) != 0
         counts = torch.zeros(self.vocab_size, dtype=torch.float32) if penalised else None
-        return Job(ids, req, deadline, bias, gen, processor, watch, context, counts)
+        return Job(ids, req, deadline, bias, gen, processor, watch, context, counts,
+                   prompt if isinstance(prompt, str) else None)
 
     def prepare_all(self, req: dict[str, Any], deadline: float | None = None) -> list[Job]:
         """The jobs of a request: ``n`` per prompt, prompt-major (choice ``i * n + j`` is prompt ``i``'s
@@ -437,7 +448,9 @@ class Generator:
         batch of prompts to prefill (``None``: none)."""
         batch = []
         for job in jobs:
-            if not self._expired(job) and job.req["max_tokens"] == 1:
+            if job.req["max_tokens"] == 0:  # echo only: nothing to generate
+                job.done = True
+            elif not self._expired(job) and job.req["max_tokens"] == 1:
                 self._step(job, self._first_logits(job.ids))
             if job.done:
                 done(job)
@@ -492,7 +505,30 @@ class Generator:
         choice: dict[str, Any] = {"text": text, "finish_reason": finish, "logprobs": None}
         if job.req["logprobs"] is not None:
             choice["logprobs"] = {"tokens": job.tokens, "token_logprobs": job.token_lps, "top_logprobs": job.tops}
+        if job.req["echo"]:
+            self._echo(job, choice)
         return {"choice": choice, "prompt_tokens": len(job.ids), "completion_tokens": len(job.out_ids)}
+
+    def _echo(self, job: Job, choice: dict[str, Any]) -> None:
+        """Put the prompt before ``choice``'s text and, with log-probs, its tokens before the
+        completion's: each prompt token's log-prob given the tokens before it (the model's own, no
+        bias or penalty; the first token has none), as vLLM's ``echo`` does."""
+        prompt = job.prompt if job.prompt is not None else self.tok.decode(job.ids)
+        choice["text"] = prompt + choice["text"]
+        k = job.req["logprobs"]
+        if k is None:
+            return
+        with self.lock, torch.inference_mode():
+            lp = torch.log_softmax(self.model(input_ids=torch.tensor([job.ids])).logits[0, :-1].double(), -1)
+        ids = job.req["ids"]
+        tokens = [self.token_str(t, ids) for t in job.ids]
+        own = [None] + [float(lp[i, t]) for i, t in enumerate(job.ids[1:])]
+        tops: list[dict[str, float] | None] = [None] + [
+            {self.token_str(int(j), ids): float(row[j]) for j in (torch.topk(row, k).indices.tolist() if k else [])}
+            for row in lp]
+        out = choice["logprobs"]
+        choice["logprobs"] = {"tokens": tokens + out["tokens"], "token_logprobs": own + out["token_logprobs"],
+                              "top_logprobs": tops + out["top_logprobs"]}
 
     def complete(self, prompt: str | list[int], req: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
         """One completion, now (a batch of one); a :class:`RequestError` if prompt + max_tokens exceed
