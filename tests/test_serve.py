@@ -3,6 +3,7 @@ watermarked generation that the detector finds. In process, over ASGI, with a ti
 
 import contextlib
 import time
+import types
 
 import numpy as np
 import pytest
@@ -210,6 +211,39 @@ def test_echo_returns_the_prompt_with_its_tokens_log_probs_before_the_completion
     assert text.json()["choices"][0]["text"] == " Hello,  world"  # the prompt as sent, not as re-decoded
     chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "echo": True})
     assert chat.status_code == 400 and "'echo' is a /v1/completions field" in chat.json()["error"]["message"]
+
+
+def test_lm_evaluation_harness_scores_loglikelihoods_through_echo(model, key):
+    """lm-evaluation-harness's own ``local-completions`` client (from its wheel): the payload it sends
+    for loglikelihood requests (token ids, ``echo``, ``max_tokens`` 1, ``logprobs`` 1), batched, to a
+    server that watermarks, and its parsing of the answer give each continuation's log-likelihood
+    under the model and whether it is the greedy one, as computed here from the model."""
+    from fastapi.testclient import TestClient
+
+    from lm_eval_reference import load
+
+    api = load()
+    client = TestClient(create_app(Generator(model, IdTokenizer(), KGW(key, delta=8.0), VocabOnly())))
+    context = [101, 202, 303, 404]
+    with torch.inference_mode():
+        ids = list(context)
+        for _ in range(3):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+        greedy = ids[len(context):]
+    cases = [(context, greedy), (context, [7, 8, 9]), ([55, 66], [77])]
+    inputs, ctxlens = [c + x for c, x in cases], [len(c) for c, _ in cases]
+    payload = api._create_payload(types.SimpleNamespace(model="wmkit"), inputs, generate=False)
+    assert payload["echo"] is True and payload["max_tokens"] == 1
+    r = client.post("/v1/completions", json=payload)
+    assert r.status_code == 200, r.text
+    got = api.parse_logprobs(r.json(), tokens=inputs, ctxlens=ctxlens)
+    with torch.inference_mode():
+        for (ll, is_greedy), inp, n in zip(got, inputs, ctxlens):
+            lp = torch.log_softmax(model(input_ids=torch.tensor([inp])).logits[0].double(), -1)
+            want = sum(float(lp[i - 1, inp[i]]) for i in range(n, len(inp)))
+            assert abs(ll - want) < 1e-4
+            assert is_greedy == all(int(lp[i - 1].argmax()) == inp[i] for i in range(n, len(inp)))
+    assert [g for _, g in got] == [True, False, False]
 
 
 def test_served_text_carries_the_watermark(model, key):
