@@ -173,13 +173,17 @@ def test_presence_and_frequency_penalties_are_openais_on_the_tokens_generated_so
     assert distinct[(0.0, 2.0)] > distinct[(0.0, 0.0)]  # the penalty breaks the greedy loop
 
 
-def test_echo_returns_the_prompt_with_its_tokens_log_probs_before_the_completion(model, tokenizer):
+@pytest.mark.parametrize("echo_rows", [512, 2])
+def test_echo_returns_the_prompt_with_its_tokens_log_probs_before_the_completion(model, tokenizer, monkeypatch, echo_rows):
     """``echo``: the text is prompt + completion; with log-probs, each prompt token's log-prob given the
     tokens before it (the first has none) and its top-k, from one forward pass of the model here,
     then the completion's own, as without echo; ``max_tokens`` 0 scores the prompt only (the
     loglikelihood requests of evaluation harnesses). Chat requests have no echo."""
     from fastapi.testclient import TestClient
 
+    from wmkit.server import completions
+
+    monkeypatch.setattr(completions, "ECHO_ROWS", echo_rows)  # 2: the log-softmax in pieces
     client = TestClient(create_app(Generator(model, IdTokenizer())))
     prompt = [11, 22, 33, 44, 55]
     with torch.inference_mode():

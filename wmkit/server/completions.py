@@ -5,8 +5,8 @@ optionally watermarking its output.
 up to 16 of either), ``n`` (completions per prompt, at most 64 per request; choice ``i * n + j`` is
 prompt ``i``'s ``j``-th, seeded ``seed + j`` as vLLM does), ``max_tokens`` (default 16, at most
 ``max_new_tokens``), ``temperature`` (0 = greedy), ``top_p``, ``seed``, ``stop``, ``logprobs`` (top-k
-log-probs per generated token, ``k <= 20``)
-``logit_bias`` (``{"token id": bias in [-100, 100]}``) and ``presence_penalty`` / ``frequency_penalty``
+log-probs per generated token, ``k <= 20``), ``logit_bias`` (``{"token id": bias in [-100, 100]}``)
+and ``presence_penalty`` / ``frequency_penalty``
 (in [-2, 2]: OpenAI's ``logit -= frequency * count + presence * (count > 0)``, counts of the tokens
 generated so far), plus vLLM's ``return_tokens_as_token_ids`` (tokens rendered ``"token_id:123"``,
 so token strings that several ids decode to stay unambiguous). The log-probs are those of the
@@ -15,8 +15,8 @@ the watermark changes which token is sampled, not what the model says about its 
 ``echo`` (not with ``stream``) puts the prompt before the completion and, with ``logprobs``, its tokens
 and their log-probs (each given the tokens before it; the first has none) before the completion's;
 ``max_tokens`` may then be 0. Sampling fields it does not implement (``top_k``, ``min_p``,
-``repetition_penalty``, ``best_of``, ``suffix``) are refused unless they have their neutral value. Bad requests get HTTP 400
-with an OpenAI-style error.
+``repetition_penalty``, ``best_of``, ``suffix``) are refused unless they have their neutral value.
+Bad requests get HTTP 400 with an OpenAI-style error.
 
 ``POST /v1/chat/completions`` takes ``messages`` (rendered by the tokenizer's chat template, after the
 server's system prompt unless the request has its own), ``logprobs: true`` with ``top_logprobs``, and
@@ -66,6 +66,7 @@ MAX_LOGPROBS = 20
 MAX_BIAS = 100.0
 FIRST_CACHE = 64
 PREFILL_CHUNK = 256  # prompt tokens per prefill pass of jobs that join a running batch
+ECHO_ROWS = 512  # prompt positions per log-softmax of an echo
 
 
 def _int_list(x: Any) -> bool:
@@ -512,20 +513,25 @@ class Generator:
     def _echo(self, job: Job, choice: dict[str, Any]) -> None:
         """Put the prompt before ``choice``'s text and, with log-probs, its tokens before the
         completion's: each prompt token's log-prob given the tokens before it (the model's own, no
-        bias or penalty; the first token has none), as vLLM's ``echo`` does."""
+        bias or penalty; the first token has none). One forward pass over the prompt, its
+        log-softmax taken ``ECHO_ROWS`` positions at a time (a long prompt's [L, V] in float64 at
+        once would take gigabytes)."""
         prompt = job.prompt if job.prompt is not None else self.tok.decode(job.ids)
         choice["text"] = prompt + choice["text"]
         k = job.req["logprobs"]
         if k is None:
             return
-        with self.lock, torch.inference_mode():
-            lp = torch.log_softmax(self.model(input_ids=torch.tensor([job.ids])).logits[0, :-1].double(), -1)
         ids = job.req["ids"]
+        own: list[float | None] = [None]
+        tops: list[dict[str, float] | None] = [None]
+        with self.lock, torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([job.ids])).logits[0, :-1]
+            for a in range(0, logits.shape[0], ECHO_ROWS):
+                lp = torch.log_softmax(logits[a : a + ECHO_ROWS].double(), -1)
+                own += lp.gather(1, torch.tensor(job.ids[a + 1 : a + 1 + len(lp)])[:, None])[:, 0].tolist()
+                tops += [{self.token_str(int(j), ids): float(row[j]) for j in (torch.topk(row, k).indices.tolist() if k else [])}
+                         for row in lp]
         tokens = [self.token_str(t, ids) for t in job.ids]
-        own = [None] + [float(lp[i, t]) for i, t in enumerate(job.ids[1:])]
-        tops: list[dict[str, float] | None] = [None] + [
-            {self.token_str(int(j), ids): float(row[j]) for j in (torch.topk(row, k).indices.tolist() if k else [])}
-            for row in lp]
         out = choice["logprobs"]
         choice["logprobs"] = {"tokens": tokens + out["tokens"], "token_logprobs": own + out["token_logprobs"],
                               "top_logprobs": tops + out["top_logprobs"]}
