@@ -636,6 +636,20 @@ def test_a_batch_marks_each_row_in_its_own_context(model, key):
         assert scheme.detector(VocabOnly()).detect(job.ids[-1:] + job.out_ids).p_value < 1e-6
 
 
+def test_an_empty_system_prompt_replaces_the_templates_default_one(tokenizer):
+    """``--system-prompt ""`` puts an empty system message first, so SmolLM2's template does not add
+    its default identity ("You are a helpful AI assistant named SmolLM..."); no ``--system-prompt``
+    leaves the template's default."""
+    from wmkit.server.completions import parse_chat
+
+    user = [{"role": "user", "content": "hi"}]
+    render = lambda msgs: list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)["input_ids"])  # noqa: E731
+    empty = parse_chat({"messages": user}, tokenizer, V, 16, system_prompt="")["prompts"][0]
+    default = parse_chat({"messages": user}, tokenizer, V, 16)["prompts"][0]
+    assert empty == render([{"role": "system", "content": ""}] + user) and default == render(user)
+    assert "SmolLM" in tokenizer.decode(default) and "SmolLM" not in tokenizer.decode(empty)
+
+
 def test_chat_completions_render_the_template_with_the_servers_system_prompt(model, tokenizer):
     """A chat answer's log-probs are the model's on the chat template of [system prompt, user message];
     a request with its own system message keeps it; and a top-k fingerprint recovery over the chat

@@ -24,7 +24,7 @@ def serve(
     max_batch: int = typer.Option(16, help="Most completions generated together (concurrent requests are batched)."),
     prefill_chunk: int = typer.Option(256, help="Most prompt tokens per prefill pass of requests that join a running batch "
                                       "(longer prefills run in chunks between its steps); 0: one pass."),
-    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message put first in every chat request that has none."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message put first in every chat request that has none (\"\" too: an empty one replaces the chat template's default)."),
     allow_opt_out: bool = typer.Option(False, "--allow-opt-out", help="Let a request ask for unmarked text (\"watermarking\": false); refused (403) otherwise."),
 ) -> None:
     """Serve MODEL at /v1/completions and /v1/chat/completions (logprobs up to 20, logit_bias, "stream": true); --scheme marks the generated text."""

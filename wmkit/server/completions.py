@@ -186,7 +186,7 @@ def parse_chat(body: Any, tokenizer: Any, vocab_size: int, max_new_tokens: int, 
             raise RequestError(f"messages[{i}] must be {{\"role\": system|user|assistant, \"content\": string}}", "messages")
     if sum(len(m["content"]) for m in msgs) > max_chars:
         raise RequestError(f"the messages have more than {max_chars} characters", "messages")
-    if system_prompt and msgs[0]["role"] != "system":
+    if system_prompt is not None and msgs[0]["role"] != "system":  # "" too: it replaces a template's default
         msgs = [{"role": "system", "content": system_prompt}, *msgs]
     if not getattr(tokenizer, "chat_template", None):
         raise RequestError("this model has no chat template: use /v1/completions", None)
