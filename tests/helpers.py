@@ -14,6 +14,26 @@ import prf_reference as ref
 V = 49152
 
 
+def tiny_llama(vocab_size: int = V, layers: int = 1):
+    """A random Llama of ``layers`` layers (seeded, eval mode): a stand-in LM for the servers' tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, eos_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+class IdTokenizer:
+    """Token ids in, "<id>" strings out: enough for token-id prompts."""
+
+    eos_token_id = 0
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(f"<{i}>" for i in ids)
+
+
 class VocabOnly:
     """A tokenizer stand-in for token-id detection: only its size is used."""
 

@@ -76,12 +76,3 @@ def test_parameters_validated(key):
     with pytest.raises(InputError, match="key file"):
         Gumbel(42)
     assert math.isclose(Gumbel(key).detector(VocabOnly(), min_tokens=1).detect(list(range(20))).details["null_shape"], 16)  # first 4 not scored
-
-
-def test_top_p_mask_keeps_the_nucleus_in_vocabulary_order():
-    from wmkit.watermark.text.completion import top_p_mask
-
-    logp = torch.log(torch.tensor([[0.05, 0.3, 0.5, 0.15]]))
-    kept = torch.isfinite(top_p_mask(logp, 0.8))[0].tolist()
-    assert kept == [False, True, True, False]  # 0.5 + 0.3 reach 0.8
-    assert torch.equal(top_p_mask(logp, 1.0), logp)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import VocabOnly
+from helpers import IdTokenizer, VocabOnly, tiny_llama
 from wmkit.server.completions import Generator, create_app, parse_completion
 from wmkit.server.http import RequestError
 from wmkit.watermark.text import KGW
@@ -19,33 +19,14 @@ V = 49152  # the default tokenizer's size, so the detector's helpers apply
 
 @pytest.fixture(scope="module")
 def model():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2, eos_token_id=0)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(V)
 
 
 @pytest.fixture(scope="module")
 def two_layer_model():
     """Like ``model`` with two layers: a prefill pass's attention mask then shapes the cached keys and
     values (with one layer they are the embeddings' projections, whatever the mask)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, eos_token_id=0)
-    return LlamaForCausalLM(cfg).eval()
-
-
-class IdTokenizer:
-    """Token ids in, "<id>" strings out: enough for token-id prompts."""
-
-    eos_token_id = 0
-
-    def decode(self, ids, skip_special_tokens=False):
-        return "".join(f"<{i}>" for i in ids)
+    return tiny_llama(V, layers=2)
 
 
 @pytest.mark.parametrize(
@@ -70,9 +51,9 @@ class IdTokenizer:
         ({"prompt": "x", "echo": 1}, "'echo' must be true or false"),
         ({"prompt": "x", "echo": True, "stream": True}, "'echo' with 'stream'"),
         ({"prompt": "x", "max_tokens": 0}, "'max_tokens' must be an integer in [1, 512]"),
-        ({"prompt": "x", "top_k": 5}, "'top_k' is not supported"),
-        ({"prompt": "x", "min_p": 0.1}, "'min_p' is not supported"),
-        ({"prompt": "x", "repetition_penalty": 1.2}, "'repetition_penalty' is not supported"),
+        ({"prompt": "x", "top_k": -5}, "'top_k' must be an integer in [-1, "),
+        ({"prompt": "x", "min_p": -0.1}, "'min_p' must be a number in [0, 1]"),
+        ({"prompt": "x", "repetition_penalty": 11}, "'repetition_penalty' must be a number in [0.01, 10]"),
         ({"prompt": "x", "suffix": "end"}, "'suffix' is not supported"),
         ({"prompt": "x", "presence_penalty": 2.5}, "'presence_penalty' must be a number in [-2, 2]"),
         ({"prompt": "x", "frequency_penalty": "1"}, "'frequency_penalty' must be a number"),

@@ -8,14 +8,18 @@ prompt ``i``'s ``j``-th, seeded ``seed + j`` as vLLM does), ``max_tokens`` (defa
 log-probs per generated token, ``k <= 20``), ``logit_bias`` (``{"token id": bias in [-100, 100]}``)
 and ``presence_penalty`` / ``frequency_penalty``
 (in [-2, 2]: OpenAI's ``logit -= frequency * count + presence * (count > 0)``, counts of the tokens
-generated so far), plus vLLM's ``return_tokens_as_token_ids`` (tokens rendered ``"token_id:123"``,
+generated so far), plus vLLM's sampling fields ``top_k`` (0 or -1: off), ``min_p`` (in [0, 1]) and
+``repetition_penalty`` (in [0.01, 10]; on the prompt's and the completion's tokens), applied in
+vLLM's order and arithmetic (:meth:`Generator.penalised`,
+:class:`~wmkit.watermark.text.sampling.Sampling`; a Gumbel-max watermark draws from the filtered
+distribution), and vLLM's ``return_tokens_as_token_ids`` (tokens rendered ``"token_id:123"``,
 so token strings that several ids decode to stay unambiguous). The log-probs are those of the
 model's next-token distribution *with the logit bias and the penalties* and *before* the watermark:
 the watermark changes which token is sampled, not what the model says about its distribution.
 ``echo`` (not with ``stream``) puts the prompt before the completion and, with ``logprobs``, its tokens
 and their log-probs (each given the tokens before it; the first has none) before the completion's;
-``max_tokens`` may then be 0. Sampling fields it does not implement (``top_k``, ``min_p``,
-``repetition_penalty``, ``best_of``, ``suffix``) are refused unless they have their neutral value.
+``max_tokens`` may then be 0. Fields it does not implement (``best_of``, ``suffix``) are refused
+unless they have their neutral value.
 Bad requests get HTTP 400 with an OpenAI-style error.
 
 ``POST /v1/chat/completions`` takes ``messages`` (rendered by the tokenizer's chat template, after the
@@ -56,12 +60,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from .batching import MicroBatcher
 from .http import RequestError, base_app, error_response, internal_error, read_json
+from ..watermark.text.sampling import Sampling
 from .rows import Rows, mergeable
 
 MAX_PROMPTS = 16
 MAX_CHOICES = 64  # prompts x n per request
-UNSUPPORTED = {"best_of": (None, 1), "suffix": (None, ""), "top_k": (None, 0, -1),
-               "min_p": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0)}  # field: its neutral values
+UNSUPPORTED = {"best_of": (None, 1), "suffix": (None, "")}  # field: its neutral values
 MAX_LOGPROBS = 20
 MAX_BIAS = 100.0
 FIRST_CACHE = 64
@@ -132,6 +136,9 @@ def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars:
         raise RequestError(f"{len(prompts)} prompts x n {req['n']} is more than {MAX_CHOICES} completions per request", "n")
     req["presence_penalty"] = float(number("presence_penalty", 0.0, -2.0, 2.0))
     req["frequency_penalty"] = float(number("frequency_penalty", 0.0, -2.0, 2.0))
+    req["repetition_penalty"] = float(number("repetition_penalty", 1.0, 0.01, 10.0))
+    req["top_k"] = max(0, number("top_k", 0, -1, 2**31 - 1, integer=True))  # -1 and 0: off (vLLM's and OpenAI clients' "none")
+    req["min_p"] = float(number("min_p", 0.0, 0.0, 1.0))
     for name, neutral in UNSUPPORTED.items():
         if body.get(name) not in neutral:
             raise RequestError(f"'{name}' is not supported by this server (leave it out)", name)
@@ -268,6 +275,8 @@ class Job:
     watch: StopWatch
     context: torch.Tensor  # prompt + completion so far, filled in place (what the watermark processor reads)
     counts: torch.Tensor | None  # [V] how often each token was generated (None: no penalties)
+    sampling: Sampling  # temperature and the min-p / top-k / top-p filters
+    in_prompt: torch.Tensor | None = None  # [V] the prompt's tokens (for a repetition penalty; None: none)
     prompt: str | None = None  # the prompt as the request gave it, if as text (what echo returns)
     out_ids: list[int] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
@@ -338,14 +347,18 @@ class Generator:
         for t, b in req["logit_bias"].items():
             bias[t] = b
         gen = torch.Generator().manual_seed(req["seed"]) if req["seed"] is not None else None
-        # one processor per completion: a Gumbel-max scheme samples at this request's temperature and top_p
-        processor = (self.scheme.processor(self.scheme_tok, temperature=req["temperature"], top_p=req["top_p"])
+        sampling = Sampling(req["temperature"], req["top_p"], req.get("top_k", 0), req.get("min_p", 0.0))
+        # one processor per completion: a Gumbel-max scheme samples at this request's temperature and filters
+        processor = (self.scheme.processor(self.scheme_tok, temperature=sampling.temperature, top_p=sampling.top_p,
+                                           top_k=sampling.top_k, min_p=sampling.min_p)
                      if self.scheme is not None and req.get("watermarking", True) else None)
         context = torch.tensor(ids + [0] * req["max_tokens"])[None]
         watch = StopWatch(self.tok, req["stop"], track=req.get("stream", False))
-        penalised = req.get("presence_penalty", 0.0) != 0 or req.get("frequency_penalty", 0.0) != 0
-        counts = torch.zeros(self.vocab_size, dtype=torch.float32) if penalised else None
-        return Job(ids, req, deadline, bias, gen, processor, watch, context, counts,
+        repetition = req.get("repetition_penalty", 1.0) != 1
+        penalised = repetition or req.get("presence_penalty", 0.0) != 0 or req.get("frequency_penalty", 0.0) != 0
+        counts = torch.zeros(self.vocab_size, dtype=torch.int32) if penalised else None
+        in_prompt = torch.zeros(self.vocab_size, dtype=torch.bool).index_fill_(0, torch.tensor(ids), True) if repetition else None
+        return Job(ids, req, deadline, bias, gen, processor, watch, context, counts, sampling, in_prompt,
                    prompt if isinstance(prompt, str) else None)
 
     def prepare_all(self, req: dict[str, Any], deadline: float | None = None) -> list[Job]:
@@ -354,12 +367,29 @@ class Generator:
         seeds = [None if req["seed"] is None else req["seed"] + j for j in range(req["n"])]
         return [self.prepare(p, {**req, "seed": s}, deadline) for p in req["prompts"] for s in seeds]
 
+    @staticmethod
+    def penalised(job: Job, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` [V] (float32) with ``job``'s logit bias and penalties, as vLLM's sampler applies
+        them (``vllm/v1/worker/gpu/sample/penalties.py``): the bias, then the repetition penalty on
+        every token of the prompt or the completion so far (a positive logit divided by it, a
+        negative one multiplied), then ``frequency * count``, then ``presence * (count > 0)`` (counts
+        of the completion's tokens)."""
+        req, raw = job.req, logits.float() + job.bias
+        if job.counts is None:
+            return raw
+        generated = job.counts > 0
+        if job.in_prompt is not None:
+            scale = torch.where(job.in_prompt | generated, torch.tensor(req["repetition_penalty"], dtype=torch.float32), 1.0)
+            raw = raw * torch.where(raw > 0, 1.0 / scale, scale)
+        return raw - req["frequency_penalty"] * job.counts - req["presence_penalty"] * generated
+
     def _step(self, job: Job, logits: torch.Tensor) -> int:
-        """Choose ``job``'s next token from the model's next-token ``logits`` [V]; record it."""
+        """Choose ``job``'s next token from the model's next-token ``logits`` [V]: bias and penalties
+        (:meth:`penalised`), the watermark, then greedy or sampled at the temperature after the
+        min-p / top-k / top-p filters (:class:`~wmkit.watermark.text.sampling.Sampling`, vLLM's
+        order); record it."""
         req = job.req
-        raw = logits.float() + job.bias
-        if job.counts is not None:
-            raw -= req["frequency_penalty"] * job.counts + req["presence_penalty"] * (job.counts > 0)
+        raw = self.penalised(job, logits)
         scores = raw.clone()
         n = len(job.ids) + len(job.out_ids)
         if job.processor is not None:
@@ -367,11 +397,7 @@ class Generator:
         if req["temperature"] == 0:
             t = int(torch.argmax(scores))
         else:
-            probs = torch.softmax(scores.double() / req["temperature"], -1)
-            if req["top_p"] < 1:
-                sp, si = torch.sort(probs, descending=True)
-                keep = torch.cumsum(sp, 0) - sp < req["top_p"]
-                probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
+            probs = torch.softmax(job.sampling.process(scores).double(), -1)
             t = int(torch.multinomial(probs, 1, generator=job.gen))
         job.out_ids.append(t)
         job.context[0, n] = t

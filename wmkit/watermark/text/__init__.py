@@ -1,7 +1,7 @@
 """Text watermarks: logits processors for ``model.generate`` and key-only detectors.
 
 :data:`SCHEMES` is the registry: adding a scheme is one module and one line here. Every scheme is a
-frozen dataclass config with ``processor(tokenizer, temperature, top_p)`` and
+frozen dataclass config with ``processor(tokenizer, temperature, top_p, top_k, min_p)`` and
 ``detector(tokenizer, fpr=..., ...)`` returning a :class:`~wmkit.watermark.text.detector.TextDetector`;
 ``key_kind`` says which key it takes (``"wmkit"``: a key file; ``"vllm"``: vLLM's integer key).
 """

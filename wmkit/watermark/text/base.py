@@ -87,11 +87,13 @@ class GreenListScheme(KeyedConfig, ABC):
         """This scheme's PRF v2 key ``(k0, k1, d0, d1)``, derived from the secret with the scheme's name as label."""
         return self.key.prf_key(f"text/{self.name}")
 
-    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> "GreenListProcessor":
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                  min_p: float = 0.0) -> "GreenListProcessor":
         """A batched ``transformers.LogitsProcessor`` that adds ``delta`` to green logits.
 
-        Every text scheme's processor takes the sampler's ``temperature`` and ``top_p``: a bias is
-        applied before them (it ignores them); a scheme that picks the token itself (Gumbel-max) needs them.
+        Every text scheme's processor takes the sampler's ``temperature``, ``top_p``, ``top_k`` and
+        ``min_p`` (:class:`~wmkit.watermark.text.sampling.Sampling`): a bias is applied before them
+        (it ignores them); a scheme that picks the token itself (Gumbel-max) needs them.
         """
         return self.gated_processor(tokenizer, None)
 

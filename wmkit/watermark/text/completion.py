@@ -19,8 +19,9 @@ from ...errors import InputError
 from ...params import Spec
 from ...stats import Detection
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
+from .sampling import Sampling
 
-__all__ = ["DEDUP", "DEDUP_HISTORY", "completion_contexts", "first_context_mask", "CompletionProcessor", "repeated_context", "top_p_mask",
+__all__ = ["DEDUP", "DEDUP_HISTORY", "completion_contexts", "first_context_mask", "CompletionProcessor", "repeated_context",
            "gumbel_max", "GumbelProcessor", "CompletionDetector", "DEDUP_SCOPES"]
 
 DEDUP_SCOPES = ("none", "single_turn")
@@ -99,36 +100,25 @@ def repeated_context(completion: torch.Tensor, contexts: torch.Tensor, max_histo
     return (past[:, lo:, :] == contexts.unsqueeze(1)).all(-1).any(-1)
 
 
-def top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filter: ``-inf`` on the least likely tokens whose total probability is at most ``1 - top_p``
-    (the most likely token always stays); unchanged for ``top_p >= 1``."""
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, idx = torch.sort(logits, dim=-1, descending=False)
-    remove_sorted = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
-    remove_sorted[..., -1] = False
-    remove = torch.zeros_like(remove_sorted).scatter(-1, idx, remove_sorted)  # back to vocabulary order
-    return logits.masked_fill(remove, float("-inf"))
-
-
 class GumbelProcessor(CompletionProcessor):
-    """Leaves only the scheme's Gumbel-max choice (``scheme.choose(logits / T, contexts)``) finite on
-    each marked row; the sampler then takes it.
+    """Leaves only the scheme's Gumbel-max choice (``scheme.choose(sampling.process(logits), contexts)``:
+    divided by the temperature, filtered by min-p, top-k and top-p as vLLM's sampler filters) finite
+    on each marked row; the sampler then takes it.
 
     Rows are left unchanged (ordinary sampling) at temperature 0 and, with ``single_turn``
     deduplication, when the context already occurred in the completion, as vLLM's sampler does.
     """
 
-    def __init__(self, scheme: Any, vocab_size: int | None, temperature: float, top_p: float):
+    def __init__(self, scheme: Any, vocab_size: int | None, sampling: Sampling):
         super().__init__(scheme.context_width, vocab_size)
-        self.scheme, self.temperature, self.top_p = scheme, temperature, top_p
+        self.scheme, self.sampling = scheme, sampling
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         completion = self.completion(input_ids, scores)
-        if self.temperature <= 0:
+        if self.sampling.temperature <= 0:
             return scores
         contexts = self.contexts(completion)
-        processed = top_p_mask(scores.float() / self.temperature, self.top_p)
+        processed = self.sampling.process(scores.float())
         chosen = self.scheme.choose(processed, contexts)
         marked = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
         if getattr(self.scheme, "skip_partial_context", False) and completion.shape[1] < self.width:

@@ -38,7 +38,8 @@ from ...keys import KeyedConfig, SecretKey
 from ...params import Spec, check_params
 from ...stats import Detection, permutation_detection
 from .base import PRF_VERSION, check_wmkit_key
-from .completion import CompletionProcessor, gumbel_max, top_p_mask
+from .completion import CompletionProcessor, gumbel_max
+from .sampling import Sampling
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
 
 __all__ = ["ExpEdit", "ExpEditDetector", "levenshtein_prefix_scores"]
@@ -77,9 +78,11 @@ class ExpEdit(KeyedConfig):
         state = prf.context_state(positions.unsqueeze(-1), key, prf.MODE_POSITION)
         return prf.uniform(prf.token_words([s.unsqueeze(-1) for s in state], tokens, key))
 
-    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> "ExpEditProcessor":
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                  min_p: float = 0.0) -> "ExpEditProcessor":
         """Exponential-minimum sampling along the keyed sequence from a random shift per completion."""
-        return ExpEditProcessor(self, len(tokenizer) if tokenizer is not None else None, temperature, top_p)
+        return ExpEditProcessor(self, len(tokenizer) if tokenizer is not None else None,
+                               Sampling(temperature, top_p, top_k, min_p))
 
     def detector(self, tokenizer: Any, fpr: float = DEFAULT_FPR, min_tokens: int = DEFAULT_MIN_TOKENS,
                  **options: Any) -> "ExpEditDetector":
@@ -91,15 +94,15 @@ class ExpEdit(KeyedConfig):
 class ExpEditProcessor(CompletionProcessor):
     """Leaves only the keyed choice ``argmax(logits / T - log(-log xi_{tau+i}))`` finite (``i`` = completion length)."""
 
-    def __init__(self, scheme: ExpEdit, vocab_size: int | None, temperature: float, top_p: float):
+    def __init__(self, scheme: ExpEdit, vocab_size: int | None, sampling: Sampling):
         super().__init__(1, vocab_size)
-        self.scheme, self.temperature, self.top_p = scheme, temperature, top_p
+        self.scheme, self.sampling = scheme, sampling
         self._key = scheme.prf_keys()[0]
         self._tau: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         completion = self.completion(input_ids, scores)
-        if self.temperature <= 0:
+        if self.sampling.temperature <= 0:
             return scores
         n = self.scheme.key_length
         if completion.shape[1] == 0 or self._tau is None or self._tau.shape[0] != scores.shape[0]:
@@ -108,7 +111,7 @@ class ExpEditProcessor(CompletionProcessor):
         key = self._key
         state = prf.context_state(pos.unsqueeze(-1), key, prf.MODE_POSITION)
         u = prf.uniform(prf.vocab_words(state, scores.shape[1], key)).to(scores.device)  # one Philox call per 4 tokens
-        chosen = gumbel_max(top_p_mask(scores.double() / self.temperature, self.top_p), u)
+        chosen = gumbel_max(self.sampling.process(scores.double()), u)
         return torch.full_like(scores, float("-inf")).scatter(1, chosen.unsqueeze(1), 0.0)
 
 

@@ -15,7 +15,8 @@ __all__ = ["generate_completions", "TextScheme"]
 class TextScheme(Protocol):
     """What generation needs of a text scheme: a processor for the sampler's settings."""
 
-    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> Any: ...
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                  min_p: float = 0.0) -> Any: ...
 
 
 def _encode(tokenizer: Any, prompts: Sequence[str], chat: bool, prefills: Sequence[str]) -> dict[str, torch.Tensor]:

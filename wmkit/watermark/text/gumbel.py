@@ -33,6 +33,7 @@ from ...stats import Detection, gamma_detection
 from .base import PRF_VERSION, check_wmkit_key
 from .completion import DEDUP, DEDUP_HISTORY, CompletionDetector, GumbelProcessor, gumbel_max
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities
+from .sampling import Sampling
 
 __all__ = ["Gumbel"]
 
@@ -76,9 +77,11 @@ class Gumbel(KeyedConfig):
         vocab = torch.arange(logits.shape[-1], device=logits.device)
         return gumbel_max(logits.double(), self.uniforms(contexts, vocab))
 
-    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> GumbelProcessor:
-        """A processor that leaves only the keyed choice at ``temperature`` (nucleus ``top_p``) finite."""
-        return GumbelProcessor(self, len(tokenizer) if tokenizer is not None else None, temperature, top_p)
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                  min_p: float = 0.0) -> GumbelProcessor:
+        """A processor that leaves only the keyed choice at ``temperature`` (after the ``top_p`` / ``top_k`` / ``min_p`` filters) finite."""
+        return GumbelProcessor(self, len(tokenizer) if tokenizer is not None else None,
+                               Sampling(temperature, top_p, top_k, min_p))
 
     def score(self, contexts: torch.Tensor, targets: torch.Tensor, fpr: float) -> Detection:
         """``sum -log(1 - u_t)``: exactly Gamma(n, 1) under no mark."""

@@ -57,7 +57,8 @@ class SWEET(NeedsModel, KGW):
     name: ClassVar[str] = "sweet"
     detector_class: ClassVar[type[ModelDetector]] = SweetDetector
 
-    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> GreenListProcessor:
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                  min_p: float = 0.0) -> GreenListProcessor:
         """Adds ``delta`` to green logits of the rows whose entropy (from these logits) is above the threshold."""
         tau = self.entropy_threshold
         return self.gated_processor(tokenizer, lambda ids, scores: shannon_entropy(scores) > tau)

@@ -57,7 +57,8 @@ from ...errors import InputError
 from ...keys import KeyedConfig, SecretKey
 from ...params import Spec, check_params
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, weighted_binomial_detection, windowed_binomial_detection
-from .completion import CompletionProcessor, completion_contexts, repeated_context, top_p_mask
+from .completion import CompletionProcessor, completion_contexts, repeated_context
+from .sampling import Sampling
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
 
 LCG_MULTIPLIER = 6364136223846793005  # transformers' (newlib/musl) multiplier; increment 1
@@ -216,9 +217,11 @@ class SynthID(KeyedConfig):
         log_probs = torch.log(probs)
         return torch.where(torch.isfinite(log_probs), log_probs, torch.finfo(log_probs.dtype).min)
 
-    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> "SynthIDProcessor":
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                  min_p: float = 0.0) -> "SynthIDProcessor":
         """A batched processor; at temperature 1 and top_p 1 its scores are transformers' processor's."""
-        return SynthIDProcessor(self, len(tokenizer) if tokenizer is not None else None, temperature, top_p)
+        return SynthIDProcessor(self, len(tokenizer) if tokenizer is not None else None,
+                               Sampling(temperature, top_p, top_k, min_p))
 
     def detector(self, tokenizer: Any, fpr: float = DEFAULT_FPR, min_tokens: int = DEFAULT_MIN_TOKENS,
                  ignore_repeated_ngrams: bool = True) -> "SynthIDDetector":
@@ -250,19 +253,20 @@ def bayesian_scorer(scheme: SynthID, tokenizer: Any) -> Any:
 class SynthIDProcessor(CompletionProcessor):
     """SynthID's tournament on the completion's contexts, batched (no per-row loop).
 
-    At temperature 1 and top_p 1 it returns transformers' watermarked log-probabilities (the sampler
-    then draws from them); at another temperature or top_p, transformers applies the tournament to
-    the tempered, nucleus-filtered distribution *after* its warpers, which a processor placed before
-    them cannot reproduce through scores, so the processor draws the token itself (torch's RNG) from
-    that watermarked distribution and leaves only it finite. Temperature 0 takes the argmax of the
-    watermarked distribution.
+    At temperature 1 with no filter it returns transformers' watermarked log-probabilities (the
+    sampler then draws from them); at another temperature or with top-p / top-k / min-p,
+    transformers applies the tournament to the tempered, filtered distribution *after* its warpers,
+    which a processor placed before them cannot reproduce through scores, so the processor draws the
+    token itself (torch's RNG) from that watermarked distribution (filtered by :class:`Sampling`, in
+    vLLM's order) and leaves only it finite. Temperature 0 takes the argmax of the watermarked
+    distribution (filters do not apply to greedy decoding).
     """
 
     pad = 0  # transformers' state starts with a context of zeros
 
-    def __init__(self, scheme: SynthID, vocab_size: int | None, temperature: float, top_p: float):
+    def __init__(self, scheme: SynthID, vocab_size: int | None, sampling: Sampling):
         super().__init__(scheme.ngram_len - 1, vocab_size)
-        self.scheme, self.temperature, self.top_p = scheme, temperature, top_p
+        self.scheme, self.sampling = scheme, sampling
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         s = self.scheme
@@ -271,8 +275,8 @@ class SynthIDProcessor(CompletionProcessor):
             return scores
         contexts = self.contexts(completion)
         repeated = repeated_context(completion, contexts, s.context_history_size, pad=self.pad)
-        exact = self.temperature in (0.0, 1.0) and self.top_p >= 1.0
-        base = scores if exact else top_p_mask(scores / self.temperature, self.top_p)
+        exact = self.sampling.temperature == 0 or (self.sampling.temperature == 1 and not self.sampling.filters)
+        base = scores if exact else self.sampling.process(scores)
         marked = torch.where(repeated.unsqueeze(1), base, s.watermarked_log_probs(base, contexts))
         if exact:
             return marked

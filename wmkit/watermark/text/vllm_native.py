@@ -46,6 +46,7 @@ from ...params import Spec, check_params
 from .base import DELTA, GAMMA, SEEDING
 from .completion import DEDUP, DEDUP_HISTORY, CompletionDetector, CompletionProcessor, GumbelProcessor, gumbel_max
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities
+from .sampling import Sampling
 
 __all__ = [
     "VLLM_KEY_ENV", "parse_vllm_key", "load_vllm_key", "derive_watermark_key", "vllm_philox_words", "vllm_uniform",
@@ -211,9 +212,11 @@ class VllmGumbel(VllmScheme):
     deduplicate_contexts_max_history: int | None = DEDUP_HISTORY.field(8192)
     name: ClassVar[str] = "vllm-gumbel"
 
-    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> GumbelProcessor:
-        """A processor that makes vLLM's sampler's choice at ``temperature`` (and nucleus ``top_p``)."""
-        return GumbelProcessor(self, len(tokenizer) if tokenizer is not None else None, temperature, top_p)
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                  min_p: float = 0.0) -> GumbelProcessor:
+        """A processor that makes vLLM's sampler's choice at ``temperature`` (after its ``min_p``, ``top_k``, ``top_p`` filters)."""
+        return GumbelProcessor(self, len(tokenizer) if tokenizer is not None else None,
+                               Sampling(temperature, top_p, top_k, min_p))
 
     def choose(self, logits: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
         """vLLM's Gumbel-max choice on the processed logits."""
@@ -286,7 +289,8 @@ class VllmSBW(VllmScheme):
             object.__setattr__(self, "context_width", 4 if self.seeding == "selfhash" else 1)
         super().__post_init__()
 
-    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> SBWProcessor:
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                  min_p: float = 0.0) -> SBWProcessor:
         """A processor that adds ``delta`` to SBW's green logits (sampling then proceeds as usual)."""
         return SBWProcessor(self, len(tokenizer) if tokenizer is not None else None)
 

@@ -72,7 +72,8 @@ class IE(KGW):
         tagger.check_tokenizer(tokenizer)
         return tagger
 
-    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0) -> GreenListProcessor:
+    def processor(self, tokenizer: Any = None, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                  min_p: float = 0.0) -> GreenListProcessor:
         """Adds ``delta`` to green logits of the rows whose next step the tagger calls high-entropy."""
         if tokenizer is None:
             raise InputError("ie: the processor needs the tokenizer (the tagger reads its token ids)")
