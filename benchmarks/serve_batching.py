@@ -19,9 +19,7 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -92,17 +90,6 @@ def measure(workload: str, clients: int, requests: int) -> dict:
             "rows_per_step": round(sum(decode) / max(1, len(decode)), 2)}
 
 
-def run_elsewhere(source: Path, workload: str, clients: int, requests: int) -> dict:
-    """:func:`measure` in a new process that imports the wmkit at ``source``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "row.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", workload, str(clients), str(requests), str(out)]
-        r = subprocess.run(cmd, cwd=source, env={**os.environ, "PYTHONPATH": str(source)}, capture_output=True, text=True)
-        if r.returncode:
-            raise SystemExit(f"serve_batching.py: the baseline run failed: {r.stderr.strip()[-400:]}")
-        return json.loads(out.read_text())
-
-
 def main() -> None:
     if len(sys.argv) == 6 and sys.argv[1] == "--one":  # a child run: one configuration, its row to a file
         workload, clients, requests, out = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
@@ -126,7 +113,7 @@ def main() -> None:
         raise SystemExit(f"serve_batching.py: --levels takes comma-separated integers, got {args.levels!r}") from None
     out = ResultFile(args.out, "serve_batching.py")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from serve_load import worktree
+    from serve_load import run_child, worktree
 
     rows: list[dict] = []
     with contextlib.ExitStack() as stack:
@@ -136,7 +123,7 @@ def main() -> None:
         for k, (workload, clients) in enumerate((w, c) for w in workloads for c in levels):
             n = max(24, 3 * clients)
             for code, where in runs if k % 2 == 0 else runs[::-1]:  # back to back, who goes first alternating
-                row = {"code": code, **run_elsewhere(where, workload, clients, n)}
+                row = {"code": code, **run_child(__file__, where, [workload, str(clients), str(n)])}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 out.write_json({"rows": rows})

@@ -94,6 +94,19 @@ def worktree(rev: str):
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(where)], capture_output=True)
 
 
+def run_child(script: str, source: Path, args: list[str]) -> dict:
+    """``script --one *args OUT`` in a new process that imports the wmkit at ``source`` (a baseline's
+    worktree, or this checkout); the JSON row it wrote to ``OUT``."""
+    name = Path(script).name
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        cmd = [sys.executable, str(Path(script).resolve()), "--one", *args, str(out)]
+        r = subprocess.run(cmd, cwd=source, env={**os.environ, "PYTHONPATH": str(source)}, capture_output=True, text=True)
+        if r.returncode:
+            raise SystemExit(f"{name}: the run at {source} failed: {r.stderr.strip()[-400:]}")
+        return json.loads(out.read_text())
+
+
 def load(url: str, path: str, clients: int, requests: int, texts: list[str], max_tokens: tuple[int, ...] = (16,)) -> dict:
     """``requests`` requests from ``clients`` closed-loop clients; latency percentiles and status counts."""
     latencies: list[float] = []

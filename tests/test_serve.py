@@ -198,6 +198,39 @@ def test_echo_returns_the_prompt_with_its_tokens_log_probs_before_the_completion
     assert chat.status_code == 400 and "'echo' is a /v1/completions field" in chat.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("budget, padding, passes", [(2048, 1.25, 2), (2048, 10.0, 1), (12, 1.25, 3)])
+def test_echoed_prompts_are_scored_together(model, monkeypatch, budget, padding, passes):
+    """An evaluation harness's batch (5 prompts, ``echo``, ``max_tokens`` 1, ``logprobs``) costs one
+    left-padded pass per group of similar lengths, not two passes per prompt: lengths 3, 4, 5, 6, 9
+    at most 1.25 positions per token: [3, 4, 5] (15 <= 15), [6, 9] (18 <= 18.75); in a budget of
+    12 positions: [3, 4], [5, 6], [9]; with no padding limit: one pass. Its first tokens come from
+    the same pass; every log-prob equals the prompt's own pass here."""
+    from fastapi.testclient import TestClient
+
+    from wmkit.server import completions
+
+    monkeypatch.setattr(completions, "ECHO_POSITIONS", budget)
+    monkeypatch.setattr(completions, "ECHO_PADDING", padding)
+    gen = Generator(model, IdTokenizer())
+    calls, forward = [], model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape) or forward(*a, **k))
+    prompts = [[9, 8, 7, 6, 5, 4], [1, 2, 3], [40, 41, 42, 43, 44, 45, 46, 47, 48], [7, 7, 7, 7], [3, 1, 4, 1, 5]]
+    r = TestClient(create_app(gen)).post("/v1/completions", json={
+        "prompt": prompts, "max_tokens": 1, "temperature": 0, "logprobs": 2, "echo": True, "return_tokens_as_token_ids": True})
+    assert r.status_code == 200, r.text
+    assert len(calls) == passes
+    monkeypatch.undo()
+    with torch.inference_mode():
+        for p, choice in zip(prompts, r.json()["choices"]):
+            lp = torch.log_softmax(model(input_ids=torch.tensor([p])).logits[0].double(), -1)
+            got = choice["logprobs"]
+            np.testing.assert_allclose(got["token_logprobs"][1 : len(p)], [float(lp[i - 1, p[i]]) for i in range(1, len(p))],
+                                       atol=1e-5)
+            assert got["tokens"][len(p)] == f"token_id:{int(lp[-1].argmax())}"  # the greedy first token
+            np.testing.assert_allclose(got["token_logprobs"][len(p)], float(lp[-1].max()), atol=1e-5)
+            assert list(got["top_logprobs"][-1]) == [f"token_id:{int(j)}" for j in torch.topk(lp[-1], 2).indices]
+
+
 def test_lm_evaluation_harness_scores_loglikelihoods_through_echo(model, key):
     """lm-evaluation-harness's own ``local-completions`` client (from its wheel): the payload it sends
     for loglikelihood requests (token ids, ``echo``, ``max_tokens`` 1, ``logprobs`` 1), batched, to a

@@ -18,7 +18,9 @@ model's next-token distribution *with the logit bias and the penalties* and *bef
 the watermark changes which token is sampled, not what the model says about its distribution.
 ``echo`` (not with ``stream``) puts the prompt before the completion and, with ``logprobs``, its tokens
 and their log-probs (each given the tokens before it; the first has none) before the completion's;
-``max_tokens`` may then be 0. Fields it does not implement (``best_of``, ``suffix``) are refused
+``max_tokens`` may then be 0; the echoed prompts of a request (or of jobs that start together) are
+scored in shared left-padded passes, whose last position also gives a one-token job its token
+(:meth:`Generator._score_prompts`). Fields it does not implement (``best_of``, ``suffix``) are refused
 unless they have their neutral value.
 Bad requests get HTTP 400 with an OpenAI-style error.
 
@@ -71,6 +73,8 @@ MAX_BIAS = 100.0
 FIRST_CACHE = 64
 PREFILL_CHUNK = 256  # prompt tokens per prefill pass of jobs that join a running batch
 ECHO_ROWS = 512  # prompt positions per log-softmax of an echo
+ECHO_POSITIONS = 2048  # prompt positions (rows x width) per batched forward pass that scores echoed prompts
+ECHO_PADDING = 1.25  # at most this many positions (padding included) per prompt token in such a pass
 
 
 def _int_list(x: Any) -> bool:
@@ -277,6 +281,8 @@ class Job:
     counts: torch.Tensor | None  # [V] how often each token was generated (None: no penalties)
     sampling: Sampling  # temperature and the min-p / top-k / top-p filters
     in_prompt: torch.Tensor | None = None  # [V] the prompt's tokens (for a repetition penalty; None: none)
+    echo: tuple[list[float | None], list[dict[str, float] | None]] | None = None  # its prompt's log-probs, top-k
+    first: torch.Tensor | None = None  # [V] its prompt's next-token logits, if a scoring pass gave them
     prompt: str | None = None  # the prompt as the request gave it, if as text (what echo returns)
     out_ids: list[int] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
@@ -331,7 +337,12 @@ class Generator:
 
     def cached(self, job: Job) -> bool:
         """Whether ``job`` is one token whose prompt's logits are cached (answered without the model)."""
-        return job.req["max_tokens"] == 1 and tuple(job.ids) in self._first
+        return job.req["max_tokens"] == 1 and tuple(job.ids) in self._first and not self._scored(job)
+
+    @staticmethod
+    def _scored(job: Job) -> bool:
+        """Whether ``job`` echoes its prompt with log-probs (its prompt is scored)."""
+        return bool(job.req.get("echo")) and job.req["logprobs"] is not None
 
     def token_str(self, t: int, ids: bool) -> str:
         return f"token_id:{t}" if ids else self.tok.decode([t])
@@ -473,25 +484,68 @@ class Generator:
     def _pending(self, jobs: list[Job], done: Callable[[Job], None]) -> Rows | None:
         """Jobs set going: the expired and the one-token ones end here; the rest are one left-padded
         batch of prompts to prefill (``None``: none)."""
+        self._score_prompts([job for job in jobs if self._scored(job) and not self._expired(job)])
         batch = []
         for job in jobs:
             if job.req["max_tokens"] == 0:  # echo only: nothing to generate
                 job.done = True
             elif not self._expired(job) and job.req["max_tokens"] == 1:
-                self._step(job, self._first_logits(job.ids))
+                self._step(job, job.first if job.first is not None else self._first_logits(job.ids))
             if job.done:
                 done(job)
             else:
                 batch.append(job)
         if not batch:
             return None
-        width = max(len(j.ids) for j in batch)
-        inp = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, job in enumerate(batch):
+        inp, mask = self._left_padded(batch)
+        return Rows(batch, inp, (mask.cumsum(1) - 1).clamp(min=0), mask, None)
+
+    def _left_padded(self, jobs: list[Job]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompts of ``jobs`` as one left-padded batch: token ids and attention mask ``[B, width]``."""
+        width = max(len(j.ids) for j in jobs)
+        inp = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for r, job in enumerate(jobs):
             inp[r, width - len(job.ids) :] = torch.tensor(job.ids)
             mask[r, width - len(job.ids) :] = 1
-        return Rows(batch, inp, (mask.cumsum(1) - 1).clamp(min=0), mask, None)
+        return inp, mask
+
+    def _score_prompts(self, jobs: list[Job]) -> None:
+        """Score the prompts of echoing ``jobs`` (``job.echo``: each token's log-prob given the tokens
+        before it, the model's own with no bias or penalty, and its top-k; the first token has none)
+        and keep each prompt's next-token logits (``job.first``: a one-token job needs no other pass).
+        The prompts go through the model together, shortest first, left-padded, in passes of at most
+        ``ECHO_POSITIONS`` positions (rows x width; a longer prompt alone) and at most
+        ``ECHO_PADDING`` positions per prompt token (padding is compute spent for nothing, and on a
+        CPU a pass costs what its positions cost), so the prompts of an evaluation harness's batch
+        cost a few passes, not two each; each row's log-softmax is taken
+        ``ECHO_ROWS`` positions at a time (a long prompt's [L, V] in float64 at once would take
+        gigabytes)."""
+        group: list[Job] = []
+        tokens = 0
+        for job in sorted(jobs, key=lambda j: len(j.ids)):  # the widest last: a group's width is its last prompt's
+            width = (len(group) + 1) * len(job.ids)
+            if group and (width > ECHO_POSITIONS or width > ECHO_PADDING * (tokens + len(job.ids))):
+                self._score_group(group)
+                group, tokens = [], 0
+            group.append(job)
+            tokens += len(job.ids)
+        if group:
+            self._score_group(group)
+
+    def _score_group(self, jobs: list[Job]) -> None:
+        inp, mask = self._left_padded(jobs)
+        logits = self.model(input_ids=inp, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
+        for r, job in enumerate(jobs):
+            k, ids, row = job.req["logprobs"], job.req["ids"], logits[r, inp.shape[1] - len(job.ids) :]
+            own: list[float | None] = [None]
+            tops: list[dict[str, float] | None] = [None]
+            for a in range(0, len(job.ids) - 1, ECHO_ROWS):
+                lp = torch.log_softmax(row[a : min(a + ECHO_ROWS, len(job.ids) - 1)].double(), -1)
+                own += lp.gather(1, torch.tensor(job.ids[a + 1 : a + 1 + len(lp)])[:, None])[:, 0].tolist()
+                tops += [{self.token_str(int(j), ids): float(x[j]) for j in (torch.topk(x, k).indices.tolist() if k else [])}
+                         for x in lp]
+            job.echo, job.first = (own, tops), row[-1].float().clone()
 
     def _advance(self, rows: Rows, done: Callable[[Job], None]) -> Rows | None:
         """One forward pass over ``rows`` and one token for each; the rows still running."""
@@ -537,27 +591,16 @@ class Generator:
         return {"choice": choice, "prompt_tokens": len(job.ids), "completion_tokens": len(job.out_ids)}
 
     def _echo(self, job: Job, choice: dict[str, Any]) -> None:
-        """Put the prompt before ``choice``'s text and, with log-probs, its tokens before the
-        completion's: each prompt token's log-prob given the tokens before it (the model's own, no
-        bias or penalty; the first token has none). One forward pass over the prompt, its
-        log-softmax taken ``ECHO_ROWS`` positions at a time (a long prompt's [L, V] in float64 at
-        once would take gigabytes)."""
+        """Put the prompt before ``choice``'s text and, with log-probs, its tokens and their log-probs
+        (scored when the job started: :meth:`_score_prompts`) before the completion's."""
         prompt = job.prompt if job.prompt is not None else self.tok.decode(job.ids)
         choice["text"] = prompt + choice["text"]
-        k = job.req["logprobs"]
-        if k is None:
+        if job.req["logprobs"] is None:
             return
-        ids = job.req["ids"]
-        own: list[float | None] = [None]
-        tops: list[dict[str, float] | None] = [None]
-        with self.lock, torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([job.ids])).logits[0, :-1]
-            for a in range(0, logits.shape[0], ECHO_ROWS):
-                lp = torch.log_softmax(logits[a : a + ECHO_ROWS].double(), -1)
-                own += lp.gather(1, torch.tensor(job.ids[a + 1 : a + 1 + len(lp)])[:, None])[:, 0].tolist()
-                tops += [{self.token_str(int(j), ids): float(row[j]) for j in (torch.topk(row, k).indices.tolist() if k else [])}
-                         for row in lp]
-        tokens = [self.token_str(t, ids) for t in job.ids]
+        if job.echo is None:
+            raise RuntimeError("an echoed job finished without its prompt scored")
+        own, tops = job.echo
+        tokens = [self.token_str(t, job.req["ids"]) for t in job.ids]
         out = choice["logprobs"]
         choice["logprobs"] = {"tokens": tokens + out["tokens"], "token_logprobs": own + out["token_logprobs"],
                               "top_logprobs": tops + out["top_logprobs"]}
