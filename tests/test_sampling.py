@@ -89,6 +89,20 @@ def test_vllm_gumbel_processor_chooses_what_vllms_sampler_chooses_after_the_filt
 
 # --- penalties ----------------------------------------------------------------------------------
 
+def vllm_penalised(ns, logits: torch.Tensor, prompt: list[int], out: list[int], rep: float, freq: float,
+                   pres: float) -> torch.Tensor:
+    """vLLM on one request's next-token ``logits`` [V]: the prompt's bit mask and the output's counts by
+    its bincount kernel, then its penalty kernel."""
+    row, tokens = torch.zeros(1, dtype=torch.int32), torch.tensor([prompt + out], dtype=torch.int64)
+    mask, counts = torch.zeros(1, -(-V // 32), dtype=torch.int32), torch.zeros(1, V, dtype=torch.int32)
+    ns.bincount(row, tokens, torch.tensor([len(prompt)]), torch.tensor([len(prompt) + len(out)]), mask, counts,
+                len(prompt) + len(out))
+    x = logits.float()[None].clone()
+    ns.apply_penalties(x, row, tokens[0], torch.zeros(1, dtype=torch.int64), torch.tensor([rep], dtype=torch.float32),
+                       torch.tensor([freq], dtype=torch.float32), torch.tensor([pres], dtype=torch.float32), mask, counts)
+    return x[0]
+
+
 def _job(gen: Generator, prompt: list[int], out: list[int], **req):
     job = gen.prepare(prompt, {"max_tokens": 32, "temperature": 1.0, "top_p": 1.0, "logit_bias": {}, "seed": None,
                                "stop": [], "logprobs": None, "presence_penalty": 0.0, "frequency_penalty": 0.0,
@@ -104,16 +118,7 @@ def test_penalties_equal_vllms_kernel_bit_for_bit(vllm, tiny_generator, rep, fre
     job = _job(tiny_generator, prompt, out, repetition_penalty=rep, frequency_penalty=freq, presence_penalty=pres)
     logits = torch.randn(V, generator=torch.Generator().manual_seed(1)) * 4
     got = Generator.penalised(job, logits)
-    # vLLM: the prompt's bit mask and the output's counts by its bincount kernel, then its penalty kernel
-    row = torch.zeros(1, dtype=torch.int32)
-    tokens = torch.tensor([prompt + out], dtype=torch.int64)
-    mask, counts = torch.zeros(1, -(-V // 32), dtype=torch.int32), torch.zeros(1, V, dtype=torch.int32)
-    vllm.bincount(row, tokens, torch.tensor([len(prompt)]), torch.tensor([len(prompt) + len(out)]), mask, counts,
-                  len(prompt) + len(out))
-    want = logits[None].clone()
-    vllm.apply_penalties(want, row, tokens[0], torch.zeros(1, dtype=torch.int64), torch.tensor([rep], dtype=torch.float32),
-                         torch.tensor([freq], dtype=torch.float32), torch.tensor([pres], dtype=torch.float32), mask, counts)
-    assert torch.equal(got, want[0])
+    assert torch.equal(got, vllm_penalised(vllm, logits, prompt, out, rep, freq, pres))
     assert not torch.equal(got, logits)
 
 
@@ -146,17 +151,13 @@ def test_server_repetition_penalty_is_vllms_on_prompt_and_completion(vllm, tiny_
     ch = _post(client, prompt=prompt, max_tokens=12, temperature=0, logprobs=0, repetition_penalty=1.8,
                frequency_penalty=0.3, presence_penalty=0.2)[0]
     got = [int(t.split(":")[1]) for t in ch["logprobs"]["tokens"]]
-    ids, row = list(prompt), torch.zeros(1, dtype=torch.int32)
+    ids = list(prompt)
     with torch.inference_mode():
         for i, t in enumerate(got):
-            x = tiny_model(input_ids=torch.tensor([ids])).logits[0, -1:].float().clone()
-            mask, counts = torch.zeros(1, -(-V // 32), dtype=torch.int32), torch.zeros(1, V, dtype=torch.int32)
-            vllm.bincount(row, torch.tensor([ids]), torch.tensor([len(prompt)]), torch.tensor([len(ids)]), mask, counts,
-                          len(ids))
-            vllm.apply_penalties(x, row, torch.tensor(ids), torch.zeros(1, dtype=torch.int64), torch.tensor([1.8]),
-                                 torch.tensor([0.3]), torch.tensor([0.2]), mask, counts)
-            assert t == int(x[0].argmax()), f"step {i}"
-            np.testing.assert_allclose(ch["logprobs"]["token_logprobs"][i], float(torch.log_softmax(x[0].double(), -1)[t]),
+            x = vllm_penalised(vllm, tiny_model(input_ids=torch.tensor([ids])).logits[0, -1], prompt, ids[len(prompt):],
+                               1.8, 0.3, 0.2)
+            assert t == int(x.argmax()), f"step {i}"
+            np.testing.assert_allclose(ch["logprobs"]["token_logprobs"][i], float(torch.log_softmax(x.double(), -1)[t]),
                                        atol=1e-4)
             ids.append(t)
     assert ch["text"] != free  # the penalty changed the greedy text

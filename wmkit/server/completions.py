@@ -543,8 +543,9 @@ class Generator:
             for a in range(0, len(job.ids) - 1, ECHO_ROWS):
                 lp = torch.log_softmax(row[a : min(a + ECHO_ROWS, len(job.ids) - 1)].double(), -1)
                 own += lp.gather(1, torch.tensor(job.ids[a + 1 : a + 1 + len(lp)])[:, None])[:, 0].tolist()
-                tops += [{self.token_str(int(j), ids): float(x[j]) for j in (torch.topk(x, k).indices.tolist() if k else [])}
-                         for x in lp]
+                best = torch.topk(lp, k, dim=-1)  # one call for the piece, not one per position
+                tops += [{self.token_str(j, ids): v for j, v in zip(js, vs)}
+                         for js, vs in zip(best.indices.tolist(), best.values.tolist())]
             job.echo, job.first = (own, tops), row[-1].float().clone()
 
     def _advance(self, rows: Rows, done: Callable[[Job], None]) -> Rows | None:
