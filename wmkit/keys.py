@@ -3,8 +3,10 @@
 A key is at least 128 random bits, written as hexadecimal text (a key file holds one line; blank
 lines and lines starting with ``#`` are ignored). It comes from an explicit argument, a key file
 (``--key-file``) or the ``WMKIT_KEY`` environment variable -- never from a default in the code.
-Every use derives its own subkey with HMAC-SHA256(secret, ``"wmkit/v1/" + label``), so one
-secret serves every scheme without two schemes sharing a green list.
+Every use derives its own subkey with HMAC-SHA256(secret, ``"wmkit/v1/" + label``) (byte subkeys,
+:meth:`SecretKey.subkey`) or HMAC-SHA256(secret, ``"wmkit/v2/" + label``) (PRF v2 keys,
+:meth:`SecretKey.prf_key`), so one secret serves every scheme without two schemes sharing a green list.
+A :class:`ScopedKey` holds only the subkeys one scheme uses (what a Ray worker receives).
 
 >>> key = SecretKey.from_hex("00112233445566778899aabbccddeeff")
 >>> key.prf_key("kgw") != key.prf_key("unigram")
@@ -13,18 +15,27 @@ True
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import stat
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Sequence, TypeVar
 
 from .errors import InvalidKeyError
 
 ENV_VAR = "WMKIT_KEY"
+SUBKEY_LABEL = "wmkit/v1/"  # HMAC label prefix of byte subkeys (SecretKey.subkey)
+PRF_LABEL = "wmkit/v2/"  # HMAC label prefix of PRF v2 keys (SecretKey.prf_key)
+
+
+class KeyFileWarning(UserWarning):
+    """A key file others can read (printed by the CLI as ``wm: warning: ...``)."""
 MIN_BITS = 128
 DEFAULT_BITS = 256
 
@@ -49,6 +60,15 @@ class SecretKey:
 
     def __repr__(self) -> str:
         return f"SecretKey(<{len(self.secret) * 8} bits, id {self.fingerprint()}>)"
+
+    def __eq__(self, other: object) -> bool:
+        """Keys are equal when their public ids are (never a comparison of the secret itself)."""
+        if not isinstance(other, (SecretKey, ScopedKey)):
+            return NotImplemented
+        return self.fingerprint() == other.fingerprint()
+
+    def __hash__(self) -> int:
+        return hash(("wmkit-key", self.fingerprint()))
 
     @classmethod
     def from_hex(cls, text: str, source: str = "key") -> "SecretKey":
@@ -95,26 +115,133 @@ class SecretKey:
 
     def subkey(self, label: str) -> bytes:
         """HMAC-SHA256(secret, ``"wmkit/v1/" + label``): 32 bytes for one use of the key."""
-        return hmac.new(self.secret, f"wmkit/v1/{label}".encode(), hashlib.sha256).digest()
+        return hmac.new(self.secret, f"{SUBKEY_LABEL}{label}".encode(), hashlib.sha256).digest()
 
     def prf_key(self, label: str) -> tuple[int, int, int, int]:
         """The PRF v2 key ``(k0, k1, d0, d1)`` for ``label`` (:mod:`wmkit.prf`): the first 16 bytes,
         little-endian words, of HMAC-SHA256(secret, ``"wmkit/v2/" + label``); 128 secret bits."""
-        sub = hmac.new(self.secret, f"wmkit/v2/{label}".encode(), hashlib.sha256).digest()
+        sub = hmac.new(self.secret, f"{PRF_LABEL}{label}".encode(), hashlib.sha256).digest()
         return tuple(int.from_bytes(sub[i : i + 4], "little") for i in range(0, 16, 4))  # type: ignore[return-value]
+
+    def scoped(self, prf_labels: Sequence[str] = (), subkey_labels: Sequence[str] = ()) -> "ScopedKey":
+        """A :class:`ScopedKey` holding only the named subkeys (and this key's public id)."""
+        return ScopedKey({lb: self.prf_key(lb) for lb in prf_labels}, {lb: self.subkey(lb) for lb in subkey_labels},
+                         self.fingerprint())
+
+
+@dataclass(frozen=True, eq=False)
+class ScopedKey:
+    """The subkeys one scheme needs, without the master secret: what a worker on a shared cluster gets.
+
+    It answers :meth:`prf_key` and :meth:`subkey` for the labels it was made with and refuses any
+    other, so a Ray actor (whose arguments a cluster operator can read) never holds the key that
+    derives every other scheme's subkeys, the commitment or the subkeys of other uses.
+
+    >>> key = SecretKey.from_hex("00112233445566778899aabbccddeeff")
+    >>> key.scoped(["text/kgw"]).prf_key("text/kgw") == key.prf_key("text/kgw")
+    True
+    """
+
+    prf_keys: dict[str, tuple[int, int, int, int]] = field(repr=False)
+    subkeys: dict[str, bytes] = field(repr=False)
+    key_id: str
+
+    def __repr__(self) -> str:
+        return f"ScopedKey(<{len(self.prf_keys) + len(self.subkeys)} subkeys, id {self.key_id}>)"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, (SecretKey, ScopedKey)):
+            return NotImplemented
+        return self.fingerprint() == other.fingerprint()
+
+    def __hash__(self) -> int:
+        return hash(("wmkit-key", self.key_id))
+
+    def fingerprint(self) -> str:
+        """The public id of the key this scope came from."""
+        return self.key_id
+
+    def prf_key(self, label: str) -> tuple[int, int, int, int]:
+        """The PRF v2 key for ``label``, if this scope holds it."""
+        if label not in self.prf_keys:
+            raise InvalidKeyError(f"this scoped key holds no PRF key for {label!r}")
+        return self.prf_keys[label]
+
+    def subkey(self, label: str) -> bytes:
+        """The byte subkey for ``label``, if this scope holds it."""
+        if label not in self.subkeys:
+            raise InvalidKeyError(f"this scoped key holds no subkey for {label!r}")
+        return self.subkeys[label]
+
+    def commitment(self) -> str:
+        """Not available: a commitment needs the master secret."""
+        raise InvalidKeyError("a scoped key has no commitment (it does not hold the master secret)")
+
+
+# Public ids of keys from a small space (vLLM's integer keys, SynthID's explicit integer lists): a
+# memory-hard KDF, so an id is never a cheaper path to the key than trying keys against marked text.
+# scrypt N=2^17, r=8, p=2 takes 128 MiB and ~0.9 s of one core per evaluation (measured on the CI
+# machine: benchmarks/key_id_cost.py), so trying 2^40 keys costs >3x10^4 CPU-years.
+KDF_ID_PARAMS = {"n": 2**17, "r": 8, "p": 2}
+
+
+@functools.lru_cache(maxsize=64)
+def kdf_key_id(prefix: str, material: bytes) -> str:
+    """``prefix:`` + 8 hex digits of scrypt(material) under a fixed public salt (:data:`KDF_ID_PARAMS`).
+
+    Used for keys whose space is small enough to search (a vLLM key below 2^40 is): the id costs
+    ~0.9 s to compute, once per key and process.
+    """
+    digest = hashlib.scrypt(material, salt=b"wmkit/key-id/v2/" + prefix.encode(), maxmem=2**30, dklen=16,
+                            **KDF_ID_PARAMS)
+    return f"{prefix}:{digest.hex()[:8]}"
+
+
+def _world_writable(p: Path) -> bool:
+    try:
+        return bool(p.stat().st_mode & stat.S_IWOTH)
+    except OSError:
+        return False
+
+
+def check_key_file_mode(p: Path) -> None:
+    """Refuse a key file that is a symlink into a world-writable place (anyone could have planted or
+    can replace what it points to); warn, as ssh does, when the file is readable by group or others.
+    POSIX only (Windows has no such mode bits)."""
+    if os.name != "posix":
+        return
+    if p.is_symlink():
+        target = p.resolve()
+        if _world_writable(target) or any(_world_writable(d) for d in target.parents):
+            raise InvalidKeyError(f"key file {p} is a symlink into a world-writable place; refusing it "
+                                  "(copy the key to a private file: wm keygen makes mode 0600)")
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warnings.warn(f"key file {p} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
+                      f"keep it private: chmod 600 {p}", KeyFileWarning, stacklevel=3)
 
 
 def read_key_file(path: str | os.PathLike[str]) -> SecretKey:
-    """Load a key from a text file, with a clear error if it is missing or malformed."""
+    """Load a key from a text file, with a clear error if it is missing or malformed.
+
+    The file holds one key line (blank and ``#`` lines aside); more than one is an error, since
+    joining two keys would silently make a third. See :func:`check_key_file_mode` for its mode.
+    """
     p = Path(path)
     if not p.exists():
         raise InvalidKeyError(f"key file {p} does not exist (create one with: wm keygen -o {p})")
     if p.is_dir():
         raise InvalidKeyError(f"key file {p} is a directory")
+    check_key_file_mode(p)
     try:
         text = p.read_text(encoding="ascii")
     except (UnicodeDecodeError, OSError) as e:
         raise InvalidKeyError(f"key file {p} is not readable hexadecimal text ({type(e).__name__})") from None
+    if sum(1 for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")) > 1:
+        raise InvalidKeyError(f"key file {p} holds more than one key line; a key file holds one key")
     return SecretKey.from_hex(text, source=f"key file {p}")
 
 
@@ -175,6 +302,21 @@ class KeyedConfig:
     def to_json(self) -> str:
         """:meth:`config` as JSON text."""
         return json.dumps(self.config(), sort_keys=True)
+
+    def key_labels(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The labels of the PRF keys and byte subkeys this scheme derives from its key (what a
+        :class:`ScopedKey` for it must hold). Schemes that derive more override it."""
+        return (f"text/{self.name}",), ()
+
+    def scoped(self: _C) -> _C:
+        """This scheme with a :class:`ScopedKey` in place of its master key (an integer or explicit key
+        list, which derives nothing, is kept as it is): what to hand a worker one may not trust."""
+        import dataclasses
+
+        key = getattr(self, "key", None)
+        if not isinstance(key, SecretKey):
+            return self
+        return dataclasses.replace(self, key=key.scoped(*self.key_labels()))  # type: ignore[type-var]
 
     @classmethod
     def from_config(cls: type[_C], config: dict[str, Any], key: SecretKey) -> _C:

@@ -355,8 +355,9 @@ def run_scan(spec: InputSpec, scheme: Any, out: Path, config: dict[str, Any], *,
             else:
                 yield s
 
-    if engine == "ray":
-        scored = _ray_scored(fresh(), args, workers, ray_address)
+    if engine == "ray":  # actors' arguments are readable on the cluster: the scheme's subkeys only
+        scored = _ray_scored(fresh(), (scheme.scoped() if hasattr(scheme, "scoped") else scheme, *args[1:]),
+                             workers, ray_address)
     elif workers <= 1:
         _init_worker(*args, pool=False)
         scored = map(_score, fresh())

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -15,7 +15,7 @@ from rich.console import Console
 
 from ..errors import InputError, WmkitError
 from ..files import read_text  # noqa: F401  (re-exported: the commands read files with it)
-from ..keys import load_key
+from ..keys import KeyFileWarning, load_key
 from ..params import describe, parse_value
 from ..watermark.text import SCHEMES, key_kind
 from ..watermark.text.vllm_native import VLLM_KEY_ENV, load_vllm_key
@@ -63,6 +63,12 @@ GlobOpt = typer.Option("*", help="File-name pattern inside folders (e.g. '*.txt'
 FieldOpt = typer.Option(None, "--field", "--column", help="Text field of JSON lines / column of .parquet files (default 'text'; "
                         "with --field every non-Parquet file is read as JSON lines).", show_default=False)
 KeyOnlySchemeOpt = typer.Option("kgw", "--scheme", "-s", help="Watermark scheme (key-only detectors): " + ", ".join(SCHEMES) + ".")
+# what goes to a suspect's URL (wmkit.remote): credentials only when named for the call
+ApiKeyEnvOpt = typer.Option(None, "--api-key-env", help="Send the value of this environment variable as a bearer token to "
+                            "the suspect URL (nothing is sent unless named; $OPENAI_API_KEY is never read).", show_default=False)
+HeaderOpt = typer.Option([], "--header", help="A header 'Name: value' to send to the suspect URL, repeatable.",
+                         show_default=False)
+InsecureOpt = typer.Option(False, "--insecure", help="Allow credentials over plain http:// to a host that is not loopback.")
 ModelOpt = typer.Option(None, "--model", "-m", help="Model folder or .gguf file (default: SmolLM2-135M-Instruct).", show_default=False)
 
 
@@ -163,14 +169,10 @@ def build_scheme(
 
 def key_id(scheme: Any) -> str:
     """The public id of the scheme's key (never the key): the scheme's own ``key_id()`` if it has one
-    (synthid's explicit keys), a wmkit key's fingerprint, or ``vllm:`` and 8 hex digits of SHA-256 of
-    a vLLM key."""
+    (vLLM keys, synthid's explicit keys: a memory-hard KDF), else the wmkit key's fingerprint."""
     if hasattr(scheme, "key_id"):
         return scheme.key_id()
-    key = scheme.key
-    if isinstance(key, int):
-        return "vllm:" + hashlib.sha256(b"wmkit/vllm-key-id/" + key.to_bytes(8, "big")).hexdigest()[:8]
-    return key.fingerprint()
+    return scheme.key.fingerprint()
 
 
 def read_record(path: Path) -> tuple[dict[str, Any], str | None]:
@@ -226,8 +228,17 @@ def check_fpr_option(fpr: float) -> float:
 
 
 def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``; a :class:`WmkitError` becomes a one-line error and exit status 2."""
-    try:
-        return fn(*args, **kwargs)
-    except WmkitError as e:
-        die(str(e))
+    """Call ``fn``; a :class:`WmkitError` becomes a one-line error and exit status 2, and a
+    :class:`~wmkit.keys.KeyFileWarning` a one-line ``wm: warning: ...`` (other warnings pass on)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", KeyFileWarning)
+        try:
+            return fn(*args, **kwargs)
+        except WmkitError as e:
+            die(str(e))
+        finally:
+            for w in caught:
+                if issubclass(w.category, KeyFileWarning):
+                    stderr.print(f"wm: warning: {w.message}", markup=False)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -15,7 +15,8 @@ from ..server.embeddings import MAX_BATCH, MAX_BODY_BYTES, MAX_CHARS, MAX_INPUTS
 from ..watermark.embedding import SCHEMES, SentenceEncoder, load_encoder, make_scheme, verify_ownership
 from ..watermark.embedding.schemes import check_scheme_name
 from ..watermark.embedding.verify import DEFAULT_DECOYS, DEFAULT_FPR, DEFAULT_TEXTS, MIN_DECOYS, MIN_TEXTS, MODES
-from .common import KeyFileOpt, check_fpr_option, run_guarded
+from ..remote import suspect_headers
+from .common import ApiKeyEnvOpt, HeaderOpt, InsecureOpt, KeyFileOpt, check_fpr_option, run_guarded
 
 eaas_app = typer.Typer(help="Embedding watermarks for Embeddings-as-a-Service.", no_args_is_help=True)
 EmbSchemeOpt = typer.Option("espew", "--scheme", "-s", help=f"Embedding scheme: {', '.join(SCHEMES)}.")
@@ -81,11 +82,15 @@ def verify(
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the verdict."),
     batch_size: int = typer.Option(256, help="Texts per request to a URL suspect."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    api_key_env: Optional[str] = ApiKeyEnvOpt,
+    header: list[str] = HeaderOpt,
+    insecure: bool = InsecureOpt,
 ) -> None:
     """Ownership test: does SUSPECT carry the embedding watermark of this key? Exit 0 either way."""
 
     def run():  # noqa: ANN202
         check_fpr_option(fpr)  # before any model loads
+        headers = suspect_headers(suspect, api_key_env, header, insecure)
         if mode not in MODES:
             raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
         if batch_size < 1:
@@ -94,7 +99,7 @@ def verify(
             raise InputError(f"--texts must be at least {MIN_TEXTS} and --decoys at least {MIN_DECOYS}, "
                              f"got {texts} and {decoys}")
         s = _scheme(scheme, key_file, None)
-        enc = load_encoder(suspect, batch_size=batch_size)
+        enc = load_encoder(suspect, batch_size=batch_size, headers=headers)
         target = clean = None
         if mode in ("target", "positions"):
             clean = SentenceEncoder(provider_model)

@@ -19,7 +19,10 @@ from ..watermark.text import SCHEMES
 from ..watermark.embedding.verify import DEFAULT_DECOYS as EMB_DECOYS, DEFAULT_FPR as EMB_FPR, DEFAULT_TEXTS as EMB_TEXTS
 from ..fingerprint.verify import DEFAULT_FPR as FP_FPR
 from ..watermark.text.detector import DEFAULT_FPR
-from .common import NAMED_PARAMS, KeyOnlySchemeOpt, ModelOpt, SchemeArgs, check_fpr_option, die, run_guarded, scheme_options, stderr
+from .common import (
+    NAMED_PARAMS, ApiKeyEnvOpt, HeaderOpt, InsecureOpt, KeyOnlySchemeOpt, ModelOpt, SchemeArgs, check_fpr_option, die,
+    run_guarded, scheme_options, stderr,
+)
 
 evidence_app = typer.Typer(help="Ownership evidence a third party can re-check.", no_args_is_help=True)
 DEFAULT_TOKENIZER = "default (SmolLM2-135M-Instruct)"
@@ -98,13 +101,19 @@ def eaas(
     texts: int = typer.Option(EMB_TEXTS, help="Verification texts per set."),
     decoys: int = typer.Option(EMB_DECOYS, help="Decoy trigger sets (the null distribution)."),
     fpr: float = typer.Option(EMB_FPR, help="False-positive rate of the verdict."),
+    api_key_env: Optional[str] = ApiKeyEnvOpt,
+    header: list[str] = HeaderOpt,
+    insecure: bool = InsecureOpt,
 ) -> None:
     """Run the EaaS ownership test against SUSPECT and write the evidence: the suspect's answers to the
     key-derived queries (responses.npz), the verdict, p-value, decoy distribution, configuration, key id
     and commitment. A re-check needs the revealed key and the folder, not the suspect."""
     from ..watermark.embedding import SentenceEncoder, load_encoder, make_scheme, ownership_queries
 
+    from ..remote import suspect_headers
+
     fpr = run_guarded(check_fpr_option, fpr)
+    headers = run_guarded(suspect_headers, suspect, api_key_env, header, insecure)
     if mode not in ("target", "copy-target", "target-free"):
         die(f"--mode must be target, copy-target or target-free (positions mode needs the clean model at check time), got {mode!r}")
     _new_folder(output)
@@ -113,7 +122,7 @@ def eaas(
         key = load_key(key_file=key_file)
         scheme = make_scheme(scheme_name, key)
         queries = ownership_queries(scheme, texts, decoys)
-        enc = load_encoder(suspect)
+        enc = load_encoder(suspect, headers=headers)
         target = None
         if mode == "target":
             target = SentenceEncoder(provider_model).encode([scheme.target_text()])[0]

@@ -158,20 +158,22 @@ class RemoteEncoder:
         url: base URL, e.g. ``http://127.0.0.1:8000`` or ``.../v1``.
         model: the ``model`` field sent with each request.
         batch_size: texts per request.
-        api_key: sent as a bearer token if given (else ``$OPENAI_API_KEY`` if set).
+        headers: sent with every request, and nothing else: no ambient credential (``$OPENAI_API_KEY``
+            is never read). Build them with :func:`wmkit.remote.suspect_headers`, which refuses
+            credentials over plain HTTP to a host that is not loopback.
         timeout: seconds per request.
     """
 
     def __init__(
-        self, url: str, model: str = "wmkit", batch_size: int = 256, api_key: str | None = None, timeout: float = 120.0
+        self, url: str, model: str = "wmkit", batch_size: int = 256, headers: dict[str, str] | None = None,
+        timeout: float = 120.0,
     ) -> None:
         base = url.rstrip("/")
         self.endpoint = base + ("/embeddings" if base.endswith("/v1") else "/v1/embeddings")
         self.model = model
         self.batch_size = batch_size
         self.timeout = timeout
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.headers = dict(headers or {})
         self.dim = len(self._post(["dimension probe"])[0])
 
     def _post(self, texts: list[str]) -> list[list[float]]:
@@ -203,10 +205,14 @@ class RemoteEncoder:
         return check_embeddings(rows, self.dim, self.endpoint)
 
 
-def load_encoder(suspect: str | None, device: str = "cpu", batch_size: int = 256) -> Encoder:
-    """``http(s)://...`` -> :class:`RemoteEncoder`; a folder -> :class:`SentenceEncoder`; ``None`` -> the default."""
+def load_encoder(suspect: str | None, device: str = "cpu", batch_size: int = 256,
+                 headers: dict[str, str] | None = None) -> Encoder:
+    """``http(s)://...`` -> :class:`RemoteEncoder` (sending ``headers`` only); a folder ->
+    :class:`SentenceEncoder`; ``None`` -> the default."""
     if suspect is not None and suspect.startswith(("http://", "https://")):
-        return RemoteEncoder(suspect, batch_size=batch_size)
+        return RemoteEncoder(suspect, batch_size=batch_size, headers=headers)
+    if headers:
+        raise InputError("--api-key-env and --header apply to a suspect URL, not a model folder")
     if suspect is not None and not Path(suspect).is_dir():
         raise InputError(f"{suspect}: not a model folder or an http(s) URL")
     return SentenceEncoder(suspect, device=device)

@@ -47,7 +47,7 @@ class EaaSScheme(KeyedConfig, ABC):
         band: document-frequency band the triggers come from (default ``(0.005, 0.01)``).
     """
 
-    key: SecretKey = field(repr=False, compare=False)
+    key: SecretKey = field(repr=False)
     n_triggers: int = 20
     max_triggers: int = 4
     band: tuple[float, float] = (0.005, 0.01)

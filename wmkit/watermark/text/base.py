@@ -22,7 +22,7 @@ from transformers import LogitsProcessor
 from ... import prf
 from ...errors import InputError
 from ... import kernels
-from ...keys import KeyedConfig, SecretKey
+from ...keys import KeyedConfig, ScopedKey, SecretKey
 from ...params import Spec, check_params
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, binomial_pvalues, windowed_binomial_detection
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, DetectorCore
@@ -33,7 +33,7 @@ Gate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids [B, L]
 
 def check_wmkit_key(name: str, key: Any, prf_version: Any) -> None:
     """A scheme keyed by a wmkit key file: ``key`` is a :class:`SecretKey` and the config's PRF spec is this one."""
-    if not isinstance(key, SecretKey):
+    if not isinstance(key, (SecretKey, ScopedKey)):
         raise InputError(f"{name}: key must be a wmkit.keys.SecretKey (a key file), got {type(key).__name__}")
     check_prf_version(name, prf_version)
 
@@ -65,7 +65,7 @@ class GreenListScheme(KeyedConfig, ABC):
         delta: logit bias added to green tokens, >= 0.
     """
 
-    key: SecretKey = field(repr=False, compare=False)
+    key: SecretKey = field(repr=False)
     gamma: float = GAMMA.field(0.25)
     delta: float = DELTA.field(2.0)
     prf_version: int = PRF_VERSION.field(prf.PRF_VERSION)

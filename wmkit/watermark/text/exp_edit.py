@@ -56,7 +56,7 @@ class ExpEdit(KeyedConfig):
         n_resamples: keyed null sequences of the permutation test (default 99: p >= 0.01).
     """
 
-    key: SecretKey = field(repr=False, compare=False)
+    key: SecretKey = field(repr=False)
     key_length: int = Spec("length n of the keyed sequence", low=2, high=4096).field(256)
     gap: float = Spec("Levenshtein insertion/deletion cost of the test", low=0.0, high=100.0).field(0.4)
     n_resamples: int = Spec("keyed null sequences of the permutation test (p >= 1/(1+n))", low=9, high=9999).field(99)
@@ -67,6 +67,10 @@ class ExpEdit(KeyedConfig):
     def __post_init__(self) -> None:
         check_wmkit_key(self.name, self.key, self.prf_version)
         check_params(self)
+
+    def key_labels(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The sequence's PRF key and every null sequence's (:meth:`prf_keys`)."""
+        return (f"text/{self.name}", *(f"text/{self.name}/null/{r}" for r in range(1, self.n_resamples + 1))), ()
 
     def prf_keys(self, resamples: int = 0) -> list[tuple[int, int, int, int]]:
         """The sequence's PRF key, then ``resamples`` keys of independent null sequences."""

@@ -49,7 +49,7 @@ class Gumbel(KeyedConfig):
         deduplicate_contexts_max_history: positions searched for a repeat (default 8192; ``None``: all).
     """
 
-    key: SecretKey = field(repr=False, compare=False)
+    key: SecretKey = field(repr=False)
     context_width: int = Spec("completion tokens in the PRF context", low=1, high=16).field(4)
     deduplicate_contexts: str = DEDUP.field("single_turn")
     deduplicate_contexts_max_history: int | None = DEDUP_HISTORY.field(8192)

@@ -44,7 +44,6 @@ with transformers (its processor cannot make this mark); ``q = 1/2`` exactly.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar, Iterator, Sequence
@@ -54,7 +53,7 @@ import torch
 
 from ... import prf
 from ...errors import InputError
-from ...keys import KeyedConfig, SecretKey
+from ...keys import KeyedConfig, ScopedKey, SecretKey, kdf_key_id
 from ...params import Spec, check_params
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, weighted_binomial_detection, windowed_binomial_detection
 from .completion import CompletionProcessor, completion_contexts, repeated_context
@@ -107,7 +106,8 @@ def parse_keys(value: Any) -> tuple[int, ...]:
     try:
         keys = tuple(int(str(k).strip()) for k in items)
     except (TypeError, ValueError):
-        raise InputError(f"synthid: keys must be integers separated by commas, got {value!r}") from None
+        raise InputError("synthid: keys must be integers separated by commas (the value given is not shown: "
+                         "it may be a secret)") from None
     if not keys or not all(-(2**63) <= k < 2**63 for k in keys):
         raise InputError("synthid: keys must be 1 or more integers that fit in int64")
     return keys
@@ -124,7 +124,7 @@ class SynthID(KeyedConfig):
         skip_first_ngram_calls, num_leaves, score: see ``wm schemes synthid``.
     """
 
-    key: SecretKey | tuple[int, ...] = field(repr=False, compare=False)
+    key: SecretKey | tuple[int, ...] = field(repr=False)
     ngram_len: int = Spec("tokens in a hashed n-gram: the context is the ngram_len - 1 previous ones", low=2, high=16).field(5)
     depth: int = Spec("tournament layers m (number of keys; with explicit keys, their count)", low=1, high=64).field(30)
     sampling_table_size: int = Spec("size of the table of random g-values", low=2, high=2**24).field(2**16)
@@ -147,7 +147,7 @@ class SynthID(KeyedConfig):
         check_params(self)
         if (self.score == "bayesian") != (self.weights is not None):
             raise InputError("synthid: score=bayesian needs -P weights=FILE (wm synthid train), and weights need score=bayesian")
-        if isinstance(self.key, SecretKey):
+        if isinstance(self.key, (SecretKey, ScopedKey)):
             return
         if self.gvalues == "prf":
             raise InputError("synthid: gvalues=prf needs a wmkit key file (-k), not transformers' explicit keys")
@@ -158,15 +158,22 @@ class SynthID(KeyedConfig):
                 raise InputError(f"synthid: depth is {self.depth} but {len(self.key)} keys were given")
             object.__setattr__(self, "depth", len(self.key))
 
+    def key_labels(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """PRF v2 g-values use one PRF key; transformers' g-values one subkey per layer (:func:`derive_keys`)."""
+        if self.gvalues == "prf":
+            return (f"text/{self.name}",), ()
+        return (), tuple(f"text/synthid/layer/{d}" for d in range(self.depth))
+
     def layer_keys(self) -> tuple[int, ...]:
         """The ``depth`` integer keys, as transformers takes them."""
         return self.key if isinstance(self.key, tuple) else derive_keys(self.key, self.depth)
 
     def key_id(self) -> str:
-        """A public id of explicit keys (``synthid:`` + 8 hex digits of SHA-256), else the key file's."""
-        if isinstance(self.key, SecretKey):
+        """A public id of explicit keys (``synthid:`` + 8 hex digits of a memory-hard KDF,
+        :func:`wmkit.keys.kdf_key_id`), else the key file's."""
+        if isinstance(self.key, (SecretKey, ScopedKey)):
             return self.key.fingerprint()
-        return "synthid:" + hashlib.sha256(np.array(self.key, dtype=np.int64).tobytes()).hexdigest()[:8]
+        return kdf_key_id("synthid", np.array(self.key, dtype=np.int64).tobytes())
 
     def table(self) -> torch.Tensor:
         """The g-value table."""

@@ -40,7 +40,7 @@ import torch
 
 from ... import prf
 from ...errors import InputError, InvalidKeyError
-from ...keys import KeyedConfig
+from ...keys import KeyedConfig, kdf_key_id
 from ...stats import Detection, binomial_detection, gamma_detection, normal_pvalue
 from ...params import Spec, check_params
 from .base import DELTA, GAMMA, SEEDING
@@ -63,7 +63,7 @@ INT31_MAX = 0x7FFFFFFF
 def parse_vllm_key(value: Any, source: str = "--vllm-key") -> int:
     """A vLLM watermark key: an integer in ``[0, 2^64)`` (decimal, or ``0x`` hex), as vLLM takes it."""
     if isinstance(value, bool):
-        raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64), got {value!r}")
+        raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64), got a boolean")
     if isinstance(value, str):
         text = value.strip()
         if len(text) >= 32 and all(c in "0123456789abcdefABCDEF" for c in text):
@@ -71,9 +71,12 @@ def parse_vllm_key(value: Any, source: str = "--vllm-key") -> int:
         try:
             value = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
         except ValueError:
-            raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64), got {text!r}") from None
+            raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64), got {len(text)} characters "
+                                  "that are not one (the value is not shown: it may be a secret)") from None
     if not isinstance(value, int) or not 0 <= value <= MAX_KEY:
-        raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64) (vLLM's Philox keys are 64-bit), got {value!r}")
+        what = "an integer out of range" if isinstance(value, int) else f"a {type(value).__name__}"
+        raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64) (vLLM's Philox keys are 64-bit), "
+                              f"got {what} (the value is not shown: it may be a secret)")
     return value
 
 
@@ -84,6 +87,11 @@ def load_vllm_key(value: Any = None, env: str = VLLM_KEY_ENV) -> int:
     if os.environ.get(env):
         return parse_vllm_key(os.environ[env], f"${env}")
     raise InvalidKeyError(f"no vLLM key given: pass --vllm-key N or set {env} (the 'key' of vLLM's --watermark-config)")
+
+
+def vllm_key_id(key: int) -> str:
+    """The public id of a vLLM integer key (see :meth:`VllmScheme.key_id`)."""
+    return kdf_key_id("vllm", key.to_bytes(8, "big"))
 
 
 def derive_watermark_key(key: int, domain: bytes) -> int:
@@ -176,7 +184,7 @@ VLLM_CONTEXT_WIDTH = Spec("generated tokens in the PRF context (vLLM's context_w
 class VllmScheme(KeyedConfig, ABC):
     """Base of vLLM's native schemes: an integer key and vLLM's context width (do not instantiate)."""
 
-    key: int = field(repr=False, compare=False)
+    key: int = field(repr=False)
     context_width: int = VLLM_CONTEXT_WIDTH.field(4)
     name: ClassVar[str] = ""
     key_kind: ClassVar[str] = "vllm"  # the CLI asks for --vllm-key, not a wmkit key file
@@ -185,6 +193,11 @@ class VllmScheme(KeyedConfig, ABC):
     def __post_init__(self) -> None:
         parse_vllm_key(self.key, f"{self.name} key")
         check_params(self)
+
+    def key_id(self) -> str:
+        """The key's public id, ``vllm:`` + 8 hex digits of a memory-hard KDF of the key
+        (:func:`wmkit.keys.kdf_key_id`); a key from a small range is still found from marked text."""
+        return vllm_key_id(self.key)
 
     def detector(self, tokenizer: Any, fpr: float = DEFAULT_FPR, min_tokens: int = DEFAULT_MIN_TOKENS, **options: Any) -> CompletionDetector:
         """A detector on completion text or token ids (vLLM's statistic and context deduplication)."""
