@@ -851,3 +851,37 @@ def test_a_streamed_job_ends_when_it_ends_not_when_its_batch_does(model):
         events, still_running, long = asyncio.run(run())
         assert events[-1] == "data: [DONE]\n\n" and '"finish_reason": "length"' in events[-2]
         assert still_running and len(long.out_ids) == 300
+
+
+def _colour_oracle(model, key, mode, contexts):
+    """What a client learns of KGW colours from greedy one-token requests with log-probs: for each
+    context token c, when the served (greedy) token is not the top of the returned distribution, the
+    served token is green and that top token red (delta moved the choice)."""
+    from fastapi.testclient import TestClient
+
+    from helpers import green_ref
+
+    scheme = KGW(key, gamma=0.25, delta=4.0, context_width=1, seeding="lefthash")
+    client = TestClient(create_app(Generator(model, IdTokenizer(), scheme, VocabOnly(), logprobs=mode)))
+    learned = {}
+    for c in contexts:
+        r = client.post("/v1/completions", json={"prompt": [11, int(c)], "max_tokens": 1, "temperature": 0,
+                                                 "logprobs": 5, "return_tokens_as_token_ids": True}).json()
+        lp = r["choices"][0]["logprobs"]
+        chosen = int(lp["tokens"][0].split(":")[1])
+        top = max(lp["top_logprobs"][0].items(), key=lambda kv: kv[1])
+        top_id = int(top[0].split(":")[1])
+        if top_id != chosen:
+            learned[(int(c), chosen)], learned[(int(c), top_id)] = True, False
+    truth = {pair: green_ref(scheme, [pair[0]], pair[1]) for pair in learned}
+    return learned, truth
+
+
+def test_logprobs_give_no_colour_oracle_unless_the_server_is_started_raw(model, key):
+    """Issue 33: raw log-probs beside the watermark's choice reveal colours (the old default); the
+    default (log-probs after the watermark) reveals nothing beyond the chosen token."""
+    contexts = np.random.default_rng(0).integers(100, V, 40)
+    learned, truth = _colour_oracle(model, key, "raw", contexts)
+    assert len(learned) >= 20 and learned == truth  # colours recovered, every one right
+    learned, _ = _colour_oracle(model, key, "sampled", contexts)
+    assert learned == {}  # the served token is the top of what is shown, at every context

@@ -26,9 +26,12 @@ def serve(
                                       "(longer prefills run in chunks between its steps); 0: one pass."),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message put first in every chat request that has none (\"\" too: an empty one replaces the chat template's default)."),
     allow_opt_out: bool = typer.Option(False, "--allow-opt-out", help="Let a request ask for unmarked text (\"watermarking\": false); refused (403) otherwise."),
+    logprobs: str = typer.Option("sampled", "--logprobs", help="Log-probs a watermarking server returns: sampled (of the "
+                                 "distribution after the watermark) or raw (before it: GIVES THE KEY AWAY, since beside "
+                                 "the chosen token it shows the token's colour; for tests and fingerprint checks only)."),
 ) -> None:
     """Serve MODEL at /v1/completions and /v1/chat/completions (logprobs up to 20, logit_bias, "stream": true); --scheme marks the generated text."""
-    from ..server.completions import Generator, create_app
+    from ..server.completions import LOGPROBS_MODES, Generator, create_app
     from ..server.http import serve as run_server
 
     def build() -> Generator:
@@ -42,6 +45,8 @@ def serve(
             raise InputError(f"--prefill-chunk must be a number of tokens >= 0 (0: one pass), got {prefill_chunk}")
         if allow_opt_out and scheme_name == "none":
             raise InputError("--allow-opt-out applies to a server that watermarks (--scheme)")
+        if logprobs not in LOGPROBS_MODES:
+            raise InputError(f"--logprobs must be one of {', '.join(LOGPROBS_MODES)}, got {logprobs!r}")
         if not timeout > 0:
             raise InputError(f"--timeout must be a positive number of seconds, got {timeout}")
         import socket
@@ -55,7 +60,7 @@ def serve(
         if scheme_name != "none":
             scheme = scheme_args.build(scheme_name)
         lm, tok = load_lm(model)
-        return Generator(lm, tok, scheme, prefill_chunk=prefill_chunk or None)
+        return Generator(lm, tok, scheme, prefill_chunk=prefill_chunk or None, logprobs=logprobs)
 
     gen = run_guarded(build)
     run_server(create_app(gen, Path(model).name if model else "SmolLM2-135M-Instruct", max_new_tokens, timeout_s=timeout,

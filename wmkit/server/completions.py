@@ -14,8 +14,12 @@ vLLM's order and arithmetic (:meth:`Generator.penalised`,
 :class:`~wmkit.watermark.text.sampling.Sampling`; a Gumbel-max watermark draws from the filtered
 distribution), and vLLM's ``return_tokens_as_token_ids`` (tokens rendered ``"token_id:123"``,
 so token strings that several ids decode to stay unambiguous). The log-probs are those of the
-model's next-token distribution *with the logit bias and the penalties* and *before* the watermark:
-the watermark changes which token is sampled, not what the model says about its distribution.
+next-token distribution the token was chosen from: the model's, *with the logit bias and the
+penalties* and, on a watermarking server, *after* the watermark (before the temperature and the
+filters, as vLLM reports them; ``-inf`` shown as -9999.0, vLLM's floor). The distribution before the
+watermark beside the token the watermark chose would show each chosen token's colour (one
+greedy request per context), so it is given only by a server started with ``logprobs="raw"``
+(``wm serve --logprobs raw``), which gives the key away.
 ``echo`` (not with ``stream``) puts the prompt before the completion and, with ``logprobs``, its tokens
 and their log-probs (each given the tokens before it; the first has none) before the completion's;
 ``max_tokens`` may then be 0; the echoed prompts of a request (or of jobs that start together) are
@@ -69,6 +73,8 @@ MAX_PROMPTS = 16
 MAX_CHOICES = 64  # prompts x n per request
 UNSUPPORTED = {"best_of": (None, 1), "suffix": (None, "")}  # field: its neutral values
 MAX_LOGPROBS = 20
+LOGPROBS_MODES = ("sampled", "raw")  # after the watermark (default) / before it (reveals colours)
+LOGPROB_FLOOR = -9999.0  # vLLM's floor for -inf in OpenAI responses (JSON has no infinity)
 MAX_BIAS = 100.0
 FIRST_CACHE = 64
 PREFILL_CHUNK = 256  # prompt tokens per prefill pass of jobs that join a running batch
@@ -306,10 +312,13 @@ class Generator:
     """
 
     def __init__(self, model: Any, tokenizer: Any, scheme: Any = None, scheme_tokenizer: Any = None,
-                 prefill_chunk: int | None = PREFILL_CHUNK) -> None:
+                 prefill_chunk: int | None = PREFILL_CHUNK, logprobs: str = "sampled") -> None:
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be a positive number of tokens (or None), got {prefill_chunk}")
+        if logprobs not in LOGPROBS_MODES:
+            raise ValueError(f"logprobs must be one of {', '.join(LOGPROBS_MODES)}, got {logprobs!r}")
         self.model, self.tok, self.scheme, self.prefill_chunk = model, tokenizer, scheme, prefill_chunk
+        self.logprobs = logprobs
         self.scheme_tok = scheme_tokenizer if scheme_tokenizer is not None else tokenizer
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None  # None: unbounded
@@ -415,7 +424,10 @@ class Generator:
         if job.counts is not None:
             job.counts[t] += 1
         if req["logprobs"] is not None:
-            lp = torch.log_softmax(raw.double(), -1)
+            # of the distribution the token came from: after the watermark (the raw one beside the
+            # watermark's choice shows a token's colour), unless the server was started with raw
+            shown = raw if job.processor is None or self.logprobs == "raw" else scores
+            lp = torch.log_softmax(shown.double(), -1).clamp_(min=LOGPROB_FLOOR)
             job.tokens.append(self.token_str(t, req["ids"]))
             job.token_lps.append(float(lp[t]))
             k = req["logprobs"]
