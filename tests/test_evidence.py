@@ -79,6 +79,20 @@ def test_a_wrong_key_an_edited_figure_or_a_changed_input_fails_the_check(case):
     assert r.exit_code == 2 and "not JSON" in r.stderr
 
 
+def test_an_edited_html_page_fails_the_check(case):
+    """Issue 33: report.html is what a reader sees; an edit there (a forged verdict) fails the check."""
+    tmp_path, keyfile, _ = case
+    page = tmp_path / "report" / "report.html"
+    html = page.read_text()
+    assert "not watermarked" in html
+    page.write_text(html.replace("not watermarked", "WATERMARKED (p = 1e-12)", 1))
+    r = runner.invoke(app, ["evidence", "check", str(tmp_path / "report" / "report.json"), "-k", str(keyfile)])
+    assert r.exit_code == 1 and "report.html does not show what report.json holds" in r.stderr
+    page.write_text(html)
+    r = runner.invoke(app, ["evidence", "check", str(tmp_path / "report" / "report.json"), "-k", str(keyfile)])
+    assert r.exit_code == 0, r.stderr
+
+
 def test_bad_evidence_requests_fail_before_any_work(case):
     tmp_path, keyfile, _ = case
     r = runner.invoke(app, ["evidence", "text", str(tmp_path / "plain.txt"), "-k", str(keyfile), "-o", str(tmp_path / "report")])

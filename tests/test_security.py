@@ -233,3 +233,22 @@ def test_scheme_equality_sees_the_key(key):
         assert a == b and a != make_scheme(name, other), name
         assert a == cls.from_config(a.config(), key) and a != cls.from_config(a.config(), other), name
     assert key == SecretKey(key.secret) and hash(key) == hash(SecretKey(key.secret))
+
+
+def test_terminal_output_escapes_control_characters(tmp_path, key, tokenizer):
+    """A crafted file cannot clear the screen or rewrite what the user sees: ESC, C1, bidi controls in
+    the text (--highlight) and in the file name are shown as escapes, never sent to the terminal."""
+    from helpers import marked_text
+
+    keyfile = write_key_file(tmp_path / "wm.key", key)
+    text = marked_text(make_scheme("kgw", key), tokenizer, n=60)
+    crafted = tmp_path / "evil\x1b[2J\u202e.txt"
+    crafted.write_text(text[:40] + "\x1b[2J\x1b]0;owned\x07\x9b31m\u202e" + text[40:])
+    r = runner.invoke(app, ["detect", str(crafted), "-k", str(keyfile), "--highlight"])
+    assert r.exit_code == 0, r.output
+    for raw in ("\x1b[2J", "\x1b]0;", "\x07", "\x9b", "\u202e"):
+        assert raw not in r.output
+    assert "\\x1b[2J" in r.output and "\\u202e" in r.output
+    missing = tmp_path / "gone\x1b[31m.txt"
+    r = runner.invoke(app, ["detect", str(missing), "-k", str(keyfile)])
+    assert r.exit_code == 2 and "\x1b[31m" not in r.output and "\\x1b[31m" in r.output

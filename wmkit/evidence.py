@@ -226,7 +226,9 @@ def check_report(report_path: str | os.PathLike[str], key: Any, build_scheme: An
 
     ``build_scheme(family, config, key)`` makes the scheme; ``load_tok(name)`` the tokenizer (text
     reports). An input whose SHA-256 differs from the recorded one is an :class:`InputError` (the
-    evidence is not the one reported), as is a missing input.
+    evidence is not the one reported), as is a missing input. The HTML beside the report
+    (``report.html`` for ``report.json``) must be exactly what :func:`render_html` draws from the
+    verified JSON: what is shown is what was checked.
     """
     report = load_report(report_path)
     base = Path(report_path).resolve().parent
@@ -253,7 +255,7 @@ def check_report(report_path: str | os.PathLike[str], key: Any, build_scheme: An
         if report["inputs"][0]["sha256"] != report["signature_sha256"]:
             return ["the signature's SHA-256 is not the one the report commits to"]
         again = [fingerprint_figures(paths[0], paths[1], report["test"], report["fpr"])]
-        return _compare(report, again, family)
+        return _compare(report, again, family) or _check_html(report_path, report)
     scheme = build_scheme(family, report["scheme"], key)
     if json.loads(json.dumps(scheme.config())) != report["scheme"]:
         return [f"the scheme config does not round-trip: {scheme.config()} != {report['scheme']}"]
@@ -263,7 +265,23 @@ def check_report(report_path: str | os.PathLike[str], key: Any, build_scheme: An
                             base=base, min_tokens=report.get("min_tokens", 16))["results"]
     else:
         again = [eaas_figures(paths[0], scheme, report["test"], report["fpr"])]
-    return _compare(report, again, family)
+    return _compare(report, again, family) or _check_html(report_path, report)
+
+
+def _check_html(report_path: str | os.PathLike[str], report: dict[str, Any]) -> list[str]:
+    """The report's HTML, if present, must be the one its (verified) JSON renders to."""
+    page = Path(report_path).with_suffix(".html")
+    if not page.exists():
+        return []
+    try:
+        shown = page.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return [f"{page.name} is not readable UTF-8 text"]
+    if shown != render_html(report):
+        made_by = report.get("versions", {}).get("wmkit")
+        return [f"{page.name} does not show what {Path(report_path).name} holds: it was edited after the report was "
+                f"written (report by wmkit {made_by}; checked with {versions()['wmkit']})"]
+    return []
 
 
 def _compare(report: dict[str, Any], again: list[dict[str, Any]], family: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,9 +119,32 @@ def scheme_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+_KEEP = {"\n": "\n", "\t": "\t"}
+
+
+def terminal_safe(text: str, keep_newlines: bool = False) -> str:
+    """``text`` with every character that could drive a terminal or reorder what it shows -- control
+    characters (C0, DEL, C1: ESC sequences), format characters (bidi overrides, invisibles), line and
+    paragraph separators, lone surrogates (undecodable file names) -- written as a visible escape
+    (``\x1b``, ``\u202e``). Tabs stay; newlines stay only with ``keep_newlines``.
+
+    >>> terminal_safe("a\x1b[2Jb\u202ec")
+    'a\\x1b[2Jb\\u202ec'
+    """
+    if text.isprintable() and text.isascii():
+        return text
+    out = []
+    for ch in text:
+        if ch == "\t" or (ch == "\n" and keep_newlines) or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            out.append(ch)
+        else:
+            out.append(ascii(ch)[1:-1])
+    return "".join(out)
+
+
 def error(message: str) -> None:
-    """Print ``wm: error: message`` on stderr (one line)."""
-    stderr.print(f"wm: error: {message}", markup=False)
+    """Print ``wm: error: message`` on stderr (one line; control characters escaped)."""
+    stderr.print(f"wm: error: {terminal_safe(message)}", markup=False)
 
 
 def die(message: str) -> None:

@@ -23,7 +23,7 @@ from ..watermark.text import SCHEMES
 from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
 from .common import (
     EXIT_ERROR, ModelOpt, SchemeArgs, die, error, key_id, read_record, read_text, run_guarded, scheme_from_config,
-    scheme_options, stderr,
+    scheme_options, stderr, terminal_safe,
 )
 
 
@@ -77,9 +77,9 @@ def _report_error(path: str, e: Exception, as_json: bool) -> None:
 
 def _highlight(console: Console, tokenizer: Any, path: str, det: Detection) -> None:
     ev = det.evidence or {}
-    text = Text(f"── {path} ──\n", style="bold")
+    text = Text(f"── {terminal_safe(path)} ──\n", style="bold")
     for tid, scored, green in zip(ev["token_ids"], ev["scored"], ev["green"]):
-        piece = tokenizer.decode([tid])
+        piece = terminal_safe(tokenizer.decode([tid]), keep_newlines=True)
         text.append(piece, style="bold green" if green else "red" if scored else "dim")
     console.print(text)
 
@@ -153,7 +153,7 @@ def _detect_with_profiles(profiles_file: Path, files: list[str], model: Optional
         if as_json:
             typer.echo(json.dumps(row))
         else:
-            table.add_row(path, res.profile, str(res.detection.n_scored), f"{res.p_value:.3g}",
+            table.add_row(Text(terminal_safe(path)), Text(terminal_safe(res.profile)), str(res.detection.n_scored), f"{res.p_value:.3g}",
                           "[bold green]watermarked[/]" if res.decision else "not watermarked")
     if not as_json and table.row_count:
         console = Console(highlight=False)
@@ -280,11 +280,11 @@ def detect(
             where = f" (tokens {row['window_tokens'][0]}-{row['window_tokens'][1]})" if windowed else ""
             green = "-" if row["green_fraction"] is None else f"{row['green_fraction']:.3f}"
             pcell = f"{det.p_value:.3g}" + (f" (calibrated {row['p_calibrated']:.3g})" if row.get("p_calibrated") else "")
-            table.add_row(path, str(det.n_scored), green, f"{row['z']:.2f}", pcell, verdict + where)
+            table.add_row(Text(terminal_safe(path)), str(det.n_scored), green, f"{row['z']:.2f}", pcell, verdict + where)
         if highlight and det.evidence:  # with --json, stdout holds only JSON lines: the colours go to stderr
             _highlight(stderr if as_json else console, tokenizer, path, det)
         elif highlight:
-            stderr.print(f"{path}: streamed (over {STREAM_CHARS // 1024}k characters): no per-token highlight", markup=False)
+            stderr.print(f"{terminal_safe(path)}: streamed (over {STREAM_CHARS // 1024}k characters): no per-token highlight", markup=False)
     if not as_json and table.row_count:
         console.print(table)
         console.print(f"verdict at FPR {fpr:g} (scheme {scheme.name}, {json.dumps(scheme.config())})", style="dim", markup=False)
