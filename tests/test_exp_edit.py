@@ -10,6 +10,7 @@ import torch
 import prf_reference as ref
 from helpers import VocabOnly
 from wmkit.errors import InputError
+from wmkit.keys import SecretKey
 from wmkit.stats import permutation_detection
 from wmkit.watermark.text import ExpEdit
 from wmkit.watermark.text.exp_edit import levenshtein_prefix_scores
@@ -96,9 +97,24 @@ def test_marked_text_survives_insertions_and_deletions_null_does_not_fire(key):
     for _ in range(4):
         edited.insert(rng.randrange(len(edited)), rng.randrange(49152))
     assert det.detect(edited).decision  # 25% of the tokens deleted or inserted
-    nulls = [det.detect(torch.randint(0, 49152, (30,), generator=torch.Generator().manual_seed(i))).p_value
-             for i in range(20)]
-    assert np.mean(np.array(nulls) <= 0.05) <= 0.25
+
+
+def test_permutation_null_is_uniform_on_its_grid(key):
+    """Unmarked texts: P(p <= k/20) = k/20 for a 19-draw test. 400 texts over two keys, one-sided
+    binomial tests at the nominal 5% and 25% (an excess of false positives fails at 1e-3), and a
+    chi-square test that the p-values are uniform over the 20 values they can take."""
+    from scipy import stats
+
+    nulls = []
+    for k, s in enumerate((ExpEdit(key, key_length=32, n_resamples=19), ExpEdit(SecretKey.generate(), key_length=32, n_resamples=19))):
+        det = s.detector(VocabOnly(), fpr=0.05, min_tokens=8)
+        nulls += [det.detect(torch.randint(0, 49152, (30,), generator=torch.Generator().manual_seed(1000 * k + i))).p_value
+                  for i in range(200)]
+    p = np.array(nulls)
+    for nominal in (0.05, 0.25):
+        assert stats.binomtest(int((p <= nominal + 1e-12).sum()), len(p), nominal, alternative="greater").pvalue > 1e-3
+    counts = np.bincount(np.rint(p * 20).astype(int) - 1, minlength=20)
+    assert stats.chisquare(counts).pvalue > 1e-3, counts
 
 
 def test_permutation_pvalue_closed_form():

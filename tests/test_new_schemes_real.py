@@ -15,7 +15,7 @@ PROMPTS = [ln for ln in (Path(__file__).parent / "data" / "prompts.txt").read_te
 
 CASES = {  # scheme -> (key options, wrong-key options, extra parameters)
     "gumbel": (["-k", "{key}"], ["-k", "{other}"], []),
-    "exp-edit": (["-k", "{key}"], ["-k", "{other}"], ["-P", "key_length=64", "-P", "n_resamples=19"]),
+    "exp-edit": (["-k", "{key}"], ["-k", "{other}"], ["-P", "key_length=64", "-P", "n_resamples=99"]),
     "synthid": (["-P", "keys=654,400,836,123,340,443,597,160,57"], ["-P", "keys=1,2,3,4,5,6,7,8,9"],
                 ["-P", "ngram_len=4"]),
     "vllm-gumbel": (["--vllm-key", "42"], ["--vllm-key", "41"], []),
@@ -25,7 +25,7 @@ CASES = {  # scheme -> (key options, wrong-key options, extra parameters)
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_generate_then_detect(tmp_path, name):
-    for k, byte in (("key", "5e"), ("other", "a7")):  # fixed keys: the wrong-key check at FPR 0.05 is deterministic
+    for k, byte in (("key", "5e"), ("other", "a7")):  # fixed keys: generation and the wrong-key check are deterministic
         (tmp_path / k).write_text(byte * 32 + "\n")
     fill = lambda opts: [o.format(key=tmp_path / "key", other=tmp_path / "other") for o in opts]  # noqa: E731
     good, bad, extra = (fill(x) for x in CASES[name])
@@ -40,9 +40,9 @@ def test_generate_then_detect(tmp_path, name):
     for i, rec in enumerate(records):
         files.append(tmp_path / f"c{i}.txt")
         files[-1].write_text(rec["completion"], encoding="utf-8")
-    args = ["detect", *map(str, files), "-s", name, *extra, "--json", "--fpr", "0.05" if name == "exp-edit" else "1e-4"]
+    # exp-edit's 99 resamples give p >= 0.01: its FPR is 0.01, the others' 1e-4
+    args = ["detect", *map(str, files), "-s", name, *extra, "--json", "--fpr", "0.01" if name == "exp-edit" else "1e-4"]
     rows = [json.loads(x) for x in runner.invoke(app, [*args, *good]).stdout.splitlines()]
-    scored = [r for r in rows if "watermarked" in r]  # a completion that stopped early is reported as too short
-    assert len(scored) >= 2 and sum(r["watermarked"] for r in scored) >= len(scored) - 1, rows
+    assert len(rows) == len(PROMPTS) and all(r.get("watermarked") is True for r in rows), rows  # every text scored and found
     rows = [json.loads(x) for x in runner.invoke(app, [*args, *bad]).stdout.splitlines()]
-    assert sum(r.get("watermarked", False) for r in rows) <= 1, rows
+    assert len(rows) == len(PROMPTS) and all(r.get("watermarked") is False for r in rows), rows  # no wrong-key detection

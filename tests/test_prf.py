@@ -18,8 +18,10 @@ KAT = [  # Random123 kat_vectors, philox4x32_10: counter words, key words -> out
     ),
 ]
 
-# Spec v2 vectors, key (k0, k1, d0, d1) below: computed by the pure-Python reference and frozen so
-# that any change to the definition of "green" is caught (wmkit/prf.py's docstring lists them).
+# Spec v2 vectors, key (k0, k1, d0, d1) below: computed by wmkit's own pure-Python reference
+# (tests/prf_reference.py) and frozen, so that any change to the definition of "green" is caught
+# (wmkit/prf.py's docstring lists them). They are not an independent truth: that is KAT above (the
+# permutation) and vLLM's own words below (the absorb / token-call layout).
 SPEC_KEY = (0x01234567, 0x89ABCDEF, 0x0BADF00D, 0xFEEDFACE)
 SPEC_VECTORS = {
     ("lefthash", (), 0): 0x63E96A48,
@@ -36,6 +38,19 @@ def test_philox_known_answers(ctr, key, out):
     got = tuple(int(w) for w in prf.philox4x32_10(*t, *key))
     assert got == out
     assert ref.philox4x32_10(ctr, key) == out  # the reference implementation agrees too
+
+
+def test_the_layout_gives_vllms_own_words():
+    """The layout code of spec v2 (prf.absorb: a context absorbed into the 128-bit state; prf.token_words:
+    one Philox call per block of 4 candidates) with vLLM's constants gives the words recorded from
+    vllm==0.30.0's PhiloxPRF.uniform (tests/test_vllm_native.py), an implementation that is not ours."""
+    from test_vllm_native import CTX, TOK, U42
+
+    k0, k1 = 42 & prf.MASK32, 42 >> 32
+    state = prf.absorb(CTX, (0x574D4358, CTX.shape[-1], 0, 0), k0, k1, key_step=4, min_blocks=0)
+    words = prf.token_words([s.unsqueeze(-1) for s in state], TOK, (k0, k1), 0x574D544B)
+    u = (((words & prf.MASK32) >> 8).to(torch.float64) + 1.0).div(2**24 + 1).to(torch.float32)
+    assert u.tolist() == U42
 
 
 def test_philox_matches_reference_on_random_words():

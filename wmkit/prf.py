@@ -44,8 +44,18 @@ token-call key, and recovering the key needs 2^128 trials (the work factor of th
 ``(k0, k1, d0, d1)``); Philox4x32-10 has no known distinguisher. The selector word in selfhash is a
 32-bit value, but it only picks which keyed state colours ``t``; it is never a seed.
 
+Where the truth comes from. The permutation is checked against Random123's published known-answer
+vectors for Philox4x32-10 (``tests/test_prf.py``: ``KAT``); the layout -- absorbing a context into
+the 128-bit state (:func:`absorb`) and one call per block of 4 candidate tokens
+(:func:`token_words`) -- is the code that also gives vLLM's ``philox4x32-10-v1`` words, checked
+against words recorded from vLLM's own ``PhiloxPRF`` (``tests/test_prf.py``:
+``test_the_layout_gives_vllms_own_words``) and live against the vLLM wheel. The spec vectors below
+are *not* independent: they were computed by wmkit's own pure-Python reference
+(``tests/prf_reference.py``) and frozen, so they catch a change to the definition of "green", not
+a shared misreading of it.
+
 Known-answer vectors, key ``K = (0x01234567, 0x89ABCDEF, 0x0BADF00D, 0xFEEDFACE)``
-(``tests/test_prf.py`` checks them against this code and a pure-Python second implementation)::
+(``tests/test_prf.py`` checks them against this code and the pure-Python second implementation)::
 
     lefthash, context ()           token 0      -> u = 0x63E96A48
     lefthash, context (42,)        token 7      -> u = 0x50241DC7
