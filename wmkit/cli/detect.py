@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import typer
@@ -111,6 +112,24 @@ def _peek(path: str, max_bytes: int, limit: int | None) -> tuple[str, Iterator[s
         if limit is not None and size > limit:
             return "".join(head), pieces
     return "".join(head), None
+
+
+def _rereadable(path: str, head: str, rest: Iterator[str], max_bytes: int) -> Callable[[], Iterator[str]]:
+    """A function returning the pieces of a streamed text afresh: the file re-read, or standard input
+    spooled to a private temporary file (a stream is read twice: its normalisation profile, then
+    its tokens)."""
+    if path != "-":
+        return lambda: iter_text(path, max_bytes)
+    spool = tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogatepass")
+    for piece in itertools.chain([head], rest):
+        spool.write(piece)
+
+    def again() -> Iterator[str]:
+        spool.seek(0)
+        while piece := spool.read(1 << 20):
+            yield piece
+
+    return again
 
 
 def _read_all(files: list[str], as_json: bool, max_mb: float = 64.0) -> tuple[list[tuple[str, str]], bool]:
@@ -248,7 +267,8 @@ def detect(
                 results[i] = InputError(f"{path}: over {STREAM_CHARS // 1024}k characters, so it is streamed, and --prompt "
                                         f"applies to texts read whole; check the text without its prompt")
             else:
-                results[i] = detector.detect_stream(itertools.chain([text], rest), windowed=windowed)
+                results[i] = detector.detect_stream(_rereadable(path, text, rest, int(max_input_mb * 2**20)),
+                                                    windowed=windowed)
         except WmkitError as e:
             results[i] = e
     try:

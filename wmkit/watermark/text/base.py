@@ -26,6 +26,7 @@ from ...keys import KeyedConfig, ScopedKey, SecretKey
 from ...params import Spec, check_params
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, binomial_pvalues, windowed_binomial_detection
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, DetectorCore
+from .normalize import normalize_text, profile_text
 from .stream import CHUNK_CHARS, SeenNgrams, ngram_keys, text_chunks
 
 Gate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids [B, L], scores [B, V]) -> [B] bool
@@ -214,16 +215,30 @@ class DetectorBase(DetectorCore):
             return kernels.first_ngram_occurrence(ids, lengths, self.h)[doc, col] & valid
         return kernels.first_occurrence(keys, doc, valid)
 
-    def stream_items(self, pieces: Iterable[str], context: int = 0, chunk_chars: int = CHUNK_CHARS) -> Iterator[ScoredText]:
+    def stream_items(self, pieces: Iterable[str] | Callable[[], Iterable[str]], context: int = 0,
+                     chunk_chars: int = CHUNK_CHARS) -> Iterator[ScoredText]:
         """The text of ``pieces``, chunk by chunk (:mod:`wmkit.watermark.text.stream`): each item's
         ``ids`` are the last ``max(h, context)`` tokens before the chunk, then the chunk's tokens.
         Candidates are the tokens with a full context whose n-gram the text has not shown before
-        (with ``ignore_repeated_ngrams=False``: every token with a full context)."""
+        (with ``ignore_repeated_ngrams=False``: every token with a full context).
+
+        ``pieces`` may be a function that returns them afresh (a file re-read): a first pass then
+        takes the whole text's normalisation profile (:func:`~wmkit.watermark.text.normalize.profile_text`),
+        so every chunk is normalised as the whole text is. Pieces read once are normalised chunk by
+        chunk, each with its own profile (the same result unless the text's script, flip rate or
+        evasion characters change between chunks)."""
         keep, seen = max(self.h, context), SeenNgrams()
         tail = torch.zeros(0, dtype=torch.long)
         vocab = len(self.tokenizer)
+        profile = None
+        if callable(pieces):
+            profile = profile_text(text_chunks(pieces(), chunk_chars))
+            pieces = pieces()
+        before = ""
         for chunk in text_chunks(pieces, chunk_chars):
-            new = self.token_ids(chunk)
+            norm = normalize_text(chunk, profile, before)
+            before = norm[-64:]
+            new = self.tokenize(norm)
             if not len(new):
                 continue
             ids, start = torch.cat([tail, new]), len(tail)
@@ -344,10 +359,11 @@ class GreenListDetector(DetectorBase):
         evidence = {"token_ids": ids.tolist(), "scored": scored[0].tolist(), "green": green[0].tolist()}
         return self._windowed(green[0, positions].numpy(), positions.numpy(), ids.numpy(), windows, evidence)
 
-    def detect_stream(self, pieces: Iterable[str], windowed: bool = False, windows: Sequence[int] = DEFAULT_WINDOWS,
+    def detect_stream(self, pieces: Iterable[str] | Callable[[], Iterable[str]], windowed: bool = False, windows: Sequence[int] = DEFAULT_WINDOWS,
                       chunk_chars: int = CHUNK_CHARS) -> Detection:
         """:meth:`detect` (or :meth:`detect_windowed`) of the text that ``pieces`` concatenate, in
-        bounded memory (:mod:`wmkit.watermark.text.stream`); no per-token evidence."""
+        bounded memory (:mod:`wmkit.watermark.text.stream`); no per-token evidence. Pass a function
+        that returns the pieces afresh to normalise exactly as the whole text (:meth:`stream_items`)."""
         n_green = n_scored = total = 0
         flags, positions, ids = [], [], []
         for it in self.stream_items(pieces, chunk_chars=chunk_chars):

@@ -109,6 +109,10 @@ class DetectorCore:
     def token_ids(self, text: str, prompt: str | None = None) -> torch.Tensor:
         """Normalize ``text``, strip ``prompt`` if the text starts with it, and tokenize."""
         text = normalize_text(text)
+        return self.tokenize(text, prompt)
+
+    def tokenize(self, text: str, prompt: str | None = None) -> torch.Tensor:
+        """Token ids of an already normalised ``text`` (``prompt`` stripped, normalised here)."""
         if prompt:
             p = normalize_text(prompt)
             if text.startswith(p):

@@ -1,45 +1,116 @@
 """Detection-side text normalisation that defeats evasion characters but keeps genuine scripts.
 
-An adversary can break a watermark's tokenization without changing what a reader sees: invisible
-format characters (zero-width spaces and joiners, bidi controls, tag characters, the word joiner,
-the byte-order mark, soft hyphens), variation selectors and the combining grapheme joiner, and
-homoglyphs -- a Cyrillic ``а`` for a Latin ``a`` inside an English word. :func:`normalize_text`
+An adversary can break a watermark's tokenization without changing what a reader sees (or what a
+reader can tell apart). :func:`normalize_text` undoes, in order:
 
-1. applies NFC;
-2. removes every character of Unicode category ``Cf`` (format), the variation selectors
-   (U+FE00-FE0F, U+E0100-E01EF) and U+034F;
-3. folds confusables inside *mixed-script words* (Unicode TS #39's mixed-script idea): in a word
-   whose letters come from more than one script, each letter outside the word's majority script is
-   replaced by its prototype in that script from Unicode's confusables table (shipped by the
-   ``confusable-homoglyphs`` package); and, in a mostly-Latin text, a word wholly in another script
-   whose every letter looks like an ASCII letter (a whole-script confusable such as Cyrillic "а" or
-   "сор"; "Москва" has letters with no ASCII look-alike and stays). A word
-   of Cyrillic or Greek text is left alone, so genuine Russian or Greek text keeps its tokens.
+1. **controls and invisibles**: NFC; C0/C1 control characters other than tab and newline are
+   removed (``\\r\\n`` becomes ``\\n``); every format (``Cf``) character -- zero-width spaces and
+   joiners, bidi controls, tag characters, the word joiner, the BOM, soft hyphens -- the variation
+   selectors and U+034F are removed;
+2. **compatibility forms**: a letter, digit or enclosed letter whose NFKC form is letters or digits
+   takes that form (fullwidth ``ｑ``, mathematical ``𝐪 𝓆``, circled ``ⓠ``, ligatures ``ﬁ``), and
+   Latin small capitals (``ᴀ``) become their letter;
+3. **spaces**: every space separator (``Zs``: U+00A0, U+2000-U+200A, U+3000 ...) stands for a
+   space, and NEL, U+2028/U+2029, VT and FF for a newline -- unless it was *inserted inside
+   words*: in each run of text it joins, the words it splits are compared with the words it joins
+   when removed, against an English word list (:func:`_span_inserted`); a tab between two word
+   characters is judged the same way (removed, or kept). A fold never makes a run of spaces that
+   was not there: the text's whitespace stays as generation emitted it;
+4. **combining marks** on Latin letters that do not compose with them (``q́``) are removed, and
+   when more than a third of a text's Latin letters carry a mark, all marks on Latin letters are
+   (genuine French or German text carries far fewer);
+5. **homoglyphs** inside *mixed-script words* (Unicode TS #39's idea): in a word whose letters come
+   from more than one script, each letter outside the word's majority script is replaced by its
+   prototype from Unicode's confusables table (``confusable-homoglyphs``); in a mostly-Latin
+   text, a word wholly in another script whose every letter looks like an ASCII letter (Cyrillic
+   "сор") is folded too, while "Москва" (letters with no ASCII look-alike) stays. Russian or
+   Greek text keeps its tokens;
+6. **case flips** (``wAtEr``, ``rIVER``): a word of the English list whose case is not what a writer
+   produces is given back the casing most likely under a letter-flip model whose rate is estimated
+   from the text itself (:func:`_restore_case`): acronyms, CamelCase identifiers, known mixed-case
+   words (``iPhone``) and sentence starts stay.
 
-Pure-ASCII text returns after NFC in one check (the common case costs nothing more).
+Every decision that looks at the whole text (its script; the mark rate; the flip rate) reads
+additive counts, a :class:`TextProfile`; a stream
+builds the profile of the whole text first and normalises each chunk with it, so a streamed text
+is normalised exactly as the whole text is. Plain ASCII prose returns after one regular-expression
+check.
 """
 
 from __future__ import annotations
 
+import gzip
+import math
 import re
+import sys
 import unicodedata
+from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import resources
+from typing import Iterable
 
-__all__ = ["normalize_text", "fold_mixed_script"]
+__all__ = ["TextProfile", "normalize_text", "fold_mixed_script", "profile_text"]
 
 _EXTRA_INVISIBLE = {0x034F} | set(range(0xFE00, 0xFE10)) | set(range(0xE0100, 0xE01F0))
 _NON_ASCII_WORD = re.compile(r"\w*[^\x00-\x7f]\w*", re.UNICODE)
 _LATIN_LETTER = re.compile(r"[A-Za-z]")
 _ANY_WORD = re.compile(r"[^\W\d_]+")
+_ASCII_WORD = re.compile(r"[A-Za-z]+")
+_LETTER = re.compile(r"[A-Za-z]")
+_UPPER_RUN = re.compile(r"(?<![A-Za-z])[A-Z]{2,}(?![A-Za-z])")
+_MIXED_RUN = re.compile(r"(?<![A-Za-z])[A-Za-z]*(?:[a-z][A-Z]|[A-Z]{2}[a-z])[A-Za-z]*")
+# ASCII text needs the slow path only for controls, CRLF, a tab inside a word, or a case anomaly
+_ASCII_TROUBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r\n|\w\t\w|[a-z][A-Z]|[A-Z]{2}[a-z]")
+_NEWLINE_LIKE = "\x0b\x0c\x85\u2028\u2029"
+_MARK_RATE = 1 / 3  # above it, every mark on a Latin letter is an attack's
+_SENTENCE_END = ".!?\n"
+_STYLE_TAGS = {"<font>", "<wide>", "<narrow>", "<circle>", "<square>", "<super>", "<sub>", "<small>"}
 
 
 @lru_cache(maxsize=1)
-def _invisible() -> dict[int, None]:
-    """A ``str.translate`` table deleting every format (Cf) character and the variation selectors."""
-    import sys
+def _removals() -> dict[int, None]:
+    """``str.translate`` table deleting controls (but tab, newline, CR and the newline-like VT, FF,
+    NEL), format characters, variation selectors and U+034F."""
+    drop = []
+    for c in range(sys.maxunicode + 1):
+        cat = unicodedata.category(chr(c))
+        if (cat == "Cc" and chr(c) not in "\t\n\r" + _NEWLINE_LIKE) or cat == "Cf":
+            drop.append(c)
+    return dict.fromkeys([*drop, *_EXTRA_INVISIBLE])
 
-    cf = (c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf")
-    return dict.fromkeys([*cf, *_EXTRA_INVISIBLE])
+
+@lru_cache(maxsize=1)
+def _compat() -> dict[int, str]:
+    """``str.translate`` table of the compatibility forms of letters and digits (NFKC when it gives
+    letters or digits) and the Latin small capitals (by their Unicode names)."""
+    out: dict[int, str] = {}
+    for c in range(0xA0, sys.maxunicode + 1):
+        ch = chr(c)
+        cat = unicodedata.category(ch)
+        if cat[0] not in "LNS":
+            continue
+        name = unicodedata.name(ch, "")
+        if cat[0] == "S" and not any(w in name for w in ("CIRCLED", "PARENTHESIZED", "SQUARED")):
+            continue  # a symbol only when it is an enclosed letter or digit (not TM or No)
+        k = unicodedata.normalize("NFKC", ch)
+        tag = unicodedata.decomposition(ch).split(" ")[0]
+        # to ASCII letters or digits, or a styled form (math, wide, enclosed) of another script's
+        # letter; not a <compat> variant such as Greek lunate sigma, whose look-alike is Latin c
+        if k != ch and k.isalnum() and (k.isascii() or tag in _STYLE_TAGS):
+            out[c] = k
+            continue
+        if name.startswith("LATIN LETTER SMALL CAPITAL ") and len(name) == 28:
+            out[c] = name[-1].lower()
+    return out
+
+
+@lru_cache(maxsize=1)
+def _words() -> tuple[frozenset[str], frozenset[str]]:
+    """The English word list (lowercase) and the known mixed-case words (``wmkit/data/words_en.txt.gz``,
+    made by ``scripts/make_wordlist.py`` from the default tokenizer's vocabulary)."""
+    raw = gzip.decompress(resources.files("wmkit").joinpath("data/words_en.txt.gz").read_bytes()).decode("ascii")
+    lower, _, mixed = raw.partition("#mixed\n")
+    return frozenset(lower.split()), frozenset(mixed.split())
 
 
 @lru_cache(maxsize=1)
@@ -67,6 +138,213 @@ def _script(ch: str) -> str:
     return _tables()[1].alias(ch)  # type: ignore[attr-defined]
 
 
+# -- the profile: additive counts behind the text-wide decisions ----------------------------------------
+
+
+@dataclass
+class TextProfile:
+    """Counts over a text that the text-wide decisions read; ``a + b`` is the profile of the two
+    texts together (a stream adds its chunks' profiles).
+
+    Attributes:
+        votes: words per script (:func:`_text_script`'s vote).
+        marked, latin: Latin letters carrying a combining mark, and Latin letters.
+        flipped, flippable: upper-case letters after the first in list words (3+ letters) that mix
+            cases, and the letters after the first of every run of ASCII letters that is not all
+            upper case (the flip rate's evidence).
+        upper_inner: letters after the first of all-upper-case list words (3+ letters): flips too
+            when the mixed words say most letters were flipped (a flipped lower-case word is upper).
+    """
+
+    votes: dict[str, int] = field(default_factory=dict)
+    marked: int = 0
+    latin: int = 0
+    flipped: int = 0
+    flippable: int = 0
+    upper_inner: int = 0
+
+    def __add__(self, other: "TextProfile") -> "TextProfile":
+        votes = dict(self.votes)
+        for k, v in other.votes.items():
+            votes[k] = votes.get(k, 0) + v
+        return TextProfile(votes, self.marked + other.marked, self.latin + other.latin,
+                           self.flipped + other.flipped, self.flippable + other.flippable,
+                           self.upper_inner + other.upper_inner)
+
+    def script(self) -> str | None:
+        """``"LATIN"`` when most words that show their script are Latin, else ``None``."""
+        return "LATIN" if self.votes and self.votes.get("LATIN", 0) > sum(self.votes.values()) / 2 else None
+
+    def strip_marks(self) -> bool:
+        """Whether more than a third of the Latin letters carry a combining mark."""
+        return self.latin > 0 and self.marked > _MARK_RATE * self.latin
+
+    def flip_rate(self) -> float:
+        """The estimated rate of case flips, shrunk toward 0.01 with a 10-letter pseudo-count; when
+        it is over a half, the all-upper-case list words were flipped lower-case ones and count too
+        (a genuine all-capitals text has few mixed words, so its rate stays low)."""
+        rate = (self.flipped + 0.1) / (self.flippable + 10)
+        if rate > 0.5:
+            rate = (self.flipped + self.upper_inner + 0.1) / (self.flippable + self.upper_inner + 10)
+        return rate
+
+    def restores_case(self) -> bool:
+        """Whether any letter after a run's first is upper case (else no casing is odd)."""
+        return self.flipped > 0
+
+
+def _cleaned(text: str) -> str:
+    """Steps 1-3 (word-local): NFC, CRLF, controls, invisibles, compatibility forms, spaces."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n")
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text.translate(_removals()).translate(_compat()))
+    elif _ASCII_TROUBLE.search(text):
+        text = text.translate(_removals())
+    while (folded := _fold_spaces(text).replace("\r\n", "\n")) != text:  # a fold can change how a neighbour reads
+        text = folded
+    return text
+
+
+def _space_like(ch: str) -> bool:
+    return ch in _NEWLINE_LIKE or (ch != " " and unicodedata.category(ch) == "Zs")
+
+
+_ODD_SPACE = re.compile(r"[\t\x0b\x0c\x85\u2028\u2029\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+_SPAN = re.compile(r"[^\s\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\x0b\x0c\x85\u2028\u2029]*"
+                   r"(?:[\t\x0b\x0c\x85\u2028\u2029\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
+                   r"[^\s\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\x0b\x0c\x85\u2028\u2029]*)+")
+
+
+def _dict_letters(text: str) -> int:
+    """Letters of list words in ``text`` (marks on Latin letters ignored, as a mark rate strips them)."""
+    words = _words()[0]
+    if not text.isascii():  # read as a Latin text would be folded (marks, look-alikes)
+        text = _NON_ASCII_WORD.sub(lambda m: fold_mixed_script(m.group(), "LATIN"), unicodedata.normalize("NFD", text))
+        text = _LATIN_MARKED.sub(r"\1", text)
+    return sum(len(w) for w in _ANY_WORD.findall(text) if len(w) > 1 and w.lower() in words)
+
+
+def _span_inserted(span: str, ch: str, chars: set[str]) -> bool:
+    """Whether ``ch`` was inserted inside the words of ``span`` (a run of non-space text joined by
+    space-like characters): read as removed, the span holds more letters of list words than read
+    as a space (a tie, or no list word either way, reads it as a space)."""
+    others = chars - {ch}
+    base = "".join(" " if c in others else c for c in span) if others else span
+    return _dict_letters(base.replace(ch, "")) > _dict_letters(base.replace(ch, " "))
+
+
+def _profile_of_cleaned(text: str) -> TextProfile:
+    """The counts of one cleaned text. Votes and case evidence read the letters as the later steps
+    leave them -- without marks on Latin letters (as a mark rate strips them) -- so that normalising
+    twice changes nothing."""
+    prof = TextProfile()
+    if text.isascii():
+        if _LATIN_LETTER.search(text):
+            prof.votes["LATIN"] = len(_ANY_WORD.findall(text))
+        _case_evidence(text, prof)
+        return prof
+    fold = _tables()[0]
+    for word in _ANY_WORD.findall(_LATIN_MARKED.sub(r"\1", unicodedata.normalize("NFD", text))):
+        if _LATIN_LETTER.search(word):
+            s: str | None = "LATIN"
+        elif all(fold.get(c, {}).get("LATIN", "\x80").isascii() for c in word if c.isalpha()):
+            s = None
+        else:
+            s = next((_script(c) for c in word if c.isalpha()), None)
+        if s is not None:
+            prof.votes[s] = prof.votes.get(s, 0) + 1
+    # marks and case are read on the words folded as a Latin text folds them
+    base = unicodedata.normalize("NFD", _NON_ASCII_WORD.sub(lambda m: fold_mixed_script(m.group(), "LATIN"), text))
+    prof.latin = sum(1 for c in base if c.isalpha() and c.isascii())
+    prof.marked = len(_LATIN_MARKED.findall(base))
+    view = _LATIN_MARKED.sub(r"\1", base)
+    _case_evidence(view, prof)
+    return prof
+
+
+def _case_evidence(text: str, prof: TextProfile) -> None:
+    """The flip rate's counts (see :class:`TextProfile`), from regular expressions over the text and
+    the word list for the few runs that mix cases or are all upper case."""
+    words, mixed = _words()
+    upper_inner = 0
+    for w in _UPPER_RUN.findall(text):
+        if len(w) > 2 and w.lower() in words:
+            upper_inner += len(w) - 1
+    all_upper = sum(len(w) - 1 for w in _UPPER_RUN.findall(text))
+    prof.flippable += len(_LETTER.findall(text)) - len(_ASCII_WORD.findall(text)) - all_upper
+    prof.upper_inner += upper_inner
+    for w in _MIXED_RUN.findall(text):
+        if len(w) > 2 and w not in mixed and w.lower() in words:
+            prof.flipped += sum(c.isupper() for c in w[1:])
+
+
+def profile_text(pieces: Iterable[str]) -> TextProfile:
+    """The :class:`TextProfile` of the text made of ``pieces`` (each cut before a word, as
+    :func:`wmkit.watermark.text.stream.text_chunks` cuts them)."""
+    total = TextProfile()
+    for piece in pieces:
+        total = total + _profile_of_cleaned(_cleaned(piece))
+    return total
+
+
+# -- applying the decisions ---------------------------------------------------------------------------
+
+
+def _wordish(ch: str) -> bool:
+    return ch.isalnum() or unicodedata.category(ch)[0] == "M"
+
+
+def _fold_spaces(text: str) -> str:
+    """Space-like characters become the space or newline they stand for, or are removed where they
+    were inserted inside words (:func:`_span_inserted`, per run of non-space text); a tab between two
+    word characters is removed or kept. A fold next to whitespace adds none."""
+    if not _ODD_SPACE.search(text):
+        return text
+    out: list[str] = []
+    last = 0
+    for m in _SPAN.finditer(text):
+        out.append(text[last : m.start()])
+        last = m.end()
+        span = m.group()
+        chars = {c for c in span if c == "\t" or _space_like(c)}
+        drop = {c for c in chars if _span_inserted(span, c, chars)}
+        prev = out[-1][-1:] if out and out[-1] else (out[-2][-1:] if len(out) > 1 else "")
+        piece: list[str] = []
+        for i, ch in enumerate(span):
+            if ch not in chars:
+                piece.append(ch)
+            elif ch == "\t":
+                if not (ch in drop and 0 < i < len(span) - 1 and _wordish(span[i - 1]) and _wordish(span[i + 1])):
+                    piece.append(ch)
+            elif ch not in drop:
+                before = piece[-1] if piece else prev
+                after = span[i + 1] if i + 1 < len(span) else text[m.end() : m.end() + 1]
+                if ch in _NEWLINE_LIKE:
+                    if before == " " and piece:
+                        piece[-1] = "\n"
+                    else:
+                        piece.append("\n")
+                elif before and not before.isspace() and after and not after.isspace():
+                    piece.append(" ")  # next to whitespace or an end, the space it stands for is there
+        out.append("".join(piece))
+    out.append(text[last:])
+    return "".join(out)
+
+
+_LATIN_MARKED = re.compile(r"([A-Za-z])([\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+)")
+
+
+def _fold_marks(text: str, prof: TextProfile) -> str:
+    """Remove combining marks from Latin letters: all of them when the profile's mark rate says so,
+    else those that do not compose with their letter (NFC leaves them apart)."""
+    if text.isascii():
+        return text
+    if prof.strip_marks():
+        base = unicodedata.normalize("NFD", text)
+        return unicodedata.normalize("NFC", _LATIN_MARKED.sub(r"\1", base))
+    return _LATIN_MARKED.sub(r"\1", text)  # NFC text: a mark still beside its letter did not compose
+
+
 def fold_mixed_script(word: str, text_script: str | None = None) -> str:
     """``word`` with confusable letters folded, or unchanged.
 
@@ -90,31 +368,64 @@ def fold_mixed_script(word: str, text_script: str | None = None) -> str:
     return "".join(fold.get(c, {}).get(major, c) if c.isalpha() and _script(c) != major else c for c in word)
 
 
-def normalize_text(text: str) -> str:
-    """NFC, invisible and variation characters removed, confusables folded in mixed-script words."""
-    text = unicodedata.normalize("NFC", text)
-    if text.isascii():
+# Priors of a word's original casing (mid-sentence / at a sentence start); an odd pattern that looks
+# like camelCase (setUp) is kept more readily than another (wAtEr).
+_PRIORS = {False: {"lower": 0.80, "title": 0.12, "upper": 0.03}, True: {"lower": 0.10, "title": 0.80, "upper": 0.05}}
+_CAMEL = re.compile(r"[a-z]{2,}(?:[A-Z][a-z]+)+|(?:[A-Z][a-z]+){2,}|[A-Z][a-z]+[A-Z]+")  # setUp, DeLay, SpA
+_ODD_PRIOR, _CAMEL_PRIOR = 0.002, 0.05
+
+
+def _casing(word: str, start: bool, p: float) -> str:
+    """The most likely original of ``word`` under independent case flips at rate ``p``."""
+    lp, lq = math.log(p), math.log1p(-p)
+
+    def score(form: str, prior: float) -> float:
+        k = sum(a != b for a, b in zip(form, word))
+        return math.log(prior) + k * lp + (len(word) - k) * lq
+
+    forms = {"lower": word.lower(), "title": word[0].upper() + word[1:].lower(), "upper": word.upper()}
+    candidates = [(score(form, _PRIORS[start][name]), form) for name, form in forms.items()]
+    if word not in forms.values():  # the word as it is, an odd casing that a writer may have meant
+        candidates.append((score(word, _CAMEL_PRIOR if _CAMEL.fullmatch(word) else _ODD_PRIOR), word))
+    return max(candidates, key=lambda c: (c[0], c[1] == word))[1]
+
+
+def _restore_case(text: str, prof: TextProfile, before: str = "") -> str:
+    """Give list words whose casing a flip made their most likely original casing (see the module)."""
+    if not prof.restores_case():
         return text
-    text = text.translate(_invisible())
-    around = _text_script(text)
-    folded = _NON_ASCII_WORD.sub(lambda m: fold_mixed_script(m.group(), around), text)
-    return unicodedata.normalize("NFC", folded)  # removals and folds can bring a base and a mark together
+    words, mixed = _words()
+    p = min(max(prof.flip_rate(), 0.002), 0.998)
+
+    def fix(m: re.Match[str]) -> str:
+        w = m.group()
+        if len(w) < (2 if p >= 0.05 else 3) or w in mixed or w.lower() not in words:
+            return w  # a two-letter word only where flips are evident (a-zA-Z, dB stay)
+        i = m.start() - 1
+        while i >= 0 and text[i] in " \t\"'([":
+            i -= 1
+        if i < 0:  # the text's start: look into what came before it (a stream's previous chunk)
+            prev = before.rstrip(" \t\"'([")
+            return _casing(w, not prev or prev[-1] in _SENTENCE_END, p)
+        return _casing(w, text[i] in _SENTENCE_END, p)
+
+    return _ASCII_WORD.sub(fix, text)
 
 
-def _text_script(text: str) -> str | None:
-    """``"LATIN"`` when most words that show their script are Latin, else ``None``. A word with an ASCII
-    letter votes Latin; a word whose letters all look like ASCII letters abstains (it could be
-    either: an attacked English word or Russian "сор"); any other word votes for its script. So an
-    English text with half its letters swapped for homoglyphs is Latin, a Russian text is not."""
-    votes: dict[str, int] = {}
-    fold = _tables()[0]
-    for word in _ANY_WORD.findall(text):
-        if _LATIN_LETTER.search(word):
-            s: str | None = "LATIN"
-        elif all(fold.get(c, {}).get("LATIN", "\x80").isascii() for c in word if c.isalpha()):
-            s = None
-        else:
-            s = next((_script(c) for c in word if c.isalpha()), None)
-        if s is not None:
-            votes[s] = votes.get(s, 0) + 1
-    return "LATIN" if votes and votes.get("LATIN", 0) > sum(votes.values()) / 2 else None
+def normalize_text(text: str, profile: TextProfile | None = None, before: str = "") -> str:
+    """``text`` with evasion characters undone (see the module).
+
+    For one chunk of a longer text (a stream, cut before a word): ``profile`` is the whole text's
+    :class:`TextProfile` (:func:`profile_text`) and ``before`` the end of the normalised text before
+    the chunk; then the chunks' results concatenate to the whole text's.
+    """
+    text = _cleaned(text)
+    if profile is None and text.isascii() and not _ASCII_TROUBLE.search(text):
+        return text
+    prof = profile if profile is not None else _profile_of_cleaned(text)
+    if not text.isascii():
+        around = prof.script()
+        text = _NON_ASCII_WORD.sub(lambda m: fold_mixed_script(m.group(), around), text)
+        text = _fold_marks(text, prof)
+    text = _restore_case(text, prof, before)
+    return unicodedata.normalize("NFC", text)  # removals and folds can bring a base and a mark together

@@ -8,7 +8,9 @@ A detector that streams (``capabilities.streams``) scores a text given as an ite
   ending just before a space that starts a word. Byte-level BPE tokenizers (GPT-2, Llama 3,
   SmolLM2) pre-split text there, so the chunks' token ids, concatenated, are the whole text's.
   Normalisation (:func:`~wmkit.watermark.text.normalize.normalize_text`) is word-local except for
-  its vote on the text's script, which a stream takes per chunk.
+  its text-wide decisions (script, evasion characters, flip rate), which read additive counts: a
+  re-readable stream takes them from a first pass over the whole text, so each chunk is
+  normalised as the whole text is.
 - each chunk is scored with the last tokens of the previous one as context (the PRF's ``h``; for
   IE also the tagger's receptive field), so every token sees the context it has in the whole text;
 - repeated (context, token) n-grams count once over the whole text: :class:`SeenNgrams` keeps one

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 
@@ -199,7 +199,8 @@ class IEDetector(EntropyAwareDetector):
                 out.append(e)
         return out
 
-    def detect_stream(self, pieces: Iterable[str], windowed: bool = False, chunk_chars: int = CHUNK_CHARS) -> Detection:
+    def detect_stream(self, pieces: Iterable[str] | Callable[[], Iterable[str]], windowed: bool = False,
+                      chunk_chars: int = CHUNK_CHARS) -> Detection:
         """:meth:`detect` of the text that ``pieces`` concatenate, in bounded memory
         (:mod:`wmkit.watermark.text.stream`): per-threshold counts summed over chunks, each tagged
         with the tagger's full context; no per-token evidence."""
