@@ -12,9 +12,10 @@ run the language model do one pass per batch) with a ``name`` and a ``strength``
 * :class:`Paraphrase` -- ask the default LM to rewrite the text (chat template);
 * code edits for Python: :class:`RenameIdentifiers`, :class:`ReformatWhitespace`,
   :class:`ReorderImports` (the code keeps its meaning);
-* :class:`Evasion` -- characters a reader does not see: Cyrillic/Greek homoglyphs for Latin
-  letters, zero-width characters, bidi controls, variation selectors (what
-  :func:`~wmkit.watermark.text.normalize.normalize_text` undoes).
+* :class:`~wmkit.watermark.text.evasion.Evasion` -- characters a reader does not see or cannot
+  tell apart, by class (script look-alikes, fullwidth and mathematical letters, invisibles, bidi,
+  tags, variation selectors, spaces, controls, case flips), built independently of what
+  :func:`~wmkit.watermark.text.normalize.normalize_text` undoes.
 
 >>> import random
 >>> len(WordDeletion(0.5)(["one two three four"], random.Random(0))[0].split())
@@ -39,7 +40,7 @@ from ...errors import InputError
 
 __all__ = [
     "Attack", "WordDeletion", "Typos", "Lowercase", "SynonymSubstitution", "CopyPaste", "Paraphrase",
-    "RenameIdentifiers", "ReformatWhitespace", "ReorderImports", "Evasion",
+    "RenameIdentifiers", "ReformatWhitespace", "ReorderImports",
 ]
 
 _WORD = re.compile(r"\S+\s*")
@@ -327,54 +328,4 @@ def _same_program(a: str, b: str) -> bool:
         return ast.dump(ast.parse(a)) == ast.dump(ast.parse(b))
     except SyntaxError:
         return False
-
-
-EVASION_KINDS = ("homoglyphs", "invisible", "bidi", "variation", "all")
-_INVISIBLE = ("\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad")
-_BIDI = ("\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069", "\u200e", "\u200f")
-_VARIATION = tuple(chr(c) for c in range(0xFE00, 0xFE10))
-
-
-def _homoglyphs() -> dict[str, list[str]]:
-    """ASCII letter -> its Cyrillic and Greek look-alikes, from Unicode's confusables table."""
-    from .normalize import _script, _tables
-
-    out: dict[str, list[str]] = {}
-    for ch, protos in _tables()[0].items():
-        p = protos.get("LATIN", "")
-        if len(p) == 1 and p.isascii() and p.isalpha() and _script(ch) in ("CYRILLIC", "GREEK"):
-            out.setdefault(p, []).append(ch)
-    return {k: sorted(v) for k, v in out.items()}
-
-
-@dataclass
-class Evasion(Attack):
-    """Invisible edits: ``homoglyphs`` swaps a fraction ``rate`` of the Latin letters that have a
-    Cyrillic or Greek look-alike; ``invisible``, ``bidi`` and ``variation`` insert a zero-width
-    character, a bidi control or a variation selector after a fraction ``rate`` of the characters;
-    ``all`` does all four."""
-
-    kind: str = "all"
-    rate: float = 0.5
-    name: str = field(init=False, default="evasion")
-
-    def __post_init__(self) -> None:
-        _check_rate(self.name, self.rate)
-        if self.kind not in EVASION_KINDS:
-            raise InputError(f"evasion: kind must be one of {EVASION_KINDS}, got {self.kind!r}")
-        self.name = f"evasion_{self.kind}"
-
-    def one(self, text: str, rng: random.Random) -> str:
-        kinds = ("homoglyphs", "invisible", "bidi", "variation") if self.kind == "all" else (self.kind,)
-        glyphs = _homoglyphs() if "homoglyphs" in kinds else {}
-        inserts = [c for k, cs in (("invisible", _INVISIBLE), ("bidi", _BIDI), ("variation", _VARIATION)) if k in kinds
-                   for c in cs]
-        out = []
-        for ch in text:
-            if ch in glyphs and rng.random() < self.rate:
-                ch = rng.choice(glyphs[ch])
-            out.append(ch)
-            if inserts and not ch.isspace() and rng.random() < self.rate:
-                out.append(rng.choice(inserts))
-        return "".join(out)
 

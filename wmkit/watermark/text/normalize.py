@@ -11,20 +11,21 @@ reader can tell apart). :func:`normalize_text` undoes, in order:
    takes that form (fullwidth ``ｑ``, mathematical ``𝐪 𝓆``, circled ``ⓠ``, ligatures ``ﬁ``), and
    Latin small capitals (``ᴀ``) become their letter;
 3. **spaces**: every space separator (``Zs``: U+00A0, U+2000-U+200A, U+3000 ...) stands for a
-   space, and NEL, U+2028/U+2029, VT and FF for a newline -- unless it was *inserted inside
+   space, and NEL and U+2028/U+2029 for a newline -- unless it was *inserted inside
    words*: in each run of text it joins, the words it splits are compared with the words it joins
    when removed, against an English word list (:func:`_span_inserted`); a tab between two word
    characters is judged the same way (removed, or kept). A fold never makes a run of spaces that
    was not there: the text's whitespace stays as generation emitted it;
 4. **combining marks** on Latin letters that do not compose with them (``q́``) are removed, and
-   when more than a third of a text's Latin letters carry a mark, all marks on Latin letters are
-   (genuine French or German text carries far fewer);
+   when more than 30% of a text's Latin letters (and at least 8) carry a mark, all marks on Latin
+   letters are (genuine French or German text carries 2-4%, an accent-heavy French phrase 20%;
+   Vietnamese text, with more, loses its marks: a change that cannot make a false positive);
 5. **homoglyphs** inside *mixed-script words* (Unicode TS #39's idea): in a word whose letters come
    from more than one script, each letter outside the word's majority script is replaced by its
    prototype from Unicode's confusables table (``confusable-homoglyphs``); in a mostly-Latin
    text, a word wholly in another script whose every letter looks like an ASCII letter (Cyrillic
-   "сор") is folded too, while "Москва" (letters with no ASCII look-alike) stays. Russian or
-   Greek text keeps its tokens;
+   "сор") is folded too, while "Москва" (letters with no ASCII look-alike) and "СССР" (all
+   capitals) stay. Russian or Greek text keeps its tokens;
 6. **case flips** (``wAtEr``, ``rIVER``): a word of the English list whose case is not what a writer
    produces is given back the casing most likely under a letter-flip model whose rate is estimated
    from the text itself (:func:`_restore_case`): acronyms, CamelCase identifiers, known mixed-case
@@ -56,13 +57,10 @@ _NON_ASCII_WORD = re.compile(r"\w*[^\x00-\x7f]\w*", re.UNICODE)
 _LATIN_LETTER = re.compile(r"[A-Za-z]")
 _ANY_WORD = re.compile(r"[^\W\d_]+")
 _ASCII_WORD = re.compile(r"[A-Za-z]+")
-_LETTER = re.compile(r"[A-Za-z]")
-_UPPER_RUN = re.compile(r"(?<![A-Za-z])[A-Z]{2,}(?![A-Za-z])")
-_MIXED_RUN = re.compile(r"(?<![A-Za-z])[A-Za-z]*(?:[a-z][A-Z]|[A-Z]{2}[a-z])[A-Za-z]*")
 # ASCII text needs the slow path only for controls, CRLF, a tab inside a word, or a case anomaly
 _ASCII_TROUBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r\n|\w\t\w|[a-z][A-Z]|[A-Z]{2}[a-z]")
-_NEWLINE_LIKE = "\x0b\x0c\x85\u2028\u2029"
-_MARK_RATE = 1 / 3  # above it, every mark on a Latin letter is an attack's
+_NEWLINE_LIKE = "\x85\u2028\u2029"  # NEL and the line/paragraph separators (VT, FF: controls, removed)
+_MARK_RATE, _MIN_MARKED = 0.3, 8  # above 30% (and 8 marks), every mark on a Latin letter is an attack's
 _SENTENCE_END = ".!?\n"
 _STYLE_TAGS = {"<font>", "<wide>", "<narrow>", "<circle>", "<square>", "<super>", "<sub>", "<small>"}
 
@@ -149,11 +147,12 @@ class TextProfile:
     Attributes:
         votes: words per script (:func:`_text_script`'s vote).
         marked, latin: Latin letters carrying a combining mark, and Latin letters.
-        flipped, flippable: upper-case letters after the first in list words (3+ letters) that mix
-            cases, and the letters after the first of every run of ASCII letters that is not all
-            upper case (the flip rate's evidence).
+        flipped, flippable: upper-case letters after the first in list words (3+ letters) that are
+            not all upper case, and all their letters after the first (the flip rate's evidence).
         upper_inner: letters after the first of all-upper-case list words (3+ letters): flips too
             when the mixed words say most letters were flipped (a flipped lower-case word is upper).
+        mid_words, mid_capitals: those list words not at a sentence start, and how many of them
+            begin with a capital (the writer's capitals, through the flips: :meth:`capital_rate`).
     """
 
     votes: dict[str, int] = field(default_factory=dict)
@@ -162,6 +161,8 @@ class TextProfile:
     flipped: int = 0
     flippable: int = 0
     upper_inner: int = 0
+    mid_words: int = 0
+    mid_capitals: int = 0
 
     def __add__(self, other: "TextProfile") -> "TextProfile":
         votes = dict(self.votes)
@@ -169,24 +170,33 @@ class TextProfile:
             votes[k] = votes.get(k, 0) + v
         return TextProfile(votes, self.marked + other.marked, self.latin + other.latin,
                            self.flipped + other.flipped, self.flippable + other.flippable,
-                           self.upper_inner + other.upper_inner)
+                           self.upper_inner + other.upper_inner, self.mid_words + other.mid_words,
+                           self.mid_capitals + other.mid_capitals)
 
     def script(self) -> str | None:
         """``"LATIN"`` when most words that show their script are Latin, else ``None``."""
         return "LATIN" if self.votes and self.votes.get("LATIN", 0) > sum(self.votes.values()) / 2 else None
 
     def strip_marks(self) -> bool:
-        """Whether more than a third of the Latin letters carry a combining mark."""
-        return self.latin > 0 and self.marked > _MARK_RATE * self.latin
+        """Whether more than 30% of the Latin letters (and at least 8) carry a combining mark."""
+        return self.marked >= _MIN_MARKED and self.marked > _MARK_RATE * self.latin
 
     def flip_rate(self) -> float:
-        """The estimated rate of case flips, shrunk toward 0.01 with a 10-letter pseudo-count; when
-        it is over a half, the all-upper-case list words were flipped lower-case ones and count too
-        (a genuine all-capitals text has few mixed words, so its rate stays low)."""
-        rate = (self.flipped + 0.1) / (self.flippable + 10)
-        if rate > 0.5:
-            rate = (self.flipped + self.upper_inner + 0.1) / (self.flippable + self.upper_inner + 10)
-        return rate
+        """The estimated rate of case flips, shrunk toward 0.001 with a 10-letter pseudo-count. When
+        most letters of the words that are not all upper case were flipped, the all-upper-case
+        list words were flipped lower-case ones and count too (a genuine all-capitals text has
+        almost no such mixed words, so its rate stays low)."""
+        if self.flipped >= 3 and self.flipped > 0.5 * self.flippable:
+            return (self.flipped + self.upper_inner + 0.01) / (self.flippable + self.upper_inner + 10)
+        return (self.flipped + 0.01) / (self.flippable + 10)
+
+    def capital_rate(self, p: float) -> float:
+        """The share of list words a writer capitalised mid-sentence, from the observed share ``f``
+        (shrunk toward 6% with 20 words) and the flip rate: ``f = t (1 - p) + (1 - t) p``; in [0.02, 0.5]."""
+        f = (self.mid_capitals + 0.06 * 20) / (self.mid_words + 20)
+        if abs(1 - 2 * p) < 0.1:
+            return 0.06
+        return min(max((f - p) / (1 - 2 * p), 0.02), 0.5)
 
     def restores_case(self) -> bool:
         """Whether any letter after a run's first is upper case (else no casing is odd)."""
@@ -209,31 +219,36 @@ def _space_like(ch: str) -> bool:
     return ch in _NEWLINE_LIKE or (ch != " " and unicodedata.category(ch) == "Zs")
 
 
-_ODD_SPACE = re.compile(r"[\t\x0b\x0c\x85\u2028\u2029\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
-_SPAN = re.compile(r"[^\s\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\x0b\x0c\x85\u2028\u2029]*"
-                   r"(?:[\t\x0b\x0c\x85\u2028\u2029\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
-                   r"[^\s\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\x0b\x0c\x85\u2028\u2029]*)+")
+_ODD_SPACE = re.compile(r"[\t\x85\u2028\u2029\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+_SPAN = re.compile(r"[^\s\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\x85\u2028\u2029]*"
+                   r"(?:[\t\x85\u2028\u2029\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
+                   r"[^\s\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\x85\u2028\u2029]*)+")
 
 
-def _dict_letters(text: str) -> int:
-    """Letters of list words in ``text`` (marks on Latin letters ignored, as a mark rate strips them)."""
+def _dict_letters(text: str, shortest: int = 3) -> int:
+    """Evidence of list words in ``text``: the sum of their squared lengths (marks on Latin letters
+    ignored, as a mark rate strips them)."""
     words = _words()[0]
     if not text.isascii():  # read as a Latin text would be folded (marks, look-alikes)
         text = _NON_ASCII_WORD.sub(lambda m: fold_mixed_script(m.group(), "LATIN"), unicodedata.normalize("NFD", text))
         text = _LATIN_MARKED.sub(r"\1", text)
-    return sum(len(w) for w in _ANY_WORD.findall(text) if len(w) > 1 and w.lower() in words)
+    # squared lengths: one long word outweighs the two fragments it splits into ("mist" + "aken")
+    return sum(len(w) ** 2 for w in _ANY_WORD.findall(text) if len(w) >= shortest and w.lower() in words)
 
 
 def _span_inserted(span: str, ch: str, chars: set[str]) -> bool:
     """Whether ``ch`` was inserted inside the words of ``span`` (a run of non-space text joined by
-    space-like characters): read as removed, the span holds more letters of list words than read
-    as a space (a tie, or no list word either way, reads it as a space)."""
+    space-like characters): read as removed, the span holds more list-word evidence
+    (:func:`_dict_letters`) than read as a space (a tie, or no list word either way, reads it as a
+    space)."""
     others = chars - {ch}
     base = "".join(" " if c in others else c for c in span) if others else span
-    return _dict_letters(base.replace(ch, "")) > _dict_letters(base.replace(ch, " "))
+    # a two-letter word counts for the joined reading only: split into "e" + "c", "ec" was a word,
+    # while "of" + "it" is no evidence that a separator stood there
+    return _dict_letters(base.replace(ch, ""), 2) > _dict_letters(base.replace(ch, " "))
 
 
-def _profile_of_cleaned(text: str) -> TextProfile:
+def _profile_of_cleaned(text: str, before: str = "") -> TextProfile:
     """The counts of one cleaned text. Votes and case evidence read the letters as the later steps
     leave them -- without marks on Latin letters (as a mark rate strips them) -- so that normalising
     twice changes nothing."""
@@ -241,7 +256,7 @@ def _profile_of_cleaned(text: str) -> TextProfile:
     if text.isascii():
         if _LATIN_LETTER.search(text):
             prof.votes["LATIN"] = len(_ANY_WORD.findall(text))
-        _case_evidence(text, prof)
+        _case_evidence(text, prof, before)
         return prof
     fold = _tables()[0]
     for word in _ANY_WORD.findall(_LATIN_MARKED.sub(r"\1", unicodedata.normalize("NFD", text))):
@@ -258,32 +273,37 @@ def _profile_of_cleaned(text: str) -> TextProfile:
     prof.latin = sum(1 for c in base if c.isalpha() and c.isascii())
     prof.marked = len(_LATIN_MARKED.findall(base))
     view = _LATIN_MARKED.sub(r"\1", base)
-    _case_evidence(view, prof)
+    _case_evidence(view, prof, before)
     return prof
 
 
-def _case_evidence(text: str, prof: TextProfile) -> None:
-    """The flip rate's counts (see :class:`TextProfile`), from regular expressions over the text and
-    the word list for the few runs that mix cases or are all upper case."""
+def _case_evidence(text: str, prof: TextProfile, before: str = "") -> None:
+    """The flip rate's counts (see :class:`TextProfile`) over the list words of 3+ letters that are
+    not known mixed-case words or plural acronyms, and how many of them mid-sentence start with a
+    capital (``before``: the text before this one, for the first word)."""
     words, mixed = _words()
-    upper_inner = 0
-    for w in _UPPER_RUN.findall(text):
-        if len(w) > 2 and w.lower() in words:
-            upper_inner += len(w) - 1
-    all_upper = sum(len(w) - 1 for w in _UPPER_RUN.findall(text))
-    prof.flippable += len(_LETTER.findall(text)) - len(_ASCII_WORD.findall(text)) - all_upper
-    prof.upper_inner += upper_inner
-    for w in _MIXED_RUN.findall(text):
-        if len(w) > 2 and w not in mixed and w.lower() in words:
-            prof.flipped += sum(c.isupper() for c in w[1:])
+    for m in _ASCII_WORD.finditer(text):
+        w = m.group()
+        if len(w) < 3 or w.lower() not in words or w in mixed or _PLURAL_ACRONYM.fullmatch(w):
+            continue
+        if w.isupper():
+            prof.upper_inner += len(w) - 1
+        else:
+            prof.flippable += len(w) - 1
+            prof.flipped += sum(c.isupper() for c in w[1:]) if not w[1:].islower() else 0
+        if not _at_start(text, m.start(), before):
+            prof.mid_words += 1
+            prof.mid_capitals += w[0].isupper()
 
 
 def profile_text(pieces: Iterable[str]) -> TextProfile:
     """The :class:`TextProfile` of the text made of ``pieces`` (each cut before a word, as
     :func:`wmkit.watermark.text.stream.text_chunks` cuts them)."""
-    total = TextProfile()
+    total, before = TextProfile(), ""
     for piece in pieces:
-        total = total + _profile_of_cleaned(_cleaned(piece))
+        text = _cleaned(piece)
+        total = total + _profile_of_cleaned(text, before)
+        before = text[-64:]
     return total
 
 
@@ -320,12 +340,10 @@ def _fold_spaces(text: str) -> str:
                 before = piece[-1] if piece else prev
                 after = span[i + 1] if i + 1 < len(span) else text[m.end() : m.end() + 1]
                 if ch in _NEWLINE_LIKE:
-                    if before == " " and piece:
-                        piece[-1] = "\n"
-                    else:
+                    if not (before.isspace() or after.isspace()):  # beside a space it adds nothing a reader sees
                         piece.append("\n")
-                elif before and not before.isspace() and after and not after.isspace():
-                    piece.append(" ")  # next to whitespace or an end, the space it stands for is there
+                elif not before.isspace() and not after.isspace():
+                    piece.append(" ")  # next to whitespace the space it stands for is already there
         out.append("".join(piece))
     out.append(text[last:])
     return "".join(out)
@@ -351,15 +369,17 @@ def fold_mixed_script(word: str, text_script: str | None = None) -> str:
     In a text mostly in ``text_script`` (``"LATIN"``), a word with letters from other scripts is
     folded to ``text_script``'s prototypes when it also has letters of ``text_script`` (mixed) or
     when every foreign letter looks like an ASCII letter (a whole-script confusable: Cyrillic "а",
-    "сор"); a genuine foreign word ("Москва") stays. Otherwise a word that mixes scripts is folded to
-    its own majority script.
+    "сор"; not an all-capitals one such as "СССР", which an attacker could not have made from a
+    lower-case word); a genuine foreign word ("Москва") stays. Otherwise a word that mixes scripts
+    is folded to its own majority script.
     """
     letters = [c for c in word if c.isalpha()]
     scripts = {_script(c) for c in letters} - {"COMMON", "INHERITED"}
     fold = _tables()[0]
     if text_script is not None and scripts - {text_script}:
         foreign = [c for c in letters if _script(c) != text_script]
-        if text_script in scripts or all(fold.get(c, {}).get(text_script, "\x80").isascii() for c in foreign):
+        whole = any(c.islower() for c in foreign) and all(fold.get(c, {}).get(text_script, "\x80").isascii() for c in foreign)
+        if text_script in scripts or whole:
             return "".join(fold.get(c, {}).get(text_script, c) if c in foreign else c for c in word)
         return word
     if len(scripts) < 2:
@@ -368,14 +388,17 @@ def fold_mixed_script(word: str, text_script: str | None = None) -> str:
     return "".join(fold.get(c, {}).get(major, c) if c.isalpha() and _script(c) != major else c for c in word)
 
 
-# Priors of a word's original casing (mid-sentence / at a sentence start); an odd pattern that looks
-# like camelCase (setUp) is kept more readily than another (wAtEr).
-_PRIORS = {False: {"lower": 0.80, "title": 0.12, "upper": 0.03}, True: {"lower": 0.10, "title": 0.80, "upper": 0.05}}
+# Priors of a word's original casing, mid-sentence and at a sentence start: for list words (the
+# mid-sentence capital rate comes from the text, TextProfile.capital_rate) and for other words
+# (names mostly). An odd pattern that looks like camelCase (setUp) is kept more readily than another.
+_START_PRIORS = {"lower": 0.10, "title": 0.80, "upper": 0.05}
+_NAME_PRIORS = {False: {"lower": 0.40, "title": 0.50, "upper": 0.10}, True: {"lower": 0.10, "title": 0.80, "upper": 0.10}}
+_PLURAL_ACRONYM = re.compile(r"[A-Z]{2,}s")  # SEALs, CPUs: a writer's casing
 _CAMEL = re.compile(r"[a-z]{2,}(?:[A-Z][a-z]+)+|(?:[A-Z][a-z]+){2,}|[A-Z][a-z]+[A-Z]+")  # setUp, DeLay, SpA
-_ODD_PRIOR, _CAMEL_PRIOR = 0.002, 0.05
+_ODD_PRIOR, _CAMEL_PRIOR = 0.001, 0.005
 
 
-def _casing(word: str, start: bool, p: float) -> str:
+def _casing(word: str, priors: dict[str, float], p: float) -> str:
     """The most likely original of ``word`` under independent case flips at rate ``p``."""
     lp, lq = math.log(p), math.log1p(-p)
 
@@ -384,30 +407,42 @@ def _casing(word: str, start: bool, p: float) -> str:
         return math.log(prior) + k * lp + (len(word) - k) * lq
 
     forms = {"lower": word.lower(), "title": word[0].upper() + word[1:].lower(), "upper": word.upper()}
-    candidates = [(score(form, _PRIORS[start][name]), form) for name, form in forms.items()]
+    candidates = [(score(form, priors[name]), form) for name, form in forms.items()]
     if word not in forms.values():  # the word as it is, an odd casing that a writer may have meant
         candidates.append((score(word, _CAMEL_PRIOR if _CAMEL.fullmatch(word) else _ODD_PRIOR), word))
     return max(candidates, key=lambda c: (c[0], c[1] == word))[1]
 
 
+def _at_start(text: str, pos: int, before: str) -> bool:
+    """Whether the word at ``pos`` starts a sentence (after ``.!?``, a newline, or nothing), looking
+    into ``before`` (the text before this one) at its start."""
+    i = pos - 1
+    while i >= 0 and text[i] in " \t\"'([":
+        i -= 1
+    if i >= 0:
+        return text[i] in _SENTENCE_END
+    prev = before.rstrip(" \t\"'([")
+    return not prev or prev[-1] in _SENTENCE_END
+
+
 def _restore_case(text: str, prof: TextProfile, before: str = "") -> str:
-    """Give list words whose casing a flip made their most likely original casing (see the module)."""
+    """Give words whose casing a flip made their most likely original casing (see the module)."""
     if not prof.restores_case():
         return text
     words, mixed = _words()
-    p = min(max(prof.flip_rate(), 0.002), 0.998)
+    p = min(max(prof.flip_rate(), 0.0005), 0.9995)
+    t = prof.capital_rate(p)
+    mid = {"lower": 0.97 - t, "title": t, "upper": 0.03}
 
     def fix(m: re.Match[str]) -> str:
         w = m.group()
-        if len(w) < (2 if p >= 0.05 else 3) or w in mixed or w.lower() not in words:
-            return w  # a two-letter word only where flips are evident (a-zA-Z, dB stay)
-        i = m.start() - 1
-        while i >= 0 and text[i] in " \t\"'([":
-            i -= 1
-        if i < 0:  # the text's start: look into what came before it (a stream's previous chunk)
-            prev = before.rstrip(" \t\"'([")
-            return _casing(w, not prev or prev[-1] in _SENTENCE_END, p)
-        return _casing(w, text[i] in _SENTENCE_END, p)
+        if len(w) < 2 or w in mixed or _PLURAL_ACRONYM.fullmatch(w):
+            return w
+        known = w.lower() in words
+        if p < 0.05 and (not known or len(w) < 3 or w.islower() or w.isupper() or w.istitle()):
+            return w  # where flips are not evident: only list words of 3+ letters with an odd casing
+        start = _at_start(text, m.start(), before)
+        return _casing(w, (_START_PRIORS if start else mid) if known else _NAME_PRIORS[start], p)
 
     return _ASCII_WORD.sub(fix, text)
 
