@@ -156,7 +156,7 @@ def test_valid_completion_requests_are_accepted(prompt, max_tokens, temperature,
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=8))
+@given(st.lists(st.text(min_size=1, max_size=40).filter(str.strip), min_size=1, max_size=8))  # blank: refused
 def test_valid_embedding_requests_are_accepted(texts):
     req = parse_request({"input": texts, "model": "m"}, 384)
     assert list(req["texts"] if isinstance(req, dict) else req[0]) == texts
