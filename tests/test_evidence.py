@@ -79,6 +79,19 @@ def test_a_wrong_key_an_edited_figure_or_a_changed_input_fails_the_check(case):
     assert r.exit_code == 2 and "not JSON" in r.stderr
 
 
+@pytest.mark.parametrize("drop", ["results", "key", "inputs", "scheme"])
+def test_a_report_missing_a_field_is_a_one_line_error(case, drop):
+    """Issue 39: a report without 'results' or 'key' was a KeyError traceback with exit 1."""
+    tmp_path, keyfile, _ = case
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    del report[drop]
+    broken = tmp_path / "report" / "broken.json"
+    broken.write_text(json.dumps(report))
+    r = runner.invoke(app, ["evidence", "check", str(broken), "-k", str(keyfile)])
+    assert r.exit_code == 2 and f"'{drop}' is missing" in r.stderr and "Traceback" not in r.output
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_an_edited_html_page_fails_the_check(case):
     """Issue 33: report.html is what a reader sees; an edit there (a forged verdict) fails the check."""
     tmp_path, keyfile, _ = case

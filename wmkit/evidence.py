@@ -218,6 +218,17 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise InputError(f"{path}: not a wmkit evidence report (format {REPORT_FORMAT})")
     if report.get("family") not in FAMILIES:
         raise InputError(f"{path}: family {report.get('family')!r} cannot be checked by this wmkit ({', '.join(FAMILIES)})")
+    need = {"inputs": list, "results": list, "fpr": (int, float), "versions": dict, "command": list, "created": str}
+    need.update({"text": {"key": dict, "scheme": dict, "tokenizer": str}, "eaas": {"key": dict, "scheme": dict, "test": dict},
+                 "fingerprint": {"test": dict, "signature_sha256": str}}[report["family"]])
+    for name, kind in need.items():
+        if not isinstance(report.get(name), kind):
+            raise InputError(f"{path}: the report's {name!r} is missing or malformed; not a complete wmkit evidence report")
+    if isinstance(report.get("key"), dict) and not all(isinstance(report["key"].get(k), str) for k in ("id", "commitment")):
+        raise InputError(f"{path}: the report's 'key' needs an 'id' and a 'commitment'")
+    if not all(isinstance(i, dict) and isinstance(i.get("path"), str) and isinstance(i.get("sha256"), str)
+               for i in report["inputs"]):
+        raise InputError(f"{path}: each of the report's 'inputs' needs a 'path' and a 'sha256'")
     return report
 
 
@@ -231,6 +242,16 @@ def check_report(report_path: str | os.PathLike[str], key: Any, build_scheme: An
     verified JSON: what is shown is what was checked.
     """
     report = load_report(report_path)
+    try:
+        return _check(report_path, report, key, build_scheme, load_tok)
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{report_path}: malformed report ({type(e).__name__}: {e})") from None
+
+
+def _check(report_path: str | os.PathLike[str], report: dict[str, Any], key: Any, build_scheme: Any,
+           load_tok: Any) -> list[str]:
     base = Path(report_path).resolve().parent
     problems: list[str] = []
     if report["family"] != "fingerprint":  # a fingerprint is keyless: its signature's SHA-256 is the commitment

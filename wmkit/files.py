@@ -38,7 +38,8 @@ def check_new(path: str | os.PathLike[str]) -> Path:
     if p.exists() or p.is_symlink():
         raise InputError(f"{p} already exists; refusing to overwrite it (choose another output path)")
     if not p.parent.is_dir():
-        raise InputError(f"{p.parent} is not a folder; cannot write {p.name} there")
+        what = "is not a folder" if p.parent.exists() else "does not exist"
+        raise InputError(f"{p.parent} {what}; cannot write {p.name} there")
     return p
 
 

@@ -200,22 +200,35 @@ def key_id(scheme: Any) -> str:
 
 
 def read_record(path: Path) -> tuple[dict[str, Any], str | None]:
-    """The scheme config in ``path``: a JSON config, or a generation record (a line of ``wm generate -o``;
-    the first line is used). Returns the config and the record's key id, if any."""
+    """The scheme config in ``path``: a JSON config, or generation records (lines of ``wm generate -o``).
+    Records of more than one configuration or key are refused (which one was meant is not known).
+    Returns the config and the records' key id, if any."""
     text = read_text(str(path))
     try:
-        obj = json.loads(text)  # a JSON config (or a one-line record)
+        objs = [json.loads(text)]  # a JSON config (or a one-line record)
     except json.JSONDecodeError:
-        first = next(ln for ln in text.splitlines() if ln.strip())
-        try:
-            obj = json.loads(first)  # the first record of a JSON-lines file
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: not a JSON config or generation record ({e.msg})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
-        return dict(obj["config"]), obj.get("key_id")
-    if isinstance(obj, dict) and "scheme" in obj:
-        return dict(obj), obj.pop("key_id", None)
-    raise InputError(f"{path}: expected a scheme config (with 'scheme') or a wm generate record (with 'config')")
+        objs = []
+        for i, line in enumerate(ln for ln in text.splitlines() if ln.strip()):
+            try:
+                objs.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}: line {i + 1} is not a JSON config or generation record ({e.msg})") from None
+    found = set()
+    for obj in objs:
+        if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+            found.add((json.dumps(obj["config"], sort_keys=True), obj.get("key_id")))
+        elif isinstance(obj, dict) and "scheme" in obj:
+            obj = dict(obj)
+            kid = obj.pop("key_id", None)
+            found.add((json.dumps(obj, sort_keys=True), kid))
+        else:
+            raise InputError(f"{path}: expected a scheme config (with 'scheme') or a wm generate record (with 'config')")
+    if len(found) > 1:
+        schemes = sorted({json.loads(c).get("scheme", "?") for c, _ in found})
+        raise InputError(f"{path}: its records hold {len(found)} different configurations or keys ({', '.join(schemes)}); "
+                         "pass a file of one configuration")
+    config, kid = found.pop()
+    return json.loads(config), kid
 
 
 def scheme_from_config(config: dict[str, Any], key_file: Optional[Path], vllm_key: Optional[str]) -> Any:

@@ -17,6 +17,10 @@ def keygen(
 ) -> None:
     """Write a new random secret key to OUTPUT (hex text, file mode 0600) and its public commitment to
     OUTPUT.commitment (publish it: revealing the key later proves it is the one committed to)."""
+    if not output.name or output.is_dir() or str(output).endswith(("/", "\\")):
+        from .common import die
+
+        die(f"-o: expected the path of a new key file, got {str(output)!r} (a folder or nothing)")
     commitment_file = output.with_name(output.name + ".commitment")
     run_guarded(check_new, commitment_file)
     key = run_guarded(SecretKey.generate, bits)

@@ -34,7 +34,22 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"wmkit {version('wmkit')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                       help="Print wmkit's version and exit.")) -> None:
+    """wmkit: watermark text and detect it with only the key and the tokenizer."""
 app.command()(keygen)
 app.command()(generate)
 app.command()(detect)

@@ -14,7 +14,8 @@ from ..errors import InputError
 from ..scan import InputSpec, check_inputs, open_output, run_scan
 from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
 from .common import (
-    CorpusArg, FieldOpt, GlobOpt, KeyOnlySchemeOpt, ModelOpt, SchemeArgs, die, key_id, run_guarded, scheme_options, stderr,
+    CorpusArg, FieldOpt, GlobOpt, KeyOnlySchemeOpt, ModelOpt, SchemeArgs, check_fpr_option, die, key_id, run_guarded,
+    scheme_options, stderr,
 )
 
 
@@ -70,6 +71,9 @@ def scan(
     n_workers = (os.cpu_count() or 1) if workers == 0 else workers
     if n_workers < 1:
         die(f"--workers must be >= 0, got {workers}")
+    fpr = run_guarded(check_fpr_option, fpr)  # every check before the output folder is made
+    if min_tokens < 1:
+        die(f"--min-tokens must be >= 1, got {min_tokens}")
     spec = InputSpec(tuple(inputs), glob, field, id_field, shard_docs)
     run_guarded(check_inputs, spec)
     det_opts: dict[str, Any] = {"fpr": fpr, "min_tokens": min_tokens}
