@@ -62,13 +62,18 @@ class SecretKey:
         return f"SecretKey(<{len(self.secret) * 8} bits, id {self.fingerprint()}>)"
 
     def __eq__(self, other: object) -> bool:
-        """Keys are equal when their public ids are (never a comparison of the secret itself)."""
+        """Keys are equal when their public ids are (the full 256-bit digest behind :meth:`fingerprint`;
+        never a comparison of the secret itself)."""
         if not isinstance(other, (SecretKey, ScopedKey)):
             return NotImplemented
-        return self.fingerprint() == other.fingerprint()
+        return hmac.compare_digest(self.identity(), other.identity())
 
     def __hash__(self) -> int:
-        return hash(("wmkit-key", self.fingerprint()))
+        return hash(("wmkit-key", self.identity()))
+
+    def identity(self) -> str:
+        """The full SHA-256 (hex) whose first 8 digits are :meth:`fingerprint`: what equality compares."""
+        return hashlib.sha256(self.subkey("fingerprint")).hexdigest()
 
     @classmethod
     def from_hex(cls, text: str, source: str = "key") -> "SecretKey":
@@ -102,7 +107,7 @@ class SecretKey:
 
     def fingerprint(self) -> str:
         """A short public identifier of the key (first 8 hex digits of SHA-256 of a subkey)."""
-        return hashlib.sha256(self.subkey("fingerprint")).hexdigest()[:8]
+        return self.identity()[:8]
 
     def commitment(self) -> str:
         """A public commitment to the key: SHA-256 over a domain tag and the secret (64 hex digits).
@@ -126,7 +131,7 @@ class SecretKey:
     def scoped(self, prf_labels: Sequence[str] = (), subkey_labels: Sequence[str] = ()) -> "ScopedKey":
         """A :class:`ScopedKey` holding only the named subkeys (and this key's public id)."""
         return ScopedKey({lb: self.prf_key(lb) for lb in prf_labels}, {lb: self.subkey(lb) for lb in subkey_labels},
-                         self.fingerprint())
+                         self.identity())
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,22 +149,26 @@ class ScopedKey:
 
     prf_keys: dict[str, tuple[int, int, int, int]] = field(repr=False)
     subkeys: dict[str, bytes] = field(repr=False)
-    key_id: str
+    full_id: str
 
     def __repr__(self) -> str:
-        return f"ScopedKey(<{len(self.prf_keys) + len(self.subkeys)} subkeys, id {self.key_id}>)"
+        return f"ScopedKey(<{len(self.prf_keys) + len(self.subkeys)} subkeys, id {self.fingerprint()}>)"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, (SecretKey, ScopedKey)):
             return NotImplemented
-        return self.fingerprint() == other.fingerprint()
+        return hmac.compare_digest(self.identity(), other.identity())
 
     def __hash__(self) -> int:
-        return hash(("wmkit-key", self.key_id))
+        return hash(("wmkit-key", self.full_id))
+
+    def identity(self) -> str:
+        """The full public digest of the key this scope came from (:meth:`SecretKey.identity`)."""
+        return self.full_id
 
     def fingerprint(self) -> str:
         """The public id of the key this scope came from."""
-        return self.key_id
+        return self.full_id[:8]
 
     def prf_key(self, label: str) -> tuple[int, int, int, int]:
         """The PRF v2 key for ``label``, if this scope holds it."""
