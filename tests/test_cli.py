@@ -392,12 +392,12 @@ def test_outputs_and_options_are_checked_before_any_model_loads(tmp_path, keyfil
     """Each of these failed only after minutes of work, or with a traceback (reliability issue)."""
     nomodel = ["--model", str(tmp_path / "no-model")]  # loading it would fail with another message
     cases = [
-        (["generate", "-p", "Hi", "-s", "none", "-o", str(tmp_path / "nosuchdir" / "out.jsonl"), *nomodel], "is not a folder"),
+        (["generate", "-p", "Hi", "-s", "none", "-o", str(tmp_path / "nosuchdir" / "out.jsonl"), *nomodel], "does not exist"),  # issue 39: not "is not a folder"
         (["generate", "-p", "Hi", "-s", "none", "-n", "1000000000", *nomodel], "--max-new-tokens must be in 1..8192"),
         (["generate", "-p", "Hi", "-s", "none", "--temperature", "nan", *nomodel], "--temperature must be a number"),
         (["generate", "-p", "Hi", "-s", "none", "--batch-size", "0", *nomodel], "--batch-size must be >= 1"),
         (["fingerprint", "enroll", str(tmp_path / "no-model"), "-o", str(tmp_path / "nosuchdir" / "s.safetensors")],
-         "is not a folder"),
+         "does not exist"),
         (["fingerprint", "verify", "--signature", str(tmp_path), "--suspect", "x", "--fpr", "0"], "--fpr"),
         (["fingerprint", "verify", "--signature", str(tmp_path), "--suspect", "x"], "is a folder"),
         (["fingerprint", "verify", "--signature", str(tmp_path), "--suspect", "x", "--access", "topk", "--top-k", "0"],

@@ -39,8 +39,11 @@ def test_existing_file_is_refused_and_untouched(tmp_path: Path) -> None:
 
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="is not a folder"):
+    with pytest.raises(InputError, match="nope does not exist"):
         write_file(tmp_path / "nope" / "x.txt", "x")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="afile is not a folder"):
+        write_file(tmp_path / "afile" / "x.txt", "x")
 
 
 def test_overwrite_replaces(tmp_path: Path) -> None:

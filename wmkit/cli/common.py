@@ -213,22 +213,23 @@ def read_record(path: Path) -> tuple[dict[str, Any], str | None]:
                 objs.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}: line {i + 1} is not a JSON config or generation record ({e.msg})") from None
-    found = set()
+    configs, ids = set(), set()
     for obj in objs:
         if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
-            found.add((json.dumps(obj["config"], sort_keys=True), obj.get("key_id")))
+            configs.add(json.dumps(obj["config"], sort_keys=True))
+            ids.add(obj.get("key_id"))
         elif isinstance(obj, dict) and "scheme" in obj:
             obj = dict(obj)
-            kid = obj.pop("key_id", None)
-            found.add((json.dumps(obj, sort_keys=True), kid))
+            ids.add(obj.pop("key_id", None))
+            configs.add(json.dumps(obj, sort_keys=True))
         else:
             raise InputError(f"{path}: expected a scheme config (with 'scheme') or a wm generate record (with 'config')")
-    if len(found) > 1:
-        schemes = sorted({json.loads(c).get("scheme", "?") for c, _ in found})
-        raise InputError(f"{path}: its records hold {len(found)} different configurations or keys ({', '.join(schemes)}); "
-                         "pass a file of one configuration")
-    config, kid = found.pop()
-    return json.loads(config), kid
+    ids.discard(None)  # a record without a key id says nothing against the others'
+    if len(configs) > 1 or len(ids) > 1:
+        schemes = sorted({json.loads(c).get("scheme", "?") for c in configs})
+        what = f"{len(configs)} different configurations" if len(configs) > 1 else f"{len(ids)} different key ids"
+        raise InputError(f"{path}: its records hold {what} ({', '.join(schemes)}); pass a file of one configuration")
+    return json.loads(configs.pop()), (ids.pop() if ids else None)
 
 
 def scheme_from_config(config: dict[str, Any], key_file: Optional[Path], vllm_key: Optional[str]) -> Any:
