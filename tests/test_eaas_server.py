@@ -75,6 +75,7 @@ def test_cli_errors_are_one_line_with_exit_2(args, fragment, tmp_path, monkeypat
     monkeypatch.delenv("WMKIT_KEY", raising=False)
     keyfile = tmp_path / "k.key"
     keyfile.write_text(TEST_KEY_HEX)
+    keyfile.chmod(0o600)  # a private key file, as wm keygen writes it (else a warning line comes too)
     r = CliRunner().invoke(app, [str(keyfile) if a == "K" else a for a in args])
     assert r.exit_code == 2 and fragment in r.output and r.output.count("\n") == 1, r.output
 
@@ -89,6 +90,7 @@ def server(tmp_path_factory):
 
     key = tmp_path_factory.mktemp("key") / "k.key"
     key.write_text(TEST_KEY_HEX + "\n")  # a fixed key: the statistics below are deterministic
+    key.chmod(0o600)
     with wm_server("serve-embeddings", "--scheme", "espew", "--key-file", str(key), "--max-inputs", "64",
                    "--max-body-bytes", "20000") as url:
         yield url, key

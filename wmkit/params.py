@@ -30,6 +30,11 @@ __all__ = ["ParamDoc", "Spec", "check_params", "describe", "parse_value"]
 _META = "wmkit.param"
 
 
+def _num(x: float) -> str:
+    """A bound as a reader types it: an integer in full (2147483647, not 2.14748e+09), else ``:g``."""
+    return str(int(x)) if isinstance(x, int) or float(x).is_integer() and abs(x) < 2**64 else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Spec:
     """What a scheme parameter accepts (everything but its default).
@@ -56,14 +61,14 @@ class Spec:
         """The accepted values in words: ``(0, 1)``, ``1..8``, ``one of ['a', 'b']``, ``>= 0``."""
         if self.choices is not None:
             return "one of " + ", ".join(map(str, self.choices))
-        lo = "" if self.low is None else f"{'(' if self.open_low else '['}{self.low:g}"
-        hi = "" if self.high is None else f"{self.high:g}{')' if self.open_high else ']'}"
+        lo = "" if self.low is None else f"{'(' if self.open_low else '['}{_num(self.low)}"
+        hi = "" if self.high is None else f"{_num(self.high)}{')' if self.open_high else ']'}"
         if lo and hi:
             return f"{lo}, {hi}"
         if lo:
-            return f"{'>' if self.open_low else '>='} {self.low:g}"
+            return f"{'>' if self.open_low else '>='} {_num(self.low)}"
         if hi:
-            return f"{'<' if self.open_high else '<='} {self.high:g}"
+            return f"{'<' if self.open_high else '<='} {_num(self.high)}"
         return ""
 
     def admits(self, value: float) -> bool:
@@ -123,7 +128,7 @@ def check_params(obj: Any) -> None:
         if ok_type and spec.choices is not None:
             ok = value in spec.choices
         elif ok_type and tp in (int, float):
-            ok = spec.admits(float(value))
+            ok = spec.admits(value)  # an int exactly: float(2**63 - 512) rounds up past an int64 bound
         else:
             ok = ok_type and (tp is not str or bool(value))
         if not ok:

@@ -273,10 +273,16 @@ def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except WmkitError as e:
+            _show(caught)  # the warning first, then the error that ends the command
+            caught.clear()
             die(str(e))
         finally:
-            for w in caught:
-                if issubclass(w.category, KeyFileWarning):
-                    stderr.print(f"wm: warning: {w.message}", markup=False)
-                else:
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            _show(caught)
+
+
+def _show(caught: list[Any]) -> None:
+    for w in caught:
+        if issubclass(w.category, KeyFileWarning):
+            stderr.print(f"wm: warning: {terminal_safe(str(w.message))}", markup=False)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
