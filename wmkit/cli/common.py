@@ -123,13 +123,13 @@ _KEEP = {"\n": "\n", "\t": "\t"}
 
 
 def terminal_safe(text: str, keep_newlines: bool = False) -> str:
-    """``text`` with every character that could drive a terminal or reorder what it shows -- control
+    r"""``text`` with every character that could drive a terminal or reorder what it shows -- control
     characters (C0, DEL, C1: ESC sequences), format characters (bidi overrides, invisibles), line and
     paragraph separators, lone surrogates (undecodable file names) -- written as a visible escape
     (``\x1b``, ``\u202e``). Tabs stay; newlines stay only with ``keep_newlines``.
 
-    >>> terminal_safe("a\x1b[2Jb\u202ec")
-    'a\\x1b[2Jb\\u202ec'
+    >>> print(terminal_safe("a\x1b[2Jb\u202ec"))
+    a\x1b[2Jb\u202ec
     """
     if text.isprintable() and text.isascii():
         return text

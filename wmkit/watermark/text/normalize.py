@@ -68,8 +68,8 @@ _STYLE_TAGS = {"<font>", "<wide>", "<narrow>", "<circle>", "<square>", "<super>"
 
 @lru_cache(maxsize=1)
 def _removals() -> dict[int, None]:
-    """``str.translate`` table deleting controls (but tab, newline, CR and the newline-like VT, FF,
-    NEL), format characters, variation selectors and U+034F."""
+    """``str.translate`` table deleting controls (but tab, newline, CR and NEL, which stands for a
+    newline), format characters, variation selectors and U+034F."""
     drop = []
     for c in range(sys.maxunicode + 1):
         cat = unicodedata.category(chr(c))
@@ -278,14 +278,13 @@ def _profile_of_cleaned(text: str, before: str = "") -> TextProfile:
             prof.votes[s] = prof.votes.get(s, 0) + n
     # marks and case are read on the words folded as a Latin text folds them
     base = unicodedata.normalize("NFD", _NON_ASCII_WORD.sub(lambda m: fold_mixed_script(m.group(), "LATIN"), text))
-    prof.latin = len(_ASCII_LETTER.findall(base))
+    prof.latin = len(_LATIN_LETTER.findall(base))
     prof.marked = len(_LATIN_MARKED.findall(base))
     view = _LATIN_MARKED.sub(r"\1", base)
     _case_evidence(view, prof, before)
     return prof
 
 
-_ASCII_LETTER = re.compile(r"[A-Za-z]")
 _START_WORD = re.compile(r"(?:^|[.!?\n])[ \t\"'(\[]*([A-Za-z]+)")
 
 
