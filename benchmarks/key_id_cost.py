@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _output import ResultFile, output_args  # noqa: E402
+from _output import ResultFile, output_args, print_table  # noqa: E402
 from wmkit.keys import KDF_ID_PARAMS, kdf_key_id  # noqa: E402
 
 YEAR = 365.25 * 86400
@@ -45,9 +45,8 @@ def main() -> None:
     if args.json:
         print(json.dumps({"rows": rows}))
         return
-    print(f"{'id':<40}{'s/key':>12}{'CPU-years 2^32':>16}{'CPU-years 2^40':>16}")
-    for r in rows:
-        print(f"{r['id']:<40}{r['seconds_per_key']:>12.3g}{r['cpu_years_2^32']:>16.3g}{r['cpu_years_2^40']:>16.3g}")
+    shown = [{k: (f"{v:.3g}" if isinstance(v, float) else v[:16]) for k, v in r.items()} for r in rows]
+    print_table(shown, ["id", "seconds_per_key", "cpu_years_2^32", "cpu_years_2^40"], width=16)
 
 
 if __name__ == "__main__":
