@@ -220,10 +220,9 @@ def _space_like(ch: str) -> bool:
     return ch in _NEWLINE_LIKE or (ch != " " and unicodedata.category(ch) == "Zs")
 
 
-_ODD_SPACE = re.compile(r"[\t\x85\u2028\u2029\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
-_SPAN = re.compile(r"[^\s\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\x85\u2028\u2029]*"
-                   r"(?:[\t\x85\u2028\u2029\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
-                   r"[^\s\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\x85\u2028\u2029]*)+")
+_ODD = r"[\t\x85\u2028\u2029\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"  # a tab, NEL, LS, PS, every Zs but " "
+_ODD_SPACE = re.compile(_ODD)
+_SPAN = re.compile(rf"\S*(?:{_ODD}\S*)+")  # non-space text joined by them (\s holds them all)
 
 
 def _dict_letters(text: str, shortest: int = 3) -> int:
