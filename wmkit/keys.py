@@ -30,18 +30,34 @@ from typing import Any, ClassVar, Sequence, TypeVar
 from .errors import InvalidKeyError
 
 ENV_VAR = "WMKIT_KEY"
+MIN_BITS = 128
+DEFAULT_BITS = 256
 SUBKEY_LABEL = "wmkit/v1/"  # HMAC label prefix of byte subkeys (SecretKey.subkey)
 PRF_LABEL = "wmkit/v2/"  # HMAC label prefix of PRF v2 keys (SecretKey.prf_key)
 
 
 class KeyFileWarning(UserWarning):
     """A key file others can read (printed by the CLI as ``wm: warning: ...``)."""
-MIN_BITS = 128
-DEFAULT_BITS = 256
 
 
-@dataclass(frozen=True)
-class SecretKey:
+class _Identified:
+    """Equality and hashing of keys by their public identity (never by the secret itself)."""
+
+    def identity(self) -> str:  # pragma: no cover - implemented by both key classes
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the full 256-bit digests behind the public ids are (compared in constant time)."""
+        if not isinstance(other, _Identified):
+            return NotImplemented
+        return hmac.compare_digest(self.identity(), other.identity())
+
+    def __hash__(self) -> int:
+        return hash(("wmkit-key", self.identity()))
+
+
+@dataclass(frozen=True, eq=False)
+class SecretKey(_Identified):
     """A watermark secret. Its repr never shows the key material.
 
     Args:
@@ -60,16 +76,6 @@ class SecretKey:
 
     def __repr__(self) -> str:
         return f"SecretKey(<{len(self.secret) * 8} bits, id {self.fingerprint()}>)"
-
-    def __eq__(self, other: object) -> bool:
-        """Keys are equal when their public ids are (the full 256-bit digest behind :meth:`fingerprint`;
-        never a comparison of the secret itself)."""
-        if not isinstance(other, (SecretKey, ScopedKey)):
-            return NotImplemented
-        return hmac.compare_digest(self.identity(), other.identity())
-
-    def __hash__(self) -> int:
-        return hash(("wmkit-key", self.identity()))
 
     def identity(self) -> str:
         """The full SHA-256 (hex) whose first 8 digits are :meth:`fingerprint`: what equality compares."""
@@ -135,7 +141,7 @@ class SecretKey:
 
 
 @dataclass(frozen=True, eq=False)
-class ScopedKey:
+class ScopedKey(_Identified):
     """The subkeys one scheme needs, without the master secret: what a worker on a shared cluster gets.
 
     It answers :meth:`prf_key` and :meth:`subkey` for the labels it was made with and refuses any
@@ -153,14 +159,6 @@ class ScopedKey:
 
     def __repr__(self) -> str:
         return f"ScopedKey(<{len(self.prf_keys) + len(self.subkeys)} subkeys, id {self.fingerprint()}>)"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, (SecretKey, ScopedKey)):
-            return NotImplemented
-        return hmac.compare_digest(self.identity(), other.identity())
-
-    def __hash__(self) -> int:
-        return hash(("wmkit-key", self.full_id))
 
     def identity(self) -> str:
         """The full public digest of the key this scope came from (:meth:`SecretKey.identity`)."""
