@@ -52,10 +52,12 @@ def test_rows_match_the_detector_and_bad_documents_get_error_rows(corpus, tokeni
     rows = list(read_rows(tmp_path / "out"))
     by_id = {row["id"]: row for row in rows}
     assert len(rows) == 4 + 8  # 4 text files matching *.txt, 8 JSON lines
-    det = KGW(key).detector(tokenizer, fpr=1e-3)
+    det = KGW(key).detector(tokenizer, fpr=1e-3, null="reference")  # the per-key null is a scan's default
     for i, text in enumerate(marked):
         want = det.detect(text)
         assert by_id[f"m{i}"]["p_value"] == want.p_value and by_id[f"m{i}"]["decision"] is True
+        assert by_id[f"m{i}"]["verdict"] == "watermarked" and by_id[f"m{i}"]["null"] == "reference"
+        assert by_id[f"m{i}"]["key_id"] == key.fingerprint()
         assert by_id[f"m{i}"]["tokens_scored"] == want.n_scored
     assert not any(by_id[f"p{i}"]["decision"] for i in range(3))
     docs = tmp_path / "docs"
@@ -154,7 +156,7 @@ def test_parquet_in_and_out_give_the_same_rows_as_jsonl(corpus):
     assert r.exit_code == 0, r.stderr
     strip = lambda rows: [{k: v for k, v in x.items() if k != "source"} for x in rows]  # noqa: E731
     got, want = list(read_rows(tmp_path / "pq")), list(read_rows(tmp_path / "js"))
-    assert strip(got) == strip(want) and got[0]["source"] == f"{tmp_path / 'c.parquet'}:row0"
+    assert strip(got) == strip(want) and got[0]["source"] == f"{tmp_path / 'c.parquet'}:row1"
     assert sorted(p.name for p in (tmp_path / "pq").iterdir())[:2] == ["_manifest.json", "part-00000.parquet"]
     r = runner.invoke(app, [*base[:3], "--column", "nope", str(tmp_path / "c.parquet"), "-o", str(tmp_path / "bad")])
     assert r.exit_code == 0 and "no column 'nope'" in next(iter(read_rows(tmp_path / "bad")))["error"]

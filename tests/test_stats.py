@@ -37,7 +37,7 @@ def test_binomial_detection_fields_and_decision():
     assert d.p_value == pytest.approx(exact_upper_tail(100, 200, 0.25), rel=1e-9)
     weak = stats.binomial_detection("kgw", green=55, n=200, gamma=0.25, fpr=1e-4)
     assert not weak.decision and weak.statistic > 0
-    assert set(d.to_dict()) == {"method", "n_scored", "statistic", "p_value", "fpr", "decision", "details"}
+    assert set(d.to_dict()) == {"method", "n_scored", "statistic", "p_value", "fpr", "decision", "details", "p_floor", "verdict"}
     with pytest.raises(ValueError):
         stats.binomial_detection("kgw", green=1, n=2, gamma=0.25, fpr=0.0)
 

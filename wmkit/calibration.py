@@ -22,9 +22,9 @@ from typing import Any, Sequence, Iterable
 import numpy as np
 
 from .errors import InputError
-from .stats import clopper_pearson_interval
+from .stats import clopper_pearson_interval, floor_note, verdict
 
-__all__ = ["BUCKETS", "LEVELS", "MIN_DOCS", "calibrate", "calibrated_p", "check_calibration"]
+__all__ = ["BUCKETS", "LEVELS", "MIN_DOCS", "calibrate", "calibrated_p", "calibrated_verdict", "check_calibration"]
 
 BUCKETS = (16, 64, 128, 256, 512)  # lower edges of the length buckets (tokens scored)
 LEVELS = (1e-2, 1e-3, 1e-4)
@@ -86,6 +86,25 @@ def calibrated_p(calibration: dict[str, Any], n_scored: int, p_value: float) -> 
         return None
     null = bucket["null_p"]
     return (1 + bisect.bisect_right(null, p_value)) / (1 + len(null)), name
+
+
+def calibrated_verdict(calibration: dict[str, Any], n_scored: int, p_value: float, fpr: float,
+                       p_floor: float = 0.0) -> dict[str, Any]:
+    """The verdict with a calibration: on the calibrated p-value over the text's bucket (whose floor
+    ``1 / (1 + documents)`` makes the verdict "undecided" when it is above ``fpr``), or on the exact
+    p-value, said in ``note``, when the calibration has no document of the text's length.
+    Returns ``p_calibrated``, ``calibration_bucket``, ``verdict`` and, where there is one, ``note``."""
+    cal = calibrated_p(calibration, n_scored, p_value)
+    if cal is None:
+        return {"p_calibrated": None, "calibration_bucket": None, "verdict": verdict(p_value, fpr, p_floor),
+                "note": f"the calibration has no document of {n_scored} scored tokens: verdict on the exact p-value"}
+    p, bucket = cal
+    floor = max(p_floor, 1 / (1 + len(calibration["buckets"][bucket]["null_p"])))
+    out: dict[str, Any] = {"p_calibrated": p, "calibration_bucket": bucket, "verdict": verdict(p, fpr, floor)}
+    if out["verdict"] == "undecided":
+        docs = len(calibration["buckets"][bucket]["null_p"])
+        out["note"] = floor_note(floor, fpr, f"a calibration bucket of {docs} documents ({bucket} tokens)")
+    return out
 
 
 def check_calibration(calibration: Any, config: dict[str, Any], key_id: str) -> None:

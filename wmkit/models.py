@@ -126,12 +126,35 @@ def save_atomically(dest: Path, *objects: Any) -> None:
             raise
 
 
+def check_gguf(gguf: Path) -> None:
+    """An :class:`InputError` (one line) unless ``gguf`` parses whole as a GGUF file: an empty, junk or
+    truncated file otherwise fails deep inside transformers (ValueError, UnicodeDecodeError, mmap).
+    Run before a file is converted (a few seconds; a converted file is cached and not checked again)."""
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(str(gguf))
+    except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise InputError(f"{gguf}: not a readable GGUF model file ({first[:100]}); empty, truncated or not GGUF") from None
+
+
+def _from_gguf(load: Any, gguf: Path) -> Any:
+    """``load()`` of a checked GGUF file; a failure left (an architecture transformers does not read) is one line."""
+    check_gguf(gguf)
+    try:
+        return load()
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise InputError(f"{gguf}: transformers cannot load this GGUF model ({first[:100]})") from None
+
+
 def _convert_gguf(gguf: Path, dest: Path) -> None:
     """De-quantize ``gguf`` once and save model + tokenizer as a safetensors folder at ``dest``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok, loaded = _from_gguf(lambda: (AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name),
+                                      AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)), gguf)
     # A GGUF-loaded model refuses save_pretrained: copy its weights into one built from its config.
     fresh = AutoModelForCausalLM.from_config(loaded.config)
     fresh.load_state_dict(loaded.state_dict())
@@ -161,7 +184,7 @@ def load_tokenizer(model: str | os.PathLike[str] | None = None, cache: str | os.
                 path = folder
                 break
         else:
-            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            tok = _from_gguf(lambda: AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name), path)
             save_atomically(folder, tok)
             return tok
     return _loaded("tokenizer", path, lambda: AutoTokenizer.from_pretrained(str(path), local_files_only=True))

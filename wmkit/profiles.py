@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from .errors import InputError
 from .files import read_text
 from .keys import read_key_file, SecretKey
-from .stats import Detection, check_fpr, holm
+from .stats import Detection, check_fpr, floor_note, holm
 
 __all__ = ["Profile", "ProfileMatch", "load_profiles", "detect_profiles"]
 
@@ -50,6 +50,8 @@ class ProfileMatch:
     decision: bool
     detection: Detection
     per_profile: dict[str, dict[str, Any]]
+    verdict: str = "not watermarked"
+    note: str | None = None
 
 
 def _key(ref: Any, name: str, scheme_cls: type, base: Path) -> Any:
@@ -107,19 +109,29 @@ def load_profiles(path: str | os.PathLike[str]) -> list[Profile]:
 
 
 def detect_profiles(profiles: Sequence[Profile], tokenizer: Any, texts: Sequence[str], fpr: float,
-                    min_tokens: int | None = None, calibrations: dict[str, dict[str, Any]] | None = None
-                    ) -> list[ProfileMatch | InputError]:
+                    min_tokens: int | None = None, calibrations: dict[str, dict[str, Any]] | None = None,
+                    null: str | None = None) -> list[ProfileMatch | InputError]:
     """Test each text against every profile; a text no profile can score yields the first error.
 
-    With ``calibrations`` (profile name -> its ``wm calibrate`` report), each profile's test uses its
-    calibrated p-value (:func:`wmkit.calibration.calibrated_p`; the exact one where the calibration
-    has no document of the text's length) and Holm runs over those.
+    Each profile's detector has the null a verdict uses (:func:`wmkit.watermark.text.detector.verdict_detector`:
+    ``null`` for the green-list profiles, by default the per-key reference null). With
+    ``calibrations`` (profile name -> its ``wm calibrate`` report), each profile's test uses its
+    calibrated p-value (:func:`wmkit.calibration.calibrated_verdict`; the exact one where the
+    calibration has no document of the text's length) and Holm runs over those. The verdict follows
+    :func:`wmkit.stats.verdict`: "undecided" when no profile is declared and one of them could not
+    have been (its smallest p-value, times the number of profiles, above ``fpr``).
     """
-    from .calibration import calibrated_p
+    from .calibration import calibrated_verdict
+    from .watermark.text.detector import resolve_null, verdict_detector
 
     check_fpr(fpr)
     opts = {"fpr": fpr, **({"min_tokens": min_tokens} if min_tokens is not None else {})}
-    results = [p.scheme.detector(tokenizer, **opts).detect_many(list(texts)) for p in profiles]
+    if null is not None and not any(p.scheme.capabilities.reference_null for p in profiles):
+        resolve_null(profiles[0].scheme.capabilities, null)  # its one-line error
+    detectors = [verdict_detector(p.scheme, tokenizer, null if p.scheme.capabilities.reference_null else None, **opts)
+                 for p in profiles]
+    results = [d.detect_many(list(texts)) for d in detectors]
+    nulls = {p.name: d.null for p, d in zip(profiles, detectors)}
     out: list[ProfileMatch | InputError] = []
     for i in range(len(texts)):
         dets = {p.name: r[i] for p, r in zip(profiles, results)}
@@ -127,16 +139,29 @@ def detect_profiles(profiles: Sequence[Profile], tokenizer: Any, texts: Sequence
         if not scored:
             out.append(next(iter(dets.values())))
             continue
-        names = list(scored)
-        used = {}
+        names, m = list(scored), len(scored)
+        used, floors, extra = {}, {}, {}
         for n in names:
-            cal = calibrated_p(calibrations[n], scored[n].n_scored, scored[n].p_value) if calibrations else None
-            used[n] = cal[0] if cal else scored[n].p_value
+            det = scored[n]
+            used[n], floors[n] = det.p_value, det.p_floor
+            if calibrations:
+                cal = calibrated_verdict(calibrations[n], det.n_scored, det.p_value, fpr, det.p_floor)
+                extra[n] = {"p_calibrated": cal["p_calibrated"]}
+                if cal["p_calibrated"] is not None:
+                    used[n] = cal["p_calibrated"]
+                    floors[n] = max(det.p_floor, 1 / (1 + len(calibrations[n]["buckets"][cal["calibration_bucket"]]["null_p"])))
         adjusted = holm([used[n] for n in names])  # profiles that cannot score the text are not tests
         best = min(range(len(names)), key=lambda j: (adjusted[j], used[names[j]]))
-        per = {n: {"p_value": scored[n].p_value, "p_holm": a, "method": scored[n].method,
-                   **({"p_calibrated": used[n]} if calibrations else {})}
+        per = {n: {"p_value": scored[n].p_value, "p_holm": a, "method": scored[n].method, "null": nulls[n],
+                   "p_floor": min(1.0, m * floors[n]), **extra.get(n, {})}
                for n, a in zip(names, adjusted)}
         per.update({n: {"error": str(d)} for n, d in dets.items() if isinstance(d, Exception)})
-        out.append(ProfileMatch(names[best], adjusted[best], adjusted[best] <= fpr, scored[names[best]], per))
+        decided = adjusted[best] <= fpr
+        blind = [n for n in names if m * floors[n] > fpr]
+        result, note = "watermarked" if decided else "not watermarked", None
+        if not decided and blind:
+            result = "undecided"
+            note = floor_note(min(1.0, m * floors[blind[0]]), fpr,
+                              f"profile {blind[0]!r} (Holm over {m} profiles{', calibrated' if calibrations else ''})")
+        out.append(ProfileMatch(names[best], adjusted[best], decided, scored[names[best]], per, result, note))
     return out

@@ -17,16 +17,23 @@ parts and a manifest that names only them.
 Engines: ``local`` (this process, or a pool of ``workers`` processes) and ``ray`` (``workers`` Ray
 actors, on a local Ray instance or a cluster; the driver reads the inputs and writes the parts).
 
-Rows: ``id``, ``source`` (``file:line`` for JSONL, the file for text files), ``tokens_total``, ``tokens_scored``,
-``green_fraction`` (green-list schemes), ``statistic``, ``z``, ``p_value``, ``decision``, and
-``window_start``/``window_end`` (token offsets) with ``windowed``; a document that cannot be read
-or scored has ``error`` instead.
+Rows: ``id``, ``source`` (``file:line`` for JSONL, ``file:rowN`` for Parquet, both counted from 1;
+the file for text files), ``tokens_total``, ``tokens_scored``, ``green_fraction`` (green-list
+schemes), ``statistic``, ``z``, ``p_value``, ``verdict`` (:func:`wmkit.stats.verdict`), ``decision``
+(``verdict == "watermarked"``), ``key_id`` and ``null`` (what every verdict was given with), and
+``window_start``/``window_end`` (token offsets) with ``windowed``; a document that cannot be read,
+is over ``max_doc_bytes``, or cannot be scored has ``error`` instead (with its id where it has one).
+
+Nothing is written before the first part: a scan that fails to start (a bad model, an unreachable
+Ray cluster) leaves no folder, and a manifest that names no finished shard may be replaced by a
+scan with another configuration.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import inspect
+import itertools
 import json
 import os
 import sys
@@ -38,6 +45,7 @@ from .errors import InputError, WmkitError
 from .files import read_text, write_file
 
 MANIFEST = "_manifest.json"
+MAX_DOC_BYTES = 8 * 2**20  # wm scan --max-doc-mb's default: larger documents get an error row (wm detect streams them)
 MANIFEST_FORMAT = "wmkit-scan/1"
 
 
@@ -60,6 +68,8 @@ class InputSpec:
             other files as one document each.
         id_field: the JSON field holding a document id (default: ``source``).
         shard_docs: documents per shard.
+        max_doc_bytes: a document larger than this (UTF-8 bytes) gets an error row instead of being
+            scored (memory: one document's tokens and per-token tensors are several times its size).
     """
 
     paths: tuple[str, ...]
@@ -67,11 +77,13 @@ class InputSpec:
     field: str | None = None
     id_field: str | None = None
     shard_docs: int = 2000
+    max_doc_bytes: int = MAX_DOC_BYTES
 
     def config(self) -> dict[str, Any]:
         """What a resumed scan must agree on."""
         return {"inputs": [os.path.abspath(p) if p != "-" else "-" for p in self.paths], "glob": self.glob,
-                "field": self.field, "id_field": self.id_field, "shard_docs": self.shard_docs}
+                "field": self.field, "id_field": self.id_field, "shard_docs": self.shard_docs,
+                "max_doc_bytes": self.max_doc_bytes}
 
 
 def _walk(folder: str, glob: str) -> Iterator[str]:
@@ -107,27 +119,41 @@ def _is_jsonl(path: str, spec: InputSpec) -> bool:
     return spec.field is not None or path.endswith((".jsonl", ".ndjson"))
 
 
-ROW_COLUMNS = ("id", "source", "tokens_total", "tokens_scored", "green_fraction", "statistic", "z", "p_value", "decision",
-               "window_start", "window_end", "error")
+ROW_COLUMNS = ("id", "source", "tokens_total", "tokens_scored", "green_fraction", "statistic", "z", "p_value", "verdict",
+               "decision", "key_id", "null", "window_start", "window_end", "error")
+
+
+def _too_big(source: str, size: int, limit: int) -> str:
+    return (f"{source}: document of {size / 2**20:.1f} MiB is over --max-doc-mb {limit / 2**20:g}; "
+            f"check it alone with wm detect (which streams a long text)")
 
 
 def _jsonl_doc(raw: bytes, source: str, spec: InputSpec) -> tuple[str, str, str | None, str | None]:
     key = spec.field or "text"
+    if len(raw) > spec.max_doc_bytes:  # before parsing: a 50 MB line would cost gigabytes to decode and score
+        return source, source, None, _too_big(source, len(raw), spec.max_doc_bytes)
     try:
         obj = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return source, source, None, f"{source}: malformed JSON line ({getattr(e, 'msg', str(e))})"
+    doc_id = source
+    if isinstance(obj, dict) and spec.id_field and obj.get(spec.id_field) is not None:
+        doc_id = str(obj[spec.id_field])
     if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
-        return source, source, None, f"{source}: no string field {key!r}"
-    doc_id = str(obj.get(spec.id_field, source)) if spec.id_field else source
+        return doc_id, source, None, f"{source}: no string field {key!r}"
     return doc_id, source, obj[key], None
 
 
-def _text_doc(path: str) -> tuple[str, str, str | None, str | None]:
+def _text_doc(path: str, max_bytes: int) -> tuple[str, str, str | None, str | None]:
     try:
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            return path, path, None, _too_big(path, size, max_bytes)
         return path, path, read_text(path), None
     except WmkitError as e:
         return path, path, None, str(e)
+    except OSError as e:
+        return path, path, None, f"{path}: cannot be read ({e.strerror})"
 
 
 def _parquet_shards(path: str, spec: InputSpec, skip: Callable[[str], bool]) -> Iterator[Shard]:
@@ -149,15 +175,26 @@ def _parquet_shards(path: str, spec: InputSpec, skip: Callable[[str], bool]) -> 
         yield Shard(f"{path}#0", [(path, path, None, f"{path}: no column {missing[0]!r} (columns: {', '.join(names)})")])
         return
     row = 0
-    for k, batch in enumerate(pf.iter_batches(batch_size=spec.shard_docs, columns=[c for c in (column, spec.id_field) if c])):
+    batches = pf.iter_batches(batch_size=spec.shard_docs, columns=[c for c in (column, spec.id_field) if c])
+    for k in itertools.count():
         shard = Shard(f"{path}#{k}")
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - a corrupt page (bad snappy, checksum) ends this file, not the scan
+            yield Shard(shard.id, [(shard.id, f"{path}:row{row + 1}", None,
+                                   f"{path}: unreadable from row {row + 1} on ({type(e).__name__}: {str(e).splitlines()[0][:120]})")])
+            return
         texts = batch.column(column).to_pylist() if not skip(shard.id) else [None] * batch.num_rows
         ids = batch.column(spec.id_field).to_pylist() if spec.id_field and not skip(shard.id) else [None] * batch.num_rows
         for text, doc_id in zip(texts, ids):
+            row += 1
             source = f"{path}:row{row}"
             err = None if skip(shard.id) or isinstance(text, str) else f"{source}: column {column!r} is not a string"
+            if err is None and text is not None and len(text) > spec.max_doc_bytes // 4 and len(text.encode("utf-8", "surrogatepass")) > spec.max_doc_bytes:
+                err, text = _too_big(source, len(text.encode("utf-8", "surrogatepass")), spec.max_doc_bytes), None
             shard.docs.append((str(doc_id) if doc_id is not None else source, source, text if err is None else None, err))
-            row += 1
         yield shard
 
 
@@ -173,7 +210,7 @@ def iter_shards(spec: InputSpec, skip: Callable[[str], bool] = lambda _: False) 
         if not _is_jsonl(path, spec):
             if not pending.docs:
                 pending.id = f"files#{text_ordinal}"
-            pending.docs.append((path, path, None, None) if skip(pending.id) else _text_doc(path))
+            pending.docs.append((path, path, None, None) if skip(pending.id) else _text_doc(path, spec.max_doc_bytes))
             if len(pending.docs) == spec.shard_docs:
                 yield pending
                 pending, text_ordinal = Shard(""), text_ordinal + 1
@@ -204,8 +241,8 @@ def iter_shards(spec: InputSpec, skip: Callable[[str], bool] = lambda _: False) 
 class Scorer:
     """Scores the documents of a shard with one detector; builds no per-token lists unless asked."""
 
-    def __init__(self, detector: Any, windowed: bool = False):
-        self.detector, self.windowed = detector, windowed
+    def __init__(self, detector: Any, windowed: bool = False, key_id: str | None = None):
+        self.detector, self.windowed, self.key_id = detector, windowed, key_id
 
     def rows(self, shard: Shard) -> list[dict[str, Any]]:
         """One row per document of ``shard``, in order."""
@@ -224,23 +261,25 @@ class Scorer:
                 results[i] = r
         return [self._row(doc, r) for doc, r in zip(shard.docs, results)]
 
-    @staticmethod
-    def _row(doc: tuple[str, str, str | None, str | None], det: Any) -> dict[str, Any]:
+    def _row(self, doc: tuple[str, str, str | None, str | None], det: Any) -> dict[str, Any]:
         doc_id, source, _, err = doc
         if err is not None or isinstance(det, Exception):
             return {"id": doc_id, "source": source, "error": err or str(det)}
         d = det.details
         row = {"id": doc_id, "source": source, "tokens_total": d.get("tokens_total"), "tokens_scored": det.n_scored,
                "green_fraction": d.get("green_fraction"),
-               "statistic": det.statistic, "z": d.get("z", det.statistic), "p_value": det.p_value, "decision": det.decision}
+               "statistic": det.statistic, "z": d.get("z", det.statistic), "p_value": det.p_value, "verdict": det.verdict,
+               "decision": det.verdict == "watermarked", "key_id": self.key_id, "null": self.detector.null}
         if "token_start" in d:
             row.update(window_start=d["token_start"], window_end=d["token_end"])
         return row
 
 
 def open_output(out: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of ``out`` for a scan with ``config``: a new one (creating the folder), or the
-    existing one if the configuration matches. Anything else is an :class:`InputError`."""
+    """The manifest of ``out`` for a scan with ``config``: the existing one if the configuration
+    matches, else a new one, which is written with the first part (:func:`record_part`), so nothing
+    is made before the scan has scored a shard. A folder that is not a scan output, or one whose
+    manifest names finished shards of another configuration, is an :class:`InputError`."""
     manifest = out / MANIFEST
     if out.exists():
         if not out.is_dir():
@@ -253,20 +292,21 @@ def open_output(out: Path, config: dict[str, Any]) -> dict[str, Any]:
                 state = json.loads(manifest.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as e:
                 raise InputError(f"{manifest}: unreadable manifest ({e})") from None
-            if state.get("format") != MANIFEST_FORMAT or state.get("config") != config:
+            if state.get("format") != MANIFEST_FORMAT:
+                raise InputError(f"{manifest} is not a wmkit scan manifest; choose another output folder")
+            if state.get("config") != config and state.get("done"):
                 raise InputError(f"{out} holds a scan with another configuration (scheme, key, FPR or inputs); "
                                  f"choose another output folder")
-            return state
-    out.mkdir(parents=True, exist_ok=True)
-    state = {"format": MANIFEST_FORMAT, "config": config, "done": {}}
-    write_file(manifest, json.dumps(state, indent=1), overwrite=True)
-    return state
+            if state.get("config") == config:
+                return state
+    return {"format": MANIFEST_FORMAT, "config": config, "done": {}}
 
 
 def record_part(out: Path, state: dict[str, Any], shard_id: str, rows: list[dict[str, Any]]) -> None:
     """Write a shard's rows as a new part file (JSON lines, or Parquet when the scan's ``format`` is
     ``parquet``), then name it in the manifest (both atomically)."""
     fmt = state["config"].get("format", "jsonl")
+    out.mkdir(parents=True, exist_ok=True)
     part = f"part-{len(state['done']):05d}.{fmt}"
     if fmt == "parquet":
         import pyarrow as pa
@@ -284,7 +324,7 @@ def _parquet_schema() -> Any:
     import pyarrow as pa
 
     types = {"id": pa.string(), "source": pa.string(), "tokens_total": pa.int64(), "tokens_scored": pa.int64(),
-             "decision": pa.bool_(), "window_start": pa.int64(), "window_end": pa.int64(), "error": pa.string()}
+             "decision": pa.bool_(), "verdict": pa.string(), "key_id": pa.string(), "null": pa.string(), "window_start": pa.int64(), "window_end": pa.int64(), "error": pa.string()}
     return pa.schema([(c, types.get(c, pa.float64())) for c in ROW_COLUMNS])
 
 
@@ -309,17 +349,20 @@ def read_rows(out: Path) -> Iterable[dict[str, Any]]:
 _WORKER: Scorer | None = None
 
 
-def _init_worker(scheme: Any, model: str | None, det_opts: dict[str, Any], windowed: bool, pool: bool = True) -> None:
-    """A scorer for this process: one tokenizer, one detector (and, in a pool's worker process, one
-    torch thread: the workers share the cores)."""
+def _init_worker(scheme: Any, model: str | None, det_opts: dict[str, Any], windowed: bool, key_id: str | None = None,
+                 pool: bool = True) -> None:
+    """A scorer for this process: one tokenizer, one detector with the verdict's null
+    (:func:`~wmkit.watermark.text.detector.verdict_detector`; ``det_opts["null"]``, if given, names it),
+    and, in a pool's worker process, one torch thread: the workers share the cores."""
     from .models import load_tokenizer
+    from .watermark.text.detector import verdict_detector
 
     global _WORKER
     if pool:
         import torch
 
         torch.set_num_threads(1)
-    _WORKER = Scorer(scheme.detector(load_tokenizer(model), **det_opts), windowed)
+    _WORKER = Scorer(verdict_detector(scheme, load_tokenizer(model), **det_opts), windowed, key_id)
 
 
 def _score(shard: Shard) -> tuple[str, list[dict[str, Any]]]:
@@ -330,7 +373,7 @@ def _score(shard: Shard) -> tuple[str, list[dict[str, Any]]]:
 def run_scan(spec: InputSpec, scheme: Any, out: Path, config: dict[str, Any], *, model: str | None = None,
              det_opts: dict[str, Any] | None = None, windowed: bool = False, workers: int = 1,
              on_shard: Callable[[list[dict[str, Any]]], None] | None = None, engine: str = "local",
-             ray_address: str | None = None) -> dict[str, int]:
+             ray_address: str | None = None, key_id: str | None = None) -> dict[str, int]:
     """Scan ``spec``'s documents with ``scheme`` into the folder ``out`` (see the module docstring).
 
     ``engine="local"``: ``workers`` processes on this machine score shards in parallel.
@@ -346,7 +389,7 @@ def run_scan(spec: InputSpec, scheme: Any, out: Path, config: dict[str, Any], *,
     state = open_output(out, config)
     done = set(state["done"])
     counts = {"shards": 0, "skipped": 0, "docs": 0, "errors": 0}
-    args = (scheme, model, det_opts or {}, windowed)
+    args = (scheme, model, det_opts or {}, windowed, key_id if key_id is not None else config.get("key_id"))
 
     def fresh() -> Iterator[Shard]:
         for s in iter_shards(spec, skip=done.__contains__):
@@ -359,7 +402,7 @@ def run_scan(spec: InputSpec, scheme: Any, out: Path, config: dict[str, Any], *,
         scored = _ray_scored(fresh(), (scheme.scoped() if hasattr(scheme, "scoped") else scheme, *args[1:]),
                              workers, ray_address)
     elif workers <= 1:
-        _init_worker(*args, pool=False)
+        _init_worker(*args, pool=False)  # a bad model fails here, before any file is written
         scored = map(_score, fresh())
     else:
         scored = _pool_scored(fresh(), args, workers)
@@ -370,6 +413,9 @@ def run_scan(spec: InputSpec, scheme: Any, out: Path, config: dict[str, Any], *,
         counts["errors"] += sum("error" in r for r in rows)
         if on_shard is not None:
             on_shard(rows)
+    if not (out / MANIFEST).exists():  # an empty corpus: the folder still says what was scanned
+        out.mkdir(parents=True, exist_ok=True)
+        write_file(out / MANIFEST, json.dumps(state, indent=1), overwrite=True)
     return counts
 
 
@@ -407,6 +453,22 @@ class _RayScorer:
         return _score(shard)
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """An :class:`InputError` unless a TCP connection to the Ray address opens within ``timeout``
+    seconds (Ray itself retries an unreachable address for minutes)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            return
+    except ValueError:
+        raise InputError(f"--ray-address {address!r}: expected HOST:PORT or ray://HOST:PORT") from None
+    except OSError as e:
+        raise InputError(f"cannot reach the Ray cluster at {address}: {e.strerror or type(e).__name__}") from None
+
+
 def _ray_scored(shards: Iterable[Shard], args: tuple, workers: int, address: str | None) -> Scored:
     """Score on Ray actors, round robin (each node needs wmkit and the tokenizer's model installed)."""
     try:
@@ -414,6 +476,8 @@ def _ray_scored(shards: Iterable[Shard], args: tuple, workers: int, address: str
     except ImportError:
         raise InputError("--engine ray needs Ray (pip install 'wmkit[ray]')") from None
     started = not ray.is_initialized()
+    if started and address not in (None, "auto", "local"):
+        _check_reachable(address)
     if started:
         try:
             ray.init(address=address, num_cpus=None if address else max(1, workers), include_dashboard=False,

@@ -3,7 +3,10 @@
 Conventions, the same for text, embedding and fingerprint methods: a larger ``statistic`` always
 means more evidence of the mark, and ``p_value`` is the probability, under the null hypothesis
 (no mark), of a statistic at least as extreme. Decisions are made at a stated false-positive
-rate: ``decision = p_value <= fpr``.
+rate: ``decision = p_value <= fpr``. The verdict rule, stated once (:func:`verdict`): "watermarked"
+when ``p_value <= fpr``; "undecided" when not and the test could not have reached the FPR
+(``p_floor > fpr``: a resampling test with too few draws, a calibration bucket too small);
+"not watermarked" otherwise.
 
 FPR policy (the defaults, one per family, each overridable per call and on the command line):
 ``TEXT_FPR = 1e-4`` for text detectors (a verdict on one document); ``EMBEDDING_FPR = 1e-3`` for
@@ -50,6 +53,9 @@ __all__ = [
     "threshold_at_fpr",
     "tpr_at_fpr",
     "check_fpr",
+    "verdict",
+    "floor_note",
+    "VERDICTS",
     "windowed_binomial_detection",
     "normal_pvalue",
     "gamma_pvalue",
@@ -67,6 +73,28 @@ def check_fpr(fpr: float) -> float:
     return float(fpr)
 
 
+VERDICTS = ("watermarked", "not watermarked", "undecided")
+
+
+def verdict(p_value: float, fpr: float, p_floor: float = 0.0) -> str:
+    """The verdict of a test, one rule for every mode: ``"watermarked"`` if ``p_value <= fpr``;
+    ``"undecided"`` if not and the smallest p-value the test can give, ``p_floor``, is above ``fpr``
+    (no evidence could have reached the verdict's FPR, so "not watermarked" would say more than the
+    test can); ``"not watermarked"`` otherwise.
+
+    >>> verdict(0.01, 1e-4, p_floor=0.01), verdict(0.5, 1e-4), verdict(1e-5, 1e-4)
+    ('undecided', 'not watermarked', 'watermarked')
+    """
+    if p_value <= fpr:
+        return "watermarked"
+    return "undecided" if p_floor > fpr else "not watermarked"
+
+
+def floor_note(p_floor: float, fpr: float, why: str) -> str:
+    """The one-line reason for an undecided verdict."""
+    return f"undecided: {why} gives no p-value below {p_floor:.3g}, above the FPR {fpr:g}"
+
+
 @dataclass(frozen=True)
 class Detection:
     """The result of any wmkit detector.
@@ -78,6 +106,8 @@ class Detection:
         p_value: exact p-value of ``statistic`` under the no-mark hypothesis.
         fpr: the false-positive rate the decision was made at.
         decision: ``p_value <= fpr``: the mark is declared present.
+        p_floor: the smallest p-value the test can give (0 for the exact tests; ``1 / (1 + draws)``
+            for a resampling test). Above ``fpr`` the verdict is "undecided" (:func:`verdict`).
         details: method-specific numbers (for green-list schemes ``green``, ``green_fraction``,
             ``gamma``).
         evidence: optional per-unit evidence, e.g. ``{"token_ids": [...], "scored": [...],
@@ -92,12 +122,19 @@ class Detection:
     decision: bool
     details: dict[str, Any] = field(default_factory=dict)
     evidence: dict[str, list] | None = field(default=None, repr=False)
+    p_floor: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        """``"watermarked"``, ``"not watermarked"`` or ``"undecided"`` (:func:`verdict`)."""
+        return verdict(self.p_value, self.fpr, self.p_floor)
 
     def to_dict(self, evidence: bool = False) -> dict[str, Any]:
-        """A JSON-ready dict; per-unit evidence only when asked for."""
+        """A JSON-ready dict (with the verdict); per-unit evidence only when asked for."""
         d = asdict(self)
         if not evidence:
             d.pop("evidence")
+        d["verdict"] = self.verdict
         return d
 
 
@@ -238,7 +275,8 @@ def permutation_detection(method: str, observed: float, null: Sequence[float], f
     z = (observed - float(x.mean())) / sd if sd > 0 else 0.0
     return Detection(method=method, n_scored=int(n_scored), statistic=float(observed), p_value=p, fpr=fpr,
                      decision=bool(p <= fpr), details={"z": z, "p_value_normal": normal_pvalue(z), "null_samples": int(x.size),
-                                                      "p_min": 1 / (1 + x.size), **details})
+                                                      "p_min": 1 / (1 + x.size), **details},
+                     p_floor=1 / (1 + x.size))
 
 
 def weighted_binomial_sf(x: float, weights: Sequence[float], n: int, q: float) -> float:
@@ -393,6 +431,7 @@ def gaussian_null_detection(
     mu, sd = float(x.mean()), float(x.std(ddof=1))
     z = (observed - mu) / sd if sd > 0 else (math.inf if observed > mu else 0.0)
     rank_p = float((1 + np.sum(x >= observed)) / (1 + x.size))
+    rank_p_floor = 1 / (1 + x.size)
     p = float(_sps.norm.sf(z)) if p_value_from == "normal" else rank_p
     return Detection(
         method=method,
@@ -401,6 +440,7 @@ def gaussian_null_detection(
         p_value=p,
         fpr=fpr,
         decision=bool(p <= fpr),
+        p_floor=rank_p_floor if p_value_from == "rank" else 0.0,
         details={
             "observed": float(observed),
             "null_mean": mu,
@@ -469,8 +509,9 @@ def windowed_binomial_detection(
     valid whatever the dependence between overlapping windows (it is conservative), so the
     decision ``p_value <= fpr`` keeps its false-positive rate. ``details`` gives the located
     span (``start``, ``end`` in units: the best window, its ends then moved by up to half a window
-    to the highest-z segment), the grid window (``window_start``, ``window``) with its hit count
-    and raw p-value, and ``n_tests``.
+    to the highest-z segment) with its own counts (``span_scored`` units, ``span_green`` hits: what
+    a report shows beside the location), the grid window the p-value is computed on
+    (``window_start``, ``window``, ``green``) with its raw p-value, and ``n_tests``.
 
     >>> d = windowed_binomial_detection("kgw", [0] * 300 + [1] * 100 + [0] * 300, 0.25, 0.01, windows=(100,))
     >>> d.decision, d.details["start"], d.details["end"]
@@ -498,6 +539,7 @@ def windowed_binomial_detection(
     p_min, z_max, w, start, hits = best
     p_adj = min(1.0, n_tests * p_min)
     span = _refine_span(csum, start, start + w, gamma, min_window, trials)
+    span_hits = int(csum[span[1]] - csum[span[0]])
     return Detection(
         method=f"{method}-window",
         n_scored=int(n),
@@ -505,7 +547,8 @@ def windowed_binomial_detection(
         p_value=p_adj,
         fpr=fpr,
         decision=bool(p_adj <= fpr),
-        details={"start": span[0], "end": span[1], "window": w, "window_start": start, "green": hits,
+        details={"start": span[0], "end": span[1], "span_scored": span[1] - span[0], "span_green": span_hits,
+                 "window": w, "window_start": start, "green": hits,
                  "gamma": gamma, "p_window": p_min, "n_tests": n_tests, "trials": trials},
     )
 

@@ -70,6 +70,12 @@ ApiKeyEnvOpt = typer.Option(None, "--api-key-env", help="Send the value of this 
 HeaderOpt = typer.Option([], "--header", help="A header 'Name: value' to send to the suspect URL, repeatable.",
                          show_default=False)
 InsecureOpt = typer.Option(False, "--insecure", help="Allow credentials over plain http:// to a host that is not loopback.")
+NullOpt = typer.Option(None, "--null", show_default=False, help=(
+    "What the p-value assumes of unmarked text, for the green-list schemes (kgw, unigram): reference (the default: "
+    "calibrated for the key you hold: the shipped news/reviews/code corpora's 300 commonest n-grams are not scored, and "
+    "the test is against this key's own green rate on the rest where it is higher), or gamma (each token green with "
+    "probability gamma: exact over random keys, but a fixed key can flag several times the FPR on natural text). "
+    "The other schemes have one exact null."))
 ModelOpt = typer.Option(None, "--model", "-m", help="Model folder or .gguf file (default: SmolLM2-135M-Instruct).", show_default=False)
 
 

@@ -17,13 +17,13 @@ from rich.text import Text
 from ..errors import InputError, WmkitError
 from ..files import iter_text
 from ..models import load_lm, load_tokenizer
-from ..calibration import calibrated_p, check_calibration, profile_calibrations
+from ..calibration import calibrated_verdict, check_calibration, profile_calibrations
 from ..profiles import detect_profiles, load_profiles
-from ..stats import Detection
+from ..stats import Detection, floor_note
 from ..watermark.text import SCHEMES
-from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
+from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, resolve_null, verdict_detector
 from .common import (
-    EXIT_ERROR, ModelOpt, SchemeArgs, die, error, key_id, read_record, read_text, run_guarded, scheme_from_config,
+    EXIT_ERROR, ModelOpt, NullOpt, SchemeArgs, die, error, key_id, read_record, read_text, run_guarded, scheme_from_config,
     scheme_options, stderr, terminal_safe,
 )
 
@@ -31,32 +31,43 @@ from .common import (
 def _row(path: str, det: Detection, tokenizer: Any, scheme_name: str) -> dict[str, Any]:
     d = det.details
     extra = {"tau": d["tau"], "p_uncorrected": d["p_uncorrected"]} if "tau" in d else {}  # ie: the navigator's choice
-    if "green_fraction" in d:
-        green: float | None = d["green_fraction"]
-    elif "window" in d:
-        green = d["green"] / (d["window"] * d.get("trials", 1))
+    n = det.n_scored
+    if "span_scored" in d:  # windowed: the located passage's own counts, beside its location
+        n = d["span_scored"]
+        green: float | None = d["span_green"] / (n * d.get("trials", 1))
+    elif "green_fraction" in d:
+        green = d["green_fraction"]
     else:
         green = None  # Gumbel-max schemes score -log(1 - u), not green tokens
     row = {
         "file": path,
         "scheme": scheme_name,
         "method": det.method,
-        "tokens_scored": det.n_scored,
+        "tokens_scored": n,
         "green_fraction": green,
         "statistic": det.statistic,
         "z": d.get("z", det.statistic),
         "p_value": det.p_value,
         "fpr": det.fpr,
-        "watermarked": det.decision,
+        "verdict": det.verdict,
+        "watermarked": det.verdict == "watermarked",
+        "null": d.get("null", "exact"),
         **extra,
     }
-    if d.get("null") == "reference":  # the p-value's green rate: max(gamma, this key's rate on the references)
-        row.update(null="reference", null_rate=d["gamma"])
-    if "window" in d:  # windowed: where the most significant passage is
-        row.update(window_tokens=[d["token_start"], d["token_end"]], window_scored=d["window"],
-                   window_tests=d["n_tests"],
-                   passage=tokenizer.decode(d["window_ids"]))
+    if d.get("null") in ("gamma", "reference"):  # the p-value's green rate: gamma, or max(gamma, this key's reference rate)
+        row["null_rate"] = d["gamma"]
+    if det.verdict == "undecided":
+        draws = d.get("null_samples") or d.get("null_draws")
+        row["note"] = (floor_note(det.p_floor, det.fpr, f"{det.method}'s test" + (f" with {draws} null draws" if draws else ""))
+                       + ("; more draws (-P n_resamples) give finer p-values" if draws else ""))
+    if "span_scored" in d:  # windowed: where the most significant passage is
+        row.update(text_tokens_scored=det.n_scored, window_tokens=[d["token_start"], d["token_end"]], window_scored=n,
+                   window_tests=d["n_tests"], passage=tokenizer.decode(d["window_ids"]))
     return row
+
+
+VERDICT_CELL = {"watermarked": "[bold green]watermarked[/]", "not watermarked": "not watermarked",
+                "undecided": "[bold yellow]undecided[/]"}
 
 
 def _detect_windowed(detector: Any, texts: list[str], prompt: str | None) -> list[Detection | WmkitError]:
@@ -145,7 +156,7 @@ def _read_all(files: list[str], as_json: bool, max_mb: float = 64.0) -> tuple[li
 
 
 def _detect_with_profiles(profiles_file: Path, files: list[str], model: Optional[Path], fpr: float, min_tokens: int,
-                          as_json: bool, calibration_file: Optional[Path] = None) -> None:
+                          as_json: bool, calibration_file: Optional[Path] = None, null: Optional[str] = None) -> None:
     profiles = run_guarded(load_profiles, profiles_file)
     calibrations = None
     if calibration_file is not None:
@@ -159,25 +170,33 @@ def _detect_with_profiles(profiles_file: Path, files: list[str], model: Optional
         calibrations = run_guarded(load)
     tokenizer = run_guarded(load_tokenizer, model)
     readable, failed = _read_all(files, as_json)
-    results = run_guarded(detect_profiles, profiles, tokenizer, [t for _, t in readable], fpr, min_tokens, calibrations)
-    table = Table("file", "best profile", "tokens", "p (Holm)", "verdict")
+    results = run_guarded(detect_profiles, profiles, tokenizer, [t for _, t in readable], fpr, min_tokens, calibrations,
+                          null)
+    ids = {p.name: key_id(p.scheme) for p in profiles}
+    table = Table("file", "best profile", "key id", "tokens", "p (Holm)", "verdict")
     for (path, _), res in zip(readable, results, strict=True):
         if isinstance(res, WmkitError):
             failed = True
             _report_error(path, res, as_json)
             continue
-        row = {"file": path, "profile": res.profile, "method": res.detection.method, "tokens_scored": res.detection.n_scored,
-               "p_value": res.p_value, "p_uncorrected": res.detection.p_value, "fpr": fpr, "watermarked": res.decision,
-               "profiles": res.per_profile}
+        row = {"file": path, "profile": res.profile, "key_id": ids[res.profile], "method": res.detection.method,
+               "null": res.per_profile[res.profile]["null"], "tokens_scored": res.detection.n_scored,
+               "p_value": res.p_value, "p_uncorrected": res.detection.p_value, "fpr": fpr, "verdict": res.verdict,
+               "watermarked": res.verdict == "watermarked", **({"note": res.note} if res.note else {}),
+               "profiles": {n: {**v, **({"key_id": ids[n]} if n in ids else {})} for n, v in res.per_profile.items()}}
         if as_json:
             typer.echo(json.dumps(row))
         else:
-            table.add_row(Text(terminal_safe(path)), Text(terminal_safe(res.profile)), str(res.detection.n_scored), f"{res.p_value:.3g}",
-                          "[bold green]watermarked[/]" if res.decision else "not watermarked")
+            table.add_row(Text(terminal_safe(path)), Text(terminal_safe(res.profile)), ids[res.profile],
+                          str(res.detection.n_scored), f"{res.p_value:.3g}", VERDICT_CELL[res.verdict])
+            if res.note:
+                stderr.print(f"{terminal_safe(path)}: {res.note}", markup=False)
     if not as_json and table.row_count:
         console = Console(highlight=False)
         console.print(table)
-        console.print(f"verdict at FPR {fpr:g} over {len(profiles)} profile(s), Holm-Bonferroni", style="dim", markup=False)
+        nulls = sorted({v["null"] for r in results if not isinstance(r, WmkitError) for v in r.per_profile.values() if "null" in v})
+        console.print(f"verdict at FPR {fpr:g} over {len(profiles)} profile(s), Holm-Bonferroni; null: {', '.join(nulls)}"
+                      + ("; calibrated p-values" if calibrations else ""), style="dim", markup=False)
     if failed:
         raise typer.Exit(EXIT_ERROR)
 
@@ -193,7 +212,7 @@ def detect(
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the verdict (p <= fpr)."),
     min_tokens: int = typer.Option(DEFAULT_MIN_TOKENS, help="Fewest scorable tokens to give a verdict."),
     ignore_repeated: bool = typer.Option(True, "--ignore-repeated/--count-repeated", help="Score each (context, token) n-gram once."),
-    null: str = typer.Option("gamma", "--null", help="What the p-value assumes of unmarked text: gamma (each token green with probability gamma), or reference (calibrated for the key you hold: the shipped news/reviews/code corpora's 300 commonest n-grams are not scored, and the test is against this key's own green rate on the rest where it is higher; green-list schemes).", show_default=True),
+    null: Optional[str] = NullOpt,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file on stdout."),
     highlight: bool = typer.Option(False, "--highlight", help="Show green/red tokens in colour."),
     device: str = typer.Option("cpu", help="Where to score: cpu, or cuda (all files in one Triton launch)."),
@@ -212,11 +231,13 @@ def detect(
         die(f"--device {device!r} is not available here (use cpu{', cuda' if torch.cuda.is_available() else ''})")
     if profiles_file is not None:
         if (config_file or scheme_name or scheme_args != SchemeArgs() or windowed or highlight or device != "cpu"
-                or prompt or null != "gamma"):
+                or prompt):
             die("--profiles names the schemes and keys; drop --scheme, --config, -k, --vllm-key, -P, the scheme options, "
-                "--windowed, --highlight, --device, --prompt and --null")
-        _detect_with_profiles(profiles_file, files, model, fpr, min_tokens, as_json, calibration_file)
+                "--windowed, --highlight, --device and --prompt")
+        _detect_with_profiles(profiles_file, files, model, fpr, min_tokens, as_json, calibration_file, null)
         return
+    if windowed and calibration_file is not None:
+        die("--calibration calibrates whole-text p-values, not the windowed scan's; drop --windowed or --calibration")
     if config_file is not None:
         if scheme_name is not None or any(x is not None for x in scheme_args.named()) or scheme_args.params:
             die("--config gives the scheme and its parameters; drop --scheme, --gamma, --delta, --context-width, --seeding, -P")
@@ -236,22 +257,18 @@ def detect(
         die(f"--windowed is not available for {scheme_name}")
     if device != "cpu" and not caps.device:
         die(f"--device applies to schemes with a batched kernel, not {scheme_name}")
-    if null not in ("gamma", "reference"):
-        die(f"--null must be gamma or reference, got {null!r}")
-    if null == "reference" and not caps.reference_null:
-        die(f"--null reference applies to the green-list schemes (kgw, unigram), not {scheme_name}")
+    null_name = run_guarded(resolve_null, caps, null)
     opts: dict[str, Any] = {"fpr": fpr, "ignore_repeated_ngrams": ignore_repeated, "min_tokens": min_tokens}
-    if null == "reference":
-        opts["null"] = null
     if caps.needs_model:
         stderr.print(f"{scheme_name} is a baseline whose detector runs the generating model; loading it", markup=False)
         lm, tokenizer = run_guarded(load_lm, model)
         opts["model"] = lm
     else:
         tokenizer = run_guarded(load_tokenizer, model)
-    detector = run_guarded(scheme.detector, tokenizer, **opts)
+    detector = run_guarded(verdict_detector, scheme, tokenizer, null_name, **opts)
     console = Console(highlight=False)
     table = Table("file", "tokens", "green", "z", "p-value", "verdict")
+    kid = key_id(scheme)
     if max_input_mb is None:
         max_input_mb = STREAM_LIMIT_MB if caps.streams else 64.0
     if not max_input_mb > 0:
@@ -289,24 +306,29 @@ def detect(
             failed = True
             _report_error(path, det, as_json)
             continue
-        row = {**_row(path, det, tokenizer, scheme_name), "key_id": key_id(scheme)}
-        if calibration is not None and not windowed:
-            cal = calibrated_p(calibration, det.n_scored, det.p_value)
-            row.update(p_calibrated=cal[0] if cal else None, calibration_bucket=cal[1] if cal else None)
+        row = {**_row(path, det, tokenizer, scheme_name), "key_id": kid}
+        if calibration is not None:
+            row.pop("note", None)
+            row.update(calibrated_verdict(calibration, det.n_scored, det.p_value, det.fpr, det.p_floor))
+            row["watermarked"] = row["verdict"] == "watermarked"
         if as_json:
             typer.echo(json.dumps(row))
         else:
-            verdict = "[bold green]watermarked[/]" if det.decision else "not watermarked"
             where = f" (tokens {row['window_tokens'][0]}-{row['window_tokens'][1]})" if windowed else ""
             green = "-" if row["green_fraction"] is None else f"{row['green_fraction']:.3f}"
             pcell = f"{det.p_value:.3g}" + (f" (calibrated {row['p_calibrated']:.3g})" if row.get("p_calibrated") else "")
-            table.add_row(Text(terminal_safe(path)), str(det.n_scored), green, f"{row['z']:.2f}", pcell, verdict + where)
+            table.add_row(Text(terminal_safe(path)), str(row["tokens_scored"]), green, f"{row['z']:.2f}", pcell,
+                          VERDICT_CELL[row["verdict"]] + where)
+            if row.get("note"):
+                stderr.print(f"{terminal_safe(path)}: {row['note']}", markup=False)
         if highlight and det.evidence:  # with --json, stdout holds only JSON lines: the colours go to stderr
             _highlight(stderr if as_json else console, tokenizer, path, det)
         elif highlight:
             stderr.print(f"{terminal_safe(path)}: streamed (over {STREAM_CHARS // 1024}k characters): no per-token highlight", markup=False)
     if not as_json and table.row_count:
         console.print(table)
-        console.print(f"verdict at FPR {fpr:g} (scheme {scheme.name}, {json.dumps(scheme.config())})", style="dim", markup=False)
+        console.print(f"verdict at FPR {fpr:g}; null: {detector.null}; key id {kid}; "
+                      + ("calibrated p-values; " if calibration is not None else "")
+                      + f"scheme {scheme.name}, {json.dumps(scheme.config())}", style="dim", markup=False)
     if failed:
         raise typer.Exit(EXIT_ERROR)

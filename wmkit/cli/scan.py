@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -11,10 +12,11 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import InputError
-from ..scan import InputSpec, check_inputs, open_output, run_scan
-from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
+from ..models import load_tokenizer
+from ..scan import MAX_DOC_BYTES, InputSpec, check_inputs, open_output, run_scan
+from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, resolve_null
 from .common import (
-    CorpusArg, FieldOpt, GlobOpt, KeyOnlySchemeOpt, ModelOpt, SchemeArgs, check_fpr_option, die, key_id, run_guarded,
+    CorpusArg, FieldOpt, GlobOpt, KeyOnlySchemeOpt, ModelOpt, NullOpt, SchemeArgs, check_fpr_option, die, key_id, run_guarded,
     scheme_options, stderr,
 )
 
@@ -37,6 +39,8 @@ def scan(
     out_format: str = typer.Option("jsonl", "--format", help="Part files: jsonl or parquet (needs pyarrow)."),
     engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or ray (--workers actors on a Ray cluster; needs ray)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="The Ray cluster (auto, ray://HOST:10001); default: a local Ray instance.", show_default=False),
+    null: Optional[str] = NullOpt,
+    max_doc_mb: float = typer.Option(MAX_DOC_BYTES / 2**20, "--max-doc-mb", help="A larger document gets an error row, not a score (check it alone with wm detect, which streams)."),
 ) -> None:
     """Score every document; one row each (id, source, tokens, statistic, z, p-value, decision or error).
 
@@ -74,12 +78,19 @@ def scan(
     fpr = run_guarded(check_fpr_option, fpr)  # every check before the output folder is made
     if min_tokens < 1:
         die(f"--min-tokens must be >= 1, got {min_tokens}")
-    spec = InputSpec(tuple(inputs), glob, field, id_field, shard_docs)
+    if not 0 < max_doc_mb < 2**20:
+        die(f"--max-doc-mb must be positive, got {max_doc_mb}")
+    null_name = run_guarded(resolve_null, caps, null)
+    spec = InputSpec(tuple(inputs), glob, field, id_field, shard_docs, int(max_doc_mb * 2**20))
     run_guarded(check_inputs, spec)
-    det_opts: dict[str, Any] = {"fpr": fpr, "min_tokens": min_tokens}
-    config = {"scheme": scheme.config(), "key_id": key_id(scheme), "fpr": fpr, "min_tokens": min_tokens,
+    det_opts: dict[str, Any] = {"fpr": fpr, "min_tokens": min_tokens, "null": null_name}
+    kid = key_id(scheme)
+    config = {"scheme": scheme.config(), "key_id": kid, "null": null_name, "fpr": fpr, "min_tokens": min_tokens,
               "windowed": windowed, "model": str(model) if model else None, "format": out_format, **spec.config()}
     run_guarded(open_output, output, config)  # a foreign or mismatched output folder: refused before any work
+    run_guarded(load_tokenizer, model)  # a bad --model: one line, before any folder is made
+    stderr.print(f"scanning with {scheme.name} {json.dumps(scheme.config())}, key id {kid}, null {null_name}, "
+                 f"FPR {fpr:g}, model {model or 'default'}", markup=False)
     t0, stats = time.perf_counter(), {"docs": 0, "tokens": 0}
     with Progress(TextColumn("{task.description}"), BarColumn(bar_width=None), TextColumn("{task.fields[rate]}"),
                   TimeElapsedColumn(), console=stderr, transient=False) as bar:
@@ -95,7 +106,7 @@ def scan(
         try:
             counts = run_scan(spec, scheme, output, config, model=str(model) if model else None, det_opts=det_opts,
                               windowed=windowed, workers=n_workers, on_shard=on_shard, engine=engine,
-                              ray_address=ray_address)
+                              ray_address=ray_address, key_id=kid)
         except InputError as e:
             die(str(e))
     stderr.print(f"wrote {counts['shards']} shard(s), {counts['docs']:,} document(s) ({counts['errors']:,} with an error) "

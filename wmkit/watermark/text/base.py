@@ -423,6 +423,6 @@ class GreenListDetector(DetectorBase):
 
     def _null_details(self) -> dict[str, Any]:
         if self._rates is None:
-            return {}
+            return {"null": "gamma"}
         return {"null": "reference", "scheme_gamma": self.scheme.gamma,
                 "common_coins_excluded": 0 if self._common is None else len(self._common)}

@@ -26,10 +26,11 @@ from ...stats import TEXT_FPR, Detection, check_fpr
 from .normalize import normalize_text
 
 __all__ = ["Capabilities", "TextDetector", "DetectorCore", "TokenDetector", "normalize_text", "DEFAULT_FPR",
-           "DEFAULT_MIN_TOKENS"]
+           "DEFAULT_MIN_TOKENS", "DEFAULT_NULL", "resolve_null", "verdict_detector"]
 
 DEFAULT_FPR = TEXT_FPR  # every text detector and `wm detect` (see the FPR policy in wmkit.stats)
 DEFAULT_MIN_TOKENS = 16
+DEFAULT_NULL = "reference"  # the null of every verdict a green-list scheme gives (wm detect, scan, evidence, profiles)
 
 Item = str | Sequence[int] | torch.Tensor
 
@@ -53,6 +54,31 @@ class Capabilities:
     device: bool = False
     streams: bool = False
     reference_null: bool = False
+
+
+def resolve_null(capabilities: Capabilities, null: str | None) -> str:
+    """The null a verdict uses: ``null`` checked against what the detector offers, or by default
+    :data:`DEFAULT_NULL` for the green-list schemes (the key's own green rate: a fixed key's plain
+    test can flag several times its nominal FPR on natural text) and ``"exact"`` for the others
+    (their p-value is exact for the key's pseudorandom draws and has no per-key choice)."""
+    if capabilities.reference_null:
+        if null is None:
+            return DEFAULT_NULL
+        if null not in ("gamma", "reference"):
+            raise InputError(f"--null must be gamma or reference, got {null!r}")
+        return null
+    if null not in (None, "exact"):
+        raise InputError(f"--null {null} applies to the green-list schemes (kgw, unigram); this scheme's null is its exact test")
+    return "exact"
+
+
+def verdict_detector(scheme: Any, tokenizer: Any, null: str | None = None, **options: Any) -> Any:
+    """``scheme.detector(tokenizer, **options)`` with the null a verdict uses (:func:`resolve_null`):
+    the one way every command that gives a verdict builds its detector. Its ``null`` attribute names it."""
+    name = resolve_null(scheme.capabilities, null)
+    if scheme.capabilities.reference_null:
+        options["null"] = name
+    return scheme.detector(tokenizer, **options)
 
 
 @runtime_checkable
@@ -87,6 +113,7 @@ class DetectorCore:
     ids checked against the tokenizer, and text normalised and tokenized one way."""
 
     capabilities: ClassVar[Capabilities] = Capabilities()
+    null: str = "exact"  # what the p-value assumes of unmarked text (green-list detectors: gamma or reference)
 
     def __init__(self, scheme: Any, tokenizer: Any, fpr: float = DEFAULT_FPR, min_tokens: int = DEFAULT_MIN_TOKENS):
         self.scheme, self.tokenizer = scheme, tokenizer

@@ -338,9 +338,10 @@ class SynthIDDetector(TokenDetector):
         if self.bayes is not None:
             s = float(self.bayes.scores(g.unsqueeze(0), torch.ones(1, n))[0])
             p = self.bayes.p_value(s, n)
+            draws = len(self.bayes.null_scores(n))
             return Detection(method="synthid-bayesian", n_scored=n, statistic=s, p_value=p, fpr=self.fpr,
                              decision=p <= self.fpr, details={**extra, "score": s, "p_value_method": "monte-carlo exact null",
-                                                              "null_draws": len(self.bayes.null_scores(n))})
+                                                              "null_draws": draws}, p_floor=1 / (1 + draws))
         if self.scheme.score == "mean":
             det = binomial_detection("synthid-mean", int(g.sum()), n * m, self.q, self.fpr, **extra)
             det.details["score"] = float(g.sum()) / (n * m)
