@@ -107,28 +107,36 @@ def calibrated_verdict(calibration: dict[str, Any], n_scored: int, p_value: floa
     return out
 
 
-def check_calibration(calibration: Any, config: dict[str, Any], key_id: str) -> None:
-    """The calibration file must be for this scheme config and key (one-line errors otherwise)."""
+def check_calibration(calibration: Any, config: dict[str, Any], key_id: str, null: str | None = None) -> None:
+    """The calibration file must be for this scheme config, key and (when given) null: its p-values
+    are of that test (one-line errors otherwise; a file from before the null was recorded was made
+    with the plain test, ``gamma``, for a green-list scheme)."""
     if not isinstance(calibration, dict) or calibration.get("format") != FORMAT:
         raise InputError("not a wmkit calibration file (wm calibrate writes one)")
     if calibration.get("scheme") != config:
         raise InputError("the calibration was made with another scheme configuration; recalibrate or pass its settings")
     if calibration.get("key_id") != key_id:
         raise InputError(f"the calibration was made with key id {calibration.get('key_id')}, not {key_id}")
+    if null is not None:
+        made = calibration.get("null", "exact" if null == "exact" else "gamma")
+        if made != null:
+            raise InputError(f"the calibration was made with the {made} null, and this test uses the {null} null; "
+                             f"pass --null {made} or recalibrate")
 
 
-def profile_calibrations(calibration: Any, profiles: Sequence[Any], key_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+def profile_calibrations(calibration: Any, profiles: Sequence[Any], key_ids: Sequence[str],
+                         nulls: Sequence[str | None] | None = None) -> dict[str, dict[str, Any]]:
     """The per-profile calibrations of a ``wm calibrate --profiles`` file, each checked against its
     profile's scheme config and key id; a profile the file does not cover is an :class:`InputError`."""
     if not isinstance(calibration, dict) or calibration.get("format") != PROFILES_FORMAT:
         raise InputError("not a multi-profile calibration file (wm calibrate --profiles writes one)")
     out = {}
-    for prof, kid in zip(profiles, key_ids, strict=True):
+    for prof, kid, null in zip(profiles, key_ids, nulls or [None] * len(profiles), strict=True):
         cal = calibration["profiles"].get(prof.name)
         if cal is None:
             raise InputError(f"the calibration has no profile {prof.name!r}; recalibrate with this profiles file")
         try:
-            check_calibration(cal, prof.scheme.config(), kid)
+            check_calibration(cal, prof.scheme.config(), kid, null)
         except InputError as e:
             raise InputError(f"profile {prof.name!r}: {e}") from None
         out[prof.name] = cal

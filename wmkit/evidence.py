@@ -66,7 +66,8 @@ def _figures(detector: Any, text: str, windowed: bool) -> dict[str, Any]:
     det = detector.detect(text)
     d = det.details
     out: dict[str, Any] = {"method": det.method, "tokens_scored": det.n_scored, "statistic": det.statistic,
-                           "z": d.get("z", det.statistic), "p_value": det.p_value, "watermarked": det.decision}
+                           "z": d.get("z", det.statistic), "p_value": det.p_value, "verdict": det.verdict,
+                           "watermarked": det.verdict == "watermarked"}
     for k in ("green", "gamma", "tokens_total", "tau", "p_uncorrected"):
         if k in d:
             out[k] = d[k]
@@ -77,20 +78,26 @@ def _figures(detector: Any, text: str, windowed: bool) -> dict[str, Any]:
     if windowed:
         w = detector.detect_windowed(text)
         wd = w.details
-        out["window"] = {"p_value": w.p_value, "z": w.statistic, "watermarked": w.decision, "token_start": wd["token_start"],
+        out["window"] = {"p_value": w.p_value, "z": w.statistic, "watermarked": w.verdict == "watermarked",
+                         "token_start": wd["token_start"],
                          "token_end": wd["token_end"], "window": wd["window"], "window_start": wd["window_start"],
                          "n_tests": wd["n_tests"]}
     return out
 
 
 def text_report(paths: Sequence[str], scheme: Any, tokenizer: Any, *, fpr: float, key_id: str, commitment: str,
-                tokenizer_name: str, command: Sequence[str], base: str | os.PathLike[str], min_tokens: int = 16) -> dict[str, Any]:
+                tokenizer_name: str, command: Sequence[str], base: str | os.PathLike[str], min_tokens: int = 16,
+                null: str | None = None) -> dict[str, Any]:
     """The report of text inputs ``paths`` under ``scheme`` (paths are recorded relative to ``base``,
-    the report's folder, so the folder and its inputs can be handed over together)."""
+    the report's folder, so the folder and its inputs can be handed over together). ``null`` is the
+    verdict's null (:func:`~wmkit.watermark.text.detector.resolve_null`; default: the per-key
+    reference null for green-list schemes), recorded in the report."""
+    from .watermark.text.detector import verdict_detector
+
     caps = scheme.capabilities
     if caps.needs_model:
         raise InputError(f"{scheme.name}'s detector runs the generating model; evidence takes key-only schemes")
-    detector = scheme.detector(tokenizer, fpr=fpr, min_tokens=min_tokens)
+    detector = verdict_detector(scheme, tokenizer, null, fpr=fpr, min_tokens=min_tokens)
     inputs, results = [], []
     for p in paths:
         text = read_text(p)
@@ -101,7 +108,8 @@ def text_report(paths: Sequence[str], scheme: Any, tokenizer: Any, *, fpr: float
         except InputError as e:  # which of several files is too short
             raise InputError(f"{p}: {e}") from None
     return {**_header("text", scheme, fpr=fpr, key_id=key_id, commitment=commitment, command=command),
-            "min_tokens": min_tokens, "tokenizer": tokenizer_name, "windowed": caps.windowed, "inputs": inputs,
+            "min_tokens": min_tokens, "null": detector.null, "tokenizer": tokenizer_name, "windowed": caps.windowed,
+            "inputs": inputs,
             "results": results}
 
 
@@ -191,7 +199,7 @@ def fingerprint_report(folder: str | os.PathLike[str], signature: str | os.PathL
 
 # ---- checking ----
 
-FIGURES = {"text": ("method", "tokens_scored", "green", "gamma", "z", "statistic", "p_value", "watermarked", "tau",
+FIGURES = {"text": ("method", "tokens_scored", "green", "gamma", "z", "statistic", "p_value", "verdict", "watermarked", "tau",
                     "window", "evidence", "tokens_total"),
            "eaas": ("method", "watermarked", "p_value", "z", "ks_p", "delta_cos", "rank_p_value", "null"),
            "fingerprint": ("watermarked", "p_value", "contained", "queries", "tau", "pi0", "residuals")}
@@ -283,7 +291,8 @@ def _check(report_path: str | os.PathLike[str], report: dict[str, Any], key: Any
     if family == "text":
         again = text_report(paths, scheme, load_tok(report["tokenizer"]), fpr=report["fpr"], key_id=report["key"]["id"],
                             commitment=report["key"]["commitment"], tokenizer_name=report["tokenizer"], command=[],
-                            base=base, min_tokens=report.get("min_tokens", 16))["results"]
+                            base=base, min_tokens=report.get("min_tokens", 16),
+                            null=report.get("null", "gamma" if scheme.capabilities.reference_null else None))["results"]
     else:
         again = [eaas_figures(paths[0], scheme, report["test"], report["fpr"])]
     return _compare(report, again, family) or _check_html(report_path, report)
@@ -310,6 +319,8 @@ def _compare(report: dict[str, Any], again: list[dict[str, Any]], family: str) -
     names = [i["path"] for i in report["inputs"]] if family == "text" else [report.get("suspect", "suspect")]
     for name, old, new in zip(names, report["results"], again, strict=True):
         for k in FIGURES[family]:
+            if k == "verdict" and k not in old:  # reports before the three-way verdict: "watermarked" is checked
+                continue
             if not _same(old.get(k), new.get(k)):
                 problems.append(f"{name}: {k} is {_short(new.get(k))}, the report says {_short(old.get(k))}")
     return problems
@@ -357,6 +368,12 @@ def _bars(xs: np.ndarray, ys: np.ndarray, mark: float, label: str, w: int = 600,
     axis = (f'<text x="30" y="{h - 5}" font-size="10">{lo:g}</text><text x="{w - 40}" y="{h - 5}" font-size="10">{hi:g}</text>'
             f'<text x="{sx(mark) + (4 if sx(mark) < w - 90 else -80):.1f}" y="14" font-size="10" fill="#d33">observed {mark:g}</text>')
     return _svg(w, h, bars + line + axis, label)
+
+
+NULL_WORDS = {"reference": "reference: the key's own green rate on the shipped reference corpora (at least gamma), "
+                            "their commonest n-grams not scored",
+              "gamma": "gamma: each scored token green with probability gamma (exact over random keys)",
+              "exact": "the scheme's exact test"}
 
 
 def _null_plot(r: dict[str, Any]) -> str:
@@ -418,7 +435,7 @@ def _text_sections(report: dict[str, Any]) -> list[str]:
         cls = "yes" if r["watermarked"] else "no"
         parts += [
             f"<h2>{e(item['path'])}</h2><table>",
-            f"<tr><th>verdict</th><td class='{cls}'>{'watermarked' if r['watermarked'] else 'not watermarked'}</td></tr>",
+            f"<tr><th>verdict</th><td class='{cls}'>{r.get('verdict', 'watermarked' if r['watermarked'] else 'not watermarked')}</td></tr>",
             f"<tr><th>p-value</th><td>{r['p_value']:.3g} ({e(r['method'])})</td></tr>",
             f"<tr><th>statistic (z)</th><td>{r['z']:.3f}</td></tr>",
             f"<tr><th>tokens scored</th><td>{r['tokens_scored']}"
@@ -471,6 +488,8 @@ def render_html(report: dict[str, Any]) -> str:
     verdicts = ["positive" if r["watermarked"] else "negative" for r in report["results"]]
     rows = [("scheme", f"<code>{e(json.dumps(report['scheme']))}</code>")] if "scheme" in report else []
     rows.append(("false-positive rate", f"{report['fpr']:g} (verdict: p &le; FPR)"))
+    if "null" in report:
+        rows.append(("null", e(NULL_WORDS.get(report["null"], report["null"]))))
     if report.get("key"):
         rows += [("key id", f"<code>{e(report['key']['id'])}</code>"),
                  ("key commitment", f"<code>{e(report['key']['commitment'])}</code>")]

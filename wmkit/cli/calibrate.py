@@ -16,9 +16,9 @@ from ..files import check_new, write_file
 from ..models import load_tokenizer
 from ..profiles import load_profiles
 from ..scan import InputSpec, check_inputs, iter_shards
-from ..watermark.text.detector import DEFAULT_MIN_TOKENS
+from ..watermark.text.detector import DEFAULT_MIN_TOKENS, resolve_null, verdict_detector
 from .common import (
-    CorpusArg, FieldOpt, GlobOpt, KeyOnlySchemeOpt, ModelOpt, SchemeArgs, die, key_id, run_guarded, scheme_options, stderr,
+    CorpusArg, FieldOpt, GlobOpt, KeyOnlySchemeOpt, ModelOpt, NullOpt, SchemeArgs, die, key_id, run_guarded, scheme_options, stderr,
 )
 
 
@@ -34,6 +34,7 @@ def calibrate_cmd(
     min_tokens: int = typer.Option(DEFAULT_MIN_TOKENS, help="Fewest scorable tokens for a document to count."),
     as_json: bool = typer.Option(False, "--json", help="Print the report (without the null p-values) as JSON."),
     profiles_file: Optional[Path] = typer.Option(None, "--profiles", help="A profiles file: calibrate every profile it lists (for wm detect --profiles --calibration).", show_default=False),
+    null: Optional[str] = NullOpt,
 ) -> None:
     """Per length bucket: documents, z mean/sd, empirical FPR at 1e-2/1e-3/1e-4 with 95% Clopper-Pearson
     intervals, and a warning where this key is miscalibrated on this corpus. wm detect --calibration
@@ -48,6 +49,8 @@ def calibrate_cmd(
     for _, scheme in named:
         if scheme.capabilities.needs_model:
             die(f"{scheme.name}'s detector runs the generating model; calibrate a key-only scheme")
+    if null is not None and not any(s.capabilities.reference_null for _, s in named):
+        run_guarded(resolve_null, named[0][1].capabilities, null)
     spec = InputSpec(tuple(inputs), glob, field, None, 1000)
     run_guarded(check_inputs, spec)
     tokenizer = run_guarded(load_tokenizer, model)
@@ -61,8 +64,9 @@ def calibrate_cmd(
 
     reports = {}
     for name, scheme in named:  # one streaming pass over the corpus per profile
-        detector = run_guarded(scheme.detector, tokenizer, min_tokens=min_tokens)
-        header = {"scheme": scheme.config(), "key_id": key_id(scheme), "min_tokens": min_tokens,
+        detector = run_guarded(verdict_detector, scheme, tokenizer, null if scheme.capabilities.reference_null else None,
+                               min_tokens=min_tokens)
+        header = {"scheme": scheme.config(), "key_id": key_id(scheme), "null": detector.null, "min_tokens": min_tokens,
                   "inputs": spec.config()["inputs"]}
         with Progress(console=stderr, transient=True) as bar:
             task = bar.add_task(f"calibrating {name or scheme.name}", total=None)

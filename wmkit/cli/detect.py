@@ -96,13 +96,13 @@ def _highlight(console: Console, tokenizer: Any, path: str, det: Detection) -> N
     console.print(text)
 
 
-def _load_calibration(path: Path, scheme: Any) -> dict[str, Any]:
+def _load_calibration(path: Path, scheme: Any, null: str) -> dict[str, Any]:
     def load() -> dict[str, Any]:
         try:
             cal = json.loads(read_text(str(path)))
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: not JSON ({e.msg})") from None
-        check_calibration(cal, scheme.config(), key_id(scheme))
+        check_calibration(cal, scheme.config(), key_id(scheme), null)
         return cal
 
     return run_guarded(load)
@@ -165,7 +165,9 @@ def _detect_with_profiles(profiles_file: Path, files: list[str], model: Optional
                 cal = json.loads(read_text(str(calibration_file)))
             except json.JSONDecodeError as e:
                 raise InputError(f"{calibration_file}: not JSON ({e.msg})") from None
-            return profile_calibrations(cal, profiles, [key_id(p.scheme) for p in profiles])
+            nulls = [resolve_null(p.scheme.capabilities, null if p.scheme.capabilities.reference_null else None)
+                     for p in profiles]
+            return profile_calibrations(cal, profiles, [key_id(p.scheme) for p in profiles], nulls)
 
         calibrations = run_guarded(load)
     tokenizer = run_guarded(load_tokenizer, model)
@@ -250,14 +252,14 @@ def detect(
         scheme = run_guarded(scheme_args.build, scheme_name or "kgw")
     scheme_name = scheme.name
     caps = scheme.capabilities
+    null_name = run_guarded(resolve_null, caps, null)
     calibration = None
     if calibration_file is not None:
-        calibration = _load_calibration(calibration_file, scheme)
+        calibration = _load_calibration(calibration_file, scheme, null_name)
     if windowed and not caps.windowed:
         die(f"--windowed is not available for {scheme_name}")
     if device != "cpu" and not caps.device:
         die(f"--device applies to schemes with a batched kernel, not {scheme_name}")
-    null_name = run_guarded(resolve_null, caps, null)
     opts: dict[str, Any] = {"fpr": fpr, "ignore_repeated_ngrams": ignore_repeated, "min_tokens": min_tokens}
     if caps.needs_model:
         stderr.print(f"{scheme_name} is a baseline whose detector runs the generating model; loading it", markup=False)

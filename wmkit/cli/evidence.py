@@ -18,10 +18,10 @@ from ..models import load_tokenizer
 from ..watermark.text import SCHEMES
 from ..watermark.embedding.verify import DEFAULT_DECOYS as EMB_DECOYS, DEFAULT_FPR as EMB_FPR, DEFAULT_TEXTS as EMB_TEXTS
 from ..fingerprint.verify import DEFAULT_FPR as FP_FPR
-from ..watermark.text.detector import DEFAULT_FPR
+from ..watermark.text.detector import DEFAULT_FPR, resolve_null
 from .common import (
-    NAMED_PARAMS, ApiKeyEnvOpt, HeaderOpt, InsecureOpt, KeyOnlySchemeOpt, ModelOpt, SchemeArgs, check_fpr_option, die,
-    run_guarded, scheme_options, stderr,
+    NAMED_PARAMS, ApiKeyEnvOpt, HeaderOpt, InsecureOpt, KeyOnlySchemeOpt, ModelOpt, NullOpt, SchemeArgs, check_fpr_option,
+    die, run_guarded, scheme_options, stderr, terminal_safe,
 )
 
 evidence_app = typer.Typer(help="Ownership evidence a third party can re-check.", no_args_is_help=True)
@@ -41,17 +41,24 @@ def text(
     scheme_name: str = KeyOnlySchemeOpt,
     model: Optional[Path] = ModelOpt,
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the verdict (p <= fpr)."),
+    null: Optional[str] = NullOpt,
 ) -> None:
     """Detect the mark in FILES and write the evidence: verdicts, p-values, the configuration, the key's
     id and commitment, input SHA-256s, versions, the command, and plots (per-token evidence, windowed
     scan, null distribution). Re-check it with: wm evidence check OUTPUT/report.json -k KEY_FILE."""
     fpr = run_guarded(check_fpr_option, fpr)
     _new_folder(output)
+    for f in files:  # a report names its inputs; a name that is not UTF-8 cannot be written into it
+        try:
+            str(f).encode("utf-8")
+        except UnicodeEncodeError:
+            die(f"{terminal_safe(str(f))}: the file name is not valid UTF-8; rename the file (a report names its inputs)")
     scheme = run_guarded(scheme_args.build, scheme_name)
     if not isinstance(getattr(scheme, "key", None), SecretKey):
         die(f"evidence needs a wmkit key file (-k), whose commitment the report carries; {scheme.name} was given another key")
     if scheme.capabilities.needs_model:
         die(f"{scheme.name}'s detector runs the generating model; evidence takes key-only schemes")
+    null_name = run_guarded(resolve_null, scheme.capabilities, null)
     tokenizer_name = str(model) if model else DEFAULT_TOKENIZER
     options = []  # the scheme's whole config, spelled as options: the command does not depend on defaults
     for k, v in scheme.config().items():
@@ -61,20 +68,21 @@ def text(
             options += ["-P", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
     command = ["wm", "evidence", "text", *map(str, files), "-s", scheme.name, *options,
                *(["-k", str(scheme_args.key_file)] if scheme_args.key_file else []), "--fpr", repr(fpr),  # else $WMKIT_KEY
+               *(["--null", null_name] if scheme.capabilities.reference_null else []),
                *(["--model", str(model)] if model else []), "-o", "NEW_FOLDER"]
 
     def build() -> dict[str, Any]:
         tok = _tokenizer(tokenizer_name)
         return text_report([str(f) for f in files], scheme, tok, fpr=fpr, key_id=scheme.key.fingerprint(),
                            commitment=scheme.key.commitment(), tokenizer_name=tokenizer_name, command=command,
-                           base=output)
+                           base=output, null=null_name)
 
     report = run_guarded(build)
-    output.mkdir()
+    _make_folder(output)
     _write(output, report)
     for item, r in zip(report["inputs"], report["results"]):
-        verdict = "watermarked" if r["watermarked"] else "not watermarked"
-        stderr.print(f"{item['path']}: {verdict} (p = {r['p_value']:.3g}, {r['tokens_scored']} tokens scored)", markup=False)
+        stderr.print(f"{terminal_safe(item['path'])}: {r['verdict']} (p = {r['p_value']:.3g}, {r['tokens_scored']} tokens "
+                     f"scored; null {report['null']}, key id {report['key']['id']})", markup=False)
     stderr.print(f"wrote {output / 'report.json'} and {output / 'report.html'}; reproduce: {shlex.join(command)}", markup=False)
 
 
@@ -85,9 +93,20 @@ def _new_folder(output: Path) -> None:
         die(f"{output.parent} is not a folder; cannot create {output.name} there")
 
 
+def _make_folder(output: Path) -> None:
+    """Create the report's folder; a folder made meanwhile (two runs to one -o) is one line, not a traceback."""
+    try:
+        output.mkdir()
+    except FileExistsError:
+        die(f"{output} already exists (made by another run meanwhile?); choose a new folder for the report")
+    except OSError as e:
+        die(f"cannot create {output}: {e.strerror}")
+
+
 def _write(output: Path, report: dict[str, Any]) -> None:
+    page = render_html(report)  # both rendered before either is written
     write_file(output / "report.json", json.dumps(report, indent=1) + "\n")
-    write_file(output / "report.html", render_html(report))
+    write_file(output / "report.html", page)
 
 
 @evidence_app.command("eaas")
@@ -134,7 +153,7 @@ def eaas(
     command = ["wm", "evidence", "eaas", "--suspect", suspect, "-s", scheme.name, "--mode", mode, "--texts", str(texts),
                "--decoys", str(decoys), "--fpr", repr(fpr), *(["-k", str(key_file)] if key_file else []),
                *(["--provider-model", str(provider_model)] if provider_model else []), "-o", "NEW_FOLDER"]
-    output.mkdir()
+    _make_folder(output)
     from ..evidence import eaas_report
 
     report = run_guarded(eaas_report, output, emb, target, scheme, suspect=suspect, mode=mode, n_texts=texts,
@@ -180,7 +199,7 @@ def fingerprint(
     vectors = run_guarded(run)
     command = ["wm", "evidence", "fingerprint", "--signature", str(signature), "--suspect", suspect, "--access", access,
                "--queries", str(q), "--top-k", str(top_k), "--fpr", repr(fpr), *(["--chat"] if chat else []), "-o", "NEW_FOLDER"]
-    output.mkdir()
+    _make_folder(output)
     report = run_guarded(fingerprint_report, output, signature, vectors, suspect=suspect, access=access,
                          restricted=restricted, fpr=fpr, command=command)
     _write(output, report)
