@@ -14,7 +14,9 @@ from ..keys import SecretKey
 from ..models import load_lm
 from ..watermark.text import make_scheme
 from ..watermark.text.generate import generate_completions
+from ..watermark.text.detector import verdict_detector
 from .common import ModelOpt, die, run_guarded
+from .generate import MAX_NEW_TOKENS
 
 DEMO_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
@@ -30,11 +32,15 @@ def demo(
     console = Console(highlight=False)
     if scheme_name not in ("kgw", "unigram"):
         die(f"the demo shows kgw or unigram (green lists), got {scheme_name!r}; wm generate and wm detect take every scheme")
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:  # before the model loads
+        die(f"--max-new-tokens must be in 1..{MAX_NEW_TOKENS}, got {max_new_tokens}")
+    if not prompt.strip():
+        die("--prompt is empty")
     scheme = run_guarded(make_scheme, scheme_name, SecretKey.generate())
     t0 = time.perf_counter()
     lm, tok = run_guarded(load_lm, model)
     console.print(f"model loaded in {time.perf_counter() - t0:.1f} s; key: a fresh random 256-bit key (not saved)", style="dim")
-    detector = scheme.detector(tok, min_tokens=1)
+    detector = run_guarded(verdict_detector, scheme, tok, None, min_tokens=1)
     table = Table(title=f"{scheme.name} {scheme.to_json()}", show_lines=True, expand=True)
     cells, verdicts = [], []
     for label, s in (("watermarked", scheme), ("unwatermarked", None)):
@@ -44,8 +50,9 @@ def demo(
         table.add_column(label, ratio=1)
         cells.append(res["completion"].strip())
         verdicts.append(
-            f"{'[bold green]WATERMARKED' if det.decision else '[bold]not watermarked'}[/]\n"
-            f"tokens scored {det.n_scored}, green {det.details['green_fraction']:.2f} (gamma {scheme.gamma}), "
+            f"{'[bold green]WATERMARKED' if det.verdict == 'watermarked' else '[bold]' + det.verdict}[/]\n"
+            f"tokens scored {det.n_scored}, green {det.details['green_fraction']:.2f} (null rate {det.details['gamma']:.3f}, "
+            f"{detector.null} null), "
             f"z = {det.statistic:.2f}, p = {det.p_value:.2g} (FPR {det.fpr:g})"
         )
     table.add_row(*cells)

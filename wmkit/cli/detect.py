@@ -241,9 +241,17 @@ def detect(
     if windowed and calibration_file is not None:
         die("--calibration calibrates whole-text p-values, not the windowed scan's; drop --windowed or --calibration")
     if config_file is not None:
-        if scheme_name is not None or any(x is not None for x in scheme_args.named()) or scheme_args.params:
-            die("--config gives the scheme and its parameters; drop --scheme, --gamma, --delta, --context-width, --seeding, -P")
         config, recorded_id = run_guarded(read_record, config_file)
+        explicit = getattr(SCHEMES.get(config.get("scheme")), "explicit_key_param", None)  # synthid's -P keys=...
+        keys = [p for p in scheme_args.params if explicit and p.startswith(f"{explicit}=")]
+        if (scheme_name is not None or any(x is not None for x in scheme_args.named())
+                or len(scheme_args.params) > len(keys)):
+            die("--config gives the scheme and its parameters; drop --scheme, --gamma, --delta, --context-width, --seeding, -P"
+                + (f" (except -P {explicit}=..., the key)" if explicit else ""))
+        if keys:
+            if explicit in config:
+                die(f"{config_file} holds {explicit}; drop -P {explicit}=...")
+            config = {**config, explicit: keys[-1].split("=", 1)[1]}
         scheme = run_guarded(scheme_from_config, config, scheme_args.key_file, scheme_args.vllm_key)
         if recorded_id is not None and recorded_id != key_id(scheme):
             stderr.print(f"wm: warning: {config_file} was generated with key id {recorded_id}, but this key's id is "

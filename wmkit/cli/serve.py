@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -9,7 +10,7 @@ import typer
 
 from ..errors import InputError
 from ..models import load_lm
-from .common import SchemeArgs, run_guarded, scheme_options
+from .common import SchemeArgs, key_id, run_guarded, scheme_options, stderr
 
 
 @scheme_options
@@ -63,5 +64,9 @@ def serve(
         return Generator(lm, tok, scheme, prefill_chunk=prefill_chunk or None, logprobs=logprobs)
 
     gen = run_guarded(build)
+    mark = (f"watermark {gen.scheme.name} {json.dumps(gen.scheme.config())}, key id {key_id(gen.scheme)}"
+            if gen.scheme is not None else "no watermark")
+    stderr.print(f"serving {model or 'SmolLM2-135M-Instruct (default)'} on http://{host}:{port}: {mark}; "
+                 f"log-probs {logprobs}", markup=False)
     run_server(create_app(gen, Path(model).name if model else "SmolLM2-135M-Instruct", max_new_tokens, timeout_s=timeout,
                           allow_opt_out=allow_opt_out, max_batch=max_batch, system_prompt=system_prompt), host, port)

@@ -185,6 +185,24 @@ def parse_completion(body: Any, vocab_size: int, max_new_tokens: int, max_chars:
     return req
 
 
+def _flat_message(m: Any, i: int) -> dict[str, str]:
+    """One chat message with string content: OpenAI's list form (``[{"type": "text", "text": ...}]``)
+    is joined with newlines, as vLLM renders it; other part types are refused (a text model)."""
+    if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+        raise RequestError(f"messages[{i}] must be {{\"role\": system|user|assistant, \"content\": ...}}", "messages")
+    content = m.get("content")
+    if isinstance(content, list):
+        parts = []
+        for k, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise RequestError(f"messages[{i}].content[{k}]: only text parts are served (got {kind!r})", "messages")
+            parts.append(part["text"])
+        content = "\n".join(parts)
+    if not isinstance(content, str):
+        raise RequestError(f"messages[{i}].content must be a string or a list of text parts", "messages")
+    return {"role": m["role"], "content": content}
+
 def parse_chat(body: Any, tokenizer: Any, vocab_size: int, max_new_tokens: int, system_prompt: str | None = None,
                max_chars: int = 20_000) -> dict[str, Any]:
     """A ``/v1/chat/completions`` request as a completion request: ``messages`` rendered through the
@@ -197,10 +215,7 @@ def parse_chat(body: Any, tokenizer: Any, vocab_size: int, max_new_tokens: int, 
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise RequestError("'messages' must be a non-empty list of {role, content}", "messages")
-    for i, m in enumerate(msgs):
-        if (not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant")
-                or not isinstance(m.get("content"), str)):
-            raise RequestError(f"messages[{i}] must be {{\"role\": system|user|assistant, \"content\": string}}", "messages")
+    msgs = [_flat_message(m, i) for i, m in enumerate(msgs)]
     if sum(len(m["content"]) for m in msgs) > max_chars:
         raise RequestError(f"the messages have more than {max_chars} characters", "messages")
     if system_prompt is not None and msgs[0]["role"] != "system":  # "" too: it replaces a template's default
