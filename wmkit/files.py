@@ -27,7 +27,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from .errors import InputError
 
-__all__ = ["check_new", "iter_text", "read_text", "write_file"]
+__all__ = ["check_new", "display_path", "iter_text", "read_text", "write_file"]
 
 Writer = Callable[[BinaryIO], None]
 
@@ -109,6 +109,31 @@ def _open_bytes(path: str) -> tuple[BinaryIO, str]:
         raise InputError(f"{path}: cannot be read ({e.strerror})") from None
 
 
+def display_path(path: str) -> str:
+    """``path`` as valid Unicode for JSON and reports: a file name that is not UTF-8 (Python holds its
+    bytes as lone surrogates) gets its undecodable bytes as ``\\xNN`` escapes.
+
+    >>> display_path("caf\\udce9.txt")
+    'caf\\\\xe9.txt'
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _legacy_hint(byte: bytes) -> str:
+    """What to do about a byte that is not UTF-8: the common Windows-1252 ("ANSI") and Latin-1 files
+    are converted, never guessed (a wrong guess changes the tokens, and so the verdict)."""
+    try:
+        shown = byte.decode("cp1252")
+    except UnicodeDecodeError:
+        return "; convert it to UTF-8 first"
+    return (f"; if it is Windows-1252 (0x{byte[0]:02x} is {shown!r} there), convert it first: "
+            f"iconv -f WINDOWS-1252 -t UTF-8 FILE > FILE.utf8")
+
+
 def iter_text(path: str, max_bytes: int = MAX_INPUT_BYTES, block: int = READ_BYTES) -> Iterator[str]:
     """Decode a UTF-8 (or BOM-marked UTF-16) text file (``-`` is stdin) incrementally, ``block`` bytes
     at a time: memory stays at one block whatever the file's size. The checks are those of
@@ -137,7 +162,9 @@ def iter_text(path: str, max_bytes: int = MAX_INPUT_BYTES, block: int = READ_BYT
             except UnicodeDecodeError as e:
                 if utf16:
                     raise InputError(f"{name}: starts with a UTF-16 byte-order mark but is not UTF-16 text") from None
-                raise InputError(f"{name}: not UTF-8 text (invalid byte at offset {size - len(data) + e.start})") from None
+                at = size - len(data) + e.start
+                raise InputError(f"{name}: not UTF-8 text (invalid byte {data[e.start]:#04x} at offset {at})"
+                                 + _legacy_hint(data[e.start:e.start + 1])) from None
             if text:
                 blank = blank and not text.strip()
                 yield text

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import InputError, WmkitError
-from .files import read_text, write_file
+from .files import display_path, read_text, write_file
 
 MANIFEST = "_manifest.json"
 MAX_DOC_BYTES = 8 * 2**20  # wm scan --max-doc-mb's default: larger documents get an error row (wm detect streams them)
@@ -263,8 +263,9 @@ class Scorer:
 
     def _row(self, doc: tuple[str, str, str | None, str | None], det: Any) -> dict[str, Any]:
         doc_id, source, _, err = doc
+        doc_id, source = display_path(doc_id), display_path(source)  # a name that is not UTF-8: \xNN escapes
         if err is not None or isinstance(det, Exception):
-            return {"id": doc_id, "source": source, "error": err or str(det)}
+            return {"id": doc_id, "source": source, "error": display_path(err or str(det))}
         d = det.details
         row = {"id": doc_id, "source": source, "tokens_total": d.get("tokens_total"), "tokens_scored": det.n_scored,
                "green_fraction": d.get("green_fraction"),

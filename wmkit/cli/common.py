@@ -63,7 +63,8 @@ CorpusArg = typer.Argument(..., help="Text files, folders (recursive), .jsonl or
 GlobOpt = typer.Option("*", help="File-name pattern inside folders (e.g. '*.txt').")
 FieldOpt = typer.Option(None, "--field", "--column", help="Text field of JSON lines / column of .parquet files (default 'text'; "
                         "with --field every non-Parquet file is read as JSON lines).", show_default=False)
-KeyOnlySchemeOpt = typer.Option("kgw", "--scheme", "-s", help="Watermark scheme (key-only detectors): " + ", ".join(SCHEMES) + ".")
+KeyOnlySchemeOpt = typer.Option("kgw", "--scheme", "-s", help="Watermark scheme (key-only detectors): " + ", ".join(
+    n for n, c in SCHEMES.items() if not c.capabilities.needs_model) + " (sweet and ewd run the model: wm detect --model).")
 # what goes to a suspect's URL (wmkit.remote): credentials only when named for the call
 ApiKeyEnvOpt = typer.Option(None, "--api-key-env", help="Send the value of this environment variable as a bearer token to "
                             "the suspect URL (nothing is sent unless named; $OPENAI_API_KEY is never read).", show_default=False)

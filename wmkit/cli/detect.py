@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import InputError, WmkitError
-from ..files import iter_text
+from ..files import display_path, iter_text
 from ..models import load_lm, load_tokenizer
 from ..calibration import calibrated_verdict, check_calibration, profile_calibrations
 from ..profiles import detect_profiles, load_profiles
@@ -40,7 +40,7 @@ def _row(path: str, det: Detection, tokenizer: Any, scheme_name: str) -> dict[st
     else:
         green = None  # Gumbel-max schemes score -log(1 - u), not green tokens
     row = {
-        "file": path,
+        "file": display_path(path),
         "scheme": scheme_name,
         "method": det.method,
         "tokens_scored": n,
@@ -84,7 +84,7 @@ def _report_error(path: str, e: Exception, as_json: bool) -> None:
     msg = str(e) if str(e).startswith(path) or path == "-" else f"{path}: {e}"
     error(msg)
     if as_json:
-        typer.echo(json.dumps({"file": path, "error": msg}))
+        typer.echo(json.dumps({"file": display_path(path), "error": display_path(msg)}))
 
 
 def _highlight(console: Console, tokenizer: Any, path: str, det: Detection) -> None:
@@ -181,7 +181,7 @@ def _detect_with_profiles(profiles_file: Path, files: list[str], model: Optional
             failed = True
             _report_error(path, res, as_json)
             continue
-        row = {"file": path, "profile": res.profile, "key_id": ids[res.profile], "method": res.detection.method,
+        row = {"file": display_path(path), "profile": res.profile, "key_id": ids[res.profile], "method": res.detection.method,
                "null": res.per_profile[res.profile]["null"], "tokens_scored": res.detection.n_scored,
                "p_value": res.p_value, "p_uncorrected": res.detection.p_value, "fpr": fpr, "verdict": res.verdict,
                "watermarked": res.verdict == "watermarked", **({"note": res.note} if res.note else {}),

@@ -170,7 +170,7 @@ def fingerprint(
     signature: Path = typer.Option(..., "--signature", help="Signature file (wm fingerprint enroll)."),
     suspect: str = typer.Option(..., "--suspect", help="Suspect model folder, .gguf file, or base URL of an OpenAI-style completions API."),
     output: Path = typer.Option(..., "--output", "-o", help="A new folder for report.json, report.html and outputs.npz."),
-    access: str = typer.Option("logits", help="Access level: logits, logprobs, topk, top1."),
+    access: Optional[str] = typer.Option(None, help="Access level: logits, logprobs, topk, top1 (default: topk for a URL, logits for a model).", show_default=False),
     queries: Optional[int] = typer.Option(None, help="Queries (default 64; top1: 10).", show_default=False),
     top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
     fpr: float = typer.Option(FP_FPR, help="False-positive rate of the containment test."),
@@ -181,10 +181,11 @@ def fingerprint(
     SHA-256 is what an owner publishes before a dispute. Re-check: wm evidence check OUTPUT/report.json."""
     from ..evidence import fingerprint_report
     from ..fingerprint import Signature, suspect_vectors
-    from .fingerprint import check_suspect_options, open_suspect
+    from .fingerprint import check_suspect_options, default_access, open_suspect
 
     fpr = run_guarded(check_fpr_option, fpr)
     _new_folder(output)
+    access = default_access(access, suspect)
     q = run_guarded(check_suspect_options, access, queries, top_k)
     restricted = access in ("topk", "top1")
 

@@ -54,6 +54,14 @@ def enroll_cmd(
     )
 
 
+def default_access(access: str | None, suspect: str) -> str:
+    """``--access`` as given, or by default the most a suspect of its kind offers: ``topk`` for a URL
+    (an OpenAI-style API returns the top log-probs), ``logits`` for a model on disk."""
+    if access is not None:
+        return access
+    return "topk" if suspect.startswith(("http://", "https://")) else "logits"
+
+
 def check_suspect_options(access: str, queries: int | None, top_k: int) -> int:
     """Check ``--access``, ``--queries`` and ``--top-k`` before any model loads or request is sent;
     return the number of queries (``None``: the access level's default)."""
@@ -94,7 +102,7 @@ def open_suspect(suspect: str, access: str, top_k: int, chat: bool = False) -> A
 def verify_cmd(
     signature: Path = typer.Option(..., "--signature", help="Signature file (wm fingerprint enroll)."),
     suspect: str = typer.Option(..., "--suspect", help="Suspect model folder, .gguf file, or base URL of `wm serve`."),
-    access: str = typer.Option("logits", help=f"Access level: {', '.join(ACCESS)}."),
+    access: Optional[str] = typer.Option(None, help=f"Access level: {', '.join(ACCESS)} (default: topk for a URL, logits for a model).", show_default=False),
     queries: Optional[int] = typer.Option(None, help=f"Queries (default {DEFAULT_QUERIES}; top1: 10).", show_default=False),
     top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the containment test."),
@@ -102,6 +110,7 @@ def verify_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Is SUSPECT derived from the signature's model? Exit 0 either way."""
+    access = default_access(access, suspect)
 
     def run():  # noqa: ANN202
         check_fpr_option(fpr)  # before any model loads
