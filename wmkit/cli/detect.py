@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -106,6 +107,22 @@ def _load_calibration(path: Path, scheme: Any, null: str) -> dict[str, Any]:
         return cal
 
     return run_guarded(load)
+
+
+PROGRESS_FILES = 50  # a progress bar (on stderr) from this many files, or for a streamed text
+SCORE_BATCH = 512  # texts per detect_many call
+
+
+def _counted(pieces: Callable[[], Iterator[str]], bar: Progress) -> Callable[[], Iterator[str]]:
+    """``pieces`` whose every pass shows the characters read so far on ``bar``'s description."""
+    def again() -> Iterator[str]:
+        seen = 0
+        for piece in pieces():
+            seen += len(piece)
+            bar.update(bar.task_ids[0], description=f"streaming: {seen / 2**20:.1f}M characters read")
+            yield piece
+
+    return again
 
 
 STREAM_CHARS = 2**19  # a longer text is streamed (detect_stream) when the scheme can: memory stays bounded
@@ -285,29 +302,40 @@ def detect(
         die(f"--max-input-mb must be positive, got {max_input_mb}")
     results: dict[int, Detection | WmkitError] = {}
     small: list[tuple[int, str]] = []
-    for i, path in enumerate(files):  # a text over STREAM_CHARS is scored as it is read, one chunk in memory
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=stderr, transient=True,
+                  disable=(len(files) < PROGRESS_FILES and not caps.streams) or not stderr.is_terminal) as bar:
+        task = bar.add_task("reading", total=len(files))
+        for i, path in enumerate(files):  # a text over STREAM_CHARS is scored as it is read, one chunk in memory
+            try:
+                text, rest = _peek(path, int(max_input_mb * 2**20), STREAM_CHARS if caps.streams else None)
+                if rest is None:
+                    small.append((i, text))
+                elif prompt:
+                    results[i] = InputError(f"{path}: over {STREAM_CHARS // 1024}k characters, so it is streamed, and "
+                                            f"--prompt applies to texts read whole; check the text without its prompt")
+                else:
+                    bar.update(task, description=f"streaming {terminal_safe(path)}")
+                    results[i] = detector.detect_stream(_counted(_rereadable(path, text, rest, int(max_input_mb * 2**20)),
+                                                                 bar), windowed=windowed)
+            except WmkitError as e:
+                results[i] = e
+            bar.update(task, advance=1, description="reading")
         try:
-            text, rest = _peek(path, int(max_input_mb * 2**20), STREAM_CHARS if caps.streams else None)
-            if rest is None:
-                small.append((i, text))
-            elif prompt:
-                results[i] = InputError(f"{path}: over {STREAM_CHARS // 1024}k characters, so it is streamed, and --prompt "
-                                        f"applies to texts read whole; check the text without its prompt")
-            else:
-                results[i] = detector.detect_stream(_rereadable(path, text, rest, int(max_input_mb * 2**20)),
-                                                    windowed=windowed)
-        except WmkitError as e:
-            results[i] = e
-    try:
-        texts = [t for _, t in small]
-        if windowed:
-            batch = _detect_windowed(detector, texts, prompt)
-        elif device != "cpu":
-            batch = detector.detect_many(texts, [prompt] * len(texts), device=device)
-        else:
-            batch = run_guarded(detector.detect_many, texts, [prompt] * len(texts))
-    except (RuntimeError, ValueError) as e:
-        die(f"cannot score on device {device!r}: {str(e).splitlines()[0]}")
+            texts = [t for _, t in small]
+            batch: list[Detection | WmkitError] = []
+            bar.update(task, description="scoring", completed=0, total=len(texts))
+            for lo in range(0, len(texts), SCORE_BATCH):  # in batches: the bar moves, the results are the same
+                part = texts[lo : lo + SCORE_BATCH]
+                if windowed:
+                    batch += _detect_windowed(detector, part, prompt)
+                elif device != "cpu":
+                    batch += detector.detect_many(part, [prompt] * len(part), device=device)
+                else:
+                    batch += run_guarded(detector.detect_many, part, [prompt] * len(part))
+                bar.update(task, advance=len(part))
+        except (RuntimeError, ValueError) as e:
+            die(f"cannot score on device {device!r}: {str(e).splitlines()[0]}")
     results.update((i, det) for (i, _), det in zip(small, batch, strict=True))
     failed = False
     for i, path in enumerate(files):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.progress import Progress
 from rich.console import Console
 
 from ..errors import InputError
@@ -23,7 +24,7 @@ from ..fingerprint import (
 from ..fingerprint.verify import DEFAULT_FPR, DEFAULT_QUERIES
 from ..models import load_lm
 from ..files import check_new
-from .common import check_fpr_option, run_guarded
+from .common import check_fpr_option, run_guarded, stderr
 
 fingerprint_app = typer.Typer(help="Output-space fingerprints: is a suspect model derived from yours?", no_args_is_help=True)
 ACCESS = ("logits", "logprobs", "topk", "top1")
@@ -42,7 +43,13 @@ def enroll_cmd(
         if queries < 4:
             raise InputError(f"--queries must be at least 4, got {queries}")
         lm, _ = load_lm(model)
-        sig = enroll(lm, queries=queries, victim=str(model or "SmolLM2-135M-Instruct"))
+        with Progress(console=stderr, transient=True) as bar:
+            task = bar.add_task("calibration models answering", total=None)
+
+            def step(name: str, total: int) -> None:
+                bar.update(task, total=total, advance=1, description=f"calibration models answering ({name} done)")
+
+            sig = enroll(lm, queries=queries, victim=str(model or "SmolLM2-135M-Instruct"), on_model=step)
         sig.save(output)
         return sig
 

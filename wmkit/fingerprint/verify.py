@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -235,12 +235,13 @@ def round_weights(model: Any, bits: int) -> Any:
 
 
 def enroll(model: Any, unrelated: Sequence[Any] | None = None, queries: int = DEFAULT_QUERIES, seed: int = 0,
-           **meta: Any) -> Signature:
+           on_model: Callable[[str, int], None] | None = None, **meta: Any) -> Signature:
     """The calibrated signature of ``model`` (float32 weights); see the module docstring.
 
     Derived calibration models: ``model`` in bfloat16 and float16 and rounded to
     :data:`CALIBRATION_BITS` bits per row; unrelated: ``unrelated`` (default: three random
     re-initializations of the same architecture). Each answers ``queries`` random prompts.
+    ``on_model(name, total)`` is called as each calibration model has answered (progress).
     """
     import copy
 
@@ -259,8 +260,16 @@ def enroll(model: Any, unrelated: Sequence[Any] | None = None, queries: int = DE
                **{f"rtn{b}": (lambda b=b: round_weights(model, b)) for b in CALIBRATION_BITS}}
     others = list(unrelated) if unrelated is not None else None
     n_unrel = len(others) if others is not None else 3
-    d_vecs = [ModelAccess(make(), "logits").vectors(prompts) for make in derived.values()]
-    u_vecs = [ModelAccess(others[i] if others is not None else random_init_like(model, 1000 + i), "logits").vectors(prompts)
+    total = len(derived) + n_unrel
+
+    def answered(name: str, vecs: Any) -> Any:
+        if on_model is not None:
+            on_model(name, total)
+        return vecs
+
+    d_vecs = [answered(name, ModelAccess(make(), "logits").vectors(prompts)) for name, make in derived.items()]
+    u_vecs = [answered(f"unrelated-{i}", ModelAccess(others[i] if others is not None else random_init_like(model, 1000 + i),
+                                                     "logits").vectors(prompts))
               for i in range(n_unrel)]
     family = {"derived_models": list(derived), "unrelated_models": (
         [f"given-{i}" for i in range(n_unrel)] if others is not None else [f"random-init-{1000 + i}" for i in range(n_unrel)])}
