@@ -130,7 +130,8 @@ def _too_big(source: str, size: int, limit: int) -> str:
 
 def _jsonl_doc(raw: bytes, source: str, spec: InputSpec) -> tuple[str, str, str | None, str | None]:
     key = spec.field or "text"
-    if len(raw) > spec.max_doc_bytes:  # before parsing: a 50 MB line would cost gigabytes to decode and score
+    big = len(raw) > spec.max_doc_bytes  # never scored: a 50 MB document costs gigabytes to tokenize and score
+    if big and (not spec.id_field or len(raw) > 16 * spec.max_doc_bytes):  # parsed only to find its id
         return source, source, None, _too_big(source, len(raw), spec.max_doc_bytes)
     try:
         obj = json.loads(raw)
@@ -139,6 +140,8 @@ def _jsonl_doc(raw: bytes, source: str, spec: InputSpec) -> tuple[str, str, str 
     doc_id = source
     if isinstance(obj, dict) and spec.id_field and obj.get(spec.id_field) is not None:
         doc_id = str(obj[spec.id_field])
+    if big:
+        return doc_id, source, None, _too_big(source, len(raw), spec.max_doc_bytes)
     if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
         return doc_id, source, None, f"{source}: no string field {key!r}"
     return doc_id, source, obj[key], None

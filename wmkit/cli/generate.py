@@ -53,6 +53,9 @@ class _Records:
             self._read_back()
             flags = os.O_WRONLY | os.O_APPEND
         else:
+            if path.exists():
+                raise InputError(f"{path} already exists; refusing to overwrite it (choose another -o, or --resume to "
+                                 f"continue an interrupted run)")
             check_new(path)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
