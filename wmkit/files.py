@@ -162,9 +162,10 @@ def iter_text(path: str, max_bytes: int = MAX_INPUT_BYTES, block: int = READ_BYT
             except UnicodeDecodeError as e:
                 if utf16:
                     raise InputError(f"{name}: starts with a UTF-16 byte-order mark but is not UTF-16 text") from None
-                at = size - len(data) + e.start
-                raise InputError(f"{name}: not UTF-8 text (invalid byte {data[e.start]:#04x} at offset {at})"
-                                 + _legacy_hint(data[e.start:e.start + 1])) from None
+                bad = e.object[e.start:e.start + 1]  # the decoder's bytes: a held-back partial character included
+                at = size - len(e.object) + e.start
+                raise InputError(f"{name}: not UTF-8 text (invalid byte {bad[0]:#04x} at offset {at})"
+                                 + _legacy_hint(bad)) from None
             if text:
                 blank = blank and not text.strip()
                 yield text
