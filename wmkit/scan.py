@@ -45,7 +45,7 @@ from .errors import InputError, WmkitError
 from .files import display_path, read_text, write_file
 
 MANIFEST = "_manifest.json"
-MAX_DOC_BYTES = 8 * 2**20  # wm scan --max-doc-mb's default: larger documents get an error row (wm detect streams them)
+MAX_DOC_BYTES = 4 * 2**20  # wm scan --max-doc-mb default (a 6 MiB document peaks at 1.5 GB RSS); larger: an error row
 MANIFEST_FORMAT = "wmkit-scan/1"
 
 
