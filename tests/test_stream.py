@@ -138,7 +138,7 @@ def test_wm_detect_streams_a_large_file_with_the_whole_file_result(tmp_path, tok
     bad.write_bytes(human.encode() + b"\xff" + b" more" * 10)
     r = runner.invoke(app, ["detect", str(bad), str(small), "-k", str(keyfile), "--json"])
     rows = [json.loads(x) for x in r.stdout.splitlines()]
-    assert r.exit_code == 2 and "not UTF-8 text (invalid byte at offset" in rows[0]["error"] and rows[1]["watermarked"]
+    assert r.exit_code == 2 and "not UTF-8 text (invalid byte 0xff at offset" in rows[0]["error"] and rows[1]["watermarked"]
 
 
 def test_wm_schemes_says_which_detectors_stream():
