@@ -32,7 +32,7 @@ def test_generate_then_detect(tmp_path, name):
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
     r = runner.invoke(app, ["generate", "--prompts", str(tmp_path / "prompts.txt"), "-s", name, *good, *extra,
-                            "-n", "120", "--seed", "3", "-o", str(out)])
+                            "-n", "120", "--seed", "3", "--no-chat", "--temperature", "1", "-o", str(out)])
     assert r.exit_code == 0, r.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(rec["config"]["scheme"] == name and "key" not in rec["config"] for rec in records)

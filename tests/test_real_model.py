@@ -83,7 +83,7 @@ def test_cli_generate_then_detect(tmp_path):
     prompts.write_text("\n".join(PROMPTS[:2]) + "\n")
     out = tmp_path / "out.jsonl"
     r = runner.invoke(app, ["generate", "--prompts", str(prompts), "-k", str(key), "-n", "120", "--seed", "3",
-                            "--context-width", "4", "--seeding", "selfhash", "-o", str(out)])
+                            "--no-chat", "--temperature", "1", "--context-width", "4", "--seeding", "selfhash", "-o", str(out)])
     assert r.exit_code == 0, r.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["prompt"] for row in rows] == PROMPTS[:2]
