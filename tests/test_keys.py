@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from wmkit.errors import InvalidKeyError
+from wmkit.errors import InvalidKeyError, WmkitError
 from wmkit.keys import SecretKey, load_key, read_key_file, write_key_file
 
 HEX = "000102030405060708090a0b0c0d0e0f"
@@ -92,3 +92,35 @@ def test_keygen_writes_a_commitment_that_the_key_opens(tmp_path):
     (tmp_path / "k2.commitment").write_text("x")  # the commitment's path is taken: no key is written
     r = CliRunner().invoke(app, ["keygen", "-o", str(tmp_path / "k2")])
     assert r.exit_code == 2 and not (tmp_path / "k2").exists()
+
+
+def test_one_resolver_for_every_kind_and_form(tmp_path, monkeypatch):
+    """keys.resolve: values, files, {"file"}/{"env"} references and the environment defaults, for
+    wmkit keys, vLLM integers and SynthID key lists; errors never show the value."""
+    from wmkit.keys import resolve
+
+    k = SecretKey.generate()
+    f = tmp_path / "k.key"
+    f.write_text(k.to_hex() + "\n")
+    f.chmod(0o600)
+    monkeypatch.setenv("MY_KEY", k.to_hex())
+    monkeypatch.setenv("WMKIT_KEY", k.to_hex())
+    for ref in (k, k.to_hex(), k.secret, f, {"file": "k.key"}, {"env": "MY_KEY"}, None):
+        assert resolve(ref, base=tmp_path) == k
+    v = tmp_path / "v.key"
+    v.write_text("12345\n")
+    v.chmod(0o600)
+    monkeypatch.setenv("WMKIT_VLLM_KEY", "0x3039")
+    for ref in (12345, "12345", v, {"file": str(v)}, None):
+        assert resolve(ref, "vllm") == 12345
+    assert resolve("654,400,836", "synthid") == (654, 400, 836) == resolve([654, 400, 836], "synthid")
+    assert resolve(k.to_hex(), "synthid") == k
+    monkeypatch.setenv("SECRET", "hunter2-not-a-key")
+    for ref, kind in (({"env": "SECRET"}, "wmkit"), ({"env": "SECRET"}, "vllm"), ({"env": "SECRET"}, "synthid"),
+                      ({"inline": "x"}, "wmkit"), (k, "vllm"), ({"env": "UNSET_VAR_X"}, "wmkit")):
+        with pytest.raises(WmkitError) as e:
+            resolve(ref, kind)
+        assert "hunter2" not in str(e.value) and "\n" not in str(e.value)
+    monkeypatch.delenv("WMKIT_VLLM_KEY")
+    with pytest.raises(WmkitError, match="no vLLM key given"):
+        resolve(None, "vllm")

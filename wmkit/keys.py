@@ -8,6 +8,11 @@ Every use derives its own subkey with HMAC-SHA256(secret, ``"wmkit/v1/" + label`
 :meth:`SecretKey.prf_key`), so one secret serves every scheme without two schemes sharing a green list.
 A :class:`ScopedKey` holds only the subkeys one scheme uses (what a Ray worker receives).
 
+Every key reaches wmkit through :func:`resolve` -- the command line, profiles files, the vLLM
+plugin and the Python API alike: wmkit key files and hex keys, vLLM's integer keys
+(:func:`parse_vllm_key`) and SynthID's explicit key lists (:func:`parse_int_keys`), given as a
+value, a file, or an environment variable. No error it raises shows a key's value.
+
 >>> key = SecretKey.from_hex("00112233445566778899aabbccddeeff")
 >>> key.prf_key("kgw") != key.prf_key("unigram")
 True
@@ -27,9 +32,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Sequence, TypeVar
 
-from .errors import InvalidKeyError
+from .errors import InputError, InvalidKeyError
 
 ENV_VAR = "WMKIT_KEY"
+VLLM_KEY_ENV = "WMKIT_VLLM_KEY"
+MAX_VLLM_KEY = 2**64 - 1  # vLLM's Philox keys are 64-bit
+KEY_KINDS = ("wmkit", "vllm", "synthid")  # what a scheme takes: a wmkit key, vLLM's integer, or either for SynthID
 MIN_BITS = 128
 DEFAULT_BITS = 256
 SUBKEY_LABEL = "wmkit/v1/"  # HMAC label prefix of byte subkeys (SecretKey.subkey)
@@ -257,18 +265,106 @@ def load_key(
     key_file: str | os.PathLike[str] | None = None,
     env: str = ENV_VAR,
 ) -> SecretKey:
-    """Resolve the key: explicit ``key``, else ``key_file``, else ``$WMKIT_KEY``; else an error."""
-    if isinstance(key, SecretKey):
-        return key
-    if isinstance(key, bytes):
-        return SecretKey(key)
-    if isinstance(key, str):
-        return SecretKey.from_hex(key)
-    if key_file is not None:
-        return read_key_file(key_file)
-    if os.environ.get(env):
-        return SecretKey.from_hex(os.environ[env], source=f"${env}")
-    raise InvalidKeyError(f"no key given: pass --key-file FILE or set {env} (wm keygen -o FILE makes one)")
+    """A wmkit key: explicit ``key``, else ``key_file``, else ``$WMKIT_KEY``; else an error (:func:`resolve`)."""
+    if key is None and key_file is not None:
+        key = Path(key_file)
+    return resolve(key, "wmkit", env=env)
+
+
+def parse_vllm_key(value: Any, source: str = "--vllm-key") -> int:
+    """A vLLM watermark key: an integer in ``[0, 2^64)`` (decimal, or ``0x`` hex), as vLLM takes it."""
+    if isinstance(value, bool):
+        raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64), got a boolean")
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) >= 32 and all(c in "0123456789abcdefABCDEF" for c in text):
+            raise InvalidKeyError(f"{source} looks like a wmkit hex key; vLLM keys are integers (the 'key' of --watermark-config)")
+        try:
+            value = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
+        except ValueError:
+            raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64), got {len(text)} characters "
+                                  "that are not one (the value is not shown: it may be a secret)") from None
+    if not isinstance(value, int) or not 0 <= value <= MAX_VLLM_KEY:
+        what = "an integer out of range" if isinstance(value, int) else f"a {type(value).__name__}"
+        raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64) (vLLM's Philox keys are 64-bit), "
+                              f"got {what} (the value is not shown: it may be a secret)")
+    return value
+
+
+def parse_int_keys(value: Any, source: str = "synthid") -> tuple[int, ...]:
+    """transformers' explicit SynthID keys: a list of integers, or ``"654,400,836"`` from the command line."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        keys = tuple(int(str(k).strip()) for k in items)
+    except (TypeError, ValueError):
+        raise InputError(f"{source}: keys must be integers separated by commas (the value given is not shown: "
+                              "it may be a secret)") from None
+    if not keys or not all(-(2**63) <= k < 2**63 for k in keys):
+        raise InputError(f"{source}: keys must be 1 or more integers that fit in int64")
+    return keys
+
+
+KeyReference = Any  # see resolve(): a key, a value, a path, None, or {"file": PATH} / {"env": NAME}
+
+
+def _parse(value: Any, kind: str, source: str) -> Any:
+    if kind == "vllm":
+        return parse_vllm_key(value, source)
+    if kind == "synthid" and (not isinstance(value, str) or "," in value):
+        return parse_int_keys(value, source)
+    if isinstance(value, bytes):
+        return SecretKey(value)
+    return SecretKey.from_hex(value, source=source)
+
+
+def _read_file(path: Path, kind: str) -> Any:
+    if kind == "vllm":  # a file holding vLLM's integer (the same privacy rules as a key file)
+        check_key_file_mode(path)
+        try:
+            return parse_vllm_key(path.read_text(encoding="utf-8"), f"key file {path}")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidKeyError(f"key file {path}: cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+    return read_key_file(path)
+
+
+def resolve(reference: KeyReference = None, kind: str = "wmkit", *, base: str | os.PathLike[str] | None = None,
+            env: str | None = None) -> Any:
+    """The one key resolver: the key ``reference`` names, for a scheme taking ``kind`` of key.
+
+    ``reference`` is a key object (:class:`SecretKey` or :class:`ScopedKey`: itself), a value (hex
+    text or bytes for a wmkit key; an integer or its text for vLLM; integers or ``"a,b,c"`` for
+    SynthID's explicit keys), a :class:`~pathlib.Path` to a key file, ``{"file": PATH}`` (relative to
+    ``base``) or ``{"env": NAME}`` (a profiles file's forms), or ``None``: the environment variable
+    ``env`` (default ``$WMKIT_KEY``, for vLLM ``$WMKIT_VLLM_KEY``). Returns a :class:`SecretKey`, an
+    ``int`` (vLLM) or a tuple of ints (SynthID's explicit keys). Errors are one line and never show
+    a value.
+    """
+    if kind not in KEY_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KEY_KINDS)}, got {kind!r}")
+    if isinstance(reference, (SecretKey, ScopedKey)):
+        if kind == "vllm":
+            raise InvalidKeyError("vLLM schemes take vLLM's integer key (--vllm-key N), not a wmkit key")
+        return reference
+    if isinstance(reference, dict):
+        if set(reference) not in ({"file"}, {"env"}):
+            raise InvalidKeyError("a key reference is {\"file\": PATH} or {\"env\": VARIABLE} (inline keys are refused)")
+        if "file" in reference:
+            path = Path(str(reference["file"]))
+            return _read_file(path if path.is_absolute() or base is None else Path(base) / path, kind)
+        name = str(reference["env"])
+        if not os.environ.get(name):
+            raise InvalidKeyError(f"environment variable {name} is not set")
+        return _parse(os.environ[name], kind, f"${name}")
+    if isinstance(reference, os.PathLike):
+        return _read_file(Path(reference), kind)
+    if reference is None:
+        name = env or (VLLM_KEY_ENV if kind == "vllm" else ENV_VAR)
+        if os.environ.get(name):
+            return _parse(os.environ[name], kind, f"${name}")
+        if kind == "vllm":
+            raise InvalidKeyError(f"no vLLM key given: pass --vllm-key N or set {name} (the 'key' of vLLM's --watermark-config)")
+        raise InvalidKeyError(f"no key given: pass --key-file FILE or set {name} (wm keygen -o FILE makes one)")
+    return _parse(reference, kind, "--vllm-key" if kind == "vllm" else ("synthid keys" if kind == "synthid" else "key"))
 
 
 def write_key_file(path: str | os.PathLike[str], key: SecretKey) -> Path:

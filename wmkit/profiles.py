@@ -27,7 +27,8 @@ from typing import Any, Sequence
 
 from .errors import InputError
 from .files import read_text
-from .keys import read_key_file, SecretKey
+from .errors import InvalidKeyError
+from .keys import resolve
 from .stats import Detection, check_fpr, floor_note, holm
 
 __all__ = ["Profile", "ProfileMatch", "load_profiles", "detect_profiles"]
@@ -55,22 +56,17 @@ class ProfileMatch:
 
 
 def _key(ref: Any, name: str, scheme_cls: type, base: Path) -> Any:
-    from .watermark.text.vllm_native import parse_vllm_key
-
     if not isinstance(ref, dict) or set(ref) - {"file", "env"} or len(ref) != 1:
         raise InputError(f"profile {name!r}: 'key' must be {{\"file\": PATH}} or {{\"env\": VARIABLE}} "
                          f"(inline keys are refused: a profiles file is not a secret store)")
-    if "file" in ref:
-        path = Path(ref["file"])
-        return read_key_file(path if path.is_absolute() else base / path)
-    value = os.environ.get(str(ref["env"]))
-    if not value:
-        raise InputError(f"profile {name!r}: environment variable {ref['env']} is not set")
-    if getattr(scheme_cls, "key_kind", "wmkit") == "vllm":
-        return parse_vllm_key(value, f"${ref['env']}")
-    if getattr(scheme_cls, "explicit_key_param", None) and "," in value:
-        return value  # SynthID's explicit keys, parsed by the scheme
-    return SecretKey.from_hex(value, source=f"${ref['env']}")
+    kind = "vllm" if getattr(scheme_cls, "key_kind", "wmkit") == "vllm" else (
+        "synthid" if getattr(scheme_cls, "explicit_key_param", None) else "wmkit")
+    try:
+        return resolve(ref, kind, base=base)
+    except InvalidKeyError as e:
+        if "file" in ref:
+            raise
+        raise InputError(f"profile {name!r}: {e}") from None
 
 
 def load_profiles(path: str | os.PathLike[str]) -> list[Profile]:

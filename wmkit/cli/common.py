@@ -16,10 +16,9 @@ from rich.console import Console
 
 from ..errors import InputError, WmkitError
 from ..files import read_text  # noqa: F401  (re-exported: the commands read files with it)
-from ..keys import KeyFileWarning, load_key
+from ..keys import VLLM_KEY_ENV, KeyFileWarning, resolve
 from ..params import describe, parse_value
 from ..watermark.text import SCHEMES, key_kind
-from ..watermark.text.vllm_native import VLLM_KEY_ENV, load_vllm_key
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 EXIT_ERROR = 2
@@ -249,16 +248,15 @@ def scheme_from_config(config: dict[str, Any], key_file: Optional[Path], vllm_ke
     if explicit is not None and explicit in config:  # transformers' explicit keys stand for the key file
         if key_file is not None:
             raise InputError(f"{name}: give the key file (-k) or -P {explicit}=..., not both")
-        keys = config.pop(explicit)
-        return SCHEMES[name].from_config(config, keys)
+        return SCHEMES[name].from_config(config, resolve(config.pop(explicit), "synthid"))
     if key_kind(name) == "vllm":
         if key_file is not None:
             raise InputError(f"{name} takes vLLM's integer key (--vllm-key N or ${VLLM_KEY_ENV}), not a wmkit key file")
-        key: Any = load_vllm_key(vllm_key)
+        key: Any = resolve(vllm_key, "vllm")
     else:
         if vllm_key is not None:
             raise InputError(f"--vllm-key applies to the vllm-* schemes; {name} takes a wmkit key file (-k FILE)")
-        key = load_key(key_file=key_file)
+        key = resolve(Path(key_file) if key_file is not None else None)
     return SCHEMES[name].from_config(config, key)
 
 

@@ -53,7 +53,7 @@ import torch
 
 from ... import prf
 from ...errors import InputError
-from ...keys import KeyedConfig, ScopedKey, SecretKey, kdf_key_id
+from ...keys import KeyedConfig, ScopedKey, SecretKey, kdf_key_id, parse_int_keys
 from ...params import Spec, check_params
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, weighted_binomial_detection, windowed_binomial_detection
 from .completion import CompletionProcessor, completion_contexts, repeated_context
@@ -100,17 +100,7 @@ def derive_keys(key: SecretKey, depth: int) -> tuple[int, ...]:
     return tuple(int.from_bytes(key.subkey(f"text/synthid/layer/{d}")[:8], "little") >> 1 for d in range(depth))
 
 
-def parse_keys(value: Any) -> tuple[int, ...]:
-    """transformers' explicit keys: a list of integers, or ``"654,400,836"`` from the command line."""
-    items = value.split(",") if isinstance(value, str) else value
-    try:
-        keys = tuple(int(str(k).strip()) for k in items)
-    except (TypeError, ValueError):
-        raise InputError("synthid: keys must be integers separated by commas (the value given is not shown: "
-                         "it may be a secret)") from None
-    if not keys or not all(-(2**63) <= k < 2**63 for k in keys):
-        raise InputError("synthid: keys must be 1 or more integers that fit in int64")
-    return keys
+parse_keys = parse_int_keys  # transformers' explicit keys (wmkit.keys.parse_int_keys)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import torch
 
 from ... import kernels
 from ...errors import InputError
-from ...keys import load_key
+from ...keys import resolve
 from . import make_scheme
 from .base import GreenListScheme
 
@@ -56,7 +56,8 @@ def scheme_from_env() -> GreenListScheme:
     if not isinstance(config, dict):
         raise InputError(f"${SCHEME_ENV} must be a JSON object")
     config = dict(config)
-    return make_scheme(str(config.pop("scheme", "kgw")), load_key(key_file=os.environ.get(KEY_FILE_ENV)), **config)
+    key_file = os.environ.get(KEY_FILE_ENV)
+    return make_scheme(str(config.pop("scheme", "kgw")), resolve({"file": key_file} if key_file else None), **config)
 
 
 def _enabled(params: Any) -> bool:

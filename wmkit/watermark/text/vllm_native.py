@@ -31,7 +31,6 @@ vLLM keys are integers in ``[0, 2^64)``, kept apart from wmkit's hex key files:
 from __future__ import annotations
 
 import hashlib
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -39,8 +38,8 @@ from typing import Any, ClassVar
 import torch
 
 from ... import prf
-from ...errors import InputError, InvalidKeyError
-from ...keys import KeyedConfig, kdf_key_id
+from ...errors import InputError
+from ...keys import VLLM_KEY_ENV, KeyedConfig, kdf_key_id, parse_vllm_key, resolve
 from ...stats import Detection, binomial_detection, gamma_detection, normal_pvalue
 from ...params import Spec, check_params
 from .base import DELTA, GAMMA, SEEDING
@@ -53,40 +52,14 @@ __all__ = [
     "sbw_green", "VllmGumbel", "VllmDualKeyGumbel", "VllmSBW",
 ]
 
-VLLM_KEY_ENV = "WMKIT_VLLM_KEY"
-MAX_KEY = 2**64 - 1
 CONTEXT_DOMAIN = 0x574D4358
 TOKEN_DOMAIN = 0x574D544B
 INT31_MAX = 0x7FFFFFFF
 
 
-def parse_vllm_key(value: Any, source: str = "--vllm-key") -> int:
-    """A vLLM watermark key: an integer in ``[0, 2^64)`` (decimal, or ``0x`` hex), as vLLM takes it."""
-    if isinstance(value, bool):
-        raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64), got a boolean")
-    if isinstance(value, str):
-        text = value.strip()
-        if len(text) >= 32 and all(c in "0123456789abcdefABCDEF" for c in text):
-            raise InvalidKeyError(f"{source} looks like a wmkit hex key; vLLM keys are integers (the 'key' of --watermark-config)")
-        try:
-            value = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
-        except ValueError:
-            raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64), got {len(text)} characters "
-                                  "that are not one (the value is not shown: it may be a secret)") from None
-    if not isinstance(value, int) or not 0 <= value <= MAX_KEY:
-        what = "an integer out of range" if isinstance(value, int) else f"a {type(value).__name__}"
-        raise InvalidKeyError(f"{source}: a vLLM key is an integer in [0, 2**64) (vLLM's Philox keys are 64-bit), "
-                              f"got {what} (the value is not shown: it may be a secret)")
-    return value
-
-
 def load_vllm_key(value: Any = None, env: str = VLLM_KEY_ENV) -> int:
-    """The vLLM key from ``value``, else ``$WMKIT_VLLM_KEY``; else a clear error."""
-    if value is not None:
-        return parse_vllm_key(value)
-    if os.environ.get(env):
-        return parse_vllm_key(os.environ[env], f"${env}")
-    raise InvalidKeyError(f"no vLLM key given: pass --vllm-key N or set {env} (the 'key' of vLLM's --watermark-config)")
+    """The vLLM key from ``value``, else ``$WMKIT_VLLM_KEY``; else a clear error (:func:`wmkit.keys.resolve`)."""
+    return resolve(value, "vllm", env=env)
 
 
 def vllm_key_id(key: int) -> str:
