@@ -33,7 +33,7 @@ from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import load_default_lm  # noqa: E402
 from wmkit.watermark.text import make_scheme  # noqa: E402
 from wmkit.watermark.text.evasion import EVASION_CLASSES, Evasion  # noqa: E402
-from wmkit.watermark.text.generate import generate_completions  # noqa: E402
+from wmkit.engine import generate_completions  # noqa: E402
 from wmkit.watermark.text.normalize import normalize_text  # noqa: E402
 from wmkit.watermark.text.reference import reference_texts  # noqa: E402
 

@@ -107,7 +107,7 @@ def generated_documents(n: int, tokens: int) -> list[torch.Tensor]:
     with the first 20 words of AG News articles 5,000 onwards (not in the news reference); generated
     once and kept in the wmkit cache (``benchmarks/generated-N-T.pt``), as token ids."""
     from wmkit.models import cache_dir, load_default_lm
-    from wmkit.watermark.text.generate import generate_completions
+    from wmkit.engine import generate_completions
 
     path = cache_dir() / "benchmarks" / f"generated-{n}-{tokens}.pt"
     if path.exists():

@@ -26,7 +26,7 @@ from _output import ResultFile, output_args  # noqa: E402
 from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import load_default_lm  # noqa: E402
 from wmkit.watermark.text import SCHEMES  # noqa: E402
-from wmkit.watermark.text.generate import generate_completions  # noqa: E402
+from wmkit.engine import generate_completions  # noqa: E402
 
 SCHEMES_TESTED = {
     "kgw-h1": {"gamma": 0.25, "delta": 2.0},

@@ -47,7 +47,7 @@ from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import load_default_lm  # noqa: E402
 from wmkit.watermark.text import KGW, Unigram  # noqa: E402
 from wmkit.watermark.text import attacks as A  # noqa: E402
-from wmkit.watermark.text.generate import generate_completions  # noqa: E402
+from wmkit.engine import generate_completions  # noqa: E402
 from wmkit.watermark.text.stealing import spoof_scores  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "agnews_3000.tsv.gz"

@@ -50,7 +50,7 @@ def log(msg: str) -> None:
 def build_corpus(path: Path, n_docs: int, n_marked: int, scheme: KGW, seed: int) -> set[str]:
     """Write the JSONL corpus; returns the ids of the marked documents."""
     from wmkit.models import load_default_lm
-    from wmkit.watermark.text.generate import generate_completions
+    from wmkit.engine import generate_completions
 
     with gzip.open(DATA, "rt", encoding="utf-8") as f:
         human = [line.split("\t")[0] for line in f if line.strip()]

@@ -35,7 +35,9 @@ def measure(batch: int, requests: int) -> dict:
 
     from wmkit.keys import SecretKey
     from wmkit.models import load_default_lm
-    from wmkit.server.completions import Batcher, Generator, parse_completion
+    from wmkit.server.batching import Batcher
+    from wmkit.engine import Generator
+    from wmkit.server.schema import parse_completion
     from wmkit.watermark.text import KGW
 
     torch.manual_seed(0)

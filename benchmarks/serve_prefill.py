@@ -40,7 +40,8 @@ def long_prompt(tok: object, n: int) -> list[int]:
 
 def measure(gen: object, prompt: list[int], running: int, tokens: int, chunk: int | None) -> dict:
     """One run (see the module docstring) on a fresh batcher over ``gen``."""
-    from wmkit.server.completions import Batcher, parse_completion
+    from wmkit.server.batching import Batcher
+    from wmkit.server.schema import parse_completion
 
     gen.prefill_chunk = chunk  # type: ignore[attr-defined]
     batcher = Batcher(gen, max_batch=16)  # type: ignore[arg-type]
@@ -99,7 +100,7 @@ def main() -> None:
 
     from wmkit.keys import SecretKey
     from wmkit.models import load_default_lm
-    from wmkit.server.completions import Generator
+    from wmkit.engine import Generator
     from wmkit.watermark.text import KGW
 
     torch.manual_seed(0)

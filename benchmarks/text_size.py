@@ -55,7 +55,7 @@ from wmkit.models import load_default_lm  # noqa: E402
 from wmkit.watermark.text import make_scheme  # noqa: E402
 from wmkit.watermark.text import attacks as A  # noqa: E402
 from wmkit.watermark.text.entropy import lm_step_map  # noqa: E402
-from wmkit.watermark.text.generate import generate_completions  # noqa: E402
+from wmkit.engine import generate_completions  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "agnews_3000.tsv.gz"
 NEW, STEP, SIZE_P, FPR = 200, 4, 0.02, 1 / 200

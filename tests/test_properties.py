@@ -13,7 +13,7 @@ from wmkit.errors import WmkitError
 from wmkit.params import _fields
 from wmkit.files import read_text
 from wmkit.keys import SecretKey
-from wmkit.server.completions import parse_completion
+from wmkit.server.schema import parse_completion
 from wmkit.server.embeddings import parse_request
 from wmkit.server.http import RequestError, check_json
 from wmkit.watermark.text import SCHEMES

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from wmkit.errors import InputError
 from wmkit.keys import SecretKey
 from wmkit.watermark.text import KGW, Unigram
-from wmkit.watermark.text.generate import generate_completions
+from wmkit.engine import generate_completions
 
 pytestmark = pytest.mark.slow
 PROMPTS = [ln for ln in (Path(__file__).parent / "data" / "prompts.txt").read_text().splitlines() if ln.strip()]
@@ -137,7 +137,8 @@ def test_wm_serve_jobs_joining_a_running_batch_write_what_they_write_alone(defau
     prompts that join a running batch at different steps, marked (KGW) and sampled with a seed or
     greedy, get the same text as each one generated alone -- prefilled in one pass, or in chunks of
     8 tokens with a step of the running rows between two."""
-    from wmkit.server.completions import Generator, parse_completion
+    from wmkit.engine import Generator
+    from wmkit.server.schema import parse_completion
 
     lm, tok = default_lm
     gen = Generator(lm, tok, scheme=KGW(KEY, gamma=0.25, delta=2.0), prefill_chunk=prefill_chunk)

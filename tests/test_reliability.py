@@ -390,7 +390,8 @@ def test_synthid_records_with_explicit_keys_can_be_used(tmp_path):
 
 def test_list_form_chat_content_and_fingerprint_access_defaults():
     from wmkit.cli.fingerprint import default_access
-    from wmkit.server.completions import RequestError, _flat_message
+    from wmkit.errors import RequestError
+    from wmkit.server.schema import _flat_message
 
     m = {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]}
     assert _flat_message(m, 0) == {"role": "user", "content": "Hello\nthere"}  # vLLM joins text parts with newlines

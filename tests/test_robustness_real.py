@@ -9,7 +9,7 @@ import pytest
 from wmkit.keys import SecretKey
 from wmkit.watermark.text import KGW
 from wmkit.watermark.text.attacks import WordDeletion
-from wmkit.watermark.text.generate import generate_completions
+from wmkit.engine import generate_completions
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parent.parent

@@ -11,8 +11,9 @@ import torch
 
 from helpers import IdTokenizer, VocabOnly, tiny_llama
 from wmkit.errors import InputError
-from wmkit.server.completions import Generator, create_app
-from wmkit.watermark.text.sampling import Sampling
+from wmkit.engine import Generator
+from wmkit.server.completions import create_app
+from wmkit.engine.sampling import Sampling
 from wmkit.watermark.text.vllm_native import VllmGumbel
 
 V = 97
@@ -117,7 +118,7 @@ def test_penalties_equal_vllms_kernel_bit_for_bit(vllm, tiny_generator, rep, fre
     prompt, out = [3, 5, 5, 9, 60], [5, 11, 11, 11, 2, 96]
     job = _job(tiny_generator, prompt, out, repetition_penalty=rep, frequency_penalty=freq, presence_penalty=pres)
     logits = torch.randn(V, generator=torch.Generator().manual_seed(1)) * 4
-    got = Generator.penalised(job, logits)
+    got = job.penalised(logits)
     assert torch.equal(got, vllm_penalised(vllm, logits, prompt, out, rep, freq, pres))
     assert not torch.equal(got, logits)
 

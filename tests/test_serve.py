@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from helpers import IdTokenizer, VocabOnly, tiny_llama
-from wmkit.server.completions import Generator, create_app, parse_completion
+from wmkit.engine import Generator
+from wmkit.server.completions import create_app
+from wmkit.server.schema import parse_completion
 from wmkit.server.http import RequestError
 from wmkit.watermark.text import KGW
 
@@ -162,9 +164,9 @@ def test_echo_returns_the_prompt_with_its_tokens_log_probs_before_the_completion
     loglikelihood requests of evaluation harnesses). Chat requests have no echo."""
     from fastapi.testclient import TestClient
 
-    from wmkit.server import completions
+    from wmkit.engine import echo
 
-    monkeypatch.setattr(completions, "ECHO_ROWS", echo_rows)  # 2: the log-softmax in pieces
+    monkeypatch.setattr(echo, "ECHO_ROWS", echo_rows)  # 2: the log-softmax in pieces
     client = TestClient(create_app(Generator(model, IdTokenizer())))
     prompt = [11, 22, 33, 44, 55]
     with torch.inference_mode():
@@ -207,10 +209,10 @@ def test_echoed_prompts_are_scored_together(model, monkeypatch, budget, padding,
     the same pass; every log-prob equals the prompt's own pass here."""
     from fastapi.testclient import TestClient
 
-    from wmkit.server import completions
+    from wmkit.engine import echo
 
-    monkeypatch.setattr(completions, "ECHO_POSITIONS", budget)
-    monkeypatch.setattr(completions, "ECHO_PADDING", padding)
+    monkeypatch.setattr(echo, "ECHO_POSITIONS", budget)
+    monkeypatch.setattr(echo, "ECHO_PADDING", padding)
     gen = Generator(model, IdTokenizer())
     calls, forward = [], model.forward
     monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape) or forward(*a, **k))
@@ -316,7 +318,7 @@ class CountingTokenizer:
 def test_stop_strings_found_incrementally_as_by_decoding_everything(tokenizer):
     """StopWatch stops at the same token as decoding the whole completion at every step (the
     old O(L^2) loop), across multi-byte characters, while decoding O(L) ids in all."""
-    from wmkit.server.completions import StopWatch
+    from wmkit.engine.stops import StopWatch
 
     text = ("Les crêpes sont délicieuses 🍓🍓 avec du sucre. The tide turns at noon; ⛵ boats leave. "
             "Tokyo 東京 is far away. END of the story, then more text follows here. ") * 8
@@ -509,7 +511,7 @@ def test_a_request_that_arrives_mid_batch_joins_it_and_returns_before_it_ends(mo
     """The batcher is continuous: a job queued while a long one generates starts at the next step
     (its rows share the forward passes) and its future resolves when it ends, while the long job
     is still running; what it generates is what it generates alone."""
-    from wmkit.server.completions import Batcher
+    from wmkit.server.batching import Batcher
 
     gen = Generator(model, IdTokenizer())
     want = gen.complete([8, 9], _req(max_tokens=5, temperature=0))
@@ -557,7 +559,7 @@ def test_waiting_jobs_join_a_running_batch_when_they_are_enough_or_have_waited_l
     """A join costs a prefill pass: with 4 rows running, one waiting job waits (up to
     ``join_wait_steps`` steps), two join at once (``join_ratio`` 0.5); into an idle model a job
     goes at once; nothing waiting resets the count."""
-    from wmkit.server.completions import Batcher
+    from wmkit.server.batching import Batcher
 
     b = Batcher(Generator(model, IdTokenizer()), max_batch=8, join_ratio=0.5, join_wait_steps=3)
     rooms = []
@@ -587,7 +589,7 @@ def _wait(cond, timeout=60.0):
 def test_concurrent_requests_share_batches(model):
     import threading
 
-    from wmkit.server.completions import Batcher
+    from wmkit.server.batching import Batcher
 
     gen = Generator(model, IdTokenizer())
     sizes = []
@@ -654,7 +656,7 @@ def test_an_empty_system_prompt_replaces_the_templates_default_one(tokenizer):
     """``--system-prompt ""`` puts an empty system message first, so SmolLM2's template does not add
     its default identity ("You are a helpful AI assistant named SmolLM..."); no ``--system-prompt``
     leaves the template's default."""
-    from wmkit.server.completions import parse_chat
+    from wmkit.server.schema import parse_chat
 
     user = [{"role": "user", "content": "hi"}]
     render = lambda msgs: list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)["input_ids"])  # noqa: E731
@@ -796,7 +798,8 @@ def test_stream_errors_bad_fields_and_a_client_that_goes_away(model):
 
     from fastapi.testclient import TestClient
 
-    from wmkit.server.completions import Batcher, Stream
+    from wmkit.server.batching import Batcher
+    from wmkit.server.stream import Stream
 
     client = TestClient(create_app(Generator(model, IdTokenizer())))
     for body, fragment in [({"stream": "yes"}, "'stream' must be true or false"),
@@ -831,7 +834,8 @@ def test_a_streamed_job_ends_when_it_ends_not_when_its_batch_does(model):
     long one is still generating (the final chunk does not wait for the batch's future)."""
     import asyncio
 
-    from wmkit.server.completions import Batcher, Stream
+    from wmkit.server.batching import Batcher
+    from wmkit.server.stream import Stream
 
     gen = Generator(model, IdTokenizer())
     with _slow(model, 0.01):

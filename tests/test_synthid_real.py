@@ -77,7 +77,7 @@ def test_wm_synthid_train_then_detect_with_the_bayesian_detector(tmp_path, defau
     from typer.testing import CliRunner
 
     from wmkit.cli.main import app
-    from wmkit.watermark.text.generate import generate_completions
+    from wmkit.engine import generate_completions
 
     keys = ",".join(map(str, KEYS[:12]))
     out = tmp_path / "bayes.safetensors"
@@ -107,7 +107,7 @@ def test_prf_g_values_mark_real_text_that_the_transformers_g_values_do_not_see(d
     """gvalues=prf through wmkit's generation on SmolLM2 (4 prompts x 120 tokens): every completion
     found at FPR 1e-3 with the same option; the transformers-hash detector of the same key sees none."""
     from wmkit.keys import SecretKey
-    from wmkit.watermark.text.generate import generate_completions
+    from wmkit.engine import generate_completions
 
     lm, tok = default_lm
     key = SecretKey(bytes(range(32)))

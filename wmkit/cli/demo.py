@@ -13,7 +13,7 @@ from rich.table import Table
 from ..keys import SecretKey
 from ..models import load_lm
 from ..watermark.text import make_scheme
-from ..watermark.text.generate import generate_completions
+from ..engine import generate_completions
 from ..watermark.text.detector import verdict_detector
 from .common import ModelOpt, die, run_guarded
 from .generate import MAX_NEW_TOKENS

@@ -14,7 +14,7 @@ from rich.progress import Progress
 from ..errors import InputError
 from ..files import check_new
 from ..models import load_lm, resolve_lm_path
-from ..watermark.text.generate import generate_completions
+from ..engine import generate_completions
 from .common import ModelOpt, SchemeArgs, die, key_id, read_text, run_guarded, scheme_options, stderr
 
 
@@ -108,7 +108,7 @@ def generate(
     model: Optional[Path] = ModelOpt,
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate per prompt."),
     temperature: float = typer.Option(0.7, help="Sampling temperature (0 = greedy)."),
-    seed: Optional[int] = typer.Option(None, help="Random seed for reproducible sampling (the batch from prompt i on uses seed + i, so a resumed run gives what one run would).", show_default=False),
+    seed: Optional[int] = typer.Option(None, help="Random seed for reproducible sampling (prompt i uses seed + i, in any batch, so a resumed run gives what one run would, and wm serve gives prompt i the same tokens with seed + i).", show_default=False),
     batch_size: int = typer.Option(8, help="Prompts per generation batch."),
     chat: bool = typer.Option(True, "--chat/--no-chat", help="Wrap each prompt in the model's chat template (--no-chat: continue the prompt as raw text)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write JSON lines here, each as it completes (must not exist, unless --resume).", show_default=False),
@@ -139,7 +139,7 @@ def generate(
                 idx = todo[b : b + batch_size]
                 results = run_guarded(
                     generate_completions, lm, tok, [prompts[i] for i in idx], scheme, max_new_tokens=max_new_tokens,
-                    temperature=temperature, seed=None if seed is None else seed + idx[0], batch_size=batch_size, chat=chat)
+                    temperature=temperature, seed=None if seed is None else [seed + i for i in idx], batch_size=batch_size, chat=chat)
                 bar.advance(task, len(idx))
                 if records is None:
                     for i, r in zip(idx, results):

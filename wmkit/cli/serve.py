@@ -10,6 +10,7 @@ import typer
 
 from ..errors import InputError
 from ..models import load_lm
+from ..server import defaults
 from .common import SchemeArgs, key_id, run_guarded, scheme_options, stderr
 
 
@@ -20,10 +21,10 @@ def serve(
     scheme_name: str = typer.Option("none", "--scheme", "-s", help="Watermark scheme (see wm detect --help), or none."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    max_new_tokens: int = typer.Option(512, help="Largest max_tokens a request may ask for."),
-    timeout: float = typer.Option(120.0, help="Seconds a request may wait for the model and generate (then 503)."),
-    max_batch: int = typer.Option(16, help="Most completions generated together (concurrent requests are batched)."),
-    prefill_chunk: int = typer.Option(256, help="Most prompt tokens per prefill pass of requests that join a running batch "
+    max_new_tokens: int = typer.Option(defaults.MAX_NEW_TOKENS, help="Largest max_tokens a request may ask for."),
+    timeout: float = typer.Option(defaults.TIMEOUT_S, help="Seconds a request may wait for the model and generate (then 503)."),
+    max_batch: int = typer.Option(defaults.MAX_BATCH, help="Most completions generated together (concurrent requests are batched)."),
+    prefill_chunk: int = typer.Option(defaults.PREFILL_CHUNK, help="Most prompt tokens per prefill pass of requests that join a running batch "
                                       "(longer prefills run in chunks between its steps); 0: one pass."),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message put first in every chat request that has none (\"\" too: an empty one replaces the chat template's default)."),
     allow_opt_out: bool = typer.Option(False, "--allow-opt-out", help="Let a request ask for unmarked text (\"watermarking\": false); refused (403) otherwise."),
@@ -32,7 +33,9 @@ def serve(
                                  "the chosen token it shows the token's colour; for tests and fingerprint checks only)."),
 ) -> None:
     """Serve MODEL at /v1/completions and /v1/chat/completions (logprobs up to 20, logit_bias, "stream": true); --scheme marks the generated text."""
-    from ..server.completions import LOGPROBS_MODES, Generator, create_app
+    from ..engine import Generator
+    from ..engine.core import LOGPROBS_MODES
+    from ..server.completions import create_app
     from ..server.http import serve as run_server
 
     def build() -> Generator:

@@ -12,7 +12,7 @@ import typer
 from ..errors import InputError
 from ..files import check_new
 from ..models import load_lm, tokenizer_fingerprint
-from ..watermark.text.generate import generate_completions
+from ..engine import generate_completions
 from ..watermark.text.synthid import detector_config
 from ..watermark.text.synthid_bayes import train_bayesian
 from .common import ModelOpt, SchemeArgs, run_guarded, scheme_options, stderr

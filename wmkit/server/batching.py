@@ -33,7 +33,8 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, ContextManager, Generic, Sequence, TypeVar
 
-from .http import RequestError
+from ..engine import Generator, Job
+from ..errors import RequestError
 
 T = TypeVar("T")
 _STOP: Any = object()  # queued by close(): the worker ends when it reaches it
@@ -177,3 +178,67 @@ class MicroBatcher(Generic[T]):
                 self.finish(item, res)
             for item, _ in list(self._running):
                 self.finish(item, left)
+
+
+class Batcher(MicroBatcher[Job]):
+    """The completions' :class:`~wmkit.server.batching.MicroBatcher`, continuous: up to ``max_batch``
+    jobs run in lockstep by :meth:`Generator.run_batch`, and jobs queued while a batch runs join it
+    (while fewer than ``max_batch`` rows run). Each future resolves to :meth:`Generator.result` (or
+    raises its error) the moment its job ends. More than ``max_queue`` waiting jobs: new requests
+    get a 503 at once.
+
+    Joining costs a forward pass of its own (the newcomers' prefill), so
+    waiting jobs join a running batch only once they are at least ``join_ratio`` times as many as
+    the rows running, or have waited ``join_wait_steps`` steps (the rule of TGI's router, with its
+    waiting-served ratio and maximum waiting tokens); into an idle model they go at once
+    (after ``gather_s`` seconds of gathering company; a one-token answer from cached prompt logits
+    never waits). On 2 CPU cores a uniform load then runs at 0.97-1.12x the lockstep batcher's
+    throughput and a mixed one (4/16/64 tokens, 16 clients) at 1.53x (``benchmarks/serve_batching.py``)."""
+
+    def __init__(self, generator: Generator, max_batch: int = 16, max_queue: int = 256, gather_s: float = 0.02,
+                 join_ratio: float = 0.5, join_wait_steps: int = 8):
+        if join_ratio < 0 or join_wait_steps < 0:
+            raise ValueError(f"need join_ratio >= 0 and join_wait_steps >= 0; got {join_ratio}, {join_wait_steps}")
+        self.gen, self.join_ratio, self.join_wait_steps = generator, join_ratio, join_wait_steps
+        self._held_back = 0  # consecutive steps with jobs waiting that did not join
+        super().__init__(self._run, generator.lock, max_batch=max_batch, max_queue=max_queue, gather_s=gather_s,
+                         eager=generator.cached, what="completions")
+
+    def _admit(self, running: int) -> list[Job]:
+        """The jobs that join now, with ``running`` rows running (see the class docstring)."""
+        if not self.waiting:
+            self._held_back = 0
+            return []
+        if running and self.waiting < self.join_ratio * running and self._held_back < self.join_wait_steps:
+            self._held_back += 1
+            return []
+        self._held_back = 0
+        return self.join(self.max_batch - running)
+
+    def close(self, timeout: float | None = 60.0) -> bool:
+        """:meth:`MicroBatcher.close`, and the jobs still generating end at their next step (a 503)."""
+        super().close(timeout=0)  # no new jobs from here on
+        for job, _ in list(self._running):
+            job.error = RequestError("the server is shutting down", None, 503)
+            job.cancelled = True
+        return super().close(timeout)
+
+    def _outcome(self, job: Job) -> Any:
+        try:
+            return self.gen.result(job)
+        except RequestError as e:
+            return e
+
+    def _run(self, jobs: list[Job]) -> list[Any]:
+        self.gen.run_batch(jobs, join=self._admit,
+                           finished=lambda job: self.finish(job, self._outcome(job)))
+        return [None] * len(jobs)  # every job was finished as it ended
+
+
+def timeout_error(futures: list[Future], timeout_s: float) -> RequestError:
+    """The 503 of a request past its deadline: "busy" if a job never got the model (it is cancelled
+    and never runs), "timed out" if it was generating."""
+    waited = any(f.cancel() for f in futures)
+    msg = (f"the server is busy: no model time within {timeout_s:g} s; retry later" if waited
+           else "the request timed out; ask for fewer tokens or retry")
+    return RequestError(msg, None, 503)

@@ -9,13 +9,7 @@ from typing import Any, AsyncIterator, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-
-class RequestError(Exception):
-    """A bad request: HTTP ``status`` and a one-line message naming the offending field."""
-
-    def __init__(self, message: str, param: str | None = "input", status: int = 400) -> None:
-        super().__init__(message)
-        self.message, self.param, self.status = message, param, status
+from ..errors import RequestError
 
 
 def error_response(e: RequestError) -> JSONResponse:

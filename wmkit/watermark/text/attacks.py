@@ -214,7 +214,7 @@ class Paraphrase(Attack):
             raise InputError("paraphrase: needs the model and tokenizer (wmkit.models.load_lm)")
 
     def __call__(self, texts: Sequence[str], rng: random.Random) -> list[str]:
-        from .generate import generate_completions
+        from ...engine import generate_completions
 
         prompts = [f"Paraphrase the following text. Keep its meaning and length.\n\n{t.strip()}" for t in texts]
         out = generate_completions(self.model, self.tokenizer, prompts, None, max_new_tokens=self.max_new_tokens,

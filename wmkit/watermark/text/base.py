@@ -93,7 +93,7 @@ class GreenListScheme(KeyedConfig, ABC):
         """A batched ``transformers.LogitsProcessor`` that adds ``delta`` to green logits.
 
         Every text scheme's processor takes the sampler's ``temperature``, ``top_p``, ``top_k`` and
-        ``min_p`` (:class:`~wmkit.watermark.text.sampling.Sampling`): a bias is applied before them
+        ``min_p`` (:class:`~wmkit.engine.sampling.Sampling`): a bias is applied before them
         (it ignores them); a scheme that picks the token itself (Gumbel-max) needs them.
         """
         return self.gated_processor(tokenizer, None)

@@ -19,7 +19,7 @@ from ...errors import InputError
 from ...params import Spec
 from ...stats import Detection
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
-from .sampling import Sampling
+from ...engine.sampling import Sampling
 
 __all__ = ["DEDUP", "DEDUP_HISTORY", "completion_contexts", "first_context_mask", "CompletionProcessor", "repeated_context",
            "gumbel_max", "GumbelProcessor", "CompletionDetector", "DEDUP_SCOPES"]

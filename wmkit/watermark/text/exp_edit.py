@@ -39,7 +39,7 @@ from ...params import Spec, check_params
 from ...stats import Detection, permutation_detection
 from .base import PRF_VERSION, check_wmkit_key
 from .completion import CompletionProcessor, gumbel_max
-from .sampling import Sampling
+from ...engine.sampling import Sampling
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
 
 __all__ = ["ExpEdit", "ExpEditDetector", "levenshtein_prefix_scores"]

@@ -33,7 +33,7 @@ from ...stats import Detection, gamma_detection
 from .base import PRF_VERSION, check_wmkit_key
 from .completion import DEDUP, DEDUP_HISTORY, CompletionDetector, GumbelProcessor, gumbel_max
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities
-from .sampling import Sampling
+from ...engine.sampling import Sampling
 
 __all__ = ["Gumbel"]
 

@@ -57,7 +57,7 @@ from ...keys import KeyedConfig, ScopedKey, SecretKey, kdf_key_id, parse_int_key
 from ...params import Spec, check_params
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, weighted_binomial_detection, windowed_binomial_detection
 from .completion import CompletionProcessor, completion_contexts, repeated_context
-from .sampling import Sampling
+from ...engine.sampling import Sampling
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
 
 LCG_MULTIPLIER = 6364136223846793005  # transformers' (newlib/musl) multiplier; increment 1

@@ -45,7 +45,7 @@ from ...params import Spec, check_params
 from .base import DELTA, GAMMA, SEEDING
 from .completion import DEDUP, DEDUP_HISTORY, CompletionDetector, CompletionProcessor, GumbelProcessor, gumbel_max
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities
-from .sampling import Sampling
+from ...engine.sampling import Sampling
 
 __all__ = [
     "VLLM_KEY_ENV", "parse_vllm_key", "load_vllm_key", "derive_watermark_key", "vllm_philox_words", "vllm_uniform",

@@ -52,7 +52,7 @@ class Rows:
         """Keep only rows ``keep`` (in that order), in the cache too; then :meth:`trim`."""
         if keep == list(range(len(self.jobs))):
             return
-        idx = torch.tensor(keep, dtype=torch.long)
+        idx = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
         if self.cache is not None:
             self.cache.batch_select_indices(idx)
         self.jobs = [self.jobs[r] for r in keep]
