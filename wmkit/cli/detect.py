@@ -18,67 +18,20 @@ from rich.text import Text
 from ..errors import InputError, WmkitError
 from ..files import display_path, iter_text
 from ..models import load_lm, load_tokenizer
-from ..calibration import calibrated_verdict, check_calibration, profile_calibrations
+from ..calibration import profile_calibrations
 from ..profiles import detect_profiles, load_profiles
-from ..stats import Detection, floor_note
+from ..stats import Detection
 from ..watermark.text import SCHEMES
-from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, resolve_null, verdict_detector
+from ..verify import Verifier
+from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, resolve_null
 from .common import (
     EXIT_ERROR, ModelOpt, NullOpt, SchemeArgs, die, error, key_id, read_record, read_text, run_guarded, scheme_from_config,
     scheme_options, stderr, terminal_safe,
 )
 
 
-def _row(path: str, det: Detection, tokenizer: Any, scheme_name: str) -> dict[str, Any]:
-    d = det.details
-    extra = {"tau": d["tau"], "p_uncorrected": d["p_uncorrected"]} if "tau" in d else {}  # ie: the navigator's choice
-    n = det.n_scored
-    if "span_scored" in d:  # windowed: the located passage's own counts, beside its location
-        n = d["span_scored"]
-        green: float | None = d["span_green"] / (n * d.get("trials", 1))
-    elif "green_fraction" in d:
-        green = d["green_fraction"]
-    else:
-        green = None  # Gumbel-max schemes score -log(1 - u), not green tokens
-    row = {
-        "file": display_path(path),
-        "scheme": scheme_name,
-        "method": det.method,
-        "tokens_scored": n,
-        "green_fraction": green,
-        "statistic": det.statistic,
-        "z": d.get("z", det.statistic),
-        "p_value": det.p_value,
-        "fpr": det.fpr,
-        "verdict": det.verdict,
-        "watermarked": det.verdict == "watermarked",
-        "null": d.get("null", "exact"),
-        **extra,
-    }
-    if d.get("null") in ("gamma", "reference"):  # the p-value's green rate: gamma, or max(gamma, this key's reference rate)
-        row["null_rate"] = d["gamma"]
-    if det.verdict == "undecided":
-        draws = d.get("null_samples") or d.get("null_draws")
-        row["note"] = (floor_note(det.p_floor, det.fpr, f"{det.method}'s test" + (f" with {draws} null draws" if draws else ""))
-                       + ("; more draws (-P n_resamples) give finer p-values" if draws else ""))
-    if "span_scored" in d:  # windowed: where the most significant passage is
-        row.update(text_tokens_scored=det.n_scored, window_tokens=[d["token_start"], d["token_end"]], window_scored=n,
-                   window_tests=d["n_tests"], passage=tokenizer.decode(d["window_ids"]))
-    return row
-
-
 VERDICT_CELL = {"watermarked": "[bold green]watermarked[/]", "not watermarked": "not watermarked",
                 "undecided": "[bold yellow]undecided[/]"}
-
-
-def _detect_windowed(detector: Any, texts: list[str], prompt: str | None) -> list[Detection | WmkitError]:
-    out: list[Detection | WmkitError] = []
-    for text in texts:
-        try:
-            out.append(detector.detect_windowed(text, prompt=prompt))
-        except WmkitError as e:
-            out.append(e)
-    return out
 
 
 def _report_error(path: str, e: Exception, as_json: bool) -> None:
@@ -97,16 +50,12 @@ def _highlight(console: Console, tokenizer: Any, path: str, det: Detection) -> N
     console.print(text)
 
 
-def _load_calibration(path: Path, scheme: Any, null: str) -> dict[str, Any]:
-    def load() -> dict[str, Any]:
-        try:
-            cal = json.loads(read_text(str(path)))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: not JSON ({e.msg})") from None
-        check_calibration(cal, scheme.config(), key_id(scheme), null)
-        return cal
-
-    return run_guarded(load)
+def _load_calibration(path: Path) -> dict[str, Any]:
+    """A ``wm calibrate`` file's content (the :class:`~wmkit.verify.Verifier` checks it is for this scheme and key)."""
+    try:
+        return json.loads(read_text(str(path)))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not JSON ({e.msg})") from None
 
 
 PROGRESS_FILES = 50  # a progress bar (on stderr) from this many files, or for a streamed text
@@ -277,25 +226,24 @@ def detect(
         scheme = run_guarded(scheme_args.build, scheme_name or "kgw")
     scheme_name = scheme.name
     caps = scheme.capabilities
-    null_name = run_guarded(resolve_null, caps, null)
-    calibration = None
-    if calibration_file is not None:
-        calibration = _load_calibration(calibration_file, scheme, null_name)
     if windowed and not caps.windowed:
         die(f"--windowed is not available for {scheme_name}")
     if device != "cpu" and not caps.device:
         die(f"--device applies to schemes with a batched kernel, not {scheme_name}")
-    opts: dict[str, Any] = {"fpr": fpr, "ignore_repeated_ngrams": ignore_repeated, "min_tokens": min_tokens}
+    calibration = run_guarded(_load_calibration, calibration_file) if calibration_file is not None else None
+    lm = None
     if caps.needs_model:
+        run_guarded(resolve_null, caps, null)  # a wrong --null before the model loads
         stderr.print(f"{scheme_name} is a baseline whose detector runs the generating model; loading it", markup=False)
         lm, tokenizer = run_guarded(load_lm, model)
-        opts["model"] = lm
     else:
         tokenizer = run_guarded(load_tokenizer, model)
-    detector = run_guarded(verdict_detector, scheme, tokenizer, null_name, **opts)
+    verifier = run_guarded(Verifier, scheme, tokenizer, fpr=fpr, min_tokens=min_tokens, null=null, calibration=calibration,
+                           ignore_repeated_ngrams=ignore_repeated, model=lm)
+    detector = verifier.detector
     console = Console(highlight=False)
     table = Table("file", "tokens", "green", "z", "p-value", "verdict")
-    kid = key_id(scheme)
+    kid = verifier.key_id
     if max_input_mb is None:
         max_input_mb = STREAM_LIMIT_MB if caps.streams else 64.0
     if not max_input_mb > 0:
@@ -327,12 +275,8 @@ def detect(
             bar.update(task, description="scoring", completed=0, total=len(texts))
             for lo in range(0, len(texts), SCORE_BATCH):  # in batches: the bar moves, the results are the same
                 part = texts[lo : lo + SCORE_BATCH]
-                if windowed:
-                    batch += _detect_windowed(detector, part, prompt)
-                elif device != "cpu":
-                    batch += detector.detect_many(part, [prompt] * len(part), device=device)
-                else:
-                    batch += run_guarded(detector.detect_many, part, [prompt] * len(part))
+                batch += verifier.detect(part, prompt, windowed, device) if device != "cpu" else \
+                    run_guarded(verifier.detect, part, prompt, windowed)
                 bar.update(task, advance=len(part))
         except (RuntimeError, ValueError) as e:
             die(f"cannot score on device {device!r}: {str(e).splitlines()[0]}")
@@ -344,11 +288,7 @@ def detect(
             failed = True
             _report_error(path, det, as_json)
             continue
-        row = {**_row(path, det, tokenizer, scheme_name), "key_id": kid}
-        if calibration is not None:
-            row.pop("note", None)
-            row.update(calibrated_verdict(calibration, det.n_scored, det.p_value, det.fpr, det.p_floor))
-            row["watermarked"] = row["verdict"] == "watermarked"
+        row = verifier.row(det, path)
         if as_json:
             typer.echo(json.dumps(row))
         else:

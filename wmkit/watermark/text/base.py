@@ -343,10 +343,8 @@ class GreenListDetector(DetectorBase):
         d.update(self._null_details())
         return dataclasses.replace(det, evidence=evidence)
 
-    def detect_windowed(
-        self, text: str | Sequence[int] | torch.Tensor, windows: Sequence[int] = DEFAULT_WINDOWS,
-        prompt: str | None = None,
-    ) -> Detection:
+    def detect_windowed(self, text: str | Sequence[int] | torch.Tensor, prompt: str | None = None,
+                        windows: Sequence[int] = DEFAULT_WINDOWS) -> Detection:
         """Find a marked passage inside a longer text: the most significant window of scored
         tokens, with a Bonferroni-corrected p-value (:func:`wmkit.stats.windowed_binomial_detection`).
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 import torch
 
 from ...errors import InputError
-from ...stats import TEXT_FPR, Detection, check_fpr
+from ...stats import DEFAULT_WINDOWS, TEXT_FPR, Detection, check_fpr
 from .normalize import normalize_text
 
 __all__ = ["Capabilities", "TextDetector", "DetectorCore", "TokenDetector", "normalize_text", "DEFAULT_FPR",
@@ -91,7 +91,8 @@ class TextDetector(Protocol):
 
     def detect_many(self, texts: Sequence[Item], prompts: Sequence[str | None] | None = None) -> list[Detection | InputError]: ...
 
-    def detect_windowed(self, text: Item, prompt: str | None = None) -> Detection: ...
+    def detect_windowed(self, text: Item, prompt: str | None = None,
+                        windows: Sequence[int] = DEFAULT_WINDOWS) -> Detection: ...
 
 
 def _tensors(items: Sequence[Sequence[int] | torch.Tensor]) -> list[torch.Tensor]:
@@ -184,7 +185,8 @@ class DetectorCore:
         """The error for a text with fewer than ``min_tokens`` scorable tokens."""
         return InputError(f"only {n} token(s) can be scored; at least {self.min_tokens} are needed")
 
-    def detect_windowed(self, text: Item, prompt: str | None = None) -> Detection:
+    def detect_windowed(self, text: Item, prompt: str | None = None,
+                        windows: Sequence[int] = DEFAULT_WINDOWS) -> Detection:
         """Locate a marked passage; only detectors whose ``capabilities.windowed`` is set implement it."""
         raise InputError(f"windowed detection is not available for {getattr(self.scheme, 'name', 'this scheme')}")
 
@@ -202,11 +204,23 @@ class TokenDetector(DetectorCore, ABC):
 
     def detect_many(self, texts: Sequence[Item], prompts: Sequence[str | None] | None = None) -> list[Detection | InputError]:
         """Detect each item; an item that cannot be scored yields its :class:`InputError`."""
-        prompts = list(prompts) if prompts is not None else [None] * len(texts)
-        out: list[Detection | InputError] = []
-        for t, p in zip(texts, prompts, strict=True):
-            try:
-                out.append(self.detect(t, p))
-            except InputError as e:
-                out.append(e)
-        return out
+        return each(self.detect, texts, prompts)
+
+
+def each(fn: Any, texts: Sequence[Item], prompts: Sequence[str | None] | None = None) -> list[Detection | InputError]:
+    """``fn(text, prompt)`` for each item (``detect``, ``detect_windowed``): an item that cannot be
+    scored yields its :class:`InputError`, never costing another item its result."""
+    prompts = list(prompts) if prompts is not None else [None] * len(texts)
+    out: list[Detection | InputError] = []
+    for t, p in zip(texts, prompts, strict=True):
+        try:
+            out.append(fn(t, p))
+        except InputError as e:
+            out.append(e)
+    return out
+
+
+def detect_windowed_many(detector: TextDetector, texts: Sequence[Item],
+                         prompts: Sequence[str | None] | None = None) -> list[Detection | InputError]:
+    """:meth:`TextDetector.detect_windowed` for each item, as ``detect_many`` does ``detect``."""
+    return each(detector.detect_windowed, texts, prompts)

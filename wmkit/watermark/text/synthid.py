@@ -341,8 +341,8 @@ class SynthIDDetector(TokenDetector):
         det.details["score"] = total / (n * m)
         return det
 
-    def detect_windowed(self, text: str | Sequence[int] | torch.Tensor, windows: Sequence[int] = DEFAULT_WINDOWS,
-                        prompt: str | None = None) -> Detection:
+    def detect_windowed(self, text: str | Sequence[int] | torch.Tensor, prompt: str | None = None,
+                        windows: Sequence[int] = DEFAULT_WINDOWS) -> Detection:
         """The most significant window of scored tokens (mean score per window, Bonferroni over
         windows); ``details["token_start"]``/``["token_end"]`` locate it, ``details["window_ids"]`` are its ids."""
         ids = self.ids_of(text, prompt)
