@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from wmkit import kernels
+from wmkit import dedup, kernels
 from wmkit.kernels import triton_green
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -83,7 +83,7 @@ def test_green_positions_kernel_equals_reference(seeding, h):
 @pytest.mark.parametrize("h", [0, 1, 4])
 def test_first_ngram_occurrence_brute_force(h):
     ids, lengths = _batch(100 + h, vocab=7)  # a tiny vocabulary: many repeats
-    got = kernels.first_ngram_occurrence(ids, lengths, h).cpu()
+    got = dedup.first_ngram(ids, lengths, h).cpu()
     for s in range(ids.shape[0]):
         row, seen = ids[s].tolist(), set()
         for i in range(ids.shape[1]):
@@ -135,13 +135,13 @@ def test_batched_detection_equals_the_pure_python_reference(key, seeding, h):
 
 
 def test_first_occurrence_brute_force():
-    from wmkit.kernels import first_occurrence
+    from wmkit.dedup import first_seen
 
     g = torch.Generator().manual_seed(3)
     keys = torch.randint(0, 6, (4, 40), generator=g)
     valid = torch.rand(4, 40, generator=g) > 0.3
     rows = torch.arange(4).repeat_interleave(40)
-    got = first_occurrence(keys.flatten(), rows, valid.flatten()).view(4, 40)  # the rows packed, one group each
+    got = first_seen(keys.flatten(), rows, valid.flatten()).view(4, 40)  # the rows packed, one group each
     for r in range(4):
         seen = set()
         for i in range(40):

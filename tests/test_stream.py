@@ -15,7 +15,8 @@ from wmkit.cli.main import app
 from wmkit.errors import InputError
 from wmkit.keys import write_key_file
 from wmkit.watermark.text import SCHEMES
-from wmkit.watermark.text.stream import SeenNgrams, ngram_keys, text_chunks
+from wmkit.dedup import SeenKeys
+from wmkit.watermark.text.stream import ngram_keys, text_chunks
 
 AGNEWS = Path(__file__).parent.parent / "benchmarks" / "data" / "agnews_3000.tsv.gz"
 runner = CliRunner()
@@ -46,7 +47,7 @@ def test_text_chunks_cut_only_before_a_word_and_lose_nothing():
 
 
 def test_seen_ngrams_agrees_with_a_python_set():
-    rng, seen, ref = np.random.default_rng(1), SeenNgrams(), set()
+    rng, seen, ref = np.random.default_rng(1), SeenKeys(), set()
     for _ in range(60):
         keys = rng.integers(0, 5000, size=int(rng.integers(1, 400))).astype(np.uint64)
         expected = []

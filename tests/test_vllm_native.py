@@ -11,7 +11,8 @@ import torch
 from helpers import VocabOnly
 from wmkit.errors import InputError, InvalidKeyError
 from wmkit.stats import gamma_pvalue
-from wmkit.watermark.text.completion import completion_contexts, first_context_mask, repeated_context
+from wmkit.dedup import first_row
+from wmkit.watermark.text.completion import completion_contexts, repeated_context
 from wmkit.watermark.text.vllm_native import (
     VllmDualKeyGumbel, VllmGumbel, VllmSBW, derive_watermark_key, gumbel_choice, load_vllm_key, parse_vllm_key,
     vllm_config_to_scheme, vllm_philox_words, vllm_uniform,
@@ -66,7 +67,7 @@ def test_detectors_equal_vllm_vectors(name, dedup):
     assert det.p_value == pytest.approx(p, rel=1e-9)
 
 
-def test_first_context_mask_and_repeated_context_brute_force():
+def test_first_row_and_repeated_context_brute_force():
     rng = np.random.default_rng(0)
     ids = torch.tensor(rng.integers(0, 3, 200))  # a 3-token vocabulary: many repeats
     ctx = completion_contexts(ids, 2)
@@ -74,7 +75,7 @@ def test_first_context_mask_and_repeated_context_brute_force():
     for c in ctx.tolist():
         want.append(tuple(c) not in seen)
         seen.add(tuple(c))
-    assert first_context_mask(ctx).tolist() == want
+    assert first_row(ctx).tolist() == want
     comp = ids[:50].unsqueeze(0)
     cur = completion_contexts(torch.cat([comp[0], torch.zeros(1, dtype=torch.long)]), 2)[-1:]
     brute = any(tuple(c) == tuple(cur[0].tolist()) for c in completion_contexts(comp[0], 2).tolist())

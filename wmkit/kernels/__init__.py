@@ -2,7 +2,7 @@
 
 Generation: :func:`green_bias` adds ``delta`` to the green logits of every row, one call for the
 whole batch. Detection: :func:`green_positions` flags the green tokens of a padded batch of
-sequences and :func:`first_ngram_occurrence` masks repeated (context, token) n-grams. They know
+sequences (which repeats count once is :mod:`wmkit.dedup`'s business). They know
 no scheme: they take tensors, a PRF key and the PRF's parameters (:mod:`wmkit.prf` is the spec).
 
 On CUDA the fused Triton kernels of :mod:`wmkit.kernels.triton_green` run. On the CPU, float32
@@ -30,8 +30,6 @@ __all__ = [
     "green_bias_reference",
     "green_positions",
     "green_positions_reference",
-    "first_ngram_occurrence",
-    "first_occurrence",
     "compile_enabled",
     "triton_available",
 ]
@@ -186,47 +184,3 @@ def green_positions(
 
         return green_positions_triton(ids, lengths.to(torch.int64), key, h, seeding, gamma)
     return green_positions_reference(ids, lengths, key, h, seeding, gamma)
-
-
-def first_ngram_occurrence(ids: torch.Tensor, lengths: torch.Tensor, h: int) -> torch.Tensor:
-    """``[S, N]`` bool: position ``i >= h`` holds the first occurrence in its row of the n-gram
-    ``ids[s, i-h : i+1]`` (context and token). Exact (no hashing), batched, any device.
-
-    Rows are sorted lexicographically by their n-grams with ``h + 2`` stable sorts (validity
-    first, then columns most significant first, applied least significant first), so equal
-    n-grams end up adjacent with the earliest position first.
-    """
-    s, n = ids.shape
-    pos = torch.arange(n, device=ids.device)
-    valid = (pos >= h) & (pos < lengths.unsqueeze(1))
-    if n <= h:
-        return valid
-    grams = torch.zeros((s, n, h + 1), dtype=torch.int64, device=ids.device)
-    grams[:, h:, :] = ids.to(torch.int64).unfold(1, h + 1, 1)
-    keys = [(~valid).to(torch.int64)] + [grams[..., j] for j in range(h + 1)]
-    order = pos.expand(s, n).contiguous()
-    for k in reversed(keys):
-        idx = torch.argsort(torch.gather(k, 1, order), dim=1, stable=True)
-        order = torch.gather(order, 1, idx)
-    sorted_keys = torch.stack([torch.gather(k, 1, order) for k in keys], dim=-1)
-    new = torch.ones((s, n), dtype=torch.bool, device=ids.device)
-    new[:, 1:] = (sorted_keys[:, 1:] != sorted_keys[:, :-1]).any(-1)
-    first = torch.empty_like(new).scatter_(1, order, new)
-    return first & valid
-
-
-def first_occurrence(keys: torch.Tensor, groups: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """1-D bool over a packed batch: position ``i`` is valid and the first valid position holding
-    ``keys[i]`` within its group ``groups[i]`` (a sequence of the batch). Two stable sorts of the
-    valid positions (by key, then by group), so equal (group, key) pairs end up adjacent, earliest
-    first; any device."""
-    idx = torch.nonzero(valid).flatten()
-    k, g = keys[idx], groups[idx]
-    order = torch.argsort(k, stable=True)
-    order = order[torch.argsort(g[order], stable=True)]
-    ks, gs = k[order], g[order]
-    new = torch.ones(len(order), dtype=torch.bool, device=keys.device)
-    new[1:] = (ks[1:] != ks[:-1]) | (gs[1:] != gs[:-1])
-    out = torch.zeros(len(keys), dtype=torch.bool, device=keys.device)
-    out[idx[order]] = new
-    return out

@@ -21,13 +21,13 @@ from transformers import LogitsProcessor
 
 from ... import prf
 from ...errors import InputError
-from ... import kernels
+from ... import dedup, kernels
 from ...keys import KeyedConfig, ScopedKey, SecretKey
 from ...params import Spec, check_params
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, binomial_pvalues, windowed_binomial_detection
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, DetectorCore
 from .normalize import normalize_text, profile_text
-from .stream import CHUNK_CHARS, SeenNgrams, ngram_keys, text_chunks
+from .stream import CHUNK_CHARS, ngram_keys, text_chunks
 
 Gate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids [B, L], scores [B, V]) -> [B] bool
 
@@ -197,7 +197,7 @@ class DetectorBase(DetectorCore):
         for lefthash, the (anchor, token) pair for selfhash (:func:`wmkit.prf.repeat_keys`), so a pair
         repeated under different contexts counts once. Without ``ignore_repeated_ngrams``: every
         position with a full context. One sort of (sequence, coin) keys over the packed batch
-        (:func:`wmkit.kernels.first_occurrence`). With the reference null, a common coin
+        (:func:`wmkit.dedup.first_seen`). With the reference null, a common coin
         (:meth:`ReferenceNull.common_coins`) is never scored."""
         valid = col >= self.h
         vocab = len(self.tokenizer) if self.tokenizer is not None else int(flat.max(initial=0)) + 1 if len(flat) else 1
@@ -212,8 +212,8 @@ class DetectorBase(DetectorCore):
         if wide:
             ids = torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True)
             lengths = torch.tensor([len(x) for x in seqs])
-            return kernels.first_ngram_occurrence(ids, lengths, self.h)[doc, col] & valid
-        return kernels.first_occurrence(keys, doc, valid)
+            return dedup.first_ngram(ids, lengths, self.h)[doc, col] & valid
+        return dedup.first_seen(keys, doc, valid)
 
     def stream_items(self, pieces: Iterable[str] | Callable[[], Iterable[str]], context: int = 0,
                      chunk_chars: int = CHUNK_CHARS) -> Iterator[ScoredText]:
@@ -227,7 +227,7 @@ class DetectorBase(DetectorCore):
         so every chunk is normalised as the whole text is. Pieces read once are normalised chunk by
         chunk, each with its own profile (the same result unless the text's script, flip rate or
         evasion characters change between chunks)."""
-        keep, seen = max(self.h, context), SeenNgrams()
+        keep, seen = max(self.h, context), dedup.SeenKeys()
         tail = torch.zeros(0, dtype=torch.long)
         vocab = len(self.tokenizer)
         profile = None

@@ -15,13 +15,14 @@ from typing import Any, ClassVar
 import torch
 from transformers import LogitsProcessor
 
+from ... import dedup
 from ...errors import InputError
 from ...params import Spec
 from ...stats import Detection
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
 from ...engine.sampling import Sampling
 
-__all__ = ["DEDUP", "DEDUP_HISTORY", "completion_contexts", "first_context_mask", "CompletionProcessor", "repeated_context",
+__all__ = ["DEDUP", "DEDUP_HISTORY", "completion_contexts", "CompletionProcessor", "repeated_context",
            "gumbel_max", "GumbelProcessor", "CompletionDetector", "DEDUP_SCOPES"]
 
 DEDUP_SCOPES = ("none", "single_turn")
@@ -42,17 +43,6 @@ def completion_contexts(ids: torch.Tensor, width: int, pad: int = -1) -> torch.T
     first: vLLM's -1; SynthID's 0)."""
     before = torch.full((*ids.shape[:-1], width), pad, dtype=torch.int64, device=ids.device)
     return torch.cat([before, ids.to(torch.int64)], -1).unfold(-1, width, 1)[..., : ids.shape[-1], :]
-
-
-def first_context_mask(contexts: torch.Tensor) -> torch.Tensor:
-    """``[n]`` bool: context ``i`` has not occurred before position ``i`` (vLLM's detector deduplication)."""
-    n = contexts.shape[0]
-    if n == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    _, inverse = torch.unique(contexts, dim=0, return_inverse=True)
-    first = torch.full((int(inverse.max()) + 1,), n, dtype=torch.int64).scatter_reduce(
-        0, inverse, torch.arange(n), reduce="amin")
-    return first[inverse] == torch.arange(n)
 
 
 class CompletionProcessor(LogitsProcessor):
@@ -91,13 +81,9 @@ class CompletionProcessor(LogitsProcessor):
 
 def repeated_context(completion: torch.Tensor, contexts: torch.Tensor, max_history: int | None, pad: int = -1) -> torch.Tensor:
     """``[B]`` bool: the current context already occurred at one of the last ``max_history`` positions
-    of the completion (vLLM's ``single_turn`` deduplication; SynthID's context history)."""
-    n = completion.shape[1]
-    if n == 0:
-        return torch.zeros(completion.shape[0], dtype=torch.bool, device=completion.device)
-    past = completion_contexts(completion, contexts.shape[-1], pad)  # [B, n, w]: contexts of positions 0..n-1
-    lo = 0 if max_history is None else max(0, n - max_history)
-    return (past[:, lo:, :] == contexts.unsqueeze(1)).all(-1).any(-1)
+    of the completion (vLLM's ``single_turn`` deduplication; SynthID's context history;
+    :func:`wmkit.dedup.seen_recently`)."""
+    return dedup.seen_recently(completion_contexts(completion, contexts.shape[-1], pad), contexts, max_history)
 
 
 class GumbelProcessor(CompletionProcessor):
@@ -148,7 +134,7 @@ class CompletionDetector(TokenDetector):
     def score_ids(self, ids: torch.Tensor) -> Detection:
         """The scheme's statistic over the completion ``ids``."""
         ctx = completion_contexts(ids, self.scheme.context_width)
-        keep = first_context_mask(ctx) if self.deduplicate else torch.ones(len(ids), dtype=torch.bool)
+        keep = dedup.first_row(ctx) if self.deduplicate else torch.ones(len(ids), dtype=torch.bool)
         if getattr(self.scheme, "skip_partial_context", False):
             keep &= torch.arange(len(ids)) >= self.scheme.context_width
         if int(keep.sum()) < self.min_tokens:

@@ -13,7 +13,7 @@ A detector that streams (``capabilities.streams``) scores a text given as an ite
   normalised as the whole text is.
 - each chunk is scored with the last tokens of the previous one as context (the PRF's ``h``; for
   IE also the tagger's receptive field), so every token sees the context it has in the whole text;
-- repeated (context, token) n-grams count once over the whole text: :class:`SeenNgrams` keeps one
+- repeated (context, token) n-grams count once over the whole text: :class:`wmkit.dedup.SeenKeys` keeps one
   64-bit key per distinct n-gram (exact when the n-gram's ids pack into 64 bits, as for SmolLM2's
   49,152-token vocabulary up to ``h = 3``; otherwise a 64-bit hash, whose chance of any collision
   among ``n`` distinct n-grams is below ``n**2 / 2**65``: 2e-5 for 25 million).
@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["CHUNK_CHARS", "SeenNgrams", "ngram_keys", "text_chunks"]
+__all__ = ["CHUNK_CHARS", "ngram_keys", "text_chunks"]
 
 CHUNK_CHARS = 1 << 18
 
@@ -93,36 +93,3 @@ def ngram_keys(ids: np.ndarray, h: int, vocab_size: int) -> np.ndarray:
         for j in range(h + 1):
             key = _splitmix(key + ids[j : j + n] + _MIX)
         return key
-
-
-class SeenNgrams:
-    """The n-gram keys a stream has seen: sorted uint64 runs, merged like a binary counter (a run
-    is merged into the one before it when it is at least as long), so a lookup costs
-    ``O(log^2 n)`` and memory is 8 bytes per distinct key (twice that during a merge)."""
-
-    def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []
-
-    def __len__(self) -> int:
-        return sum(len(r) for r in self.runs)
-
-    def _contains(self, keys: np.ndarray) -> np.ndarray:
-        found = np.zeros(len(keys), dtype=bool)
-        for run in self.runs:
-            i = np.minimum(np.searchsorted(run, keys), len(run) - 1)
-            found |= run[i] == keys
-        return found
-
-    def first(self, keys: np.ndarray) -> np.ndarray:
-        """Bool mask over ``keys``: the first occurrence of a key never seen before; records them."""
-        uniq, index = np.unique(keys, return_index=True)
-        new = ~self._contains(uniq)
-        mask = np.zeros(len(keys), dtype=bool)
-        mask[index[new]] = True
-        run = uniq[new]
-        while self.runs and len(self.runs[-1]) <= len(run):
-            run = np.concatenate([self.runs.pop(), run])
-            run.sort(kind="stable")
-        if len(run):
-            self.runs.append(run)
-        return mask

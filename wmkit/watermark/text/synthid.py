@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from ... import prf
+from ... import dedup
 from ...errors import InputError
 from ...keys import KeyedConfig, ScopedKey, SecretKey, kdf_key_id, parse_int_keys
 from ...params import Spec, check_params
@@ -76,17 +77,6 @@ def context_hash(contexts: torch.Tensor) -> torch.Tensor:
     for i in range(contexts.shape[-1]):
         h = lcg(h, contexts[..., i])
     return h
-
-
-def previous_occurrence(values: torch.Tensor) -> torch.Tensor:
-    """``[n]``: for each position, the last earlier position holding the same value (-1 if none)."""
-    n = len(values)
-    order = torch.sort(values, stable=True).indices  # equal values: in position order
-    same = torch.zeros(n, dtype=torch.bool)
-    same[1:] = values[order[1:]] == values[order[:-1]]
-    prev_in_order = torch.full((n,), -1, dtype=torch.int64)
-    prev_in_order[1:] = torch.where(same[1:], order[:-1], torch.tensor(-1))
-    return torch.full((n,), -1, dtype=torch.int64).scatter(0, order, prev_in_order)
 
 
 @lru_cache(maxsize=8)
@@ -312,8 +302,7 @@ class SynthIDDetector(TokenDetector):
         ctx = completion_contexts(ids, w)[w:]  # full contexts only
         keep = torch.ones(len(ctx), dtype=torch.bool)
         if self.deduplicate:  # transformers' history: skip a context seen among the previous context_history_size
-            prev = previous_occurrence(context_hash(ctx))
-            keep = (prev < 0) | (torch.arange(len(ctx)) - prev > s.context_history_size)
+            keep = dedup.new_within(context_hash(ctx), s.context_history_size)
         pos = torch.arange(w, len(ids))[keep]
         return s.g_values(ctx[keep], ids[pos]), pos
 
