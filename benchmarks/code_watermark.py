@@ -47,7 +47,7 @@ from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import load_default_lm  # noqa: E402
 from wmkit.stats import roc_auc, tpr_at_fpr  # noqa: E402
 from wmkit.watermark.text import EWD, IE, KGW, SWEET  # noqa: E402
-from wmkit.watermark.text.entropy import lm_step_map  # noqa: E402
+from wmkit.watermark.text.entropy_aware import lm_step_map  # noqa: E402
 from wmkit.engine import generate_completions  # noqa: E402
 from wmkit.watermark.text.ie.tagger import evaluate_tagger  # noqa: E402
 

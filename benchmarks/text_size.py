@@ -54,7 +54,7 @@ from wmkit.keys import SecretKey  # noqa: E402
 from wmkit.models import load_default_lm  # noqa: E402
 from wmkit.watermark.text import make_scheme  # noqa: E402
 from wmkit.watermark.text import attacks as A  # noqa: E402
-from wmkit.watermark.text.entropy import lm_step_map  # noqa: E402
+from wmkit.watermark.text.entropy_aware import lm_step_map  # noqa: E402
 from wmkit.engine import generate_completions  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "agnews_3000.tsv.gz"

@@ -12,7 +12,7 @@ import torch
 from wmkit import dedup, prf
 from wmkit.keys import SecretKey
 from wmkit.watermark.text import SCHEMES
-from wmkit.watermark.text.completion import repeated_context
+from wmkit.watermark.text.gumbel_family import repeated_context
 from wmkit.watermark.text.stream import ngram_keys
 
 KEY = SecretKey(bytes(range(32)))

@@ -13,7 +13,7 @@ from wmkit.keys import SecretKey
 from wmkit.stats import binomial_pvalue
 from wmkit.watermark.text import EWD, IE, KGW, SWEET
 from wmkit.stats import weighted_z_detection as weighted_detection
-from wmkit.watermark.text.entropy import shannon_entropy, spike_entropy
+from wmkit.watermark.text.entropy_aware import shannon_entropy, spike_entropy
 from wmkit.watermark.text.ie import CausalTagger, navigate, train_tagger
 from wmkit.watermark.text.ie.corpus import EntropyCorpus, split_files, stdlib_files
 from wmkit.watermark.text.ie.tagger import TAUS, evaluate_tagger, load_tagger, tokenizer_fingerprint

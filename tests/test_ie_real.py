@@ -11,7 +11,7 @@ import torch
 from wmkit.errors import InputError
 from wmkit.keys import SecretKey
 from wmkit.watermark.text import IE, SWEET
-from wmkit.watermark.text.entropy import lm_step_map
+from wmkit.watermark.text.entropy_aware import lm_step_map
 from wmkit.engine import generate_completions
 from wmkit.watermark.text.ie.corpus import build_corpus, split_files, stdlib_files
 from wmkit.watermark.text.ie.tagger import evaluate_tagger

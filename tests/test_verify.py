@@ -15,7 +15,7 @@ from wmkit.keys import SecretKey
 from wmkit.stats import Detection
 from wmkit.verify import Verifier
 from wmkit.watermark.text import KGW, SCHEMES
-from wmkit.watermark.text.detector import TextDetector
+from wmkit.watermark.text.detector import Detector, TextDetector
 
 KEY = SecretKey(bytes(range(32)))
 
@@ -67,7 +67,7 @@ def test_every_key_only_scheme_through_the_protocol_only(tokenizer):
         if cls.capabilities.needs_model:
             continue
         det = cls(key=42 if name.startswith("vllm") else KEY).detector(tokenizer)
-        assert isinstance(det, TextDetector), name
+        assert isinstance(det, TextDetector) and isinstance(det, Detector), name  # one protocol, one base
         one = det.detect(text=text, prompt=None)
         (many,) = det.detect_many(texts=[text], prompts=[None])
         assert isinstance(one, Detection) and one.p_value == many.p_value, name

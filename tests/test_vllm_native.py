@@ -12,7 +12,7 @@ from helpers import VocabOnly
 from wmkit.errors import InputError, InvalidKeyError
 from wmkit.stats import gamma_pvalue
 from wmkit.dedup import first_row
-from wmkit.watermark.text.completion import completion_contexts, repeated_context
+from wmkit.watermark.text.gumbel_family import completion_contexts, repeated_context
 from wmkit.watermark.text.vllm_native import (
     VllmDualKeyGumbel, VllmGumbel, VllmSBW, derive_watermark_key, gumbel_choice, load_vllm_key, parse_vllm_key,
     vllm_config_to_scheme, vllm_philox_words, vllm_uniform,

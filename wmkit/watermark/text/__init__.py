@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import InputError
-from .base import GreenListDetector, GreenListProcessor, GreenListScheme
+from .green_list import GreenListDetector, GreenListProcessor, GreenListScheme
 from .detector import normalize_text
 from .detector import Capabilities, TextDetector
 from .kgw import KGW

@@ -1,10 +1,10 @@
-"""The one detector contract of every text scheme, and the core every text detector builds on.
+"""The one detector contract of every text scheme, and the one base (:class:`Detector`) every text detector builds on.
 
 A detector (``scheme.detector(tokenizer, fpr=..., ...)``) has
 
 - ``detect(text_or_ids, prompt=None) -> Detection`` (an :class:`~wmkit.errors.InputError` if the
   item cannot be scored), ``detect_many(items, prompts=None) -> list[Detection | InputError]``
-  (one item's failure never costs another's result) and ``detect_windowed(item, prompt=None)``;
+  (one item's failure never costs another's result) and ``detect_windowed(item, prompt=None, windows=...)``;
 - ``capabilities``: what it can do and needs, which callers (``wm detect``) ask instead of
   matching scheme names.
 
@@ -25,7 +25,7 @@ from ...errors import InputError
 from ...stats import DEFAULT_WINDOWS, TEXT_FPR, Detection, check_fpr
 from .normalize import normalize_text
 
-__all__ = ["Capabilities", "TextDetector", "DetectorCore", "TokenDetector", "normalize_text", "DEFAULT_FPR",
+__all__ = ["Capabilities", "TextDetector", "Detector", "normalize_text", "DEFAULT_FPR",
            "DEFAULT_MIN_TOKENS", "DEFAULT_NULL", "resolve_null", "verdict_detector"]
 
 DEFAULT_FPR = TEXT_FPR  # every text detector and `wm detect` (see the FPR policy in wmkit.stats)
@@ -109,9 +109,14 @@ def _tensors(items: Sequence[Sequence[int] | torch.Tensor]) -> list[torch.Tensor
     return [torch.as_tensor(x, dtype=torch.long).flatten() for x in items]
 
 
-class DetectorCore:
-    """What every text detector validates and shares: the FPR, the fewest scorable tokens, token
-    ids checked against the tokenizer, and text normalised and tokenized one way."""
+class Detector(ABC):
+    """The one base of every text detector: what each validates and shares (the FPR, the fewest
+    scorable tokens, token ids checked against the tokenizer, text normalised and tokenized one
+    way), and the template of :class:`TextDetector` (after vLLM's detector): tokenize, then
+    :meth:`score_ids`, the scoring strategy a scheme's detector supplies -- green-list counting
+    (:mod:`~wmkit.watermark.text.green_list`, also under the entropy-aware schemes), the Gumbel
+    family's scores (:mod:`~wmkit.watermark.text.gumbel_family`), SynthID's g-values, EXP-edit's
+    alignment. Detectors that batch (green-list) override :meth:`detect_many`."""
 
     capabilities: ClassVar[Capabilities] = Capabilities()
     null: str = "exact"  # what the p-value assumes of unmarked text (green-list detectors: gamma or reference)
@@ -190,10 +195,6 @@ class DetectorCore:
         """Locate a marked passage; only detectors whose ``capabilities.windowed`` is set implement it."""
         raise InputError(f"windowed detection is not available for {getattr(self.scheme, 'name', 'this scheme')}")
 
-
-class TokenDetector(DetectorCore, ABC):
-    """Template detector (after vLLM's): tokenize -> score the ids -> :class:`Detection`."""
-
     @abstractmethod
     def score_ids(self, ids: torch.Tensor) -> Detection:
         """The scheme's statistic over one item's token ids (raises :meth:`too_short` errors)."""
@@ -205,6 +206,8 @@ class TokenDetector(DetectorCore, ABC):
     def detect_many(self, texts: Sequence[Item], prompts: Sequence[str | None] | None = None) -> list[Detection | InputError]:
         """Detect each item; an item that cannot be scored yields its :class:`InputError`."""
         return each(self.detect, texts, prompts)
+
+
 
 
 def each(fn: Any, texts: Sequence[Item], prompts: Sequence[str | None] | None = None) -> list[Detection | InputError]:

@@ -25,7 +25,7 @@ import torch
 from ...errors import InputError
 from ...stats import Detection
 from ...stats import weighted_z_detection
-from .entropy import ModelDetector, NeedsModel, ScoredText, spike_entropy, spike_modulus
+from .entropy_aware import ModelDetector, NeedsModel, ScoredText, spike_entropy, spike_modulus
 from .kgw import KGW
 
 __all__ = ["EWD", "EwdDetector"]

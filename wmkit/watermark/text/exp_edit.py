@@ -37,10 +37,10 @@ from ...kernels import native
 from ...keys import KeyedConfig, SecretKey
 from ...params import Spec, check_params
 from ...stats import Detection, permutation_detection
-from .base import PRF_VERSION, check_wmkit_key
-from .completion import CompletionProcessor, gumbel_max
+from .green_list import PRF_VERSION, check_wmkit_key
+from .gumbel_family import CompletionProcessor, gumbel_max
 from ...engine.sampling import Sampling
-from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
+from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, Detector
 
 __all__ = ["ExpEdit", "ExpEditDetector", "levenshtein_prefix_scores"]
 
@@ -143,7 +143,7 @@ def levenshtein_prefix_scores(row_cost: Callable[[int], torch.Tensor], m: int, g
     return out
 
 
-class ExpEditDetector(TokenDetector):
+class ExpEditDetector(Detector):
     """Smallest edit distance between the text and a rotation of the key, permutation p-value."""
 
     def score_ids(self, ids: torch.Tensor) -> Detection:

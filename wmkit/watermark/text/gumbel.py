@@ -30,8 +30,8 @@ from ... import prf
 from ...keys import KeyedConfig, SecretKey
 from ...params import Spec, check_params
 from ...stats import Detection, gamma_detection
-from .base import PRF_VERSION, check_wmkit_key
-from .completion import DEDUP, DEDUP_HISTORY, CompletionDetector, GumbelProcessor, gumbel_max
+from .green_list import PRF_VERSION, check_wmkit_key
+from .gumbel_family import DEDUP, DEDUP_HISTORY, CompletionDetector, GumbelProcessor, gumbel_max
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities
 from ...engine.sampling import Sampling
 

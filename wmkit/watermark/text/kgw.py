@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...params import Spec
-from .base import SEEDING, GreenListScheme
+from .green_list import SEEDING, GreenListScheme
 
 MAX_CONTEXT_WIDTH = 8
 CONTEXT_WIDTH = Spec("previous tokens that seed the green list (h)", low=1, high=MAX_CONTEXT_WIDTH)

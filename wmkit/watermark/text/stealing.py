@@ -9,7 +9,7 @@ own, boosting the tokens it believes green, and we run the real detector on that
 The language model is a simulation with a stated distribution, so that ``N`` can reach millions
 of tokens on a CPU: tokens are drawn from a fixed natural distribution ``p`` (by default the
 unigram frequencies of real English tokenized with the default tokenizer), and the watermark is
-applied to it exactly as :class:`~wmkit.watermark.text.base.GreenListProcessor` does
+applied to it exactly as :class:`~wmkit.watermark.text.green_list.GreenListProcessor` does
 (``p(t) e^{delta [t green]}`` normalised). A real LM's next-token distributions are
 context-dependent and more peaked: contexts repeat more (easier to count) but the bias moves
 less probability where the model is sure (less signal per token). Read the figures as orders
@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .base import GreenListScheme
+from .green_list import GreenListScheme
 
 __all__ = ["sample_streams", "FrequencyStealer", "spoof_scores"]
 

@@ -21,8 +21,8 @@ import torch
 from ...errors import InputError
 from ...params import Spec
 from ...stats import Detection
-from .base import GreenListProcessor
-from .entropy import ModelDetector, NeedsModel, ScoredText, shannon_entropy
+from .green_list import GreenListProcessor
+from .entropy_aware import ModelDetector, NeedsModel, ScoredText, shannon_entropy
 from .kgw import KGW
 
 __all__ = ["SWEET", "SweetDetector"]

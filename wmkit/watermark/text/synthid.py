@@ -57,9 +57,9 @@ from ...errors import InputError
 from ...keys import KeyedConfig, ScopedKey, SecretKey, kdf_key_id, parse_int_keys
 from ...params import Spec, check_params
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, weighted_binomial_detection, windowed_binomial_detection
-from .completion import CompletionProcessor, completion_contexts, repeated_context
+from .gumbel_family import CompletionProcessor, completion_contexts, repeated_context
 from ...engine.sampling import Sampling
-from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
+from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, Detector
 
 LCG_MULTIPLIER = 6364136223846793005  # transformers' (newlib/musl) multiplier; increment 1
 SCORES = ("weighted-mean", "mean", "bayesian")
@@ -271,7 +271,7 @@ class SynthIDProcessor(CompletionProcessor):
         return torch.full_like(scores, float("-inf")).scatter(1, chosen, 0.0)
 
 
-class SynthIDDetector(TokenDetector):
+class SynthIDDetector(Detector):
     """SynthID's mean or weighted-mean score with an exact (mean) or saddlepoint (weighted) p-value.
 
     Scored: every token with ``ngram_len - 1`` tokens of context in the text, before the first EOS;

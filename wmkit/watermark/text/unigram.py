@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import GAMMA, GreenListScheme
+from .green_list import GAMMA, GreenListScheme
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from ... import kernels
 from ...errors import InputError
 from ...keys import resolve
 from . import make_scheme
-from .base import GreenListScheme
+from .green_list import GreenListScheme
 
 try:  # the real base class when vLLM is installed
     from vllm.v1.sample.logits_processor import LogitsProcessor as _VllmLogitsProcessor

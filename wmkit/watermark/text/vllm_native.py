@@ -42,8 +42,8 @@ from ...errors import InputError
 from ...keys import VLLM_KEY_ENV, KeyedConfig, kdf_key_id, parse_vllm_key, resolve
 from ...stats import Detection, binomial_detection, gamma_detection, normal_pvalue
 from ...params import Spec, check_params
-from .base import DELTA, GAMMA, SEEDING
-from .completion import DEDUP, DEDUP_HISTORY, CompletionDetector, CompletionProcessor, GumbelProcessor, gumbel_max
+from .green_list import DELTA, GAMMA, SEEDING
+from .gumbel_family import DEDUP, DEDUP_HISTORY, CompletionDetector, CompletionProcessor, GumbelProcessor, gumbel_max
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities
 from ...engine.sampling import Sampling
 

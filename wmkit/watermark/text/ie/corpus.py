@@ -23,7 +23,7 @@ import torch
 
 from ....errors import InputError
 from ....files import write_file
-from ..entropy import lm_step_map
+from ..entropy_aware import lm_step_map
 
 __all__ = ["stdlib_files", "split_files", "EntropyCorpus", "build_corpus"]
 

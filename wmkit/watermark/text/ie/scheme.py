@@ -24,10 +24,10 @@ import torch
 from ....errors import InputError
 from ....params import Spec
 from ....stats import Detection, binomial_detection, binomial_pvalues, bonferroni
-from ..base import GreenListProcessor
+from ..green_list import GreenListProcessor
 from ..detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS
 from ..detector import Capabilities
-from ..entropy import EntropyAwareDetector, ScoredText, by_token
+from ..entropy_aware import EntropyAwareDetector, ScoredText, by_token
 from ..stream import CHUNK_CHARS
 from ..kgw import KGW
 from .navigator import navigate

@@ -1,4 +1,5 @@
-"""The green-list base shared by every text scheme: config, logits processor and detector.
+"""The green-list family (KGW, Unigram; the entropy-aware schemes reuse its lists): config, logits
+processor and detector.
 
 A scheme is a frozen dataclass: its parameters are validated on construction and round-trip
 through JSON (:meth:`GreenListScheme.config` never contains key material). A subclass only says
@@ -25,7 +26,7 @@ from ... import dedup, kernels
 from ...keys import KeyedConfig, ScopedKey, SecretKey
 from ...params import Spec, check_params
 from ...stats import DEFAULT_WINDOWS, Detection, binomial_detection, binomial_pvalues, windowed_binomial_detection
-from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, DetectorCore
+from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, Detector
 from .normalize import normalize_text, profile_text
 from .stream import CHUNK_CHARS, ngram_keys, text_chunks
 
@@ -162,9 +163,11 @@ class ScoredText:
     candidate: torch.Tensor
 
 
-class DetectorBase(DetectorCore):
-    """What the green-list detectors add to :class:`DetectorCore`: the PRF's context width and
-    seeding, whether repeated (context, token) n-grams count once, and a text streamed in chunks."""
+class GreenCountingDetector(Detector):
+    """The scoring strategy of the detectors that count green tokens (green-list and entropy-aware),
+    on the one :class:`~wmkit.watermark.text.detector.Detector` base: the PRF's context width and
+    seeding, whether repeated coins count once, texts scored as one packed batch, and a text streamed
+    in chunks. :meth:`score_ids` is :meth:`detect` on ids (the subclasses batch ``detect_many``)."""
 
     def __init__(self, scheme: GreenListScheme, tokenizer: Any, fpr: float = DEFAULT_FPR, ignore_repeated_ngrams: bool = True,
                  min_tokens: int = DEFAULT_MIN_TOKENS):
@@ -172,6 +175,10 @@ class DetectorBase(DetectorCore):
         self.ignore_repeated_ngrams = ignore_repeated_ngrams
         self.h, self.seeding = scheme.seeding_params()
         self._common: np.ndarray | None = None  # sorted coin keys never scored (the reference null's common coins)
+
+    def score_ids(self, ids: torch.Tensor) -> Detection:
+        """The statistic over one item's token ids (:meth:`detect`, which the subclasses batch)."""
+        return self.detect(ids)
 
     @staticmethod
     def pack(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -260,7 +267,7 @@ def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
-class GreenListDetector(DetectorBase):
+class GreenListDetector(GreenCountingDetector):
     """Scores a text's tokens against a scheme's green lists: z and exact binomial p-value.
 
     Only tokens with a full context are scored (the first ``h`` are not). With

@@ -19,7 +19,7 @@ from ... import dedup
 from ...errors import InputError
 from ...params import Spec
 from ...stats import Detection
-from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, TokenDetector
+from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, Capabilities, Detector
 from ...engine.sampling import Sampling
 
 __all__ = ["DEDUP", "DEDUP_HISTORY", "completion_contexts", "CompletionProcessor", "repeated_context",
@@ -115,7 +115,7 @@ class GumbelProcessor(CompletionProcessor):
         return torch.where(marked.unsqueeze(1), one_hot, scores)
 
 
-class CompletionDetector(TokenDetector):
+class CompletionDetector(Detector):
     """Detects a completion-context mark (vLLM-native schemes, Gumbel-max) in a completion (text, or
     token ids of the tokenizer): ``scheme.score(contexts, targets, fpr)`` over its tokens.
 

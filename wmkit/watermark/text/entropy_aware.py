@@ -28,7 +28,7 @@ import torch
 from ... import kernels
 from ...errors import InputError
 from ...stats import Detection, binomial_detection
-from .base import DetectorBase, GreenListScheme, ScoredText
+from .green_list import GreenCountingDetector, GreenListScheme, ScoredText
 from .detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, normalize_text
 from .detector import Capabilities
 
@@ -112,7 +112,7 @@ def check_model(name: str, model: Any, tokenizer: Any) -> Any:
     return model
 
 
-class EntropyAwareDetector(DetectorBase, ABC):
+class EntropyAwareDetector(GreenCountingDetector, ABC):
     """The detector core of SWEET, EWD and IE: tokenizes a text (after its prompt, if given),
     finds its green tokens with the shared kernel, and leaves the choice of which tokens count
     (and how much) to the scheme's :meth:`decide`.
@@ -140,7 +140,7 @@ class EntropyAwareDetector(DetectorBase, ABC):
     def prepare_many(self, texts: Sequence[str | Sequence[int] | torch.Tensor],
                      prompts: Sequence[str | Sequence[int] | torch.Tensor | None]) -> list[ScoredText | InputError]:
         """:meth:`prepare` for many texts: green tokens and candidates over one packed batch
-        (:meth:`~wmkit.watermark.text.base.DetectorBase.pack`); an item that cannot be read yields its error."""
+        (:meth:`~wmkit.watermark.text.green_list.GreenCountingDetector.pack`); an item that cannot be read yields its error."""
         parts: list[tuple[torch.Tensor, torch.Tensor] | InputError] = []
         for t, p in zip(texts, prompts, strict=True):
             try:
