@@ -21,7 +21,8 @@ Rows: ``id``, ``source`` (``file:line`` for JSONL, ``file:rowN`` for Parquet, bo
 the file for text files), ``tokens_total``, ``tokens_scored``, ``green_fraction`` (green-list
 schemes), ``statistic``, ``z``, ``p_value``, ``verdict`` (:func:`wmkit.stats.verdict`), ``decision``
 (``verdict == "watermarked"``), ``key_id`` and ``null`` (what every verdict was given with), and
-``window_start``/``window_end`` (token offsets) with ``windowed``; a document that cannot be read,
+``window_start``/``window_end`` (token offsets) with ``windowed``, whose counts are then the located
+passage's own (the rows of :class:`~wmkit.verify.Verifier`, as ``wm detect`` prints them); a document that cannot be read,
 is over ``max_doc_bytes``, or cannot be scored has ``error`` instead (with its id where it has one).
 
 Nothing is written before the first part: a scan that fails to start (a bad model, an unreachable
@@ -32,7 +33,6 @@ scan with another configuration.
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import itertools
 import json
 import os
@@ -242,26 +242,18 @@ def iter_shards(spec: InputSpec, skip: Callable[[str], bool] = lambda _: False) 
 
 
 class Scorer:
-    """Scores the documents of a shard with one detector; builds no per-token lists unless asked."""
+    """Scores the documents of a shard with one :class:`~wmkit.verify.Verifier` (the rows ``wm detect``
+    prints, in the scan's columns); builds no per-token lists."""
 
-    def __init__(self, detector: Any, windowed: bool = False, key_id: str | None = None):
-        self.detector, self.windowed, self.key_id = detector, windowed, key_id
+    def __init__(self, verifier: Any, windowed: bool = False):
+        self.verifier, self.windowed = verifier, windowed
 
     def rows(self, shard: Shard) -> list[dict[str, Any]]:
         """One row per document of ``shard``, in order."""
         ok = [i for i, d in enumerate(shard.docs) if d[3] is None]
-        texts = [shard.docs[i][2] for i in ok]
         results: list[Any] = [None] * len(shard.docs)
-        if self.windowed:
-            for i, t in zip(ok, texts):
-                try:
-                    results[i] = self.detector.detect_windowed(t)
-                except WmkitError as e:
-                    results[i] = e
-        else:
-            kw = {"evidence": False} if "evidence" in inspect.signature(self.detector.detect_many).parameters else {}
-            for i, r in zip(ok, self.detector.detect_many(texts, **kw)):
-                results[i] = r
+        for i, r in zip(ok, self.verifier.detect([shard.docs[i][2] for i in ok], windowed=self.windowed, evidence=False)):
+            results[i] = r
         return [self._row(doc, r) for doc, r in zip(shard.docs, results)]
 
     def _row(self, doc: tuple[str, str, str | None, str | None], det: Any) -> dict[str, Any]:
@@ -269,13 +261,12 @@ class Scorer:
         doc_id, source = display_path(doc_id), display_path(source)  # a name that is not UTF-8: \xNN escapes
         if err is not None or isinstance(det, Exception):
             return {"id": doc_id, "source": source, "error": display_path(err or str(det))}
-        d = det.details
-        row = {"id": doc_id, "source": source, "tokens_total": d.get("tokens_total"), "tokens_scored": det.n_scored,
-               "green_fraction": d.get("green_fraction"),
-               "statistic": det.statistic, "z": d.get("z", det.statistic), "p_value": det.p_value, "verdict": det.verdict,
-               "decision": det.verdict == "watermarked", "key_id": self.key_id, "null": self.detector.null}
-        if "token_start" in d:
-            row.update(window_start=d["token_start"], window_end=d["token_end"])
+        r = self.verifier.row(det, doc_id)  # windowed: the located passage's own counts, as wm detect
+        row = {"id": doc_id, "source": source, "tokens_total": det.details.get("tokens_total"),
+               **{k: r[k] for k in ("tokens_scored", "green_fraction", "statistic", "z", "p_value", "verdict")},
+               "decision": r["watermarked"], "key_id": r["key_id"], "null": r["null"]}
+        if "window_tokens" in r:
+            row.update(window_start=r["window_tokens"][0], window_end=r["window_tokens"][1])
         return row
 
 
@@ -355,18 +346,18 @@ _WORKER: Scorer | None = None
 
 def _init_worker(scheme: Any, model: str | None, det_opts: dict[str, Any], windowed: bool, key_id: str | None = None,
                  pool: bool = True) -> None:
-    """A scorer for this process: one tokenizer, one detector with the verdict's null
-    (:func:`~wmkit.watermark.text.detector.verdict_detector`; ``det_opts["null"]``, if given, names it),
+    """A scorer for this process: one tokenizer, one :class:`~wmkit.verify.Verifier` (``det_opts``: its
+    ``fpr``, ``min_tokens``, ``null``; ``key_id``: the id already computed, so a worker need not),
     and, in a pool's worker process, one torch thread: the workers share the cores."""
     from .models import load_tokenizer
-    from .watermark.text.detector import verdict_detector
+    from .verify import Verifier
 
     global _WORKER
     if pool:
         import torch
 
         torch.set_num_threads(1)
-    _WORKER = Scorer(verdict_detector(scheme, load_tokenizer(model), **det_opts), windowed, key_id)
+    _WORKER = Scorer(Verifier(scheme, load_tokenizer(model), **det_opts, scheme_key_id=key_id), windowed)
 
 
 def _score(shard: Shard) -> tuple[str, list[dict[str, Any]]]:

@@ -14,6 +14,7 @@ shows, and the CLI only parses and prints.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -103,15 +104,17 @@ class Verifier:
     p-value); ``model`` the generating model for the baselines that need it (sweet, ewd). Rows hold
     ``scheme``, ``method``, ``tokens_scored``, ``green_fraction``, ``statistic``, ``z``, ``p_value``,
     ``fpr``, ``verdict`` (watermarked / not watermarked / undecided), ``watermarked``, ``null``,
-    ``key_id`` and, where they apply, ``null_rate``, ``note``, the calibration's fields and the
+    ``key_id`` (``scheme_key_id=`` gives it when the caller has computed it: a vLLM key's id costs a
+    memory-hard KDF) and, where they apply, ``null_rate``, ``note``, the calibration's fields and the
     windowed scan's location; a text that cannot be scored gives ``{"file", "error"}``.
     """
 
     def __init__(self, scheme: Any, tokenizer: Any, fpr: float = DEFAULT_FPR, min_tokens: int = DEFAULT_MIN_TOKENS,
                  null: str | None = None, calibration: dict[str, Any] | None = None,
-                 ignore_repeated_ngrams: bool = True, model: Any = None) -> None:
+                 ignore_repeated_ngrams: bool = True, model: Any = None, scheme_key_id: str | None = None) -> None:
         caps = scheme.capabilities
-        self.scheme, self.tokenizer, self.key_id = scheme, tokenizer, key_id(scheme)
+        self.scheme, self.tokenizer = scheme, tokenizer
+        self.key_id = scheme_key_id if scheme_key_id is not None else key_id(scheme)
         self.null = resolve_null(caps, null)
         if calibration is not None:
             check_calibration(calibration, scheme.config(), self.key_id, self.null)
@@ -168,8 +171,9 @@ class Verifier:
         return row
 
     def detect(self, texts: Sequence[Any], prompt: str | None = None, windowed: bool = False,
-               device: str = "cpu") -> list[Detection | WmkitError]:
-        """The detections of ``texts`` (strings or token ids); one that cannot be scored gives its error."""
+               device: str = "cpu", evidence: bool = True) -> list[Detection | WmkitError]:
+        """The detections of ``texts`` (strings or token ids); one that cannot be scored gives its error.
+        ``evidence=False`` skips the per-token lists where a detector can (a corpus scan needs none)."""
         prompts = [prompt] * len(texts)
         if windowed:
             if self.calibration is not None:
@@ -177,9 +181,10 @@ class Verifier:
             if not self.scheme.capabilities.windowed:
                 raise InputError(f"windowed detection is not available for {self.scheme.name}")
             return list(detect_windowed_many(self.detector, texts, prompts))
-        if device != "cpu":
-            return self.detector.detect_many(texts, prompts, device=device)
-        return self.detector.detect_many(texts, prompts)
+        kw: dict[str, Any] = {} if device == "cpu" else {"device": device}
+        if not evidence and "evidence" in inspect.signature(self.detector.detect_many).parameters:
+            kw["evidence"] = False
+        return self.detector.detect_many(texts, prompts, **kw)
 
     def check(self, texts: Sequence[Any], names: Sequence[str] | None = None, prompt: str | None = None,
               windowed: bool = False) -> list[dict[str, Any]]:
