@@ -92,12 +92,12 @@ def text_report(paths: Sequence[str], scheme: Any, tokenizer: Any, *, fpr: float
     the report's folder, so the folder and its inputs can be handed over together). ``null`` is the
     verdict's null (:func:`~wmkit.watermark.text.detector.resolve_null`; default: the per-key
     reference null for green-list schemes), recorded in the report."""
-    from .watermark.text.detector import verdict_detector
+    from .verify import Verifier
 
     caps = scheme.capabilities
     if caps.needs_model:
         raise InputError(f"{scheme.name}'s detector runs the generating model; evidence takes key-only schemes")
-    detector = verdict_detector(scheme, tokenizer, null, fpr=fpr, min_tokens=min_tokens)
+    detector = Verifier(scheme, tokenizer, fpr=fpr, min_tokens=min_tokens, null=null, scheme_key_id=key_id).detector
     inputs, results = [], []
     for p in paths:
         text = read_text(p)
