@@ -127,11 +127,11 @@ class Verifier:
         self.detector = verdict_detector(scheme, tokenizer, self.null, **opts)
 
     @classmethod
-    def from_record(cls, record: Path | dict[str, Any], tokenizer: Any, key_file: Optional[Path] = None,
+    def from_record(cls, record: str | Path | dict[str, Any], tokenizer: Any, key_file: Optional[Path] = None,
                     vllm_key: Optional[str] = None, **options: Any) -> "Verifier":
         """The verifier of a ``wm generate`` record file or a scheme config, with the user's key; a
         key whose id differs from the one the records name is refused (a wrong key finds no mark)."""
-        config, recorded = read_record(record) if isinstance(record, Path) else (dict(record), None)
+        config, recorded = read_record(Path(record)) if isinstance(record, (str, Path)) else (dict(record), None)
         scheme = scheme_from_config(config, key_file, vllm_key)
         if recorded is not None and recorded != key_id(scheme):
             raise InputError(f"{record} was generated with key id {recorded}, but this key's id is {key_id(scheme)}: "

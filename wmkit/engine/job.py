@@ -25,7 +25,7 @@ def request(max_tokens: int, **fields: Any) -> dict[str, Any]:
     unknown = set(fields) - set(NEUTRAL)
     if unknown:
         raise TypeError(f"unknown request fields: {', '.join(sorted(unknown))}")
-    return {**NEUTRAL, **fields, "max_tokens": max_tokens}
+    return {**NEUTRAL, "logit_bias": {}, "stop": [], **fields, "max_tokens": max_tokens}  # no shared mutable default
 
 
 @dataclass(eq=False)
