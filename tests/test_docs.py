@@ -65,9 +65,12 @@ def test_docs_site_builds_strict_and_a_broken_link_fails_it(tmp_path):
 
 @pytest.mark.slow
 def test_readme_runnable_blocks_run_as_written(tmp_path):
-    """Each block marked runnable, in order, in one fresh folder (as a reader would), exit status 0."""
+    """Each block marked runnable, in order, in one fresh folder (as a reader would), exit status 0:
+    the README's, then each docs page's (a page's blocks may use the files the README's made)."""
     blocks = RUNNABLE.findall((ROOT / "README.md").read_text())
     assert len(blocks) >= 4
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        blocks += RUNNABLE.findall(page.read_text())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200"}
     for lang, code in blocks:
         cmd = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
