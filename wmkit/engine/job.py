@@ -76,7 +76,8 @@ class Job:
         both back): the processors that draw from the global generator (EXP-edit's start, SynthID's
         tournament, vLLM's key choice) and the sampler draw from it in the order transformers'
         ``generate`` does after ``torch.manual_seed(seed)``, whatever else runs in the batch. A job
-        without a seed uses the global generator as it is."""
+        without a seed uses the global generator as it is. Only the engine's one worker thread may draw
+        from the global generator meanwhile (``wm serve``'s request handlers draw nothing)."""
         if self.gen is None:
             yield
             return

@@ -35,6 +35,7 @@ from typing import Any, Callable, ContextManager, Generic, Sequence, TypeVar
 
 from ..engine import Generator, Job
 from ..errors import RequestError
+from .defaults import MAX_BATCH
 
 T = TypeVar("T")
 _STOP: Any = object()  # queued by close(): the worker ends when it reaches it
@@ -58,7 +59,7 @@ class MicroBatcher(Generic[T]):
         self,
         run: Callable[[list[T]], Sequence[Any]],
         lock: ContextManager[Any],
-        max_batch: int = 16,
+        max_batch: int = MAX_BATCH,
         max_queue: int = 256,
         gather_s: float = 0.02,
         size: Callable[[T], int] = lambda item: 1,
@@ -195,7 +196,7 @@ class Batcher(MicroBatcher[Job]):
     never waits). On 2 CPU cores a uniform load then runs at 0.97-1.12x the lockstep batcher's
     throughput and a mixed one (4/16/64 tokens, 16 clients) at 1.53x (``benchmarks/serve_batching.py``)."""
 
-    def __init__(self, generator: Generator, max_batch: int = 16, max_queue: int = 256, gather_s: float = 0.02,
+    def __init__(self, generator: Generator, max_batch: int = MAX_BATCH, max_queue: int = 256, gather_s: float = 0.02,
                  join_ratio: float = 0.5, join_wait_steps: int = 8):
         if join_ratio < 0 or join_wait_steps < 0:
             raise ValueError(f"need join_ratio >= 0 and join_wait_steps >= 0; got {join_ratio}, {join_wait_steps}")
