@@ -77,8 +77,10 @@ def test_cli_generate_then_detect(tmp_path):
     from wmkit.cli.main import app
 
     runner = CliRunner()
-    key = tmp_path / "k"
-    assert runner.invoke(app, ["keygen", "-o", str(key)]).exit_code == 0
+    assert runner.invoke(app, ["keygen", "-o", str(tmp_path / "new.key")]).exit_code == 0
+    key = tmp_path / "k"  # the module's fixed key: with --seed the run is reproducible (a fresh key each run made
+    key.write_text(KEY.to_hex() + "\n")  # it random, and now and then a completion ended after a few tokens)
+    key.chmod(0o600)
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(PROMPTS[:2]) + "\n")
     out = tmp_path / "out.jsonl"

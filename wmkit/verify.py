@@ -26,7 +26,7 @@ from .keys import VLLM_KEY_ENV, resolve
 from .stats import Detection, floor_note
 from .watermark.text import SCHEMES, key_kind
 from .watermark.text.detector import (
-    DEFAULT_FPR, DEFAULT_MIN_TOKENS, detect_windowed_many, resolve_null, verdict_detector,
+    DEFAULT_FPR, DEFAULT_MIN_TOKENS, each, resolve_null, verdict_detector,
 )
 
 __all__ = ["Verifier", "key_id", "read_record", "scheme_from_config"]
@@ -115,9 +115,7 @@ class Verifier:
         caps = scheme.capabilities
         self.scheme, self.tokenizer = scheme, tokenizer
         self.key_id = scheme_key_id if scheme_key_id is not None else key_id(scheme)
-        self.null = resolve_null(caps, null)
-        if calibration is not None:
-            check_calibration(calibration, scheme.config(), self.key_id, self.null)
+        self.null = self.checked_null(scheme, null, calibration, self.key_id)
         self.calibration = calibration
         if caps.needs_model and model is None:
             raise InputError(f"{scheme.name} is a baseline whose detector runs the generating model: pass it (--model)")
@@ -125,6 +123,16 @@ class Verifier:
         if caps.needs_model:
             opts["model"] = model
         self.detector = verdict_detector(scheme, tokenizer, self.null, **opts)
+
+    @staticmethod
+    def checked_null(scheme: Any, null: str | None = None, calibration: dict[str, Any] | None = None,
+                     scheme_key_id: str | None = None) -> str:
+        """The null a verdict on ``scheme`` uses, with ``calibration`` (if any) checked to be for this
+        scheme, key and null: what the constructor checks, callable before a model is loaded."""
+        name = resolve_null(scheme.capabilities, null)
+        if calibration is not None:
+            check_calibration(calibration, scheme.config(), scheme_key_id or key_id(scheme), name)
+        return name
 
     @classmethod
     def from_record(cls, record: str | Path | dict[str, Any], tokenizer: Any, key_file: Optional[Path] = None,
@@ -180,7 +188,7 @@ class Verifier:
                 raise InputError("a calibration calibrates whole-text p-values, not the windowed scan's")
             if not self.scheme.capabilities.windowed:
                 raise InputError(f"windowed detection is not available for {self.scheme.name}")
-            return list(detect_windowed_many(self.detector, texts, prompts))
+            return each(self.detector.detect_windowed, texts, prompts)
         kw: dict[str, Any] = {} if device == "cpu" else {"device": device}
         if not evidence and "evidence" in inspect.signature(self.detector.detect_many).parameters:
             kw["evidence"] = False

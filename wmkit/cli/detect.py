@@ -127,10 +127,7 @@ def _detect_with_profiles(profiles_file: Path, files: list[str], model: Optional
     calibrations = None
     if calibration_file is not None:
         def load() -> dict[str, Any]:
-            try:
-                cal = json.loads(read_text(str(calibration_file)))
-            except json.JSONDecodeError as e:
-                raise InputError(f"{calibration_file}: not JSON ({e.msg})") from None
+            cal = _load_calibration(calibration_file)
             nulls = [resolve_null(p.scheme.capabilities, null if p.scheme.capabilities.reference_null else None)
                      for p in profiles]
             return profile_calibrations(cal, profiles, [key_id(p.scheme) for p in profiles], nulls)
@@ -231,9 +228,9 @@ def detect(
     if device != "cpu" and not caps.device:
         die(f"--device applies to schemes with a batched kernel, not {scheme_name}")
     calibration = run_guarded(_load_calibration, calibration_file) if calibration_file is not None else None
+    run_guarded(Verifier.checked_null, scheme, null, calibration)  # a wrong --null or calibration before any model loads
     lm = None
     if caps.needs_model:
-        run_guarded(resolve_null, caps, null)  # a wrong --null before the model loads
         stderr.print(f"{scheme_name} is a baseline whose detector runs the generating model; loading it", markup=False)
         lm, tokenizer = run_guarded(load_lm, model)
     else:

@@ -29,7 +29,7 @@ from .echo import echo_choice, score_prompts
 from .job import Job
 from .rows import Rows, mergeable
 from .sampling import Sampling
-from .stops import StopWatch
+from .stops import StopWatch, cut_at_stop
 
 __all__ = ["Generator", "LOGPROBS_MODES", "LOGPROB_FLOOR", "PREFILL_CHUNK"]
 
@@ -233,10 +233,10 @@ class Generator:
                 batch.append(job)
         if not batch:
             return None
-        inp, mask = self._left_padded(batch)
+        inp, mask = self.left_padded(batch)
         return Rows(batch, inp, (mask.cumsum(1) - 1).clamp(min=0), mask, None)
 
-    def _left_padded(self, jobs: list[Job]) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_padded(self, jobs: list[Job]) -> tuple[torch.Tensor, torch.Tensor]:
         """The prompts of ``jobs`` as one left-padded batch: token ids and attention mask ``[B, width]``."""
         width = max(len(j.ids) for j in jobs)
         inp = torch.full((len(jobs), width), self.pad_id, dtype=torch.long, device=self.device)
@@ -275,13 +275,8 @@ class Generator:
         """The OpenAI choice of a finished job, with its token counts (raises its error, if any)."""
         if job.error is not None:
             raise job.error
-        text = self.tok.decode(job.out_ids, skip_special_tokens=True)
-        finish = "length"
-        for s in job.req["stop"]:
-            if s in text:
-                text, finish = text[: text.index(s)], "stop"
-        if job.out_ids and job.out_ids[-1] == self.tok.eos_token_id:
-            finish = "stop"
+        text, _, stopped = cut_at_stop(self.tok, job.out_ids, job.req["stop"])
+        finish = "stop" if stopped or (job.out_ids and job.out_ids[-1] == self.tok.eos_token_id) else "length"
         choice: dict[str, Any] = {"text": text, "finish_reason": finish, "logprobs": None}
         if job.req["logprobs"] is not None:
             choice["logprobs"] = {"tokens": job.tokens, "token_logprobs": job.token_lps, "top_logprobs": job.tops}

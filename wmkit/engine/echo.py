@@ -39,8 +39,9 @@ def score_prompts(gen: Any, jobs: list[Job]) -> None:
     if group:
         _score_group(gen, group)
 
+
 def _score_group(gen: Any, jobs: list[Job]) -> None:
-    inp, mask = gen._left_padded(jobs)
+    inp, mask = gen.left_padded(jobs)
     logits = gen.model(input_ids=inp, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
     for r, job in enumerate(jobs):
         k, ids, row = job.req["logprobs"], job.req["ids"], logits[r, inp.shape[1] - len(job.ids) :].cpu()
@@ -53,6 +54,7 @@ def _score_group(gen: Any, jobs: list[Job]) -> None:
             tops += [{gen.token_str(j, ids): v for j, v in zip(js, vs)}
                      for js, vs in zip(best.indices.tolist(), best.values.tolist())]
         job.echo, job.first = (own, tops), row[-1].float().clone()
+
 
 def echo_choice(gen: Any, job: Job, choice: dict[str, Any]) -> None:
     """Put the prompt before ``choice``'s text and, with log-probs, its tokens and their log-probs

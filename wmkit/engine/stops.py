@@ -42,7 +42,6 @@ class StopWatch:
         return any(s in tail for s in self.stops)
 
 
-
 def cut_at_stop(tokenizer: Any, ids: list[int], stop: Sequence[str]) -> tuple[str, list[int], bool]:
     """Decode ``ids`` and cut at the first of the ``stop`` strings: the text, the tokens that lie
     wholly before the cut, and whether a stop string was found."""

@@ -208,8 +208,6 @@ class Detector(ABC):
         return each(self.detect, texts, prompts)
 
 
-
-
 def each(fn: Any, texts: Sequence[Item], prompts: Sequence[str | None] | None = None) -> list[Detection | InputError]:
     """``fn(text, prompt)`` for each item (``detect``, ``detect_windowed``): an item that cannot be
     scored yields its :class:`InputError`, never costing another item its result."""
@@ -221,9 +219,3 @@ def each(fn: Any, texts: Sequence[Item], prompts: Sequence[str | None] | None = 
         except InputError as e:
             out.append(e)
     return out
-
-
-def detect_windowed_many(detector: TextDetector, texts: Sequence[Item],
-                         prompts: Sequence[str | None] | None = None) -> list[Detection | InputError]:
-    """:meth:`TextDetector.detect_windowed` for each item, as ``detect_many`` does ``detect``."""
-    return each(detector.detect_windowed, texts, prompts)
