@@ -274,7 +274,7 @@ def test_an_encoders_max_length_is_read_as_sentence_transformers_reads_it(tmp_pa
     """``max_seq_length`` of sentence_bert_config.json, else min(tokenizer, positions); broken is one line."""
     from types import SimpleNamespace
 
-    from wmkit.watermark.embedding.encoders import model_max_length
+    from wmkit.encoders import model_max_length
 
     tok, cfg = SimpleNamespace(model_max_length=512), SimpleNamespace(max_position_embeddings=384)
     assert model_max_length(tmp_path, tok, cfg) == 384

@@ -165,6 +165,8 @@ def test_ray_workers_get_subkeys_not_the_master_key(key, tokenizer):
         with pytest.raises(InvalidKeyError):
             scoped.key.prf_key("text/some-other-scheme")
         text = marked_text(make_scheme("kgw", key), tokenizer, n=60)
+        if getattr(cls, "sentence_level", False):  # scored by sentences: at least three
+            text = "Rain fell on the coast. Markets opened lower. The match was delayed by an hour."
         a = scheme.detector(tokenizer).detect(text)
         b = scoped.detector(tokenizer).detect(text)
         assert (a.statistic, a.p_value, a.n_scored) == (b.statistic, b.p_value, b.n_scored), name

@@ -62,16 +62,22 @@ def test_verifier_from_a_record_refuses_another_key(tmp_path, tokenizer):
 
 def test_every_key_only_scheme_through_the_protocol_only(tokenizer):
     """Keyword calls with the protocol's names only (text, prompt, windows; texts, prompts)."""
-    text = marked_text(KGW(KEY), tokenizer, 160, seed=3)
+    marked = marked_text(KGW(KEY), tokenizer, 160, seed=3)
     for name, cls in SCHEMES.items():
+        text = marked
         if cls.capabilities.needs_model:
             continue
         det = cls(key=42 if name.startswith("vllm") else KEY).detector(tokenizer)
         assert isinstance(det, TextDetector) and isinstance(det, Detector), name  # one protocol, one base
+        if getattr(cls, "sentence_level", False):  # scored by sentences: at least three
+            text = "Rain fell on the coast. Markets opened lower. The match was delayed. Fans waited in the stands."
         one = det.detect(text=text, prompt=None)
         (many,) = det.detect_many(texts=[text], prompts=[None])
         assert isinstance(one, Detection) and one.p_value == many.p_value, name
-        if det.capabilities.windowed:
+        if getattr(cls, "sentence_level", False):  # sentence windows
+            w = det.detect_windowed(text=text, prompt=None, windows=(50, 100))
+            assert 1 <= w.details["start_sentence"] < w.details["end_sentence"] <= w.details["sentences"], name
+        elif det.capabilities.windowed:
             w = det.detect_windowed(text=text, prompt=None, windows=(50, 100))
             assert 0 <= w.details["token_start"] < w.details["token_end"] <= len(tokenizer(text).input_ids), name
         else:

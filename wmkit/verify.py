@@ -171,6 +171,10 @@ class Verifier:
         if "span_scored" in d:  # windowed: where the most significant passage is
             row.update(text_tokens_scored=det.n_scored, window_tokens=[d["token_start"], d["token_end"]], window_scored=n,
                        window_tests=d["n_tests"], passage=self.tokenizer.decode(d["window_ids"]))
+        if "start_sentence" in d:  # sentence windows: the most significant run of sentences
+            row.update(window_sentences=[d["start_sentence"], d["end_sentence"]], window_tests=d["n_tests"])
+        if "sentence_layer" in d:  # layered: each layer's p-value beside the Holm verdict
+            row.update(p_sentence_layer=d["sentence_layer"]["p_value"], p_token_layer=d["token_layer"]["p_value"])
         row["key_id"] = self.key_id
         if self.calibration is not None and "span_scored" not in d:
             row.pop("note", None)

@@ -1,5 +1,5 @@
 """The ``wm`` application: ``keygen``, ``generate``, ``detect``, ``scan``, ``calibrate``, ``demo``, ``schemes``, ``serve``,
-``serve-embeddings``, ``eaas``, ``fingerprint``, ``tagger``, ``synthid``, ``evidence``.
+``serve-embeddings``, ``eaas``, ``fingerprint``, ``tagger``, ``synthid``, ``evidence``, ``semantic``.
 
 Exit codes: 0 success (a negative detection is a success), 2 usage or input errors.
 """
@@ -24,6 +24,7 @@ from .generate import generate  # noqa: E402
 from .keygen import keygen  # noqa: E402
 from .scan import scan  # noqa: E402
 from .schemes import schemes  # noqa: E402
+from .semantic import semantic_app  # noqa: E402
 from .synthid import synthid_app  # noqa: E402
 from .serve import serve  # noqa: E402
 from .tagger import tagger_app  # noqa: E402
@@ -64,6 +65,7 @@ app.add_typer(fingerprint_app, name="fingerprint")
 app.add_typer(tagger_app, name="tagger")
 app.add_typer(synthid_app, name="synthid")
 app.add_typer(evidence_app, name="evidence")
+app.add_typer(semantic_app, name="semantic")
 
 
 def main() -> None:

@@ -82,6 +82,9 @@ def generate_completions(
     if prefills is not None and len(prefills) != len(prompts):
         raise InputError(f"{len(prefills)} prefills for {len(prompts)} prompts")
     seeds = _seeds(seed, len(prompts))
+    if getattr(scheme, "sentence_level", False):  # a sentence at a time, from candidate sentences
+        return _sentence_level(model, tokenizer, prompts, scheme, max_new_tokens, temperature, seeds, batch_size, chat,
+                               on_batch, top_p, prefills)
     engine = Generator(model, tokenizer, scheme, prefill_chunk=None)
     fields = {"temperature": temperature, "top_p": top_p, "stop": list(stop), "min_tokens": min_new_tokens}
     results: list[dict[str, Any]] = []
@@ -100,6 +103,25 @@ def generate_completions(
                 ids = ids[:-1]
             text, ids, _ = cut_at_stop(tokenizer, ids, stop)
             results.append({"prompt": prompts[i], "completion": text, "completion_ids": ids})
+        if on_batch is not None:
+            on_batch(len(batch))
+    return results
+
+
+def _sentence_level(model: Any, tokenizer: Any, prompts: Sequence[str], scheme: Any, max_new_tokens: int, temperature: float,
+                    seeds: list[int | None], batch_size: int, chat: bool, on_batch: Callable[[int], None] | None, top_p: float,
+                    prefills: Sequence[str] | None) -> list[dict[str, Any]]:
+    """:func:`generate_completions` for a sentence-level scheme (:mod:`wmkit.watermark.text.semantic`):
+    ``batch_size`` prompts in lockstep, each sentence chosen from the scheme's candidate sentences."""
+    from ..watermark.text.semantic import generate_sentences
+
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = range(start, min(start + batch_size, len(prompts)))
+        ids = [_encode(tokenizer, prompts[i], chat, prefills[i] if prefills else "") for i in batch]
+        out = generate_sentences(model, tokenizer, ids, scheme, max_new_tokens, temperature, top_p, [seeds[i] for i in batch])
+        results += [{"prompt": prompts[i], "completion": tokenizer.decode(o, skip_special_tokens=True), "completion_ids": o}
+                    for i, o in zip(batch, out)]
         if on_batch is not None:
             on_batch(len(batch))
     return results

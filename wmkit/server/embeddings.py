@@ -25,7 +25,7 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from ..watermark.embedding.encoders import Encoder, token_counts
+from ..encoders import Encoder, token_counts
 from .batching import MicroBatcher
 from .http import RequestError, base_app, error_response, internal_error, read_json
 

@@ -6,7 +6,7 @@
 """
 
 from .attacks import BagOfWordsStealer, TransformedEncoder, cse_clean, lsa_reference
-from .encoders import Encoder, RemoteEncoder, SentenceEncoder, load_encoder
+from ...encoders import Encoder, RemoteEncoder, SentenceEncoder, load_encoder
 from .schemes import SCHEMES, EaaSScheme, EmbMarker, ESpeW, WatermarkedEncoder, make_scheme
 from .triggers import count_triggers, default_vocabulary, select_triggers
 from .verify import OwnershipReport, ownership_queries, score_ownership, verification_texts, verify_ownership

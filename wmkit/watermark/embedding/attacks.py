@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import InputError
-from .encoders import Encoder, check_embeddings, check_texts
+from ...encoders import Encoder, check_embeddings, check_texts
 
 TOKEN = re.compile(r"[a-z0-9]+")
 BIGRAM_BUCKETS = 1 << 16
@@ -31,7 +31,7 @@ BIGRAM_BUCKETS = 1 << 16
 class BagOfWordsStealer:
     """A copied encoder: word + hashed-bigram bag, mean-pooled, MLP to the provider's space.
 
-    Build with :meth:`fit`. ``encode`` returns unit vectors, so it is an :class:`~.encoders.Encoder`.
+    Build with :meth:`fit`. ``encode`` returns unit vectors, so it is an :class:`~wmkit.encoders.Encoder`.
     """
 
     def __init__(self, vocab: dict[str, int], model: "object", dim: int, bigrams: bool = False) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...keys import KeyedConfig, SecretKey
-from .encoders import Encoder, check_embeddings, check_texts, token_counts
+from ...encoders import Encoder, check_embeddings, check_texts, token_counts
 from .triggers import count_triggers, default_vocabulary, keyed_rng, select_triggers
 
 
@@ -175,7 +175,7 @@ class WatermarkedEncoder:
         return self.scheme.mark(texts, self.encoder.encode(texts), self.target)
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """The clean encoder's token counts of ``texts`` (see :func:`~wmkit.watermark.embedding.encoders.token_counts`)."""
+        """The clean encoder's token counts of ``texts`` (see :func:`~wmkit.encoders.token_counts`)."""
         return token_counts(self.encoder, texts)
 
 

@@ -51,7 +51,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...stats import EMBEDDING_FPR, Detection, check_fpr, gaussian_null_detection, ks_2samp
-from .encoders import Encoder, check_embeddings
+from ...encoders import Encoder, check_embeddings
 from .schemes import EaaSScheme, ESpeW
 from .triggers import default_vocabulary, keyed_rng
 

@@ -23,13 +23,15 @@ from .exp_edit import ExpEdit
 from .gumbel import Gumbel
 from .synthid import SynthID
 from .vllm_native import VllmDualKeyGumbel, VllmGumbel, VllmSBW
+from .semantic import KSemStamp, PMark, SemStamp
 
 SCHEMES: dict[str, type] = {
     "kgw": KGW, "unigram": Unigram, "sweet": SWEET, "ewd": EWD, "ie": IE, "gumbel": Gumbel, "exp-edit": ExpEdit,
     "synthid": SynthID, "vllm-gumbel": VllmGumbel, "vllm-dual-key-gumbel": VllmDualKeyGumbel, "vllm-sbw": VllmSBW,
+    "semstamp": SemStamp, "k-semstamp": KSemStamp, "pmark": PMark,
 }
 
-__all__ = ["SCHEMES", "ExpEdit", "Gumbel", "SynthID", "KGW", "Unigram", "SWEET", "EWD", "IE", "VllmGumbel", "VllmDualKeyGumbel", "VllmSBW",
+__all__ = ["SCHEMES", "ExpEdit", "Gumbel", "SynthID", "KGW", "Unigram", "SWEET", "EWD", "IE", "VllmGumbel", "VllmDualKeyGumbel", "VllmSBW", "SemStamp", "KSemStamp", "PMark",
            "GreenListScheme", "GreenListProcessor", "GreenListDetector", "Capabilities", "TextDetector", "make_scheme",
            "key_kind", "normalize_text"]
 

@@ -199,6 +199,10 @@ class CopyPaste(Attack):
         return "".join(human[:cut] + marked + human[cut:]).strip()
 
 
+PARAPHRASE_PROMPTS = ("Paraphrase the following text. Keep its meaning and length.",
+                      "Rewrite this in your own words, changing the wording and sentence structure but not the facts.")
+
+
 @dataclass
 class Paraphrase(Attack):
     """Ask the LM to rewrite the text in its own words (chat template, sampled)."""
@@ -207,6 +211,8 @@ class Paraphrase(Attack):
     tokenizer: Any = None
     max_new_tokens: int = 256
     temperature: float = 0.7
+    instruction: str = PARAPHRASE_PROMPTS[0]
+    by_sentence: bool = False
     name: str = field(init=False, default="paraphrase")
 
     def __post_init__(self) -> None:
@@ -214,12 +220,52 @@ class Paraphrase(Attack):
             raise InputError("paraphrase: needs the model and tokenizer (wmkit.models.load_lm)")
 
     def __call__(self, texts: Sequence[str], rng: random.Random) -> list[str]:
+        """The whole text rewritten in one answer, or (``by_sentence``) each sentence rewritten on its own."""
         from ...engine import generate_completions
+        from .semantic.sentences import split_sentences
 
-        prompts = [f"Paraphrase the following text. Keep its meaning and length.\n\n{t.strip()}" for t in texts]
-        out = generate_completions(self.model, self.tokenizer, prompts, None, max_new_tokens=self.max_new_tokens,
-                                   temperature=self.temperature, seed=rng.randrange(2**31), batch_size=16, chat=True)
-        return [r["completion"] for r in out]
+        parts = [split_sentences(t) if self.by_sentence else [t.strip()] for t in texts]
+        flat = [p for ps in parts for p in ps]
+        budget = 64 if self.by_sentence else self.max_new_tokens
+        out = generate_completions(self.model, self.tokenizer, [f"{self.instruction}\n\n{p}" for p in flat], None,
+                                   max_new_tokens=budget, temperature=self.temperature, seed=rng.randrange(2**31),
+                                   batch_size=16, chat=True)
+        done, i = [], 0
+        for ps in parts:
+            done.append(" ".join(r["completion"].strip() for r in out[i : i + len(ps)]))
+            i += len(ps)
+        return done
+
+
+@dataclass
+class RuleParaphrase(Attack):
+    """A rule-based paraphrase: ``rate`` of the words replaced as :class:`SynonymSubstitution` does,
+    then the sentences reordered, and some split at a comma or merged with the next."""
+
+    model: Any = None
+    tokenizer: Any = None
+    rate: float = 0.5
+    name: str = field(init=False, default="rule_paraphrase")
+
+    def __post_init__(self) -> None:
+        self._synonyms = SynonymSubstitution(self.model, self.tokenizer, self.rate)
+
+    def one(self, text: str, rng: random.Random) -> str:
+        from .semantic.sentences import split_sentences
+
+        sentences = split_sentences(self._synonyms.one(text, rng))
+        rng.shuffle(sentences)
+        out: list[str] = []
+        for s in sentences:
+            r = rng.random()
+            if r < 0.25 and ", " in s:  # split at a comma
+                a, _, b = s.partition(", ")
+                out += [a + ".", b[:1].upper() + b[1:]]
+            elif r < 0.5 and out:  # merge with the sentence before
+                out[-1] = out[-1].rstrip(".!?") + ", and " + s[:1].lower() + s[1:]
+            else:
+                out.append(s)
+        return " ".join(out)
 
 
 # ----------------------------------------------------------------------------- code edits

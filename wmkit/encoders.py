@@ -19,8 +19,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ...errors import InputError
-from ...models import batch_token_budget, padded_batches
+from .errors import InputError
+from .models import batch_token_budget, padded_batches
 
 DEFAULT_BATCH = 64
 
@@ -113,7 +113,7 @@ class SentenceEncoder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from ...models import default_embedder_path
+        from .models import default_embedder_path
 
         folder = default_embedder_path() if path is None else Path(path)
         if not (folder / "config.json").is_file():
@@ -216,3 +216,15 @@ def load_encoder(suspect: str | None, device: str = "cpu", batch_size: int = 256
     if suspect is not None and not Path(suspect).is_dir():
         raise InputError(f"{suspect}: not a model folder or an http(s) URL")
     return SentenceEncoder(suspect, device=device)
+
+
+_SHARED: dict[str, SentenceEncoder] = {}
+
+
+def shared_encoder(path: str | os.PathLike[str] | None = None) -> SentenceEncoder:
+    """One :class:`SentenceEncoder` per model folder in this process (``None``: the default), loaded on
+    first use: what the sentence-level text marks embed with at generation and detection."""
+    name = str(path) if path is not None else ""
+    if name not in _SHARED:
+        _SHARED[name] = SentenceEncoder(path)
+    return _SHARED[name]
