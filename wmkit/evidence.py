@@ -68,9 +68,11 @@ def _figures(detector: Any, text: str, windowed: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"method": det.method, "tokens_scored": det.n_scored, "statistic": det.statistic,
                            "z": d.get("z", det.statistic), "p_value": det.p_value, "verdict": det.verdict,
                            "watermarked": det.verdict == "watermarked"}
-    for k in ("green", "gamma", "tokens_total", "tau", "p_uncorrected"):
+    for k in ("green", "gamma", "tokens_total", "tau", "p_uncorrected", "sentences", "matches", "channel_tests"):
         if k in d:
             out[k] = d[k]
+    if "sentence_layer" in d:  # a layered mark: each layer's p-value beside the Holm verdict
+        out["layers"] = {"sentence": d["sentence_layer"]["p_value"], "token": d["token_layer"]["p_value"]}
     ev = det.evidence or {}
     if "green" in ev:
         out["evidence"] = {"token_ids": ev["token_ids"], "scored": [int(x) for x in ev["scored"]],
@@ -97,6 +99,7 @@ def text_report(paths: Sequence[str], scheme: Any, tokenizer: Any, *, fpr: float
     caps = scheme.capabilities
     if caps.needs_model:
         raise InputError(f"{scheme.name}'s detector runs the generating model; evidence takes key-only schemes")
+    windowed = caps.windowed and not getattr(scheme, "sentence_level", False)  # the plots draw token windows
     detector = Verifier(scheme, tokenizer, fpr=fpr, min_tokens=min_tokens, null=null, scheme_key_id=key_id).detector
     inputs, results = [], []
     for p in paths:
@@ -104,11 +107,11 @@ def text_report(paths: Sequence[str], scheme: Any, tokenizer: Any, *, fpr: float
         inputs.append({"path": os.path.relpath(os.path.abspath(p), os.path.abspath(base)), "sha256": sha256_file(p),
                        "bytes": os.path.getsize(p)})
         try:
-            results.append(_figures(detector, text, caps.windowed))
+            results.append(_figures(detector, text, windowed))
         except InputError as e:  # which of several files is too short
             raise InputError(f"{p}: {e}") from None
     return {**_header("text", scheme, fpr=fpr, key_id=key_id, commitment=commitment, command=command),
-            "min_tokens": min_tokens, "null": detector.null, "tokenizer": tokenizer_name, "windowed": caps.windowed,
+            "min_tokens": min_tokens, "null": detector.null, "tokenizer": tokenizer_name, "windowed": windowed,
             "inputs": inputs,
             "results": results}
 

@@ -63,6 +63,9 @@ def serve(
         scheme = None
         if scheme_name != "none":
             scheme = scheme_args.build(scheme_name)
+            if getattr(scheme, "sentence_level", False):
+                raise InputError(f"{scheme_name} is a sentence-level mark, generated a sentence at a time from candidates: "
+                                 f"wm serve generates token by token (use wm generate, or a token scheme here)")
         lm, tok = load_lm(model)
         return Generator(lm, tok, scheme, prefill_chunk=prefill_chunk or None, logprobs=logprobs)
 
