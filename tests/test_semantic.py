@@ -133,31 +133,36 @@ def test_wm_semantic_fit_writes_a_reference_and_never_overwrites(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_marked_text_is_found_with_its_key_and_layered_reports_both_layers(tmp_path):
-    """The default LM writes 3 completions of about 160 tokens with PMark (reference medians, 8
-    channels) carrying a Gumbel token mark; with the key both layers are strong, with another key
-    neither is (a wrong key must not find the mark)."""
+    """The default LM writes 2 completions of about 130 tokens with PMark (reference medians, 8
+    channels, best of 8 candidates) carrying a Gumbel token mark: with the key the token layer is
+    strong and the sentence layer points the same way; with other keys neither layer is found (a
+    wrong key must not find the mark); ``wm detect`` gives the layered row."""
     from wmkit.engine import generate_completions
     from wmkit.models import load_lm
 
     lm, tok = load_lm()
     key = SecretKey.generate()
-    scheme = make_scheme("pmark", key, median="reference", channels=8, inner="gumbel")
-    prompts = ["The central bank said on Tuesday that", "Scientists at the space agency announced",
-               "The football club confirmed that its coach"]
-    rows = generate_completions(lm, tok, prompts, scheme, max_new_tokens=160, temperature=0.7, seed=11, chat=False)
-    texts = [r["completion"] for r in rows]
+    params = {"median": "reference", "channels": 8, "candidates": 8, "inner": "gumbel"}
+    scheme = make_scheme("pmark", key, **params)
+    prompts = ["The central bank said on Tuesday that", "Scientists at the space agency announced"]
+    rows = generate_completions(lm, tok, prompts, scheme, max_new_tokens=130, temperature=0.7, seed=11, chat=False)
+    texts = [r["completion"] for r in rows if len(split_sentences(r["completion"])) >= 3]
+    for r in rows:  # a completion of fewer than 3 sentences is refused as too short, never scored
+        if len(split_sentences(r["completion"])) < 3:
+            with pytest.raises(InputError, match="too short to score"):
+                scheme.detector(tok).detect(r["completion"])
+    assert texts, [r["completion"] for r in rows]
     mine = [scheme.detector(tok).detect(t) for t in texts]
-    other = [make_scheme("pmark", SecretKey.generate(), median="reference", channels=8, inner="gumbel").detector(tok).detect(t)
-             for t in texts]
+    others = [make_scheme("pmark", SecretKey.generate(), **params).detector(tok).detect(t) for t in texts for _ in range(3)]
     for d in mine:
         assert d.method == "pmark+gumbel" and set(d.details) >= {"sentence_layer", "token_layer", "holm"}
-        assert d.details["token_layer"]["p_value"] < 1e-6
-    assert np.median([d.details["sentence_layer"]["p_value"] for d in mine]) < 0.05
-    assert min(d.p_value for d in other) > 1e-3
+        assert d.details["token_layer"]["p_value"] < 1e-6 and d.p_value <= 2 * d.details["token_layer"]["p_value"]
+    assert np.mean([d.details["sentence_layer"]["match_fraction"] for d in mine]) > 0.6
+    assert min(d.p_value for d in others) > 1e-3
     write_key_file(tmp_path / "k.key", key)
     (tmp_path / "t.txt").write_text(texts[0])
-    r = wm("detect", "-s", "pmark", "-k", "k.key", "-P", "median=reference", "-P", "channels=8", "-P", "inner=gumbel",
+    r = wm("detect", "-s", "pmark", "-k", "k.key", *(a for k, v in params.items() for a in ("-P", f"{k}={v}")),
            "t.txt", "--json", cwd=tmp_path)
     row = json.loads(r.stdout)
     assert r.returncode == 0 and row["method"] == "pmark+gumbel" and row["verdict"] == "watermarked", r.stderr
-    assert row["p_token_layer"] < 1e-6 and "p_sentence_layer" in row
+    assert row["p_token_layer"] < 1e-6 and 0 < row["p_sentence_layer"] <= 1
