@@ -127,6 +127,8 @@ class SentenceScheme(KeyedConfig):
         from ..detector import DEFAULT_FPR
         from .detector import SentenceDetector
 
+        if min_tokens is not None:  # the inner token layer's fewest scored tokens
+            options["min_tokens"] = min_tokens
         return SentenceDetector(self, tokenizer, fpr=DEFAULT_FPR if fpr is None else fpr, **options)
 
 
