@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
@@ -32,7 +33,7 @@ MIN_SENTENCES = 3
 
 
 @dataclass(frozen=True)
-class SentenceScheme(KeyedConfig):
+class SentenceScheme(KeyedConfig, ABC):
     """Base of the sentence-level schemes (:mod:`.regions`, :mod:`.pmark`); see the module docstring."""
 
     key: SecretKey = field(repr=False)
@@ -102,20 +103,20 @@ class SentenceScheme(KeyedConfig):
         return make_scheme(self.inner, self.key)
 
     # -- the two halves every sentence scheme supplies -----------------------------------------
+    @abstractmethod
     def signatures(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(labels [n] int, margins [n] float)``: each sentence's signature and its distance from the
         nearest boundary (how far a paraphrase must move it to change it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def select(self, prev: int, emb: np.ndarray, final: bool, seen: set[tuple[int, int]] = frozenset()) -> int | None:  # type: ignore[assignment]
         """The candidate to keep (its row in ``emb``), or ``None`` to ask for another round (never
         when ``final``); ``seen``: the (previous, current) pairs the text holds already (a repeat
         adds no evidence: detection counts each pair once)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def score(self, prev: np.ndarray, cur: np.ndarray, fpr: float) -> Detection:
         """The exact test over sentence units ``(prev[i], cur[i])`` (labels)."""
-        raise NotImplementedError
 
     # -- the contract of a text scheme --------------------------------------------------------
     def processor(self, *args: Any, **kwargs: Any) -> Any:

@@ -65,10 +65,10 @@ class _RegionScheme(SentenceScheme):
 
     def score(self, prev: np.ndarray, cur: np.ndarray, fpr: float) -> Detection:
         """Each distinct (previous, current) pair once: valid ones ~ Binomial(units, gamma) unmarked."""
-        pairs = list(dict.fromkeys(zip(prev.tolist(), cur.tolist())))
-        hits = [self.valid(p, c) for p, c in pairs]
-        return binomial_detection(self.name, sum(hits), len(pairs), self.gamma, fpr, units="sentence pairs",
-                                  evidence={"valid": [bool(self.valid(p, c)) for p, c in zip(prev.tolist(), cur.tolist())]})
+        units = list(zip(prev.tolist(), cur.tolist()))
+        valid = {pair: self.valid(*pair) for pair in units}  # each distinct pair once
+        return binomial_detection(self.name, sum(valid.values()), len(valid), self.gamma, fpr, units="sentence pairs",
+                                  evidence={"valid": [valid[u] for u in units]})
 
 
 @dataclass(frozen=True)
