@@ -109,3 +109,10 @@ def wm_server(*args):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def wm_cli(*args, cwd=None, timeout=600):
+    """``wm ARGS`` in a subprocess (offline), its output captured."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "wmkit.cli.main", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=cwd)

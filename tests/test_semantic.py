@@ -18,6 +18,11 @@ from wmkit.watermark.text.semantic import SemanticReference, split_sentences
 from wmkit.watermark.text.semantic.pmark import matches_null
 from wmkit.watermark.text.semantic.sentences import first_sentence_end
 
+
+def _key(i: int) -> SecretKey:
+    """The i-th fixed key: the statistical tests run over a fixed set of keys, so they cannot fail by chance on one run and pass on the next."""
+    return SecretKey(i.to_bytes(32, "little"))
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
@@ -58,7 +63,7 @@ def test_the_sentence_tests_are_exact_over_the_key(name, params):
     prev = rng.integers(0, 8, 12)
     cur = np.concatenate([prev[1:], rng.integers(0, 8, 1)])
     cur[:4] = prev[:4]  # repeated (c, c) pairs, as a text on one topic gives
-    ps = np.array([make_scheme(name, SecretKey.generate(), **params).score(prev, cur, 0.01).p_value for _ in range(3000)])
+    ps = np.array([make_scheme(name, _key(i), **params).score(prev, cur, 0.01).p_value for i in range(3000)])
     assert np.mean(ps <= 0.05) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 3000)
     assert np.mean(ps <= 0.2) > 0.05
 
@@ -69,7 +74,7 @@ def test_online_pmark_keeps_each_candidate_with_equal_chance_over_the_key():
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((16, 384)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    picks = np.bincount([make_scheme("pmark", SecretKey.generate()).select(5, emb, True) for _ in range(4000)], minlength=16)
+    picks = np.bincount([make_scheme("pmark", _key(i)).select(5, emb, True) for i in range(4000)], minlength=16)
     expected = 4000 / 16
     chi2 = float(((picks - expected) ** 2 / expected).sum())
     assert chi2 < 37.7  # the 0.999 quantile of chi-square with 15 degrees of freedom
@@ -97,7 +102,7 @@ def test_a_reference_for_another_encoder_or_dimension_is_refused_by_name(tmp_pat
 
 
 def test_a_text_of_two_sentences_is_too_short_to_score():
-    det = make_scheme("k-semstamp", SecretKey.generate()).detector(None)
+    det = make_scheme("k-semstamp", _key(1)).detector(None)
     with pytest.raises(InputError, match="too short to score: 2 sentence"):
         det.detect("One sentence here. And a second one.")
 
@@ -105,7 +110,7 @@ def test_a_text_of_two_sentences_is_too_short_to_score():
 def test_a_sentence_scheme_has_no_token_processor_and_needs_a_temperature():
     from wmkit.watermark.text.semantic import generate_sentences
 
-    scheme = make_scheme("pmark", SecretKey.generate())
+    scheme = make_scheme("pmark", _key(2))
     with pytest.raises(InputError, match="sentence-level mark"):
         scheme.processor(None)
     with pytest.raises(InputError, match="temperature above 0"):
@@ -141,7 +146,7 @@ def test_a_real_marked_text_is_found_with_its_key_and_layered_reports_both_layer
     from wmkit.models import load_lm
 
     lm, tok = load_lm()
-    key = SecretKey.generate()
+    key = _key(7)
     params = {"median": "reference", "channels": 8, "candidates": 8, "inner": "gumbel"}
     scheme = make_scheme("pmark", key, **params)
     prompts = ["The central bank said on Tuesday that", "Scientists at the space agency announced"]
@@ -153,7 +158,7 @@ def test_a_real_marked_text_is_found_with_its_key_and_layered_reports_both_layer
                 scheme.detector(tok).detect(r["completion"])
     assert texts, [r["completion"] for r in rows]
     mine = [scheme.detector(tok).detect(t) for t in texts]
-    others = [make_scheme("pmark", SecretKey.generate(), **params).detector(tok).detect(t) for t in texts for _ in range(3)]
+    others = [make_scheme("pmark", _key(100 + i), **params).detector(tok).detect(t) for t in texts for i in range(3)]
     for d in mine:
         assert d.method == "pmark+gumbel" and set(d.details) >= {"sentence_layer", "token_layer", "holm"}
         assert d.details["token_layer"]["p_value"] < 1e-6 and d.p_value <= 2 * d.details["token_layer"]["p_value"]
