@@ -210,11 +210,21 @@ def test_wm_radioactivity_open_setting_on_a_tiny_model_and_bad_suspects(tmp_path
     write_key_file(tmp_path / "k.key", _key(0))
     rows = [{"prompt": "p", "completion": " ".join(["the cat sat on the mat and looked at the dog"] * 3 + [f"word{i}" for i in range(40)])}]
     (tmp_path / "ours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    r = wm_cli("radioactivity", "--suspect", str(model_dir), "-k", "k.key", "--texts", "ours.jsonl", "--min-scored", "10",
-               "--json", cwd=tmp_path)
+    r = wm_cli("evidence", "radioactivity", "--suspect", str(model_dir), "-k", "k.key", "--texts", "ours.jsonl", "--human", "20",
+               "--min-scored", "10", "--json", "-o", "ev", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     row = json.loads(r.stdout)
     assert row["setting"] == "open" and row["scored"] >= 10 and 0 < row["p_value"] <= 1 and row["verdict"] == "not shown"
+    assert row["human_texts"] == 20 and row["texts"] == 1
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["family"] == "radioactivity" and report["results"][0]["p_value"] == row["p_value"]
+    assert report["results"][0]["distinct_coins"] and "NEW_FOLDER" in report["command"]
+    assert "Null distribution" in (tmp_path / "ev" / "report.html").read_text()
+    r = wm_cli("evidence", "check", "ev/report.json", "-k", "k.key", cwd=tmp_path)  # a third party recomputes it with the key
+    assert r.returncode == 0, r.stderr
+    write_key_file(tmp_path / "other.key", _key(1))
+    r = wm_cli("evidence", "check", "ev/report.json", "-k", "other.key", cwd=tmp_path)
+    assert r.returncode == 1 and "commitment" in r.stderr
     for url, why in (("http://127.0.0.1:9", "request failed"),):
         r = wm_cli("radioactivity", "--suspect", url, "-k", "k.key", "--max-generated", "10", "--json", cwd=tmp_path)
         assert r.returncode == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr

@@ -34,7 +34,7 @@ import numpy as np
 from .errors import InputError
 from .files import read_text
 
-__all__ = ["REPORT_FORMAT", "text_report", "render_html", "check_report", "sha256_file"]
+__all__ = ["REPORT_FORMAT", "text_report", "radioactivity_report", "render_html", "check_report", "sha256_file"]
 
 REPORT_FORMAT = "wmkit-evidence/1"
 VERSIONED = ("wmkit", "torch", "transformers", "tokenizers", "numpy", "scipy")
@@ -200,12 +200,56 @@ def fingerprint_report(folder: str | os.PathLike[str], signature: str | os.PathL
             "results": [fingerprint_figures(signature, path, test, fpr)]}
 
 
+PAIRS = "pairs.npz"
+
+
+def radioactivity_figures(pairs: str | os.PathLike[str], scheme: Any, fpr: float) -> dict[str, Any]:
+    """The radioactivity test recomputed from the recorded (window, token) pairs with the key: the
+    pairs must be distinct coins (the tape), and the scheme's exact test is run on them again."""
+    import torch
+
+    from .forensics.radioactivity import pair_scorer
+
+    scorer = pair_scorer(scheme)
+    with np.load(pairs) as z:
+        windows, tokens = z["windows"].astype(np.int64), z["tokens"].astype(np.int64)
+    if windows.ndim != 2 or windows.shape != (len(tokens), scorer.width):
+        raise InputError(f"{PAIRS}: windows of shape {windows.shape}, expected ({len(tokens)}, {scorer.width})")
+    w, t = torch.from_numpy(windows), torch.from_numpy(tokens)
+    coins = scorer.coins(w, t) if len(t) else []
+    det = scorer.detect(w, t, fpr)
+    trials = det.details.get("layers", 1) * det.n_scored
+    return {"method": det.method, "watermarked": det.decision, "p_value": det.p_value, "statistic": det.statistic,
+            "scored": det.n_scored, "distinct_coins": len(set(coins)) == len(coins), "green": det.details.get("green"),
+            "trials": trials if "green" in det.details else None, "gamma": det.details.get("gamma")}
+
+
+def radioactivity_report(folder: str | os.PathLike[str], windows: np.ndarray, tokens: np.ndarray, scheme: Any, *,
+                         suspect: str, test: dict[str, Any], fpr: float, key_id: str, commitment: str,
+                         command: Sequence[str]) -> dict[str, Any]:
+    """Write the scored (window, token) pairs to ``folder/pairs.npz`` and return the report of the
+    radioactivity test on them. A re-check needs the key and that file, not the suspect."""
+    import io
+
+    from .files import write_file
+
+    buf = io.BytesIO()
+    np.savez(buf, windows=np.asarray(windows, dtype=np.int64).reshape(len(tokens), -1), tokens=np.asarray(tokens, dtype=np.int64))
+    path = write_file(Path(folder) / PAIRS, buf.getvalue())
+    return {**_header("radioactivity", scheme, fpr=fpr, key_id=key_id, commitment=commitment, command=command),
+            "test": test, "suspect": suspect,
+            "inputs": [{"path": PAIRS, "sha256": sha256_file(path), "bytes": path.stat().st_size}],
+            "results": [radioactivity_figures(path, scheme, fpr)]}
+
+
 # ---- checking ----
 
 FIGURES = {"text": ("method", "tokens_scored", "green", "gamma", "z", "statistic", "p_value", "verdict", "watermarked", "tau",
                     "window", "evidence", "tokens_total"),
            "eaas": ("method", "watermarked", "p_value", "z", "ks_p", "delta_cos", "rank_p_value", "null"),
-           "fingerprint": ("watermarked", "p_value", "contained", "queries", "tau", "pi0", "residuals")}
+           "fingerprint": ("watermarked", "p_value", "contained", "queries", "tau", "pi0", "residuals"),
+           "radioactivity": ("method", "watermarked", "p_value", "statistic", "scored", "distinct_coins", "green", "trials",
+                             "gamma")}
 FAMILIES = tuple(FIGURES)
 
 
@@ -231,7 +275,8 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise InputError(f"{path}: family {report.get('family')!r} cannot be checked by this wmkit ({', '.join(FAMILIES)})")
     need = {"inputs": list, "results": list, "fpr": (int, float), "versions": dict, "command": list, "created": str}
     need.update({"text": {"key": dict, "scheme": dict, "tokenizer": str}, "eaas": {"key": dict, "scheme": dict, "test": dict},
-                 "fingerprint": {"test": dict, "signature_sha256": str}}[report["family"]])
+                 "fingerprint": {"test": dict, "signature_sha256": str},
+                 "radioactivity": {"key": dict, "scheme": dict, "test": dict, "suspect": str}}[report["family"]])
     for name, kind in need.items():
         if not isinstance(report.get(name), kind):
             raise InputError(f"{path}: the report's {name!r} is missing or malformed; not a complete wmkit evidence report")
@@ -296,6 +341,8 @@ def _check(report_path: str | os.PathLike[str], report: dict[str, Any], key: Any
                             commitment=report["key"]["commitment"], tokenizer_name=report["tokenizer"], command=[],
                             base=base, min_tokens=report.get("min_tokens", 16),
                             null=report.get("null", "gamma" if scheme.capabilities.reference_null else None))["results"]
+    elif family == "radioactivity":
+        again = [radioactivity_figures(paths[0], scheme, report["fpr"])]
     else:
         again = [eaas_figures(paths[0], scheme, report["test"], report["fpr"])]
     return _compare(report, again, family) or _check_html(report_path, report)
@@ -541,6 +588,39 @@ def _fingerprint_sections(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _radioactivity_sections(report: dict[str, Any]) -> list[str]:
+    from scipy import stats as sps
+
+    e = html.escape
+    r, t = report["results"][0], report["test"]
+    cls = "yes" if r["watermarked"] else "no"
+    counts = ", ".join(f"{k.replace('_', ' ')} {t[k]}" for k in ("candidates", "not_fresh", "filtered", "deduplicated") if k in t)
+    out = [
+        f"<h2>suspect: {e(report['suspect'])} ({e(t['setting'])} setting)</h2><table>",
+        f"<tr><th>verdict</th><td class='{cls}'>{'trained on our marked text (radioactive)' if r['watermarked'] else 'not shown to be trained on our marked text'}</td></tr>",
+        f"<tr><th>p-value</th><td>{r['p_value']:.3g} ({e(r['method'])})</td></tr>",
+        f"<tr><th>pairs scored</th><td>{r['scored']} distinct (context, token) coins"
+        + (f", {r['green']} of {r['trials']} green (null rate {r['gamma']:g})" if r.get("green") is not None else
+           f", score {r['statistic']:.1f} against Gamma({r['scored']}, 1)") + f"; {e(counts)}</td></tr>",
+        "</table>",
+    ]
+    if r.get("green") is not None:
+        n, g = r["trials"], r["gamma"]
+        k = np.arange(0, n + 1)
+        pmf = sps.binom.pmf(k, n, g)
+        keep = (pmf > pmf.max() * 1e-4) | (k == r["green"])
+        out.append(f"<figure>{_bars(k[keep], pmf[keep], r['green'], 'null distribution')}<figcaption>Null distribution of the "
+                   f"green count, Binomial({n}, {g:g}); red: the suspect's.</figcaption></figure>")
+    elif r["scored"]:
+        n = r["scored"]
+        x = np.linspace(max(0.0, min(n - 5 * math.sqrt(n), r["statistic"])), max(n + 5 * math.sqrt(n), r["statistic"]), 120)
+        out.append(f"<figure>{_bars(x, sps.gamma.pdf(x, n), r['statistic'], 'null distribution')}<figcaption>Null density of "
+                   f"the score, Gamma({n}, 1); red: the suspect's.</figcaption></figure>")
+    return out
+
+
 TITLES = {"text": "Watermark evidence (text)", "eaas": "Watermark evidence (embeddings as a service)",
-          "fingerprint": "Fingerprint evidence (model derivation)"}
-SECTIONS = {"text": _text_sections, "eaas": _eaas_sections, "fingerprint": _fingerprint_sections}
+          "fingerprint": "Fingerprint evidence (model derivation)",
+          "radioactivity": "Radioactivity evidence (a model trained on our marked text)"}
+SECTIONS = {"text": _text_sections, "eaas": _eaas_sections, "fingerprint": _fingerprint_sections,
+            "radioactivity": _radioactivity_sections}

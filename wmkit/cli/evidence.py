@@ -1,4 +1,4 @@
-"""``wm evidence text|eaas|fingerprint`` write an ownership report (JSON + self-contained HTML); ``wm evidence check``
+"""``wm evidence text|eaas|fingerprint|radioactivity`` write an ownership report (JSON + self-contained HTML); ``wm evidence check``
 re-checks one."""
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def check(
     def build(family: str, config: dict[str, Any], k: SecretKey) -> Any:
         from ..watermark.embedding import SCHEMES as EMB_SCHEMES
 
-        registry = SCHEMES if family == "text" else EMB_SCHEMES
+        registry = SCHEMES if family in ("text", "radioactivity") else EMB_SCHEMES
         config = dict(config)
         name = config.pop("scheme", None)
         if name not in registry:

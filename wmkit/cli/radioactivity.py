@@ -92,6 +92,7 @@ class _Suspect:
 
 @scheme_options
 def radioactivity(
+    ctx: typer.Context,
     scheme_args: SchemeArgs,
     suspect: str = typer.Option(..., "--suspect", help="The suspect: a model folder or .gguf file (open setting) or an "
                                 "OpenAI-compatible URL (closed setting)."),
@@ -99,6 +100,8 @@ def radioactivity(
     texts: list[Path] = typer.Option([], "--texts", help="Our marked texts (wm generate -o JSON lines, other JSON lines with "
                                      "'text', or plain files); repeatable. Open setting: read through the suspect. Closed: "
                                      "the windows the filter keeps.", show_default=False),
+    human: int = typer.Option(200, "--human", help="Open setting: also read this many shipped human news articles (never "
+                              "marked: the tape alone; the test's power where our texts' own coins are excluded, e.g. unigram)."),
     use_filter: bool = typer.Option(True, "--filter/--no-filter", help="Closed setting: score only windows our texts hold."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Closed setting: prompts, one per line (default: the shipped prompts).", show_default=False),
     max_total: int = typer.Option(100_000, "--max-generated", help="Closed setting: most tokens to ask for in all."),
@@ -114,15 +117,29 @@ def radioactivity(
     fpr: float = typer.Option(1e-3, help="False-positive rate of the verdict (p <= fpr)."),
     min_scored: int = typer.Option(100, help="Fewest scored (context, token) pairs to give a verdict."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON object only."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="wm evidence radioactivity: a new folder for report.json, "
+                                          "report.html and pairs.npz (the scored pairs, which a re-check needs with the key).",
+                                          show_default=False),
 ) -> None:
-    """Test whether SUSPECT was trained on text marked with our key: exact p-value over deduplicated (context, token) pairs."""
+    """Test whether SUSPECT was trained on text marked with our key: exact p-value over deduplicated (context, token) pairs.
+
+    As ``wm evidence radioactivity -o FOLDER`` it also writes the evidence a third party re-checks with
+    the key (``wm evidence check FOLDER/report.json -k KEY``)."""
     from ..forensics.radioactivity import closed_pairs, greedy_predictions, open_pairs, pair_scorer, radioactivity_test, window_filter
     from ..models import load_tokenizer, tokenizer_fingerprint
     from ..remote import suspect_headers
 
     check = run_guarded(check_fpr_option, fpr)
-    if min(max_total, max_tokens, batch_size, min_scored) < 1 or temperature < 0 or time_limit <= 0:
-        die("--max-generated, --max-tokens, --batch-size and --min-scored must be >= 1; --temperature >= 0; --time-limit > 0")
+    evidence = "evidence" in ctx.command_path.split()
+    if evidence and output is None:
+        die("wm evidence radioactivity writes a report: give -o NEW_FOLDER")
+    if output is not None:
+        from .evidence import _new_folder
+
+        _new_folder(output)
+    if min(max_total, max_tokens, batch_size, min_scored) < 1 or temperature < 0 or time_limit <= 0 or human < 0:
+        die("--max-generated, --max-tokens, --batch-size and --min-scored must be >= 1; --temperature, --human >= 0; "
+            "--time-limit > 0")
     scheme = run_guarded(scheme_args.build, scheme_name)
     scorer = run_guarded(pair_scorer, scheme)
     closed = suspect.startswith(("http://", "https://"))
@@ -141,9 +158,13 @@ def radioactivity(
         if tokenizer_fingerprint(tok) != tokenizer_fingerprint(mine):
             die("the suspect's tokenizer is not the one our texts were marked with (--tokenizer): the open setting needs "
                 "the same token ids; use the closed setting (a URL) for another tokenizer")
-        ids = [run_guarded(_ids, tok, t) for t in ours]
+        from ..watermark.text.reference import reference_texts
+
+        people = reference_texts("news")[:human] if human else []
+        ids = [run_guarded(_ids, tok, t) for t in ours + people]
         preds = greedy_predictions(lm, ids, batch_size)
-        pairs = open_pairs(scorer, ids, preds)
+        pairs = open_pairs(scorer, ids, preds, marked=[True] * len(ours) + [False] * len(people))
+        row.update({"texts": len(ours), "human_texts": len(people)})
         setting = "open"
     else:
         headers = run_guarded(suspect_headers, suspect, api_key_env, header, insecure)
@@ -173,6 +194,9 @@ def radioactivity(
                 "seconds": round(time.monotonic() - t0, 1), **{k: v for k, v in det.details.items() if k not in row}})
     if partial:
         row["partial"], row["stopped"] = True, partial
+    if output is not None:
+        _evidence(output, pairs, scheme, suspect, row, check, ctx)
+        row["report"] = str(output / "report.json")
     typer.echo(json.dumps(row))
     if not as_json:
         stderr.print(f"{setting}: {det.n_scored} pairs scored, p = {det.p_value:.3g} -> {row['verdict']} at FPR {check:g}",
@@ -180,6 +204,23 @@ def radioactivity(
     if partial:
         error(f"partial run: {partial}")
         raise typer.Exit(2)
+
+
+def _evidence(output: Path, pairs: Any, scheme: Any, suspect: str, row: dict[str, Any], fpr: float, ctx: typer.Context) -> None:
+    """Write the report folder: the scored pairs, the test's counts and the figures recomputed from them."""
+    import sys
+
+    from ..evidence import radioactivity_report
+    from .evidence import _make_folder, _write
+
+    test = {k: row[k] for k in ("setting", "candidates", "not_fresh", "filtered", "deduplicated", "queries",
+                                "generated_tokens", "texts", "human_texts", "partial") if k in row}
+    given = sys.argv[len(ctx.command_path.split()):]
+    command = ["wm", *ctx.command_path.split()[1:], *("NEW_FOLDER" if a == str(output) else a for a in given)]
+    _make_folder(output)
+    report = run_guarded(radioactivity_report, output, pairs.windows, pairs.tokens, scheme, suspect=suspect, test=test,
+                         fpr=fpr, key_id=scheme.key.fingerprint(), commitment=scheme.key.commitment(), command=command)
+    _write(output, report)
 
 
 def _ids(tok: Any, text: str) -> Any:

@@ -42,8 +42,8 @@ import torch
 from ..errors import InputError
 from ..stats import Detection, binomial_detection, check_fpr
 
-__all__ = ["RADIOACTIVE_SCHEMES", "PairScorer", "pair_scorer", "open_pairs", "closed_pairs", "radioactivity_test",
-           "greedy_predictions"]
+__all__ = ["RADIOACTIVE_SCHEMES", "PairScorer", "PairSet", "pair_scorer", "open_pairs", "closed_pairs", "window_filter",
+           "radioactivity_test", "greedy_predictions"]
 
 RADIOACTIVE_SCHEMES = ("kgw", "unigram", "gumbel", "synthid")
 
