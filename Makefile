@@ -28,7 +28,7 @@ demo:  ## the main job: a marked and an unmarked completion on the default model
 	wm demo
 
 test:  ## every test, the real-model ones included (what CI runs)
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m "slow or not slow"
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m "slow or not slow" --durations=30
 
 test-fast:  ## the fast default set
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest
