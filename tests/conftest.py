@@ -2,6 +2,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Eager PRF kernels (bit-exact with the compiled ones, which tests/test_kernels.py and test_prf.py check
+# by turning WMKIT_COMPILE on): each torch.compile graph costs one to several minutes on a fresh
+# 2-core machine, and the wm subprocesses the tests start inherit this.
+os.environ.setdefault("WMKIT_COMPILE", "0")
 
 import torch  # noqa: E402
 

@@ -151,10 +151,14 @@ def test_first_occurrence_brute_force():
             assert bool(got[r, i]) == want
 
 
-@pytest.mark.parametrize("seeding,h", [("lefthash", 1), ("selfhash", 4)])
+@pytest.mark.parametrize("seeding,h", [("lefthash", 1), ("selfhash", 2)])
 def test_compiled_detection_prf_is_bit_exact(seeding, h, monkeypatch):
-    """A batch of COMPILE_MIN_TOKENS tokens or more goes through torch.compile: same bits as eager."""
+    """A batch of COMPILE_MIN_TOKENS tokens or more goes through torch.compile: same bits as eager.
+    (The tests run eager elsewhere -- conftest sets WMKIT_COMPILE=0 -- so a fresh machine compiles
+    only the graphs these tests check; selfhash at h=2, whose graph compiles in a fraction of h=4's time.)"""
     from wmkit import kernels
+
+    monkeypatch.setenv("WMKIT_COMPILE", "1")
 
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(0, 49152, (2, kernels.COMPILE_MIN_TOKENS // 2 + 5), generator=g)
