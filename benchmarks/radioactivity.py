@@ -141,11 +141,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600, help="fine-tuning steps (batch 4 x 64 tokens)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--closed-tokens", type=int, default=100_000)
-    ap.add_argument("--quick", action="store_true", help="kgw; 20% and 100% marked; 160 completions; 150 steps; 10k closed tokens")
+    ap.add_argument("--quick", action="store_true", help="kgw; 20%% and 100%% marked; 160 completions; 120 steps; 8k closed tokens")
     output_args(ap)
     args = ap.parse_args()
     if args.quick:
-        args.schemes, args.fractions, args.completions, args.steps, args.closed_tokens = "kgw", "0.2,1.0", 160, 150, 10_000
+        args.schemes, args.fractions, args.completions, args.steps, args.closed_tokens = "kgw", "0.2,1.0", 160, 120, 8_000
     out = ResultFile(args.out, "radioactivity.py")
     lm, tok = load_lm()
     human_train = ids_of(tok, ["\n\n".join(articles(5000, 3000))])[0]

@@ -219,8 +219,9 @@ def radioactivity_figures(pairs: str | os.PathLike[str], scheme: Any, fpr: float
     coins = scorer.coins(w, t) if len(t) else []
     det = scorer.detect(w, t, fpr)
     trials = det.details.get("layers", 1) * det.n_scored
-    return {"method": det.method, "watermarked": det.decision, "p_value": det.p_value, "statistic": det.statistic,
-            "scored": det.n_scored, "distinct_coins": len(set(coins)) == len(coins), "green": det.details.get("green"),
+    distinct = len(set(coins)) == len(coins)  # a repeated coin would count one key draw twice: no verdict from it
+    return {"method": det.method, "watermarked": det.decision and distinct, "p_value": det.p_value, "statistic": det.statistic,
+            "scored": det.n_scored, "distinct_coins": distinct, "green": det.details.get("green"),
             "trials": trials if "green" in det.details else None, "gamma": det.details.get("gamma")}
 
 

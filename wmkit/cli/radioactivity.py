@@ -22,6 +22,9 @@ from .common import (ApiKeyEnvOpt, HeaderOpt, InsecureOpt, SchemeArgs, check_fpr
                      scheme_options, stderr)
 
 
+MAX_READ = 2048  # tokens of one text read through the suspect (the default LM's context is 8,192)
+
+
 def read_texts(paths: list[Path]) -> list[str]:
     """Our marked texts: each JSON line's ``completion`` (``wm generate -o``) or ``text`` field, or a
     plain file's whole text."""
@@ -161,7 +164,7 @@ def radioactivity(
         from ..watermark.text.reference import reference_texts
 
         people = reference_texts("news")[:human] if human else []
-        ids = [run_guarded(_ids, tok, t) for t in ours + people]
+        ids = [run_guarded(_ids, tok, t)[:MAX_READ] for t in ours + people]
         preds = greedy_predictions(lm, ids, batch_size)
         pairs = open_pairs(scorer, ids, preds, marked=[True] * len(ours) + [False] * len(people))
         row.update({"texts": len(ours), "human_texts": len(people)})
