@@ -132,6 +132,28 @@ def score(scheme: Any, model: Any, tok: Any, ours: list[torch.Tensor], human: li
             "closed_generated": sum(len(x) for x in ids_of(tok, [r["completion"] for r in gens]))}
 
 
+def clean_null(lm: Any, tok: Any, names: list[str]) -> list[dict[str, Any]]:
+    """The default LM, which never saw text marked by these keys, reads 200 human articles (open
+    setting, the tape alone) under 20 keys per scheme: the p-values should look uniform."""
+    human = ids_of(tok, articles(9000, 200))
+    t0 = time.time()
+    preds = greedy_predictions(lm, human, 8)
+    log(f"greedy predictions over {len(human)} articles in {time.time() - t0:.0f} s")
+    rows = []
+    for name in names:
+        ps, scored = [], []
+        for k in range(20):
+            s = make_scheme(SCHEMES[name][0], SecretKey(bytes([9, k]) * 16), **SCHEMES[name][1])
+            det = radioactivity_test(open_pairs(pair_scorer(s), human, preds, marked=[False] * len(human)), 1e-3, "open")
+            ps.append(det.p_value)
+            scored.append(det.n_scored)
+        rows.append({"scheme": name, "keys": 20, "scored_median": float(np.median(scored)),
+                     "ks_p": float(ks_2samp(ps, np.linspace(0.025, 0.975, 20))[1]), "min_p": float(min(ps)),
+                     "below_1e-2": int(sum(p < 1e-2 for p in ps))})
+        log(json.dumps(rows[-1]))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--schemes", default="kgw", help=f"comma-separated, of {list(SCHEMES)}")
@@ -141,6 +163,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600, help="fine-tuning steps (batch 4 x 64 tokens)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--closed-tokens", type=int, default=100_000)
+    ap.add_argument("--null-only", action="store_true", help="only the clean default LM reading 200 human articles, "
+                    "scored under 20 keys per scheme (the real-model null; no generation, no fine-tune)")
     ap.add_argument("--quick", action="store_true", help="kgw; 20%% and 100%% marked; 160 completions; 120 steps; 8k closed tokens")
     output_args(ap)
     args = ap.parse_args()
@@ -148,6 +172,13 @@ def main() -> None:
         args.schemes, args.fractions, args.completions, args.steps, args.closed_tokens = "kgw", "0.2,1.0", 160, 120, 8_000
     out = ResultFile(args.out, "radioactivity.py")
     lm, tok = load_lm()
+    if args.null_only:
+        rows = clean_null(lm, tok, pick(args.schemes, SCHEMES, "radioactivity.py", "scheme"))
+        out.write_json({"rows": rows, "args": vars(args) | {"out": str(args.out)}})
+        print(json.dumps({"rows": rows}, indent=1) if args.json else "")
+        if not args.json:
+            print_table(rows, ["scheme", "keys", "scored_median", "ks_p", "min_p", "below_1e-2"])
+        return
     human_train = ids_of(tok, ["\n\n".join(articles(5000, 3000))])[0]
     human_read = ids_of(tok, articles(9000, 200))
     rows: list[dict[str, Any]] = []
