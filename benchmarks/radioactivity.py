@@ -39,6 +39,7 @@ import torch  # noqa: E402
 from _output import ResultFile, output_args, pick, print_table  # noqa: E402
 from fpzoo import BATCH, LENGTH, fresh_copy, log  # noqa: E402
 from wmkit.engine import generate_completions  # noqa: E402
+from wmkit.files import write_file  # noqa: E402
 from wmkit.forensics.radioactivity import (closed_pairs, greedy_predictions, open_pairs, pair_scorer,  # noqa: E402
                                            radioactivity_test, window_filter)
 from wmkit.keys import SecretKey  # noqa: E402
@@ -74,7 +75,7 @@ def completions(name: str, marked: bool, n: int, tokens: int, lm: Any, tok: Any)
     rows = generate_completions(lm, tok, openings(n), scheme, max_new_tokens=tokens, temperature=1.0, seed=1, chat=False)
     out = [r["completion"] for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out))
+    write_file(path, json.dumps(out))  # atomic, never over an existing file
     log(f"{path.name}: {n} completions in {time.time() - t0:.0f} s")
     return out
 
