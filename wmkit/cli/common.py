@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import functools
 import inspect
 import unicodedata
@@ -228,3 +229,28 @@ def _show(caught: list[Any]) -> None:
             stderr.print(f"wm: warning: {terminal_safe(str(w.message))}", markup=False)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def read_texts(paths: list[Path]) -> list[str]:
+    """Texts from files: each JSON line's ``completion`` (``wm generate -o``) or ``text`` field, or a
+    plain file's whole text."""
+    out: list[str] = []
+    for path in paths:
+        raw = read_text(str(path))
+        if path.suffix == ".jsonl":
+            for n, line in enumerate(raw.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    text = rec.get("completion", rec.get("text")) if isinstance(rec, dict) else None
+                except json.JSONDecodeError:
+                    raise InputError(f"{path}:{n}: not a JSON line") from None
+                if not isinstance(text, str):
+                    raise InputError(f"{path}:{n}: no 'completion' or 'text' string")
+                out.append(text)
+        elif raw.strip():
+            out.append(raw)
+    if not out:
+        raise InputError(f"{', '.join(map(str, paths))}: no texts")
+    return out

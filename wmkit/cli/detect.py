@@ -25,7 +25,7 @@ from ..watermark.text import SCHEMES
 from ..verify import Verifier
 from ..watermark.text.detector import DEFAULT_FPR, DEFAULT_MIN_TOKENS, resolve_null
 from .common import (
-    EXIT_ERROR, ModelOpt, NullOpt, SchemeArgs, die, error, key_id, read_record, read_text, run_guarded, scheme_from_config,
+    EXIT_ERROR, ModelOpt, NullOpt, SchemeArgs, die, error, key_id, read_record, read_text, read_texts, run_guarded, scheme_from_config,
     scheme_options, stderr, terminal_safe,
 )
 
@@ -48,6 +48,24 @@ def _highlight(console: Console, tokenizer: Any, path: str, det: Detection) -> N
         piece = terminal_safe(tokenizer.decode([tid]), keep_newlines=True)
         text.append(piece, style="bold green" if green else "red" if scored else "dim")
     console.print(text)
+
+
+def _spoof_test(scheme: Any, tokenizer: Any, reference: Optional[Path]) -> tuple[Any, list[torch.Tensor] | None]:
+    """The spoof test for the key (proxy corpus: the shipped news) and the reference texts' ids."""
+    from ..forensics.pairs import PAIR_SCHEMES
+    from ..forensics.spoof import spoof_test_for
+
+    if scheme.name not in PAIR_SCHEMES:
+        raise InputError(f"--forensics covers {', '.join(PAIR_SCHEMES)}, not {scheme.name}")
+    test = spoof_test_for(scheme, tokenizer)
+    refs = None if reference is None else [_ids(tokenizer, t, None) for t in read_texts([reference])]
+    return test, refs
+
+
+def _ids(tokenizer: Any, text: str, prompt: Optional[str]) -> torch.Tensor:
+    if prompt and text.startswith(prompt):
+        text = text[len(prompt):]
+    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
 def _load_calibration(path: Path) -> dict[str, Any]:
@@ -185,6 +203,8 @@ def detect(
     calibration_file: Optional[Path] = typer.Option(None, "--calibration", help="A wm calibrate file for this key: add an empirical p-value (p_calibrated) from its null.", show_default=False),
     max_input_mb: Optional[float] = typer.Option(None, help=f"Refuse a file larger than this (MiB; default {STREAM_LIMIT_MB:g} for the schemes that stream a large file, 64 for the others).", show_default=False),
     profiles_file: Optional[Path] = typer.Option(None, "--profiles", help="A profiles file (every scheme, config and key reference served): test each text against all, Holm-corrected.", show_default=False),
+    forensics: bool = typer.Option(False, "--forensics", help="Add p_spoof: does the mark show a learned (stolen) mark's artifacts? kgw, unigram, gumbel, synthid."),
+    forensics_reference: Optional[Path] = typer.Option(None, "--forensics-reference", help="Genuine texts our model wrote (wm generate -o JSONL, ideally from the same prompts): p_spoof compares against them (implies --forensics).", show_default=False),
 ) -> None:
     """Report tokens scored, green fraction, z, p-value and verdict for each FILE.
 
@@ -196,11 +216,14 @@ def detect(
         die(f"--device {device!r} is not available here (use cpu{', cuda' if torch.cuda.is_available() else ''})")
     if profiles_file is not None:
         if (config_file or scheme_name or scheme_args != SchemeArgs() or windowed or highlight or device != "cpu"
-                or prompt):
+                or prompt or forensics or forensics_reference is not None):
             die("--profiles names the schemes and keys; drop --scheme, --config, -k, --vllm-key, -P, the scheme options, "
-                "--windowed, --highlight, --device and --prompt")
+                "--windowed, --highlight, --device, --prompt and --forensics")
         _detect_with_profiles(profiles_file, files, model, fpr, min_tokens, as_json, calibration_file, null)
         return
+    forensics = forensics or forensics_reference is not None
+    if forensics and windowed:
+        die("--forensics tests whole texts against one key; drop --windowed")
     if windowed and calibration_file is not None:
         die("--calibration calibrates whole-text p-values, not the windowed scan's; drop --windowed or --calibration")
     if config_file is not None:
@@ -238,8 +261,9 @@ def detect(
     verifier = run_guarded(Verifier, scheme, tokenizer, fpr=fpr, min_tokens=min_tokens, null=null, calibration=calibration,
                            ignore_repeated_ngrams=ignore_repeated, model=lm)
     detector = verifier.detector
+    spoof = run_guarded(_spoof_test, scheme, tokenizer, forensics_reference) if forensics else None
     console = Console(highlight=False)
-    table = Table("file", "tokens", "green", "z", "p-value", "verdict")
+    table = Table("file", "tokens", "green", "z", "p-value", "verdict", *(["p_spoof"] if spoof else []))
     kid = verifier.key_id
     if max_input_mb is None:
         max_input_mb = STREAM_LIMIT_MB if caps.streams else 64.0
@@ -286,14 +310,19 @@ def detect(
             _report_error(path, det, as_json)
             continue
         row = verifier.row(det, path)
+        if spoof is not None:
+            text = dict(small).get(i)
+            row.update(spoof[0].test(_ids(tokenizer, text, prompt), spoof[1]) if text is not None else
+                       {"p_spoof": None, "spoof_note": "streamed: --forensics reads texts whole"})
         if as_json:
             typer.echo(json.dumps(row))
         else:
             where = f" (tokens {row['window_tokens'][0]}-{row['window_tokens'][1]})" if windowed else ""
             green = "-" if row["green_fraction"] is None else f"{row['green_fraction']:.3f}"
             pcell = f"{det.p_value:.3g}" + (f" (calibrated {row['p_calibrated']:.3g})" if row.get("p_calibrated") else "")
+            pspoof = [] if spoof is None else ["-" if row["p_spoof"] is None else f"{row['p_spoof']:.3g}"]
             table.add_row(Text(terminal_safe(path)), str(row["tokens_scored"]), green, f"{row['z']:.2f}", pcell,
-                          VERDICT_CELL[row["verdict"]] + where)
+                          VERDICT_CELL[row["verdict"]] + where, *pspoof)
             if row.get("note"):
                 stderr.print(f"{terminal_safe(path)}: {row['note']}", markup=False)
         if highlight and det.evidence:  # with --json, stdout holds only JSON lines: the colours go to stderr
@@ -305,5 +334,9 @@ def detect(
         console.print(f"verdict at FPR {fpr:g}; null: {detector.null}; key id {kid}; "
                       + ("calibrated p-values; " if calibration is not None else "")
                       + f"scheme {scheme.name}, {json.dumps(scheme.config())}", style="dim", markup=False)
+        if spoof is not None:
+            console.print("p_spoof: a small value says the mark looks learned (stolen), not generated with the key"
+                          + (" (compared with the reference texts)" if spoof[1] is not None else
+                             " (standard test; --forensics-reference calibrates it on genuine texts)"), style="dim", markup=False)
     if failed:
         raise typer.Exit(EXIT_ERROR)

@@ -18,36 +18,11 @@ import typer
 
 from ..errors import InputError
 from ..files import read_text
-from .common import (ApiKeyEnvOpt, HeaderOpt, InsecureOpt, SchemeArgs, check_fpr_option, die, error, run_guarded,
-                     scheme_options, stderr)
+from .common import (ApiKeyEnvOpt, HeaderOpt, InsecureOpt, SchemeArgs, check_fpr_option, die, error, read_texts,
+                     run_guarded, scheme_options, stderr)
 
 
 MAX_READ = 2048  # tokens of one text read through the suspect (the default LM's context is 8,192)
-
-
-def read_texts(paths: list[Path]) -> list[str]:
-    """Our marked texts: each JSON line's ``completion`` (``wm generate -o``) or ``text`` field, or a
-    plain file's whole text."""
-    out: list[str] = []
-    for path in paths:
-        raw = read_text(str(path))
-        if path.suffix == ".jsonl":
-            for n, line in enumerate(raw.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    text = rec.get("completion", rec.get("text")) if isinstance(rec, dict) else None
-                except json.JSONDecodeError:
-                    raise InputError(f"{path}:{n}: not a JSON line") from None
-                if not isinstance(text, str):
-                    raise InputError(f"{path}:{n}: no 'completion' or 'text' string")
-                out.append(text)
-        elif raw.strip():
-            out.append(raw)
-    if not out:
-        raise InputError("--texts: no texts")
-    return out
 
 
 def _prompts(path: Path | None, n: int) -> list[str]:

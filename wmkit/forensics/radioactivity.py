@@ -33,70 +33,17 @@ The score of the scored pairs is the scheme's own exact test: binomial (green-li
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 from ..errors import InputError
-from ..stats import Detection, binomial_detection, check_fpr
+from ..stats import Detection, check_fpr
+from .pairs import RADIOACTIVE_SCHEMES, PairScorer, pair_scorer, pair_windows
 
 __all__ = ["RADIOACTIVE_SCHEMES", "PairScorer", "PairSet", "pair_scorer", "open_pairs", "closed_pairs", "window_filter",
            "radioactivity_test", "greedy_predictions"]
-
-RADIOACTIVE_SCHEMES = ("kgw", "unigram", "gumbel", "synthid")
-
-
-@dataclass
-class PairScorer:
-    """A scheme's view of ``(window, token)`` pairs: the window width, each pair's coin key (what the
-    PRF colours), and the exact test over a set of pairs."""
-
-    scheme: Any
-    width: int
-    selfhash: bool = False
-
-    def coins(self, windows: torch.Tensor, tokens: torch.Tensor) -> list[Any]:
-        """One hashable coin per pair (``windows [M, width]``, ``tokens [M]``)."""
-        if self.selfhash:
-            from .. import prf
-
-            rows = torch.cat([windows, tokens[:, None]], 1)
-            return prf.repeat_keys(rows, self.scheme.prf_key(), self.width, "selfhash")[:, 0].tolist()
-        return [tuple(r) for r in torch.cat([windows, tokens[:, None]], 1).tolist()]
-
-    def detect(self, windows: torch.Tensor, tokens: torch.Tensor, fpr: float) -> Detection:
-        """The scheme's exact test over the pairs (each counted as given: dedup before)."""
-        s = self.scheme
-        n = len(tokens)
-        if hasattr(s, "seeding_params"):  # green-list: binomial with the key's gamma
-            from .. import prf
-
-            h, seeding = s.seeding_params()
-            rows = torch.cat([windows, tokens[:, None]], 1)  # one row per pair: its colour is the last position's
-            green = (prf.position_u32(rows, s.prf_key(), h, seeding)[:, 0] < prf.threshold(s.gamma)) if n else rows[:0, 0]
-            return binomial_detection(f"{s.name}-radioactivity", int(green.sum()), n, s.gamma, fpr)
-        if hasattr(s, "g_values"):  # SynthID: g-values are fair (or the table's rate) coins per layer
-            g = s.g_values(windows, tokens) if n else torch.zeros(0, s.depth, dtype=torch.int64)
-            return binomial_detection(f"{s.name}-radioactivity", int(g.sum()), n * s.depth, s.null_rate(), fpr,
-                                      pairs=n, layers=s.depth)
-        det = s.score(windows, tokens, fpr)  # the Gumbel family: sum -log(1-u) ~ Gamma(n, 1)
-        return dataclasses.replace(det, method=f"{s.name}-radioactivity")
-
-
-def pair_scorer(scheme: Any) -> PairScorer:
-    """The :class:`PairScorer` of ``scheme``; an :class:`InputError` for a scheme the test does not cover."""
-    name = getattr(scheme, "name", "?")
-    if name not in RADIOACTIVE_SCHEMES:
-        raise InputError(f"radioactivity covers {', '.join(RADIOACTIVE_SCHEMES)}, not {name}")
-    if hasattr(scheme, "seeding_params"):
-        h, seeding = scheme.seeding_params()
-        return PairScorer(scheme, h, seeding == "selfhash")
-    if hasattr(scheme, "g_values"):
-        return PairScorer(scheme, scheme.ngram_len - 1)
-    return PairScorer(scheme, scheme.context_width)
-
 
 @dataclass
 class PairSet:
@@ -119,20 +66,11 @@ class PairSet:
         return det
 
 
-def _windows(ids: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(windows [n - width, width], positions)``: the full windows of ``ids`` and the position each precedes."""
-    n = len(ids) - width
-    if n <= 0:
-        return torch.zeros(0, width, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    win = ids.unfold(0, width, 1)[:n] if width else torch.zeros(n, 0, dtype=torch.long)
-    return win, torch.arange(width, len(ids))
-
-
 def window_filter(texts: Iterable[torch.Tensor], width: int) -> set[tuple[int, ...]]:
     """The windows our marked texts hold (the contexts a fine-tune on them could have learned)."""
     out: set[tuple[int, ...]] = set()
     for ids in texts:
-        out.update(map(tuple, _windows(ids, width)[0].tolist()))
+        out.update(map(tuple, pair_windows(ids, width)[0].tolist()))
     return out
 
 
@@ -184,7 +122,7 @@ def open_pairs(scorer: PairScorer, texts: Sequence[torch.Tensor], predictions: S
         raise ValueError("texts, predictions and marked must have one entry per text")
     items = []
     for j in sorted(range(len(texts)), key=lambda j: flags[j]):  # the unmarked texts first
-        win, pos = _windows(texts[j], scorer.width)
+        win, pos = pair_windows(texts[j], scorer.width)
         if len(pos):
             items.append((win, predictions[j][pos - 1], texts[j][pos] if flags[j] else None))
     return _gather(scorer, items, allowed)
@@ -196,7 +134,7 @@ def closed_pairs(scorer: PairScorer, generations: Sequence[torch.Tensor],
     touched them when the suspect is clean), through the tape and the optional window filter."""
     items = []
     for ids in generations:
-        win, pos = _windows(ids, scorer.width)
+        win, pos = pair_windows(ids, scorer.width)
         if len(pos):
             items.append((win, ids[pos], None))
     return _gather(scorer, items, allowed)

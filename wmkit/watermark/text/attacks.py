@@ -213,6 +213,9 @@ class Paraphrase(Attack):
     temperature: float = 0.7
     instruction: str = PARAPHRASE_PROMPTS[0]
     by_sentence: bool = False
+    steer: Any = None
+    """A scheme-like steering of the paraphraser (e.g. a stolen mark's negative boosts, which scrub:
+    :meth:`wmkit.forensics.stealing.StolenMark.steering`); ``None`` paraphrases plainly."""
     name: str = field(init=False, default="paraphrase")
 
     def __post_init__(self) -> None:
@@ -227,7 +230,7 @@ class Paraphrase(Attack):
         parts = [split_sentences(t) if self.by_sentence else [t.strip()] for t in texts]
         flat = [p for ps in parts for p in ps]
         budget = 64 if self.by_sentence else self.max_new_tokens
-        out = generate_completions(self.model, self.tokenizer, [f"{self.instruction}\n\n{p}" for p in flat], None,
+        out = generate_completions(self.model, self.tokenizer, [f"{self.instruction}\n\n{p}" for p in flat], self.steer,
                                    max_new_tokens=budget, temperature=self.temperature, seed=rng.randrange(2**31),
                                    batch_size=16, chat=True)
         done, i = [], 0
