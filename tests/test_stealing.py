@@ -122,3 +122,20 @@ def test_detect_forensics_cli(tmp_path, tokenizer):
                        (["--forensics-reference", str(tmp_path / "missing.jsonl")], "missing")):
         r = runner.invoke(app, [*base, *extra])
         assert r.exit_code == 2 and why in r.output, r.output
+
+
+def test_evidence_text_reports_and_rechecks_p_spoof(tmp_path, tokenizer):
+    write_key_file(tmp_path / "k.key", KEY)
+    (tmp_path / "t.txt").write_text(marked_text(KGW(KEY, context_width=1), tokenizer, n=150))
+    r = runner.invoke(app, ["evidence", "text", str(tmp_path / "t.txt"), "-k", str(tmp_path / "k.key"), "-o", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    spoof = report["results"][0]["spoof"]
+    assert spoof["spoof_test"] == "standard" and 0 <= spoof["p_spoof"] <= 1 and spoof["spoof_coins"] >= 100
+    assert "spoof test" in (tmp_path / "ev" / "report.html").read_text()
+    check = ["evidence", "check", str(tmp_path / "ev" / "report.json"), "-k", str(tmp_path / "k.key")]
+    assert runner.invoke(app, check).exit_code == 0
+    report["results"][0]["spoof"]["p_spoof"] = 1e-9  # a report that claims a spoof the text does not show
+    (tmp_path / "ev" / "report.json").write_text(json.dumps(report))
+    r = runner.invoke(app, check)
+    assert r.exit_code == 1 and "spoof" in r.output, r.output

@@ -101,6 +101,7 @@ def text_report(paths: Sequence[str], scheme: Any, tokenizer: Any, *, fpr: float
         raise InputError(f"{scheme.name}'s detector runs the generating model; evidence takes key-only schemes")
     windowed = caps.windowed and not getattr(scheme, "sentence_level", False)  # the plots draw token windows
     detector = Verifier(scheme, tokenizer, fpr=fpr, min_tokens=min_tokens, null=null, scheme_key_id=key_id).detector
+    spoof = _spoof_test(scheme, tokenizer)
     inputs, results = [], []
     for p in paths:
         text = read_text(p)
@@ -110,10 +111,23 @@ def text_report(paths: Sequence[str], scheme: Any, tokenizer: Any, *, fpr: float
             results.append(_figures(detector, text, windowed))
         except InputError as e:  # which of several files is too short
             raise InputError(f"{p}: {e}") from None
+        if spoof is not None:  # beside every detection: does the mark look learned (stolen)?
+            import torch
+
+            ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+            results[-1]["spoof"] = spoof.test(ids)
     return {**_header("text", scheme, fpr=fpr, key_id=key_id, commitment=commitment, command=command),
             "min_tokens": min_tokens, "null": detector.null, "tokenizer": tokenizer_name, "windowed": windowed,
             "inputs": inputs,
             "results": results}
+
+
+def _spoof_test(scheme: Any, tokenizer: Any) -> Any:
+    """The spoof test (:mod:`wmkit.forensics.spoof`) for a scheme it covers, else ``None``."""
+    from .forensics.pairs import PAIR_SCHEMES
+    from .forensics.spoof import spoof_test_for
+
+    return spoof_test_for(scheme, tokenizer) if scheme.name in PAIR_SCHEMES else None
 
 
 def _header(family: str, scheme: Any, *, fpr: float, key_id: str, commitment: str, command: Sequence[str]) -> dict[str, Any]:
@@ -246,7 +260,7 @@ def radioactivity_report(folder: str | os.PathLike[str], windows: np.ndarray, to
 # ---- checking ----
 
 FIGURES = {"text": ("method", "tokens_scored", "green", "gamma", "z", "statistic", "p_value", "verdict", "watermarked", "tau",
-                    "window", "evidence", "tokens_total"),
+                    "window", "evidence", "tokens_total", "spoof"),
            "eaas": ("method", "watermarked", "p_value", "z", "ks_p", "delta_cos", "rank_p_value", "null"),
            "fingerprint": ("watermarked", "p_value", "contained", "queries", "tau", "pi0", "residuals"),
            "radioactivity": ("method", "watermarked", "p_value", "statistic", "scored", "distinct_coins", "green", "trials",
@@ -370,7 +384,7 @@ def _compare(report: dict[str, Any], again: list[dict[str, Any]], family: str) -
     names = [i["path"] for i in report["inputs"]] if family == "text" else [report.get("suspect", "suspect")]
     for name, old, new in zip(names, report["results"], again, strict=True):
         for k in FIGURES[family]:
-            if k == "verdict" and k not in old:  # reports before the three-way verdict: "watermarked" is checked
+            if k in ("verdict", "spoof") and k not in old:  # reports from before these figures: the rest is checked
                 continue
             if not _same(old.get(k), new.get(k)):
                 problems.append(f"{name}: {k} is {_short(new.get(k))}, the report says {_short(old.get(k))}")
@@ -493,6 +507,11 @@ def _text_sections(report: dict[str, Any]) -> list[str]:
             + (f", {r['green']} green (null rate {r['gamma']:g})" if "green" in r and "gamma" in r else "") + "</td></tr>",
             f"<tr><th>SHA-256</th><td><code>{e(item['sha256'])}</code> ({item['bytes']} bytes)</td></tr>",
         ]
+        if r.get("spoof"):
+            sp = r["spoof"]
+            parts.append("<tr><th>spoof test</th><td>" + ("p_spoof -" if sp["p_spoof"] is None else f"p_spoof {sp['p_spoof']:.3g}")
+                         + f" ({e(sp['spoof_test'])}: colour vs learnability over {sp['spoof_coins']} coins, r {sp['r_spoof']:.3f}; "
+                         "small: the mark looks learned from our output, not generated with the key)</td></tr>")
         if "window" in r:
             w = r["window"]
             parts.append(f"<tr><th>windowed scan</th><td>tokens {w['token_start']}&ndash;{w['token_end']}, p {w['p_value']:.3g} "
