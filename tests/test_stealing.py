@@ -47,6 +47,19 @@ def test_boosts_are_the_papers_clipped_mass_ratios():
     assert torch.allclose(b, (2 * full + 0.5 * empty) / 2.5)
 
 
+def test_spoofer_repetition_penalty_finds_the_repeating_tokens():
+    from wmkit.forensics.stealing import repeats
+
+    assert repeats([1, 2, 3, 1, 2, 4, 1, 2], 2) == {3, 4} and repeats([1, 2, 1], 1) == {2} and repeats([5], 1) == set()
+    st = StolenMark(h=1, vocab_size=6)
+    proc = st.steering(1.0).processor()
+    scores = torch.tensor([[2.0, -2.0, 1.0, 1.0, 1.0, 1.0]])
+    out = proc(torch.tensor([[0, 1, 0]]), scores)  # after 0 came 1 before: token 1 penalised (negative: times 1.6)
+    assert out[0, 1] == pytest.approx(-3.2) and out[0, 0] == 2.0
+    out = proc(torch.tensor([[1, 0, 1]]), scores)  # after 1 came 0 before: token 0 penalised (positive: / 1.6)
+    assert out[0, 0] == pytest.approx(1.25)
+
+
 def test_steering_reaches_the_generation_engine(tokenizer):
     from wmkit.engine import generate_completions
 

@@ -152,12 +152,35 @@ class StolenMark:
 
 @dataclass
 class Steering:
-    """The attacker as a text scheme the generation engine accepts (no key: it only steers)."""
+    """The attacker as a text scheme the generation engine accepts (no key: it only steers).
+
+    A spoofer (``strength > 0``) also applies the paper's n-gram repetition penalty: a token that
+    would repeat an ``(h + 1)``-gram already in the row (``n = 2`` for ``h = 0``) has its logit
+    divided by ``repetition`` (multiplied, if negative), so the boosts do not lock it in a loop."""
 
     stolen: StolenMark
     strength: float
+    repetition: float = 1.6
     name: str = "stolen"
 
     def processor(self, tokenizer: Any = None, **sampling: Any) -> Any:
         """A logits processor ``(ids [B, n], scores [B, V]) -> scores`` adding the steering."""
-        return lambda ids, scores: self.stolen.bias(ids, scores, self.strength)
+        def apply(ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            out = self.stolen.bias(ids, scores, self.strength)
+            if self.strength > 0 and self.repetition != 1:
+                for r, row in enumerate(ids.tolist()):
+                    seen = repeats(row, max(self.stolen.h, 1))
+                    if seen:
+                        idx = torch.tensor(sorted(seen))
+                        v = out[r, idx]
+                        out[r, idx] = torch.where(v > 0, v / self.repetition, v * self.repetition)
+            return out
+        return apply
+
+
+def repeats(row: Sequence[int], h: int) -> set[int]:
+    """The tokens that would repeat an ``(h + 1)``-gram of ``row`` after its last ``h`` tokens."""
+    if len(row) <= h:
+        return set()
+    tail = row[len(row) - h:]
+    return {row[j] for j in range(h, len(row)) if row[j - h: j] == tail}
