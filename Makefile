@@ -27,8 +27,8 @@ lm-eval-truth:  ## lm-evaluation-harness's OpenAI-completions client, the truth 
 demo:  ## the main job: a marked and an unmarked completion on the default model, both detected
 	wm demo
 
-test:  ## every test, the real-model ones included (what CI runs)
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m "slow or not slow" --durations=30
+test:  ## every test, the real-model ones included (what CI runs): two workers (pytest-xdist), a test file each at a time
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m "slow or not slow" -n 2 --dist loadfile --durations=30
 
 test-fast:  ## the fast default set
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest

@@ -45,6 +45,7 @@ from _data import agnews_prompts  # noqa: E402
 from _output import ResultFile, output_args, pick, print_table  # noqa: E402
 from fpzoo import log  # noqa: E402
 from wmkit.engine import generate_completions  # noqa: E402
+from wmkit.errors import InputError  # noqa: E402
 from wmkit.files import write_file  # noqa: E402
 from wmkit.forensics.spoof import spoof_test_for  # noqa: E402
 from wmkit.forensics.stealing import SPOOF_STRENGTH, StolenMark  # noqa: E402
@@ -96,6 +97,14 @@ def take(lists: list[list[int]], tokens: int) -> list[list[int]]:
     return out
 
 
+def detected(det: Any, text: str) -> bool:
+    """Our detector's verdict; a paraphrase too short to score is not detected."""
+    try:
+        return bool(det.detect(text).decision)
+    except InputError:
+        return False
+
+
 def perplexity(lm: Any, tok: Any, prompts: list[str], completions: list[list[int]]) -> float:
     """Median per-text perplexity of the completions after their prompts, under the unmarked LM."""
     ppl = []
@@ -139,10 +148,10 @@ def main() -> None:
         gen_ids = [torch.tensor(g) for g in genuine]
         spoof_test = spoof_test_for(scheme, tok)
         gen_texts = [tok.decode(g) for g in genuine]
-        detected = [det.detect(g).decision for g in genuine]
-        scrub_idx = [i for i, d in enumerate(detected) if d][: args.scrubs]
+        found = [det.detect(g).decision for g in genuine]
+        scrub_idx = [i for i, d in enumerate(found) if d][: args.scrubs]
         plain = Paraphrase(lm, tok, max_new_tokens=LENGTH + 56)([gen_texts[i] for i in scrub_idx], random.Random(3))
-        unsteered = float(np.mean([not det.detect(t).decision for t in plain])) if scrub_idx else None
+        unsteered = float(np.mean([not detected(det, t) for t in plain])) if scrub_idx else None
         gflag = {"standard": [], "reprompting": []}
         for j, g in enumerate(gen_ids):
             gflag["standard"].append(spoof_test.test(g)["p_spoof"])
@@ -163,7 +172,7 @@ def main() -> None:
                 "scheme": name, "queried_tokens": stolen.observed[True], **stolen.stats(),
                 "spoof_success_at_1e4": len(ok) / len(spoofs),
                 "spoof_median_z": float(np.median([d.statistic for d in sdet])),
-                "scrub_success_at_1e4": float(np.mean([not det.detect(t).decision for t in scrubbed])) if scrub_idx else None,
+                "scrub_success_at_1e4": float(np.mean([not detected(det, t) for t in scrubbed])) if scrub_idx else None,
                 "scrub_unsteered": unsteered, "scrubbed_texts": len(scrub_idx),
                 "ppl": perplexity(lm, tok, prompts, spoofs), "ppl_genuine": perplexity(lm, tok, prompts, genuine)}
             for kind in ("standard", "reprompting"):
