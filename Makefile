@@ -28,7 +28,7 @@ demo:  ## the main job: a marked and an unmarked completion on the default model
 	wm demo
 
 test:  ## every test, the real-model ones included (what CI runs): two workers (pytest-xdist), a test file each at a time
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m "slow or not slow" -n 2 --dist loadfile --durations=30
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m "slow or not slow" -n 2 --dist loadfile --no-loadscope-reorder --durations=30
 
 test-fast:  ## the fast default set
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest

@@ -191,7 +191,7 @@ def test_pairs_counts_and_refusals():
     assert only.tokens == [5] and only.filtered == 3 and only.candidates == 5
     with pytest.raises(InputError, match="at least 10"):
         radioactivity_test(pairs, 0.01, "open", min_scored=10)
-    with pytest.raises(InputError, match="radioactivity covers"):
+    with pytest.raises(InputError, match="the pair tests cover"):
         pair_scorer(make_scheme("exp-edit", _key(0)))
 
 
