@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Sequence
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from .errors import InputError
 
-__all__ = ["is_loopback", "suspect_headers"]
+__all__ = ["is_loopback", "suspect_headers", "Completions"]
 
 
 def is_loopback(url: str) -> bool:
@@ -62,3 +62,40 @@ def suspect_headers(url: str, api_key_env: str | None = None, headers: Sequence[
         raise InputError(f"{urlsplit(url).hostname}: credentials ({', '.join(out)}) would go over plain HTTP to a host "
                          "that is not this machine; use https://, or --insecure if you accept that")
     return out
+
+
+class Completions:
+    """Completions from an OpenAI-compatible URL (``/v1/completions``), sent with exactly the headers
+    given (:func:`suspect_headers`). ``calls`` counts requests, ``samples`` the completions returned.
+    A failed request or an answer of the wrong shape is an :class:`InputError` of one line."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None, timeout: float = 120.0, model: str = "wmkit") -> None:
+        import httpx
+
+        base = url.rstrip("/")
+        self.endpoint = (base if base.endswith("/v1") else base + "/v1") + "/completions"
+        self.client, self.headers, self.model = httpx.Client(timeout=timeout), headers or {}, model
+        self.calls = self.samples = 0
+
+    def complete(self, prompt: str, max_tokens: int, temperature: float, seed: int | None = None, n: int = 1) -> list[str]:
+        """``n`` completions of ``prompt`` (their texts)."""
+        import httpx
+
+        body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "n": n}
+        if seed is not None:
+            body["seed"] = seed
+        try:
+            r = self.client.post(self.endpoint, json=body, headers=self.headers)
+        except httpx.HTTPError as e:
+            raise InputError(f"{self.endpoint}: request failed ({type(e).__name__})") from None
+        self.calls += 1
+        if r.status_code != 200:
+            raise InputError(f"{self.endpoint}: HTTP {r.status_code}")
+        try:
+            texts = [c["text"] for c in r.json()["choices"]]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise InputError(f"{self.endpoint}: the answer is not an OpenAI completion (choices[].text)") from None
+        if len(texts) != n or not all(isinstance(t, str) for t in texts):
+            raise InputError(f"{self.endpoint}: asked for {n} completions, got {len(texts)} (or a text that is not a string)")
+        self.samples += n
+        return texts

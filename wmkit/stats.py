@@ -182,6 +182,23 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return out
 
 
+def poisson_binomial_sf(k: int, probs: Sequence[float]) -> float:
+    """``P(sum_i X_i >= k)`` for independent ``X_i ~ Bernoulli(probs[i])`` (exact, by convolution).
+
+    >>> round(poisson_binomial_sf(2, [0.5, 0.5]), 6), poisson_binomial_sf(0, [0.3])
+    (0.25, 1.0)
+    """
+    if k <= 0:
+        return 1.0
+    dist = np.zeros(len(probs) + 1)
+    dist[0] = 1.0
+    for i, q in enumerate(probs):
+        q = min(1.0, max(0.0, float(q)))
+        dist[1:i + 2] = dist[1:i + 2] * (1 - q) + dist[:i + 1] * q
+        dist[0] *= 1 - q
+    return float(min(1.0, dist[k:].sum()))
+
+
 def clopper_pearson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Two-sided Clopper-Pearson interval for a binomial rate after ``k`` hits in ``n`` trials."""
     if not 0 <= k <= n or n < 1:

@@ -1,5 +1,5 @@
 """The ``wm`` application: ``keygen``, ``generate``, ``detect``, ``scan``, ``calibrate``, ``demo``, ``schemes``, ``serve``,
-``serve-embeddings``, ``eaas``, ``fingerprint``, ``tagger``, ``synthid``, ``evidence``, ``semantic``, ``radioactivity``.
+``serve-embeddings``, ``eaas``, ``fingerprint``, ``tagger``, ``synthid``, ``evidence``, ``semantic``, ``radioactivity``, ``probe``.
 
 Exit codes: 0 success (a negative detection is a success), 2 usage or input errors.
 """
@@ -23,6 +23,7 @@ from .fingerprint import fingerprint_app  # noqa: E402
 from .generate import generate  # noqa: E402
 from .keygen import keygen  # noqa: E402
 from .scan import scan  # noqa: E402
+from .probe import probe  # noqa: E402
 from .radioactivity import radioactivity  # noqa: E402
 from .schemes import schemes  # noqa: E402
 from .semantic import semantic_app  # noqa: E402
@@ -60,6 +61,7 @@ app.command()(schemes)
 app.command()(scan)
 app.command("calibrate")(calibrate_cmd)
 app.command()(radioactivity)
+app.command()(probe)
 evidence_app.command("radioactivity")(radioactivity)
 app.command()(serve)
 app.command("serve-embeddings")(serve_embeddings)

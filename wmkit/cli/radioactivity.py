@@ -37,37 +37,6 @@ def _prompts(path: Path | None, n: int) -> list[str]:
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
-class _Suspect:
-    """Completions from a suspect's OpenAI-compatible URL (credentials only when named)."""
-
-    def __init__(self, url: str, headers: dict[str, str], timeout: float, model: str) -> None:
-        import httpx
-
-        base = url.rstrip("/")
-        self.endpoint = (base if base.endswith("/v1") else base + "/v1") + "/completions"
-        self.client, self.headers, self.model = httpx.Client(timeout=timeout), headers, model
-        self.calls = 0
-
-    def complete(self, prompt: str, max_tokens: int, temperature: float, seed: int) -> str:
-        import httpx
-
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
-        try:
-            r = self.client.post(self.endpoint, json=body, headers=self.headers)
-        except httpx.HTTPError as e:
-            raise InputError(f"{self.endpoint}: request failed ({type(e).__name__})") from None
-        self.calls += 1
-        if r.status_code != 200:
-            raise InputError(f"{self.endpoint}: HTTP {r.status_code}")
-        try:
-            text = r.json()["choices"][0]["text"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise InputError(f"{self.endpoint}: the answer is not an OpenAI completion (choices[0].text)") from None
-        if not isinstance(text, str):
-            raise InputError(f"{self.endpoint}: choices[0].text is not a string")
-        return text
-
-
 @scheme_options
 def radioactivity(
     ctx: typer.Context,
@@ -105,7 +74,7 @@ def radioactivity(
     the key (``wm evidence check FOLDER/report.json -k KEY``)."""
     from ..forensics.radioactivity import closed_pairs, greedy_predictions, open_pairs, pair_scorer, radioactivity_test, window_filter
     from ..models import load_tokenizer, tokenizer_fingerprint
-    from ..remote import suspect_headers
+    from ..remote import Completions, suspect_headers
 
     check = run_guarded(check_fpr_option, fpr)
     evidence = "evidence" in ctx.command_path.split()
@@ -146,7 +115,7 @@ def radioactivity(
         setting = "open"
     else:
         headers = run_guarded(suspect_headers, suspect, api_key_env, header, insecure)
-        api = _Suspect(suspect, headers, 120.0, "wmkit")
+        api = Completions(suspect, headers, 120.0)
         allowed = window_filter([_ids(tok, t) for t in ours], scorer.width) if (ours and use_filter) else None
         gens = []
         for i, p in enumerate(_prompts(prompts, -(-max_total // max_tokens))):
@@ -154,7 +123,7 @@ def radioactivity(
                 partial = f"stopped at --time-limit {time_limit:g} s"
                 break
             try:
-                gens.append(_ids(tok, api.complete(p, max_tokens, temperature, seed=i)))
+                gens.append(_ids(tok, api.complete(p, max_tokens, temperature, seed=i)[0]))
             except InputError as e:
                 partial = str(e)
                 break

@@ -1,0 +1,247 @@
+"""Is that API watermarked, and with what kind of scheme? Black-box presence tests after Gloaguen et
+al. (ICLR 2025, arXiv 2405.20777), from completions alone, with exact p-values and a query count.
+
+Three families, three tests; each spends its own queries and gives its own p-value, and the
+summary is Holm's over the tests run, so "present" is declared at the chosen FPR whichever
+family is asked about.
+
+**Red-green** (KGW, SynthID and every scheme whose bias depends on the last ``h`` tokens): the
+prompt ends in a run of one digit (``"I ate 7777"``, the width covers ``h <= 4``), so the
+watermark's context is the digit alone, whatever the words before it. Over a grid of ``R``
+prefixes x ``C`` digits, each cell sampled ``n`` times for one token, a context-keyed bias makes
+the same outcomes likelier after the same digit under every prefix: a *digit main effect* on the
+logit of the most frequent outcomes. The statistic is the two-way ANOVA F of the digit effect,
+summed over the ``top`` outcomes; its null comes from permuting the digit labels within each
+prefix (exact when, under one prefix, the digit does not change what the model says -- the
+assumption this test makes, measured on the default LM with ``--scheme none``). Unigram (no
+context) shows no digit effect: this test does not see it. (The paper's statistic counts digits
+beyond 1.96 spreads; the ANOVA F with a within-prefix permutation is our choice.)
+
+**Fixed-sampling** (Gumbel-max, EXP, vLLM's Gumbel marks): the pseudorandomness is a function of
+the key and the context, so the same prompt gives the same text again and again. ``n`` samples of
+one open prompt (``"This is the story of"``, temperature 1); the statistic is ``D``, how many
+repeat an earlier one. Under no such scheme, if no response is likelier than ``max_prob`` (the
+assumption, default ``1e-3`` for 8 tokens of a story), sample ``i`` repeats one of the fewer than
+``i`` distinct texts before it with probability at most ``(i - 1) max_prob`` whatever came
+before, so ``D`` is dominated by a sum of independent Bernoulli(``(i - 1) max_prob``): an exact
+bound on the p-value (:func:`wmkit.stats.poisson_binomial_sf`). The number of distinct texts also
+estimates how many keys the scheme cycles through (EXP's random shifts), from the paper's
+rarefaction law ``U = K (1 - (1 - 1/K)^n)``. (The paper compares the rarefaction curve with the
+identity by a Mann-Whitney test; the domination bound is ours.)
+
+**Cache-augmented** (a fixed-sampling scheme that stops marking a context it has already marked
+for a while, so that repeated queries look unmarked): ``rounds`` bursts of ``burst`` queries of
+one prompt, ``wait`` seconds apart so a cache can expire. The first answer of each burst is
+marked (the same text each round); the rest are plain samples. The statistic counts pairs of
+rounds whose first answers agree; its null re-draws which answer of each burst is "first"
+(exact for any server without memory between requests, for which the answers of a burst are
+exchangeable). A server without such a cache, marked or not, is not flagged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..stats import Detection, check_fpr, holm, permutation_detection, poisson_binomial_sf
+
+__all__ = ["Endpoint", "ProbeStopped", "red_green_test", "fixed_sampling_test", "cache_test", "probe", "FAMILIES",
+           "estimate_keys"]
+
+FAMILIES = ("red-green", "fixed-sampling", "cache-augmented")
+PREFIXES = ("I ate", "I chose", "I picked", "I selected", "I took", "I went for", "I settled on", "I got", "I gathered",
+            "I harvested")
+DIGITS = "123456789"
+LEAD = "Fruits: apples, pears, plums, figs, kiwis, mangoes.\n"
+STORY = "This is the story of"
+
+Sampler = Callable[[str, int, int, float], list[str]]  # (prompt, n, max_tokens, temperature) -> n texts
+
+
+class ProbeStopped(InputError):
+    """The query budget or the time limit ran out (or the API failed) before a test was complete."""
+
+
+@dataclass
+class Endpoint:
+    """A sampler (``sample(prompt, n, max_tokens, temperature) -> n texts``: an API client or a local
+    generator) with a budget: at most ``max_queries`` completions in all and ``time_limit`` seconds.
+    ``queries`` counts completions asked for; ``per_request`` caps ``n`` of one call."""
+
+    sample: Sampler
+    max_queries: int = 50_000
+    time_limit: float = 3600.0
+    per_request: int = 16
+    queries: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def ask(self, prompt: str, n: int, max_tokens: int, temperature: float = 1.0) -> list[str]:
+        """``n`` completions of ``prompt``, in calls of at most ``per_request``."""
+        out: list[str] = []
+        while len(out) < n:
+            k = min(self.per_request, n - len(out))
+            if self.queries + k > self.max_queries:
+                raise ProbeStopped(f"the query budget ({self.max_queries}) is spent")
+            if time.monotonic() - self.started > self.time_limit:
+                raise ProbeStopped(f"the time limit ({self.time_limit:g} s) is reached")
+            try:
+                texts = self.sample(prompt, k, max_tokens, temperature)
+            except ProbeStopped:
+                raise
+            except InputError as e:  # the API failed: what was measured so far is kept
+                raise ProbeStopped(str(e)) from None
+            self.queries += k
+            out.extend(texts)
+        return out
+
+
+def _logit(k: np.ndarray, n: int) -> np.ndarray:
+    return np.log((k + 0.5) / (n - k + 0.5))
+
+
+def _digit_f(y: np.ndarray) -> float:
+    """Sum over outcomes of the two-way ANOVA F of the column (digit) effect; ``y [..., R, C, K]``."""
+    r, c = y.shape[-3], y.shape[-2]
+    grand = y.mean(axis=(-3, -2), keepdims=True)
+    col = y.mean(axis=-3, keepdims=True)
+    row = y.mean(axis=-2, keepdims=True)
+    ss_col = r * ((col - grand) ** 2).sum(axis=(-3, -2))
+    ss_res = ((y - row - col + grand) ** 2).sum(axis=(-3, -2))
+    f = (ss_col / (c - 1)) / np.maximum(ss_res / ((r - 1) * (c - 1)), 1e-12)
+    return f.sum(axis=-1)
+
+
+def red_green_test(endpoint: Endpoint, fpr: float, samples: int = 64, prefixes: Sequence[str] = PREFIXES,
+                   digits: str = DIGITS, width: int = 4, top: int = 3, permutations: int = 9_999, lead: str = LEAD,
+                   seed: int = 0) -> Detection:
+    """The red-green test: a context-keyed bias shows as a digit effect shared by every prefix."""
+    if len(prefixes) < 2 or len(digits) < 2 or samples < 1 or width < 1 or top < 1:
+        raise InputError("the red-green test needs >= 2 prefixes, >= 2 digits, samples >= 1, width >= 1, top >= 1")
+    q0 = endpoint.queries
+    cells = [[endpoint.ask(f"{lead}{p} {d * width}", samples, 1) for d in digits] for p in prefixes]
+    totals: dict[str, int] = {}
+    for row in cells:
+        for cell in row:
+            for t in cell:
+                totals[t] = totals.get(t, 0) + 1
+    outcomes = sorted(totals, key=lambda t: (-totals[t], t))[:top]
+    counts = np.array([[[cell.count(o) for o in outcomes] for cell in row] for row in cells], dtype=float)
+    y = _logit(counts, samples)  # [R, C, K]
+    observed = float(_digit_f(y))
+    rng = np.random.default_rng(seed)
+    r, c = y.shape[0], y.shape[1]
+    null = np.empty(permutations)
+    step = 1000
+    for lo in range(0, permutations, step):
+        m = min(step, permutations - lo)
+        order = np.argsort(rng.random((m, r, c)), axis=-1)  # a digit permutation per prefix
+        perm = np.take_along_axis(y[None], order[..., None], axis=2)
+        null[lo:lo + m] = _digit_f(perm)
+    return permutation_detection("red-green", observed, null, fpr, n_scored=int(counts.size),
+                                 queries=endpoint.queries - q0, outcomes=outcomes, cells=[r, c], samples_per_cell=samples)
+
+
+def estimate_keys(unique: int, n: int) -> float | None:
+    """``K`` with ``K (1 - (1 - 1/K)^n) = unique`` (the paper's rarefaction law); ``None`` when all
+    ``n`` texts differ (no repeat, no estimate)."""
+    if unique >= n:
+        return None
+    if unique <= 1:
+        return 1.0
+    lo, hi = 1.0 + 1e-9, 1e12
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if mid * -math.expm1(n * math.log1p(-1 / mid)) < unique:
+            lo = mid
+        else:
+            hi = mid
+    return round(lo, 1)
+
+
+def fixed_sampling_test(endpoint: Endpoint, fpr: float, samples: int = 100, max_tokens: int = 8,
+                        max_prob: float = 1e-3, prompt: str = STORY) -> Detection:
+    """The fixed-sampling test: more repeats than any model with no response likelier than ``max_prob`` gives."""
+    if samples < 2 or max_tokens < 1 or not 0 < max_prob < 1:
+        raise InputError("the fixed-sampling test needs samples >= 2, max_tokens >= 1 and 0 < max_prob < 1")
+    q0 = endpoint.queries
+    texts = endpoint.ask(prompt, samples, max_tokens)
+    unique = len(set(texts))
+    repeats = samples - unique
+    p = poisson_binomial_sf(repeats, [min(1.0, i * max_prob) for i in range(samples)])
+    check_fpr(fpr)
+    top = max(texts.count(t) for t in set(texts))
+    return Detection(method="fixed-sampling", n_scored=samples, statistic=float(repeats), p_value=p, fpr=fpr,
+                     decision=bool(p <= fpr), details={"queries": endpoint.queries - q0, "unique": unique,
+                                                      "most_repeated": top, "max_prob": max_prob,
+                                                      "keys_estimate": estimate_keys(unique, samples)})
+
+
+def cache_test(endpoint: Endpoint, fpr: float, rounds: int = 10, burst: int = 5, wait: float = 2.0, max_tokens: int = 8,
+               prompt: str = STORY, permutations: int = 9_999, seed: int = 0) -> Detection:
+    """The cache test: the first answer after a pause agrees across rounds more than a random answer does."""
+    if rounds < 2 or burst < 2 or wait < 0 or max_tokens < 1:
+        raise InputError("the cache test needs rounds >= 2, burst >= 2, wait >= 0, max_tokens >= 1")
+    q0 = endpoint.queries
+    bursts = []
+    for i in range(rounds):
+        if i:
+            time.sleep(wait)
+        bursts.append([endpoint.ask(prompt, 1, max_tokens)[0] for _ in range(burst)])
+    ids: dict[str, int] = {}
+    codes = np.array([[ids.setdefault(t, len(ids)) for t in b] for b in bursts])  # [rounds, burst]
+
+    def agree(firsts: np.ndarray) -> np.ndarray:
+        """Pairs of rounds whose chosen answers agree, per row of ``firsts [m, rounds]``."""
+        return sum((firsts[:, i] == firsts[:, j]).astype(int) for i, j in combinations(range(rounds), 2))
+
+    observed = float(agree(codes[None, :, 0])[0])
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, burst, size=(permutations, rounds))
+    null = agree(np.take_along_axis(np.broadcast_to(codes, (permutations, rounds, burst)), pick[..., None], axis=2)[..., 0])
+    return permutation_detection("cache-augmented", observed, null.astype(float), fpr, n_scored=rounds * burst,
+                                 queries=endpoint.queries - q0, rounds=rounds, burst=burst, wait_s=wait,
+                                 distinct_answers=len(ids))
+
+
+TESTS: dict[str, Callable[..., Detection]] = {"red-green": red_green_test, "fixed-sampling": fixed_sampling_test,
+                                              "cache-augmented": cache_test}
+
+
+def probe(endpoint: Endpoint, fpr: float, families: Sequence[str] = FAMILIES,
+          options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Run the tests of ``families``; one row per family (``p_value``, ``p_holm``, ``queries``, ...) then
+    the summary (``present``, ``family``, ``queries``). A test stopped by the budget is a row with
+    ``"partial": true`` and no p-value; the summary says so."""
+    check_fpr(fpr)
+    unknown = [f for f in families if f not in TESTS]
+    if unknown or not families:
+        raise InputError(f"families are {', '.join(FAMILIES)}; got {', '.join(unknown) or 'none'}")
+    rows: list[dict[str, Any]] = []
+    dets: dict[str, Detection] = {}
+    for fam in families:
+        q0 = endpoint.queries
+        try:
+            dets[fam] = TESTS[fam](endpoint, fpr, **(options or {}).get(fam, {}))
+        except ProbeStopped as e:
+            rows.append({"family": fam, "partial": True, "stopped": str(e), "queries": endpoint.queries - q0})
+            continue
+        d = dets[fam]
+        rows.append({"family": fam, "p_value": d.p_value, "statistic": d.statistic, "p_floor": d.p_floor,
+                     **{k: v for k, v in d.details.items() if k not in ("z", "p_value_normal")}})
+    adjusted = dict(zip(dets, holm([d.p_value for d in dets.values()]))) if dets else {}
+    for row in rows:
+        if row["family"] in adjusted:
+            row["p_holm"] = adjusted[row["family"]]
+            row["present"] = adjusted[row["family"]] <= fpr
+    found = sorted((p, f) for f, p in adjusted.items() if p <= fpr)
+    summary: dict[str, Any] = {"summary": True, "present": bool(found), "family": found[0][1] if found else None,
+                               "fpr": fpr, "queries": endpoint.queries, "seconds": round(time.monotonic() - endpoint.started, 1)}
+    if any(r.get("partial") for r in rows):
+        summary["partial"] = True
+    return rows + [summary]
