@@ -22,6 +22,8 @@ def probe(
     tests: str = typer.Option("red-green,fixed-sampling,cache-augmented", "--tests",
                               help="Families to test, comma-separated: red-green, fixed-sampling, cache-augmented."),
     samples: int = typer.Option(64, "--samples", help="Red-green: one-token samples per (prefix, digit) cell (10 x 9 cells)."),
+    tolerance: float = typer.Option(1.0, "--tolerance", help="Red-green: the largest natural digit effect (nats, on a log-odds) "
+                                    "the null allows."),
     story_samples: int = typer.Option(100, "--story-samples", help="Fixed-sampling: samples of the story prompt."),
     max_prob: float = typer.Option(1e-3, "--max-prob", help="Fixed-sampling: the null's assumption, that no 8-token "
                                    "answer of an unmarked model is likelier than this."),
@@ -45,15 +47,15 @@ def probe(
     check = run_guarded(check_fpr_option, fpr)
     if not api.startswith(("http://", "https://")):
         die(f"--api must be an http(s):// URL, got {api!r}")
-    if min(samples, story_samples, rounds, burst, per_request, max_queries) < 1 or wait < 0 or time_limit <= 0:
+    if min(samples, story_samples, rounds, burst, per_request, max_queries) < 1 or wait < 0 or time_limit <= 0 or tolerance < 0:
         die("--samples, --story-samples, --rounds, --burst, --per-request and --max-queries must be >= 1; --wait >= 0; "
-            "--time-limit > 0")
+            "--time-limit > 0; --tolerance >= 0")
     families = [t.strip() for t in tests.split(",") if t.strip()]
     headers = run_guarded(suspect_headers, api, api_key_env, header, insecure)
     client = Completions(api, headers)
     endpoint = Endpoint(lambda prompt, n, max_tokens, temperature: client.complete(prompt, max_tokens, temperature, n=n),
                         max_queries=max_queries, time_limit=time_limit, per_request=per_request)
-    options = {"red-green": {"samples": samples},
+    options = {"red-green": {"samples": samples, "tolerance": tolerance},
                "fixed-sampling": {"samples": story_samples, "max_prob": max_prob},
                "cache-augmented": {"rounds": rounds, "burst": burst, "wait": wait}}
     rows = run_guarded(run_probe, endpoint, check, families, options)

@@ -6,28 +6,35 @@ summary is Holm's over the tests run, so "present" is declared at the chosen FPR
 family is asked about.
 
 **Red-green** (KGW, SynthID and every scheme whose bias depends on the last ``h`` tokens): the
-prompt ends in a run of one digit (``"I ate 7777"``, the width covers ``h <= 4``), so the
-watermark's context is the digit alone, whatever the words before it. Over a grid of ``R``
-prefixes x ``C`` digits, each cell sampled ``n`` times for one token, a context-keyed bias makes
-the same outcomes likelier after the same digit under every prefix: a *digit main effect* on the
-logit of the most frequent outcomes. The statistic is the two-way ANOVA F of the digit effect,
-summed over the ``top`` outcomes; its null comes from permuting the digit labels within each
-prefix (exact when, under one prefix, the digit does not change what the model says -- the
-assumption this test makes, measured on the default LM with ``--scheme none``). Unigram (no
-context) shows no digit effect: this test does not see it. (The paper's statistic counts digits
-beyond 1.96 spreads; the ANOVA F with a within-prefix permutation is our choice.)
+prompt (a list of fruits, then ``"I ate 7777"``) ends in a run of one digit, four wide, so for
+``h <= 4`` the watermark's context is the digit alone, whatever the words before it. Over a grid
+of ``R`` prefixes x ``C`` digits, each cell sampled ``n`` times for one token, a keyed bias moves
+the log-odds between two outcomes by about ``+-delta`` after the same digit under every prefix.
+The statistic: for each pair of the ``top`` most frequent outcomes (digits left out: a digit
+continues the run, a natural effect) and each digit, the digit's effect on the pair's log-odds,
+averaged over the prefixes, against the prefix-by-digit interaction (pooled, ``(R - 1)(C - 1)``
+degrees of freedom). A model also has natural digit effects -- on the default LM they reach
+about 0.7 nats on this grid, measured with ``--scheme none`` -- so the null is composite: *no
+prefix-consistent effect larger than* ``tolerance`` (default 1 nat); the p-value is Student's
+tail of ``(|effect| - tolerance) / se``, doubled, Bonferroni over every (pair, digit). The paper
+tests the digit effect against zero by a permutation; on SmolLM2 that flags the unmarked model,
+so the tolerance is our choice. Unigram (no context) and a bias far below the tolerance are not
+seen by this test.
 
 **Fixed-sampling** (Gumbel-max, EXP, vLLM's Gumbel marks): the pseudorandomness is a function of
-the key and the context, so the same prompt gives the same text again and again. ``n`` samples of
-one open prompt (``"This is the story of"``, temperature 1); the statistic is ``D``, how many
-repeat an earlier one. Under no such scheme, if no response is likelier than ``max_prob`` (the
-assumption, default ``1e-3`` for 8 tokens of a story), sample ``i`` repeats one of the fewer than
-``i`` distinct texts before it with probability at most ``(i - 1) max_prob`` whatever came
-before, so ``D`` is dominated by a sum of independent Bernoulli(``(i - 1) max_prob``): an exact
-bound on the p-value (:func:`wmkit.stats.poisson_binomial_sf`). The number of distinct texts also
-estimates how many keys the scheme cycles through (EXP's random shifts), from the paper's
-rarefaction law ``U = K (1 - (1 - 1/K)^n)``. (The paper compares the rarefaction curve with the
-identity by a Mann-Whitney test; the domination bound is ours.)
+the key and the context, so once a completion's first tokens agree, the rest agrees too. Our
+Gumbel marks and vLLM's sample the first ``h`` completion tokens normally, so whole answers
+rarely repeat; the test therefore groups ``n`` answers of one open prompt (``"This is the story
+of"``, temperature 1, 16 tokens) by their first ``prefix_words`` words and counts ``D``, the
+answers whose continuation repeats an earlier one of the same opening. Given the openings, the
+continuations are independent; if no continuation of an unmarked model is likelier than
+``max_prob`` (the assumption, default ``1e-3``), the ``j``-th answer of a group repeats one of the
+fewer than ``j`` before it with probability at most ``j max_prob``, so ``D`` is dominated by a sum
+of independent Bernoullis: an exact bound on the p-value (:func:`wmkit.stats.poisson_binomial_sf`).
+The number of distinct answers also estimates how many keys a scheme cycles through (EXP's random
+shifts), from the paper's rarefaction law ``U = K (1 - (1 - 1/K)^n)``. (The paper compares the
+rarefaction curve of whole answers with the identity by a Mann-Whitney test; the grouping and the
+bound are ours.)
 
 **Cache-augmented** (a fixed-sampling scheme that stops marking a context it has already marked
 for a while, so that repeated queries look unmarked): ``rounds`` bursts of ``burst`` queries of
@@ -101,50 +108,45 @@ class Endpoint:
         return out
 
 
-def _logit(k: np.ndarray, n: int) -> np.ndarray:
-    return np.log((k + 0.5) / (n - k + 0.5))
-
-
-def _digit_f(y: np.ndarray) -> float:
-    """Sum over outcomes of the two-way ANOVA F of the column (digit) effect; ``y [..., R, C, K]``."""
-    r, c = y.shape[-3], y.shape[-2]
-    grand = y.mean(axis=(-3, -2), keepdims=True)
-    col = y.mean(axis=-3, keepdims=True)
-    row = y.mean(axis=-2, keepdims=True)
-    ss_col = r * ((col - grand) ** 2).sum(axis=(-3, -2))
-    ss_res = ((y - row - col + grand) ** 2).sum(axis=(-3, -2))
-    f = (ss_col / (c - 1)) / np.maximum(ss_res / ((r - 1) * (c - 1)), 1e-12)
-    return f.sum(axis=-1)
-
-
 def red_green_test(endpoint: Endpoint, fpr: float, samples: int = 64, prefixes: Sequence[str] = PREFIXES,
-                   digits: str = DIGITS, width: int = 4, top: int = 3, permutations: int = 9_999, lead: str = LEAD,
-                   seed: int = 0) -> Detection:
-    """The red-green test: a context-keyed bias shows as a digit effect shared by every prefix."""
-    if len(prefixes) < 2 or len(digits) < 2 or samples < 1 or width < 1 or top < 1:
-        raise InputError("the red-green test needs >= 2 prefixes, >= 2 digits, samples >= 1, width >= 1, top >= 1")
+                   digits: str = DIGITS, width: int = 4, top: int = 4, tolerance: float = 1.0, lead: str = LEAD) -> Detection:
+    """The red-green test: a context-keyed bias shows as a digit effect, shared by every prefix, on the
+    log-odds between two outcomes, larger than ``tolerance`` (nats)."""
+    from scipy.stats import t as student
+
+    if len(prefixes) < 2 or len(digits) < 2 or samples < 1 or width < 1 or top < 2 or tolerance < 0:
+        raise InputError("the red-green test needs >= 2 prefixes, >= 2 digits, samples >= 1, width >= 1, top >= 2, "
+                         "tolerance >= 0")
     q0 = endpoint.queries
     cells = [[endpoint.ask(f"{lead}{p} {d * width}", samples, 1) for d in digits] for p in prefixes]
     totals: dict[str, int] = {}
     for row in cells:
         for cell in row:
             for t in cell:
-                totals[t] = totals.get(t, 0) + 1
+                if t and not any(ch.isdigit() for ch in t):  # a digit continues the run: a natural digit effect
+                    totals[t] = totals.get(t, 0) + 1
     outcomes = sorted(totals, key=lambda t: (-totals[t], t))[:top]
-    counts = np.array([[[cell.count(o) for o in outcomes] for cell in row] for row in cells], dtype=float)
-    y = _logit(counts, samples)  # [R, C, K]
-    observed = float(_digit_f(y))
-    rng = np.random.default_rng(seed)
-    r, c = y.shape[0], y.shape[1]
-    null = np.empty(permutations)
-    step = 1000
-    for lo in range(0, permutations, step):
-        m = min(step, permutations - lo)
-        order = np.argsort(rng.random((m, r, c)), axis=-1)  # a digit permutation per prefix
-        perm = np.take_along_axis(y[None], order[..., None], axis=2)
-        null[lo:lo + m] = _digit_f(perm)
-    return permutation_detection("red-green", observed, null, fpr, n_scored=int(counts.size),
-                                 queries=endpoint.queries - q0, outcomes=outcomes, cells=[r, c], samples_per_cell=samples)
+    if len(outcomes) < 2:
+        raise InputError("the red-green prompts gave fewer than two outcomes without digits: no contrast to test")
+    counts = np.array([[[cell.count(o) for o in outcomes] for cell in row] for row in cells], dtype=float)  # [R, C, K]
+    r, c = counts.shape[0], counts.shape[1]
+    df = (r - 1) * (c - 1)
+    best, best_t, tests = 1.0, 0.0, 0
+    for a, b in combinations(range(len(outcomes)), 2):
+        y = np.log((counts[..., a] + 0.5) / (counts[..., b] + 0.5))  # log-odds of a over b per cell [R, C]
+        effect = y.mean(axis=0) - y.mean()  # each digit's effect, averaged over the prefixes
+        resid = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + y.mean()
+        se = math.sqrt(max(float((resid ** 2).sum()) / df, 1e-12) * (c - 1) / (c * r))
+        t = (np.abs(effect) - tolerance) / se
+        best = min(best, float(2 * student.sf(t.max(), df)))
+        best_t = max(best_t, float(t.max()))
+        tests += c
+    p = min(1.0, best * tests)  # Bonferroni over every (pair, digit)
+    check_fpr(fpr)
+    return Detection(method="red-green", n_scored=int(counts.sum()), statistic=best_t, p_value=p, fpr=fpr,
+                     decision=bool(p <= fpr), details={"queries": endpoint.queries - q0, "outcomes": outcomes,
+                                                      "cells": [r, c], "samples_per_cell": samples,
+                                                      "tolerance": tolerance, "tests": tests})
 
 
 def estimate_keys(unique: int, n: int) -> float | None:
@@ -164,21 +166,46 @@ def estimate_keys(unique: int, n: int) -> float | None:
     return round(lo, 1)
 
 
-def fixed_sampling_test(endpoint: Endpoint, fpr: float, samples: int = 100, max_tokens: int = 8,
+def _split(text: str, prefix_words: int) -> tuple[str, str]:
+    """``(the first prefix_words words, the rest)`` of ``text`` (the rest keeps its spacing)."""
+    if prefix_words == 0:
+        return "", text
+    parts = text.split(maxsplit=prefix_words)
+    if len(parts) <= prefix_words:
+        return text, ""
+    cut = len(text) - len(parts[-1])
+    return text[:cut], text[cut:]
+
+
+def fixed_sampling_test(endpoint: Endpoint, fpr: float, samples: int = 100, max_tokens: int = 16, prefix_words: int = 4,
                         max_prob: float = 1e-3, prompt: str = STORY) -> Detection:
-    """The fixed-sampling test: more repeats than any model with no response likelier than ``max_prob`` gives."""
-    if samples < 2 or max_tokens < 1 or not 0 < max_prob < 1:
-        raise InputError("the fixed-sampling test needs samples >= 2, max_tokens >= 1 and 0 < max_prob < 1")
+    """The fixed-sampling test: continuations that repeat, given the same first words, more often than
+    any model with no continuation likelier than ``max_prob`` repeats them."""
+    if samples < 2 or max_tokens < 1 or prefix_words < 0 or not 0 < max_prob < 1:
+        raise InputError("the fixed-sampling test needs samples >= 2, max_tokens >= 1, prefix_words >= 0 and 0 < max_prob < 1")
+    check_fpr(fpr)
     q0 = endpoint.queries
     texts = endpoint.ask(prompt, samples, max_tokens)
+    seen: dict[str, set[str]] = {}
+    sizes: dict[str, int] = {}
+    repeats = 0
+    for t in texts:
+        head, rest = _split(t, prefix_words)
+        if not rest:
+            continue  # too short to have a continuation: it cannot repeat one
+        group = seen.setdefault(head, set())
+        repeats += rest in group
+        group.add(rest)
+        sizes[head] = sizes.get(head, 0) + 1
+    # given the openings, the continuations are independent; the j-th of a group repeats one of the fewer
+    # than j before it with probability <= j * max_prob: D is dominated by independent Bernoullis
+    bounds = [min(1.0, j * max_prob) for c in sizes.values() for j in range(c)]
+    p = poisson_binomial_sf(repeats, bounds)
     unique = len(set(texts))
-    repeats = samples - unique
-    p = poisson_binomial_sf(repeats, [min(1.0, i * max_prob) for i in range(samples)])
-    check_fpr(fpr)
-    top = max(texts.count(t) for t in set(texts))
     return Detection(method="fixed-sampling", n_scored=samples, statistic=float(repeats), p_value=p, fpr=fpr,
                      decision=bool(p <= fpr), details={"queries": endpoint.queries - q0, "unique": unique,
-                                                      "most_repeated": top, "max_prob": max_prob,
+                                                      "shared_openings": sum(c >= 2 for c in sizes.values()),
+                                                      "prefix_words": prefix_words, "max_prob": max_prob,
                                                       "keys_estimate": estimate_keys(unique, samples)})
 
 
