@@ -293,3 +293,57 @@ def test_probe_against_wm_serve_on_the_default_lm(default_lm):
     vllm = make_scheme("vllm-gumbel", 0x5EED_1234_ABCD_0042)
     assert fixed_sampling_test(endpoint(vllm), 1e-3, samples=100).decision
     assert not fixed_sampling_test(plain, 1e-3, samples=100).decision
+
+
+def test_wm_evidence_probe_is_rechecked_from_its_answers_without_the_api(tmp_path):
+    """The report records every answer; wm evidence check recomputes each family's p-value from them
+    (no key, no API), and an edited answer, figure or page is caught."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from wmkit.cli.main import app
+
+    runner = CliRunner()
+    api = _Api(Toy("fixed"))
+    try:
+        r = runner.invoke(app, ["evidence", "probe", "--api", api.url, "-o", str(tmp_path / "ev"), "--tests",
+                                "fixed-sampling,cache-augmented", "--wait", "0", "--rounds", "4", "--burst", "3", "--json"])
+    finally:
+        api.close()
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert summary["report"].endswith("report.json")
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["family"] == "probe" and report["key"] is None
+    assert [x["family"] for x in report["results"]] == ["fixed-sampling", "cache-augmented", "summary"]
+    assert report["results"][-1]["present"] and report["results"][-1]["strongest"] == "fixed-sampling"
+    assert "Holm-adjusted" in (tmp_path / "ev" / "report.html").read_text()
+    ok = runner.invoke(app, ["evidence", "check", str(tmp_path / "ev" / "report.json")])
+    assert ok.exit_code == 0 and "every figure matches" in ok.stderr, ok.output
+    # a figure edited in the report: the recomputation disagrees
+    edited = dict(report, results=[dict(report["results"][0], p_value=0.5), *report["results"][1:]])
+    (tmp_path / "ev" / "report.json").write_text(json.dumps(edited))
+    bad = runner.invoke(app, ["evidence", "check", str(tmp_path / "ev" / "report.json")])
+    assert bad.exit_code == 1 and "p_value" in bad.stderr
+    (tmp_path / "ev" / "report.json").write_text(json.dumps(report))
+    # an answer edited: the input's SHA-256 no longer matches
+    answers = tmp_path / "ev" / "answers.json"
+    answers.write_text(answers.read_text().replace("w", "v", 1))
+    bad = runner.invoke(app, ["evidence", "check", str(tmp_path / "ev" / "report.json")])
+    assert bad.exit_code == 2 and "SHA-256" in bad.stderr
+    r = runner.invoke(app, ["evidence", "probe", "--api", "http://127.0.0.1:1"])
+    assert r.exit_code == 2 and "-o NEW_FOLDER" in r.stderr
+    r = runner.invoke(app, ["evidence", "probe", "--api", "http://127.0.0.1:1", "-o", str(tmp_path / "ev")])
+    assert r.exit_code == 2 and "already exists" in r.stderr
+
+
+def test_rescore_gives_the_measured_figures():
+    from wmkit.forensics.probe import rescore
+
+    answers: dict = {}
+    rows = probe(_ep(Toy("kgw")), 1e-3, ["red-green", "fixed-sampling", "cache-augmented"],
+                 {"red-green": {"samples": 16}, "cache-augmented": {"wait": 0.0, "rounds": 4, "burst": 3}}, answers)
+    for row in rows[:-1]:
+        again = rescore(row, answers[row["family"]], 1e-3)
+        assert again.p_value == row["p_value"] and again.statistic == row["statistic"]

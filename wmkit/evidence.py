@@ -257,6 +257,41 @@ def radioactivity_report(folder: str | os.PathLike[str], windows: np.ndarray, to
             "results": [radioactivity_figures(path, scheme, fpr)]}
 
 
+ANSWERS = "answers.json"
+
+
+def probe_figures(answers: str | os.PathLike[str], rows: Sequence[dict[str, Any]], fpr: float) -> list[dict[str, Any]]:
+    """``wm probe``'s tests scored again from the recorded answers, with the parameters of the rows that
+    were measured; Holm over the families, as the probe did. One result per family, then the summary."""
+    from .forensics.probe import rescore
+    from .stats import holm
+
+    try:
+        recorded = json.loads(read_text(str(answers)))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{ANSWERS}: not JSON ({e.msg})") from None
+    done = [r for r in rows if "family" in r and not r.get("partial")]
+    dets = [rescore(r, recorded[r["family"]], fpr) for r in done]
+    adjusted = holm([d.p_value for d in dets]) if dets else []
+    out = [{"family": r["family"], "p_value": d.p_value, "statistic": d.statistic, "p_holm": a, "present": a <= fpr}
+           for r, d, a in zip(done, dets, adjusted)]
+    found = sorted((a, r["family"]) for r, a in zip(done, adjusted) if a <= fpr)
+    return out + [{"family": "summary", "present": bool(found), "strongest": found[0][1] if found else None}]
+
+
+def probe_report(folder: str | os.PathLike[str], rows: Sequence[dict[str, Any]], answers: dict[str, Any], *, api: str,
+                 fpr: float, command: Sequence[str]) -> dict[str, Any]:
+    """Write the API's answers to ``folder/answers.json`` and return the report of ``wm probe``'s tests on
+    them. No key: anyone re-checks it from that file, without the API."""
+    from .files import write_file
+
+    path = write_file(Path(folder) / ANSWERS, json.dumps(answers, ensure_ascii=False) + "\n")
+    return {"format": REPORT_FORMAT, "family": "probe", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": list(command), "versions": versions(), "key": None, "fpr": fpr, "test": {"rows": list(rows)},
+            "suspect": api, "inputs": [{"path": ANSWERS, "sha256": sha256_file(path), "bytes": path.stat().st_size}],
+            "results": probe_figures(path, rows, fpr)}
+
+
 # ---- checking ----
 
 FIGURES = {"text": ("method", "tokens_scored", "green", "gamma", "z", "statistic", "p_value", "verdict", "watermarked", "tau",
@@ -264,8 +299,10 @@ FIGURES = {"text": ("method", "tokens_scored", "green", "gamma", "z", "statistic
            "eaas": ("method", "watermarked", "p_value", "z", "ks_p", "delta_cos", "rank_p_value", "null"),
            "fingerprint": ("watermarked", "p_value", "contained", "queries", "tau", "pi0", "residuals"),
            "radioactivity": ("method", "watermarked", "p_value", "statistic", "scored", "distinct_coins", "green", "trials",
-                             "gamma")}
+                             "gamma"),
+           "probe": ("family", "p_value", "statistic", "p_holm", "present", "strongest")}
 FAMILIES = tuple(FIGURES)
+KEYLESS = ("fingerprint", "probe")  # a fingerprint's commitment is its signature's SHA-256; a probe has no key
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -291,7 +328,8 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     need = {"inputs": list, "results": list, "fpr": (int, float), "versions": dict, "command": list, "created": str}
     need.update({"text": {"key": dict, "scheme": dict, "tokenizer": str}, "eaas": {"key": dict, "scheme": dict, "test": dict},
                  "fingerprint": {"test": dict, "signature_sha256": str},
-                 "radioactivity": {"key": dict, "scheme": dict, "test": dict, "suspect": str}}[report["family"]])
+                 "radioactivity": {"key": dict, "scheme": dict, "test": dict, "suspect": str},
+                 "probe": {"test": dict, "suspect": str}}[report["family"]])
     for name, kind in need.items():
         if not isinstance(report.get(name), kind):
             raise InputError(f"{path}: the report's {name!r} is missing or malformed; not a complete wmkit evidence report")
@@ -325,7 +363,7 @@ def _check(report_path: str | os.PathLike[str], report: dict[str, Any], key: Any
            load_tok: Any) -> list[str]:
     base = Path(report_path).resolve().parent
     problems: list[str] = []
-    if report["family"] != "fingerprint":  # a fingerprint is keyless: its signature's SHA-256 is the commitment
+    if report["family"] not in KEYLESS:
         if key is None:
             raise InputError(f"a {report['family']} report is re-checked with the revealed key (-k)")
         if key.commitment() != report["key"]["commitment"]:
@@ -343,6 +381,9 @@ def _check(report_path: str | os.PathLike[str], report: dict[str, Any], key: Any
     if problems:
         return problems
     family = report["family"]
+    if family == "probe":
+        return _compare(report, probe_figures(paths[0], report["test"]["rows"], report["fpr"]), family) or \
+            _check_html(report_path, report)
     if family == "fingerprint":
         if report["inputs"][0]["sha256"] != report["signature_sha256"]:
             return ["the signature's SHA-256 is not the one the report commits to"]
@@ -381,7 +422,8 @@ def _check_html(report_path: str | os.PathLike[str], report: dict[str, Any]) -> 
 
 def _compare(report: dict[str, Any], again: list[dict[str, Any]], family: str) -> list[str]:
     problems = []
-    names = [i["path"] for i in report["inputs"]] if family == "text" else [report.get("suspect", "suspect")]
+    names = ([i["path"] for i in report["inputs"]] if family == "text" else
+             [r.get("family") for r in report["results"]] if family == "probe" else [report.get("suspect", "suspect")])
     for name, old, new in zip(names, report["results"], again, strict=True):
         for k in FIGURES[family]:
             if k in ("verdict", "spoof") and k not in old:  # reports from before these figures: the rest is checked
@@ -555,7 +597,7 @@ def render_html(report: dict[str, Any]) -> str:
     """The report as one self-contained HTML page (inline CSS and SVG, no script, no request)."""
     e = html.escape
     family = report["family"]
-    verdicts = ["positive" if r["watermarked"] else "negative" for r in report["results"]]
+    verdicts = ["positive" if r.get("watermarked", r.get("present")) else "negative" for r in report["results"]]
     rows = [("scheme", f"<code>{e(json.dumps(report['scheme']))}</code>")] if "scheme" in report else []
     rows.append(("false-positive rate", f"{report['fpr']:g} (verdict: p &le; FPR)"))
     if "null" in report:
@@ -563,7 +605,7 @@ def render_html(report: dict[str, Any]) -> str:
     if report.get("key"):
         rows += [("key id", f"<code>{e(report['key']['id'])}</code>"),
                  ("key commitment", f"<code>{e(report['key']['commitment'])}</code>")]
-    else:
+    elif "signature_sha256" in report:
         rows.append(("signature SHA-256", f"<code>{e(report['signature_sha256'])}</code> (the owner's published commitment)"))
     if "tokenizer" in report:
         rows.append(("tokenizer", e(report["tokenizer"])))
@@ -639,8 +681,39 @@ def _radioactivity_sections(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _probe_sections(report: dict[str, Any]) -> list[str]:
+    e = html.escape
+    *fams, summary = report["results"]
+    measured = {r["family"]: r for r in report["test"]["rows"] if "family" in r}
+    verdict = f"watermarked ({e(summary['strongest'])} family)" if summary["present"] else "no watermark shown"
+    out = [f"<h2>API: {e(report['suspect'])}</h2><table>",
+           f"<tr><th>verdict</th><td class='{'yes' if summary['present'] else 'no'}'>{verdict} at FPR {report['fpr']:g} "
+           "(Holm over the families tested)</td></tr>"]
+    for r in fams:
+        m = measured.get(r["family"], {})
+        out.append(f"<tr><th>{e(r['family'])}</th><td>p {r['p_value']:.3g}, Holm {r['p_holm']:.3g}; statistic "
+                   f"{r['statistic']:.3g}; {m.get('queries', '?')} queries</td></tr>")
+    for fam, m in measured.items():
+        if m.get("partial"):
+            out.append(f"<tr><th>{e(fam)}</th><td>not finished: {e(str(m.get('stopped')))}</td></tr>")
+    out.append("</table>")
+    if fams:
+        w, h, cap = 600, 30 + 24 * len(fams), 20.0
+        sx = lambda v: 150 + min(v, cap) / cap * (w - 170)  # noqa: E731
+        bars = "".join(f'<text x="5" y="{30 + 24 * i}" font-size="11">{e(r["family"])}</text><rect x="150" y="{18 + 24 * i}" '
+                       f'width="{sx(-math.log10(max(r["p_holm"], 1e-300))) - 150:.1f}" height="16" fill="#69c"/>'
+                       for i, r in enumerate(fams))
+        line = (f'<line x1="{sx(-math.log10(report["fpr"])):.1f}" x2="{sx(-math.log10(report["fpr"])):.1f}" y1="10" '
+                f'y2="{h - 5}" stroke="#d33" stroke-width="2"/>')
+        out.append(f"<figure>{_svg(w, h, bars + line, 'Holm-adjusted p-values')}<figcaption>-log10 of each family's "
+                   f"Holm-adjusted p-value (capped at {cap:g}); red: -log10 of the FPR. A bar past the line: that family's "
+                   "watermark is present.</figcaption></figure>")
+    return out
+
+
 TITLES = {"text": "Watermark evidence (text)", "eaas": "Watermark evidence (embeddings as a service)",
           "fingerprint": "Fingerprint evidence (model derivation)",
-          "radioactivity": "Radioactivity evidence (a model trained on our marked text)"}
+          "radioactivity": "Radioactivity evidence (a model trained on our marked text)",
+          "probe": "Probe evidence (is the API watermarked?)"}
 SECTIONS = {"text": _text_sections, "eaas": _eaas_sections, "fingerprint": _fingerprint_sections,
-            "radioactivity": _radioactivity_sections}
+            "radioactivity": _radioactivity_sections, "probe": _probe_sections}

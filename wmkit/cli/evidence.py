@@ -1,4 +1,4 @@
-"""``wm evidence text|eaas|fingerprint|radioactivity`` write an ownership report (JSON + self-contained HTML); ``wm evidence check``
+"""``wm evidence text|eaas|fingerprint|radioactivity|probe`` write an ownership report (JSON + self-contained HTML); ``wm evidence check``
 re-checks one."""
 
 from __future__ import annotations
@@ -217,9 +217,12 @@ def check(
 ) -> None:
     """Recompute every figure of REPORT from the revealed key and the inputs beside it; exit 0 only if the
     key opens the report's commitment and every figure matches, 1 if the evidence does not hold, 2 on bad input.
-    A fingerprint report needs no key (its signature file's SHA-256 stands for the commitment)."""
+    A fingerprint report needs no key (its signature file's SHA-256 stands for the commitment), nor does a
+    probe report (it is recomputed from the recorded answers)."""
     report = run_guarded(load_report, report_file)
-    key = run_guarded(load_key, key_file=key_file) if report["family"] != "fingerprint" else None
+    from ..evidence import KEYLESS
+
+    key = run_guarded(load_key, key_file=key_file) if report["family"] not in KEYLESS else None
 
     def build(family: str, config: dict[str, Any], k: SecretKey) -> Any:
         from ..watermark.embedding import SCHEMES as EMB_SCHEMES
@@ -236,5 +239,6 @@ def check(
         for p in problems:
             stderr.print(f"wm: evidence does not hold: {p}", markup=False)
         raise typer.Exit(1)
-    stderr.print(f"{report_file}: the key opens the commitment and every figure matches", markup=False)
+    opened = "the key opens the commitment and " if key is not None else ""
+    stderr.print(f"{report_file}: {opened}every figure matches", markup=False)
 

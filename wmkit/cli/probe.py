@@ -10,7 +10,9 @@ exits 2.
 from __future__ import annotations
 
 import json
-from typing import Optional
+import sys
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
@@ -18,6 +20,7 @@ from .common import ApiKeyEnvOpt, HeaderOpt, InsecureOpt, check_fpr_option, die,
 
 
 def probe(
+    ctx: typer.Context,
     api: str = typer.Option(..., "--api", help="The API: an OpenAI-compatible base URL (its /v1/completions is queried)."),
     tests: str = typer.Option("red-green,fixed-sampling,cache-augmented", "--tests",
                               help="Families to test, comma-separated: red-green, fixed-sampling, cache-augmented."),
@@ -38,13 +41,25 @@ def probe(
     insecure: bool = InsecureOpt,
     fpr: float = typer.Option(1e-3, help="False-positive rate of 'present' (Holm over the families tested)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON lines only."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="wm evidence probe: a new folder for report.json, "
+                                          "report.html and answers.json (what anyone re-checks, without the API).",
+                                          show_default=False),
 ) -> None:
-    """Test whether the API at --api watermarks what it writes: red-green, fixed-sampling and cache-augmented families."""
+    """Test whether the API at --api watermarks what it writes: red-green, fixed-sampling and cache-augmented families.
+
+    As ``wm evidence probe -o FOLDER`` it also writes a report that anyone re-checks from the recorded
+    answers (``wm evidence check FOLDER/report.json``, no key)."""
     from ..forensics.probe import Endpoint
     from ..forensics.probe import probe as run_probe
     from ..remote import Completions, suspect_headers
 
     check = run_guarded(check_fpr_option, fpr)
+    if "evidence" in ctx.command_path.split() and output is None:
+        die("wm evidence probe writes a report: give -o NEW_FOLDER")
+    if output is not None:
+        from .evidence import _new_folder
+
+        _new_folder(output)
     if not api.startswith(("http://", "https://")):
         die(f"--api must be an http(s):// URL, got {api!r}")
     if min(samples, story_samples, rounds, burst, per_request, max_queries) < 1 or wait < 0 or time_limit <= 0 or tolerance < 0:
@@ -58,7 +73,18 @@ def probe(
     options = {"red-green": {"samples": samples, "tolerance": tolerance},
                "fixed-sampling": {"samples": story_samples, "max_prob": max_prob},
                "cache-augmented": {"rounds": rounds, "burst": burst, "wait": wait}}
-    rows = run_guarded(run_probe, endpoint, check, families, options)
+    answers: dict[str, Any] = {}
+    rows = run_guarded(run_probe, endpoint, check, families, options, answers)
+    if output is not None:
+        from ..evidence import probe_report
+        from .evidence import _make_folder, _write
+
+        given = sys.argv[len(ctx.command_path.split()):]
+        command = ["wm", *ctx.command_path.split()[1:], *("NEW_FOLDER" if a == str(output) else a for a in given)]
+        _make_folder(output)
+        report = run_guarded(probe_report, output, rows[:-1], answers, api=api, fpr=check, command=command)
+        _write(output, report)
+        rows[-1]["report"] = str(output / "report.json")
     for row in rows:
         typer.echo(json.dumps(row))
     summary = rows[-1]

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any, Callable, Sequence
 
@@ -58,8 +58,8 @@ import numpy as np
 from ..errors import InputError
 from ..stats import Detection, check_fpr, holm, permutation_detection, poisson_binomial_sf
 
-__all__ = ["Endpoint", "ProbeStopped", "red_green_test", "fixed_sampling_test", "cache_test", "probe", "FAMILIES",
-           "estimate_keys"]
+__all__ = ["Endpoint", "ProbeStopped", "red_green_test", "fixed_sampling_test", "cache_test", "probe", "rescore", "FAMILIES",
+           "estimate_keys", "score_red_green", "score_fixed_sampling", "score_cache"]
 
 FAMILIES = ("red-green", "fixed-sampling", "cache-augmented")
 PREFIXES = ("I ate", "I chose", "I picked", "I selected", "I took", "I went for", "I settled on", "I got", "I gathered",
@@ -111,14 +111,22 @@ class Endpoint:
 def red_green_test(endpoint: Endpoint, fpr: float, samples: int = 64, prefixes: Sequence[str] = PREFIXES,
                    digits: str = DIGITS, width: int = 4, top: int = 4, tolerance: float = 1.0, lead: str = LEAD) -> Detection:
     """The red-green test: a context-keyed bias shows as a digit effect, shared by every prefix, on the
-    log-odds between two outcomes, larger than ``tolerance`` (nats)."""
-    from scipy.stats import t as student
-
-    if len(prefixes) < 2 or len(digits) < 2 or samples < 1 or width < 1 or top < 2 or tolerance < 0:
-        raise InputError("the red-green test needs >= 2 prefixes, >= 2 digits, samples >= 1, width >= 1, top >= 2, "
-                         "tolerance >= 0")
+    log-odds between two outcomes, larger than ``tolerance`` (nats). The answers are kept in
+    ``evidence["cells"]`` (``[prefix][digit] -> answers``); :func:`score_red_green` scores them."""
+    if len(prefixes) < 2 or len(digits) < 2 or samples < 1 or width < 1:
+        raise InputError("the red-green test needs >= 2 prefixes, >= 2 digits, samples >= 1, width >= 1")
+    check_fpr(fpr)
     q0 = endpoint.queries
     cells = [[endpoint.ask(f"{lead}{p} {d * width}", samples, 1) for d in digits] for p in prefixes]
+    return _with_queries(score_red_green(cells, fpr, tolerance, top), endpoint.queries - q0)
+
+
+def score_red_green(cells: Sequence[Sequence[Sequence[str]]], fpr: float, tolerance: float = 1.0, top: int = 4) -> Detection:
+    """Score the red-green grid ``cells[prefix][digit]`` (one-token answers)."""
+    from scipy.stats import t as student
+
+    if top < 2 or tolerance < 0:
+        raise InputError("the red-green test needs top >= 2 and tolerance >= 0")
     totals: dict[str, int] = {}
     for row in cells:
         for cell in row:
@@ -128,10 +136,10 @@ def red_green_test(endpoint: Endpoint, fpr: float, samples: int = 64, prefixes: 
     outcomes = sorted(totals, key=lambda t: (-totals[t], t))[:top]
     if len(outcomes) < 2:
         raise InputError("the red-green prompts gave fewer than two outcomes without digits: no contrast to test")
-    counts = np.array([[[cell.count(o) for o in outcomes] for cell in row] for row in cells], dtype=float)  # [R, C, K]
+    counts = np.array([[[list(cell).count(o) for o in outcomes] for cell in row] for row in cells], dtype=float)  # [R, C, K]
     r, c = counts.shape[0], counts.shape[1]
     df = (r - 1) * (c - 1)
-    best, best_t, tests = 1.0, 0.0, 0
+    best, best_t, tests = 1.0, -math.inf, 0
     for a, b in combinations(range(len(outcomes)), 2):
         y = np.log((counts[..., a] + 0.5) / (counts[..., b] + 0.5))  # log-odds of a over b per cell [R, C]
         effect = y.mean(axis=0) - y.mean()  # each digit's effect, averaged over the prefixes
@@ -142,11 +150,16 @@ def red_green_test(endpoint: Endpoint, fpr: float, samples: int = 64, prefixes: 
         best_t = max(best_t, float(t.max()))
         tests += c
     p = min(1.0, best * tests)  # Bonferroni over every (pair, digit)
-    check_fpr(fpr)
     return Detection(method="red-green", n_scored=int(counts.sum()), statistic=best_t, p_value=p, fpr=fpr,
-                     decision=bool(p <= fpr), details={"queries": endpoint.queries - q0, "outcomes": outcomes,
-                                                      "cells": [r, c], "samples_per_cell": samples,
-                                                      "tolerance": tolerance, "tests": tests})
+                     decision=bool(p <= fpr), details={"outcomes": outcomes, "cells": [r, c],
+                                                      "samples_per_cell": len(cells[0][0]), "tolerance": tolerance,
+                                                      "top": top, "tests": tests},
+                     evidence={"cells": [[list(cell) for cell in row] for row in cells]})
+
+
+def _with_queries(d: Detection, queries: int, **more: Any) -> Detection:
+    """``d`` with the queries it spent (first) and ``more`` in its details."""
+    return replace(d, details={"queries": queries, **d.details, **more})
 
 
 def estimate_keys(unique: int, n: int) -> float | None:
@@ -180,12 +193,20 @@ def _split(text: str, prefix_words: int) -> tuple[str, str]:
 def fixed_sampling_test(endpoint: Endpoint, fpr: float, samples: int = 100, max_tokens: int = 16, prefix_words: int = 4,
                         max_prob: float = 1e-3, prompt: str = STORY) -> Detection:
     """The fixed-sampling test: continuations that repeat, given the same first words, more often than
-    any model with no continuation likelier than ``max_prob`` repeats them."""
-    if samples < 2 or max_tokens < 1 or prefix_words < 0 or not 0 < max_prob < 1:
-        raise InputError("the fixed-sampling test needs samples >= 2, max_tokens >= 1, prefix_words >= 0 and 0 < max_prob < 1")
+    any model with no continuation likelier than ``max_prob`` repeats them (answers in
+    ``evidence["texts"]``; :func:`score_fixed_sampling`)."""
+    if samples < 2 or max_tokens < 1:
+        raise InputError("the fixed-sampling test needs samples >= 2 and max_tokens >= 1")
     check_fpr(fpr)
     q0 = endpoint.queries
     texts = endpoint.ask(prompt, samples, max_tokens)
+    return _with_queries(score_fixed_sampling(texts, fpr, prefix_words, max_prob), endpoint.queries - q0)
+
+
+def score_fixed_sampling(texts: Sequence[str], fpr: float, prefix_words: int = 4, max_prob: float = 1e-3) -> Detection:
+    """Score answers of one prompt, in the order they came."""
+    if prefix_words < 0 or not 0 < max_prob < 1 or len(texts) < 2:
+        raise InputError("the fixed-sampling test needs >= 2 answers, prefix_words >= 0 and 0 < max_prob < 1")
     seen: dict[str, set[str]] = {}
     sizes: dict[str, int] = {}
     repeats = 0
@@ -202,24 +223,35 @@ def fixed_sampling_test(endpoint: Endpoint, fpr: float, samples: int = 100, max_
     bounds = [min(1.0, j * max_prob) for c in sizes.values() for j in range(c)]
     p = poisson_binomial_sf(repeats, bounds)
     unique = len(set(texts))
-    return Detection(method="fixed-sampling", n_scored=samples, statistic=float(repeats), p_value=p, fpr=fpr,
-                     decision=bool(p <= fpr), details={"queries": endpoint.queries - q0, "unique": unique,
+    return Detection(method="fixed-sampling", n_scored=len(texts), statistic=float(repeats), p_value=p, fpr=fpr,
+                     decision=bool(p <= fpr), details={"unique": unique,
                                                       "shared_openings": sum(c >= 2 for c in sizes.values()),
                                                       "prefix_words": prefix_words, "max_prob": max_prob,
-                                                      "keys_estimate": estimate_keys(unique, samples)})
+                                                      "keys_estimate": estimate_keys(unique, len(texts))},
+                     evidence={"texts": list(texts)})
 
 
 def cache_test(endpoint: Endpoint, fpr: float, rounds: int = 10, burst: int = 5, wait: float = 2.0, max_tokens: int = 8,
                prompt: str = STORY, permutations: int = 9_999, seed: int = 0) -> Detection:
-    """The cache test: the first answer after a pause agrees across rounds more than a random answer does."""
+    """The cache test: the first answer after a pause agrees across rounds more than a random answer does
+    (answers in ``evidence["bursts"]``; :func:`score_cache`)."""
     if rounds < 2 or burst < 2 or wait < 0 or max_tokens < 1:
         raise InputError("the cache test needs rounds >= 2, burst >= 2, wait >= 0, max_tokens >= 1")
+    check_fpr(fpr)
     q0 = endpoint.queries
     bursts = []
     for i in range(rounds):
         if i:
             time.sleep(wait)
         bursts.append([endpoint.ask(prompt, 1, max_tokens)[0] for _ in range(burst)])
+    return _with_queries(score_cache(bursts, fpr, permutations, seed), endpoint.queries - q0, wait_s=wait)
+
+
+def score_cache(bursts: Sequence[Sequence[str]], fpr: float, permutations: int = 9_999, seed: int = 0) -> Detection:
+    """Score ``bursts[round]`` (answers in the order asked; the first after the pause first)."""
+    rounds, burst = len(bursts), len(bursts[0]) if bursts else 0
+    if rounds < 2 or burst < 2 or any(len(b) != burst for b in bursts) or permutations < 1:
+        raise InputError("the cache test needs >= 2 bursts of the same size >= 2, and permutations >= 1")
     ids: dict[str, int] = {}
     codes = np.array([[ids.setdefault(t, len(ids)) for t in b] for b in bursts])  # [rounds, burst]
 
@@ -231,20 +263,35 @@ def cache_test(endpoint: Endpoint, fpr: float, rounds: int = 10, burst: int = 5,
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, burst, size=(permutations, rounds))
     null = agree(np.take_along_axis(np.broadcast_to(codes, (permutations, rounds, burst)), pick[..., None], axis=2)[..., 0])
-    return permutation_detection("cache-augmented", observed, null.astype(float), fpr, n_scored=rounds * burst,
-                                 queries=endpoint.queries - q0, rounds=rounds, burst=burst, wait_s=wait,
-                                 distinct_answers=len(ids))
+    d = permutation_detection("cache-augmented", observed, null.astype(float), fpr, n_scored=rounds * burst,
+                              rounds=rounds, burst=burst, distinct_answers=len(ids), permutations=permutations, seed=seed)
+    return replace(d, evidence={"bursts": [list(b) for b in bursts]})
 
 
 TESTS: dict[str, Callable[..., Detection]] = {"red-green": red_green_test, "fixed-sampling": fixed_sampling_test,
                                               "cache-augmented": cache_test}
+# each family's scorer, the name of its answers and the parameters (of its row) it is scored with
+SCORERS: dict[str, tuple[Callable[..., Detection], str, tuple[str, ...]]] = {
+    "red-green": (score_red_green, "cells", ("tolerance", "top")),
+    "fixed-sampling": (score_fixed_sampling, "texts", ("prefix_words", "max_prob")),
+    "cache-augmented": (score_cache, "bursts", ("permutations", "seed"))}
+
+
+def rescore(row: dict[str, Any], answers: Any, fpr: float) -> Detection:
+    """A family's test scored again from its recorded ``answers``, with the parameters its ``row`` names
+    (what ``wm evidence check`` does for a probe report)."""
+    if row.get("family") not in SCORERS:
+        raise InputError(f"no probe family {row.get('family')!r}; families are {', '.join(FAMILIES)}")
+    score, _, params = SCORERS[row["family"]]
+    return score(answers, fpr, **{k: row[k] for k in params})
 
 
 def probe(endpoint: Endpoint, fpr: float, families: Sequence[str] = FAMILIES,
-          options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+          options: dict[str, dict[str, Any]] | None = None, answers: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run the tests of ``families``; one row per family (``p_value``, ``p_holm``, ``queries``, ...) then
     the summary (``present``, ``family``, ``queries``). A test stopped by the budget is a row with
-    ``"partial": true`` and no p-value; the summary says so."""
+    ``"partial": true`` and no p-value; the summary says so. ``answers``, if given, receives each
+    finished family's answers (what :func:`rescore` needs)."""
     check_fpr(fpr)
     unknown = [f for f in families if f not in TESTS]
     if unknown or not families:
@@ -259,6 +306,8 @@ def probe(endpoint: Endpoint, fpr: float, families: Sequence[str] = FAMILIES,
             rows.append({"family": fam, "partial": True, "stopped": str(e), "queries": endpoint.queries - q0})
             continue
         d = dets[fam]
+        if answers is not None and d.evidence is not None:
+            answers[fam] = d.evidence[SCORERS[fam][1]]
         rows.append({"family": fam, "p_value": d.p_value, "statistic": d.statistic, "p_floor": d.p_floor,
                      **{k: v for k, v in d.details.items() if k not in ("z", "p_value_normal")}})
     adjusted = dict(zip(dets, holm([d.p_value for d in dets.values()]))) if dets else {}
