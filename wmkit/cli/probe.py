@@ -28,8 +28,8 @@ def probe(
     tolerance: float = typer.Option(1.0, "--tolerance", help="Red-green: the largest natural digit effect (nats, on a log-odds) "
                                     "the null allows."),
     story_samples: int = typer.Option(100, "--story-samples", help="Fixed-sampling: samples of the story prompt."),
-    max_prob: float = typer.Option(1e-3, "--max-prob", help="Fixed-sampling: the null's assumption, that no 8-token "
-                                   "answer of an unmarked model is likelier than this."),
+    max_prob: float = typer.Option(1e-3, "--max-prob", help="Fixed-sampling: the null's assumption, that no continuation "
+                                   "(after the first 4 words of a 16-token answer) of an unmarked model is likelier than this."),
     rounds: int = typer.Option(10, "--rounds", help="Cache-augmented: bursts of queries."),
     burst: int = typer.Option(5, "--burst", help="Cache-augmented: queries per burst."),
     wait: float = typer.Option(2.0, "--wait", help="Cache-augmented: seconds between bursts (for a cache to expire)."),

@@ -1,5 +1,6 @@
 """Is that API watermarked, and with what kind of scheme? Black-box presence tests after Gloaguen et
-al. (ICLR 2025, arXiv 2405.20777), from completions alone, with exact p-values and a query count.
+al. (ICLR 2025, arXiv 2405.20777), from completions alone, each with a p-value (exact, bounded under a
+stated assumption, or approximate: each test below says which) and the queries it spent.
 
 Three families, three tests; each spends its own queries and gives its own p-value, and the
 summary is Holm's over the tests run, so "present" is declared at the chosen FPR whichever
@@ -13,10 +14,12 @@ the log-odds between two outcomes by about ``+-delta`` after the same digit unde
 The statistic: for each pair of the ``top`` most frequent outcomes (digits left out: a digit
 continues the run, a natural effect) and each digit, the digit's effect on the pair's log-odds,
 averaged over the prefixes, against the prefix-by-digit interaction (pooled, ``(R - 1)(C - 1)``
-degrees of freedom). A model also has natural digit effects -- on the default LM they reach
-about 0.7 nats on this grid, measured with ``--scheme none`` -- so the null is composite: *no
+degrees of freedom). A model also has natural digit effects -- on the unmarked default LM the
+largest estimate on this grid is 1.0 nat (0.5 to 1.0 over the outcome pairs, sampling noise
+included; the kgw server's reach 2.8) -- so the null is composite: *no
 prefix-consistent effect larger than* ``tolerance`` (default 1 nat); the p-value is Student's
-tail of ``(|effect| - tolerance) / se``, doubled, Bonferroni over every (pair, digit). The paper
+tail of ``(|effect| - tolerance) / se``, doubled, Bonferroni over every (pair, digit): approximate
+(a normal model of the cell log-odds). The paper
 tests the digit effect against zero by a permutation; on SmolLM2 that flags the unmarked model,
 so the tolerance is our choice. Unigram (no context) and a bias far below the tolerance are not
 seen by this test.
