@@ -179,6 +179,10 @@ def test_helpers():
     from scipy.stats import binom
 
     assert poisson_binomial_sf(3, [0.2] * 10) == pytest.approx(binom.sf(2, 10, 0.2))
+    from wmkit.forensics.probe import score_cache
+
+    with pytest.raises(InputError, match="permutations"):  # a report from the other side cannot ask for 1e9 draws
+        score_cache([["a", "b"], ["a", "b"]], 0.01, permutations=10**9)
 
 
 class _Api:

@@ -70,6 +70,7 @@ PREFIXES = ("I ate", "I chose", "I picked", "I selected", "I took", "I went for"
 DIGITS = "123456789"
 LEAD = "Fruits: apples, pears, plums, figs, kiwis, mangoes.\n"
 STORY = "This is the story of"
+MAX_PERMUTATIONS = 1_000_000  # a report re-checked from someone else's file cannot ask for more
 
 Sampler = Callable[[str, int, int, float], list[str]]  # (prompt, n, max_tokens, temperature) -> n texts
 
@@ -253,8 +254,8 @@ def cache_test(endpoint: Endpoint, fpr: float, rounds: int = 10, burst: int = 5,
 def score_cache(bursts: Sequence[Sequence[str]], fpr: float, permutations: int = 9_999, seed: int = 0) -> Detection:
     """Score ``bursts[round]`` (answers in the order asked; the first after the pause first)."""
     rounds, burst = len(bursts), len(bursts[0]) if bursts else 0
-    if rounds < 2 or burst < 2 or any(len(b) != burst for b in bursts) or permutations < 1:
-        raise InputError("the cache test needs >= 2 bursts of the same size >= 2, and permutations >= 1")
+    if rounds < 2 or burst < 2 or any(len(b) != burst for b in bursts) or not 1 <= permutations <= MAX_PERMUTATIONS:
+        raise InputError(f"the cache test needs >= 2 bursts of the same size >= 2, and 1 <= permutations <= {MAX_PERMUTATIONS}")
     ids: dict[str, int] = {}
     codes = np.array([[ids.setdefault(t, len(ids)) for t in b] for b in bursts])  # [rounds, burst]
 
