@@ -121,3 +121,13 @@ def test_normalisation_never_fails_and_is_idempotent(text):
     once = normalize_text(text)
     assert normalize_text(once) == once
     assert unicodedata.is_normalized("NFC", once)
+
+
+@pytest.mark.parametrize("text", [
+    "Aτ",  # tau's Latin prototype is a small capital T, which the compatibility step folds to "t"
+    "𝙺̊𝛜糨𝈕𝜺",  # a mark or a symbol between letters must not change where a second pass cuts words
+    "а⧄С𝛓Ⅎ頋ս",  # the fold turns a word's vote to Latin, which changes the text's script
+])
+def test_normalisation_is_idempotent_where_hypothesis_found_it_was_not(text):
+    once = normalize_text(text)
+    assert normalize_text(once) == once

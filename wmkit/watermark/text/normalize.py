@@ -54,7 +54,10 @@ from typing import Iterable
 __all__ = ["TextProfile", "normalize_text", "fold_mixed_script", "profile_text"]
 
 _EXTRA_INVISIBLE = {0x034F} | set(range(0xFE00, 0xFE10)) | set(range(0xE0100, 0xE01F0))
-_NON_ASCII_WORD = re.compile(r"\w*[^\x00-\x7f]\w*", re.UNICODE)
+_MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"  # combining marks
+# a word as the folds see it: word characters and the marks on them (a mark, or a symbol, never
+# joins or splits words, so removing a mark cannot change what a second pass reads as a word)
+_FOLD_WORD = re.compile(rf"(?:\w|[{_MARKS}])+")
 _LATIN_LETTER = re.compile(r"[A-Za-z]")
 _ANY_WORD = re.compile(r"[^\W\d_]+")
 _ASCII_WORD = re.compile(r"[A-Za-z]+")
@@ -119,6 +122,7 @@ def _tables() -> tuple[dict[str, dict[str, str]], object]:
     from confusable_homoglyphs import categories, utils
 
     raw = utils.load("confusables.json")
+    compat = _compat()
     fold: dict[str, dict[str, str]] = {}
     for ch, entries in raw.items():
         if len(ch) != 1:
@@ -126,7 +130,9 @@ def _tables() -> tuple[dict[str, dict[str, str]], object]:
         for e in entries:
             proto = e["c"]
             if len(proto) == 1:
-                fold.setdefault(ch, {}).setdefault(categories.alias(proto), proto)
+                # straight to the final form: Greek tau's Latin prototype is a small capital T, which
+                # step 2 folds to "t" -- folding in one pass what a second pass would fold again
+                fold.setdefault(ch, {}).setdefault(categories.alias(proto), proto.translate(compat))
     return fold, categories
 
 
@@ -230,7 +236,7 @@ def _dict_letters(text: str, shortest: int = 3) -> int:
     ignored, as a mark rate strips them)."""
     words = _words()[0]
     if not text.isascii():  # read as a Latin text would be folded (marks, look-alikes)
-        text = _NON_ASCII_WORD.sub(lambda m: fold_mixed_script(m.group(), "LATIN"), unicodedata.normalize("NFD", text))
+        text = _fold_words(unicodedata.normalize("NFD", text), "LATIN")
         text = _LATIN_MARKED.sub(r"\1", text)
     # squared lengths: one long word outweighs the two fragments it splits into ("mist" + "aken")
     return sum(len(w) ** 2 for w in _ANY_WORD.findall(text) if len(w) >= shortest and w.lower() in words)
@@ -276,7 +282,7 @@ def _profile_of_cleaned(text: str, before: str = "") -> TextProfile:
         if s is not None:
             prof.votes[s] = prof.votes.get(s, 0) + n
     # marks and case are read on the words folded as a Latin text folds them
-    base = unicodedata.normalize("NFD", _NON_ASCII_WORD.sub(lambda m: fold_mixed_script(m.group(), "LATIN"), text))
+    base = unicodedata.normalize("NFD", _fold_words(text, "LATIN"))
     prof.latin = len(_LATIN_LETTER.findall(base))
     prof.marked = len(_LATIN_MARKED.findall(base))
     view = _LATIN_MARKED.sub(r"\1", base)
@@ -363,7 +369,7 @@ def _fold_spaces(text: str) -> str:
     return "".join(out)
 
 
-_LATIN_MARKED = re.compile(r"([A-Za-z])([\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+)")
+_LATIN_MARKED = re.compile(rf"([A-Za-z])([{_MARKS}]+)")
 
 
 def _fold_marks(text: str, prof: TextProfile) -> str:
@@ -375,6 +381,11 @@ def _fold_marks(text: str, prof: TextProfile) -> str:
         base = unicodedata.normalize("NFD", text)
         return unicodedata.normalize("NFC", _LATIN_MARKED.sub(r"\1", base))
     return _LATIN_MARKED.sub(r"\1", text)  # NFC text: a mark still beside its letter did not compose
+
+
+def _fold_words(text: str, text_script: str | None) -> str:
+    """Every non-ASCII word of ``text`` through :func:`fold_mixed_script`."""
+    return _FOLD_WORD.sub(lambda m: m.group() if m.group().isascii() else fold_mixed_script(m.group(), text_script), text)
 
 
 def fold_mixed_script(word: str, text_script: str | None = None) -> str:
@@ -471,10 +482,24 @@ def normalize_text(text: str, profile: TextProfile | None = None, before: str = 
     text = _cleaned(text)
     if profile is None and text.isascii() and not _ASCII_TROUBLE.search(text):
         return text
-    prof = profile if profile is not None else _profile_of_cleaned(text)
+    if profile is None:
+        # a fold can change what the text-wide votes read (a word of five scripts folded to Latin now
+        # votes Latin): fold again until nothing changes, so that normalising twice changes nothing.
+        # A stream normalises in one pass with the whole text's profile, the same but in such texts
+        for _ in range(4):
+            out = _normalize_once(text, _profile_of_cleaned(text), before)
+            if out == text:
+                break
+            text = _cleaned(out)
+        return out
+    return _normalize_once(text, profile, before)
+
+
+def _normalize_once(text: str, prof: TextProfile, before: str) -> str:
+    """Steps 4-6 of :func:`normalize_text` on a cleaned ``text`` with the profile ``prof``."""
     if not text.isascii():
         around = prof.script()
-        text = _NON_ASCII_WORD.sub(lambda m: fold_mixed_script(m.group(), around), text)
+        text = _fold_words(text, around)
         text = _fold_marks(text, prof)
     text = _restore_case(text, prof, before)
     return unicodedata.normalize("NFC", text)  # removals and folds can bring a base and a mark together
