@@ -54,10 +54,16 @@ from wmkit.watermark.embedding import (  # noqa: E402
     EmbMarker,
     ESpeW,
     SentenceEncoder,
+    WET,
     TransformedEncoder,
+    add_noise,
     cse_clean,
     lsa_reference,
+    paraphrased_answers,
+    pca_project,
+    spa_spot,
     verify_ownership,
+    verify_wet,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -115,20 +121,21 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
     clean_tr = cached_encode(enc, tr, f"{name}-train")
     clean_te = cached_encode(enc, te, f"{name}-test")
     acc_clean = accuracy(clean_tr, ytr, clean_te, yte)
-    schemes = {"none": None, "embmarker": EmbMarker(BENCH_KEY), "espew": ESpeW(BENCH_KEY, ratio=args.ratio)}
+    schemes = {"none": None, "embmarker": EmbMarker(BENCH_KEY), "espew": ESpeW(BENCH_KEY, ratio=args.ratio),
+               "wet": WET(BENCH_KEY)}
     reference = lsa_reference(tr) if "cse" in args.attacks else None
     rows = []
     for sname, scheme in schemes.items():
         if sname not in args.schemes:
             continue
-        tester = scheme or schemes["espew"]
+        tester = scheme if scheme is not None and scheme.name != "wet" else schemes["espew"]
         target = enc.encode([tester.target_text()])[0]
         if scheme is None:
             prov_tr, prov_te = clean_tr, clean_te
         else:
             prov_tr = scheme.mark(tr, clean_tr, target)
             prov_te = scheme.mark(te, clean_te, target)
-        q = tester.weights(tr)
+        q = tester.weights(tr) if sname != "wet" else np.ones(len(tr))  # WET changes every embedding
         cos = np.einsum("ij,ij->i", prov_tr, clean_tr)
         base = {
             "dataset": name,
@@ -139,27 +146,57 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
             "cos_marked": float(cos[q > 0].mean()) if (q > 0).any() else 1.0,
             "marked_fraction": float((q > 0).mean()),
         }
+        def provided(texts: list[str], tag: str) -> np.ndarray:
+            clean = cached_encode(enc, texts, tag)
+            return clean if scheme is None else scheme.mark(texts, clean, target)
+
         for attack in args.attacks:
             t0 = time.time()
+            train_texts, spotted = tr, {}
             if attack.startswith("cse"):
                 ref = clean_tr if attack == "cse-oracle" else reference
                 targets = cse_clean(prov_tr, ref, seed=args.seed)
+            elif attack == "spa":
+                keep, _ = spa_spot(tr, lambda x: provided(x, f"{name}-spa"), tr, n_suffixes=args.spa_suffixes, seed=args.seed)
+                marked = q > 0
+                spotted = {"spa_dropped": float((~keep).mean()), "spa_tpr": float((~keep)[marked].mean()) if marked.any() else 0.0,
+                           "spa_fpr": float((~keep)[~marked].mean()) if (~marked).any() else 0.0,
+                           "attack_queries": len(tr) * (1 + args.spa_suffixes)}
+                train_texts, targets = [t for t, k in zip(tr, keep) if k], prov_tr[keep]
+            elif attack == "pca":
+                targets = pca_project(prov_tr, 0.8)
+            elif attack == "noise":
+                targets = add_noise(prov_tr, args.noise, seed=args.seed)
+            elif attack == "paraphrase":
+                targets = paraphrased_answers(tr, lambda x: provided(x, f"{name}-para"), paraphraser(tr))
             else:
                 targets = prov_tr
-            stealer = BagOfWordsStealer.fit(tr, targets, epochs=args.epochs, seed=args.seed)
+            stealer = BagOfWordsStealer.fit(train_texts, targets, epochs=args.epochs, seed=args.seed)
+            stealer_acc = accuracy(stealer.encode(tr), ytr, stealer.encode(te), yte)
             fidelity = float(np.einsum("ij,ij->i", stealer.encode(te), prov_te).mean())
             suspect = TransformedEncoder.rotation(stealer, seed=args.seed) if attack == "rotation" else stealer
             first = "copy-target" if attack == "rotation" else "target"
-            reps = {
-                first: verify_ownership(suspect, tester, target, first, n_texts=args.texts, n_decoys=args.decoys),
-                "target-free": verify_ownership(suspect, tester, None, "target-free", n_texts=args.texts, n_decoys=999),
-            }
-            if sname == "espew" and attack != "rotation":
-                reps["positions"] = verify_ownership(
-                    suspect, tester, target, "positions", clean=enc, n_texts=args.texts, n_decoys=args.decoys
-                )
+            wet_key = schemes["wet"]
+            wet_reps = {kind: verify_wet(suspect, wet_key, enc, n_texts=args.wet_texts, statistic=kind)
+                        for kind in ("forward", "inverse")}
+            if sname == "wet":
+                reps = {"wet-forward": wet_reps["forward"]}
+                budget_rep = wet_reps["forward"]
+            else:
+                reps = {
+                    first: verify_ownership(suspect, tester, target, first, n_texts=args.texts, n_decoys=args.decoys),
+                }
+                if not args.skip_target_free:
+                    reps["target-free"] = verify_ownership(suspect, tester, None, "target-free", n_texts=args.texts, n_decoys=999)
+                if sname == "espew" and attack != "rotation":
+                    reps["positions"] = verify_ownership(
+                        suspect, tester, target, "positions", clean=enc, n_texts=args.texts, n_decoys=args.decoys
+                    )
+                budget_mode = "positions" if "positions" in reps else first
+                budget_rep = verify_ownership(suspect, tester, target, budget_mode, clean=enc, budget=args.budget,
+                                              fpr=args.budget_fpr)
             rep = next(iter(reps.values()))
-            free = reps["target-free"]
+            free = reps.get("target-free")
             row = {
                 **base,
                 "attack": attack,
@@ -167,34 +204,75 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
                 "z": rep.detection.statistic,
                 "ks_p": rep.ks_p,
                 "test": rep.mode,
-                "p_target_free": free.p_value,
-                "z_target_free": free.detection.statistic,
+                "p_target_free": free.p_value if free else None,
+                "z_target_free": free.detection.statistic if free else None,
                 "p_positions": reps["positions"].p_value if "positions" in reps else None,
                 "z_positions": reps["positions"].detection.statistic if "positions" in reps else None,
                 "delta_cos": rep.delta_cos,
                 "delta_l2": rep.delta_l2,
                 "derived": rep.detection.decision,
+                "queries": rep.queries,
+                "p_budget": budget_rep.p_value,
+                "queries_budget": budget_rep.queries,
+                "test_budget": budget_rep.mode,
+                "p_wet_forward": wet_reps["forward"].p_value,
+                "p_wet_inverse": wet_reps["inverse"].p_value,
                 "stealer_fidelity": fidelity,
+                "stealer_accuracy": stealer_acc,
+                **spotted,
                 "seconds": round(time.time() - t0, 1),
             }
-            log(f"  {sname:9s} {attack:8s} p={row['p_value']:.2e} z={row['z']:.1f} ks_p={row['ks_p']:.1e} "
-                f"p_free={free.p_value:.1e} "
-                f"dcos={row['delta_cos']:+.4f} acc={row['accuracy']:.4f} fid={fidelity:.3f} ({row['seconds']} s)")
+            log(f"  {sname:9s} {attack:8s} p={row['p_value']:.2e} z={row['z']:.1f} ks_p={row['ks_p'] or 1:.1e} "
+                f"p_budget={row['p_budget']:.1e} ({row['queries_budget']} q, {row['test_budget']}) "
+                f"p_wet={row['p_wet_forward']:.1e}/{row['p_wet_inverse']:.1e} "
+                f"p_free={free.p_value if free else float('nan'):.1e} "
+                f"dcos={row['delta_cos']:+.4f} acc={row['accuracy']:.4f} fid={fidelity:.3f} stealer_acc={stealer_acc:.3f} "
+                f"{spotted or ''} ({row['seconds']} s)")
             rows.append(row)
     return rows
 
 
+_PARAPHRASER: dict = {}
+
+
+def paraphraser(train_texts: list[str]):  # noqa: ANN201
+    """The default LM rewriting each query (wmkit's Paraphrase attack, one call per batch of texts);
+    its answers are cached on disk by the texts' hash, so every scheme sees the same paraphrases."""
+    from wmkit.models import load_default_lm
+    from wmkit.watermark.text.attacks import Paraphrase
+
+    def run(texts: list[str]) -> list[str]:
+        import random
+
+        h = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+        path = cache_dir() / "benchmarks" / f"eaas-paraphrases-{len(texts)}-{h}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        if "lm" not in _PARAPHRASER:
+            _PARAPHRASER["lm"] = load_default_lm()
+        lm, tok = _PARAPHRASER["lm"]
+        t0 = time.time()
+        out = Paraphrase(lm, tok, max_new_tokens=64)(texts, random.Random(0))
+        log(f"  paraphrased {len(texts)} queries in {time.time() - t0:.0f} s")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file(path, json.dumps(out), overwrite=True)  # a cache
+        return out
+
+    return run
+
+
 def table(rows: list[dict]) -> str:
-    cols = ["dataset", "scheme", "attack", "test", "p_value", "ks_p", "z", "p_target_free", "z_positions", "delta_cos", "delta_l2", "accuracy",
-            "accuracy_clean", "cos_to_clean", "cos_marked", "stealer_fidelity"]
+    cols = ["dataset", "scheme", "attack", "test", "p_value", "queries", "p_budget", "queries_budget", "test_budget", "p_wet_forward",
+            "p_wet_inverse", "ks_p", "z", "p_target_free", "z_positions", "delta_cos", "accuracy",
+            "accuracy_clean", "cos_to_clean", "cos_marked", "stealer_fidelity", "stealer_accuracy"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = []
         for c in cols:
-            v = r[c]
+            v = r.get(c)
             if v is None:
                 cells.append("-")
-            elif c in ("p_value", "ks_p", "p_target_free"):
+            elif c in ("p_value", "ks_p", "p_target_free", "p_budget", "p_wet_forward", "p_wet_inverse"):
                 cells.append(f"{v:.2e}")
             else:
                 cells.append(f"{v:.4f}" if isinstance(v, float) else str(v))
@@ -208,9 +286,17 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print {'rows': [...]} instead of the table")
     ap.add_argument("--out", type=Path, help="also write the JSON to this file (never overwritten)")
     ap.add_argument("--datasets", nargs="+", default=["sst2", "agnews"], choices=["sst2", "agnews"])
-    attacks = ["none", "cse", "cse-oracle", "rotation"]
-    ap.add_argument("--attacks", nargs="+", default=attacks, choices=attacks)
-    ap.add_argument("--schemes", nargs="+", default=["none", "embmarker", "espew"], choices=["none", "embmarker", "espew"])
+    attacks = ["none", "cse", "cse-oracle", "rotation", "spa", "pca", "noise"]
+    ap.add_argument("--attacks", nargs="+", default=attacks, choices=attacks + ["paraphrase"],
+                    help="paraphrase (the default LM rewrites every stealer query) is not in the default set: CPU hours")
+    ap.add_argument("--skip-target-free", action="store_true", help="skip the target-free test (999 decoy sets)")
+    ap.add_argument("--spa-suffixes", type=int, default=3, help="SPA: suffixed copies sent per query")
+    ap.add_argument("--noise", type=float, default=0.03, help="noise attack: sigma per coordinate")
+    ap.add_argument("--schemes", nargs="+", default=["none", "embmarker", "espew", "wet"],
+                    choices=["none", "embmarker", "espew", "wet"])
+    ap.add_argument("--budget", type=int, default=256, help="queries of the budgeted (sequential) ownership test")
+    ap.add_argument("--budget-fpr", type=float, default=1e-6, help="FPR at which the budgeted test stops")
+    ap.add_argument("--wet-texts", type=int, default=32, help="queries of WET's test")
     ap.add_argument("--ratio", type=float, default=0.25, help="ESpeW's r (fraction of positions rewritten)")
     ap.add_argument("--epochs", type=int, default=15, help="stealer training epochs")
     ap.add_argument("--texts", type=int, default=128, help="verification texts per set")

@@ -284,3 +284,112 @@ def test_an_encoders_max_length_is_read_as_sentence_transformers_reads_it(tmp_pa
     (tmp_path / "sentence_bert_config.json").write_text("[1, 2")
     with pytest.raises(InputError, match="sentence_bert_config.json: not a JSON object"):
         model_max_length(tmp_path, tok, cfg)
+
+
+# --- queries: the budgeted test and WET -------------------------------------------------------------
+
+
+class Counting:
+    """Wraps an encoder and counts the texts it is asked to embed (the suspect's bill)."""
+
+    def __init__(self, enc) -> None:
+        self.enc, self.dim, self.sent = enc, enc.dim, 0
+
+    def encode(self, texts):
+        self.sent += len(texts)
+        return self.enc.encode(texts)
+
+
+def test_budget_plan_and_refusals(key):
+    from wmkit.watermark.embedding import plan_budget
+
+    assert plan_budget(256) == (8, 30) and plan_budget(4352) == (128, 32) and plan_budget(32) == (8, 2)
+    enc = ToyEncoder()
+    s = ESpeW(key)
+    for bad in (31, 0, 2.5):
+        with pytest.raises(InputError):
+            verify_ownership(enc, s, enc.encode([s.target_text()])[0], budget=bad)
+    with pytest.raises(InputError):
+        verify_ownership(enc, s, None, "target-free", budget=256)
+
+
+@pytest.mark.parametrize("cls", [EmbMarker, ESpeW])
+def test_budgeted_test_stops_early_on_a_mark_and_counts_its_queries(cls, key):
+    enc = ToyEncoder()
+    s = cls(key)
+    suspect = Counting(s.provider(enc))
+    rep = verify_ownership(suspect, s, suspect.enc.target, budget=256, fpr=1e-6)  # it stops once decided at the FPR
+    looks = rep.detection.details["looks"]
+    assert rep.p_value < 1e-6 and rep.detection.decision
+    assert rep.queries == suspect.sent == looks[-1]["queries"] < 256  # decided before the budget ran out
+    assert rep.p_value == pytest.approx(min(1.0, 4 * min(lk["p_value"] for lk in looks)))  # Bonferroni over 4 looks
+    copy = Counting(TransformedEncoder.rotation(s.provider(enc), seed=2))
+    rep = verify_ownership(copy, s, None, "copy-target", budget=256)
+    assert rep.detection.decision and rep.queries == copy.sent <= 256
+
+
+def test_budgeted_test_is_calibrated_without_a_mark():
+    """40 keys, an unmarked model, 256 queries each: p < 0.05 about 5% of the time, never below 1e-3,
+    and every test spends its whole budget (no look decides)."""
+    enc = ToyEncoder()
+    ps = []
+    for k in keys(40, start=100):
+        s = ESpeW(k)
+        suspect = Counting(enc)
+        rep = verify_ownership(suspect, s, enc.encode([s.target_text()])[0], budget=256)
+        assert suspect.sent == rep.queries == 256 and not rep.detection.decision
+        ps.append(rep.p_value)
+    ps = np.array(ps)
+    assert (ps < 0.05).sum() <= 6 and ps.min() > 1e-3
+
+
+def test_circulant_products_equal_the_dense_matrix(key):
+    from wmkit.watermark.embedding.wet import WET, circulant_apply, circulant_solve
+
+    s = WET(key, mix=7)
+    row, rows = s.row(24), s.decoy_rows(24, 3)
+    dense = np.stack([np.roll(row, i) for i in range(24)])  # row i: the first row shifted right i times
+    e = np.random.default_rng(1).standard_normal((5, 24))
+    np.testing.assert_allclose(circulant_apply(row, e), e @ dense.T, atol=1e-12)
+    np.testing.assert_allclose(circulant_solve(row, e @ dense.T), e, atol=1e-9)
+    np.testing.assert_allclose(circulant_apply(rows, e)[1], e @ np.stack([np.roll(rows[1], i) for i in range(24)]).T, atol=1e-12)
+    assert row.sum() == pytest.approx(1.0) and (row > 0).sum() == 7
+    assert np.abs(np.fft.rfft(row)).min() >= 0.01  # every gain bounded away from 0: C^-1 is safe
+    assert not np.allclose(row, WET(SecretKey.generate(), mix=7).row(24))
+
+
+def test_wet_marks_every_embedding_and_is_recovered(key):
+    from wmkit.watermark.embedding import WET
+
+    enc = ToyEncoder()
+    s = WET(key)
+    texts = ["alpha beta gamma", "the storm came ashore", "markets fell"]
+    clean = enc.encode(texts)
+    served = s.provider(enc).encode(texts)
+    np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1, atol=1e-5)
+    assert (np.einsum("ij,ij->i", served, clean) < 0.99).all()  # no text is left as it was
+    np.testing.assert_allclose(s.recover(served), clean, atol=1e-4)
+    assert make_scheme("wet", key).config() == {"scheme": "wet", "mix": 25}
+    with pytest.raises(InputError):
+        WET(key, mix=1)
+
+
+def test_wet_test_needs_32_queries_and_holds_its_fpr():
+    """A WET provider and a copy of it are flagged from 32 queries; over 40 keys an unmarked model, a
+    copy of the unmarked model, and a provider under another key are not (p calibrated)."""
+    from wmkit.watermark.embedding import WET, verify_wet
+
+    enc = ToyEncoder()
+    s = WET(keys(1, start=500)[0])
+    rng = np.random.default_rng(0)
+    texts = _corpus(3000, rng)
+    provider = Counting(s.provider(enc))
+    rep = verify_wet(provider, s, enc)
+    assert rep.p_value < 1e-12 and rep.queries == provider.sent == 32 and len(rep.detection.details["null_samples"]) == 1000
+    copy = BagOfWordsStealer.fit(texts, s.provider(enc).encode(texts), epochs=10)
+    for kind in ("forward", "inverse"):
+        assert verify_wet(copy, s, enc, statistic=kind).p_value < 1e-6
+    ps = [verify_wet(enc, WET(k), enc).p_value for k in keys(40, start=600)]
+    ps += [verify_wet(s.provider(enc), WET(k), enc).p_value for k in keys(20, start=700)]  # another key's provider
+    ps = np.array(ps)
+    assert (ps < 0.05).sum() <= 7 and ps.min() > 1e-3

@@ -64,6 +64,14 @@ def test_good_request_and_base64_encoding():
         (["eaas", "verify", "--suspect", "/nonexistent"], "no key given"),
         (["eaas", "verify", "--suspect", "/nonexistent", "--decoys", "1", "--key-file", "K"],
          "--texts must be at least 8 and --decoys at least 2, got 128 and 1"),
+        (["eaas", "verify", "--suspect", "/nonexistent", "--budget", "31", "--key-file", "K"],
+         "the query budget must be an integer of at least 32, got 31"),
+        (["eaas", "verify", "--suspect", "/nonexistent", "--budget", "256", "--mode", "target-free", "--key-file", "K"],
+         "--budget needs a test with a target"),
+        (["eaas", "verify", "--suspect", "/nonexistent", "-s", "wet", "--mode", "positions", "--key-file", "K"],
+         "--mode does not apply to wet"),
+        (["eaas", "verify", "--suspect", "/nonexistent", "-s", "wet", "--budget", "300", "--key-file", "K"],
+         "--budget for wet must be in 8..256, got 300"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_2(args, fragment, tmp_path, monkeypatch):
@@ -163,7 +171,36 @@ def test_wm_eaas_verify_over_http_and_on_a_clean_model(server, tmp_path):
     r = verify("--suspect", str(default_embedder_path()))
     out = json.loads(r.stdout)
     assert r.returncode == 0 and out["derived"] is False and out["p_value"] > 1e-3
+    r = verify("--suspect", url, "--batch-size", "64", "--budget", "256", "--fpr", "1e-6")  # stops once decided
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["derived"] is True and out["p_value"] <= 1e-6
+    looks = out["details"]["looks"]
+    assert out["queries"] == looks[-1]["queries"] + 1 <= 257  # the texts the test sent, and the dimension probe
     r = verify("--suspect", str(tmp_path / "missing"))
     assert r.returncode == 2 and "not a model folder or an http(s) URL" in r.stderr and r.stderr.count("\n") == 1
     r = verify("--suspect", "http://127.0.0.1:9")  # nothing listens there
     assert r.returncode == 2 and "request failed" in r.stderr
+
+
+@pytest.mark.slow
+def test_wm_eaas_verify_a_wet_api_with_32_queries(tmp_path):
+    """`wm serve-embeddings -s wet` is flagged from 33 texts sent (32 and the dimension probe); the
+    clean model, which never applied the key's linear map, is not."""
+    from conftest import TEST_KEY_HEX
+    from wmkit.models import default_embedder_path
+
+    key = tmp_path / "k.key"
+    key.write_text(TEST_KEY_HEX + "\n")
+    key.chmod(0o600)
+
+    def verify(*args):
+        r = subprocess.run([sys.executable, "-m", "wmkit.cli.main", "eaas", "verify", "-s", "wet", "--key-file", str(key),
+                            "--json", *args], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    with wm_server("serve-embeddings", "--scheme", "wet", "--key-file", str(key)) as url:
+        out = verify("--suspect", url)
+    assert out["derived"] is True and out["p_value"] < 1e-12 and out["queries"] == 33 and out["mode"] == "wet-forward"
+    out = verify("--suspect", str(default_embedder_path()))
+    assert out["derived"] is False and out["p_value"] > 1e-3 and out["queries"] == 32

@@ -184,3 +184,18 @@ def test_binomial_pvalues_vectorized_equals_scalar():
     k = (rng.uniform(size=500) * (n + 1)).astype(int)
     got = binomial_pvalues(k, n, 0.25)
     assert got.tolist() == [binomial_pvalue(int(a), int(b), 0.25) for a, b in zip(k, n)]
+
+
+def test_student_t_predictive_p_value_is_exact_for_a_gaussian_null_and_the_normal_tail_is_not():
+    """With k = 6 null samples, P[p <= 0.01] over fresh Gaussian draws is 0.01 for ``p_value_from="t"``
+    (its predictive law is exact), while the normal tail of the same z rejects several times as often."""
+    from wmkit import stats as S
+
+    rng = np.random.default_rng(7)
+    reps, k, level = 20000, 6, 0.01
+    draws = rng.normal(3.0, 2.0, size=(reps, k + 1))
+    p_t = np.array([S.gaussian_null_detection("t", d[0], d[1:], fpr=level, p_value_from="t").p_value for d in draws])
+    p_n = np.array([S.gaussian_null_detection("t", d[0], d[1:], fpr=level).p_value for d in draws])
+    se = math.sqrt(level * (1 - level) / reps)
+    assert abs((p_t <= level).mean() - level) < 4 * se
+    assert (p_n <= level).mean() > 3 * level

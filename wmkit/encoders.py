@@ -174,11 +174,13 @@ class RemoteEncoder:
         self.batch_size = batch_size
         self.timeout = timeout
         self.headers = dict(headers or {})
+        self.texts_sent = 0  # every text posted, the dimension probe included: the API's bill
         self.dim = len(self._post(["dimension probe"])[0])
 
     def _post(self, texts: list[str]) -> list[list[float]]:
         import httpx
 
+        self.texts_sent += len(texts)
         try:
             r = httpx.post(
                 self.endpoint, json={"input": texts, "model": self.model}, headers=self.headers, timeout=self.timeout

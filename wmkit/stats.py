@@ -431,8 +431,11 @@ def gaussian_null_detection(
     """A :class:`Detection` for ``observed`` against a sampled null distribution of the same statistic.
 
     The null samples (e.g. the statistic recomputed with random decoy keys) give a mean and a
-    standard deviation; ``statistic`` is the z-score and ``p_value`` its upper normal tail. The
-    rank p-value ``(1 + #{null >= observed}) / (1 + len(null))``, exact but no smaller than
+    standard deviation; ``statistic`` is the z-score and ``p_value`` its upper normal tail
+    (``p_value_from="normal"``), or the upper tail of the Student-t predictive law of one more
+    Gaussian draw, ``(observed - mean) / (sd sqrt(1 + 1/k))`` with ``k - 1`` degrees of freedom
+    (``"t"``: exact for a Gaussian null of unknown mean and variance, and the honest choice for a
+    few null samples, where the normal tail overstates the evidence). The rank p-value ``(1 + #{null >= observed}) / (1 + len(null))``, exact but no smaller than
     ``1 / (1 + len(null))``, is reported in ``details["rank_p_value"]``.
 
     >>> d = gaussian_null_detection("t", 5.0, [0.0, 1.0, -1.0, 0.5, -0.5], fpr=1e-3)
@@ -443,13 +446,16 @@ def gaussian_null_detection(
     x = np.asarray(null, dtype=float)
     if x.size < 2 or not np.isfinite(x).all():
         raise ValueError("gaussian_null_detection needs at least two finite null samples")
-    if p_value_from not in ("normal", "rank"):
-        raise ValueError(f"p_value_from must be 'normal' or 'rank', got {p_value_from!r}")
+    if p_value_from not in ("normal", "t", "rank"):
+        raise ValueError(f"p_value_from must be 'normal', 't' or 'rank', got {p_value_from!r}")
     mu, sd = float(x.mean()), float(x.std(ddof=1))
     z = (observed - mu) / sd if sd > 0 else (math.inf if observed > mu else 0.0)
     rank_p = float((1 + np.sum(x >= observed)) / (1 + x.size))
     rank_p_floor = 1 / (1 + x.size)
-    p = float(_sps.norm.sf(z)) if p_value_from == "normal" else rank_p
+    if p_value_from == "t":
+        p = float(_sps.t.sf(z / math.sqrt(1 + 1 / x.size), df=x.size - 1))
+    else:
+        p = float(_sps.norm.sf(z)) if p_value_from == "normal" else rank_p
     return Detection(
         method=method,
         n_scored=int(n_scored),

@@ -12,7 +12,9 @@ from rich.console import Console
 from ..errors import InputError
 from ..keys import load_key
 from ..server.embeddings import MAX_BATCH, MAX_BODY_BYTES, MAX_CHARS, MAX_INPUTS
-from ..watermark.embedding import SCHEMES, SentenceEncoder, load_encoder, make_scheme, verify_ownership
+from ..watermark.embedding import SCHEMES, SentenceEncoder, load_encoder, make_scheme, plan_budget, verify_ownership, verify_wet
+from ..watermark.embedding.triggers import default_vocabulary
+from ..watermark.embedding.wet import DEFAULT_WET_TEXTS
 from ..watermark.embedding.schemes import check_scheme_name
 from ..watermark.embedding.verify import DEFAULT_DECOYS, DEFAULT_FPR, DEFAULT_TEXTS, MIN_DECOYS, MIN_TEXTS, MODES
 from ..remote import suspect_headers
@@ -79,6 +81,10 @@ def verify(
     ),
     texts: int = typer.Option(DEFAULT_TEXTS, help="Verification texts per set."),
     decoys: int = typer.Option(DEFAULT_DECOYS, help="Decoy trigger sets (the null distribution)."),
+    budget: Optional[int] = typer.Option(
+        None, help="Spend at most this many suspect queries (sets --texts and --decoys; the test stops as soon as "
+        "its verdict is decided). WET: the number of texts sent (default 32).", show_default=False,
+    ),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the verdict."),
     batch_size: int = typer.Option(256, help="Texts per request to a URL suspect."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -99,6 +105,19 @@ def verify(
             raise InputError(f"--texts must be at least {MIN_TEXTS} and --decoys at least {MIN_DECOYS}, "
                              f"got {texts} and {decoys}")
         s = _scheme(scheme, key_file, None)
+        if s.name == "wet":
+            if mode != "target":
+                raise InputError("--mode does not apply to wet: its test compares with its own linear map")
+            n = DEFAULT_WET_TEXTS if budget is None else budget
+            if not MIN_TEXTS <= n <= len(default_vocabulary().targets):
+                raise InputError(f"--budget for wet must be in {MIN_TEXTS}..{len(default_vocabulary().targets)}, got {n}")
+            enc = load_encoder(suspect, batch_size=batch_size, headers=headers)
+            return verify_wet(enc, s, SentenceEncoder(provider_model), n_texts=n, fpr=fpr), enc
+        if budget is not None:
+            plan_budget(budget)  # a budget too small is refused before any model loads
+            if mode == "target-free":
+                raise InputError("--budget needs a test with a target (target, copy-target or positions); "
+                                 "target-free needs hundreds of decoy sets")
         enc = load_encoder(suspect, batch_size=batch_size, headers=headers)
         target = clean = None
         if mode in ("target", "positions"):
@@ -106,17 +125,23 @@ def verify(
             target = clean.encode([s.target_text()])[0]
         if target is not None and len(target) != enc.dim:
             raise InputError(f"{suspect}: embeddings have {enc.dim} dimensions, the provider's {len(target)}")
-        return verify_ownership(enc, s, target, mode, clean, n_texts=texts, n_decoys=decoys, fpr=fpr)
+        return verify_ownership(enc, s, target, mode, clean, n_texts=texts, n_decoys=decoys, fpr=fpr, budget=budget), enc
 
-    rep = run_guarded(run)
+    rep, enc = run_guarded(run)
     d = rep.to_dict()
+    d["queries"] = getattr(enc, "texts_sent", rep.queries)  # a URL's count includes its dimension probe
     if as_json:
         typer.echo(json.dumps({"suspect": suspect, "scheme": scheme, **d}))
         return
     out = Console(highlight=False)
     ks = "n/a (no target)" if rep.ks_p is None else f"{rep.ks_p:.3g}"
     out.print(f"suspect   {suspect}", markup=False)
-    out.print(f"test      {scheme} ownership, mode {rep.mode}, {texts} texts per set, {decoys} decoy sets")
+    details = rep.detection.details
+    if scheme == "wet":
+        size = f"{rep.queries} texts, {len(details['null_samples'])} decoy keys"
+    else:
+        size = f"{details.get('texts_per_set', texts)} texts per set, {details.get('decoy_sets', decoys)} decoy sets"
+    out.print(f"test      {scheme} ownership, mode {rep.mode}, {size}; {d['queries']} queries")
     out.print(f"delta-cos {rep.delta_cos:+.4f}   delta-L2 {rep.delta_l2:+.4f}   KS p {ks}")
     out.print(f"decoy z   {rep.detection.statistic:.2f}   p {rep.p_value:.3g}")
     verdict = "DERIVED: carries the watermark" if d["derived"] else "not shown to carry the watermark"

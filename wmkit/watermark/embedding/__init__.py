@@ -1,21 +1,43 @@
-"""Embedding watermarks for Embeddings-as-a-Service: EmbMarker and ESpeW, the ownership test, attacks.
+"""Embedding watermarks for Embeddings-as-a-Service: EmbMarker, ESpeW and WET, the ownership test, attacks.
 
 >>> from wmkit.keys import SecretKey
 >>> sorted(SCHEMES)
-['embmarker', 'espew']
+['embmarker', 'espew', 'wet']
 """
 
-from .attacks import BagOfWordsStealer, TransformedEncoder, cse_clean, lsa_reference
+from .attacks import (
+    BagOfWordsStealer,
+    TransformedEncoder,
+    add_noise,
+    cse_clean,
+    lsa_reference,
+    paraphrased_answers,
+    pca_project,
+    spa_spot,
+)
 from ...encoders import Encoder, RemoteEncoder, SentenceEncoder, load_encoder
 from .schemes import SCHEMES, EaaSScheme, EmbMarker, ESpeW, WatermarkedEncoder, make_scheme
 from .triggers import count_triggers, default_vocabulary, select_triggers
-from .verify import OwnershipReport, ownership_queries, score_ownership, verification_texts, verify_ownership
+from .verify import (
+    OwnershipReport,
+    ownership_queries,
+    plan_budget,
+    score_ownership,
+    sequential_ownership,
+    verification_texts,
+    verify_ownership,
+)
+from .wet import WET, verify_wet
 
 __all__ = [
     "BagOfWordsStealer",
     "TransformedEncoder",
     "cse_clean",
     "lsa_reference",
+    "spa_spot",
+    "pca_project",
+    "add_noise",
+    "paraphrased_answers",
     "Encoder",
     "RemoteEncoder",
     "SentenceEncoder",
@@ -34,4 +56,8 @@ __all__ = [
     "verify_ownership",
     "ownership_queries",
     "score_ownership",
+    "plan_budget",
+    "sequential_ownership",
+    "WET",
+    "verify_wet",
 ]

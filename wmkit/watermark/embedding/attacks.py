@@ -11,13 +11,20 @@
   projected out; rows renormalized. Our reference model is :func:`lsa_reference` (TF-IDF + SVD of the
   attacker's own texts): independent of the provider, as an attacker's would be.
 - :class:`TransformedEncoder`: an encoder whose outputs are rotated or dimension-shuffled.
+- :func:`spa_spot`: SPA-style spotting (Fei et al. 2024, arXiv 2411.09359): each query is sent again
+  with random suffixes; a marked embedding, pulled toward a target, moves less than its text's
+  meaning does ("tight"), and the attacker drops the tightest answers before training.
+- :func:`pca_project` and :func:`add_noise`: dimension reduction (the copy's training embeddings
+  projected on their top principal components) and dimension perturbation (Gaussian noise).
+- :func:`paraphrased_answers`: the stealer paraphrases each query before sending it, so a trigger
+  word in the query seldom reaches the victim, and trains on the average answer.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -223,3 +230,69 @@ class TransformedEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Transformed embeddings (unit norm, as the wrapped encoder's)."""
         return check_embeddings(self.encoder.encode(texts) @ self.matrix, self.dim, "transform")
+
+
+def spa_spot(
+    texts: Sequence[str], encode: Callable[[list[str]], np.ndarray], suffixes: Sequence[str], n_suffixes: int = 3,
+    outlier_mads: float = 3.0, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """SPA-style spotting: ``(keep, tightness)`` for the victim's answers to ``texts``.
+
+    Each text is embedded alone and with ``n_suffixes`` suffixes drawn from ``suffixes`` (costing
+    ``n_suffixes`` more queries per text); its tightness is the mean cosine between the two. A text
+    whose tightness lies more than ``outlier_mads`` median absolute deviations above the median is
+    judged watermarked: ``keep`` is False there.
+    """
+    texts = check_texts(texts, "spa")
+    if n_suffixes < 1 or not suffixes:
+        raise InputError("spa: needs at least one suffix per text")
+    rng = np.random.default_rng(seed)
+    base = check_embeddings(encode(list(texts)), None, "spa")
+    tight = np.zeros(len(texts))
+    for _ in range(n_suffixes):
+        picks = rng.integers(len(suffixes), size=len(texts))
+        pert = check_embeddings(encode([f"{t} {suffixes[i]}" for t, i in zip(texts, picks)]), base.shape[1], "spa")
+        tight += np.einsum("ij,ij->i", base, pert) / n_suffixes
+    med = float(np.median(tight))
+    mad = float(np.median(np.abs(tight - med))) or 1e-12
+    return tight <= med + outlier_mads * mad, tight
+
+
+def pca_project(embeddings: np.ndarray, keep: float = 0.8) -> np.ndarray:
+    """``embeddings`` projected on their top ``keep`` fraction of principal directions (about the
+    mean, which is kept), in the original coordinates, rows renormalised: a copy that kept only
+    80% of the dimensions' worth of information."""
+    e = check_embeddings(embeddings, None, "pca")
+    if not 0.0 < keep <= 1.0:
+        raise InputError(f"pca: keep must be in (0, 1], got {keep}")
+    mu = e.mean(0)
+    _, _, vt = np.linalg.svd(e - mu, full_matrices=False)
+    top = vt[: max(1, int(round(keep * e.shape[1])))]
+    out = mu + ((e - mu) @ top.T) @ top
+    return check_embeddings(out, e.shape[1], "pca: projected")
+
+
+def add_noise(embeddings: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    """Gaussian noise of ``sigma`` per coordinate added to unit ``embeddings``, rows renormalised."""
+    e = check_embeddings(embeddings, None, "noise")
+    if sigma < 0:
+        raise InputError(f"noise: sigma must be >= 0, got {sigma}")
+    out = e + np.random.default_rng(seed).normal(0.0, sigma, size=e.shape).astype(np.float32)
+    return check_embeddings(out, e.shape[1], "noise: perturbed")
+
+
+def paraphrased_answers(
+    texts: Sequence[str], encode: Callable[[list[str]], np.ndarray], paraphrase: Callable[[list[str]], list[str]],
+    copies: int = 1,
+) -> np.ndarray:
+    """The victim's embeddings of ``copies`` paraphrases of each text, averaged and renormalised: what
+    a stealer that never sends its own wording trains on (paired with its original texts)."""
+    texts = check_texts(texts, "paraphrase attack")
+    if copies < 1:
+        raise InputError(f"paraphrase attack: copies must be >= 1, got {copies}")
+    total = None
+    for _ in range(copies):
+        para = [p if p.strip() else t for p, t in zip(paraphrase(list(texts)), texts)]  # an empty answer: the original
+        e = check_embeddings(encode(para), None, "paraphrase attack")
+        total = e if total is None else total + e
+    return check_embeddings(total, total.shape[1], "paraphrase attack: mean")  # type: ignore[union-attr]

@@ -1,4 +1,4 @@
-"""EaaS watermark schemes: EmbMarker and ESpeW, and the watermarked provider that applies them.
+"""EaaS watermark schemes: EmbMarker and ESpeW (WET: :mod:`.wet`), and the watermarked provider that applies them.
 
 Both count the distinct trigger words of a text, ``Q = min(count / m, 1)``, and change only the
 embeddings of texts with ``Q > 0``; they differ in how the target embedding enters:
@@ -34,6 +34,7 @@ from ...errors import InputError
 from ...keys import KeyedConfig, SecretKey
 from ...encoders import Encoder, check_embeddings, check_texts, token_counts
 from .triggers import count_triggers, default_vocabulary, keyed_rng, select_triggers
+from .wet import WET
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class EaaSScheme(KeyedConfig, ABC):
     max_triggers: int = 4
     band: tuple[float, float] = (0.005, 0.01)
     name: ClassVar[str] = ""
+    uses_target: ClassVar[bool] = True  # the mark moves toward a target embedding (WET's does not)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, SecretKey):
@@ -160,14 +162,14 @@ class WatermarkedEncoder:
 
     Args:
         encoder: the provider's clean model.
-        scheme: an :class:`EaaSScheme` with its key.
+        scheme: an :class:`EaaSScheme` or :class:`~wmkit.watermark.embedding.wet.WET` with its key.
     """
 
-    def __init__(self, encoder: Encoder, scheme: EaaSScheme) -> None:
+    def __init__(self, encoder: Encoder, scheme: "EaaSScheme | WET") -> None:
         self.encoder = encoder
         self.scheme = scheme
         self.dim = encoder.dim
-        self.target = encoder.encode([scheme.target_text()])[0]
+        self.target = encoder.encode([scheme.target_text()])[0] if scheme.uses_target else None
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Watermarked, L2-normalized embeddings of ``texts``."""
@@ -179,17 +181,17 @@ class WatermarkedEncoder:
         return token_counts(self.encoder, texts)
 
 
-SCHEMES: dict[str, type[EaaSScheme]] = {"embmarker": EmbMarker, "espew": ESpeW}
+SCHEMES: dict[str, type[EaaSScheme] | type[WET]] = {"embmarker": EmbMarker, "espew": ESpeW, "wet": WET}
 
 
-def check_scheme_name(name: str) -> type[EaaSScheme]:
+def check_scheme_name(name: str) -> type[EaaSScheme] | type[WET]:
     """The class of embedding scheme ``name``; :class:`InputError` for an unknown name."""
     if name not in SCHEMES:
         raise InputError(f"unknown embedding scheme {name!r}; expected one of: {', '.join(SCHEMES)}")
     return SCHEMES[name]
 
 
-def make_scheme(name: str, key: SecretKey, **params: object) -> EaaSScheme:
+def make_scheme(name: str, key: SecretKey, **params: object) -> "EaaSScheme | WET":
     """The embedding scheme ``name`` with ``key``; ``None`` parameters take the defaults."""
     check_scheme_name(name)
     return SCHEMES[name].from_config({k: v for k, v in params.items() if v is not None}, key)

@@ -44,6 +44,8 @@ Four modes say what is compared:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +61,7 @@ DEFAULT_TEXTS = 128
 DEFAULT_DECOYS = 32
 DEFAULT_FPR = EMBEDDING_FPR
 MIN_TEXTS, MIN_DECOYS = 8, 2
+DEFAULT_LOOKS = 4  # a budgeted test looks at the answers this many times (at most)
 MODES = ("target", "copy-target", "target-free", "positions")
 
 
@@ -103,6 +106,7 @@ class OwnershipReport:
             ``target-free`` mode.
         detection: the decoy test; ``detection.decision`` is the verdict, ``detection.p_value`` its p.
         mode: one of :data:`MODES`.
+        queries: texts the suspect embedded for the test.
     """
 
     delta_cos: float
@@ -110,6 +114,7 @@ class OwnershipReport:
     ks_p: float | None
     detection: Detection
     mode: str
+    queries: int = 0
 
     @property
     def p_value(self) -> float:
@@ -126,6 +131,7 @@ class OwnershipReport:
             "delta_cos": self.delta_cos,
             "delta_l2": self.delta_l2,
             "mode": self.mode,
+            "queries": self.queries,
             "fpr": self.detection.fpr,
             "details": self.detection.details,
         }
@@ -152,9 +158,12 @@ def verify_ownership(
     n_texts: int = DEFAULT_TEXTS,
     n_decoys: int = DEFAULT_DECOYS,
     fpr: float = DEFAULT_FPR,
+    budget: int | None = None,
+    looks: int = DEFAULT_LOOKS,
 ) -> OwnershipReport:
     """Run the ownership test of ``scheme`` against ``suspect``: query it (:func:`ownership_queries`),
-    then score its answers (:func:`score_ownership`).
+    then score its answers (:func:`score_ownership`); with a ``budget``, the sequential test of
+    :func:`sequential_ownership` instead.
 
     Args:
         suspect: the encoder under test (local model, URL, stealer).
@@ -166,24 +175,109 @@ def verify_ownership(
         n_texts: texts in each of the backdoor, benign and decoy sets.
         n_decoys: decoy trigger sets for the null distribution.
         fpr: false-positive rate of the verdict.
+        budget: at most this many suspect queries (``n_texts`` and ``n_decoys`` then come from
+            :func:`plan_budget`); the test stops as soon as its verdict is decided.
+        looks: with a budget, how many times the test looks at the answers so far.
     """
     check_fpr(fpr)
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if budget is not None:
+        return sequential_ownership(suspect, scheme, target, mode, clean, budget, fpr, looks)
     texts = ownership_queries(scheme, n_texts, n_decoys)
-    t = None
+    t = _test_target(suspect, scheme, target, mode)
+    positions = _positions(scheme, clean, texts) if mode == "positions" else None
+    rep = score_ownership(suspect.encode(texts), scheme, t, mode, n_texts, n_decoys, fpr, positions)
+    return dataclasses.replace(rep, queries=len(texts) + (mode == "copy-target"))
+
+
+def _test_target(suspect: Encoder, scheme: EaaSScheme, target: np.ndarray | None, mode: str) -> np.ndarray | None:
+    """The embedding the test compares with: the suspect's own view of the target sentence
+    (``copy-target``: one query), the provider's target, or none (``target-free``)."""
     if mode == "copy-target":
-        t = suspect.encode([scheme.target_text()])[0]
-    elif mode in ("target", "positions"):
+        return suspect.encode([scheme.target_text()])[0]
+    if mode in ("target", "positions"):
         if target is None:
             raise InputError(f"verify_ownership: {mode} mode needs the provider's target embedding")
-        t = check_embeddings(np.asarray(target).reshape(1, -1), suspect.dim, "target")[0]
-    positions = None
-    if mode == "positions":
-        if not isinstance(scheme, ESpeW) or clean is None:
-            raise InputError("positions mode is for ESpeW and needs the provider's clean encoder (clean=...)")
-        positions = scheme.positions(clean.encode(texts))
-    return score_ownership(suspect.encode(texts), scheme, t, mode, n_texts, n_decoys, fpr, positions)
+        return check_embeddings(np.asarray(target).reshape(1, -1), suspect.dim, "target")[0]
+    return None
+
+
+def _positions(scheme: EaaSScheme, clean: Encoder | None, texts: list[str]) -> np.ndarray:
+    if not isinstance(scheme, ESpeW) or clean is None:
+        raise InputError("positions mode is for ESpeW and needs the provider's clean encoder (clean=...)")
+    return scheme.positions(clean.encode(texts))
+
+
+def plan_budget(budget: int) -> tuple[int, int]:
+    """``(texts per set, decoy sets)`` for a test of at most ``budget`` queries: as many texts per
+    set as leave 32 decoy sets (at least 8, at most 128), then as many decoy sets as the rest pays
+    for. 256 queries: 8 texts x (2 + 30 sets); 4,352: the default 128 x (2 + 32)."""
+    least = MIN_TEXTS * (2 + MIN_DECOYS)
+    if not isinstance(budget, int) or budget < least:
+        raise InputError(f"the query budget must be an integer of at least {least}, got {budget!r}")
+    n = min(DEFAULT_TEXTS, max(MIN_TEXTS, budget // (2 + DEFAULT_DECOYS)))
+    return n, budget // n - 2
+
+
+def sequential_ownership(
+    suspect: Encoder, scheme: EaaSScheme, target: np.ndarray | None, mode: str, clean: Encoder | None,
+    budget: int, fpr: float = DEFAULT_FPR, looks: int = DEFAULT_LOOKS,
+) -> OwnershipReport:
+    """The ownership test within ``budget`` queries, stopping once its verdict is decided.
+
+    The texts are those of :func:`verification_texts` for :func:`plan_budget`'s ``(n, k)``. At look
+    ``j`` of ``looks``, every set has been sent its first ``ceil(j n / looks)`` texts; the decoy
+    test's p-value there is the Student-t predictive one (few decoy sets: the normal tail would
+    overstate the evidence, see :func:`~wmkit.stats.gaussian_null_detection`), and the test stops
+    at the first look whose p-value is at most ``fpr / looks``. The reported p-value is ``looks``
+    times the smallest p-value seen (Bonferroni over the looks), so the FPR holds whichever look
+    decides. ``target-free`` mode has no place here: its rank p-value needs hundreds of decoy sets.
+    """
+    check_fpr(fpr)
+    if mode == "target-free":
+        raise InputError("a query budget needs a test with a target (target, copy-target or positions); "
+                         "target-free mode needs hundreds of decoy sets")
+    if not isinstance(looks, int) or looks < 1:
+        raise InputError(f"looks must be a positive integer, got {looks!r}")
+    n, k = plan_budget(budget - (mode == "copy-target"))
+    looks = min(looks, n // 2)  # every look adds at least two texts to each set
+    vs = verification_texts(scheme, n, k)
+    sets = [vs.backdoor, vs.benign, *vs.decoys]
+    t = _test_target(suspect, scheme, target, mode)
+    queries = int(mode == "copy-target")
+    scores: list[list[float]] = [[] for _ in sets]
+    best, done, p_adj = math.inf, 0, 1.0
+    trail = []
+    for j in range(1, looks + 1):
+        upto = math.ceil(j * n / looks)
+        batch = [x for st in sets for x in st[done:upto]]
+        emb = suspect.encode(batch)
+        queries += len(batch)
+        if mode == "positions":
+            score = _masked_cos(emb, t, _positions(scheme, clean, batch))
+        else:
+            score = emb @ t
+        for i, row in enumerate(score.reshape(len(sets), upto - done)):
+            scores[i].extend(row.tolist())
+        done = upto
+        s_b, s_n, s_d = np.asarray(scores[0]), np.asarray(scores[1]), np.asarray(scores[2:])
+        det = gaussian_null_detection("look", float(s_b.mean() - s_n.mean()), list(s_d.mean(1) - s_n.mean()), fpr,
+                                      p_value_from="t")
+        best = min(best, det.p_value)
+        p_adj = min(1.0, looks * best)
+        trail.append({"texts_per_set": upto, "queries": queries, "p_value": det.p_value, "z": det.statistic})
+        if p_adj <= fpr:
+            break
+    _, ks_p = ks_2samp(s_b, s_n, alternative="greater")
+    observed = float(s_b.mean() - s_n.mean())
+    null = [float(x) for x in s_d.mean(1) - s_n.mean()]
+    final = gaussian_null_detection(f"{scheme.name}-ownership", observed, null, fpr, n_scored=queries,
+                                    p_value_from="t", mode=mode, ks_p=ks_p, null_samples=null, budget=budget,
+                                    looks=trail, texts_per_set=n, decoy_sets=k)
+    det = dataclasses.replace(final, p_value=p_adj, decision=bool(p_adj <= fpr))
+    return OwnershipReport(delta_cos=observed, delta_l2=-2.0 * observed, ks_p=ks_p, detection=det, mode=mode,
+                           queries=queries)
 
 
 def ownership_queries(scheme: EaaSScheme, n_texts: int = DEFAULT_TEXTS, n_decoys: int = DEFAULT_DECOYS) -> list[str]:

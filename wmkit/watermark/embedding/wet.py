@@ -1,0 +1,174 @@
+"""WET (Shetty, Xu and Lau, ACL 2025, arXiv 2409.04459): every embedding through a secret linear map.
+
+The provider serves ``normalize(C e)`` for *every* text, where ``C`` is a keyed circulant matrix:
+its first row has ``mix`` non-zero entries at keyed positions with uniform random weights, scaled
+to sum to 1, and row ``i`` is that row shifted right ``i`` times (the released code's
+construction). No trigger word is involved, so paraphrasing a stealer's queries -- which strips
+trigger-based marks (EmbMarker, ESpeW, WARDEN) -- leaves this one whole: a copy trained on the
+served embeddings learns ``C``.
+
+A circulant matrix is diagonal in the Fourier basis, so ``C e`` and ``C^-1 h`` are two FFTs
+(exact to float rounding; ``tests/test_eaas.py`` checks them against the dense matrix).
+Where a choice was ours: ``C`` is square (the paper also tries more output dimensions), and a key's
+row is redrawn until every Fourier gain ``|fft(row)|`` is at least ``MIN_GAIN`` (0.01), which bounds
+how much inverting ``C`` amplifies a copy's error (the released code only asks for full rank).
+
+**Verification** (:func:`verify_wet`) needs no trigger and no decoy *queries*: the suspect embeds
+``n`` ordinary sentences (32 by default), the provider embeds them with its clean model, and the
+statistic is the mean cosine between the suspect's embeddings and ``C e`` ("forward") or between
+``C^-1 h`` and ``e`` ("inverse", the paper's recovery). Its null comes from *keys*: the same
+statistic under ``n_decoys`` decoy matrices drawn exactly as a key's own. A suspect that did not
+learn from this key's embeddings is unrelated to ``C``, so ``C`` is one more draw among the decoys
+(exchangeable): the rank p-value is exact, and the reported p-value is the Student-t predictive
+tail of the decoy statistics, which costs no query however many decoys there are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from ...encoders import Encoder, check_embeddings, check_texts
+from ...errors import InputError
+from ...keys import KeyedConfig, SecretKey
+from ...stats import EMBEDDING_FPR, check_fpr, gaussian_null_detection
+from .triggers import default_vocabulary, keyed_rng
+
+MIN_GAIN = 0.01
+DEFAULT_WET_TEXTS, DEFAULT_WET_DECOYS = 32, 1000
+STATISTICS = ("forward", "inverse")
+
+
+def _draw_row(rng: np.random.Generator, dim: int, mix: int) -> np.ndarray:
+    """A circulant's first row: ``mix`` uniform weights at random positions, summing to 1, redrawn
+    until every Fourier gain is at least :data:`MIN_GAIN`."""
+    for _ in range(10_000):
+        row = np.zeros(dim)
+        row[rng.choice(dim, size=mix, replace=False)] = rng.random(mix)
+        row /= row.sum()
+        if np.abs(np.fft.rfft(row)).min() >= MIN_GAIN:
+            return row
+    raise InputError(f"wet: no row of {mix} weights in {dim} dimensions has all Fourier gains >= {MIN_GAIN}")
+
+
+def circulant_apply(rows: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """``C e`` for each embedding row of ``e`` ([n, d]) and the circulant with first row ``rows``
+    ([d], or [m, d] for m matrices: result [m, n, d]); ``C[i, j] = row[(j - i) mod d]``."""
+    d = e.shape[-1]
+    f = np.conj(np.fft.rfft(rows, axis=-1))
+    return np.fft.irfft((f[..., None, :] if rows.ndim > 1 else f) * np.fft.rfft(e, axis=-1), n=d, axis=-1)
+
+
+def circulant_solve(rows: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """``C^-1 h`` (the inverse of :func:`circulant_apply`, same shapes)."""
+    d = h.shape[-1]
+    f = np.conj(np.fft.rfft(rows, axis=-1))
+    return np.fft.irfft(np.fft.rfft(h, axis=-1) / (f[..., None, :] if rows.ndim > 1 else f), n=d, axis=-1)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class WET(KeyedConfig):
+    """WET: ``normalize(C e)`` with a keyed circulant ``C`` (see the module docstring).
+
+    Args:
+        key: the secret (never serialized).
+        mix: non-zero entries in the circulant's first row (original dimensions mixed into each
+            output dimension); 1 <= mix <= the embedding dimension.
+    """
+
+    key: SecretKey = field(repr=False)
+    mix: int = 25
+    name: ClassVar[str] = "wet"
+    uses_target: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, SecretKey):
+            raise InputError(f"wet: key must be a wmkit.keys.SecretKey, got {type(self.key).__name__}")
+        if not (isinstance(self.mix, int) and 2 <= self.mix <= 4096):
+            raise InputError(f"wet: mix must be an integer in 2..4096, got {self.mix!r}")
+
+    def key_labels(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The byte subkeys this scheme derives."""
+        return (), ("eaas/wet", "eaas/wet-decoys", "eaas/wet-texts")
+
+    def row(self, dim: int) -> np.ndarray:
+        """The first row of this key's circulant for ``dim``-dimensional embeddings."""
+        if self.mix > dim:
+            raise InputError(f"wet: mix {self.mix} exceeds the embedding dimension {dim}")
+        return _draw_row(keyed_rng(self.key, "eaas/wet"), dim, self.mix)
+
+    def decoy_rows(self, dim: int, n: int) -> np.ndarray:
+        """``n`` decoy first rows, drawn as :meth:`row` draws a key's ([n, dim])."""
+        rng = keyed_rng(self.key, "eaas/wet-decoys")
+        return np.stack([_draw_row(rng, dim, self.mix) for _ in range(n)])
+
+    def mark(self, texts: Sequence[str], clean: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
+        """``normalize(C e)`` for the ``clean`` embeddings of ``texts`` (every row changes)."""
+        texts = check_texts(texts, "wet.mark")
+        clean = check_embeddings(clean, None, "wet.mark: clean")
+        if len(clean) != len(texts):
+            raise InputError(f"wet.mark: {len(texts)} texts but {len(clean)} embeddings")
+        return _unit(circulant_apply(self.row(clean.shape[1]), clean.astype(np.float64))).astype(np.float32)
+
+    def recover(self, h: np.ndarray) -> np.ndarray:
+        """``normalize(C^-1 h)``: the clean embeddings back from served (or copied) ones."""
+        h = check_embeddings(h, None, "wet.recover")
+        return _unit(circulant_solve(self.row(h.shape[1]), h.astype(np.float64))).astype(np.float32)
+
+    def provider(self, encoder: Encoder) -> "object":
+        """An encoder serving this scheme's embeddings of ``encoder``."""
+        from .schemes import WatermarkedEncoder
+
+        return WatermarkedEncoder(encoder, self)
+
+    def verification_texts(self, n: int = DEFAULT_WET_TEXTS) -> list[str]:
+        """``n`` keyed sentences of the held-out reference sentences (ordinary text: no trigger)."""
+        pool = default_vocabulary().targets
+        if not 8 <= n <= len(pool):
+            raise InputError(f"wet: the test sends 8 to {len(pool)} texts, got {n}")
+        return [pool[i] for i in keyed_rng(self.key, "eaas/wet-texts").choice(len(pool), size=n, replace=False)]
+
+
+def _statistic(rows: np.ndarray, h: np.ndarray, e: np.ndarray, kind: str) -> np.ndarray:
+    """Mean cosine per circulant (rows [m, d]) between the suspect's ``h`` and ``C e`` (forward) or
+    between ``C^-1 h`` and ``e`` (inverse)."""
+    if kind == "forward":
+        return np.einsum("mnd,nd->mn", _unit(circulant_apply(rows, e)), h).mean(1)
+    return np.einsum("mnd,nd->mn", _unit(circulant_solve(rows, h)), e).mean(1)
+
+
+def verify_wet(
+    suspect: Encoder, scheme: WET, clean: Encoder, n_texts: int = DEFAULT_WET_TEXTS,
+    n_decoys: int = DEFAULT_WET_DECOYS, fpr: float = EMBEDDING_FPR, statistic: str = "forward",
+) -> "object":
+    """WET's ownership test: ``n_texts`` queries to ``suspect``, the null from ``n_decoys`` decoy keys.
+
+    Returns an :class:`~wmkit.watermark.embedding.verify.OwnershipReport` (``delta_cos``: the
+    statistic minus the decoys' mean; ``ks_p``: ``None``; ``mode``: ``"wet-forward"`` or ``"wet-inverse"``).
+    """
+    from .verify import OwnershipReport
+
+    check_fpr(fpr)
+    if statistic not in STATISTICS:
+        raise InputError(f"wet: statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+    if n_decoys < 2:
+        raise InputError(f"wet: need at least 2 decoy keys, got {n_decoys}")
+    texts = scheme.verification_texts(n_texts)
+    h = check_embeddings(suspect.encode(texts), None, "suspect").astype(np.float64)
+    e = check_embeddings(clean.encode(texts), None, "provider").astype(np.float64)
+    if h.shape[1] != e.shape[1]:
+        raise InputError(f"the suspect's embeddings have {h.shape[1]} dimensions, the provider's {e.shape[1]}")
+    observed = float(_statistic(scheme.row(e.shape[1])[None], _unit(h), e, statistic)[0])
+    null = np.concatenate([_statistic(chunk, _unit(h), e, statistic)
+                           for chunk in np.array_split(scheme.decoy_rows(e.shape[1], n_decoys), max(1, n_decoys // 100))])
+    det = gaussian_null_detection("wet-ownership", observed, null.tolist(), fpr, n_scored=n_texts, p_value_from="t",
+                                  mode=f"wet-{statistic}", null_samples=[float(x) for x in null])
+    gap = observed - float(null.mean())
+    return OwnershipReport(delta_cos=gap, delta_l2=-2.0 * gap, ks_p=None, detection=det, mode=f"wet-{statistic}",
+                           queries=n_texts)
