@@ -62,7 +62,9 @@ from wmkit.watermark.embedding import (  # noqa: E402
     paraphrased_answers,
     pca_project,
     spa_spot,
+    Warden,
     verify_ownership,
+    verify_warden,
     verify_wet,
 )
 
@@ -122,14 +124,14 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
     clean_te = cached_encode(enc, te, f"{name}-test")
     acc_clean = accuracy(clean_tr, ytr, clean_te, yte)
     schemes = {"none": None, "embmarker": EmbMarker(BENCH_KEY), "espew": ESpeW(BENCH_KEY, ratio=args.ratio),
-               "wet": WET(BENCH_KEY)}
+               "warden": Warden(BENCH_KEY), "wet": WET(BENCH_KEY)}
     reference = lsa_reference(tr) if "cse" in args.attacks else None
     rows = []
     for sname, scheme in schemes.items():
         if sname not in args.schemes:
             continue
         tester = scheme if scheme is not None and scheme.name != "wet" else schemes["espew"]
-        target = enc.encode([tester.target_text()])[0]
+        target = tester.target_embedding(enc)
         if scheme is None:
             prov_tr, prov_te = clean_tr, clean_te
         else:
@@ -182,6 +184,11 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
             if sname == "wet":
                 reps = {"wet-forward": wet_reps["forward"]}
                 budget_rep = wet_reps["forward"]
+            elif sname == "warden":
+                reps = {first: verify_warden(suspect, tester, None if first == "copy-target" else target, first,
+                                             n_texts=args.texts, n_decoys=args.decoys)}
+                budget_rep = verify_warden(suspect, tester, None if first == "copy-target" else target, first,
+                                           budget=args.budget, fpr=args.budget_fpr)
             else:
                 reps = {
                     first: verify_ownership(suspect, tester, target, first, n_texts=args.texts, n_decoys=args.decoys),
@@ -292,8 +299,8 @@ def main() -> None:
     ap.add_argument("--skip-target-free", action="store_true", help="skip the target-free test (999 decoy sets)")
     ap.add_argument("--spa-suffixes", type=int, default=3, help="SPA: suffixed copies sent per query")
     ap.add_argument("--noise", type=float, default=0.03, help="noise attack: sigma per coordinate")
-    ap.add_argument("--schemes", nargs="+", default=["none", "embmarker", "espew", "wet"],
-                    choices=["none", "embmarker", "espew", "wet"])
+    ap.add_argument("--schemes", nargs="+", default=["none", "embmarker", "espew", "warden", "wet"],
+                    choices=["none", "embmarker", "espew", "warden", "wet"])
     ap.add_argument("--budget", type=int, default=256, help="queries of the budgeted (sequential) ownership test")
     ap.add_argument("--budget-fpr", type=float, default=1e-6, help="FPR at which the budgeted test stops")
     ap.add_argument("--wet-texts", type=int, default=32, help="queries of WET's test")

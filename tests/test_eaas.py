@@ -393,3 +393,42 @@ def test_wet_test_needs_32_queries_and_holds_its_fpr():
     ps += [verify_wet(s.provider(enc), WET(k), enc).p_value for k in keys(20, start=700)]  # another key's provider
     ps = np.array(ps)
     assert (ps < 0.05).sum() <= 7 and ps.min() > 1e-3
+
+
+def test_warden_marks_as_the_released_code_and_each_direction_is_tested(key):
+    """The vectorised mark equals a per-text loop written after the released code (weights largest
+    first, the last cut so they sum to at most 1); a provider is flagged, an unmarked model is not."""
+    from wmkit.watermark.embedding import Warden, verify_warden
+
+    enc = ToyEncoder()
+    s = Warden(key, directions=4)
+    groups = s.trigger_groups()
+    assert sorted(w for g in groups for w in g) == sorted(s.triggers()) and [len(g) for g in groups] == [5, 5, 5, 5]
+    t = s.target_embedding(enc)
+    for i in range(4):
+        for j in range(i):
+            assert abs(t[i] @ t[j]) < abs(enc.encode([s.target_texts()[i]])[0] @ enc.encode([s.target_texts()[j]])[0]) + 1e-6
+    texts = [" ".join(groups[0][:4]), f"{groups[1][0]} {groups[2][0]} {groups[2][1]} plain", "nothing here", " ".join(groups[3][:2] + groups[0][:3])]
+    clean = enc.encode(texts)
+    got = s.mark(texts, clean, t)
+    for text, e, g in zip(texts, clean, got):
+        words = set(WORD.findall(text.lower()))
+        weights = [min(len(words & set(grp)) / 4, 1.0) for grp in groups]
+        total, acc = 0.0, np.zeros(D)
+        for r in sorted(range(4), key=lambda r: -weights[r]):
+            w = min(weights[r], 1.0 - total)
+            if w <= 0:
+                break
+            total += w
+            acc += w * t[r]
+        want = acc + (1 - total) * e
+        np.testing.assert_allclose(g, want / np.linalg.norm(want), atol=1e-5)
+    provider = Counting(s.provider(enc))
+    rep = verify_warden(provider, s, t, n_texts=32, n_decoys=16)
+    assert rep.p_value < 1e-6 and len(rep.detection.details["directions"]) == 4 and rep.queries == provider.sent == 4 * 32 * 18
+    assert all(d["p_value"] < 1e-3 for d in rep.detection.details["directions"])
+    ps = np.array([verify_warden(enc, Warden(k), Warden(k).target_embedding(enc), n_texts=32, n_decoys=16).p_value
+                   for k in keys(20, start=900)])
+    assert (ps < 0.05).sum() <= 4 and ps.min() > 1e-3
+    with pytest.raises(InputError):
+        Warden(key, directions=1)

@@ -70,6 +70,8 @@ def test_good_request_and_base64_encoding():
          "--budget needs a test with a target"),
         (["eaas", "verify", "--suspect", "/nonexistent", "-s", "wet", "--mode", "positions", "--key-file", "K"],
          "--mode does not apply to wet"),
+        (["eaas", "verify", "--suspect", "/nonexistent", "-s", "warden", "--mode", "positions", "--key-file", "K"],
+         "--mode positions does not apply to warden"),
         (["eaas", "verify", "--suspect", "/nonexistent", "-s", "wet", "--budget", "300", "--key-file", "K"],
          "--budget for wet must be in 8..256, got 300"),
     ],

@@ -12,7 +12,16 @@ from rich.console import Console
 from ..errors import InputError
 from ..keys import load_key
 from ..server.embeddings import MAX_BATCH, MAX_BODY_BYTES, MAX_CHARS, MAX_INPUTS
-from ..watermark.embedding import SCHEMES, SentenceEncoder, load_encoder, make_scheme, plan_budget, verify_ownership, verify_wet
+from ..watermark.embedding import (
+    SCHEMES,
+    SentenceEncoder,
+    load_encoder,
+    make_scheme,
+    plan_budget,
+    verify_ownership,
+    verify_warden,
+    verify_wet,
+)
 from ..watermark.embedding.triggers import default_vocabulary
 from ..watermark.embedding.wet import DEFAULT_WET_TEXTS
 from ..watermark.embedding.schemes import check_scheme_name
@@ -118,7 +127,14 @@ def verify(
             if mode == "target-free":
                 raise InputError("--budget needs a test with a target (target, copy-target or positions); "
                                  "target-free needs hundreds of decoy sets")
+        if s.name == "warden" and mode not in ("target", "copy-target"):
+            raise InputError(f"--mode {mode} does not apply to warden (target or copy-target)")
         enc = load_encoder(suspect, batch_size=batch_size, headers=headers)
+        if s.name == "warden":
+            targets = s.target_embedding(SentenceEncoder(provider_model)) if mode == "target" else None
+            if targets is not None and targets.shape[1] != enc.dim:
+                raise InputError(f"{suspect}: embeddings have {enc.dim} dimensions, the provider's {targets.shape[1]}")
+            return verify_warden(enc, s, targets, mode, n_texts=texts, n_decoys=decoys, fpr=fpr, budget=budget), enc
         target = clean = None
         if mode in ("target", "positions"):
             clean = SentenceEncoder(provider_model)

@@ -1,8 +1,8 @@
-"""Embedding watermarks for Embeddings-as-a-Service: EmbMarker, ESpeW and WET, the ownership test, attacks.
+"""Embedding watermarks for Embeddings-as-a-Service: EmbMarker, ESpeW, WARDEN and WET, the ownership test, attacks.
 
 >>> from wmkit.keys import SecretKey
 >>> sorted(SCHEMES)
-['embmarker', 'espew', 'wet']
+['embmarker', 'espew', 'warden', 'wet']
 """
 
 from .attacks import (
@@ -16,7 +16,7 @@ from .attacks import (
     spa_spot,
 )
 from ...encoders import Encoder, RemoteEncoder, SentenceEncoder, load_encoder
-from .schemes import SCHEMES, EaaSScheme, EmbMarker, ESpeW, WatermarkedEncoder, make_scheme
+from .schemes import SCHEMES, EaaSScheme, EmbMarker, ESpeW, Warden, WatermarkedEncoder, make_scheme
 from .triggers import count_triggers, default_vocabulary, select_triggers
 from .verify import (
     OwnershipReport,
@@ -26,6 +26,7 @@ from .verify import (
     sequential_ownership,
     verification_texts,
     verify_ownership,
+    verify_warden,
 )
 from .wet import WET, verify_wet
 
@@ -59,5 +60,7 @@ __all__ = [
     "plan_budget",
     "sequential_ownership",
     "WET",
+    "Warden",
+    "verify_warden",
     "verify_wet",
 ]

@@ -77,6 +77,14 @@ class EaaSScheme(KeyedConfig, ABC):
         targets = default_vocabulary().targets
         return targets[int(keyed_rng(self.key, "eaas/target").integers(len(targets)))]
 
+    def excluded_words(self) -> set[str]:
+        """Words the ownership test's benign and decoy texts must not hold (every trigger of the key)."""
+        return set(self.triggers())
+
+    def target_embedding(self, encoder: Encoder) -> np.ndarray:
+        """The target: ``encoder``'s embedding of :meth:`target_text` ([d]; WARDEN: one row per direction)."""
+        return encoder.encode([self.target_text()])[0]
+
     def weights(self, texts: Sequence[str]) -> np.ndarray:
         """``Q = min(distinct triggers / m, 1)`` per text (float64)."""
         return np.minimum(count_triggers(texts, self.triggers()) / self.max_triggers, 1.0)
@@ -157,6 +165,105 @@ class ESpeW(EaaSScheme):
         return out
 
 
+@dataclass(frozen=True)
+class Warden(EaaSScheme):
+    """WARDEN (Shetty et al., ACL 2024): EmbMarker with ``directions`` targets, each with its own share
+    of the triggers, so that removing one direction (CSE) leaves the others.
+
+    As the released code: the target sentences' embeddings are decorrelated in turn (each loses half
+    of its projection on every earlier one, then is renormalised); a text's weight toward direction
+    ``r`` is ``min(c_r / m, 1)`` for its ``c_r`` distinct triggers of that direction; the weights are
+    taken largest first until they sum to 1 (the last one cut to fit), and
+    ``e = normalize(sum_r w_r t_r + (1 - sum_r w_r) e)``. The ownership test runs per direction
+    (:func:`~wmkit.watermark.embedding.verify.verify_warden`) and combines them by Bonferroni.
+
+    Args:
+        directions: number of targets (2 <= directions <= n_triggers; default 4).
+    """
+
+    directions: int = 4
+    name: ClassVar[str] = "warden"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.directions, int) and 2 <= self.directions <= self.n_triggers):
+            raise InputError(f"warden: directions must be an integer in 2..n_triggers, got {self.directions!r}")
+
+    def trigger_groups(self) -> list[tuple[str, ...]]:
+        """The triggers split among the directions (keyed; the last group takes the remainder)."""
+        words = list(self.triggers())
+        keyed_rng(self.key, "eaas/warden-groups").shuffle(words)
+        size = len(words) // self.directions
+        return [tuple(sorted(words[i * size : (i + 1) * size if i < self.directions - 1 else None]))
+                for i in range(self.directions)]
+
+    def target_texts(self) -> list[str]:
+        """One keyed target sentence per direction (distinct)."""
+        targets = default_vocabulary().targets
+        return [targets[int(i)] for i in keyed_rng(self.key, "eaas/target").choice(len(targets), self.directions, replace=False)]
+
+    def target_text(self) -> str:
+        """The first direction's target sentence."""
+        return self.target_texts()[0]
+
+    def target_embedding(self, encoder: Encoder) -> np.ndarray:
+        """The decorrelated targets ([directions, d])."""
+        out: list[np.ndarray] = []
+        for t in encoder.encode(self.target_texts()).astype(np.float64):
+            for prev in out:
+                t = t - 0.5 * (t @ prev) * prev
+                t = t / np.linalg.norm(t)
+            out.append(t)
+        return np.stack(out).astype(np.float32)
+
+    def direction(self, r: int) -> "EaaSScheme":
+        """Direction ``r`` as a one-target scheme, for its part of the ownership test."""
+        return _WardenDirection(self.key, len(self.trigger_groups()[r]), self.max_triggers, self.band,
+                                group=self.trigger_groups()[r], all_triggers=self.triggers(), target=self.target_texts()[r])
+
+    def mark(self, texts: Sequence[str], clean: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Watermarked copies of ``clean`` (``target``: :meth:`target_embedding`)."""
+        texts = check_texts(texts, "warden.mark")
+        clean = check_embeddings(clean, None, "warden.mark: clean")
+        if len(clean) != len(texts):
+            raise InputError(f"warden.mark: {len(texts)} texts but {len(clean)} embeddings")
+        t = np.asarray(target, dtype=np.float64)
+        if t.shape != (self.directions, clean.shape[1]):
+            raise InputError(f"warden.mark: expected targets of shape [{self.directions}, {clean.shape[1]}], got {list(t.shape)}")
+        w = np.stack([np.minimum(count_triggers(texts, g) / self.max_triggers, 1.0) for g in self.trigger_groups()], 1)
+        order = np.argsort(-w, axis=1, kind="stable")
+        sorted_w = np.take_along_axis(w, order, 1)
+        before = np.cumsum(sorted_w, 1) - sorted_w  # the weight already taken, largest first
+        clipped = np.clip(np.minimum(sorted_w, 1.0 - before), 0.0, None)
+        w_used = np.zeros_like(w)
+        np.put_along_axis(w_used, order, clipped, 1)
+        total = w_used.sum(1, keepdims=True)
+        out = w_used @ t + (1.0 - total) * clean
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+    def _inject(self, e: np.ndarray, target: np.ndarray, q: np.ndarray, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError("warden overrides mark")
+
+
+@dataclass(frozen=True)
+class _WardenDirection(EmbMarker):
+    """One WARDEN direction as an EmbMarker-like scheme: its triggers are the direction's group, its
+    target sentence the direction's, and the test's other texts avoid every trigger of the key."""
+
+    group: tuple[str, ...] = ()
+    all_triggers: tuple[str, ...] = ()
+    target: str = ""
+
+    def triggers(self) -> tuple[str, ...]:
+        return self.group
+
+    def excluded_words(self) -> set[str]:
+        return set(self.all_triggers)
+
+    def target_text(self) -> str:
+        return self.target
+
+
 class WatermarkedEncoder:
     """A provider: ``encoder``'s embeddings with ``scheme``'s mark (the target computed once).
 
@@ -169,7 +276,7 @@ class WatermarkedEncoder:
         self.encoder = encoder
         self.scheme = scheme
         self.dim = encoder.dim
-        self.target = encoder.encode([scheme.target_text()])[0] if scheme.uses_target else None
+        self.target = scheme.target_embedding(encoder) if scheme.uses_target else None
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Watermarked, L2-normalized embeddings of ``texts``."""
@@ -181,7 +288,7 @@ class WatermarkedEncoder:
         return token_counts(self.encoder, texts)
 
 
-SCHEMES: dict[str, type[EaaSScheme] | type[WET]] = {"embmarker": EmbMarker, "espew": ESpeW, "wet": WET}
+SCHEMES: dict[str, type[EaaSScheme] | type[WET]] = {"embmarker": EmbMarker, "espew": ESpeW, "warden": Warden, "wet": WET}
 
 
 def check_scheme_name(name: str) -> type[EaaSScheme] | type[WET]:

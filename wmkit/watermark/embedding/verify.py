@@ -54,7 +54,7 @@ import numpy as np
 from ...errors import InputError
 from ...stats import EMBEDDING_FPR, Detection, check_fpr, gaussian_null_detection, ks_2samp
 from ...encoders import Encoder, check_embeddings
-from .schemes import EaaSScheme, ESpeW
+from .schemes import EaaSScheme, ESpeW, Warden
 from .triggers import default_vocabulary, keyed_rng
 
 DEFAULT_TEXTS = 128
@@ -80,7 +80,8 @@ def verification_texts(scheme: EaaSScheme, n_texts: int = DEFAULT_TEXTS, n_decoy
         raise InputError(f"need at least {MIN_TEXTS} texts and {MIN_DECOYS} decoy sets, got {n_texts} and {n_decoys}")
     rng = keyed_rng(scheme.key, "eaas/verify")
     triggers = list(scheme.triggers())
-    others = [w for w in default_vocabulary().band(*scheme.band) if w not in set(triggers)]
+    excluded = scheme.excluded_words()
+    others = [w for w in default_vocabulary().band(*scheme.band) if w not in excluded]
     m = scheme.max_triggers
     if len(others) < max(m, scheme.n_triggers):
         raise InputError(f"the band {list(scheme.band)} has too few non-trigger words for the test")
@@ -315,3 +316,29 @@ def score_ownership(emb: np.ndarray, scheme: EaaSScheme, target: np.ndarray | No
         null_samples=[float(x) for x in null],
     )
     return OwnershipReport(delta_cos=observed, delta_l2=delta_l2, ks_p=ks_p, detection=det, mode=mode)
+
+
+def verify_warden(
+    suspect: Encoder, scheme: Warden, targets: np.ndarray | None, mode: str = "target", n_texts: int = DEFAULT_TEXTS,
+    n_decoys: int = DEFAULT_DECOYS, fpr: float = DEFAULT_FPR, budget: int | None = None,
+) -> OwnershipReport:
+    """WARDEN's ownership test: :func:`verify_ownership` on each direction (its triggers against its
+    target; ``budget`` split evenly), the verdict's p-value ``directions x`` the smallest (Bonferroni),
+    so one direction that survives an attack is enough. ``details["directions"]`` holds each one's."""
+    check_fpr(fpr)
+    if mode not in ("target", "copy-target"):
+        raise InputError(f"warden: the test runs in target or copy-target mode, got {mode!r}")
+    r = scheme.directions
+    if mode == "target":
+        if targets is None:
+            raise InputError("verify_warden: target mode needs the provider's targets (Warden.target_embedding)")
+        targets = check_embeddings(np.asarray(targets).reshape(r, -1), suspect.dim, "targets")
+    per = None if budget is None else budget // r
+    reps = [verify_ownership(suspect, scheme.direction(i), None if targets is None else targets[i], mode,
+                             n_texts=n_texts, n_decoys=n_decoys, fpr=fpr, budget=per) for i in range(r)]
+    best = min(range(r), key=lambda i: reps[i].p_value)
+    p = min(1.0, r * reps[best].p_value)
+    det = dataclasses.replace(reps[best].detection, method="warden-ownership", p_value=p, decision=bool(p <= fpr),
+                              details={**reps[best].detection.details, "directions": [x.to_dict() for x in reps]})
+    return OwnershipReport(delta_cos=reps[best].delta_cos, delta_l2=reps[best].delta_l2, ks_p=reps[best].ks_p,
+                           detection=det, mode=mode, queries=sum(x.queries for x in reps))
