@@ -432,3 +432,32 @@ def test_warden_marks_as_the_released_code_and_each_direction_is_tested(key):
     assert (ps < 0.05).sum() <= 4 and ps.min() > 1e-3
     with pytest.raises(InputError):
         Warden(key, directions=1)
+
+
+def test_stealer_side_attacks_do_what_they_say():
+    from wmkit.watermark.embedding import add_noise, paraphrased_answers, pca_project, spa_spot
+
+    rng = np.random.default_rng(0)
+    e = rng.standard_normal((200, 16)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    out = pca_project(e, keep=0.5)  # every row in the span of the mean and the top 8 directions
+    assert np.linalg.matrix_rank(out.astype(np.float64), tol=1e-4) <= 9 and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(add_noise(e, 0.0), e, atol=1e-6)
+    noisy = add_noise(e, 0.25, seed=1)  # E cos = 1 / sqrt(1 + d sigma^2) for small sigma
+    assert abs(np.einsum("ij,ij->i", noisy, e).mean() - 1 / np.sqrt(1 + 16 * 0.25**2)) < 0.03
+
+    enc = ToyEncoder()
+    mark = enc.encode(["fixed point"])[0]
+
+    def victim(texts):  # a crude mark: any text with "zz" answers with one fixed vector (perfectly tight)
+        out = enc.encode(texts)
+        out[["zz" in t.split() for t in texts]] = mark
+        return out
+
+    texts = _corpus(190, rng) + [f"zz {w}" for w in _corpus(10, rng)]
+    keep, tight = spa_spot(texts, victim, _corpus(50, rng), n_suffixes=2, drop=0.05)
+    assert (~keep).sum() == 10 and not keep[-10:].any() and np.allclose(tight[-10:], 1.0, atol=1e-5)
+    answers = paraphrased_answers(["a b", "c d"], enc.encode, lambda xs: ["same words"] * len(xs), copies=2)
+    np.testing.assert_allclose(answers, enc.encode(["same words"] * 2), atol=1e-6)
+    with pytest.raises(InputError):
+        spa_spot(texts, victim, [], n_suffixes=1)

@@ -11,7 +11,7 @@
   projected out; rows renormalized. Our reference model is :func:`lsa_reference` (TF-IDF + SVD of the
   attacker's own texts): independent of the provider, as an attacker's would be.
 - :class:`TransformedEncoder`: an encoder whose outputs are rotated or dimension-shuffled.
-- :func:`spa_spot`: SPA-style spotting (Fei et al. 2024, arXiv 2411.09359): each query is sent again
+- :func:`spa_spot`: SPA-style spotting (after Fei et al. 2024, arXiv 2411.09359): each query is sent again
   with random suffixes; a marked embedding, pulled toward a target, moves less than its text's
   meaning does ("tight"), and the attacker drops the tightest answers before training.
 - :func:`pca_project` and :func:`add_noise`: dimension reduction (the copy's training embeddings
@@ -234,18 +234,20 @@ class TransformedEncoder:
 
 def spa_spot(
     texts: Sequence[str], encode: Callable[[list[str]], np.ndarray], suffixes: Sequence[str], n_suffixes: int = 3,
-    outlier_mads: float = 3.0, seed: int = 0,
+    drop: float = 0.1, seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """SPA-style spotting: ``(keep, tightness)`` for the victim's answers to ``texts``.
 
     Each text is embedded alone and with ``n_suffixes`` suffixes drawn from ``suffixes`` (costing
-    ``n_suffixes`` more queries per text); its tightness is the mean cosine between the two. A text
-    whose tightness lies more than ``outlier_mads`` median absolute deviations above the median is
-    judged watermarked: ``keep`` is False there.
+    ``n_suffixes`` more queries per text); its tightness is the mean cosine between the two. The
+    ``drop`` fraction of texts with the tightest answers is judged watermarked: ``keep`` is False
+    there. (A simplification of the paper's attack, which also tunes its suffixes and metrics.)
     """
     texts = check_texts(texts, "spa")
     if n_suffixes < 1 or not suffixes:
         raise InputError("spa: needs at least one suffix per text")
+    if not 0.0 <= drop < 1.0:
+        raise InputError(f"spa: drop must be in [0, 1), got {drop}")
     rng = np.random.default_rng(seed)
     base = check_embeddings(encode(list(texts)), None, "spa")
     tight = np.zeros(len(texts))
@@ -253,9 +255,7 @@ def spa_spot(
         picks = rng.integers(len(suffixes), size=len(texts))
         pert = check_embeddings(encode([f"{t} {suffixes[i]}" for t, i in zip(texts, picks)]), base.shape[1], "spa")
         tight += np.einsum("ij,ij->i", base, pert) / n_suffixes
-    med = float(np.median(tight))
-    mad = float(np.median(np.abs(tight - med))) or 1e-12
-    return tight <= med + outlier_mads * mad, tight
+    return tight <= np.quantile(tight, 1.0 - drop), tight
 
 
 def pca_project(embeddings: np.ndarray, keep: float = 0.8) -> np.ndarray:
