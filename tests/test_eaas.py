@@ -382,15 +382,15 @@ def test_wet_test_needs_32_queries_and_holds_its_fpr():
     enc = ToyEncoder()
     s = WET(keys(1, start=500)[0])
     rng = np.random.default_rng(0)
-    texts = _corpus(3000, rng)
+    texts = _corpus(2000, rng)
     provider = Counting(s.provider(enc))
     rep = verify_wet(provider, s, enc)
     assert rep.p_value < 1e-12 and rep.queries == provider.sent == 32 and len(rep.detection.details["null_samples"]) == 1000
     copy = BagOfWordsStealer.fit(texts, s.provider(enc).encode(texts), epochs=10)
     for kind in ("forward", "inverse"):
         assert verify_wet(copy, s, enc, statistic=kind).p_value < 1e-6
-    ps = [verify_wet(enc, WET(k), enc).p_value for k in keys(40, start=600)]
-    ps += [verify_wet(s.provider(enc), WET(k), enc).p_value for k in keys(20, start=700)]  # another key's provider
+    ps = [verify_wet(enc, WET(k), enc, n_decoys=200).p_value for k in keys(40, start=600)]
+    ps += [verify_wet(s.provider(enc), WET(k), enc, n_decoys=200).p_value for k in keys(20, start=700)]  # another key's provider
     ps = np.array(ps)
     assert (ps < 0.05).sum() <= 7 and ps.min() > 1e-3
 
