@@ -283,6 +283,8 @@ def test_wm_evidence_eaas_on_the_real_model(tmp_path):
     assert r.exit_code == 0, r.stderr
     r = runner.invoke(app, ["evidence", "eaas", "--suspect", "x", "-k", str(keyfile), "--mode", "positions", "-o", str(tmp_path / "e2")])
     assert r.exit_code == 2 and "--mode must be" in r.stderr and not (tmp_path / "e2").exists()
+    r = runner.invoke(app, ["evidence", "eaas", "--suspect", "x", "-k", str(keyfile), "-s", "wet", "-o", str(tmp_path / "e3")])
+    assert r.exit_code == 2 and "use wm eaas verify --json" in r.stderr and not (tmp_path / "e3").exists()
 
 
 @pytest.fixture

@@ -135,6 +135,8 @@ def eaas(
     headers = run_guarded(suspect_headers, suspect, api_key_env, header, insecure)
     if mode not in ("target", "copy-target", "target-free"):
         die(f"--mode must be target, copy-target or target-free (positions mode needs the clean model at check time), got {mode!r}")
+    if scheme_name in ("warden", "wet"):
+        die(f"wm evidence eaas records the one-target ownership test (embmarker, espew); for {scheme_name} use wm eaas verify --json")
     _new_folder(output)
 
     def run() -> tuple[Any, Any, Any]:
