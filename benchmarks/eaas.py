@@ -180,10 +180,11 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
             first = "copy-target" if attack == "rotation" else "target"
             wet_key = schemes["wet"]
             wet_reps = {kind: verify_wet(suspect, wet_key, enc, n_texts=args.wet_texts, statistic=kind)
-                        for kind in ("forward", "inverse")}
+                        for kind in ("forward", "inverse", "gram")}
             if sname == "wet":
-                reps = {"wet-forward": wet_reps["forward"]}
-                budget_rep = wet_reps["forward"]
+                wet_first = "gram" if attack == "rotation" else "forward"
+                reps = {f"wet-{wet_first}": wet_reps[wet_first]}
+                budget_rep = wet_reps[wet_first]
             elif sname == "warden":
                 reps = {first: verify_warden(suspect, tester, None if first == "copy-target" else target, first,
                                              n_texts=args.texts, n_decoys=args.decoys)}
@@ -224,6 +225,7 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
                 "test_budget": budget_rep.mode,
                 "p_wet_forward": wet_reps["forward"].p_value,
                 "p_wet_inverse": wet_reps["inverse"].p_value,
+                "p_wet_gram": wet_reps["gram"].p_value,
                 "stealer_fidelity": fidelity,
                 "stealer_accuracy": stealer_acc,
                 **spotted,
@@ -270,7 +272,7 @@ def paraphraser(train_texts: list[str]):  # noqa: ANN201
 
 def table(rows: list[dict]) -> str:
     cols = ["dataset", "scheme", "attack", "test", "p_value", "queries", "p_budget", "queries_budget", "test_budget", "p_wet_forward",
-            "p_wet_inverse", "ks_p", "z", "p_target_free", "z_positions", "delta_cos", "accuracy",
+            "p_wet_inverse", "p_wet_gram", "ks_p", "z", "p_target_free", "z_positions", "delta_cos", "accuracy",
             "accuracy_clean", "cos_to_clean", "cos_marked", "stealer_fidelity", "stealer_accuracy"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -279,7 +281,7 @@ def table(rows: list[dict]) -> str:
             v = r.get(c)
             if v is None:
                 cells.append("-")
-            elif c in ("p_value", "ks_p", "p_target_free", "p_budget", "p_wet_forward", "p_wet_inverse"):
+            elif c in ("p_value", "ks_p", "p_target_free", "p_budget", "p_wet_forward", "p_wet_inverse", "p_wet_gram"):
                 cells.append(f"{v:.2e}")
             else:
                 cells.append(f"{v:.4f}" if isinstance(v, float) else str(v))

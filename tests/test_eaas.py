@@ -389,6 +389,11 @@ def test_wet_test_needs_32_queries_and_holds_its_fpr():
     copy = BagOfWordsStealer.fit(texts, s.provider(enc).encode(texts), epochs=10)
     for kind in ("forward", "inverse"):
         assert verify_wet(copy, s, enc, statistic=kind).p_value < 1e-6
+    # gram survives a rotation of the provider's own answers; on the toy copy's noisier geometry it
+    # finds nothing (benchmarks/eaas.py measures it on the real model)
+    rotated = TransformedEncoder.rotation(s.provider(enc), seed=3)
+    assert verify_wet(rotated, s, enc).p_value > 1e-3 and verify_wet(rotated, s, enc, statistic="gram").p_value < 1e-6
+    assert verify_wet(TransformedEncoder.rotation(enc, seed=4), s, enc, statistic="gram").p_value > 1e-3
     ps = [verify_wet(enc, WET(k), enc, n_decoys=200).p_value for k in keys(40, start=600)]
     ps += [verify_wet(s.provider(enc), WET(k), enc, n_decoys=200).p_value for k in keys(20, start=700)]  # another key's provider
     ps = np.array(ps)

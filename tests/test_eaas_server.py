@@ -69,7 +69,7 @@ def test_good_request_and_base64_encoding():
         (["eaas", "verify", "--suspect", "/nonexistent", "--budget", "256", "--mode", "target-free", "--key-file", "K"],
          "--budget needs a test with a target"),
         (["eaas", "verify", "--suspect", "/nonexistent", "-s", "wet", "--mode", "positions", "--key-file", "K"],
-         "--mode does not apply to wet"),
+         "--mode for wet must be one of target, inverse, gram"),
         (["eaas", "verify", "--suspect", "/nonexistent", "-s", "warden", "--mode", "positions", "--key-file", "K"],
          "--mode positions does not apply to warden"),
         (["eaas", "verify", "--suspect", "/nonexistent", "-s", "wet", "--budget", "300", "--key-file", "K"],

@@ -29,6 +29,7 @@ from ..watermark.embedding.verify import DEFAULT_DECOYS, DEFAULT_FPR, DEFAULT_TE
 from ..remote import suspect_headers
 from .common import ApiKeyEnvOpt, HeaderOpt, InsecureOpt, KeyFileOpt, check_fpr_option, run_guarded
 
+WET_MODES = ("target", "inverse", "gram")
 eaas_app = typer.Typer(help="Embedding watermarks for Embeddings-as-a-Service.", no_args_is_help=True)
 EmbSchemeOpt = typer.Option("espew", "--scheme", "-s", help=f"Embedding scheme: {', '.join(SCHEMES)}.")
 EmbModelOpt = typer.Option(
@@ -83,7 +84,8 @@ def verify(
     suspect: str = typer.Option(..., "--suspect", help="Suspect model folder, or the base URL of an OpenAI-compatible API."),
     key_file: Optional[Path] = KeyFileOpt,
     scheme: str = EmbSchemeOpt,
-    mode: str = typer.Option("target", help=f"Test: {', '.join(MODES)}."),
+    mode: str = typer.Option("target", help=f"Test: {', '.join(MODES)}; wet: target (forward), inverse, or gram "
+                             "(pairwise cosines: survives a rotated copy)."),
     provider_model: Optional[Path] = typer.Option(
         None, help="Your clean provider model: the target embedding, ESpeW's positions (default: all-MiniLM-L6-v2).",
         show_default=False,
@@ -106,8 +108,8 @@ def verify(
     def run():  # noqa: ANN202
         check_fpr_option(fpr)  # before any model loads
         headers = suspect_headers(suspect, api_key_env, header, insecure)
-        if mode not in MODES:
-            raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode not in MODES and not (scheme == "wet" and mode in WET_MODES):
+            raise InputError(f"--mode must be one of {', '.join(MODES)} (wet: {', '.join(WET_MODES)}), got {mode!r}")
         if batch_size < 1:
             raise InputError(f"--batch-size must be positive, got {batch_size}")
         if texts < MIN_TEXTS or decoys < MIN_DECOYS:
@@ -115,13 +117,14 @@ def verify(
                              f"got {texts} and {decoys}")
         s = _scheme(scheme, key_file, None)
         if s.name == "wet":
-            if mode != "target":
-                raise InputError("--mode does not apply to wet: its test compares with its own linear map")
+            if mode not in WET_MODES:
+                raise InputError(f"--mode for wet must be one of {', '.join(WET_MODES)} (target: the forward statistic), got {mode!r}")
             n = DEFAULT_WET_TEXTS if budget is None else budget
             if not MIN_TEXTS <= n <= len(default_vocabulary().targets):
                 raise InputError(f"--budget for wet must be in {MIN_TEXTS}..{len(default_vocabulary().targets)}, got {n}")
             enc = load_encoder(suspect, batch_size=batch_size, headers=headers)
-            return verify_wet(enc, s, SentenceEncoder(provider_model), n_texts=n, fpr=fpr), enc
+            stat = "forward" if mode == "target" else mode
+            return verify_wet(enc, s, SentenceEncoder(provider_model), n_texts=n, fpr=fpr, statistic=stat), enc
         if budget is not None:
             plan_budget(budget)  # a budget too small is refused before any model loads
             if mode == "target-free":

@@ -15,8 +15,11 @@ how much inverting ``C`` amplifies a copy's error (the released code only asks f
 
 **Verification** (:func:`verify_wet`) needs no trigger and no decoy *queries*: the suspect embeds
 ``n`` ordinary sentences (32 by default), the provider embeds them with its clean model, and the
-statistic is the mean cosine between the suspect's embeddings and ``C e`` ("forward") or between
-``C^-1 h`` and ``e`` ("inverse", the paper's recovery). Its null comes from *keys*: the same
+statistic is the mean cosine between the suspect's embeddings and ``C e`` ("forward"), between
+``C^-1 h`` and ``e`` ("inverse", the paper's recovery), or the correlation of the suspect's pairwise
+cosines with those of ``C e`` ("gram", ours: unchanged when the copy rotates or shuffles its
+dimensions, because ``C`` is not orthogonal and bends the geometry its own way; it finds a rotated
+provider, but a copy's own error can hide the bend). Its null comes from *keys*: the same
 statistic under ``n_decoys`` decoy matrices drawn exactly as a key's own. A suspect that did not
 learn from this key's embeddings is unrelated to ``C``, so ``C`` is one more draw among the decoys
 (exchangeable): the rank p-value is exact, and the reported p-value is the Student-t predictive
@@ -38,7 +41,7 @@ from .triggers import default_vocabulary, keyed_rng
 
 MIN_GAIN = 0.01
 DEFAULT_WET_TEXTS, DEFAULT_WET_DECOYS = 32, 1000
-STATISTICS = ("forward", "inverse")
+STATISTICS = ("forward", "inverse", "gram")
 
 
 def _draw_row(rng: np.random.Generator, dim: int, mix: int) -> np.ndarray:
@@ -140,6 +143,14 @@ def _statistic(rows: np.ndarray, h: np.ndarray, e: np.ndarray, kind: str) -> np.
     between ``C^-1 h`` and ``e`` (inverse)."""
     if kind == "forward":
         return np.einsum("mnd,nd->mn", _unit(circulant_apply(rows, e)), h).mean(1)
+    if kind == "gram":  # rotation-invariant: the suspect's pairwise cosines against those of C e
+        iu = np.triu_indices(len(h), k=1)
+        ce = _unit(circulant_apply(rows, e))
+        want = np.einsum("mnd,mkd->mnk", ce, ce)[:, iu[0], iu[1]]
+        got = (h @ h.T)[iu]
+        want = want - want.mean(1, keepdims=True)
+        got = got - got.mean()
+        return (want @ got) / np.maximum(np.linalg.norm(want, axis=1) * np.linalg.norm(got), 1e-12)
     return np.einsum("mnd,nd->mn", _unit(circulant_solve(rows, h)), e).mean(1)
 
 
@@ -150,7 +161,7 @@ def verify_wet(
     """WET's ownership test: ``n_texts`` queries to ``suspect``, the null from ``n_decoys`` decoy keys.
 
     Returns an :class:`~wmkit.watermark.embedding.verify.OwnershipReport` (``delta_cos``: the
-    statistic minus the decoys' mean; ``ks_p``: ``None``; ``mode``: ``"wet-forward"`` or ``"wet-inverse"``).
+    statistic minus the decoys' mean; ``ks_p``: ``None``; ``mode``: ``"wet-"`` and the statistic).
     """
     from .verify import OwnershipReport
 
