@@ -181,8 +181,9 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
             wet_key = schemes["wet"]
             wet_reps = {kind: verify_wet(suspect, wet_key, enc, n_texts=args.wet_texts, statistic=kind)
                         for kind in ("forward", "inverse", "gram")}
+            wet_reps["recover"] = verify_wet(suspect, wet_key, enc, statistic="recover")  # 512 texts
             if sname == "wet":
-                wet_first = "gram" if attack == "rotation" else "forward"
+                wet_first = "recover" if attack == "rotation" else "forward"
                 reps = {f"wet-{wet_first}": wet_reps[wet_first]}
                 budget_rep = wet_reps[wet_first]
             elif sname == "warden":
@@ -226,6 +227,7 @@ def run_dataset(name: str, n_train: int, n_test: int, enc: SentenceEncoder, args
                 "p_wet_forward": wet_reps["forward"].p_value,
                 "p_wet_inverse": wet_reps["inverse"].p_value,
                 "p_wet_gram": wet_reps["gram"].p_value,
+                "p_wet_recover": wet_reps["recover"].p_value,
                 "stealer_fidelity": fidelity,
                 "stealer_accuracy": stealer_acc,
                 **spotted,
@@ -272,7 +274,7 @@ def paraphraser(train_texts: list[str]):  # noqa: ANN201
 
 def table(rows: list[dict]) -> str:
     cols = ["dataset", "scheme", "attack", "test", "p_value", "queries", "p_budget", "queries_budget", "test_budget", "p_wet_forward",
-            "p_wet_inverse", "p_wet_gram", "ks_p", "z", "p_target_free", "z_positions", "delta_cos", "accuracy",
+            "p_wet_inverse", "p_wet_gram", "p_wet_recover", "ks_p", "z", "p_target_free", "z_positions", "delta_cos", "accuracy",
             "accuracy_clean", "cos_to_clean", "cos_marked", "stealer_fidelity", "stealer_accuracy"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -281,7 +283,7 @@ def table(rows: list[dict]) -> str:
             v = r.get(c)
             if v is None:
                 cells.append("-")
-            elif c in ("p_value", "ks_p", "p_target_free", "p_budget", "p_wet_forward", "p_wet_inverse", "p_wet_gram"):
+            elif c in ("p_value", "ks_p", "p_target_free", "p_budget", "p_wet_forward", "p_wet_inverse", "p_wet_gram", "p_wet_recover"):
                 cells.append(f"{v:.2e}")
             else:
                 cells.append(f"{v:.4f}" if isinstance(v, float) else str(v))
@@ -298,6 +300,7 @@ def main() -> None:
     attacks = ["none", "cse", "cse-oracle", "rotation", "spa", "pca", "noise"]
     ap.add_argument("--attacks", nargs="+", default=attacks, choices=attacks + ["paraphrase"],
                     help="paraphrase (the default LM rewrites every stealer query) is not in the default set: CPU hours")
+    ap.add_argument("--train-size", type=int, help="stealer training texts per dataset (default: by --quick)")
     ap.add_argument("--skip-target-free", action="store_true", help="skip the target-free test (999 decoy sets)")
     ap.add_argument("--spa-suffixes", type=int, default=3, help="SPA: suffixed copies sent per query")
     ap.add_argument("--noise", type=float, default=0.03, help="noise attack: sigma per coordinate")
@@ -314,11 +317,14 @@ def main() -> None:
     args = ap.parse_args()
     out_file = ResultFile(args.out, "eaas")
     sizes = {"sst2": (4000, 1000), "agnews": (3000, 1000)} if args.quick else {"sst2": (20000, 2000), "agnews": (8000, 1744)}
+    if args.train_size:
+        sizes = {k: (args.train_size, v[1]) for k, v in sizes.items()}
     enc = SentenceEncoder()
     rows = []
     for name in args.datasets:
         rows += run_dataset(name, *sizes[name], enc, args)
-    result = {"quick": args.quick, "ratio": args.ratio, "rows": rows}
+    result = {"quick": args.quick, "ratio": args.ratio, "train_size": args.train_size, "budget": args.budget,
+              "budget_fpr": args.budget_fpr, "rows": rows}
     out_file.write_json(result)
     print(json.dumps(result) if args.json else table(rows))
 

@@ -393,6 +393,12 @@ def test_wet_test_needs_32_queries_and_holds_its_fpr():
     # finds nothing (benchmarks/eaas.py measures it on the real model)
     rotated = TransformedEncoder.rotation(s.provider(enc), seed=3)
     assert verify_wet(rotated, s, enc).p_value > 1e-3 and verify_wet(rotated, s, enc, statistic="gram").p_value < 1e-6
+    # recover: the copy's map fitted from 512 texts; a rotation leaves M^T M, so the statistic, unchanged
+    copy_rot = TransformedEncoder.rotation(copy, seed=5)
+    plain, turned = verify_wet(copy, s, enc, statistic="recover"), verify_wet(copy_rot, s, enc, statistic="recover")
+    assert plain.queries == 512 and plain.p_value < 1e-6
+    assert turned.detection.statistic == pytest.approx(plain.detection.statistic, rel=1e-3)
+    assert verify_wet(TransformedEncoder.rotation(enc, seed=6), s, enc, statistic="recover").p_value > 1e-3
     assert verify_wet(TransformedEncoder.rotation(enc, seed=4), s, enc, statistic="gram").p_value > 1e-3
     ps = [verify_wet(enc, WET(k), enc, n_decoys=200).p_value for k in keys(40, start=600)]
     ps += [verify_wet(s.provider(enc), WET(k), enc, n_decoys=200).p_value for k in keys(20, start=700)]  # another key's provider

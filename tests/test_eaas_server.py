@@ -69,11 +69,11 @@ def test_good_request_and_base64_encoding():
         (["eaas", "verify", "--suspect", "/nonexistent", "--budget", "256", "--mode", "target-free", "--key-file", "K"],
          "--budget needs a test with a target"),
         (["eaas", "verify", "--suspect", "/nonexistent", "-s", "wet", "--mode", "positions", "--key-file", "K"],
-         "--mode for wet must be one of target, inverse, gram"),
+         "--mode for wet must be one of target, inverse, gram, recover"),
         (["eaas", "verify", "--suspect", "/nonexistent", "-s", "warden", "--mode", "positions", "--key-file", "K"],
          "--mode positions does not apply to warden"),
-        (["eaas", "verify", "--suspect", "/nonexistent", "-s", "wet", "--budget", "300", "--key-file", "K"],
-         "--budget for wet must be in 8..256, got 300"),
+        (["eaas", "verify", "--suspect", "/nonexistent", "-s", "wet", "--budget", "5000", "--key-file", "K"],
+         "--budget for wet must be in 8..4096, got 5000"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_2(args, fragment, tmp_path, monkeypatch):

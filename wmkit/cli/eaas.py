@@ -22,14 +22,13 @@ from ..watermark.embedding import (
     verify_warden,
     verify_wet,
 )
-from ..watermark.embedding.triggers import default_vocabulary
-from ..watermark.embedding.wet import DEFAULT_WET_TEXTS
+from ..watermark.embedding.wet import DEFAULT_RECOVER_TEXTS, DEFAULT_WET_TEXTS, MAX_WET_TEXTS
 from ..watermark.embedding.schemes import check_scheme_name
 from ..watermark.embedding.verify import DEFAULT_DECOYS, DEFAULT_FPR, DEFAULT_TEXTS, MIN_DECOYS, MIN_TEXTS, MODES
 from ..remote import suspect_headers
 from .common import ApiKeyEnvOpt, HeaderOpt, InsecureOpt, KeyFileOpt, check_fpr_option, run_guarded
 
-WET_MODES = ("target", "inverse", "gram")
+WET_MODES = ("target", "inverse", "gram", "recover")
 eaas_app = typer.Typer(help="Embedding watermarks for Embeddings-as-a-Service.", no_args_is_help=True)
 EmbSchemeOpt = typer.Option("espew", "--scheme", "-s", help=f"Embedding scheme: {', '.join(SCHEMES)}.")
 EmbModelOpt = typer.Option(
@@ -84,8 +83,8 @@ def verify(
     suspect: str = typer.Option(..., "--suspect", help="Suspect model folder, or the base URL of an OpenAI-compatible API."),
     key_file: Optional[Path] = KeyFileOpt,
     scheme: str = EmbSchemeOpt,
-    mode: str = typer.Option("target", help=f"Test: {', '.join(MODES)}; wet: target (forward), inverse, or gram "
-                             "(pairwise cosines: survives a rotated copy)."),
+    mode: str = typer.Option("target", help=f"Test: {', '.join(MODES)}; wet: target (forward), inverse, gram, or recover "
+                             "(fits the copy's map from 512 texts: survives a rotated copy)."),
     provider_model: Optional[Path] = typer.Option(
         None, help="Your clean provider model: the target embedding, ESpeW's positions (default: all-MiniLM-L6-v2).",
         show_default=False,
@@ -94,7 +93,7 @@ def verify(
     decoys: int = typer.Option(DEFAULT_DECOYS, help="Decoy trigger sets (the null distribution)."),
     budget: Optional[int] = typer.Option(
         None, help="Spend at most this many suspect queries (sets --texts and --decoys; the test stops as soon as "
-        "its verdict is decided). WET: the number of texts sent (default 32).", show_default=False,
+        "its verdict is decided). WET: the number of texts sent (default 32; recover 512).", show_default=False,
     ),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the verdict."),
     batch_size: int = typer.Option(256, help="Texts per request to a URL suspect."),
@@ -119,9 +118,9 @@ def verify(
         if s.name == "wet":
             if mode not in WET_MODES:
                 raise InputError(f"--mode for wet must be one of {', '.join(WET_MODES)} (target: the forward statistic), got {mode!r}")
-            n = DEFAULT_WET_TEXTS if budget is None else budget
-            if not MIN_TEXTS <= n <= len(default_vocabulary().targets):
-                raise InputError(f"--budget for wet must be in {MIN_TEXTS}..{len(default_vocabulary().targets)}, got {n}")
+            n = (DEFAULT_RECOVER_TEXTS if mode == "recover" else DEFAULT_WET_TEXTS) if budget is None else budget
+            if not MIN_TEXTS <= n <= MAX_WET_TEXTS:
+                raise InputError(f"--budget for wet must be in {MIN_TEXTS}..{MAX_WET_TEXTS}, got {n}")
             enc = load_encoder(suspect, batch_size=batch_size, headers=headers)
             stat = "forward" if mode == "target" else mode
             return verify_wet(enc, s, SentenceEncoder(provider_model), n_texts=n, fpr=fpr, statistic=stat), enc

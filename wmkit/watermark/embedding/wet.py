@@ -19,7 +19,11 @@ statistic is the mean cosine between the suspect's embeddings and ``C e`` ("forw
 ``C^-1 h`` and ``e`` ("inverse", the paper's recovery), or the correlation of the suspect's pairwise
 cosines with those of ``C e`` ("gram", ours: unchanged when the copy rotates or shuffles its
 dimensions, because ``C`` is not orthogonal and bends the geometry its own way; it finds a rotated
-provider, but a copy's own error can hide the bend). Its null comes from *keys*: the same
+provider, but a copy's own error can hide the bend), or "recover" (the issue's recovery of the map):
+the map ``M`` from the clean to the suspect's embeddings is fitted by ridge least squares from 512
+texts, and the circulant part of ``M^T M`` is correlated with ``C^T C``'s -- a rotation ``R`` of
+the copy's answers gives ``(R C)^T (R C) = C^T C``, so this one survives a rotated copy too (at a
+query price: 512 texts by default). Its null comes from *keys*: the same
 statistic under ``n_decoys`` decoy matrices drawn exactly as a key's own. A suspect that did not
 learn from this key's embeddings is unrelated to ``C``, so ``C`` is one more draw among the decoys
 (exchangeable): the rank p-value is exact, and the reported p-value is the Student-t predictive
@@ -40,8 +44,9 @@ from ...stats import EMBEDDING_FPR, check_fpr, gaussian_null_detection
 from .triggers import default_vocabulary, keyed_rng
 
 MIN_GAIN = 0.01
-DEFAULT_WET_TEXTS, DEFAULT_WET_DECOYS = 32, 1000
-STATISTICS = ("forward", "inverse", "gram")
+DEFAULT_WET_TEXTS, DEFAULT_WET_DECOYS, MAX_WET_TEXTS = 32, 1000, 4096
+STATISTICS = ("forward", "inverse", "gram", "recover")
+DEFAULT_RECOVER_TEXTS, RIDGE = 512, 1.0
 
 
 def _draw_row(rng: np.random.Generator, dim: int, mix: int) -> np.ndarray:
@@ -131,16 +136,38 @@ class WET(KeyedConfig):
         return WatermarkedEncoder(encoder, self)
 
     def verification_texts(self, n: int = DEFAULT_WET_TEXTS) -> list[str]:
-        """``n`` keyed sentences of the held-out reference sentences (ordinary text: no trigger)."""
-        pool = default_vocabulary().targets
-        if not 8 <= n <= len(pool):
-            raise InputError(f"wet: the test sends 8 to {len(pool)} texts, got {n}")
-        return [pool[i] for i in keyed_rng(self.key, "eaas/wet-texts").choice(len(pool), size=n, replace=False)]
+        """``n`` keyed texts: the held-out reference sentences (ordinary text, no trigger), then, past
+        their 256, keyed strings of 12 common words."""
+        if not 8 <= n <= MAX_WET_TEXTS:
+            raise InputError(f"wet: the test sends 8 to {MAX_WET_TEXTS} texts, got {n}")
+        vocab = default_vocabulary()
+        pool = vocab.targets
+        rng = keyed_rng(self.key, "eaas/wet-texts")
+        out = [pool[i] for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
+        words = vocab.band(0.001, 0.05)
+        return out + [" ".join(rng.choice(words, size=12, replace=False)) for _ in range(n - len(out))]
+
+
+def recovered_circulant(h: np.ndarray, e: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
+    """The circulant part of ``M^T M`` for the map ``M`` fitted from ``e`` to ``h`` (ridge least
+    squares, ``h ~ M e``): its first row, the mean of each wrapped diagonal. A copy that serves
+    ``R C e`` for any orthogonal ``R`` has ``M^T M ~ C^T C``, whatever ``R`` is."""
+    d = e.shape[1]
+    mt = np.linalg.solve(e.T @ e + ridge * np.eye(d), e.T @ h)
+    g = mt @ mt.T
+    i = np.arange(d)
+    return g[i[:, None], (i[:, None] + i[None, :]) % d].mean(0)
 
 
 def _statistic(rows: np.ndarray, h: np.ndarray, e: np.ndarray, kind: str) -> np.ndarray:
-    """Mean cosine per circulant (rows [m, d]) between the suspect's ``h`` and ``C e`` (forward) or
-    between ``C^-1 h`` and ``e`` (inverse)."""
+    """Per circulant (rows [m, d]): the mean cosine between the suspect's ``h`` and ``C e`` (forward)
+    or between ``C^-1 h`` and ``e`` (inverse); the correlation of pairwise cosines (gram); or the
+    correlation of the recovered map's circulant part with ``C^T C``'s (recover, off the diagonal)."""
+    if kind == "recover":
+        r = recovered_circulant(h, e)[1:]
+        auto = np.fft.irfft(np.abs(np.fft.rfft(rows, axis=-1)) ** 2, n=rows.shape[-1], axis=-1)[:, 1:]  # C^T C's row
+        r, auto = r - r.mean(), auto - auto.mean(1, keepdims=True)
+        return (auto @ r) / np.maximum(np.linalg.norm(auto, axis=1) * np.linalg.norm(r), 1e-12)
     if kind == "forward":
         return np.einsum("mnd,nd->mn", _unit(circulant_apply(rows, e)), h).mean(1)
     if kind == "gram":  # rotation-invariant: the suspect's pairwise cosines against those of C e
@@ -155,10 +182,11 @@ def _statistic(rows: np.ndarray, h: np.ndarray, e: np.ndarray, kind: str) -> np.
 
 
 def verify_wet(
-    suspect: Encoder, scheme: WET, clean: Encoder, n_texts: int = DEFAULT_WET_TEXTS,
+    suspect: Encoder, scheme: WET, clean: Encoder, n_texts: int | None = None,
     n_decoys: int = DEFAULT_WET_DECOYS, fpr: float = EMBEDDING_FPR, statistic: str = "forward",
 ) -> "object":
-    """WET's ownership test: ``n_texts`` queries to ``suspect``, the null from ``n_decoys`` decoy keys.
+    """WET's ownership test: ``n_texts`` queries to ``suspect`` (default 32; 512 for "recover"), the
+    null from ``n_decoys`` decoy keys.
 
     Returns an :class:`~wmkit.watermark.embedding.verify.OwnershipReport` (``delta_cos``: the
     statistic minus the decoys' mean; ``ks_p``: ``None``; ``mode``: ``"wet-"`` and the statistic).
@@ -170,6 +198,8 @@ def verify_wet(
         raise InputError(f"wet: statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
     if n_decoys < 2:
         raise InputError(f"wet: need at least 2 decoy keys, got {n_decoys}")
+    if n_texts is None:
+        n_texts = DEFAULT_RECOVER_TEXTS if statistic == "recover" else DEFAULT_WET_TEXTS
     texts = scheme.verification_texts(n_texts)
     h = check_embeddings(suspect.encode(texts), None, "suspect").astype(np.float64)
     e = check_embeddings(clean.encode(texts), None, "provider").astype(np.float64)
