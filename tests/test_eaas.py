@@ -311,6 +311,13 @@ def test_budget_plan_and_refusals(key):
             verify_ownership(enc, s, enc.encode([s.target_text()])[0], budget=bad)
     with pytest.raises(InputError):
         verify_ownership(enc, s, None, "target-free", budget=256)
+    with pytest.raises(InputError, match="at least 33, got 32"):  # copy-target spends one on the target sentence
+        verify_ownership(enc, s, None, "copy-target", budget=32)
+    from wmkit.watermark.embedding import Warden, verify_warden
+
+    w = Warden(key)
+    with pytest.raises(InputError, match="over its 4 directions: it must be at least 128, got 100"):
+        verify_warden(enc, w, w.target_embedding(enc), budget=100)
 
 
 @pytest.mark.parametrize("cls", [EmbMarker, ESpeW])

@@ -241,6 +241,9 @@ def sequential_ownership(
                          "target-free mode needs hundreds of decoy sets")
     if not isinstance(looks, int) or looks < 1:
         raise InputError(f"looks must be a positive integer, got {looks!r}")
+    if mode == "copy-target" and isinstance(budget, int) and budget - 1 < MIN_TEXTS * (2 + MIN_DECOYS):
+        raise InputError(f"copy-target mode spends one query on the target sentence: the budget must be at least "
+                         f"{MIN_TEXTS * (2 + MIN_DECOYS) + 1}, got {budget}")
     n, k = plan_budget(budget - (mode == "copy-target"))
     looks = min(looks, n // 2)  # every look adds at least two texts to each set
     vs = verification_texts(scheme, n, k)
@@ -333,6 +336,9 @@ def verify_warden(
         if targets is None:
             raise InputError("verify_warden: target mode needs the provider's targets (Warden.target_embedding)")
         targets = check_embeddings(np.asarray(targets).reshape(r, -1), suspect.dim, "targets")
+    least = MIN_TEXTS * (2 + MIN_DECOYS) + (mode == "copy-target")
+    if budget is not None and (not isinstance(budget, int) or budget < r * least):
+        raise InputError(f"warden splits the budget over its {r} directions: it must be at least {r * least}, got {budget!r}")
     per = None if budget is None else budget // r
     reps = [verify_ownership(suspect, scheme.direction(i), None if targets is None else targets[i], mode,
                              n_texts=n_texts, n_decoys=n_decoys, fpr=fpr, budget=per) for i in range(r)]
