@@ -84,7 +84,7 @@ def verify(
     key_file: Optional[Path] = KeyFileOpt,
     scheme: str = EmbSchemeOpt,
     mode: str = typer.Option("target", help=f"Test: {', '.join(MODES)}; wet: target (forward), inverse, gram, or recover "
-                             "(fits the copy's map from 512 texts: survives a rotated copy)."),
+                             "(fits the copy's map from 512 texts: a rotated copy scores as the copy does)."),
     provider_model: Optional[Path] = typer.Option(
         None, help="Your clean provider model: the target embedding, ESpeW's positions (default: all-MiniLM-L6-v2).",
         show_default=False,

@@ -22,8 +22,8 @@ dimensions, because ``C`` is not orthogonal and bends the geometry its own way; 
 provider, but a copy's own error can hide the bend), or "recover" (the issue's recovery of the map):
 the map ``M`` from the clean to the suspect's embeddings is fitted by ridge least squares from 512
 texts, and the circulant part of ``M^T M`` is correlated with ``C^T C``'s -- a rotation ``R`` of
-the copy's answers gives ``(R C)^T (R C) = C^T C``, so this one survives a rotated copy too (at a
-query price: 512 texts by default). Its null comes from *keys*: the same
+the copy's answers gives ``(R C)^T (R C) = C^T C``, so a rotation cannot hide the map (at a query
+price: 512 texts by default), though a copy's own error still can (docs/eaas.md has the figures). Its null comes from *keys*: the same
 statistic under ``n_decoys`` decoy matrices drawn exactly as a key's own. A suspect that did not
 learn from this key's embeddings is unrelated to ``C``, so ``C`` is one more draw among the decoys
 (exchangeable): the rank p-value is exact, and the reported p-value is the Student-t predictive
@@ -87,7 +87,7 @@ class WET(KeyedConfig):
     Args:
         key: the secret (never serialized).
         mix: non-zero entries in the circulant's first row (original dimensions mixed into each
-            output dimension); 1 <= mix <= the embedding dimension.
+            output dimension); 2 <= mix <= the embedding dimension.
     """
 
     key: SecretKey = field(repr=False)
