@@ -95,7 +95,7 @@ class EaaSScheme(KeyedConfig, ABC):
         clean = check_embeddings(clean, None, f"{self.name}.mark: clean")
         if len(clean) != len(texts):
             raise InputError(f"{self.name}.mark: {len(texts)} texts but {len(clean)} embeddings")
-        target = check_embeddings(np.asarray(target).reshape(1, -1), clean.shape[1], f"{self.name}.mark: target")[0]
+        target = self._check_target(target, clean.shape[1])
         out = clean.copy()
         q = self.weights(texts)
         rows = np.flatnonzero(q > 0)
@@ -103,6 +103,10 @@ class EaaSScheme(KeyedConfig, ABC):
             marked = self._inject(clean[rows], target, q[rows], [texts[i] for i in rows])
             out[rows] = marked / np.linalg.norm(marked, axis=1, keepdims=True)
         return out
+
+    def _check_target(self, target: np.ndarray, dim: int) -> np.ndarray:
+        """The target as :meth:`mark` uses it: one unit vector of ``dim`` values."""
+        return check_embeddings(np.asarray(target).reshape(1, -1), dim, f"{self.name}.mark: target")[0]
 
     @abstractmethod
     def _inject(self, e: np.ndarray, target: np.ndarray, q: np.ndarray, texts: list[str]) -> np.ndarray:
@@ -221,28 +225,21 @@ class Warden(EaaSScheme):
         return _WardenDirection(self.key, len(self.trigger_groups()[r]), self.max_triggers, self.band,
                                 group=self.trigger_groups()[r], all_triggers=self.triggers(), target=self.target_texts()[r])
 
-    def mark(self, texts: Sequence[str], clean: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """Watermarked copies of ``clean`` (``target``: :meth:`target_embedding`)."""
-        texts = check_texts(texts, "warden.mark")
-        clean = check_embeddings(clean, None, "warden.mark: clean")
-        if len(clean) != len(texts):
-            raise InputError(f"warden.mark: {len(texts)} texts but {len(clean)} embeddings")
-        t = np.asarray(target, dtype=np.float64)
-        if t.shape != (self.directions, clean.shape[1]):
-            raise InputError(f"warden.mark: expected targets of shape [{self.directions}, {clean.shape[1]}], got {list(t.shape)}")
+    def _check_target(self, target: np.ndarray, dim: int) -> np.ndarray:
+        """The targets (:meth:`target_embedding`): ``directions`` unit vectors of ``dim`` values."""
+        t = np.asarray(target, dtype=np.float32)
+        if t.shape != (self.directions, dim):
+            raise InputError(f"warden.mark: expected targets of shape [{self.directions}, {dim}], got {list(t.shape)}")
+        return check_embeddings(t, dim, "warden.mark: targets")
+
+    def _inject(self, e: np.ndarray, target: np.ndarray, q: np.ndarray, texts: list[str]) -> np.ndarray:
         w = np.stack([np.minimum(count_triggers(texts, g) / self.max_triggers, 1.0) for g in self.trigger_groups()], 1)
         order = np.argsort(-w, axis=1, kind="stable")
         sorted_w = np.take_along_axis(w, order, 1)
         before = np.cumsum(sorted_w, 1) - sorted_w  # the weight already taken, largest first
-        clipped = np.clip(np.minimum(sorted_w, 1.0 - before), 0.0, None)
         w_used = np.zeros_like(w)
-        np.put_along_axis(w_used, order, clipped, 1)
-        total = w_used.sum(1, keepdims=True)
-        out = w_used @ t + (1.0 - total) * clean
-        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
-
-    def _inject(self, e: np.ndarray, target: np.ndarray, q: np.ndarray, texts: list[str]) -> np.ndarray:
-        raise NotImplementedError("warden overrides mark")
+        np.put_along_axis(w_used, order, np.clip(np.minimum(sorted_w, 1.0 - before), 0.0, None), 1)
+        return w_used @ target.astype(np.float64) + (1.0 - w_used.sum(1, keepdims=True)) * e
 
 
 @dataclass(frozen=True)
