@@ -206,8 +206,10 @@ def verify_wet(
     if h.shape[1] != e.shape[1]:
         raise InputError(f"the suspect's embeddings have {h.shape[1]} dimensions, the provider's {e.shape[1]}")
     observed = float(_statistic(scheme.row(e.shape[1])[None], _unit(h), e, statistic)[0])
+    # chunks bound the [m, n, d] arrays; recover's cost is its one map fit, so it takes all decoys at once
     null = np.concatenate([_statistic(chunk, _unit(h), e, statistic)
-                           for chunk in np.array_split(scheme.decoy_rows(e.shape[1], n_decoys), max(1, n_decoys // 100))])
+                           for chunk in np.array_split(scheme.decoy_rows(e.shape[1], n_decoys),
+                                                       1 if statistic == "recover" else max(1, n_decoys // 100))])
     det = gaussian_null_detection("wet-ownership", observed, null.tolist(), fpr, n_scored=n_texts, p_value_from="t",
                                   mode=f"wet-{statistic}", null_samples=[float(x) for x in null])
     gap = observed - float(null.mean())
