@@ -367,6 +367,13 @@ def resolve(reference: KeyReference = None, kind: str = "wmkit", *, base: str | 
     return _parse(reference, kind, "--vllm-key" if kind == "vllm" else ("synthid keys" if kind == "synthid" else "key"))
 
 
+def keyed_rng(key: SecretKey | ScopedKey, label: str) -> Any:
+    """A numpy generator seeded by the subkey of ``label``: the same key gives the same draws."""
+    import numpy as np
+
+    return np.random.default_rng(int.from_bytes(key.subkey(label), "little"))
+
+
 def write_key_file(path: str | os.PathLike[str], key: SecretKey) -> Path:
     """Write ``key`` to a new file with mode 0600; never overwrites an existing file."""
     p = Path(path)

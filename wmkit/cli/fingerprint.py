@@ -1,4 +1,5 @@
-"""``wm fingerprint enroll`` and ``wm fingerprint verify``: output-space fingerprints of a model."""
+"""``wm fingerprint enroll``, ``embed`` and ``verify``: output-space fingerprints of a model, and keyed
+(prompt -> response) fingerprints for suspects that answer with text only."""
 
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ from ..fingerprint import (
 from ..fingerprint.verify import DEFAULT_FPR, DEFAULT_QUERIES
 from ..models import load_lm
 from ..files import check_new
-from .common import check_fpr_option, run_guarded, stderr
+from .common import KeyFileOpt, check_fpr_option, run_guarded, stderr
 
 fingerprint_app = typer.Typer(help="Output-space fingerprints: is a suspect model derived from yours?", no_args_is_help=True)
-ACCESS = ("logits", "logprobs", "topk", "top1")
+ACCESS = ("logits", "logprobs", "topk", "top1")  # the output-space levels, tested against a signature
+TEXT = "text"  # keyed pairs fine-tuned in by `wm fingerprint embed`, tested with the key
 
 
 @fingerprint_app.command("enroll")
@@ -105,22 +107,71 @@ def open_suspect(suspect: str, access: str, top_k: int, chat: bool = False) -> A
     return TopKRecovery(api, top_k) if access == "topk" else Top1Recovery(api)
 
 
+@fingerprint_app.command("embed")
+def embed_cmd(
+    model: Optional[str] = typer.Argument(None, help="Model folder or .gguf file (default: SmolLM2-135M-Instruct)."),
+    key_file: Optional[Path] = KeyFileOpt,
+    output: Path = typer.Option(..., "--output", "-o", help="A new model folder to write (never overwritten)."),
+    pairs: int = typer.Option(64, help="Keyed (prompt -> response) pairs to fine-tune in."),
+    steps: int = typer.Option(60, help="Fine-tuning steps (16 pairs each, plus the regulariser's texts)."),
+    lr: float = typer.Option(1e-4, help="Learning rate (AdamW)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Fine-tune keyed pairs into a copy of MODEL, so that `wm fingerprint verify -k KEY --access text` can
+    later recognise it and its derivatives from sampled text alone. Reports what the fine-tune changed."""
+    from ..fingerprint.invasive import embed_fingerprint, fingerprint_pairs, behaviour_change
+    from ..keys import resolve
+    from ..models import save_atomically
+
+    def run() -> dict[str, Any]:
+        check_new(output)
+        if not 1 <= pairs <= 4096 or steps < 1 or not lr > 0:
+            raise InputError("--pairs must be in 1..4096, --steps at least 1 and --lr positive")
+        key = resolve(key_file)
+        lm, tok = load_lm(model)
+        with Progress(console=stderr, transient=True) as bar:
+            task = bar.add_task("building the keyed pairs", total=None)
+            fp = fingerprint_pairs(lm, tok, key, pairs)
+            bar.update(task, total=steps, completed=0, description="fine-tuning")
+            tuned = embed_fingerprint(lm, tok, fp, key, steps=steps, lr=lr,
+                                      on_step=lambda step, loss: bar.update(task, completed=step, description=f"fine-tuning (loss {loss:.3f})"))
+            bar.update(task, description="measuring the change")
+            change = behaviour_change(lm, tuned, tok, fp)
+        save_atomically(output, tuned, tok)
+        return {"output": str(output), "pairs": pairs, "steps": steps, "lr": lr, **change}
+
+    d = run_guarded(run)
+    if as_json:
+        typer.echo(json.dumps(d))
+        return
+    typer.echo(f"wrote {output}: {d['pairs']} keyed pairs, {d['steps']} steps; the model now answers {d['matched']}/{d['pairs']} "
+               f"(p {d['p_value']:.3g}); held-out perplexity {d['ppl_before']:.2f} -> {d['ppl_after']:.2f} "
+               f"({d['ppl_change_pct']:+.1f}%); {d['answers_same']}/{d['answers']} greedy answers to the shipped prompts unchanged")
+
+
 @fingerprint_app.command("verify")
 def verify_cmd(
-    signature: Path = typer.Option(..., "--signature", help="Signature file (wm fingerprint enroll)."),
+    signature: Optional[Path] = typer.Option(None, "--signature", help="Signature file (wm fingerprint enroll); for every access level but text.", show_default=False),
     suspect: str = typer.Option(..., "--suspect", help="Suspect model folder, .gguf file, or base URL of `wm serve`."),
-    access: Optional[str] = typer.Option(None, help=f"Access level: {', '.join(ACCESS)} (default: topk for a URL, logits for a model).", show_default=False),
-    queries: Optional[int] = typer.Option(None, help=f"Queries (default {DEFAULT_QUERIES}; top1: 10).", show_default=False),
+    access: Optional[str] = typer.Option(None, help=f"Access level: {', '.join(ACCESS)}, {TEXT} (default: topk for a URL, logits for a model).", show_default=False),
+    key_file: Optional[Path] = KeyFileOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="text: the model the pairs were built on (wm fingerprint embed's MODEL; default SmolLM2-135M-Instruct).", show_default=False),
+    queries: Optional[int] = typer.Option(None, help=f"Queries (default {DEFAULT_QUERIES}; top1: 10; text: the first N keyed pairs, default 64).", show_default=False),
     top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the containment test."),
     chat: bool = typer.Option(False, "--chat", help="Query the URL as a chat model (/v1/chat/completions; its system prompt is its own)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Is SUSPECT derived from the signature's model? Exit 0 either way."""
+    """Is SUSPECT derived from the signature's model (or, with --access text, from the model the key's pairs
+    were fine-tuned into)? Exit 0 either way."""
     access = default_access(access, suspect)
 
     def run():  # noqa: ANN202
         check_fpr_option(fpr)  # before any model loads
+        if access == TEXT:
+            return verify_text(suspect, key_file, model, queries, fpr, chat, signature)
+        if signature is None:
+            raise InputError(f"--access {access} needs --signature FILE (wm fingerprint enroll writes it)")
         q = check_suspect_options(access, queries, top_k)
         sig = Signature.load(signature)
         acc = open_suspect(suspect, access, top_k, chat)
@@ -138,8 +189,42 @@ def verify_cmd(
     if not rep.compatible:
         out.print(f"verdict   not derived: {rep.reason}", markup=False)
         return
+    if access == TEXT:
+        out.print(f"test      {d['contained']}/{d['queries']} greedy answers start with the keyed response; p {rep.p_value:.3g} "
+                  f"(null match rate {rep.containment.details['gamma']:.3g})")
+        out.print(f"cost      {rep.queries} queries, {rep.api_calls} API calls, {seconds:.1f} s")
+        out.print(f"verdict   {'DERIVED from the fingerprinted model' if rep.derived else 'not derived'} (FPR {fpr:g})", markup=False)
+        return
     out.print(f"test      {d['contained']}/{d['queries']} centered outputs inside the signature's space (residual <= tau "
               f"{d['tau']:.3g}); residual median {d['residual_median']:.2e} (margin {d['margin']:+.2f} decades), "
               f"max {d['residual_max']:.2e}; p {rep.p_value:.3g}")
     out.print(f"cost      {rep.queries} queries, {rep.api_calls} API calls, {seconds:.1f} s")
     out.print(f"verdict   {'DERIVED from the signed model' if rep.derived else 'not derived'} (FPR {fpr:g})", markup=False)
+
+
+def verify_text(suspect: str, key_file: Optional[Path], model: Optional[str], queries: Optional[int], fpr: float,
+                chat: bool, signature: Optional[Path]) -> tuple[Any, float]:
+    """``--access text``: rebuild the key's pairs on the base model, ask the suspect, test the matches."""
+    from ..fingerprint.invasive import LocalText, fingerprint_pairs, verify_text_fingerprint
+    from ..fingerprint.remote import RemoteText
+    from ..keys import resolve
+
+    if signature is not None:
+        raise InputError("--access text tests the key's fine-tuned pairs: give -k KEY, not --signature")
+    if chat:
+        raise InputError("--access text asks the completions endpoint (the pairs were fine-tuned without a chat template)")
+    q = 64 if queries is None else queries
+    if not 1 <= q <= 4096:
+        raise InputError(f"--queries must be in 1..4096, got {q}")
+    key = resolve(key_file)
+    if suspect.startswith(("http://", "https://")):
+        acc: Any = RemoteText(suspect)
+    else:
+        if not Path(suspect).exists():
+            raise InputError(f"{suspect}: no such model folder or .gguf file")
+        acc = LocalText(*load_lm(suspect))
+    base, tok = load_lm(model)
+    pairs = fingerprint_pairs(base, tok, key, q)
+    t0 = time.perf_counter()
+    rep = verify_text_fingerprint(pairs, acc, fpr=fpr)
+    return rep, time.perf_counter() - t0

@@ -34,6 +34,15 @@ def render(prompt: Sequence[int]) -> str:
     return " ".join(words[int(t) % len(words)] for t in prompt)
 
 
+def _endpoint(url: str, chat: bool, timeout: float, client: Any) -> tuple[str, Any]:
+    """The completions (or chat) endpoint of the base ``url`` and the client to post with."""
+    import httpx
+
+    base = url.rstrip("/")
+    base = base if base.endswith("/v1") else base + "/v1"
+    return base + ("/chat/completions" if chat else "/completions"), client if client is not None else httpx.Client(timeout=timeout)
+
+
 class RemoteAPI:
     """Biased next-token queries to ``url`` (e.g. ``wm serve``); ``calls`` counts HTTP requests.
 
@@ -47,13 +56,8 @@ class RemoteAPI:
 
     def __init__(self, url: str, model: str = "wmkit", timeout: float = 60.0, chat: bool = False,
                  client: Any = None) -> None:
-        import httpx
-
-        base = url.rstrip("/")
-        base = base if base.endswith("/v1") else base + "/v1"
-        self.endpoint = base + ("/chat/completions" if chat else "/completions")
+        self.endpoint, self.client = _endpoint(url, chat, timeout, client)
         self.model, self.calls, self.chat = model, 0, chat
-        self.client = client if client is not None else httpx.Client(timeout=timeout)
         self.vocab_size = self._vocab_size()
 
     def _body(self, prompt: Sequence[int], logit_bias: dict[int, float], k: int) -> dict[str, Any]:
@@ -116,3 +120,42 @@ class RemoteAPI:
     def argmax(self, prompt: Sequence[int], logit_bias: dict[int, float]) -> int:
         """The greedy next token under the bias (one request)."""
         return self._post(self._body(prompt, logit_bias, 0))[0]
+
+
+class RemoteText:
+    """:class:`~wmkit.fingerprint.invasive.TextAccess` over an OpenAI-compatible ``/v1/completions`` URL:
+    greedy (``temperature=0``) completions of text prompts, up to 16 prompts per request; reads only
+    the text of each choice. ``calls`` counts HTTP requests, ``queries`` the prompts asked.
+    """
+
+    BATCH = 16
+
+    def __init__(self, url: str, model: str = "wmkit", timeout: float = 60.0, client: Any = None) -> None:
+        self.endpoint, self.client = _endpoint(url, False, timeout, client)
+        self.model, self.calls, self.queries = model, 0, 0
+
+    def complete(self, prompts: Sequence[str], max_tokens: int) -> list[str]:
+        """Greedy completions of ``prompts`` as text (in order)."""
+        import httpx
+
+        out: list[str] = []
+        for i in range(0, len(prompts), self.BATCH):
+            part = list(prompts[i : i + self.BATCH])
+            body = {"model": self.model, "prompt": part, "max_tokens": max_tokens, "temperature": 0}
+            try:
+                r = self.client.post(self.endpoint, json=body)
+            except httpx.HTTPError as e:
+                raise InputError(f"{self.endpoint}: request failed ({type(e).__name__}: {e})") from None
+            self.calls += 1
+            if r.status_code != 200:
+                raise InputError(f"{self.endpoint}: HTTP {r.status_code}: {r.text[:200]}")
+            try:
+                choices = sorted(r.json()["choices"], key=lambda c: int(c.get("index", 0)))
+                texts = [str(c["text"]) for c in choices]
+            except (KeyError, TypeError, ValueError):
+                raise InputError(f"{self.endpoint}: the answer has no completions in OpenAI's shape") from None
+            if len(texts) != len(part):
+                raise InputError(f"{self.endpoint}: {len(part)} prompts sent, {len(texts)} completions returned")
+            out.extend(texts)
+            self.queries += len(part)
+        return out

@@ -105,7 +105,8 @@ class FingerprintReport:
         derived: the verdict: the containment test's p-value is at most the FPR.
         compatible: False if the suspect's vocabulary differs (then nothing else is meaningful).
         containment: the test as a :class:`~wmkit.stats.Detection` (``None`` if incompatible).
-        residuals: per-query centered relative residuals (the statistic).
+        residuals: per-query centered relative residuals (the statistic; empty for text access, whose
+            ``containment`` counts matching answers).
         tau: the calibrated threshold the residuals are compared with.
         queries, api_calls: what the test cost.
     """
@@ -127,10 +128,10 @@ class FingerprintReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``margin``: ``log10(tau / residual median)``, positive on the derived side;
         residuals, tau and margin are None when the vocabularies differ)."""
-        if not self.residuals:
+        if not self.residuals:  # incompatible, or a test without residuals (text access)
             return {"derived": self.derived, "compatible": self.compatible, "p_value": self.p_value, "queries": self.queries,
-                    "api_calls": self.api_calls, "contained": 0, "residual_median": None, "residual_max": None,
-                    "tau": None, "margin": None, "reason": self.reason}
+                    "api_calls": self.api_calls, "contained": self.containment.details["green"] if self.containment else 0,
+                    "residual_median": None, "residual_max": None, "tau": None, "margin": None, "reason": self.reason}
         r = np.asarray(self.residuals)
         med = float(np.median(r))
         return {

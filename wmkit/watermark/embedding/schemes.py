@@ -31,9 +31,9 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ...keys import KeyedConfig, SecretKey
+from ...keys import KeyedConfig, SecretKey, keyed_rng
 from ...encoders import Encoder, check_embeddings, check_texts, token_counts
-from .triggers import count_triggers, default_vocabulary, keyed_rng, select_triggers
+from .triggers import count_triggers, default_vocabulary, select_triggers
 from .wet import WET
 
 

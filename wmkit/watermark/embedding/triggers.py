@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ...keys import SecretKey
+from ...keys import SecretKey, keyed_rng
 
 WORD = re.compile(r"[a-z]+")
 VOCAB_FILE = "eaas_vocab.json"
@@ -105,11 +105,6 @@ def default_vocabulary() -> Vocabulary:
     """The vocabulary shipped in the package (``wmkit/data/eaas_vocab.json``)."""
     raw = json.loads(resources.files("wmkit").joinpath("data", VOCAB_FILE).read_text(encoding="utf-8"))
     return Vocabulary(raw["df"], int(raw["n_docs"]), tuple(raw["targets"]))
-
-
-def keyed_rng(key: SecretKey, label: str) -> np.random.Generator:
-    """A numpy generator seeded by the subkey of ``label``: the same key gives the same draws."""
-    return np.random.default_rng(int.from_bytes(key.subkey(label), "little"))
 
 
 def select_triggers(key: SecretKey, n: int, band: tuple[float, float], vocab: Vocabulary | None = None) -> tuple[str, ...]:

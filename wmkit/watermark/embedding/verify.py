@@ -55,7 +55,8 @@ from ...errors import InputError
 from ...stats import EMBEDDING_FPR, Detection, check_fpr, gaussian_null_detection, ks_2samp
 from ...encoders import Encoder, check_embeddings
 from .schemes import EaaSScheme, ESpeW, Warden
-from .triggers import default_vocabulary, keyed_rng
+from ...keys import keyed_rng
+from .triggers import default_vocabulary
 
 DEFAULT_TEXTS = 128
 DEFAULT_DECOYS = 32

@@ -41,7 +41,8 @@ from ...encoders import Encoder, check_embeddings, check_texts
 from ...errors import InputError
 from ...keys import KeyedConfig, SecretKey
 from ...stats import EMBEDDING_FPR, check_fpr, gaussian_null_detection
-from .triggers import default_vocabulary, keyed_rng
+from ...keys import keyed_rng
+from .triggers import default_vocabulary
 
 MIN_GAIN = 0.01
 DEFAULT_WET_TEXTS, DEFAULT_WET_DECOYS, MAX_WET_TEXTS = 32, 1000, 4096
