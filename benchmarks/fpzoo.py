@@ -39,6 +39,7 @@ import torch  # noqa: E402
 
 from wmkit.files import write_file  # noqa: E402
 from wmkit.fingerprint import random_init_like  # noqa: E402
+from wmkit.fingerprint.invasive import trainable_copy  # noqa: E402
 from wmkit.models import cache_dir, save_atomically  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
@@ -85,9 +86,7 @@ def batches(tok: Any, text: str, steps: int, seed: int, skip: int = 0) -> Iterat
 
 def fresh_copy(victim: Any) -> Any:
     """A trainable transformers module holding the victim's weights (a GGUF-loaded model will not save)."""
-    m = random_init_like(victim, 0)
-    m.load_state_dict(victim.state_dict())
-    return m
+    return trainable_copy(victim)
 
 
 RUNS = {

@@ -173,7 +173,7 @@ def fingerprint(
     suspect: str = typer.Option(..., "--suspect", help="Suspect model folder, .gguf file, or base URL of an OpenAI-style completions API."),
     output: Path = typer.Option(..., "--output", "-o", help="A new folder for report.json, report.html and outputs.npz."),
     access: Optional[str] = typer.Option(None, help="Access level: logits, logprobs, topk, top1 (default: topk for a URL, logits for a model).", show_default=False),
-    queries: Optional[int] = typer.Option(None, help="Queries (default 64; top1: 10).", show_default=False),
+    queries: Optional[int] = typer.Option(None, help="Queries (default 64; top1: 4).", show_default=False),
     top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
     fpr: float = typer.Option(FP_FPR, help="False-positive rate of the containment test."),
     chat: bool = typer.Option(False, "--chat", help="Query the URL as a chat model (/v1/chat/completions)."),
@@ -193,7 +193,7 @@ def fingerprint(
 
     def run() -> Any:
         sig = Signature.load(signature)
-        acc = open_suspect(suspect, access, top_k, chat)
+        acc = open_suspect(suspect, access, top_k, chat, sig)
         if acc.vocab_size != sig.vocab_size:
             raise InputError(f"{suspect}: incompatible vocabulary ({acc.vocab_size} tokens, the signature {sig.vocab_size}): "
                              "not derived, and no output-space evidence to record")

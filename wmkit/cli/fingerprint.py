@@ -22,7 +22,7 @@ from ..fingerprint import (
     enroll,
     verify_fingerprint,
 )
-from ..fingerprint.verify import DEFAULT_FPR, DEFAULT_QUERIES
+from ..fingerprint.verify import DEFAULT_FPR, DEFAULT_QUERIES, TOP1_QUERIES, guide_for
 from ..models import load_lm
 from ..files import check_new
 from .common import KeyFileOpt, check_fpr_option, run_guarded, stderr
@@ -78,15 +78,15 @@ def check_suspect_options(access: str, queries: int | None, top_k: int) -> int:
         raise InputError(f"--access must be one of {', '.join(ACCESS)}, got {access!r}")
     if access == "topk" and not 2 <= top_k <= 1000:
         raise InputError(f"--top-k must be in 2..1000, got {top_k}")
-    q = queries if queries is not None else (10 if access == "top1" else DEFAULT_QUERIES)
+    q = queries if queries is not None else (TOP1_QUERIES if access == "top1" else DEFAULT_QUERIES)
     if q < 2:
         raise InputError(f"--queries must be at least 2, got {q}")
     return q
 
 
-def open_suspect(suspect: str, access: str, top_k: int, chat: bool = False) -> Any:
+def open_suspect(suspect: str, access: str, top_k: int, chat: bool = False, sig: Signature | None = None) -> Any:
     """The access level ``access`` to ``suspect`` (a model folder, a .gguf file, or an http(s) URL;
-    ``chat``: ask the URL's chat endpoint)."""
+    ``chat``: ask the URL's chat endpoint; ``sig``: the signature whose guide top-1 recovery uses)."""
     if access not in ACCESS:
         raise InputError(f"--access must be one of {', '.join(ACCESS)}, got {access!r}")
     if suspect.startswith(("http://", "https://")):
@@ -104,7 +104,7 @@ def open_suspect(suspect: str, access: str, top_k: int, chat: bool = False) -> A
         if access in ("logits", "logprobs"):
             return ModelAccess(lm, access)
         api = LocalAPI(lm)
-    return TopKRecovery(api, top_k) if access == "topk" else Top1Recovery(api)
+    return TopKRecovery(api, top_k) if access == "topk" else Top1Recovery(api, guide=None if sig is None else guide_for(sig))
 
 
 @fingerprint_app.command("embed")
@@ -113,7 +113,7 @@ def embed_cmd(
     key_file: Optional[Path] = KeyFileOpt,
     output: Path = typer.Option(..., "--output", "-o", help="A new model folder to write (never overwritten)."),
     pairs: int = typer.Option(64, help="Keyed (prompt -> response) pairs to fine-tune in."),
-    steps: int = typer.Option(60, help="Fine-tuning steps (16 pairs each, plus the regulariser's texts)."),
+    steps: int = typer.Option(30, help="Fine-tuning steps (16 pairs each, plus 8 of the regulariser's texts)."),
     lr: float = typer.Option(1e-4, help="Learning rate (AdamW)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -156,7 +156,7 @@ def verify_cmd(
     access: Optional[str] = typer.Option(None, help=f"Access level: {', '.join(ACCESS)}, {TEXT} (default: topk for a URL, logits for a model).", show_default=False),
     key_file: Optional[Path] = KeyFileOpt,
     model: Optional[str] = typer.Option(None, "--model", help="text: the model the pairs were built on (wm fingerprint embed's MODEL; default SmolLM2-135M-Instruct).", show_default=False),
-    queries: Optional[int] = typer.Option(None, help=f"Queries (default {DEFAULT_QUERIES}; top1: 10; text: the first N keyed pairs, default 64).", show_default=False),
+    queries: Optional[int] = typer.Option(None, help=f"Queries (default {DEFAULT_QUERIES}; top1: {TOP1_QUERIES}; text: the first N keyed pairs, default 64).", show_default=False),
     top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the containment test."),
     chat: bool = typer.Option(False, "--chat", help="Query the URL as a chat model (/v1/chat/completions; its system prompt is its own)."),
@@ -174,7 +174,7 @@ def verify_cmd(
             raise InputError(f"--access {access} needs --signature FILE (wm fingerprint enroll writes it)")
         q = check_suspect_options(access, queries, top_k)
         sig = Signature.load(signature)
-        acc = open_suspect(suspect, access, top_k, chat)
+        acc = open_suspect(suspect, access, top_k, chat, sig)
         t0 = time.perf_counter()
         rep = verify_fingerprint(sig, acc, queries=q, restricted=access in ("topk", "top1"), fpr=fpr)
         return rep, time.perf_counter() - t0

@@ -180,16 +180,54 @@ class Top1Recovery(_Recovery):
 
     Args:
         api: a :class:`BiasedAPI`.
-        tol: precision of each recovered logit difference.
+        tol: precision of each recovered logit difference without a guide.
+        guide: ``{prompt: the victim's logits}`` (:func:`wmkit.fingerprint.verify.guide_for`). For a
+            prompt it holds, each search starts in a window of ``+- window`` standard deviations of
+            the victim's logits (on the recovered rows) around the victim's own difference, to a
+            precision of ``guide_tol`` of them; an answer outside the window is found by doubling
+            the window's width outward, then bisecting. A derived suspect's differences are near the
+            victim's, so most entries cost ``log2(2 window / guide_tol)`` = 3 calls instead of
+            ``log2(100 / tol)``.
+        window, guide_tol: see ``guide``.
     """
 
-    def __init__(self, api: BiasedAPI, tol: float = 1e-6) -> None:
+    def __init__(self, api: BiasedAPI, tol: float = 1e-6, guide: dict[tuple[int, ...], np.ndarray] | None = None,
+                 window: float = 1.0, guide_tol: float = 0.25) -> None:
         super().__init__(api)
-        self.tol = tol
+        if not (tol > 0 and window > 0 and 0 < guide_tol <= window):
+            raise InputError("tol, window and guide_tol must be positive, guide_tol at most window")
+        self.tol, self.guide, self.window, self.guide_tol = float(tol), guide or {}, float(window), float(guide_tol)
 
     def calls_per_vector(self, m: int) -> int:
-        """Calls to recover ``m`` entries of one vector (upper bound)."""
+        """Calls to recover ``m`` entries of one vector without a guide (upper bound)."""
         return 1 + m * (1 + math.ceil(math.log2(MAX_BIAS / self.tol)))
+
+    def _wins(self, p: Sequence[int], t: int, bias: float) -> bool:
+        return self.api.argmax(p, {t: bias}) == t
+
+    def _bisect(self, p: Sequence[int], t: int, lo: float, hi: float, tol: float) -> float:
+        """The threshold bias in ``[lo, hi]`` above which ``t`` is the argmax, to ``tol`` (the midpoint)."""
+        while hi - lo > tol:
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if self._wins(p, t, mid) else (mid, hi)
+        return (lo + hi) / 2
+
+    def _guided(self, p: Sequence[int], t: int, centre: float, half: float, tol: float) -> float:
+        """The threshold, searched first in ``[centre - half, centre + half]`` (clipped to the bias range)."""
+        a, b = min(max(0.0, centre - half), MAX_BIAS - tol), min(MAX_BIAS, max(centre + half, tol))
+        x = self._bisect(p, t, a, b, tol)
+        if x - a <= tol and a > 0 and self._wins(p, t, a):
+            return self._bisect(p, t, 0.0, a, tol)  # below the window
+        if b - x <= tol and b < MAX_BIAS and not self._wins(p, t, b):
+            lo, width = b, 2 * half  # above it: double the step until t wins
+            while True:
+                hi = min(MAX_BIAS, lo + width)
+                if self._wins(p, t, hi):
+                    return self._bisect(p, t, lo, hi, tol)
+                if hi >= MAX_BIAS:
+                    raise InputError(f"token {t}'s logit is more than {MAX_BIAS:g} below the top: not recoverable")
+                lo, width = hi, 2 * width
+        return x
 
     def vectors(self, prompts: Sequence[Sequence[int]], rows: Sequence[int] | None = None) -> np.ndarray:
         """Entries ``rows`` of each prompt's logit vector, relative to the unbiased argmax."""
@@ -197,18 +235,15 @@ class Top1Recovery(_Recovery):
         out = np.zeros((len(prompts), len(r)))
         for i, p in enumerate(prompts):
             top = self.api.argmax(p, {})
+            g = self.guide.get(tuple(int(x) for x in p))
+            scale = float(np.std(g[r])) if g is not None else 0.0
             for j, t in enumerate(int(x) for x in r):
                 if t == top:
-                    continue
-                # t becomes the argmax iff b > logit(top) - logit(t): bisect that threshold in [0, MAX_BIAS]
-                lo, hi = 0.0, MAX_BIAS
-                if self.api.argmax(p, {t: hi}) != t:
-                    raise InputError(f"token {t}'s logit is more than {MAX_BIAS:g} below the top: not recoverable")
-                while hi - lo > self.tol:
-                    mid = (lo + hi) / 2
-                    if self.api.argmax(p, {t: mid}) == t:
-                        hi = mid
-                    else:
-                        lo = mid
-                out[i, j] = -(lo + hi) / 2
+                    continue  # t becomes the argmax iff its bias exceeds logit(top) - logit(t)
+                if scale > 0:
+                    out[i, j] = -self._guided(p, t, float(g[top] - g[t]), self.window * scale, self.guide_tol * scale)
+                else:
+                    if not self._wins(p, t, MAX_BIAS):
+                        raise InputError(f"token {t}'s logit is more than {MAX_BIAS:g} below the top: not recoverable")
+                    out[i, j] = -self._bisect(p, t, 0.0, MAX_BIAS, self.tol)
         return out

@@ -45,11 +45,14 @@ class Signature:
         basis: ``[|V|, k]`` orthonormal columns (k = h + 1 with the all-ones direction).
         hidden_size: ``h``: the output layer's rank (estimated when built from outputs).
         meta: provenance and calibration (``source``, ``model``, ``calibration``, ...).
+        guide: the victim's own logits ``[G, |V|]`` on the first ``G`` query prompts (enrollment
+            stores them; top-1 recovery centres its searches on them), or None.
     """
 
     basis: np.ndarray
     hidden_size: int
     meta: dict[str, Any] = field(default_factory=dict)
+    guide: np.ndarray | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -81,7 +84,10 @@ class Signature:
         from safetensors.numpy import save
 
         header = {"format": SIG_FORMAT, "hidden_size": str(self.hidden_size), "meta": json.dumps(self.meta)}
-        return write_file(path, save({"basis": np.ascontiguousarray(self.basis, dtype=np.float32)}, metadata=header))
+        arrays = {"basis": np.ascontiguousarray(self.basis, dtype=np.float32)}
+        if self.guide is not None:
+            arrays["guide"] = np.ascontiguousarray(self.guide, dtype=np.float32)
+        return write_file(path, save(arrays, metadata=header))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Signature":
@@ -97,11 +103,14 @@ class Signature:
             with safe_open(str(p), framework="np") as f:
                 header = f.metadata() or {}
                 basis = f.get_tensor("basis")
+                guide = f.get_tensor("guide") if "guide" in f.keys() else None
         except Exception:  # noqa: BLE001 - any parse failure is the same user error
             raise InputError(f"{p} is not a wmkit signature file (safetensors)") from None
         if header.get("format") != SIG_FORMAT:
             raise InputError(f"{p} is not a wmkit signature file (format {header.get('format')!r})")
-        return cls(basis, int(header["hidden_size"]), json.loads(header.get("meta", "{}")))
+        if guide is not None and (guide.ndim != 2 or guide.shape[1] != basis.shape[0]):
+            raise InputError(f"{p}: its guide has shape {list(guide.shape)}, not [G, {basis.shape[0]}]")
+        return cls(basis, int(header["hidden_size"]), json.loads(header.get("meta", "{}")), guide)
 
 
 def _orthonormal(cols: np.ndarray) -> np.ndarray:

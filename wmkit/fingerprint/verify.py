@@ -45,6 +45,8 @@ DEFAULT_QUERIES = 64
 ROW_MARGIN = 128
 STATISTIC = "centered-residual"  # what a calibration measured; older signatures are refused
 CALIBRATION_BITS = (8, 5)
+GUIDE_QUERIES = 16  # the victim's logits stored for the first query prompts (top-1 recovery's guide)
+TOP1_QUERIES = 4  # top-1's default: 4 contained answers give pi0**4 <= 1e-6 for pi0 <= 0.0316
 
 
 def query_prompts(vocab_size: int, n: int, length: int = 12, seed: int = 0) -> list[list[int]]:
@@ -58,6 +60,14 @@ def query_rows(sig: Signature, margin: int = ROW_MARGIN, seed: int = 0) -> np.nd
     """Vocabulary entries to recover through a restricted API: the signature's dimension plus a margin."""
     m = min(sig.vocab_size, sig.basis.shape[1] + margin)
     return np.sort(np.random.default_rng(seed).permutation(sig.vocab_size)[:m])
+
+
+def guide_for(sig: Signature) -> dict[tuple[int, ...], np.ndarray] | None:
+    """``{query prompt: the victim's logits}`` for the query prompts whose logits the signature holds
+    (the first ``len(sig.guide)`` prompts of :func:`query_prompts` with seed 0), or None."""
+    if sig.guide is None:
+        return None
+    return {tuple(p): g for p, g in zip(query_prompts(sig.vocab_size, len(sig.guide)), sig.guide)}
 
 
 def centered_residuals(sig: Signature, vectors: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
@@ -239,7 +249,8 @@ def enroll(model: Any, unrelated: Sequence[Any] | None = None, queries: int = DE
            on_model: Callable[[str, int], None] | None = None, **meta: Any) -> Signature:
     """The calibrated signature of ``model`` (float32 weights); see the module docstring.
 
-    Derived calibration models: ``model`` in bfloat16 and float16 and rounded to
+    The signature also keeps the victim's own logits on the first :data:`GUIDE_QUERIES` query prompts
+    (the guide of top-1 recovery). Derived calibration models: ``model`` in bfloat16 and float16 and rounded to
     :data:`CALIBRATION_BITS` bits per row; unrelated: ``unrelated`` (default: three random
     re-initializations of the same architecture). Each answers ``queries`` random prompts.
     ``on_model(name, total)`` is called as each calibration model has answered (progress).
@@ -254,6 +265,7 @@ def enroll(model: Any, unrelated: Sequence[Any] | None = None, queries: int = DE
     if queries < 4:
         raise InputError(f"queries must be at least 4, got {queries}")
     sig = signature_from_weights(model, **meta)
+    sig.guide = ModelAccess(model, "logits").vectors(query_prompts(sig.vocab_size, GUIDE_QUERIES)).astype(np.float32)
     prompts = query_prompts(sig.vocab_size, queries, seed=seed + 1)
     rows = query_rows(sig)
     derived = {"bfloat16": lambda: copy.deepcopy(model).to(torch.bfloat16),
