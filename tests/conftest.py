@@ -49,6 +49,7 @@ def default_lm():
 # The slowest files first (make test's durations): two xdist workers then share the rest, instead of one
 # worker starting the longest file last. The other tests keep their order.
 SLOW_FILES_FIRST = ("test_fingerprint_real.py", "test_synthid_real.py", "test_real_model.py", "test_docs.py", "test_probe.py",
+                    "test_fingerprint_text.py",
                     "test_engine.py", "test_new_schemes_real.py", "test_semantic.py", "test_prf.py", "test_kernels.py",
                     "test_eaas_server.py", "test_robustness_real.py", "test_scan.py", "test_models.py")
 

@@ -173,7 +173,7 @@ def fingerprint(
     suspect: str = typer.Option(..., "--suspect", help="Suspect model folder, .gguf file, or base URL of an OpenAI-style completions API."),
     output: Path = typer.Option(..., "--output", "-o", help="A new folder for report.json, report.html and outputs.npz."),
     access: Optional[str] = typer.Option(None, help="Access level: logits, logprobs, topk, top1 (default: topk for a URL, logits for a model).", show_default=False),
-    queries: Optional[int] = typer.Option(None, help="Queries (default 64; top1: 4).", show_default=False),
+    queries: Optional[int] = typer.Option(None, help="Queries (default 64; top1: 6).", show_default=False),
     top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
     fpr: float = typer.Option(FP_FPR, help="False-positive rate of the containment test."),
     chat: bool = typer.Option(False, "--chat", help="Query the URL as a chat model (/v1/chat/completions)."),

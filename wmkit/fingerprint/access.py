@@ -15,7 +15,8 @@ ignores: the all-ones direction is part of the signature).
   not ``|V|``: O(h/k) calls per vector instead of O(|V|/k).
 - ``top1``: :class:`Top1Recovery` over an API that returns only the argmax under a logit bias:
   per entry, a bisection on the bias that just makes ``t`` the argmax gives
-  ``logit(t) - logit(argmax)`` to ``tol``; about ``log2(bias_max / tol)`` calls per entry.
+  ``logit(t) - logit(argmax)`` to ``tol``; about ``log2(bias_max / tol)`` calls per entry, or,
+  guided by the victim's own logits (stored in the signature), about 3 for an entry near them.
 
 :class:`LocalAPI` is such an API over a local model (what ``wm serve`` exposes over HTTP), with
 each prompt's logits computed once and every biased call answered from them.

@@ -46,7 +46,7 @@ ROW_MARGIN = 128
 STATISTIC = "centered-residual"  # what a calibration measured; older signatures are refused
 CALIBRATION_BITS = (8, 5)
 GUIDE_QUERIES = 16  # the victim's logits stored for the first query prompts (top-1 recovery's guide)
-TOP1_QUERIES = 4  # top-1's default: 4 contained answers give pi0**4 <= 1e-6 for pi0 <= 0.0316
+TOP1_QUERIES = 6  # top-1: with pi0 0.0155 (the default model), 4 of 6 answers contained give p <= 1e-6
 
 
 def query_prompts(vocab_size: int, n: int, length: int = 12, seed: int = 0) -> list[list[int]]:
