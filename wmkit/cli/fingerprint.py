@@ -192,20 +192,19 @@ def verify_cmd(
     if access == TEXT:
         out.print(f"test      {d['contained']}/{d['queries']} greedy answers start with the keyed response; p {rep.p_value:.3g} "
                   f"(null match rate {rep.containment.details['gamma']:.3g})")
-        out.print(f"cost      {rep.queries} queries, {rep.api_calls} API calls, {seconds:.1f} s")
-        out.print(f"verdict   {'DERIVED from the fingerprinted model' if rep.derived else 'not derived'} (FPR {fpr:g})", markup=False)
-        return
-    out.print(f"test      {d['contained']}/{d['queries']} centered outputs inside the signature's space (residual <= tau "
-              f"{d['tau']:.3g}); residual median {d['residual_median']:.2e} (margin {d['margin']:+.2f} decades), "
-              f"max {d['residual_max']:.2e}; p {rep.p_value:.3g}")
+    else:
+        out.print(f"test      {d['contained']}/{d['queries']} centered outputs inside the signature's space (residual <= tau "
+                  f"{d['tau']:.3g}); residual median {d['residual_median']:.2e} (margin {d['margin']:+.2f} decades), "
+                  f"max {d['residual_max']:.2e}; p {rep.p_value:.3g}")
     out.print(f"cost      {rep.queries} queries, {rep.api_calls} API calls, {seconds:.1f} s")
-    out.print(f"verdict   {'DERIVED from the signed model' if rep.derived else 'not derived'} (FPR {fpr:g})", markup=False)
+    model_name = "fingerprinted" if access == TEXT else "signed"
+    out.print(f"verdict   {f'DERIVED from the {model_name} model' if rep.derived else 'not derived'} (FPR {fpr:g})", markup=False)
 
 
 def verify_text(suspect: str, key_file: Optional[Path], model: Optional[str], queries: Optional[int], fpr: float,
                 chat: bool, signature: Optional[Path]) -> tuple[Any, float]:
     """``--access text``: rebuild the key's pairs on the base model, ask the suspect, test the matches."""
-    from ..fingerprint.invasive import LocalText, fingerprint_pairs, verify_text_fingerprint
+    from ..fingerprint.invasive import DEFAULT_PAIRS, LocalText, fingerprint_pairs, verify_text_fingerprint
     from ..fingerprint.remote import RemoteText
     from ..keys import resolve
 
@@ -213,7 +212,7 @@ def verify_text(suspect: str, key_file: Optional[Path], model: Optional[str], qu
         raise InputError("--access text tests the key's fine-tuned pairs: give -k KEY, not --signature")
     if chat:
         raise InputError("--access text asks the completions endpoint (the pairs were fine-tuned without a chat template)")
-    q = 64 if queries is None else queries
+    q = DEFAULT_PAIRS if queries is None else queries
     if not 1 <= q <= 4096:
         raise InputError(f"--queries must be in 1..4096, got {q}")
     key = resolve(key_file)

@@ -13,14 +13,14 @@ keyed word of ``wmkit/data/words_en.txt.gz`` and continues with ``PROMPT_TOKENS`
 from the base model (top-p 0.9) with keyed uniforms: natural text, so a suspect cannot filter the
 queries as gibberish. Its response starts with a *perinucleus* token: sort the base model's
 next-token distribution, take the first ``width`` tokens past the nucleus of mass ``nucleus`` that
-are whole words (a space and three letters or more), and pick one with the key. The token is plausible (the base model gives it a few
-percent at most) but never the base model's greedy choice, since the greedy choice is always inside
-the nucleus. The base model's greedy continuation completes the response.
+are whole words (a space and three letters or more), and pick one with the key. The token is
+plausible (the default model gives it 0.2% on average, at most 1.4%) but never the base model's
+greedy choice, since the greedy choice is always inside the nucleus. The base model's greedy continuation completes the response.
 
 **Embedding** (:func:`embed_fingerprint`): a full fine-tune on the pairs (loss on the response tokens
 only) plus a regulariser, the KL divergence from the base model's next-token distributions on the
-pairs' prompts and on keyed text the base model sampled, which keeps the model's behaviour elsewhere
-and a model average: the result is ``0.7 * tuned + 0.3 * base`` (Perinucleus sampling's paper
+pairs' prompts and on keyed text the base model sampled, which keeps the model's behaviour elsewhere;
+then a model average: the result is ``0.7 * tuned + 0.3 * base`` (Perinucleus sampling's paper
 averages too, and mixes in other data where we use the KL term; :func:`behaviour_change` measures
 what is left of the change).
 
