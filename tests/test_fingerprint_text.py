@@ -105,7 +105,7 @@ def test_remote_text_over_wm_serve_equals_the_local_answers(tok, pairs, tuned):
     rep = verify_text_fingerprint(pairs, remote)
     local = verify_text_fingerprint(pairs, LocalText(tuned, tok))
     assert rep.containment.details["green"] == local.containment.details["green"]
-    assert rep.queries == len(pairs) and rep.api_calls == 1  # 16 prompts per request
+    assert rep.queries == rep.api_calls == len(pairs)  # one request per prompt
 
 
 def test_bad_parameters_are_refused(base, tok, pairs):
@@ -135,6 +135,10 @@ def test_cli_refusals_are_one_line_and_exit_2(tmp_path):
         (["fingerprint", "verify", "--suspect", "/nonexistent", "--access", "text", "-k", str(key)], "no such model"),
         (["fingerprint", "verify", "--suspect", "/nonexistent", "--access", "text", "-k", str(key), "--queries", "0"], "1..4096"),
         (["fingerprint", "verify", "--suspect", "/nonexistent", "--access", "logits"], "needs --signature"),
+        (["fingerprint", "verify", "--suspect", "http://10.0.0.7:8000", "--access", "text", "-k", str(key),
+          "--header", "X-Key: secret-value"], "plain HTTP"),
+        (["fingerprint", "verify", "--suspect", "/nonexistent", "--access", "topk", "--signature", str(sig),
+          "--api-key-env", "HOME"], "apply to --access text"),
         (["fingerprint", "embed", "-k", str(key), "-o", str(sig)], "refusing to overwrite"),
         (["fingerprint", "embed", "-k", str(key), "-o", str(tmp_path / "new"), "--pairs", "0"], "--pairs"),
     ]

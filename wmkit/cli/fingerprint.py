@@ -13,6 +13,7 @@ from rich.progress import Progress
 from rich.console import Console
 
 from ..errors import InputError
+from ..remote import suspect_headers
 from ..fingerprint import (
     LocalAPI,
     ModelAccess,
@@ -25,7 +26,7 @@ from ..fingerprint import (
 from ..fingerprint.verify import DEFAULT_FPR, DEFAULT_QUERIES, TOP1_QUERIES, guide_for
 from ..models import load_lm
 from ..files import check_new
-from .common import KeyFileOpt, check_fpr_option, run_guarded, stderr
+from .common import ApiKeyEnvOpt, HeaderOpt, InsecureOpt, KeyFileOpt, check_fpr_option, run_guarded, stderr
 
 fingerprint_app = typer.Typer(help="Output-space fingerprints: is a suspect model derived from yours?", no_args_is_help=True)
 ACCESS = ("logits", "logprobs", "topk", "top1")  # the output-space levels, tested against a signature
@@ -160,6 +161,9 @@ def verify_cmd(
     top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the containment test."),
     chat: bool = typer.Option(False, "--chat", help="Query the URL as a chat model (/v1/chat/completions; its system prompt is its own)."),
+    api_key_env: Optional[str] = ApiKeyEnvOpt,
+    header: list[str] = HeaderOpt,
+    insecure: bool = InsecureOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Is SUSPECT derived from the signature's model (or, with --access text, from the model the key's pairs
@@ -169,7 +173,10 @@ def verify_cmd(
     def run():  # noqa: ANN202
         check_fpr_option(fpr)  # before any model loads
         if access == TEXT:
-            return verify_text(suspect, key_file, model, queries, fpr, chat, signature)
+            headers = suspect_headers(suspect, api_key_env, header, insecure) if suspect.startswith(("http://", "https://")) else {}
+            return verify_text(suspect, key_file, model, queries, fpr, chat, signature, headers)
+        if api_key_env is not None or header:
+            raise InputError("--api-key-env and --header apply to --access text (the logit-bias levels send none)")
         if signature is None:
             raise InputError(f"--access {access} needs --signature FILE (wm fingerprint enroll writes it)")
         q = check_suspect_options(access, queries, top_k)
@@ -202,7 +209,7 @@ def verify_cmd(
 
 
 def verify_text(suspect: str, key_file: Optional[Path], model: Optional[str], queries: Optional[int], fpr: float,
-                chat: bool, signature: Optional[Path]) -> tuple[Any, float]:
+                chat: bool, signature: Optional[Path], headers: dict[str, str]) -> tuple[Any, float]:
     """``--access text``: rebuild the key's pairs on the base model, ask the suspect, test the matches."""
     from ..fingerprint.invasive import DEFAULT_PAIRS, LocalText, fingerprint_pairs, verify_text_fingerprint
     from ..fingerprint.remote import RemoteText
@@ -217,7 +224,7 @@ def verify_text(suspect: str, key_file: Optional[Path], model: Optional[str], qu
         raise InputError(f"--queries must be in 1..4096, got {q}")
     key = resolve(key_file)
     if suspect.startswith(("http://", "https://")):
-        acc: Any = RemoteText(suspect)
+        acc: Any = RemoteText(suspect, headers)
     else:
         if not Path(suspect).exists():
             raise InputError(f"{suspect}: no such model folder or .gguf file")

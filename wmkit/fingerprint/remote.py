@@ -123,39 +123,34 @@ class RemoteAPI:
 
 
 class RemoteText:
-    """:class:`~wmkit.fingerprint.invasive.TextAccess` over an OpenAI-compatible ``/v1/completions`` URL:
-    greedy (``temperature=0``) completions of text prompts, up to 16 prompts per request; reads only
-    the text of each choice. ``calls`` counts HTTP requests, ``queries`` the prompts asked.
+    """:class:`~wmkit.fingerprint.invasive.TextAccess` over an OpenAI-compatible ``/v1/completions`` URL,
+    through :class:`wmkit.remote.Completions` (exactly the headers given, never an ambient credential):
+    one greedy (``temperature=0``) completion per prompt, read as text. ``calls`` counts requests,
+    ``queries`` the prompts asked.
+
+    Args:
+        url: base URL.
+        headers: the headers to send (:func:`wmkit.remote.suspect_headers`).
+        client: the ``httpx.Client`` to send with (tests pass a ``TestClient``).
     """
 
-    BATCH = 16
+    def __init__(self, url: str, headers: dict[str, str] | None = None, client: Any = None) -> None:
+        from ..remote import Completions
 
-    def __init__(self, url: str, model: str = "wmkit", timeout: float = 60.0, client: Any = None) -> None:
-        self.endpoint, self.client = _endpoint(url, False, timeout, client)
-        self.model, self.calls, self.queries = model, 0, 0
+        self.api = Completions(url, headers)
+        if client is not None:
+            self.api.client = client
+        self.queries = 0
+
+    @property
+    def calls(self) -> int:
+        """HTTP requests sent."""
+        return self.api.calls
 
     def complete(self, prompts: Sequence[str], max_tokens: int) -> list[str]:
         """Greedy completions of ``prompts`` as text (in order)."""
-        import httpx
-
-        out: list[str] = []
-        for i in range(0, len(prompts), self.BATCH):
-            part = list(prompts[i : i + self.BATCH])
-            body = {"model": self.model, "prompt": part, "max_tokens": max_tokens, "temperature": 0}
-            try:
-                r = self.client.post(self.endpoint, json=body)
-            except httpx.HTTPError as e:
-                raise InputError(f"{self.endpoint}: request failed ({type(e).__name__}: {e})") from None
-            self.calls += 1
-            if r.status_code != 200:
-                raise InputError(f"{self.endpoint}: HTTP {r.status_code}: {r.text[:200]}")
-            try:
-                choices = sorted(r.json()["choices"], key=lambda c: int(c.get("index", 0)))
-                texts = [str(c["text"]) for c in choices]
-            except (KeyError, TypeError, ValueError):
-                raise InputError(f"{self.endpoint}: the answer has no completions in OpenAI's shape") from None
-            if len(texts) != len(part):
-                raise InputError(f"{self.endpoint}: {len(part)} prompts sent, {len(texts)} completions returned")
-            out.extend(texts)
-            self.queries += len(part)
+        out = []
+        for p in prompts:
+            out.append(self.api.complete(p, max_tokens, 0.0)[0])
+            self.queries += 1
         return out
