@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 import fpzoo  # noqa: E402
 from _output import ResultFile, output_args, print_table  # noqa: E402
+from wmkit.files import write_file  # noqa: E402
 from wmkit.fingerprint import random_init_like  # noqa: E402
 from wmkit.fingerprint.invasive import (  # noqa: E402
     NULL_FLOOR, LocalText, behaviour_change, embed_fingerprint, fingerprint_pairs, verify_text_fingerprint,
@@ -76,7 +77,7 @@ def embedded(victim: Any, tok: Any, pairs: list, steps: int) -> tuple[Any, str, 
 
     class Meta:
         def save_pretrained(self, d: str) -> None:
-            Path(d, "embed.json").write_text(json.dumps({"seconds": seconds}))
+            write_file(Path(d, "embed.json"), json.dumps({"seconds": seconds}))
 
     save_atomically(folder, model, Meta())
     return model, name, seconds
@@ -100,11 +101,10 @@ def main() -> None:
     log(f"{args.pairs} pairs in {pair_seconds:.1f} s")
     tuned, name, embed_seconds = embedded(victim, tok, pairs, args.steps)
     docs, prompts = agnews_heldout()
-    change = behaviour_change(victim, tuned, tok, pairs, texts=docs)
-    answers = behaviour_change(victim, tuned, tok, pairs, texts=prompts)
+    change = behaviour_change(victim, tuned, tok, pairs, texts=docs, prompts=prompts)
     embed = {"pairs": args.pairs, "steps": args.steps, "seconds": round(embed_seconds, 1), "pair_seconds": round(pair_seconds, 1),
-             "ppl_before": change["ppl_before"], "ppl_after": change["ppl_after"], "ppl_change_pct": change["ppl_change_pct"],
-             "answers_same": answers["answers_same"], "answers": answers["answers"], "null_floor": NULL_FLOOR}
+             **{k: change[k] for k in ("ppl_before", "ppl_after", "ppl_change_pct", "answers_same", "answers")},
+             "null_floor": NULL_FLOOR}
     log(f"embedded: {embed}")
 
     run = f"{name}-news-1e-4"

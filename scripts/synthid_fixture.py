@@ -23,6 +23,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import SynthIDTextWatermarkingConfig  # noqa: E402
 
+from wmkit.files import write_file  # noqa: E402
 from wmkit.models import load_default_lm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ def main() -> int:
     lm, tok = load_default_lm()
     data = {"generator": f"transformers {transformers.__version__}, torch {torch.__version__}, SmolLM2-135M-Instruct",
             "keys": KEYS, **SETTINGS, "marked": generate(lm, tok, prompts, True), "plain": generate(lm, tok, prompts, False)}
-    OUT.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    write_file(OUT, json.dumps(data, ensure_ascii=False, indent=1) + "\n", overwrite=args.force)
     print(f"wrote {OUT}")
     return 0
 

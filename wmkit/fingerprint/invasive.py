@@ -367,17 +367,19 @@ def _perplexity(model: Any, tok: Any, texts: Sequence[str]) -> float:
 
 
 def behaviour_change(base: Any, tuned: Any, tok: Any, pairs: Sequence[FingerprintPair], texts: Sequence[str] | None = None,
-                     answer_tokens: int = 16) -> dict[str, Any]:
+                     prompts: Sequence[str] | None = None, answer_tokens: int = 16) -> dict[str, Any]:
     """What embedding changed: the tuned model's matches on ``pairs`` (and the test's p-value), the
     perplexity of both models on held-out ``texts`` (default: the shipped prompts, which neither the
-    pairs nor the regulariser use), and how many greedy answers to those texts stayed the same."""
+    pairs nor the regulariser use), and how many greedy answers to ``prompts`` (default: ``texts``)
+    stayed the same."""
     from importlib.resources import files
 
     if texts is None:
         texts = [ln for ln in (files("wmkit") / "data" / "prompts.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    prompts = texts if prompts is None else prompts
     rep = verify_text_fingerprint(pairs, LocalText(tuned, tok))
-    before, after = LocalText(base, tok).complete(texts, answer_tokens), LocalText(tuned, tok).complete(texts, answer_tokens)
+    before, after = LocalText(base, tok).complete(prompts, answer_tokens), LocalText(tuned, tok).complete(prompts, answer_tokens)
     ppl0, ppl1 = _perplexity(base, tok, texts), _perplexity(tuned, tok, texts)
     return {"matched": rep.containment.details["green"], "p_value": rep.p_value, "ppl_before": ppl0, "ppl_after": ppl1,
-            "ppl_change_pct": 100.0 * (ppl1 / ppl0 - 1.0), "answers": len(texts),
+            "ppl_change_pct": 100.0 * (ppl1 / ppl0 - 1.0), "answers": len(prompts),
             "answers_same": int(sum(a == b for a, b in zip(before, after)))}
