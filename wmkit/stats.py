@@ -49,6 +49,7 @@ __all__ = [
     "binomial_detection",
     "ks_2samp",
     "gaussian_null_detection",
+    "mean_t_detection",
     "roc_auc",
     "threshold_at_fpr",
     "tpr_at_fpr",
@@ -474,6 +475,28 @@ def gaussian_null_detection(
             **details,
         },
     )
+
+
+def mean_t_detection(method: str, scores: Sequence[float], fpr: float, mu0: float = 0.0, **details: Any) -> Detection:
+    """A :class:`Detection` for "the mean of independent ``scores`` exceeds ``mu0``": the one-sided
+    one-sample Student-t test, ``t = (mean - mu0) / (sd / sqrt(n))`` with ``n - 1`` degrees of freedom
+    (exact for Gaussian scores, asymptotically valid for any scores of finite variance; scores whose
+    means differ only inflate ``sd``, which makes it conservative). ``details["positive"]``: how many
+    scores exceed ``mu0``.
+
+    >>> d = mean_t_detection("t", [1.0, 2.0, 3.0, 2.0], fpr=0.05)
+    >>> round(d.statistic, 3), round(d.p_value, 4), d.decision
+    (4.899, 0.0081, True)
+    """
+    check_fpr(fpr)
+    x = np.asarray(scores, dtype=float)
+    if x.size < 2 or not np.isfinite(x).all():
+        raise ValueError("mean_t_detection needs at least two finite scores")
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    t = (mean - mu0) / (sd / math.sqrt(x.size)) if sd > 0 else (math.inf if mean > mu0 else -math.inf if mean < mu0 else 0.0)
+    p = float(_sps.t.sf(t, df=x.size - 1))
+    return Detection(method=method, n_scored=int(x.size), statistic=float(t), p_value=p, fpr=fpr, decision=bool(p <= fpr),
+                     details={"mean": mean, "sd": sd, "mu0": float(mu0), "positive": int(np.sum(x > mu0)), **details})
 
 
 def _scores(pos: Sequence[float], neg: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -161,19 +161,28 @@ def verify_cmd(
     top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the containment test."),
     chat: bool = typer.Option(False, "--chat", help="Query the URL as a chat model (/v1/chat/completions; its system prompt is its own)."),
+    passive: bool = typer.Option(False, "--passive", help="text: no pairs were fine-tuned in; score the suspect's sampled completions against --model and the --reference models."),
+    reference: list[str] = typer.Option([], "--reference", help="text --passive: a public model the suspect could have been built from instead (repeatable; at least one).", show_default=False),
+    temperature: float = typer.Option(1.0, help="text --passive: the temperature the suspect is asked to sample at."),
     api_key_env: Optional[str] = ApiKeyEnvOpt,
     header: list[str] = HeaderOpt,
     insecure: bool = InsecureOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Is SUSPECT derived from the signature's model (or, with --access text, from the model the key's pairs
-    were fine-tuned into)? Exit 0 either way."""
+    were fine-tuned into; with --access text --passive, from --model itself)? Exit 0 either way."""
     access = default_access(access, suspect)
 
     def run():  # noqa: ANN202
         check_fpr_option(fpr)  # before any model loads
+        if access != TEXT and (passive or reference):
+            raise InputError("--passive and --reference apply to --access text")
         if access == TEXT:
             headers = suspect_headers(suspect, api_key_env, header, insecure) if suspect.startswith(("http://", "https://")) else {}
+            if passive:
+                return verify_passive_text(suspect, key_file, model, reference, queries, fpr, temperature, chat, signature, headers)
+            if reference:
+                raise InputError("--reference applies to --passive (the invasive test needs none)")
             return verify_text(suspect, key_file, model, queries, fpr, chat, signature, headers)
         if api_key_env is not None or header:
             raise InputError("--api-key-env and --header apply to --access text (the logit-bias levels send none)")
@@ -188,6 +197,8 @@ def verify_cmd(
 
     rep, seconds = run_guarded(run)
     d = {"suspect": suspect, "access": access, **rep.to_dict(), "seconds": round(seconds, 2)}
+    if passive and rep.containment is not None:
+        d.update({k: rep.containment.details[k] for k in ("mean", "sd", "references", "temperature")}, t=rep.containment.statistic)
     if as_json:
         typer.echo(json.dumps(d))
         return
@@ -196,7 +207,12 @@ def verify_cmd(
     if not rep.compatible:
         out.print(f"verdict   not derived: {rep.reason}", markup=False)
         return
-    if access == TEXT:
+    if access == TEXT and passive:
+        det = rep.containment.details
+        out.print(f"test      mean log-likelihood ratio {det['mean']:+.2f} nats (sd {det['sd']:.2f}) for the model against the best of "
+                  f"{', '.join(det['references'])}; {d['contained']}/{d['queries']} completions positive; t {rep.containment.statistic:.2f}, "
+                  f"p {rep.p_value:.3g}", markup=False)
+    elif access == TEXT:
         out.print(f"test      {d['contained']}/{d['queries']} greedy answers start with the keyed response; p {rep.p_value:.3g} "
                   f"(null match rate {rep.containment.details['gamma']:.3g})")
     else:
@@ -208,11 +224,51 @@ def verify_cmd(
     out.print(f"verdict   {f'DERIVED from the {model_name} model' if rep.derived else 'not derived'} (FPR {fpr:g})", markup=False)
 
 
+def _text_suspect(suspect: str, headers: dict[str, str]) -> Any:
+    """The text-only access to SUSPECT: a URL's completions endpoint or a local model."""
+    from ..fingerprint.invasive import LocalText
+    from ..fingerprint.remote import RemoteText
+
+    if suspect.startswith(("http://", "https://")):
+        return RemoteText(suspect, headers)
+    if not Path(suspect).exists():
+        raise InputError(f"{suspect}: no such model folder or .gguf file")
+    return LocalText(*load_lm(suspect))
+
+
+def verify_passive_text(suspect: str, key_file: Optional[Path], model: Optional[str], references: list[str],
+                        queries: Optional[int], fpr: float, temperature: float, chat: bool, signature: Optional[Path],
+                        headers: dict[str, str]) -> tuple[Any, float]:
+    """``--access text --passive``: the key's prompts, one sampled completion each, the likelihood-ratio t-test."""
+    from ..fingerprint.passive import DEFAULT_PROMPTS, Scorer, builtin_references, passive_prompts, verify_passive
+    from ..keys import resolve
+
+    if signature is not None or chat:
+        raise InputError("--access text --passive takes -k KEY (no --signature) and asks the completions endpoint (no --chat)")
+    if not references:
+        raise InputError("--passive needs at least one --reference model: a public model the suspect could have been built from instead")
+    if not temperature > 0:
+        raise InputError(f"--temperature must be positive for --passive, got {temperature}")
+    q = DEFAULT_PROMPTS if queries is None else queries
+    if not 2 <= q <= 4096:
+        raise InputError(f"--queries must be in 2..4096, got {q}")
+    key = resolve(key_file)
+    for r in references:
+        if not Path(r).exists():
+            raise InputError(f"{r}: no such reference model folder or .gguf file")
+    acc = _text_suspect(suspect, headers)
+    base, tok = load_lm(model)
+    refs = [Scorer(*load_lm(r), name=Path(r).name) for r in references] + builtin_references(base, tok)
+    prompts = passive_prompts(base, tok, key, q)
+    t0 = time.perf_counter()
+    rep = verify_passive(Scorer(base, tok, str(model or "SmolLM2-135M-Instruct")), refs, prompts, acc, fpr=fpr, temperature=temperature)
+    return rep, time.perf_counter() - t0
+
+
 def verify_text(suspect: str, key_file: Optional[Path], model: Optional[str], queries: Optional[int], fpr: float,
                 chat: bool, signature: Optional[Path], headers: dict[str, str]) -> tuple[Any, float]:
     """``--access text``: rebuild the key's pairs on the base model, ask the suspect, test the matches."""
-    from ..fingerprint.invasive import DEFAULT_PAIRS, LocalText, fingerprint_pairs, verify_text_fingerprint
-    from ..fingerprint.remote import RemoteText
+    from ..fingerprint.invasive import DEFAULT_PAIRS, fingerprint_pairs, verify_text_fingerprint
     from ..keys import resolve
 
     if signature is not None:
@@ -223,12 +279,7 @@ def verify_text(suspect: str, key_file: Optional[Path], model: Optional[str], qu
     if not 1 <= q <= 4096:
         raise InputError(f"--queries must be in 1..4096, got {q}")
     key = resolve(key_file)
-    if suspect.startswith(("http://", "https://")):
-        acc: Any = RemoteText(suspect, headers)
-    else:
-        if not Path(suspect).exists():
-            raise InputError(f"{suspect}: no such model folder or .gguf file")
-        acc = LocalText(*load_lm(suspect))
+    acc = _text_suspect(suspect, headers)
     base, tok = load_lm(model)
     pairs = fingerprint_pairs(base, tok, key, q)
     t0 = time.perf_counter()

@@ -307,6 +307,10 @@ class TextAccess(Protocol):
         """Greedy completions of ``prompts``, ``max_tokens`` tokens at most, as text."""
         ...
 
+    def sample(self, prompts: Sequence[str], max_tokens: int, temperature: float, seed: int = 0) -> list[str]:
+        """One sampled completion of each prompt at ``temperature`` (``max_tokens`` at most), as text."""
+        ...
+
 
 class LocalText:
     """:class:`TextAccess` over a local transformers model: greedy answers, :data:`CHUNK` prompts at a time."""
@@ -316,13 +320,28 @@ class LocalText:
 
     def complete(self, prompts: Sequence[str], max_tokens: int) -> list[str]:
         """Greedy completions of ``prompts`` as text (each stops at the end-of-sequence token)."""
+        return self._decode(prompts, max_tokens, lambda p: int(np.argmax(p)))
+
+    def sample(self, prompts: Sequence[str], max_tokens: int, temperature: float, seed: int = 0) -> list[str]:
+        """One completion of each prompt sampled at ``temperature`` from generator ``seed``, as text."""
+        if not temperature > 0:
+            raise InputError(f"the sampling temperature must be positive, got {temperature}")
+        g = np.random.default_rng(seed)
+
+        def draw(p: np.ndarray) -> int:
+            q = np.exp(np.log(np.maximum(p, 1e-300)) / temperature)
+            return int(g.choice(len(q), p=q / q.sum()))
+
+        return self._decode(prompts, max_tokens, draw)
+
+    def _decode(self, prompts: Sequence[str], max_tokens: int, pick: Callable[[np.ndarray], int]) -> list[str]:
         eos = self.tok.eos_token_id
         out = []
         for start in range(0, len(prompts), CHUNK):
             dec = _Decoder(self.model, np.zeros(0, dtype=np.int64), [self.tok(p).input_ids for p in prompts[start:start + CHUNK]])
             rows: list[list[int]] = [[] for _ in range(len(dec.probs))]
             for step in range(max_tokens):
-                nxt = [int(np.argmax(p)) for p in dec.probs]
+                nxt = [pick(p) for p in dec.probs]
                 for r, t in zip(rows, nxt):
                     if not r or r[-1] != eos:
                         r.append(t)

@@ -149,8 +149,13 @@ class RemoteText:
 
     def complete(self, prompts: Sequence[str], max_tokens: int) -> list[str]:
         """Greedy completions of ``prompts`` as text (in order)."""
+        return self.sample(prompts, max_tokens, 0.0)
+
+    def sample(self, prompts: Sequence[str], max_tokens: int, temperature: float, seed: int | None = None) -> list[str]:
+        """One completion of each prompt at ``temperature`` (0: greedy), as text, in order; ``seed`` is
+        sent when given (servers that honour it make the run repeatable)."""
         out = []
         for p in prompts:
-            out.append(self.api.complete(p, max_tokens, 0.0)[0])
+            out.append(self.api.complete(p, max_tokens, temperature, seed=seed)[0])
             self.queries += 1
         return out

@@ -1,0 +1,163 @@
+"""Passive text-only fingerprints: is a suspect that shows only sampled text derived from our model?
+
+For a model that was never fingerprinted (nothing fine-tuned in) and a suspect that answers with
+sampled text only. The suspect completes ``n`` keyed natural-text prompts (built from the protected
+model as :mod:`.invasive` builds its pairs' prompts, under their own label); each completion ``y_i``
+of prompt ``x_i`` is scored by a log-likelihood ratio,
+
+    ``s_i = log p_V(y_i | x_i) - max_j log p_Rj(y_i | x_i)``,
+
+``V`` the protected model and ``R_1..R_m`` *reference* models: public models the suspect could have
+been built from instead of ours (the base we fine-tuned from, another open model). Each model scores
+the completion as a string in its own tokenization (``log p(x + y) - log p(x)``), so references may
+have any vocabulary.
+
+**Null** (stated as a property of the suspect, not of a zoo): the suspect's sampling distribution
+``U`` is at least as close, in KL divergence, to some reference as to the protected model. Since
+``E_U[log p_V(y) - log p_R(y)] = KL(U || R) - KL(U || V)``, the null gives ``E[s_i] <= 0``, and the
+verdict is the one-sided one-sample t-test of ``mean s_i > 0`` (:func:`wmkit.stats.mean_t_detection`;
+the queries are independent). A model derived from ``V`` samples text that ``V`` explains better than
+the references do (``E[s] = KL(U||R) - KL(U||V) > 0`` when ``U`` is near ``V``).
+
+What it cannot do: tell ``V`` from a model that is closer to ``V`` than to every reference without
+being derived from it; the references decide what "unrelated" means, so choose ones a copier
+could plausibly have used. ``benchmarks/fingerprint_text.py --passive`` measures the power per
+derivative and the null's margin on the unrelated models of the zoo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..keys import SecretKey
+from ..stats import check_fpr, mean_t_detection
+from .invasive import PROMPT_TOKENS, TextAccess, _keyed_texts
+from .verify import DEFAULT_FPR, FingerprintReport
+
+LABEL = "fingerprint/passive"
+DEFAULT_PROMPTS = 64
+COMPLETION_TOKENS = 32
+TEMPERATURE = 1.0
+
+
+def passive_prompts(model: Any, tok: Any, key: SecretKey, n: int = DEFAULT_PROMPTS) -> list[str]:
+    """The ``n`` keyed prompts of ``key`` (natural text sampled from ``model``; the first ``m`` of ``n`` are the ``m``)."""
+    if not 2 <= n <= 4096:
+        raise InputError(f"the passive test asks 2..4096 prompts, got {n}")
+    return _keyed_texts(model, tok, key, LABEL, n, PROMPT_TOKENS)[0][:n]
+
+
+@dataclass
+class Scorer:
+    """A model that scores text: ``logprob(prompt, completion)`` is ``log p(completion | prompt)`` in nats.
+
+    Attributes:
+        model: a transformers causal LM.
+        tok: its tokenizer.
+        name: how reports name it.
+    """
+
+    model: Any
+    tok: Any
+    name: str = "model"
+
+    def _sum(self, ids: list[int], start: int) -> float:
+        """The summed log-probability of ``ids[start:]`` given ``ids[:start]``."""
+        import torch
+
+        if start >= len(ids):
+            return 0.0
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0, :-1].double()
+        lp = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+        return float(lp[max(start, 1) - 1:].sum())
+
+    def logprob(self, prompt: str, completion: str) -> float:
+        """``log p(prompt + completion) - log p(prompt)`` (one forward pass when the prompt's tokens are a
+        prefix of the whole's, two otherwise)."""
+        whole = list(self.tok(prompt + completion).input_ids)
+        head = list(self.tok(prompt).input_ids)
+        if whole[:len(head)] == head:
+            return self._sum(whole, len(head))
+        return self._sum(whole, 1) - self._sum(head, 1)
+
+
+def _completion_ids(tok: Any, prompt: str, completion: str) -> list[int]:
+    """The tokens of ``completion`` after ``prompt`` (as the protected model's tokenizer splits the whole)."""
+    whole, head = list(tok(prompt + completion).input_ids), list(tok(prompt).input_ids)
+    if whole[:len(head)] == head:
+        return whole[len(head):]
+    return list(tok(completion, add_special_tokens=False).input_ids)
+
+
+class UnigramScorer:
+    """A reference that knows only token frequencies: ``log p`` of a completion is the sum of its tokens'
+    log-frequencies (add-1/2 smoothing) in public text split by the protected model's tokenizer: the
+    shipped reference corpora (news, reviews, code) by default, or ``texts``. With ``uniform=True``
+    every token has probability ``1 / vocabulary`` instead (the reference that explains noise)."""
+
+    def __init__(self, tok: Any, vocab: int, texts: Sequence[str] | None = None, uniform: bool = False) -> None:
+        self.tok, self.name = tok, "uniform" if uniform else "unigram"
+        if uniform:
+            self.logp = np.full(vocab, -np.log(vocab))
+            return
+        if texts is None:
+            from ..watermark.text.reference import reference_texts
+
+            texts = [t for g in ("news", "reviews", "code") for t in reference_texts(g)]
+        counts = np.full(vocab, 0.5)
+        for t in texts:
+            ids = np.asarray(tok(t, add_special_tokens=False).input_ids, dtype=np.int64)
+            np.add.at(counts, ids[ids < vocab], 1.0)
+        self.logp = np.log(counts / counts.sum())
+
+    def logprob(self, prompt: str, completion: str) -> float:
+        """The completion's summed token log-frequency."""
+        ids = np.asarray(_completion_ids(self.tok, prompt, completion), dtype=np.int64)
+        return float(self.logp[ids[ids < len(self.logp)]].sum())
+
+
+def builtin_references(model: Any, tok: Any) -> list[UnigramScorer]:
+    """The references every passive test includes: a uniform and a unigram model over the protected
+    model's vocabulary (they absorb noise and word-salad that only shares its tokenizer)."""
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    return [UnigramScorer(tok, vocab, uniform=True), UnigramScorer(tok, vocab)]
+
+
+def passive_scores(protected: Scorer, references: Sequence[Any], prompts: Sequence[str],
+                   completions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per completion: ``s_i`` (see the module docstring) and the protected model's log-likelihood."""
+    if not references:
+        raise InputError("the passive test needs at least one reference model (--reference)")
+    if len(prompts) != len(completions):
+        raise InputError(f"{len(prompts)} prompts but {len(completions)} completions")
+    own = np.array([protected.logprob(p, c) for p, c in zip(prompts, completions)])
+    ref = np.array([[r.logprob(p, c) for p, c in zip(prompts, completions)] for r in references])
+    return own - ref.max(axis=0), own
+
+
+def verify_passive(protected: Scorer, references: Sequence[Any], prompts: Sequence[str], access: TextAccess,
+                   fpr: float = DEFAULT_FPR, temperature: float = TEMPERATURE, max_tokens: int = COMPLETION_TOKENS,
+                   seed: int = 0) -> FingerprintReport:
+    """Ask ``access`` for one sampled completion of each prompt and test ``mean s_i > 0``.
+
+    The report's ``containment`` is the t-test (``details``: ``mean`` and ``sd`` of ``s_i`` in nats,
+    ``positive``: how many exceed 0, ``references``, ``temperature``, ``empty``: completions with no text).
+    """
+    check_fpr(fpr)
+    if len(prompts) < 2:
+        raise InputError("the passive test needs at least two prompts")
+    if not 1 <= max_tokens <= 4096:
+        raise InputError(f"max_tokens must be in 1..4096, got {max_tokens}")
+    calls0, queries0 = access.calls, access.queries
+    completions = access.sample(list(prompts), max_tokens, temperature, seed=seed)
+    s, _ = passive_scores(protected, references, prompts, completions)
+    det = mean_t_detection("fingerprint-text-passive", s, fpr, references=[r.name for r in references],
+                           temperature=temperature, empty=int(sum(not c.strip() for c in completions)))
+    det.details["green"] = det.details["positive"]  # what the reports print as "contained"
+    return FingerprintReport(derived=bool(det.decision), compatible=True, containment=det,
+                             queries=access.queries - queries0, api_calls=access.calls - calls0)
