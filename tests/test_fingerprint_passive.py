@@ -163,3 +163,38 @@ def test_cli_refusals_are_one_line_and_exit_2(tmp_path):
     for args, want in cases:
         r = run(app, args)
         assert r.exit_code == 2 and want in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+
+
+def test_passive_text_evidence_is_written_and_rechecked(tmp_path, models, tok):
+    import json
+
+    from typer.testing import CliRunner
+
+    from wmkit.cli.main import app
+
+    run = CliRunner().invoke
+    for name in ("protected", "reference"):
+        models[name].save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    key = tmp_path / "k.key"
+    key.write_text(KEY.to_hex() + "\n")
+    key.chmod(0o600)
+    out = tmp_path / "ev"
+    args = ["evidence", "fingerprint", "--access", "text", "--passive", "-k", str(key), "--model", str(tmp_path / "protected"),
+            "--reference", str(tmp_path / "reference"), "--suspect", str(tmp_path / "protected"), "--queries", "16", "-o", str(out)]
+    r = run(app, args)
+    assert r.exit_code == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    res = report["results"][0]
+    assert report["test"]["mode"] == "passive" and report["test"]["references"] == [str(tmp_path / "reference")]
+    scores = np.asarray(res["per_query"])
+    ref = ttest_1samp(scores, 0.0, alternative="greater")
+    assert len(scores) == 16 and res["p_value"] == pytest.approx(ref.pvalue) and res["mean"] == pytest.approx(scores.mean())
+    assert "per-query scores" in (out / "report.html").read_text()
+    assert run(app, ["evidence", "check", str(out / "report.json"), "-k", str(key)]).exit_code == 0
+    forged = dict(report, results=[dict(res, per_query=[s + 5.0 for s in res["per_query"]])])
+    (out / "forged.json").write_text(json.dumps(forged))
+    r = run(app, ["evidence", "check", str(out / "forged.json"), "-k", str(key)])
+    assert r.exit_code == 1 and "per_query is" in r.stderr
+    r = run(app, args[:-2] + ["-o", str(tmp_path / "ev2"), "--temperature", "0"])
+    assert r.exit_code == 2 and "--temperature" in r.stderr and not (tmp_path / "ev2").exists()

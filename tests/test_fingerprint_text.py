@@ -172,3 +172,41 @@ def test_embed_and_verify_the_default_model_through_the_cli(tmp_path):
     clean = json.loads(run(app, ["fingerprint", "verify", "--suspect", str(default_lm_path()), "--access", "text",
                                  "-k", str(key), "--queries", "16", "--json"]).stdout)
     assert not clean["derived"] and clean["contained"] <= 1, clean
+
+
+def test_text_evidence_is_written_and_rechecked_with_the_key(tmp_path, base, tok, pairs, tuned):
+    """wm evidence fingerprint --access text on local folders: the report holds the key's commitment, the
+    recorded answers re-score to the same figures, and a forged figure, another key or an edited answer fails."""
+    from typer.testing import CliRunner
+
+    from wmkit.cli.main import app
+
+    run = CliRunner().invoke
+    for name, model in (("base", base), ("tuned", tuned)):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    key, other = tmp_path / "k.key", tmp_path / "o.key"
+    key.write_text(KEY.to_hex() + "\n")
+    key.chmod(0o600)
+    assert run(app, ["keygen", "-o", str(other)]).exit_code == 0
+    out = tmp_path / "ev"
+    r = run(app, ["evidence", "fingerprint", "--access", "text", "-k", str(key), "--model", str(tmp_path / "base"),
+                  "--suspect", str(tmp_path / "tuned"), "--queries", "16", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    res = report["results"][0]
+    direct = verify_text_fingerprint(pairs, LocalText(tuned, tok))
+    assert res["watermarked"] and res["contained"] == direct.containment.details["green"] and res["p_value"] == pytest.approx(direct.p_value)
+    assert report["family"] == "fingerprint-text" and report["key"]["commitment"] == KEY.commitment() and len(res["per_query"]) == 16
+    assert run(app, ["evidence", "check", str(out / "report.json"), "-k", str(key)]).exit_code == 0
+    r = run(app, ["evidence", "check", str(out / "report.json"), "-k", str(other)])
+    assert r.exit_code == 1 and "commitment" in r.stderr
+    forged = dict(report, results=[dict(res, contained=res["contained"] - 3)])
+    (out / "forged.json").write_text(json.dumps(forged))
+    r = run(app, ["evidence", "check", str(out / "forged.json"), "-k", str(key)])
+    assert r.exit_code == 1 and "contained is" in r.stderr
+    rec = json.loads((out / "completions.json").read_text())
+    rec["completions"][0] = "edited"
+    (out / "completions.json").write_text(json.dumps(rec))
+    r = run(app, ["evidence", "check", str(out / "report.json"), "-k", str(key)])
+    assert r.exit_code == 2 and "changed since the report was written" in r.stderr

@@ -214,6 +214,66 @@ def fingerprint_report(folder: str | os.PathLike[str], signature: str | os.PathL
             "results": [fingerprint_figures(signature, path, test, fpr)]}
 
 
+TEXT_ANSWERS = "completions.json"
+
+
+def _text_fingerprint_models(test: dict[str, Any]) -> tuple[Any, Any]:
+    from .models import load_lm
+
+    return load_lm(test.get("model"))
+
+
+def text_fingerprint_figures(completions: str | os.PathLike[str], key: Any, test: dict[str, Any], fpr: float) -> dict[str, Any]:
+    """A text-only fingerprint test recomputed from the recorded prompts and completions: the key's pairs
+    (``mode`` invasive) or prompts (passive) rebuilt on ``test["model"]`` must be the recorded prompts,
+    then the matches (invasive) or the likelihood-ratio scores against ``test["references"]`` (passive)
+    are computed again."""
+    try:
+        rec = json.loads(read_text(str(completions)))
+        prompts, answers = list(rec["prompts"]), list(rec["completions"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InputError(f"{TEXT_ANSWERS}: not a record of prompts and completions ({type(e).__name__})") from None
+    if len(prompts) != len(answers) or not all(isinstance(x, str) for x in prompts + answers):
+        raise InputError(f"{TEXT_ANSWERS}: prompts and completions must be two lists of strings of one length")
+    base, tok = _text_fingerprint_models(test)
+    if test["mode"] == "invasive":
+        from .fingerprint.invasive import fingerprint_pairs, score_answers
+
+        pairs = fingerprint_pairs(base, tok, key, len(prompts))
+        if [q.prompt for q in pairs] != prompts:
+            raise InputError(f"{TEXT_ANSWERS}: the recorded prompts are not the key's fingerprint pairs on {test.get('model') or 'the default model'}")
+        det = score_answers(pairs, answers, fpr)
+        per = det.evidence["hits"] if det.evidence else []
+    else:
+        from .fingerprint.passive import Scorer, builtin_references, passive_prompts, score_completions
+        from .models import load_lm
+
+        if passive_prompts(base, tok, key, len(prompts)) != prompts:
+            raise InputError(f"{TEXT_ANSWERS}: the recorded prompts are not the key's passive prompts on {test.get('model') or 'the default model'}")
+        refs = [Scorer(*load_lm(r), name=Path(r).name) for r in test["references"]] + builtin_references(base, tok)
+        det = score_completions(Scorer(base, tok), refs, prompts, answers, fpr)
+        per = det.evidence["scores"] if det.evidence else []
+    return {"method": det.method, "watermarked": det.decision, "p_value": det.p_value, "statistic": det.statistic,
+            "queries": len(prompts), "contained": det.details["green"], "null_rate": det.details.get("gamma"),
+            "mean": det.details.get("mean"), "per_query": per}
+
+
+def text_fingerprint_report(folder: str | os.PathLike[str], prompts: Sequence[str], completions: Sequence[str], key: Any, *,
+                            suspect: str, test: dict[str, Any], fpr: float, command: Sequence[str]) -> dict[str, Any]:
+    """Write the prompts and the suspect's completions to ``folder/completions.json`` and return the report
+    of the text-only fingerprint test on them. A re-check needs the key, that file and the models named in
+    ``test`` (``model``, and ``references`` when passive), not the suspect."""
+    from .files import write_file
+
+    path = write_file(Path(folder) / TEXT_ANSWERS,
+                      json.dumps({"prompts": list(prompts), "completions": list(completions)}, ensure_ascii=False) + "\n")
+    return {"format": REPORT_FORMAT, "family": "fingerprint-text", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": list(command), "versions": versions(), "key": {"id": key.fingerprint(), "commitment": key.commitment()},
+            "fpr": fpr, "test": dict(test), "suspect": suspect,
+            "inputs": [{"path": TEXT_ANSWERS, "sha256": sha256_file(path), "bytes": path.stat().st_size}],
+            "results": [text_fingerprint_figures(path, key, test, fpr)]}
+
+
 PAIRS = "pairs.npz"
 
 
@@ -298,6 +358,8 @@ FIGURES = {"text": ("method", "tokens_scored", "green", "gamma", "z", "statistic
                     "window", "evidence", "tokens_total", "spoof"),
            "eaas": ("method", "watermarked", "p_value", "z", "ks_p", "delta_cos", "rank_p_value", "null"),
            "fingerprint": ("watermarked", "p_value", "contained", "queries", "tau", "pi0", "residuals"),
+           "fingerprint-text": ("method", "watermarked", "p_value", "statistic", "queries", "contained", "null_rate", "mean",
+                                "per_query"),
            "radioactivity": ("method", "watermarked", "p_value", "statistic", "scored", "distinct_coins", "green", "trials",
                              "gamma"),
            "probe": ("family", "p_value", "statistic", "p_holm", "present", "strongest")}
@@ -328,6 +390,7 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     need = {"inputs": list, "results": list, "fpr": (int, float), "versions": dict, "command": list, "created": str}
     need.update({"text": {"key": dict, "scheme": dict, "tokenizer": str}, "eaas": {"key": dict, "scheme": dict, "test": dict},
                  "fingerprint": {"test": dict, "signature_sha256": str},
+                 "fingerprint-text": {"key": dict, "test": dict, "suspect": str},
                  "radioactivity": {"key": dict, "scheme": dict, "test": dict, "suspect": str},
                  "probe": {"test": dict, "suspect": str}}[report["family"]])
     for name, kind in need.items():
@@ -388,6 +451,9 @@ def _check(report_path: str | os.PathLike[str], report: dict[str, Any], key: Any
         if report["inputs"][0]["sha256"] != report["signature_sha256"]:
             return ["the signature's SHA-256 is not the one the report commits to"]
         again = [fingerprint_figures(paths[0], paths[1], report["test"], report["fpr"])]
+        return _compare(report, again, family) or _check_html(report_path, report)
+    if family == "fingerprint-text":
+        again = [text_fingerprint_figures(paths[0], key, report["test"], report["fpr"])]
         return _compare(report, again, family) or _check_html(report_path, report)
     scheme = build_scheme(family, report["scheme"], key)
     if json.loads(json.dumps(scheme.config())) != report["scheme"]:
@@ -711,9 +777,33 @@ def _probe_sections(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _text_fingerprint_sections(report: dict[str, Any]) -> list[str]:
+    e = html.escape
+    r, t = report["results"][0], report["test"]
+    cls = "yes" if r["watermarked"] else "no"
+    passive = t["mode"] == "passive"
+    if passive:
+        test = (f"mean log-likelihood ratio {r['mean']:+.2f} nats of {e(t.get('model') or 'the default model')} against the best of "
+                f"{e(', '.join([*t['references'], 'uniform', 'unigram']))}; {r['contained']} of {r['queries']} completions "
+                f"positive; one-sided t-test t {r['statistic']:.2f}, p {r['p_value']:.3g}")
+    else:
+        test = (f"{r['contained']} of {r['queries']} greedy answers start with the keyed response; p {r['p_value']:.3g} "
+                f"against Binomial({r['queries']}, {r['null_rate']:.3g})")
+    out = [f"<h2>suspect: {e(report['suspect'])} (text only, {e(t['mode'])})</h2><table>",
+           f"<tr><th>verdict</th><td class='{cls}'>{'derived from our model' if r['watermarked'] else 'not derived'}</td></tr>",
+           f"<tr><th>test</th><td>{test}</td></tr></table>"]
+    if passive and r["per_query"]:
+        out.append(f"<figure>{_hist(r['per_query'], 0.0, 'per-query scores', mark='0')}<figcaption>Per-completion score "
+                   "s_i (nats): the model's log-likelihood minus the best reference's. Under the null (the suspect is at least "
+                   "as close to a reference as to our model) their mean is at most 0 (red).</figcaption></figure>")
+    return out
+
+
 TITLES = {"text": "Watermark evidence (text)", "eaas": "Watermark evidence (embeddings as a service)",
           "fingerprint": "Fingerprint evidence (model derivation)",
+          "fingerprint-text": "Fingerprint evidence (model derivation, text only)",
           "radioactivity": "Radioactivity evidence (a model trained on our marked text)",
           "probe": "Probe evidence (is the API watermarked?)"}
 SECTIONS = {"text": _text_sections, "eaas": _eaas_sections, "fingerprint": _fingerprint_sections,
+            "fingerprint-text": _text_fingerprint_sections,
             "radioactivity": _radioactivity_sections, "probe": _probe_sections}

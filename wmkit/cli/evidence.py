@@ -20,7 +20,7 @@ from ..watermark.embedding.verify import DEFAULT_DECOYS as EMB_DECOYS, DEFAULT_F
 from ..fingerprint.verify import DEFAULT_FPR as FP_FPR
 from ..watermark.text.detector import DEFAULT_FPR, resolve_null
 from .common import (
-    NAMED_PARAMS, ApiKeyEnvOpt, HeaderOpt, InsecureOpt, KeyOnlySchemeOpt, ModelOpt, NullOpt, SchemeArgs, check_fpr_option,
+    NAMED_PARAMS, ApiKeyEnvOpt, HeaderOpt, InsecureOpt, KeyFileOpt, KeyOnlySchemeOpt, ModelOpt, NullOpt, SchemeArgs, check_fpr_option,
     die, run_guarded, scheme_options, stderr, terminal_safe,
 )
 
@@ -169,25 +169,42 @@ def eaas(
 
 @evidence_app.command("fingerprint")
 def fingerprint(
-    signature: Path = typer.Option(..., "--signature", help="Signature file (wm fingerprint enroll)."),
+    signature: Optional[Path] = typer.Option(None, "--signature", help="Signature file (wm fingerprint enroll); every access level but text.", show_default=False),
     suspect: str = typer.Option(..., "--suspect", help="Suspect model folder, .gguf file, or base URL of an OpenAI-style completions API."),
-    output: Path = typer.Option(..., "--output", "-o", help="A new folder for report.json, report.html and outputs.npz."),
-    access: Optional[str] = typer.Option(None, help="Access level: logits, logprobs, topk, top1 (default: topk for a URL, logits for a model).", show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="A new folder for report.json, report.html and outputs.npz (text: completions.json)."),
+    access: Optional[str] = typer.Option(None, help="Access level: logits, logprobs, topk, top1, text (default: topk for a URL, logits for a model).", show_default=False),
     queries: Optional[int] = typer.Option(None, help="Queries (default 64; top1: 6).", show_default=False),
     top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
     fpr: float = typer.Option(FP_FPR, help="False-positive rate of the containment test."),
     chat: bool = typer.Option(False, "--chat", help="Query the URL as a chat model (/v1/chat/completions)."),
+    key_file: Optional[Path] = KeyFileOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="text: the model the key's pairs or prompts are built on (default SmolLM2-135M-Instruct).", show_default=False),
+    passive: bool = typer.Option(False, "--passive", help="text: the passive likelihood-ratio test (see wm fingerprint verify --passive)."),
+    reference: list[str] = typer.Option([], "--reference", help="text --passive: a reference model (repeatable; at least one).", show_default=False),
+    temperature: float = typer.Option(1.0, help="text --passive: the temperature the suspect is asked to sample at."),
+    api_key_env: Optional[str] = ApiKeyEnvOpt,
+    header: list[str] = HeaderOpt,
+    insecure: bool = InsecureOpt,
 ) -> None:
     """Test whether SUSPECT is derived from the signed model and write the evidence: its output vectors
     (outputs.npz), the containment test, the residual histogram and its null. Keyless: the signature's
-    SHA-256 is what an owner publishes before a dispute. Re-check: wm evidence check OUTPUT/report.json."""
+    SHA-256 is what an owner publishes before a dispute. With --access text: the key's prompts and the
+    suspect's completions (completions.json) and the text-only test; keyed, so the report carries the
+    key's commitment. Re-check: wm evidence check OUTPUT/report.json [-k KEY]."""
     from ..evidence import fingerprint_report
     from ..fingerprint import Signature, suspect_vectors
-    from .fingerprint import check_suspect_options, default_access, open_suspect
+    from .fingerprint import TEXT, check_suspect_options, default_access, open_suspect
 
     fpr = run_guarded(check_fpr_option, fpr)
     _new_folder(output)
     access = default_access(access, suspect)
+    if access == TEXT:
+        return _text_fingerprint(suspect, output, queries, fpr, chat, signature, key_file, model, passive, reference,
+                                 temperature, api_key_env, header, insecure)
+    if passive or reference or api_key_env is not None or header:
+        die("--passive, --reference, --api-key-env and --header apply to --access text")
+    if signature is None:
+        die(f"--access {access} needs --signature FILE (wm fingerprint enroll writes it)")
     q = run_guarded(check_suspect_options, access, queries, top_k)
     restricted = access in ("topk", "top1")
 
@@ -209,6 +226,59 @@ def fingerprint(
     r = report["results"][0]
     verdict = "derived from the signed model" if r["watermarked"] else "not derived"
     stderr.print(f"{suspect}: {verdict} (containment: {r['contained']}/{r['queries']}, p = {r['p_value']:.3g}); "
+                 f"wrote {output}", markup=False)
+
+
+def _text_fingerprint(suspect: str, output: Path, queries: Optional[int], fpr: float, chat: bool, signature: Optional[Path],
+                      key_file: Optional[Path], model: Optional[str], passive: bool, reference: list[str], temperature: float,
+                      api_key_env: Optional[str], header: list[str], insecure: bool) -> None:
+    """``wm evidence fingerprint --access text``: ask the suspect, record the completions, write the keyed report."""
+    from ..evidence import text_fingerprint_report
+    from ..fingerprint.invasive import DEFAULT_PAIRS, RESPONSE_TOKENS, fingerprint_pairs
+    from ..fingerprint.passive import COMPLETION_TOKENS, passive_prompts
+    from ..models import load_lm
+    from ..remote import suspect_headers
+    from .fingerprint import text_suspect
+
+    def ask() -> tuple[Any, list[str], list[str], dict[str, Any]]:
+        if signature is not None or chat:
+            raise InputError("--access text takes -k KEY (no --signature) and asks the completions endpoint (no --chat)")
+        if passive and not reference:
+            raise InputError("--passive needs at least one --reference model: a public model the suspect could have been built from instead")
+        if reference and not passive:
+            raise InputError("--reference applies to --passive (the invasive test needs none)")
+        if passive and not temperature > 0:
+            raise InputError(f"--temperature must be positive for --passive, got {temperature}")
+        q = DEFAULT_PAIRS if queries is None else queries
+        if not (2 if passive else 1) <= q <= 4096:
+            raise InputError(f"--queries must be in {2 if passive else 1}..4096, got {q}")
+        for r in reference:
+            if not Path(r).exists():
+                raise InputError(f"{r}: no such reference model folder or .gguf file")
+        key = load_key(key_file=key_file)
+        headers = suspect_headers(suspect, api_key_env, header, insecure) if suspect.startswith(("http://", "https://")) else {}
+        acc = text_suspect(suspect, headers)
+        base, tok = load_lm(model)
+        test: dict[str, Any] = {"access": "text", "mode": "passive" if passive else "invasive", "model": model}
+        if passive:
+            prompts = passive_prompts(base, tok, key, q)
+            test.update(references=list(reference), temperature=temperature)
+            return key, prompts, acc.sample(prompts, COMPLETION_TOKENS, temperature, seed=0), test
+        prompts = [p.prompt for p in fingerprint_pairs(base, tok, key, q)]
+        return key, prompts, acc.complete(prompts, RESPONSE_TOKENS), test
+
+    key, prompts, completions, test = run_guarded(ask)
+    command = ["wm", "evidence", "fingerprint", "--access", "text", "--suspect", suspect, "--queries", str(len(prompts)),
+               "--fpr", repr(fpr), *(["--model", model] if model else []), *(["--passive"] if passive else []),
+               *[a for r in reference for a in ("--reference", r)], *(["--temperature", repr(temperature)] if passive else []),
+               "-o", "NEW_FOLDER"]
+    _make_folder(output)
+    report = run_guarded(text_fingerprint_report, output, prompts, completions, key, suspect=suspect, test=test, fpr=fpr,
+                         command=command)
+    _write(output, report)
+    r = report["results"][0]
+    verdict = "derived from our model" if r["watermarked"] else "not derived"
+    stderr.print(f"{suspect}: {verdict} (text {test['mode']}: {r['contained']}/{r['queries']}, p = {r['p_value']:.3g}); "
                  f"wrote {output}", markup=False)
 
 

@@ -224,7 +224,7 @@ def verify_cmd(
     out.print(f"verdict   {f'DERIVED from the {model_name} model' if rep.derived else 'not derived'} (FPR {fpr:g})", markup=False)
 
 
-def _text_suspect(suspect: str, headers: dict[str, str]) -> Any:
+def text_suspect(suspect: str, headers: dict[str, str]) -> Any:
     """The text-only access to SUSPECT: a URL's completions endpoint or a local model."""
     from ..fingerprint.invasive import LocalText
     from ..fingerprint.remote import RemoteText
@@ -256,7 +256,7 @@ def verify_passive_text(suspect: str, key_file: Optional[Path], model: Optional[
     for r in references:
         if not Path(r).exists():
             raise InputError(f"{r}: no such reference model folder or .gguf file")
-    acc = _text_suspect(suspect, headers)
+    acc = text_suspect(suspect, headers)
     base, tok = load_lm(model)
     refs = [Scorer(*load_lm(r), name=Path(r).name) for r in references] + builtin_references(base, tok)
     prompts = passive_prompts(base, tok, key, q)
@@ -279,7 +279,7 @@ def verify_text(suspect: str, key_file: Optional[Path], model: Optional[str], qu
     if not 1 <= q <= 4096:
         raise InputError(f"--queries must be in 1..4096, got {q}")
     key = resolve(key_file)
-    acc = _text_suspect(suspect, headers)
+    acc = text_suspect(suspect, headers)
     base, tok = load_lm(model)
     pairs = fingerprint_pairs(base, tok, key, q)
     t0 = time.perf_counter()

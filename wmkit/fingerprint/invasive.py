@@ -46,7 +46,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..keys import SecretKey, keyed_rng
-from ..stats import binomial_detection, check_fpr
+from ..stats import Detection, binomial_detection, check_fpr
 from .verify import DEFAULT_FPR, FingerprintReport, random_init_like
 
 LABEL = "fingerprint/text"
@@ -353,6 +353,16 @@ class LocalText:
         return out
 
 
+def score_answers(pairs: Sequence[FingerprintPair], answers: Sequence[str], fpr: float = DEFAULT_FPR,
+                  floor: float = NULL_FLOOR) -> Detection:
+    """The binomial test of the answers that match their pair (``evidence["hits"]``: which did)."""
+    if len(answers) != len(pairs):
+        raise InputError(f"{len(pairs)} fingerprint pairs but {len(answers)} answers")
+    hits = [bool(matches(q, a)) for q, a in zip(pairs, answers)]
+    return binomial_detection("fingerprint-text-invasive", int(sum(hits)), len(pairs), null_rate(pairs, floor), fpr,
+                              evidence={"hits": hits}, null_floor=floor)
+
+
 def verify_text_fingerprint(pairs: Sequence[FingerprintPair], access: TextAccess, fpr: float = DEFAULT_FPR,
                             floor: float = NULL_FLOOR) -> FingerprintReport:
     """Ask ``access`` every pair's prompt and test the matches (see the module docstring)."""
@@ -362,10 +372,7 @@ def verify_text_fingerprint(pairs: Sequence[FingerprintPair], access: TextAccess
     if not 0 < floor < 1:
         raise InputError(f"the null floor must be in (0, 1), got {floor}")
     calls0, queries0 = access.calls, access.queries
-    answers = access.complete([q.prompt for q in pairs], RESPONSE_TOKENS)
-    hits = [matches(q, a) for q, a in zip(pairs, answers)]
-    p0 = null_rate(pairs, floor)
-    det = binomial_detection("fingerprint-text-invasive", int(sum(hits)), len(pairs), p0, fpr, null_floor=floor)
+    det = score_answers(pairs, access.complete([q.prompt for q in pairs], RESPONSE_TOKENS), fpr, floor)
     return FingerprintReport(derived=bool(det.decision), compatible=True, containment=det,
                              queries=access.queries - queries0, api_calls=access.calls - calls0)
 

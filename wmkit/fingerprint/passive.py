@@ -27,14 +27,14 @@ derivative and the null's margin on the unrelated models of the zoo.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import InputError
 from ..keys import SecretKey
-from ..stats import check_fpr, mean_t_detection
+from ..stats import Detection, check_fpr, mean_t_detection
 from .invasive import PROMPT_TOKENS, TextAccess, _keyed_texts
 from .verify import DEFAULT_FPR, FingerprintReport
 
@@ -140,6 +140,16 @@ def passive_scores(protected: Scorer, references: Sequence[Any], prompts: Sequen
     return own - ref.max(axis=0), own
 
 
+def score_completions(protected: Scorer, references: Sequence[Any], prompts: Sequence[str], completions: Sequence[str],
+                      fpr: float = DEFAULT_FPR, **details: Any) -> Detection:
+    """The t-test of ``mean s_i > 0`` on recorded completions (``evidence["scores"]``: the ``s_i``)."""
+    s, _ = passive_scores(protected, references, prompts, completions)
+    det = mean_t_detection("fingerprint-text-passive", s, fpr, references=[r.name for r in references],
+                           empty=int(sum(not c.strip() for c in completions)), **details)
+    det.details["green"] = det.details["positive"]  # what the reports print as "contained"
+    return replace(det, evidence={"scores": [float(x) for x in s]})
+
+
 def verify_passive(protected: Scorer, references: Sequence[Any], prompts: Sequence[str], access: TextAccess,
                    fpr: float = DEFAULT_FPR, temperature: float = TEMPERATURE, max_tokens: int = COMPLETION_TOKENS,
                    seed: int = 0) -> FingerprintReport:
@@ -155,9 +165,6 @@ def verify_passive(protected: Scorer, references: Sequence[Any], prompts: Sequen
         raise InputError(f"max_tokens must be in 1..4096, got {max_tokens}")
     calls0, queries0 = access.calls, access.queries
     completions = access.sample(list(prompts), max_tokens, temperature, seed=seed)
-    s, _ = passive_scores(protected, references, prompts, completions)
-    det = mean_t_detection("fingerprint-text-passive", s, fpr, references=[r.name for r in references],
-                           temperature=temperature, empty=int(sum(not c.strip() for c in completions)))
-    det.details["green"] = det.details["positive"]  # what the reports print as "contained"
+    det = score_completions(protected, references, prompts, completions, fpr, temperature=temperature)
     return FingerprintReport(derived=bool(det.decision), compatible=True, containment=det,
                              queries=access.queries - queries0, api_calls=access.calls - calls0)
