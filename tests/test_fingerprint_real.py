@@ -104,3 +104,10 @@ def test_a_fine_tune_and_a_q4_0_round_trip_are_flagged_and_a_model_trained_from_
         assert rep.derived and rep.p_value < 1e-6 and rep.to_dict()["residual_median"] < tau / 1.5, (name, rep.to_dict())
     rep = verify_fingerprint(sig, ModelAccess(fpzoo.load_member("scratch1-40"), "logits"), queries=32)
     assert not rep.derived and rep.p_value == 1.0 and min(rep.residuals) > tau, rep.to_dict()
+    # top-1 with logit bias, guided and sequential: each verdict within issue 37's 10,000 API calls
+    from wmkit.fingerprint import LocalAPI, Top1Recovery
+    from wmkit.fingerprint.verify import guide_for, verify_sequential
+
+    for name, derived in (("ft-news-1e-4-40", True), ("scratch1-40", False)):
+        rep = verify_sequential(sig, Top1Recovery(LocalAPI(fpzoo.load_member(name)), guide=guide_for(sig)))
+        assert rep.derived == derived and rep.api_calls <= 10_000 and rep.queries == 4, (name, rep.to_dict())

@@ -23,7 +23,7 @@ from ..fingerprint import (
     enroll,
     verify_fingerprint,
 )
-from ..fingerprint.verify import DEFAULT_FPR, DEFAULT_QUERIES, TOP1_QUERIES, guide_for
+from ..fingerprint.verify import DEFAULT_FPR, DEFAULT_QUERIES, FIRST_LOOK, TOP1_QUERIES, guide_for, verify_sequential
 from ..models import load_lm
 from ..files import check_new
 from .common import ApiKeyEnvOpt, HeaderOpt, InsecureOpt, KeyFileOpt, check_fpr_option, run_guarded, stderr
@@ -157,7 +157,7 @@ def verify_cmd(
     access: Optional[str] = typer.Option(None, help=f"Access level: {', '.join(ACCESS)}, {TEXT} (default: topk for a URL, logits for a model).", show_default=False),
     key_file: Optional[Path] = KeyFileOpt,
     model: Optional[str] = typer.Option(None, "--model", help="text: the model the pairs were built on (wm fingerprint embed's MODEL; default SmolLM2-135M-Instruct).", show_default=False),
-    queries: Optional[int] = typer.Option(None, help=f"Queries (default {DEFAULT_QUERIES}; top1: {TOP1_QUERIES}; text: the first N keyed pairs, default 64).", show_default=False),
+    queries: Optional[int] = typer.Option(None, help=f"Queries (default {DEFAULT_QUERIES}; top1: at most {TOP1_QUERIES}, stopping once decided; text: the first N keyed pairs or prompts, default 64).", show_default=False),
     top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the containment test."),
     chat: bool = typer.Option(False, "--chat", help="Query the URL as a chat model (/v1/chat/completions; its system prompt is its own)."),
@@ -192,7 +192,10 @@ def verify_cmd(
         sig = Signature.load(signature)
         acc = open_suspect(suspect, access, top_k, chat, sig)
         t0 = time.perf_counter()
-        rep = verify_fingerprint(sig, acc, queries=q, restricted=access in ("topk", "top1"), fpr=fpr)
+        if access == "top1":  # the expensive level: one query at a time, decided as soon as it can be
+            rep = verify_sequential(sig, acc, max_queries=q, first_look=min(FIRST_LOOK, q), fpr=fpr)
+        else:
+            rep = verify_fingerprint(sig, acc, queries=q, restricted=access == "topk", fpr=fpr)
         return rep, time.perf_counter() - t0
 
     rep, seconds = run_guarded(run)

@@ -16,7 +16,8 @@ ignores: the all-ones direction is part of the signature).
 - ``top1``: :class:`Top1Recovery` over an API that returns only the argmax under a logit bias:
   per entry, a bisection on the bias that just makes ``t`` the argmax gives
   ``logit(t) - logit(argmax)`` to ``tol``; about ``log2(bias_max / tol)`` calls per entry, or,
-  guided by the victim's own logits (stored in the signature), about 3 for an entry near them.
+  guided by the victim's own logits (stored in the signature), 2 for an entry near the prediction
+  (one probe at each edge of a window one precision wide).
 
 :class:`LocalAPI` is such an API over a local model (what ``wm serve`` exposes over HTTP), with
 each prompt's logits computed once and every biased call answered from them.
@@ -183,21 +184,25 @@ class Top1Recovery(_Recovery):
         api: a :class:`BiasedAPI`.
         tol: precision of each recovered logit difference without a guide.
         guide: ``{prompt: the victim's logits}`` (:func:`wmkit.fingerprint.verify.guide_for`). For a
-            prompt it holds, each search starts in a window of ``+- window`` standard deviations of
-            the victim's logits (on the recovered rows) around the victim's own difference, to a
-            precision of ``guide_tol`` of them; an answer outside the window is found by doubling
-            the window's width outward, then bisecting. A derived suspect's differences are near the
-            victim's, so most entries cost ``log2(2 window / guide_tol)`` = 3 calls instead of
-            ``log2(100 / tol)``.
-        window, guide_tol: see ``guide``.
+            prompt it holds, each entry's search starts in a window around a *prediction*, to a
+            precision of ``guide_tol`` standard deviations of the victim's logits (on the recovered
+            rows): the victim's own difference, mapped through the affine fit ``a x + b`` of the
+            suspect's differences recovered so far on the victim's (refitted every 8 entries from
+            the 16th on: a fine-tune that sharpens or flattens the distribution, or has another
+            argmax, is mostly such a map). The window is ``+- window`` standard deviations at first,
+            then ``+- fit_width`` times the fit's residual spread (at least ``guide_tol``). An answer
+            outside it is found by doubling the step outward (either way), then bisecting; an answer
+            inside costs one bisection step and a probe at the nearer edge, about 2 calls.
+        window, guide_tol, fit_width: see ``guide``.
     """
 
     def __init__(self, api: BiasedAPI, tol: float = 1e-6, guide: dict[tuple[int, ...], np.ndarray] | None = None,
-                 window: float = 1.0, guide_tol: float = 0.25) -> None:
+                 window: float = 1.0, guide_tol: float = 0.5, fit_width: float = 2.0) -> None:
         super().__init__(api)
-        if not (tol > 0 and window > 0 and 0 < guide_tol <= window):
-            raise InputError("tol, window and guide_tol must be positive, guide_tol at most window")
+        if not (tol > 0 and window > 0 and 0 < guide_tol <= window and fit_width > 0):
+            raise InputError("tol, window, guide_tol and fit_width must be positive, guide_tol at most window")
         self.tol, self.guide, self.window, self.guide_tol = float(tol), guide or {}, float(window), float(guide_tol)
+        self.fit_width = float(fit_width)
 
     def calls_per_vector(self, m: int) -> int:
         """Calls to recover ``m`` entries of one vector without a guide (upper bound)."""
@@ -218,7 +223,12 @@ class Top1Recovery(_Recovery):
         a, b = min(max(0.0, centre - half), MAX_BIAS - tol), min(MAX_BIAS, max(centre + half, tol))
         x = self._bisect(p, t, a, b, tol)
         if x - a <= tol and a > 0 and self._wins(p, t, a):
-            return self._bisect(p, t, 0.0, a, tol)  # below the window
+            hi, width = a, 2 * half  # below the window: double the step down until t loses
+            while True:
+                lo = max(0.0, hi - width)
+                if lo <= 0.0 or not self._wins(p, t, lo):
+                    return self._bisect(p, t, lo, hi, tol)
+                hi, width = lo, 2 * width
         if b - x <= tol and b < MAX_BIAS and not self._wins(p, t, b):
             lo, width = b, 2 * half  # above it: double the step until t wins
             while True:
@@ -238,13 +248,44 @@ class Top1Recovery(_Recovery):
             top = self.api.argmax(p, {})
             g = self.guide.get(tuple(int(x) for x in p))
             scale = float(np.std(g[r])) if g is not None else 0.0
+            fit = _AffineFit(self.window * scale, self.fit_width, self.guide_tol * scale)
             for j, t in enumerate(int(x) for x in r):
                 if t == top:
                     continue  # t becomes the argmax iff its bias exceeds logit(top) - logit(t)
                 if scale > 0:
-                    out[i, j] = -self._guided(p, t, float(g[top] - g[t]), self.window * scale, self.guide_tol * scale)
+                    x = float(np.max(g) - g[t])  # the victim's own threshold for t
+                    centre, half = fit.predict(x)
+                    out[i, j] = -fit.add(x, self._guided(p, t, centre, half, self.guide_tol * scale))
                 else:
                     if not self._wins(p, t, MAX_BIAS):
                         raise InputError(f"token {t}'s logit is more than {MAX_BIAS:g} below the top: not recoverable")
                     out[i, j] = -self._bisect(p, t, 0.0, MAX_BIAS, self.tol)
         return out
+
+
+class _AffineFit:
+    """Predictions of a suspect's thresholds from the victim's: ``a x + b`` fitted on the pairs seen so
+    far (refitted every 8 from the 16th), with a window of ``width`` residual spreads (``first`` before
+    the first fit; never under ``floor``)."""
+
+    def __init__(self, first: float, width: float, floor: float) -> None:
+        self.first, self.width, self.floor = first, width, floor
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+        self.a, self.b, self.half = 1.0, 0.0, first
+
+    def predict(self, x: float) -> tuple[float, float]:
+        """The window's centre and half-width for the victim's threshold ``x``."""
+        return self.a * x + self.b, self.half
+
+    def add(self, x: float, y: float) -> float:
+        """Record the recovered threshold ``y`` for ``x``; returns ``y``."""
+        self.xs.append(x)
+        self.ys.append(y)
+        n = len(self.xs)
+        if n >= 16 and n % 8 == 0:
+            m = np.stack([np.asarray(self.xs), np.ones(n)], 1)
+            (self.a, self.b), *_ = np.linalg.lstsq(m, np.asarray(self.ys), rcond=None)
+            spread = float(np.std(np.asarray(self.ys) - m @ np.array([self.a, self.b])))
+            self.half = min(self.first, max(self.floor, self.width * spread))
+        return y

@@ -46,7 +46,8 @@ ROW_MARGIN = 128
 STATISTIC = "centered-residual"  # what a calibration measured; older signatures are refused
 CALIBRATION_BITS = (8, 5)
 GUIDE_QUERIES = 16  # the victim's logits stored for the first query prompts (top-1 recovery's guide)
-TOP1_QUERIES = 6  # top-1: with pi0 0.0155 (the default model), 4 of 6 answers contained give p <= 1e-6
+TOP1_QUERIES = 8  # top-1: at most 8 queries, decided as soon as it can be (verify_sequential)
+FIRST_LOOK = 4  # the first query count at which verify_sequential looks
 
 
 def query_prompts(vocab_size: int, n: int, length: int = 12, seed: int = 0) -> list[list[int]]:
@@ -193,6 +194,55 @@ def verify_fingerprint(
     before = access.calls
     vecs = suspect_vectors(sig, access, queries, restricted, seed)
     return dataclasses.replace(score_fingerprint(sig, vecs, restricted, fpr), api_calls=access.calls - before)
+
+
+def verify_sequential(
+    sig: Signature,
+    access: Any,
+    max_queries: int = TOP1_QUERIES,
+    first_look: int = FIRST_LOOK,
+    fpr: float = DEFAULT_FPR,
+    seed: int = 0,
+) -> FingerprintReport:
+    """The containment test on the signature's rows, asked one query at a time and decided as soon as it can be.
+
+    For an access level whose every query is expensive (top-1: about 1,500 API calls). The test looks
+    after each of the queries ``first_look..max_queries`` (``m`` looks): with ``c`` of the ``k``
+    centered residuals so far at or below ``tau``, look ``k`` rejects when
+    ``m * P[Binomial(k, pi0) >= c] <= fpr`` (Bonferroni over the looks, so the chance that an unrelated
+    model is rejected at *any* look is at most ``fpr``), and the report's p-value is that adjusted
+    tail at the look that decided. It stops without rejecting once no later look could reject even if
+    every remaining query were contained (counting the residuals as they stand). The default model,
+    ``pi0`` 0.0155: 4 of 4 contained decide at the first look (4 queries instead of a fixed 6).
+    """
+    from ..stats import binomial_pvalue
+
+    check_fpr(fpr)
+    cal = _calibration(sig, True)
+    if not 2 <= first_look <= max_queries:
+        raise InputError(f"the first look must be in 2..max_queries, got {first_look} (max {max_queries})")
+    if access.vocab_size != sig.vocab_size:
+        return FingerprintReport(
+            derived=False, compatible=False,
+            reason=f"incompatible vocabulary: the suspect has {access.vocab_size} tokens, the signature {sig.vocab_size}",
+        )
+    rows, tau, pi0 = np.asarray(cal["rows"]), cal["tau"], cal["pi0"]
+    looks = list(range(first_look, max_queries + 1))
+    before, vecs = access.calls, []
+    for k, prompt in enumerate(query_prompts(sig.vocab_size, max_queries, seed=seed), 1):
+        vecs.append(access.vectors([prompt], rows)[0])
+        if k < first_look:
+            continue
+        rho = centered_residuals(sig, np.stack(vecs), rows)
+        c = int((rho <= tau).sum())
+        p = min(1.0, len(looks) * binomial_pvalue(c, k, pi0))
+        hopeless = all(len(looks) * binomial_pvalue(c + j - k, j, pi0) > fpr for j in looks if j > k)
+        if p <= fpr or k == max_queries or hopeless:
+            det = binomial_detection("fingerprint-containment", c, k, pi0, fpr, p_value=p, tau=tau, looks=len(looks),
+                                     max_queries=max_queries)
+            return FingerprintReport(derived=bool(det.decision), compatible=True, containment=det,
+                                     residuals=[float(x) for x in rho], tau=float(tau), queries=k, api_calls=access.calls - before)
+    raise AssertionError("unreachable: the last look always decides")
 
 
 def suspect_vectors(sig: Signature, access: Any, queries: int, restricted: bool = False, seed: int = 0) -> np.ndarray:
