@@ -18,6 +18,7 @@ from ..models import load_tokenizer
 from ..watermark.text import SCHEMES
 from ..watermark.embedding.verify import DEFAULT_DECOYS as EMB_DECOYS, DEFAULT_FPR as EMB_FPR, DEFAULT_TEXTS as EMB_TEXTS
 from ..fingerprint.verify import DEFAULT_FPR as FP_FPR
+from .fingerprint import PassiveOpt, ReferenceOpt, TemperatureOpt
 from ..watermark.text.detector import DEFAULT_FPR, resolve_null
 from .common import (
     NAMED_PARAMS, ApiKeyEnvOpt, HeaderOpt, InsecureOpt, KeyFileOpt, KeyOnlySchemeOpt, ModelOpt, NullOpt, SchemeArgs, check_fpr_option,
@@ -179,9 +180,9 @@ def fingerprint(
     chat: bool = typer.Option(False, "--chat", help="Query the URL as a chat model (/v1/chat/completions)."),
     key_file: Optional[Path] = KeyFileOpt,
     model: Optional[str] = typer.Option(None, "--model", help="text: the model the key's pairs or prompts are built on (default SmolLM2-135M-Instruct).", show_default=False),
-    passive: bool = typer.Option(False, "--passive", help="text: the passive likelihood-ratio test (see wm fingerprint verify --passive)."),
-    reference: list[str] = typer.Option([], "--reference", help="text --passive: a reference model (repeatable; at least one).", show_default=False),
-    temperature: float = typer.Option(1.0, help="text --passive: the temperature the suspect is asked to sample at."),
+    passive: bool = PassiveOpt,
+    reference: list[str] = ReferenceOpt,
+    temperature: float = TemperatureOpt,
     api_key_env: Optional[str] = ApiKeyEnvOpt,
     header: list[str] = HeaderOpt,
     insecure: bool = InsecureOpt,

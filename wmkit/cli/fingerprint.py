@@ -31,6 +31,9 @@ from .common import ApiKeyEnvOpt, HeaderOpt, InsecureOpt, KeyFileOpt, check_fpr_
 fingerprint_app = typer.Typer(help="Output-space fingerprints: is a suspect model derived from yours?", no_args_is_help=True)
 ACCESS = ("logits", "logprobs", "topk", "top1")  # the output-space levels, tested against a signature
 TEXT = "text"  # keyed pairs fine-tuned in by `wm fingerprint embed`, tested with the key
+PassiveOpt = typer.Option(False, "--passive", help="text: no pairs were fine-tuned in; score the suspect's sampled completions against --model and the --reference models.")
+ReferenceOpt = typer.Option([], "--reference", help="text --passive: a public model the suspect could have been built from instead (repeatable; at least one).", show_default=False)
+TemperatureOpt = typer.Option(1.0, help="text --passive: the temperature the suspect is asked to sample at.")
 
 
 @fingerprint_app.command("enroll")
@@ -161,9 +164,9 @@ def verify_cmd(
     top_k: int = typer.Option(20, help="Log-probs per call at the topk level."),
     fpr: float = typer.Option(DEFAULT_FPR, help="False-positive rate of the containment test."),
     chat: bool = typer.Option(False, "--chat", help="Query the URL as a chat model (/v1/chat/completions; its system prompt is its own)."),
-    passive: bool = typer.Option(False, "--passive", help="text: no pairs were fine-tuned in; score the suspect's sampled completions against --model and the --reference models."),
-    reference: list[str] = typer.Option([], "--reference", help="text --passive: a public model the suspect could have been built from instead (repeatable; at least one).", show_default=False),
-    temperature: float = typer.Option(1.0, help="text --passive: the temperature the suspect is asked to sample at."),
+    passive: bool = PassiveOpt,
+    reference: list[str] = ReferenceOpt,
+    temperature: float = TemperatureOpt,
     api_key_env: Optional[str] = ApiKeyEnvOpt,
     header: list[str] = HeaderOpt,
     insecure: bool = InsecureOpt,

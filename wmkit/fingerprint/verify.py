@@ -170,6 +170,16 @@ def _calibration(sig: Signature, restricted: bool) -> dict[str, Any]:
     return cal
 
 
+def _incompatible(sig: Signature, access: Any) -> FingerprintReport | None:
+    """The "not derived" report for a suspect whose vocabulary differs from the signature's (else None)."""
+    if access.vocab_size == sig.vocab_size:
+        return None
+    return FingerprintReport(
+        derived=False, compatible=False,
+        reason=f"incompatible vocabulary: the suspect has {access.vocab_size} tokens, the signature {sig.vocab_size}",
+    )
+
+
 def verify_fingerprint(
     sig: Signature,
     access: Any,
@@ -184,11 +194,8 @@ def verify_fingerprint(
     """
     check_fpr(fpr)
     _calibration(sig, restricted)
-    if access.vocab_size != sig.vocab_size:
-        return FingerprintReport(
-            derived=False, compatible=False,
-            reason=f"incompatible vocabulary: the suspect has {access.vocab_size} tokens, the signature {sig.vocab_size}",
-        )
+    if (bad := _incompatible(sig, access)) is not None:
+        return bad
     if queries < 2:
         raise InputError(f"queries must be at least 2, got {queries}")
     before = access.calls
@@ -221,11 +228,8 @@ def verify_sequential(
     cal = _calibration(sig, True)
     if not 2 <= first_look <= max_queries:
         raise InputError(f"the first look must be in 2..max_queries, got {first_look} (max {max_queries})")
-    if access.vocab_size != sig.vocab_size:
-        return FingerprintReport(
-            derived=False, compatible=False,
-            reason=f"incompatible vocabulary: the suspect has {access.vocab_size} tokens, the signature {sig.vocab_size}",
-        )
+    if (bad := _incompatible(sig, access)) is not None:
+        return bad
     rows, tau, pi0 = np.asarray(cal["rows"]), cal["tau"], cal["pi0"]
     looks = list(range(first_look, max_queries + 1))
     before, vecs = access.calls, []
