@@ -141,6 +141,8 @@ def test_bad_parameters_are_refused(models, tok, prompts):
         passive_scores(protected, [protected], prompts, prompts[:-1])
     with pytest.raises(InputError):
         verify_passive(protected, [protected], prompts, LocalText(models["other"], tok), temperature=0.0)
+    with pytest.raises(InputError, match="far more than it was asked"):  # a suspect that ignores max_tokens
+        protected.logprob("Hello", " word" * 3000)
 
 
 def test_cli_refusals_are_one_line_and_exit_2(tmp_path):

@@ -42,6 +42,7 @@ LABEL = "fingerprint/passive"
 DEFAULT_PROMPTS = 64
 COMPLETION_TOKENS = 32
 TEMPERATURE = 1.0
+MAX_SCORED_TOKENS = 2048  # a suspect that ignores max_tokens gets a one-line refusal, not a forward pass of any length
 
 
 def passive_prompts(model: Any, tok: Any, key: SecretKey, n: int = DEFAULT_PROMPTS) -> list[str]:
@@ -81,6 +82,9 @@ class Scorer:
         prefix of the whole's, two otherwise)."""
         whole = list(self.tok(prompt + completion).input_ids)
         head = list(self.tok(prompt).input_ids)
+        if len(whole) > MAX_SCORED_TOKENS:
+            raise InputError(f"a prompt and completion of {len(whole)} tokens ({self.name}'s tokenizer), over "
+                             f"{MAX_SCORED_TOKENS}: the suspect answered far more than it was asked for")
         if whole[:len(head)] == head:
             return self._sum(whole, len(head))
         return self._sum(whole, 1) - self._sum(head, 1)
