@@ -260,10 +260,11 @@ def _text_fingerprint(suspect: str, output: Path, queries: Optional[int], fpr: f
         headers = suspect_headers(suspect, api_key_env, header, insecure) if suspect.startswith(("http://", "https://")) else {}
         acc = text_suspect(suspect, headers)
         base, tok = load_lm(model)
-        test: dict[str, Any] = {"access": "text", "mode": "passive" if passive else "invasive", "model": model}
+        test: dict[str, Any] = {"access": "text", "mode": "passive" if passive else "invasive",
+                                "model": str(Path(model).resolve()) if model else None}
         if passive:
             prompts = passive_prompts(base, tok, key, q)
-            test.update(references=list(reference), temperature=temperature)
+            test.update(references=[str(Path(r).resolve()) for r in reference], temperature=temperature)  # a re-check from elsewhere finds them
             return key, prompts, acc.sample(prompts, COMPLETION_TOKENS, temperature, seed=0), test
         prompts = [p.prompt for p in fingerprint_pairs(base, tok, key, q)]
         return key, prompts, acc.complete(prompts, RESPONSE_TOKENS), test
