@@ -200,3 +200,27 @@ def test_passive_text_evidence_is_written_and_rechecked(tmp_path, models, tok):
     assert r.exit_code == 1 and "per_query is" in r.stderr
     r = run(app, args[:-2] + ["-o", str(tmp_path / "ev2"), "--temperature", "0"])
     assert r.exit_code == 2 and "--temperature" in r.stderr and not (tmp_path / "ev2").exists()
+
+
+def test_wm_fingerprint_verify_passive_prints_a_verdict_and_json(tmp_path, models, tok):
+    import json
+
+    from typer.testing import CliRunner
+
+    from wmkit.cli.main import app
+
+    run = CliRunner().invoke
+    for name in ("protected", "reference", "other"):
+        models[name].save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    key = tmp_path / "k.key"
+    key.write_text(KEY.to_hex() + "\n")
+    key.chmod(0o600)
+    base = ["fingerprint", "verify", "--access", "text", "--passive", "-k", str(key), "--model", str(tmp_path / "protected"),
+            "--reference", str(tmp_path / "reference"), "--queries", "16"]
+    r = run(app, base + ["--suspect", str(tmp_path / "protected"), "--json"])
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["derived"] and d["queries"] == d["api_calls"] == 16 and d["references"] == ["reference", "uniform", "unigram"]
+    r = run(app, base + ["--suspect", str(tmp_path / "other")])
+    assert r.exit_code == 0 and "not derived" in r.stdout and "mean log-likelihood ratio" in r.stdout, r.stdout
