@@ -102,7 +102,7 @@ def main() -> None:
         sample_s = time.time() - t0
         for label, refs in (("gemma+builtin", [fluent, *builtin]), ("builtin", builtin)):
             t1 = time.time()
-            s, _ = passive_scores(protected, refs, prompts, completions)
+            s = passive_scores(protected, refs, prompts, completions)
             for n in sizes:
                 det = mean_t_detection("fingerprint-text-passive", s[:n], FINGERPRINT_FPR)
                 rows.append({"suspect": name, "kind": kind, "temperature": temp, "references": label, "queries": n,

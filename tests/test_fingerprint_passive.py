@@ -113,7 +113,7 @@ def test_the_builtin_references_absorb_noise(models, tok, prompts):
     protected = Scorer(models["protected"], tok)
     g = np.random.default_rng(3)
     noise = [tok.decode(g.integers(0, 49152, 12).tolist()) for _ in prompts]
-    s, _ = passive_scores(protected, builtin_references(models["protected"], tok), prompts, noise)
+    s = passive_scores(protected, builtin_references(models["protected"], tok), prompts, noise)
     assert s.mean() < 0
 
 

@@ -235,27 +235,14 @@ def _text_fingerprint(suspect: str, output: Path, queries: Optional[int], fpr: f
                       api_key_env: Optional[str], header: list[str], insecure: bool) -> None:
     """``wm evidence fingerprint --access text``: ask the suspect, record the completions, write the keyed report."""
     from ..evidence import text_fingerprint_report
-    from ..fingerprint.invasive import DEFAULT_PAIRS, RESPONSE_TOKENS, fingerprint_pairs
+    from ..fingerprint.invasive import RESPONSE_TOKENS, fingerprint_pairs
     from ..fingerprint.passive import COMPLETION_TOKENS, passive_prompts
     from ..models import load_lm
     from ..remote import suspect_headers
-    from .fingerprint import text_suspect
+    from .fingerprint import check_text_options, text_suspect
 
     def ask() -> tuple[Any, list[str], list[str], dict[str, Any]]:
-        if signature is not None or chat:
-            raise InputError("--access text takes -k KEY (no --signature) and asks the completions endpoint (no --chat)")
-        if passive and not reference:
-            raise InputError("--passive needs at least one --reference model: a public model the suspect could have been built from instead")
-        if reference and not passive:
-            raise InputError("--reference applies to --passive (the invasive test needs none)")
-        if passive and not temperature > 0:
-            raise InputError(f"--temperature must be positive for --passive, got {temperature}")
-        q = DEFAULT_PAIRS if queries is None else queries
-        if not (2 if passive else 1) <= q <= 4096:
-            raise InputError(f"--queries must be in {2 if passive else 1}..4096, got {q}")
-        for r in reference:
-            if not Path(r).exists():
-                raise InputError(f"{r}: no such reference model folder or .gguf file")
+        q = check_text_options(passive, reference, queries, temperature, chat, signature)
         key = load_key(key_file=key_file)
         headers = suspect_headers(suspect, api_key_env, header, insecure) if suspect.startswith(("http://", "https://")) else {}
         acc = text_suspect(suspect, headers)

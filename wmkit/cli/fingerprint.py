@@ -181,12 +181,11 @@ def verify_cmd(
         if access != TEXT and (passive or reference):
             raise InputError("--passive and --reference apply to --access text")
         if access == TEXT:
+            q = check_text_options(passive, reference, queries, temperature, chat, signature)
             headers = suspect_headers(suspect, api_key_env, header, insecure) if suspect.startswith(("http://", "https://")) else {}
             if passive:
-                return verify_passive_text(suspect, key_file, model, reference, queries, fpr, temperature, chat, signature, headers)
-            if reference:
-                raise InputError("--reference applies to --passive (the invasive test needs none)")
-            return verify_text(suspect, key_file, model, queries, fpr, chat, signature, headers)
+                return verify_passive_text(suspect, key_file, model, reference, q, fpr, temperature, headers)
+            return verify_text(suspect, key_file, model, q, fpr, headers)
         if api_key_env is not None or header:
             raise InputError("--api-key-env and --header apply to --access text (the logit-bias levels send none)")
         if signature is None:
@@ -242,26 +241,40 @@ def text_suspect(suspect: str, headers: dict[str, str]) -> Any:
     return LocalText(*load_lm(suspect))
 
 
-def verify_passive_text(suspect: str, key_file: Optional[Path], model: Optional[str], references: list[str],
-                        queries: Optional[int], fpr: float, temperature: float, chat: bool, signature: Optional[Path],
-                        headers: dict[str, str]) -> tuple[Any, float]:
-    """``--access text --passive``: the key's prompts, one sampled completion each, the likelihood-ratio t-test."""
-    from ..fingerprint.passive import DEFAULT_PROMPTS, Scorer, builtin_references, passive_prompts, verify_passive
-    from ..keys import resolve
+def check_text_options(passive: bool, references: list[str], queries: Optional[int], temperature: float, chat: bool,
+                       signature: Optional[Path]) -> int:
+    """Check ``--access text``'s options (verify and evidence alike) before any model loads; return the
+    number of queries (default 64: the pairs, or the passive prompts)."""
+    from ..fingerprint.invasive import DEFAULT_PAIRS
+    from ..fingerprint.passive import DEFAULT_PROMPTS
 
-    if signature is not None or chat:
-        raise InputError("--access text --passive takes -k KEY (no --signature) and asks the completions endpoint (no --chat)")
-    if not references:
+    if signature is not None:
+        raise InputError("--access text tests the key's pairs or prompts: give -k KEY, not --signature")
+    if chat:
+        raise InputError("--access text asks the completions endpoint (the pairs and prompts carry no chat template)")
+    if passive and not references:
         raise InputError("--passive needs at least one --reference model: a public model the suspect could have been built from instead")
-    if not temperature > 0:
+    if references and not passive:
+        raise InputError("--reference applies to --passive (the invasive test needs none)")
+    if passive and not temperature > 0:
         raise InputError(f"--temperature must be positive for --passive, got {temperature}")
-    q = DEFAULT_PROMPTS if queries is None else queries
-    if not 2 <= q <= 4096:
-        raise InputError(f"--queries must be in 2..4096, got {q}")
-    key = resolve(key_file)
+    low = 2 if passive else 1
+    q = (DEFAULT_PROMPTS if passive else DEFAULT_PAIRS) if queries is None else queries
+    if not low <= q <= 4096:
+        raise InputError(f"--queries must be in {low}..4096, got {q}")
     for r in references:
         if not Path(r).exists():
             raise InputError(f"{r}: no such reference model folder or .gguf file")
+    return q
+
+
+def verify_passive_text(suspect: str, key_file: Optional[Path], model: Optional[str], references: list[str], q: int,
+                        fpr: float, temperature: float, headers: dict[str, str]) -> tuple[Any, float]:
+    """``--access text --passive``: the key's prompts, one sampled completion each, the likelihood-ratio t-test."""
+    from ..fingerprint.passive import Scorer, builtin_references, passive_prompts, verify_passive
+    from ..keys import resolve
+
+    key = resolve(key_file)
     acc = text_suspect(suspect, headers)
     base, tok = load_lm(model)
     refs = [Scorer(*load_lm(r), name=Path(r).name) for r in references] + builtin_references(base, tok)
@@ -271,19 +284,12 @@ def verify_passive_text(suspect: str, key_file: Optional[Path], model: Optional[
     return rep, time.perf_counter() - t0
 
 
-def verify_text(suspect: str, key_file: Optional[Path], model: Optional[str], queries: Optional[int], fpr: float,
-                chat: bool, signature: Optional[Path], headers: dict[str, str]) -> tuple[Any, float]:
+def verify_text(suspect: str, key_file: Optional[Path], model: Optional[str], q: int, fpr: float,
+                headers: dict[str, str]) -> tuple[Any, float]:
     """``--access text``: rebuild the key's pairs on the base model, ask the suspect, test the matches."""
-    from ..fingerprint.invasive import DEFAULT_PAIRS, fingerprint_pairs, verify_text_fingerprint
+    from ..fingerprint.invasive import fingerprint_pairs, verify_text_fingerprint
     from ..keys import resolve
 
-    if signature is not None:
-        raise InputError("--access text tests the key's fine-tuned pairs: give -k KEY, not --signature")
-    if chat:
-        raise InputError("--access text asks the completions endpoint (the pairs were fine-tuned without a chat template)")
-    q = DEFAULT_PAIRS if queries is None else queries
-    if not 1 <= q <= 4096:
-        raise InputError(f"--queries must be in 1..4096, got {q}")
     key = resolve(key_file)
     acc = text_suspect(suspect, headers)
     base, tok = load_lm(model)

@@ -133,24 +133,24 @@ def builtin_references(model: Any, tok: Any) -> list[UnigramScorer]:
 
 
 def passive_scores(protected: Scorer, references: Sequence[Any], prompts: Sequence[str],
-                   completions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per completion: ``s_i`` (see the module docstring) and the protected model's log-likelihood."""
+                   completions: Sequence[str]) -> np.ndarray:
+    """Per completion: ``s_i`` (see the module docstring)."""
     if not references:
         raise InputError("the passive test needs at least one reference model (--reference)")
     if len(prompts) != len(completions):
         raise InputError(f"{len(prompts)} prompts but {len(completions)} completions")
     own = np.array([protected.logprob(p, c) for p, c in zip(prompts, completions)])
     ref = np.array([[r.logprob(p, c) for p, c in zip(prompts, completions)] for r in references])
-    return own - ref.max(axis=0), own
+    return own - ref.max(axis=0)
 
 
 def score_completions(protected: Scorer, references: Sequence[Any], prompts: Sequence[str], completions: Sequence[str],
                       fpr: float = DEFAULT_FPR, **details: Any) -> Detection:
     """The t-test of ``mean s_i > 0`` on recorded completions (``evidence["scores"]``: the ``s_i``)."""
-    s, _ = passive_scores(protected, references, prompts, completions)
+    s = passive_scores(protected, references, prompts, completions)
     det = mean_t_detection("fingerprint-text-passive", s, fpr, references=[r.name for r in references],
-                           empty=int(sum(not c.strip() for c in completions)), **details)
-    det.details["green"] = det.details["positive"]  # what the reports print as "contained"
+                           empty=int(sum(not c.strip() for c in completions)),
+                           green=int(np.sum(s > 0)), **details)  # green: what the reports print as "contained"
     return replace(det, evidence={"scores": [float(x) for x in s]})
 
 
