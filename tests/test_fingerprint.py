@@ -278,8 +278,24 @@ def test_the_verdict_is_the_reported_p_value_against_the_fpr(victim, sig):
 
 
 def test_incompatible_vocabulary_is_reported_not_crashed(sig):
-    rep = verify_fingerprint(sig, ModelAccess(tiny(5, vocab=600), "logits"))
+    rep = verify_fingerprint(sig, ModelAccess(tiny(5, vocab=V - 12), "logits"))
     assert not rep.derived and not rep.compatible and "incompatible vocabulary" in rep.reason
+
+
+@pytest.mark.parametrize("level", ["logits", "logprobs"])
+def test_an_extended_vocabulary_is_tested_on_the_old_ids(level, victim, sig):
+    """Appending 88 tokens (trained rows, so the new tokens take probability mass) does not hide the
+    victim; an unrelated model with the larger vocabulary stays unrelated."""
+    ext = copy.deepcopy(victim)
+    ext.resize_token_embeddings(V + 88)
+    with torch.no_grad():
+        ext.lm_head.weight[V:] = torch.randn(88, H, generator=torch.Generator().manual_seed(3))
+    new_mass = torch.softmax(ext(input_ids=torch.tensor([query_prompts(V, 1)[0]])).logits[0, -1], -1)[V:].sum()
+    assert new_mass > 0.05  # the normaliser moved: log-probs of the old ids all shift by log(1 - new_mass)
+    rep = verify_fingerprint(sig, ModelAccess(ext, level), queries=16)
+    assert rep.compatible and rep.derived and rep.p_value <= 1e-6, rep.to_dict()
+    rep = verify_fingerprint(sig, ModelAccess(tiny(6, vocab=V + 88), level), queries=16)
+    assert rep.compatible and not rep.derived and rep.p_value == 1.0
 
 
 def test_uncalibrated_signature_and_bad_parameters(victim, sig):

@@ -171,8 +171,14 @@ def _calibration(sig: Signature, restricted: bool) -> dict[str, Any]:
 
 
 def _incompatible(sig: Signature, access: Any) -> FingerprintReport | None:
-    """The "not derived" report for a suspect whose vocabulary differs from the signature's (else None)."""
-    if access.vocab_size == sig.vocab_size:
+    """The "not derived" report for a suspect whose vocabulary is smaller than the signature's (else None).
+
+    A larger vocabulary is tested on the signature's first ``|V|`` token ids: vocabulary extension
+    appends tokens and keeps the old ids, so the old rows of a derivative's output layer are still
+    in the victim's output space (log-probs normalised over the larger vocabulary move by a constant,
+    which the all-ones direction absorbs). An unrelated model with a larger vocabulary gains nothing:
+    its first ``|V|`` rows are as far from the victim's space as any others."""
+    if access.vocab_size >= sig.vocab_size:
         return None
     return FingerprintReport(
         derived=False, compatible=False,
@@ -253,7 +259,7 @@ def suspect_vectors(sig: Signature, access: Any, queries: int, restricted: bool 
     """The suspect's output vectors for the ``queries`` random prompts (only the calibrated rows when
     ``restricted``): what :func:`score_fingerprint` tests."""
     cal = _calibration(sig, restricted)
-    rows = np.asarray(cal["rows"]) if restricted else None
+    rows = np.asarray(cal["rows"]) if restricted else np.arange(sig.vocab_size)
     return access.vectors(query_prompts(sig.vocab_size, queries, seed=seed), rows)
 
 
@@ -272,12 +278,15 @@ def score_fingerprint(sig: Signature, vecs: np.ndarray, restricted: bool = False
 
 
 def random_init_like(model: Any, seed: int) -> Any:
-    """A model of ``model``'s architecture and vocabulary with fresh random weights (an unrelated model)."""
+    """A model of ``model``'s architecture and vocabulary with fresh random weights (an unrelated model).
+    It has its own copy of the config: resizing it (``resize_token_embeddings``) leaves ``model``'s alone."""
+    import copy
+
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(model.config).eval()
+    return AutoModelForCausalLM.from_config(copy.deepcopy(model.config)).eval()
 
 
 def round_weights(model: Any, bits: int) -> Any:
