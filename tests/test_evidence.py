@@ -362,6 +362,16 @@ def test_wm_evidence_fingerprint_on_a_model_folder(fingerprint_case, tokenizer):
     report = json.loads((out / "report.json").read_text())
     assert not report["results"][0]["watermarked"] and report["results"][0]["queries"] == 12
     assert runner.invoke(app, ["evidence", "check", str(out / "report.json")]).exit_code == 0
+    # top-1 is asked as wm fingerprint verify asks it, one query at a time: an unrelated model stops
+    # at the first look (4 of at most 8), and the check replays the looks on the recorded vectors
+    out = tmp_path / "fp-top1"
+    r = runner.invoke(app, ["evidence", "fingerprint", "--signature", str(sig_path), "--suspect", str(tmp_path / "unrelated_model"),
+                            "--access", "top1", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["test"]["sequential"] == {"max_queries": 8, "first_look": 4}
+    assert not report["results"][0]["watermarked"] and report["results"][0]["queries"] == 4
+    assert runner.invoke(app, ["evidence", "check", str(out / "report.json")]).exit_code == 0
     r = runner.invoke(app, ["evidence", "fingerprint", "--signature", str(sig_path), "--suspect", str(tmp_path / "nope"),
                             "-o", str(tmp_path / "fp2")])
     assert r.exit_code == 2 and "no such model folder" in r.stderr and not (tmp_path / "fp2").exists()

@@ -267,6 +267,26 @@ def test_sequential_top1_stops_at_the_first_look_that_decides(victim, sig):
         verify_sequential(sig, Top1Recovery(LocalAPI(victim)), max_queries=3, first_look=4)
 
 
+def test_the_sequential_test_replays_on_its_record_and_refuses_a_cut_or_padded_one(victim, sig):
+    """What evidence keeps: the vectors asked, in order. score_sequential reaches the live verdict on
+    them, and refuses a record cut before the deciding look or padded past it (a cherry-picked record)."""
+    from wmkit.fingerprint.verify import guide_for, score_sequential, verify_sequential
+
+    for model in (victim, tiny(7)):
+        record: list = []
+        live = verify_sequential(sig, Top1Recovery(LocalAPI(model), guide=guide_for(sig), guide_tol=0.1),
+                                 max_queries=8, first_look=4, record=record)
+        assert len(record) == live.queries
+        again = score_sequential(sig, np.stack(record), 8, 4)
+        assert (again.derived, again.p_value, again.queries, again.residuals) == (live.derived, live.p_value, live.queries,
+                                                                                   live.residuals)
+        with pytest.raises(InputError, match="not enough"):
+            score_sequential(sig, np.stack(record[:3]), 8, 4)
+        extra = ModelAccess(model, "logits").vectors(query_prompts(V, 1, seed=9), sig.meta["calibration_rows"]["rows"])
+        with pytest.raises(InputError, match="decides after"):
+            score_sequential(sig, np.concatenate([np.stack(record), extra]), 8, 4)
+
+
 def test_the_verdict_is_the_reported_p_value_against_the_fpr(victim, sig):
     """Never "derived" beside a large p: the reported p-value is the test that decided."""
     half = low_rank_update(victim, "lm_head.weight", 8, 3.0, 5)  # far from the output space: some answers leave it

@@ -180,12 +180,17 @@ OUTPUTS = "outputs.npz"
 
 def fingerprint_figures(signature: str | os.PathLike[str], outputs: str | os.PathLike[str], test: dict[str, Any],
                         fpr: float) -> dict[str, Any]:
-    """The fingerprint's containment test recomputed from the signature file and the recorded output vectors."""
+    """The fingerprint's containment test recomputed from the signature file and the recorded output
+    vectors (``test["sequential"]``: replayed look by look, as top-1 access asks)."""
     from .fingerprint import Signature, score_fingerprint
+    from .fingerprint.verify import score_sequential
 
     with np.load(outputs) as z:
         vecs = z["vectors"].astype(np.float64)
-    rep = score_fingerprint(Signature.load(signature), vecs, test["restricted"], fpr)
+    if seq := test.get("sequential"):
+        rep = score_sequential(Signature.load(signature), vecs, seq["max_queries"], seq["first_look"], fpr)
+    else:
+        rep = score_fingerprint(Signature.load(signature), vecs, test["restricted"], fpr)
     d = rep.to_dict()
     cal = rep.containment.details if rep.containment else {}
     return {"method": "fingerprint", "watermarked": d["derived"], "p_value": d["p_value"], "contained": d["contained"],
@@ -193,9 +198,11 @@ def fingerprint_figures(signature: str | os.PathLike[str], outputs: str | os.Pat
 
 
 def fingerprint_report(folder: str | os.PathLike[str], signature: str | os.PathLike[str], vectors: np.ndarray, *,
-                       suspect: str, access: str, restricted: bool, fpr: float, command: Sequence[str]) -> dict[str, Any]:
+                       suspect: str, access: str, restricted: bool, fpr: float, command: Sequence[str],
+                       sequential: dict[str, int] | None = None) -> dict[str, Any]:
     """Write the suspect's output vectors to ``folder/outputs.npz`` (float32) and return the report of
-    the fingerprint's containment test on them. No key: the signature's SHA-256 is what an owner publishes first."""
+    the fingerprint's containment test on them (``sequential``: ``max_queries`` and ``first_look`` of
+    the sequential test that asked them). No key: the signature's SHA-256 is what an owner publishes first."""
     import io
 
     from .files import write_file
@@ -203,7 +210,7 @@ def fingerprint_report(folder: str | os.PathLike[str], signature: str | os.PathL
     buf = io.BytesIO()
     np.savez(buf, vectors=np.asarray(vectors, dtype=np.float32))
     path = write_file(Path(folder) / OUTPUTS, buf.getvalue())
-    test = {"access": access, "restricted": restricted, "queries": len(vectors)}
+    test = {"access": access, "restricted": restricted, "queries": len(vectors), **({"sequential": sequential} if sequential else {})}
     sig_sha = sha256_file(signature)
     inputs = [{"path": os.path.relpath(os.path.abspath(signature), os.path.abspath(folder)), "sha256": sig_sha,
                "bytes": os.path.getsize(signature)},

@@ -194,6 +194,7 @@ def fingerprint(
     key's commitment. Re-check: wm evidence check OUTPUT/report.json [-k KEY]."""
     from ..evidence import fingerprint_report
     from ..fingerprint import Signature, suspect_vectors
+    from ..fingerprint.verify import FIRST_LOOK, verify_sequential
     from .fingerprint import TEXT, check_suspect_options, default_access, open_suspect
 
     fpr = run_guarded(check_fpr_option, fpr)
@@ -215,6 +216,10 @@ def fingerprint(
         if acc.vocab_size < sig.vocab_size:
             raise InputError(f"{suspect}: incompatible vocabulary ({acc.vocab_size} tokens, the signature {sig.vocab_size}): "
                              "not derived, and no output-space evidence to record")
+        if access == "top1":  # asked one query at a time, as wm fingerprint verify asks them
+            record: list = []
+            verify_sequential(sig, acc, max_queries=q, first_look=min(FIRST_LOOK, q), fpr=fpr, record=record)
+            return record
         return suspect_vectors(sig, acc, q, restricted)
 
     vectors = run_guarded(run)
@@ -222,7 +227,8 @@ def fingerprint(
                "--queries", str(q), "--top-k", str(top_k), "--fpr", repr(fpr), *(["--chat"] if chat else []), "-o", "NEW_FOLDER"]
     _make_folder(output)
     report = run_guarded(fingerprint_report, output, signature, vectors, suspect=suspect, access=access,
-                         restricted=restricted, fpr=fpr, command=command)
+                         restricted=restricted, fpr=fpr, command=command,
+                         sequential={"max_queries": q, "first_look": min(FIRST_LOOK, q)} if access == "top1" else None)
     _write(output, report)
     r = report["results"][0]
     verdict = "derived from the signed model" if r["watermarked"] else "not derived"

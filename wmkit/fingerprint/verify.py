@@ -216,6 +216,7 @@ def verify_sequential(
     first_look: int = FIRST_LOOK,
     fpr: float = DEFAULT_FPR,
     seed: int = 0,
+    record: list[np.ndarray] | None = None,
 ) -> FingerprintReport:
     """The containment test on the signature's rows, asked one query at a time and decided as soon as it can be.
 
@@ -227,32 +228,58 @@ def verify_sequential(
     tail at the look that decided. It stops without rejecting once no later look could reject even if
     every remaining query were contained (counting the residuals as they stand). The default model,
     ``pi0`` 0.0155: 4 of 4 contained decide at the first look (4 queries instead of a fixed 6).
+    ``record``: a list the suspect's vectors are appended to (evidence keeps them; :func:`score_sequential`
+    replays the test on them).
     """
-    from ..stats import binomial_pvalue
-
     check_fpr(fpr)
-    cal = _calibration(sig, True)
+    _calibration(sig, True)
     if not 2 <= first_look <= max_queries:
         raise InputError(f"the first look must be in 2..max_queries, got {first_look} (max {max_queries})")
     if (bad := _incompatible(sig, access)) is not None:
         return bad
-    rows, tau, pi0 = np.asarray(cal["rows"]), cal["tau"], cal["pi0"]
-    looks = list(range(first_look, max_queries + 1))
-    before, vecs = access.calls, []
+    rows = np.asarray(_calibration(sig, True)["rows"])
+    before, vecs = access.calls, [] if record is None else record
     for k, prompt in enumerate(query_prompts(sig.vocab_size, max_queries, seed=seed), 1):
         vecs.append(access.vectors([prompt], rows)[0])
-        if k < first_look:
-            continue
-        rho = centered_residuals(sig, np.stack(vecs), rows)
-        c = int((rho <= tau).sum())
-        p = min(1.0, len(looks) * binomial_pvalue(c, k, pi0))
-        hopeless = all(len(looks) * binomial_pvalue(c + j - k, j, pi0) > fpr for j in looks if j > k)
-        if p <= fpr or k == max_queries or hopeless:
-            det = binomial_detection("fingerprint-containment", c, k, pi0, fpr, p_value=p, tau=tau, looks=len(looks),
-                                     max_queries=max_queries)
-            return FingerprintReport(derived=bool(det.decision), compatible=True, containment=det,
-                                     residuals=[float(x) for x in rho], tau=float(tau), queries=k, api_calls=access.calls - before)
+        if k >= first_look and (rep := _look(sig, np.stack(vecs), max_queries, first_look, fpr)) is not None:
+            return dataclasses.replace(rep, api_calls=access.calls - before)
     raise AssertionError("unreachable: the last look always decides")
+
+
+def score_sequential(sig: Signature, vecs: np.ndarray, max_queries: int = TOP1_QUERIES, first_look: int = FIRST_LOOK,
+                     fpr: float = DEFAULT_FPR) -> FingerprintReport:
+    """:func:`verify_sequential` replayed on recorded vectors (the signature's rows, one per query, in
+    the order asked): the report of the look that decided. The record must end exactly there -- one
+    that goes on past the deciding look, or stops before any look decides, is refused."""
+    check_fpr(fpr)
+    v = np.atleast_2d(np.asarray(vecs, dtype=np.float64))
+    if not 2 <= first_look <= max_queries:
+        raise InputError(f"the first look must be in 2..max_queries, got {first_look} (max {max_queries})")
+    for k in range(first_look, min(len(v), max_queries) + 1):
+        if (rep := _look(sig, v[:k], max_queries, first_look, fpr)) is not None:
+            if k != len(v):
+                raise InputError(f"the sequential test decides after {k} queries but {len(v)} were recorded")
+            return rep
+    raise InputError(f"{len(v)} recorded queries are not enough for the sequential test to decide")
+
+
+def _look(sig: Signature, vecs: np.ndarray, max_queries: int, first_look: int, fpr: float) -> FingerprintReport | None:
+    """The sequential test's look after ``len(vecs)`` queries: its report if it decides there, else None."""
+    from ..stats import binomial_pvalue
+
+    cal = _calibration(sig, True)
+    rows, tau, pi0 = np.asarray(cal["rows"]), cal["tau"], cal["pi0"]
+    looks, k = list(range(first_look, max_queries + 1)), len(vecs)
+    rho = centered_residuals(sig, vecs, rows)
+    c = int((rho <= tau).sum())
+    p = min(1.0, len(looks) * binomial_pvalue(c, k, pi0))
+    hopeless = all(len(looks) * binomial_pvalue(c + j - k, j, pi0) > fpr for j in looks if j > k)
+    if not (p <= fpr or k == max_queries or hopeless):
+        return None
+    det = binomial_detection("fingerprint-containment", c, k, pi0, fpr, p_value=p, tau=tau, looks=len(looks),
+                             max_queries=max_queries)
+    return FingerprintReport(derived=bool(det.decision), compatible=True, containment=det,
+                             residuals=[float(x) for x in rho], tau=float(tau), queries=k)
 
 
 def suspect_vectors(sig: Signature, access: Any, queries: int, restricted: bool = False, seed: int = 0) -> np.ndarray:
