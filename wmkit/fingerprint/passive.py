@@ -66,28 +66,57 @@ class Scorer:
     tok: Any
     name: str = "model"
 
-    def _sum(self, ids: list[int], start: int) -> float:
-        """The summed log-probability of ``ids[start:]`` given ``ids[:start]``."""
+    def _sums(self, segments: list[tuple[list[int], int]], batch: int = 8) -> list[float]:
+        """Per ``(ids, start)``: the summed log-probability of ``ids[start:]`` given ``ids[:start]``. Runs
+        ``batch`` sequences of similar length at a time (right-padded, masked: a causal model's positions
+        before the padding do not see it); each token's log-probability is its logit less the
+        log-sum-exp of its row, summed in float64."""
         import torch
 
-        if start >= len(ids):
-            return 0.0
-        with torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0, :-1].double()
-        lp = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
-        return float(lp[max(start, 1) - 1:].sum())
+        out = [0.0] * len(segments)
+        order = sorted(range(len(segments)), key=lambda i: len(segments[i][0]))
+        for j in range(0, len(order), batch):
+            part = [i for i in order[j : j + batch] if segments[i][1] < len(segments[i][0])]
+            if not part:
+                continue
+            width = max(len(segments[i][0]) for i in part)
+            ids = torch.zeros((len(part), width), dtype=torch.long)
+            mask = torch.zeros((len(part), width), dtype=torch.long)
+            for r, i in enumerate(part):
+                ids[r, : len(segments[i][0])] = torch.tensor(segments[i][0])
+                mask[r, : len(segments[i][0])] = 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device)).logits
+                logits = logits[:, :-1].float()
+                lp = (logits.gather(-1, ids[:, 1:, None].to(logits.device))[..., 0] - torch.logsumexp(logits, -1)).double().cpu()
+            for r, i in enumerate(part):
+                seq, start = segments[i]
+                out[i] = float(lp[r, max(start, 1) - 1 : len(seq) - 1].sum())
+        return out
+
+    def logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        """``log p(prompt + completion) - log p(prompt)`` per pair (one scored sequence when the prompt's
+        tokens are a prefix of the whole's, two otherwise), batched."""
+        segments: list[tuple[list[int], int]] = []
+        plan: list[tuple[int, int | None]] = []  # per pair: the whole's segment, and the prompt's when it is separate
+        for prompt, completion in zip(prompts, completions):
+            whole = list(self.tok(prompt + completion).input_ids)
+            head = list(self.tok(prompt).input_ids)
+            if len(whole) > MAX_SCORED_TOKENS:
+                raise InputError(f"a prompt and completion of {len(whole)} tokens ({self.name}'s tokenizer), over "
+                                 f"{MAX_SCORED_TOKENS}: the suspect answered far more than it was asked for")
+            if whole[:len(head)] == head:
+                plan.append((len(segments), None))
+                segments.append((whole, len(head)))
+            else:
+                plan.append((len(segments), len(segments) + 1))
+                segments += [(whole, 1), (head, 1)]
+        sums = self._sums(segments)
+        return np.array([sums[w] - (sums[h] if h is not None else 0.0) for w, h in plan])
 
     def logprob(self, prompt: str, completion: str) -> float:
-        """``log p(prompt + completion) - log p(prompt)`` (one forward pass when the prompt's tokens are a
-        prefix of the whole's, two otherwise)."""
-        whole = list(self.tok(prompt + completion).input_ids)
-        head = list(self.tok(prompt).input_ids)
-        if len(whole) > MAX_SCORED_TOKENS:
-            raise InputError(f"a prompt and completion of {len(whole)} tokens ({self.name}'s tokenizer), over "
-                             f"{MAX_SCORED_TOKENS}: the suspect answered far more than it was asked for")
-        if whole[:len(head)] == head:
-            return self._sum(whole, len(head))
-        return self._sum(whole, 1) - self._sum(head, 1)
+        """:meth:`logprobs` of one pair."""
+        return float(self.logprobs([prompt], [completion])[0])
 
 
 def _completion_ids(tok: Any, prompt: str, completion: str) -> list[int]:
@@ -124,6 +153,10 @@ class UnigramScorer:
         ids = np.asarray(_completion_ids(self.tok, prompt, completion), dtype=np.int64)
         return float(self.logp[ids[ids < len(self.logp)]].sum())
 
+    def logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        """:meth:`logprob` per pair."""
+        return np.array([self.logprob(p, c) for p, c in zip(prompts, completions)])
+
 
 def builtin_references(model: Any, tok: Any) -> list[UnigramScorer]:
     """The references every passive test includes: a uniform and a unigram model over the protected
@@ -139,8 +172,8 @@ def passive_scores(protected: Scorer, references: Sequence[Any], prompts: Sequen
         raise InputError("the passive test needs at least one reference model (--reference)")
     if len(prompts) != len(completions):
         raise InputError(f"{len(prompts)} prompts but {len(completions)} completions")
-    own = np.array([protected.logprob(p, c) for p, c in zip(prompts, completions)])
-    ref = np.array([[r.logprob(p, c) for p, c in zip(prompts, completions)] for r in references])
+    own = protected.logprobs(prompts, completions)
+    ref = np.array([r.logprobs(prompts, completions) for r in references])
     return own - ref.max(axis=0)
 
 
