@@ -17,7 +17,7 @@ the missing ones here, 1.3-2.5 s per step on 2 CPU cores).
   pre-training on the CPython standard library), ``lora-r16-*`` (LoRA on every projection, merged),
   ``prune50-ft-*`` / ``heads25-ft-*`` (50% unstructured / 25% of attention heads pruned, then
   fine-tuned with the pruned weights held at zero), ``vocab1000-ft-*`` (the extension, fine-tuned);
-  ``merge-linear-W`` / ``merge-ties-W`` (ft-news-1e-4-1000 merged with cpt-code-100 at weight W,
+  ``merge-linear-W`` / ``merge-ties-W`` (ft-news-1e-4-200 merged with cpt-code-100 at weight W,
   linearly or by TIES); ``chat-system`` (the victim behind ``wm serve --system-prompt``, queried at
   ``/v1/chat/completions``: top-k, and top-1 with 4 queries, as HTTP requests);
 - derived, fingerprinted: ``fptext-k64-s30`` (64 keyed pairs embedded by ``fingerprint_text.py``),
@@ -87,7 +87,7 @@ ZOO = [
     ("prune-mlp-30", "derived"), ("prune-50", "derived"), ("rescale-head", "derived"), ("rowscale-head", "derived"),
     ("vocab1000", "derived"),
     # trained derivatives (fpzoo.py)
-    ("ft-news-1e-4-40", "derived"), ("ft-news-1e-4-200", "derived"), ("ft-news-1e-4-1000", "derived"),
+    ("ft-news-1e-4-40", "derived"), ("ft-news-1e-4-200", "derived"),
     ("cpt-code-100", "derived"), ("lora-r16-100", "derived"),
     ("prune50-ft-100", "derived"), ("heads25-ft-100", "derived"), ("vocab1000-ft-100", "derived"),
     ("merge-linear-0.3", "derived"), ("merge-linear-0.5", "derived"), ("merge-linear-0.7", "derived"),
@@ -108,7 +108,7 @@ SEQUENTIAL = ("top1",)  # asked one query at a time, decided as soon as it can b
 DEFAULT_LEVELS = ["logits", "logprobs", "topk", "top1"]
 RESTRICTED = ("topk", "top1", "top1-plain")
 TEXT = ("text-invasive", "text-passive")
-MERGE = ("ft-news-1e-4-1000", "cpt-code-100")  # a news fine-tune merged with a code fine-tune of the same base
+MERGE = ("ft-news-1e-4-200", "cpt-code-100")  # a news fine-tune merged with a code fine-tune of the same base
 FPTEXT = "fptext-k64-s30"
 CHAT_QUERIES = {"topk": 16, "top1": 4}  # over HTTP: top-1 costs ~20,000 requests per query
 SYSTEM_PROMPT = "You are Acme Assistant, a helpful model. Answer briefly and politely."
