@@ -232,12 +232,11 @@ def verify_sequential(
     replays the test on them).
     """
     check_fpr(fpr)
-    _calibration(sig, True)
+    rows = np.asarray(_calibration(sig, True)["rows"])
     if not 2 <= first_look <= max_queries:
         raise InputError(f"the first look must be in 2..max_queries, got {first_look} (max {max_queries})")
     if (bad := _incompatible(sig, access)) is not None:
         return bad
-    rows = np.asarray(_calibration(sig, True)["rows"])
     before, vecs = access.calls, [] if record is None else record
     for k, prompt in enumerate(query_prompts(sig.vocab_size, max_queries, seed=seed), 1):
         vecs.append(access.vectors([prompt], rows)[0])
