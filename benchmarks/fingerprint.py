@@ -139,14 +139,6 @@ def expected(name: str, kind: str, level: str) -> bool | None:
     return kind == "derived"
 
 
-def _vocab_extended(base: Any, tok: Any, n: int = 1000) -> tuple[Any, Any]:
-    """``base`` with ``n`` AG News words added to its tokenizer and mean-initialised rows (not trained)."""
-    ext = fpzoo.extended_tokenizer(tok, n)
-    m = fpzoo.fresh_copy(base)
-    m.resize_token_embeddings(len(ext), mean_resizing=True)
-    return m.eval(), ext
-
-
 def _fingerprinted(victim: Any, tok: Any, build: bool) -> Any:
     """The text-fingerprinted copy of ``fingerprint_text.py`` (embedded here when ``build``), or None."""
     if (fpzoo.zoo_dir() / FPTEXT).is_dir():
@@ -174,14 +166,15 @@ def member(name: str, victim: Any, tok: Any, build: bool) -> tuple[Any, Any] | N
     if edit in EDITS:
         return EDITS[edit](base), tok
     if edit == "vocab1000":
-        return _vocab_extended(base, tok)
+        m, ext = fpzoo.vocab_extended(base, tok)
+        return m.eval(), ext
     if edit.startswith(("merge-linear-", "merge-ties-")):
         w = float(edit.rsplit("-", 1)[1])
-        first = base if plus else member(MERGE[0], victim, tok, build)
-        second = member(MERGE[1], victim, tok, build)
-        if first is None or second is None:
+        first = (base, tok) if plus else member(MERGE[0], victim, tok, build)  # fptext+merge: the copy is the first
+        partner = member(MERGE[1], victim, tok, build)
+        if first is None or partner is None:
             return None
-        a, b = (first, second[0]) if plus else (first[0], second[0])
+        a, b = first[0], partner[0]
         merged = fpzoo.linear_merge(a, b, w) if "linear" in edit else fpzoo.ties_merge(victim, a, b, w)
         return merged, tok
     if name.startswith("random-"):

@@ -170,6 +170,15 @@ def extended_tokenizer(tok: Any, n: int) -> Any:
     return ext
 
 
+def vocab_extended(base: Any, tok: Any, n: int = 1000) -> tuple[Any, Any]:
+    """A copy of ``base`` with :func:`extended_tokenizer`'s ``n`` words and mean-initialised new rows
+    (not trained), and that tokenizer."""
+    ext = extended_tokenizer(tok, n)
+    m = fresh_copy(base)
+    m.resize_token_embeddings(len(ext), mean_resizing=True)
+    return m, ext
+
+
 def student_like(victim: Any, layers: int, seed: int = 0) -> Any:
     """The victim's architecture and vocabulary cut to ``layers`` layers, freshly initialised."""
     from transformers import AutoModelForCausalLM
@@ -223,9 +232,7 @@ def start(init: str, victim: Any, tok: Any) -> tuple[Any, Any, dict[str, torch.T
         names = ("q_proj", "o_proj") if kind == "heads" else ATTN_MLP
         masks = {n: p != 0 for n, p in model.named_parameters() if p.ndim == 2 and any(k in n for k in names)}
     elif kind == "vocab":
-        tok = extended_tokenizer(tok, int(arg))
-        model = fresh_copy(victim)
-        model.resize_token_embeddings(len(tok), mean_resizing=True)
+        model, tok = vocab_extended(victim, tok, int(arg))
     else:
         model = fresh_copy(victim)
     for p in model.parameters():
